@@ -1,0 +1,14 @@
+//! Berth's domain core: container specs and their validation, Docker's size units, instance
+//! names, node connection statuses and GPU usage readers.
+//!
+//! Pure code: no async runtime, no I/O, no clock. Every other crate builds on these types.
+
+pub mod gpu;
+pub mod names;
+pub mod node;
+pub mod spec;
+pub mod units;
+
+pub use node::{ConnectionReport, ConnectionStatus};
+pub use spec::{ContainerSpec, SpecError};
+pub use units::ByteSize;
