@@ -73,7 +73,7 @@ impl ByteSize {
             ("k", KIB),
         ];
         for (suffix, factor) in units {
-            if self.0 >= factor && self.0 % factor == 0 {
+            if self.0 >= factor && self.0.is_multiple_of(factor) {
                 return format!("{}{suffix}", self.0 / factor);
             }
         }

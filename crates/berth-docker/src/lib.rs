@@ -1,1 +1,26 @@
-//! placeholder
+//! The Docker Engine node driver of Berth, over bollard (never the `docker` CLI).
+//!
+//! [`DockerEndpoint`] says where an engine is (unix socket, TCP, TCP with mutual TLS from PEM text
+//! held in memory) and tests the connection; [`DockerDriver`] is a connected engine: create (with
+//! image pull and the system-disk fallback), start, stop, restart, remove (with the data volume),
+//! inspect, list by label, logs, one-shot stats, exec and GPU usage. [`translate`] turns a
+//! `ContainerSpec` into the engine's create request.
+
+mod driver;
+mod endpoint;
+mod error;
+mod gpu_usage;
+mod logs;
+mod stats;
+pub mod translate;
+
+pub use driver::{
+    ContainerDetails, ContainerSummary, CreatedContainer, DockerDriver, PullProgress,
+    RemoveOptions, RemoveOutcome, Transition,
+};
+pub use endpoint::{DEFAULT_DOCKER_HOST, DockerEndpoint, TlsMaterial, tls_client_config};
+pub use error::DriverError;
+pub use gpu_usage::{ExecOutput, GPU_USAGE_TTL, HostGpuView};
+pub use logs::{LogChunk, LogQuery, LogStream};
+pub use stats::ContainerStats;
+pub use translate::GpuMode;
