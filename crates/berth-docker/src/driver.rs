@@ -29,6 +29,16 @@ pub struct DockerDriver {
     pub(crate) host_gpus: Option<Arc<dyn HostGpuView>>,
 }
 
+impl std::fmt::Debug for DockerDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerDriver")
+            .field("address", &self.address)
+            .field("gpu_mode", &self.gpu_mode)
+            .field("host_gpus", &self.host_gpus.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// One step of an image pull, as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PullProgress {

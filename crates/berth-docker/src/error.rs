@@ -124,19 +124,31 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(err);
     while let Some(err) = current {
-        if err.downcast_ref::<rustls::Error>().is_some() {
+        if err.downcast_ref::<rustls::Error>().is_some() || mentions_tls(&err.to_string()) {
             return true;
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && is_tls_failure(inner)
         {
             return true;
         }
         current = err.source();
     }
     false
+}
+
+/// rustls reports through several layers of boxed errors; its messages are recognisable.
+fn mentions_tls(message: &str) -> bool {
+    [
+        "invalid peer certificate",
+        "peer sent no certificates",
+        "received fatal alert",
+        "peer is incompatible",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
 }
 
 impl DriverError {

@@ -1,0 +1,76 @@
+//! The `berth` command line: one binary with the hub, the node agent, the embedded default
+//! (`berth up`) and the CLI client of the hub API. `main.rs` only parses and calls [`run`].
+
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Berth runs containers and ML model services on a fleet of Docker hosts, GPU-aware.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the embedded default: a hub on SQLite with the local Docker engine as node `local`.
+    Up(up::UpArgs),
+    /// Run the control plane (REST API, scheduler, reconciler, node monitor, gateway). Not available yet.
+    Hub,
+    /// Run the mManager-compatible node controller on this Docker host. Not available yet.
+    Agent,
+    /// Manage compute nodes through the hub. Not available yet.
+    Node,
+    /// Manage product specs through the hub. Not available yet.
+    Spec,
+    /// Manage images through the hub. Not available yet.
+    Image,
+    /// Manage services through the hub. Not available yet.
+    Service,
+    /// Manage users and API tokens through the hub. Not available yet.
+    User,
+    /// Read the operation history (audit log) from the hub. Not available yet.
+    Ops,
+    /// Apply services declared in YAML to the hub. Not available yet.
+    Apply,
+    /// Validate a service YAML file without applying it. Not available yet.
+    Validate,
+}
+
+/// Sets up logging to stderr; `BERTH_LOG` (or `RUST_LOG`) takes a tracing filter, default `info`.
+pub fn init_logging() {
+    let filter = std::env::var("BERTH_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs one parsed command line and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let unfinished = match cli.command {
+        Command::Up(args) => return up::run(args).await,
+        Command::Hub => "hub",
+        Command::Agent => "agent",
+        Command::Node => "node",
+        Command::Spec => "spec",
+        Command::Image => "image",
+        Command::Service => "service",
+        Command::User => "user",
+        Command::Ops => "ops",
+        Command::Apply => "apply",
+        Command::Validate => "validate",
+    };
+    eprintln!(
+        "berth {unfinished}: not available yet in this version of Berth. `berth up` checks the local Docker engine."
+    );
+    ExitCode::from(2)
+}
