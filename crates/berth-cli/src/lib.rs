@@ -1,6 +1,8 @@
 //! The `berth` command line: one binary with the hub, the node agent, the embedded default
 //! (`berth up`) and the CLI client of the hub API. `main.rs` only parses and calls [`run`].
 
+mod agent;
+mod logging;
 mod up;
 
 use std::process::ExitCode;
@@ -23,8 +25,8 @@ pub enum Command {
     Up(up::UpArgs),
     /// Run the control plane (REST API, scheduler, reconciler, node monitor, gateway). Not available yet.
     Hub,
-    /// Run the mManager-compatible node controller on this Docker host. Not available yet.
-    Agent,
+    /// Run the mManager-compatible node controller on this Docker host.
+    Agent(Box<agent::AgentArgs>),
     /// Manage compute nodes through the hub. Not available yet.
     Node,
     /// Manage product specs through the hub. Not available yet.
@@ -43,23 +45,36 @@ pub enum Command {
     Validate,
 }
 
-/// Sets up logging to stderr; `BERTH_LOG` (or `RUST_LOG`) takes a tracing filter, default `info`.
-pub fn init_logging() {
-    let filter = std::env::var("BERTH_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_owned());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
 }
 
 /// Runs one parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let unfinished = match cli.command {
         Command::Up(args) => return up::run(args).await,
+        Command::Agent(args) => return agent::run(*args).await,
         Command::Hub => "hub",
-        Command::Agent => "agent",
         Command::Node => "node",
         Command::Spec => "spec",
         Command::Image => "image",

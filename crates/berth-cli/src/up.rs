@@ -19,6 +19,9 @@ pub struct UpArgs {
 
 /// Checks the local engine and prints what Berth manages on it.
 pub async fn run(args: UpArgs) -> ExitCode {
+    if let Err(err) = crate::logging::init("info", None) {
+        eprintln!("berth up: cannot set up logging: {err}");
+    }
     let endpoint = DockerEndpoint::plain(args.docker_host);
     println!("Berth {} — embedded default", env!("CARGO_PKG_VERSION"));
     let report = endpoint.test_connection().await;

@@ -5,10 +5,12 @@ use std::sync::{Arc, Mutex};
 
 use berth_core::{ByteSize, ContainerSpec};
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, VolumeCreateRequest};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, NetworkConnectRequest, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
-    RemoveVolumeOptions, RestartContainerOptions, StopContainerOptions,
+    RemoveVolumeOptions, RestartContainerOptions, StopContainerOptions, UploadToContainerOptions,
 };
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -50,6 +52,24 @@ pub struct PullProgress {
     pub current: Option<i64>,
     /// Total bytes of the layer, when known.
     pub total: Option<i64>,
+}
+
+/// Registry credentials for a pull.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PullAuth {
+    /// User name.
+    pub username: String,
+    /// Password or token; never logged.
+    pub password: String,
+}
+
+impl std::fmt::Debug for PullAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// What a create did.
@@ -196,13 +216,19 @@ impl DockerDriver {
     pub async fn pull_image(
         &self,
         image: &str,
+        auth: Option<&PullAuth>,
         progress: &mut (dyn FnMut(PullProgress) + Send),
     ) -> Result<(), DriverError> {
         let options = CreateImageOptions {
             from_image: Some(image.to_owned()),
             ..Default::default()
         };
-        let mut stream = self.docker.create_image(Some(options), None, None);
+        let credentials = auth.map(|auth| bollard::auth::DockerCredentials {
+            username: Some(auth.username.clone()),
+            password: Some(auth.password.clone()),
+            ..Default::default()
+        });
+        let mut stream = self.docker.create_image(Some(options), None, credentials);
         while let Some(step) = stream.next().await {
             let step = step.map_err(|err| match engine_failure(&self.address, err) {
                 EngineFailure::Status(_, message) => DriverError::ImageNotFound {
@@ -237,7 +263,7 @@ impl DockerDriver {
     ) -> Result<CreatedContainer, DriverError> {
         spec.validate()?;
         if !self.image_exists(&spec.image).await? {
-            self.pull_image(&spec.image, progress).await?;
+            self.pull_image(&spec.image, None, progress).await?;
         }
         if let (Some(volume), Some(size)) = (spec.data_volume(), spec.data_disk) {
             self.create_data_volume(&volume, size).await?;
@@ -480,6 +506,41 @@ impl DockerDriver {
                 labels: summary.labels.unwrap_or_default().into_iter().collect(),
             })
             .collect())
+    }
+}
+
+impl DockerDriver {
+    /// Extracts a tar archive (plain, gzip, bzip2 or xz) into `dir` inside the container, running
+    /// or stopped. A missing `dir` is an engine 404.
+    pub async fn upload_archive(
+        &self,
+        container: &str,
+        dir: &str,
+        archive: bytes::Bytes,
+    ) -> Result<(), DriverError> {
+        let options = UploadToContainerOptions {
+            path: dir.to_owned(),
+            ..Default::default()
+        };
+        self.docker
+            .upload_to_container(container, Some(options), bollard::body_full(archive))
+            .await
+            .map_err(|err| match engine_failure(&self.address, err) {
+                EngineFailure::Status(status, message) => DriverError::Engine { status, message },
+                EngineFailure::Transport(err) => err,
+            })
+    }
+
+    /// Connects a container to a network by name.
+    pub async fn connect_network(&self, container: &str, network: &str) -> Result<(), DriverError> {
+        let request = NetworkConnectRequest {
+            container: container.to_owned(),
+            ..Default::default()
+        };
+        self.docker
+            .connect_network(network, request)
+            .await
+            .map_err(|err| DriverError::for_engine(&self.address, err))
     }
 }
 

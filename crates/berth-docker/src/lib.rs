@@ -10,17 +10,19 @@ mod driver;
 mod endpoint;
 mod error;
 mod gpu_usage;
+mod images;
 mod logs;
 mod stats;
 pub mod translate;
 
 pub use driver::{
-    ContainerDetails, ContainerSummary, CreatedContainer, DockerDriver, PullProgress,
+    ContainerDetails, ContainerSummary, CreatedContainer, DockerDriver, PullAuth, PullProgress,
     RemoveOptions, RemoveOutcome, Transition,
 };
 pub use endpoint::{DEFAULT_DOCKER_HOST, DockerEndpoint, TlsMaterial, tls_client_config};
 pub use error::DriverError;
 pub use gpu_usage::{ExecOutput, GPU_USAGE_TTL, HostGpuView};
+pub use images::{EngineInfo, ImageDetails, PruneOutcome};
 pub use logs::{LogChunk, LogQuery, LogStream};
 pub use stats::ContainerStats;
 pub use translate::GpuMode;

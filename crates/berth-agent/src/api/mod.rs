@@ -1,0 +1,181 @@
+//! The agent's HTTP API: mManager's routes and Bearer authentication, JSON on every answer,
+//! problem+json on every error. `router` builds it; `main` only binds and serves.
+
+mod containers;
+mod files;
+mod images;
+mod node_routes;
+mod problem;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use subtle::ConstantTimeEq;
+
+pub use problem::Problem;
+
+use crate::state::AgentState;
+
+/// Largest request body: file and directory uploads carry whole model archives in base64.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024 * 1024;
+
+/// Paths answered without a key: the liveness probe, and the banner mManager also leaves open.
+const OPEN_PATHS: [&str; 2] = ["/health", "/"];
+
+/// The whole API over `state`.
+pub fn router(state: Arc<AgentState>) -> Router {
+    Router::new()
+        .route("/", get(node_routes::root))
+        .route("/health", get(node_routes::health))
+        .route("/system", get(node_routes::system))
+        .route("/capabilities", get(node_routes::capabilities))
+        .route("/metrics", get(node_routes::metrics))
+        .route("/openapi.json", get(node_routes::openapi))
+        .route(
+            "/containers/",
+            get(containers::list).post(containers::create),
+        )
+        .route(
+            "/containers",
+            get(containers::list).post(containers::create),
+        )
+        .route(
+            "/containers/{id}",
+            get(containers::info).delete(containers::remove),
+        )
+        .route("/containers/{id}/start", post(containers::start))
+        .route("/containers/{id}/stop", post(containers::stop))
+        .route("/containers/{id}/restart", post(containers::restart))
+        .route("/containers/{id}/stats", get(containers::stats))
+        .route("/containers/{id}/logs", get(containers::logs))
+        .route("/containers/{id}/files", post(files::copy_file))
+        .route("/containers/{id}/directories", post(files::copy_directory))
+        .route("/images/", get(images::list))
+        .route("/images", get(images::list))
+        .route("/images/pull", post(images::pull))
+        .route("/images/prune", post(images::prune))
+        .route(
+            "/images/{*name}",
+            get(images::inspect).delete(images::remove),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        format!("no route {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Requires `Authorization: Bearer <MMANAGER_API_KEY>` on every path but the open ones.
+async fn authenticate(
+    State(state): State<Arc<AgentState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if OPEN_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        return Problem::unauthorized("Missing Authorization header").into_response();
+    };
+    let Some(token) = value
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+    else {
+        return Problem::unauthorized(
+            "Invalid authorization format; use: Authorization: Bearer <key>",
+        )
+        .into_response();
+    };
+    if !bool::from(
+        token
+            .trim()
+            .as_bytes()
+            .ct_eq(state.config.api_key.as_bytes()),
+    ) {
+        return Problem::unauthorized("Invalid API key").into_response();
+    }
+    next.run(request).await
+}
+
+/// Counts requests by route and status, and sets mManager's `X-Process-Time` and `X-Server-ID`.
+async fn observe(State(state): State<Arc<AgentState>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let mut response = next.run(request).await;
+    let seconds = started.elapsed().as_secs_f64();
+    state
+        .metrics
+        .observe_request(&method, &route, response.status().as_u16(), seconds);
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&format!("{seconds:.6}")) {
+        headers.insert("x-process-time", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&state.config.server_id) {
+        headers.insert("x-server-id", value);
+    }
+    response
+}
+
+/// Parses a JSON body with errors that name the field (`memory_limit: …`).
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Problem::invalid_field(
+            "body",
+            "is empty; send a JSON object",
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = inner.to_string();
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or(&message)
+            .to_owned();
+        let field = if path.is_empty() || path == "." {
+            unknown_field(&message).unwrap_or_else(|| "body".to_owned())
+        } else {
+            path
+        };
+        Problem::invalid_field(field, message)
+    })
+}
+
+/// serde names an unknown field only in its message: "unknown field `x`, expected …".
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest.split('`').next()?.to_owned())
+}

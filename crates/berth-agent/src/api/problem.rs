@@ -1,0 +1,116 @@
+//! Errors as `application/problem+json` (RFC 9457). The body also carries `detail`, the field
+//! mManager's clients read, and `field` when one input field was wrong.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use berth_core::SpecError;
+use berth_docker::DriverError;
+use serde::Serialize;
+
+/// An API error.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(skip)]
+    status: StatusCode,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    #[serde(rename = "status")]
+    code: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+}
+
+impl Problem {
+    /// A problem with this status and detail.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            code: status.as_u16(),
+            detail: detail.into(),
+            field: None,
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// 404 for a container this agent does not manage.
+    pub fn no_container(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            format!("container does not exist: {id}"),
+        )
+    }
+
+    /// 422 for a bad input field.
+    pub fn invalid_field(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        let field = field.into();
+        let detail = detail.into();
+        Self {
+            field: Some(field.clone()),
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{field}: {detail}"),
+            )
+        }
+    }
+
+    /// 401 for a missing or wrong key.
+    pub fn unauthorized(detail: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, detail)
+    }
+}
+
+impl From<SpecError> for Problem {
+    fn from(err: SpecError) -> Self {
+        Problem::invalid_field(err.field, err.message)
+    }
+}
+
+impl From<DriverError> for Problem {
+    fn from(err: DriverError) -> Self {
+        let status = match &err {
+            DriverError::ImageNotFound { .. } | DriverError::ContainerNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            DriverError::NameConflict { .. } | DriverError::PortInUse { .. } => {
+                StatusCode::CONFLICT
+            }
+            DriverError::InvalidSpec(spec) => return Problem::from(spec.clone()),
+            DriverError::EngineUnreachable { .. } | DriverError::Tls { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            DriverError::InvalidEndpoint(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            DriverError::Engine { status, .. } => match *status {
+                400 => StatusCode::BAD_REQUEST,
+                404 => StatusCode::NOT_FOUND,
+                409 => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_GATEWAY,
+            },
+        };
+        Problem::new(status, err.to_string())
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let mut response = (status, axum::Json(&self)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

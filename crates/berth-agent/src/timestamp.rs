@@ -1,0 +1,72 @@
+//! UTC timestamps in the ISO 8601 form mManager answers with (`2025-01-22T08:30:00.123456+00:00`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Now, as `YYYY-MM-DDTHH:MM:SS.ffffff+00:00`.
+pub fn utc_now() -> String {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format_utc(since_epoch.as_secs(), since_epoch.subsec_micros())
+}
+
+/// Formats Unix seconds and microseconds as an ISO 8601 UTC timestamp with `+00:00`.
+pub fn format_utc(unix_secs: u64, micros: u32) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let secs_of_day = unix_secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}+00:00",
+        secs_of_day / 3600,
+        secs_of_day % 3600 / 60,
+        secs_of_day % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_instants_format_exactly() {
+        assert_eq!(format_utc(0, 0), "1970-01-01T00:00:00.000000+00:00");
+        assert_eq!(
+            format_utc(951_782_400, 5),
+            "2000-02-29T00:00:00.000005+00:00"
+        );
+        assert_eq!(
+            format_utc(1_737_534_600, 123_456),
+            "2025-01-22T08:30:00.123456+00:00"
+        );
+        assert_eq!(
+            format_utc(4_102_444_799, 0),
+            "2099-12-31T23:59:59.000000+00:00"
+        );
+    }
+
+    #[test]
+    fn now_looks_like_a_timestamp() {
+        let now = utc_now();
+        assert_eq!(now.len(), 32, "{now}");
+        assert!(now.ends_with("+00:00"));
+    }
+}
