@@ -106,8 +106,31 @@ impl DockerDriver {
         &self,
         container: &str,
     ) -> Result<Option<ContainerGpuUsage>, DriverError> {
-        let details = self.inspect(container).await?;
-        if details.status == "running"
+        let inspected = self.inspect_raw(container).await?;
+        let running = inspected
+            .state
+            .as_ref()
+            .and_then(|state| state.running)
+            .unwrap_or(false);
+        let has_devices = inspected
+            .host_config
+            .as_ref()
+            .and_then(|host| host.device_requests.as_ref())
+            .is_some_and(|requests| !requests.is_empty());
+        let env_entries = inspected
+            .config
+            .and_then(|config| config.env)
+            .unwrap_or_default();
+        let env: HashMap<&str, &str> = env_entries
+            .iter()
+            .filter_map(|entry| entry.split_once('='))
+            .collect();
+        let gpu_env = env.contains_key("NVIDIA_VISIBLE_DEVICES")
+            || env.contains_key("CUDA_DEVICE_MEMORY_LIMIT");
+        if !has_devices && !gpu_env {
+            return Ok(None);
+        }
+        if running
             && let Ok(output) = self.exec(container, &NVIDIA_SMI_QUERY).await
             && output.exit_code == Some(0)
         {
@@ -119,11 +142,6 @@ impl DockerDriver {
                 }));
             }
         }
-        let env: HashMap<&str, &str> = details
-            .env
-            .iter()
-            .filter_map(|entry| entry.split_once('='))
-            .collect();
         if let (Some(view), Some(visible)) = (
             &self.host_gpus,
             env.get("NVIDIA_VISIBLE_DEVICES")

@@ -212,6 +212,8 @@ async fn the_whole_lifecycle_is_idempotent() {
         );
         let running = driver.inspect(&name).await.expect("inspect");
         assert_eq!(running.status, "running");
+        let usage = driver.gpu_usage(&name).await.expect("gpu usage");
+        assert_eq!(usage, None, "a container without GPUs has no GPU usage");
         assert!(running.started_at.is_some());
         assert!(running.finished_at.is_none());
 
