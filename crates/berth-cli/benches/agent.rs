@@ -164,14 +164,9 @@ async fn main() {
     sweep("stats sweep through the agent, again").await;
 
     let started = Instant::now();
-    let output = docker(&[
-        "stats",
-        "--no-stream",
-        "--format",
-        "{{.ID}}",
-        "--filter",
-        &format!("label=berth.agent={server_id}"),
-    ]);
+    let mut arguments = vec!["stats", "--no-stream", "--format", "{{.ID}}"];
+    arguments.extend(ids.iter().map(String::as_str));
+    let output = docker(&arguments);
     let all_at_once = started.elapsed();
     let lines = String::from_utf8_lossy(&output.stdout).lines().count();
     println!(

@@ -476,9 +476,10 @@ pub async fn remove(
 /// `GET /containers/{id}/stats`: one sample, also for stopped containers.
 pub async fn stats(State(state): Shared, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
     let inspected = resolve(&state, &id).await?;
+    let running = status_of(&inspected) == "running";
     let full_id = inspected.id.unwrap_or_default();
     let mut stats = state.driver.stats(&full_id).await?;
-    if stats.cpu_percent.is_none() && status_of_id(&state, &full_id).await == "running" {
+    if stats.cpu_percent.is_none() && running {
         tokio::time::sleep(Duration::from_millis(250)).await;
         stats = state.driver.stats(&full_id).await?;
     }
@@ -500,15 +501,6 @@ pub async fn stats(State(state): Shared, Path(id): Path<String>) -> Result<Json<
         "resource_usage": resource_usage,
         "timestamp": utc_now(),
     })))
-}
-
-async fn status_of_id(state: &AgentState, id: &str) -> String {
-    state
-        .driver
-        .inspect(id)
-        .await
-        .map(|details| details.status)
-        .unwrap_or_default()
 }
 
 #[derive(Debug, Deserialize)]
