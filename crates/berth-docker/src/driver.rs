@@ -15,6 +15,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::cgroup::CgroupRoot;
 use crate::error::{EngineFailure, engine_failure};
 use crate::gpu_usage::{GpuUsageCache, HostGpuView};
 use crate::stats::CpuSample;
@@ -29,6 +30,10 @@ pub struct DockerDriver {
     pub(crate) cpu_samples: Mutex<HashMap<String, CpuSample>>,
     pub(crate) gpu_cache: GpuUsageCache,
     pub(crate) host_gpus: Option<Arc<dyn HostGpuView>>,
+    /// The host's cgroups, when the engine runs on this host and they are readable.
+    pub(crate) cgroups: Option<CgroupRoot>,
+    /// CPUs of the host, for CPU percentages from cgroup readings.
+    pub(crate) online_cpus: u32,
 }
 
 impl std::fmt::Debug for DockerDriver {
@@ -37,6 +42,7 @@ impl std::fmt::Debug for DockerDriver {
             .field("address", &self.address)
             .field("gpu_mode", &self.gpu_mode)
             .field("host_gpus", &self.host_gpus.is_some())
+            .field("cgroups", &self.cgroups.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -178,6 +184,13 @@ impl DockerDriver {
             address: endpoint.address.clone(),
             gpu_mode,
             cpu_samples: Mutex::new(HashMap::new()),
+            cgroups: endpoint
+                .address
+                .trim()
+                .starts_with("unix://")
+                .then(CgroupRoot::detect)
+                .flatten(),
+            online_cpus: std::thread::available_parallelism().map_or(1, |cpus| cpus.get() as u32),
             gpu_cache: GpuUsageCache::default(),
             host_gpus,
         })

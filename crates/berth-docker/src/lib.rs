@@ -6,6 +6,7 @@
 //! inspect, list by label, logs, one-shot stats, exec and GPU usage. [`translate`] turns a
 //! `ContainerSpec` into the engine's create request.
 
+mod cgroup;
 mod driver;
 mod endpoint;
 mod error;

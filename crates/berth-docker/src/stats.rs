@@ -1,11 +1,14 @@
 //! One-shot container stats, with the CPU percentage computed against the previous sample the
 //! driver kept for that container (the engine's one-shot answer carries no previous sample).
+//! For an engine on this host the figures come straight from the container's cgroup files; the
+//! engine's stats API is the fallback.
 
 use bollard::models::{ContainerBlkioStatEntry, ContainerStatsResponse};
 use bollard::query_parameters::StatsOptions;
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::cgroup::{host_memory_bytes, network_bytes};
 use crate::{DockerDriver, DriverError};
 
 /// Cumulative CPU counters of one sample.
@@ -13,6 +16,7 @@ use crate::{DockerDriver, DriverError};
 pub(crate) struct CpuSample {
     container_total: u64,
     system_total: u64,
+    from_cgroup: bool,
 }
 
 /// Resource use of a container at one moment.
@@ -42,8 +46,11 @@ pub struct ContainerStats {
 }
 
 impl DockerDriver {
-    /// A one-shot stats sample of `container`.
+    /// A one-shot stats sample of `container` (its full id takes the fast cgroup path).
     pub async fn stats(&self, container: &str) -> Result<ContainerStats, DriverError> {
+        if let Some(stats) = self.cgroup_stats(container) {
+            return Ok(stats);
+        }
         let options = StatsOptions {
             stream: false,
             one_shot: true,
@@ -61,17 +68,54 @@ impl DockerDriver {
             }
         };
         let sample = cpu_sample(&response);
-        let previous = {
-            let mut samples = self
-                .cpu_samples
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            match sample {
-                Some(sample) => samples.insert(container.to_owned(), sample),
-                None => samples.get(container).copied(),
-            }
-        };
+        let previous = self.swap_cpu_sample(container, sample);
         Ok(summarize(&response, previous, sample))
+    }
+
+    fn swap_cpu_sample(&self, container: &str, sample: Option<CpuSample>) -> Option<CpuSample> {
+        let mut samples = self
+            .cpu_samples
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let previous = match sample {
+            Some(sample) => samples.insert(container.to_owned(), sample),
+            None => samples.get(container).copied(),
+        };
+        previous.filter(|previous| {
+            sample.is_none_or(|sample| sample.from_cgroup == previous.from_cgroup)
+        })
+    }
+
+    fn cgroup_stats(&self, container: &str) -> Option<ContainerStats> {
+        let cgroups = self.cgroups.as_ref()?;
+        if container.len() != 64 || !container.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            return None;
+        }
+        let read = cgroups.sample(container, self.online_cpus)?;
+        let (network_rx_bytes, network_tx_bytes) = read.first_pid.and_then(network_bytes)?;
+        let sample = CpuSample {
+            container_total: read.cpu_ns,
+            system_total: read.capacity_ns,
+            from_cgroup: true,
+        };
+        let previous = self.swap_cpu_sample(container, Some(sample));
+        let memory_limit_bytes = read.memory_limit.unwrap_or_else(host_memory_bytes);
+        Some(ContainerStats {
+            cpu_percent: previous.map(|previous| cpu_percent(previous, sample, read.online_cpus)),
+            online_cpus: read.online_cpus,
+            memory_used_bytes: read.memory_used,
+            memory_limit_bytes,
+            memory_percent: if memory_limit_bytes > 0 {
+                read.memory_used as f64 / memory_limit_bytes as f64 * 100.0
+            } else {
+                0.0
+            },
+            pids: read.pids,
+            network_rx_bytes,
+            network_tx_bytes,
+            block_read_bytes: read.block_read,
+            block_write_bytes: read.block_write,
+        })
     }
 }
 
@@ -80,6 +124,7 @@ fn cpu_sample(response: &ContainerStatsResponse) -> Option<CpuSample> {
     Some(CpuSample {
         container_total: cpu.cpu_usage.as_ref()?.total_usage?,
         system_total: cpu.system_cpu_usage?,
+        from_cgroup: false,
     })
 }
 
@@ -190,10 +235,12 @@ mod tests {
         let previous = CpuSample {
             container_total: 1_000,
             system_total: 10_000,
+            from_cgroup: false,
         };
         let current = CpuSample {
             container_total: 2_000,
             system_total: 20_000,
+            from_cgroup: false,
         };
         assert!((cpu_percent(previous, current, 2) - 20.0).abs() < 1e-9);
         assert_eq!(cpu_percent(current, current, 2), 0.0);
