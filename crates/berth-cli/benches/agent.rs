@@ -163,6 +163,22 @@ async fn main() {
     sweep("stats sweep through the agent, first (two samples each)").await;
     sweep("stats sweep through the agent, again").await;
 
+    let driver =
+        berth_docker::DockerDriver::connect(&berth_docker::DockerEndpoint::from_docker_host_env())
+            .await
+            .expect("engine");
+    let names: Vec<String> = (0..CONTAINERS)
+        .map(|index| format!("{server_id}-{index}"))
+        .collect();
+    let started = Instant::now();
+    let answers = join_all(names.iter().map(|name| driver.stats(name))).await;
+    let ok = answers.iter().filter(|answer| answer.is_ok()).count();
+    println!(
+        "{:<58} {:8.0} ms  ({ok}/{CONTAINERS} answered)",
+        "engine one-shot stats API, all 100 in parallel",
+        millis(started.elapsed())
+    );
+
     let started = Instant::now();
     let mut arguments = vec!["stats", "--no-stream", "--format", "{{.ID}}"];
     arguments.extend(ids.iter().map(String::as_str));
