@@ -1,0 +1,215 @@
+//! Users, their roles and quotas, and API tokens (stored as SHA-256 hashes, shown once).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::error::conflict_or;
+use crate::secrets::random_hex;
+use crate::{Conn, StoreError, now_ms};
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Their own services.
+    User,
+}
+
+impl Role {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        if text == "admin" {
+            Role::Admin
+        } else {
+            Role::User
+        }
+    }
+}
+
+/// Per-user limits; `None` means the hub's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quotas {
+    /// Services the user may own.
+    pub max_services: Option<i64>,
+    /// CPU, in thousandths of a core, over all the user's services.
+    pub max_cpu_millis: Option<i64>,
+    /// Memory, bytes, over all the user's services.
+    pub max_memory_bytes: Option<i64>,
+    /// GPUs over all the user's services.
+    pub max_gpus: Option<i64>,
+}
+
+/// A user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// Id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Limits.
+    pub quotas: Quotas,
+    /// Creation time, Unix ms.
+    pub created_at: i64,
+}
+
+/// A token as issued: the only time its text is known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IssuedToken {
+    /// Token id.
+    pub id: i64,
+    /// The bearer token text.
+    pub token: String,
+}
+
+/// The prefix of every Berth API token.
+pub const TOKEN_PREFIX: &str = "berth_";
+
+fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn user_from(row: &AnyRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        role: Role::parse(&row.try_get::<String, _>("role")?),
+        quotas: Quotas {
+            max_services: row.try_get("max_services")?,
+            max_cpu_millis: row.try_get("max_cpu_millis")?,
+            max_memory_bytes: row.try_get("max_memory_bytes")?,
+            max_gpus: row.try_get("max_gpus")?,
+        },
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+macro_rules! user_columns {
+    () => {
+        "id, name, role, max_services, max_cpu_millis, max_memory_bytes, max_gpus, created_at"
+    };
+}
+
+/// Creates a user; a taken name is a conflict.
+pub async fn create_user(
+    conn: &mut Conn,
+    name: &str,
+    role: Role,
+    quotas: &Quotas,
+) -> Result<User, StoreError> {
+    let row = sqlx::query(concat!(
+        "INSERT INTO users (name, role, max_services, max_cpu_millis, max_memory_bytes, max_gpus, created_at) ",
+        "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
+        user_columns!()
+    ))
+    .bind(name)
+    .bind(role.as_str())
+    .bind(quotas.max_services)
+    .bind(quotas.max_cpu_millis)
+    .bind(quotas.max_memory_bytes)
+    .bind(quotas.max_gpus)
+    .bind(now_ms())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|err| conflict_or(err, || format!("a user named {name:?} exists")))?;
+    Ok(user_from(&row)?)
+}
+
+/// Every user, by id.
+pub async fn list_users(conn: &mut Conn) -> Result<Vec<User>, StoreError> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users ORDER BY id"
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.iter().map(user_from).collect::<Result<_, _>>()?)
+}
+
+/// One user.
+pub async fn get_user(conn: &mut Conn, id: i64) -> Result<User, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("no user {id}")))?;
+    Ok(user_from(&row)?)
+}
+
+/// How many users exist.
+pub async fn count_users(conn: &mut Conn) -> Result<i64, StoreError> {
+    Ok(sqlx::query("SELECT COUNT(*) AS n FROM users")
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("n")?)
+}
+
+/// Deletes a user and their tokens.
+pub async fn delete_user(conn: &mut Conn, id: i64) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    if deleted.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("no user {id}")));
+    }
+    Ok(())
+}
+
+/// Issues a new token for `user_id`; its text is returned here and never again.
+pub async fn issue_token(
+    conn: &mut Conn,
+    user_id: i64,
+    name: &str,
+) -> Result<IssuedToken, StoreError> {
+    let token = format!("{TOKEN_PREFIX}{}", random_hex::<32>()?);
+    let row = sqlx::query(
+        "INSERT INTO api_tokens (user_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(user_id)
+    .bind(name)
+    .bind(hash_token(&token))
+    .bind(now_ms())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(IssuedToken {
+        id: row.try_get("id")?,
+        token,
+    })
+}
+
+/// The user a bearer token belongs to, or `None`.
+pub async fn user_for_token(conn: &mut Conn, token: &str) -> Result<Option<User>, StoreError> {
+    if !token.starts_with(TOKEN_PREFIX) {
+        return Ok(None);
+    }
+    let row = sqlx::query(
+        "SELECT u.id, u.name, u.role, u.max_services, u.max_cpu_millis, u.max_memory_bytes, u.max_gpus, \
+         u.created_at FROM users u JOIN api_tokens t ON t.user_id = u.id WHERE t.token_hash = $1",
+    )
+    .bind(hash_token(token))
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.as_ref().map(user_from).transpose()?)
+}

@@ -1,0 +1,337 @@
+//! The store against SQLite and, when `BERTH_TEST_POSTGRES_URL` names a server (always in CI),
+//! PostgreSQL: the same scenarios on both.
+
+use berth_store::nodes::{self, NodeRecord};
+use berth_store::operations::{self, NewOperation, OperationFilter};
+use berth_store::users::{self, Quotas, Role};
+use berth_store::{Store, StoreError};
+use serde_json::json;
+
+/// A fresh, empty database per scenario and backend.
+async fn databases(scenario: &str) -> Vec<Store> {
+    let mut stores = Vec::new();
+    let dir = std::env::temp_dir().join(format!("berth-store-{}-{scenario}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let sqlite = format!("sqlite://{}", dir.join("berth.db").display());
+    stores.push(Store::connect(&sqlite).await.expect("SQLite"));
+    match std::env::var("BERTH_TEST_POSTGRES_URL") {
+        Ok(base) => {
+            let admin = Store::connect(&base).await.expect("PostgreSQL");
+            let name = format!("berth_{}_{scenario}", std::process::id());
+            let mut connection = admin.acquire().await.expect("connection");
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name}"
+            )))
+            .execute(&mut *connection)
+            .await
+            .expect("drop");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut *connection)
+                .await
+                .expect("create database");
+            let url = match base.rfind('/') {
+                Some(slash)
+                    if base[..slash].contains("://")
+                        && slash > base.find("://").unwrap_or(0) + 2 =>
+                {
+                    format!("{}/{name}", &base[..slash])
+                }
+                _ => panic!("BERTH_TEST_POSTGRES_URL must end in /DATABASE"),
+            };
+            stores.push(
+                Store::connect(&url)
+                    .await
+                    .expect("PostgreSQL test database"),
+            );
+        }
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("BERTH_TEST_POSTGRES_URL is not set; scripts/test starts PostgreSQL and sets it")
+        }
+        Err(_) => eprintln!("PostgreSQL scenarios skipped: BERTH_TEST_POSTGRES_URL is not set"),
+    }
+    stores
+}
+
+#[tokio::test]
+async fn users_and_tokens() {
+    for store in databases("users").await {
+        let mut connection = store.acquire().await.expect("connection");
+        let quotas = Quotas {
+            max_services: Some(5),
+            ..Quotas::default()
+        };
+        let admin = users::create_user(&mut connection, "admin", Role::Admin, &quotas)
+            .await
+            .expect("create");
+        assert_eq!(
+            (admin.role, admin.quotas.max_services),
+            (Role::Admin, Some(5))
+        );
+        let taken =
+            users::create_user(&mut connection, "admin", Role::User, &Quotas::default()).await;
+        assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+
+        let issued = users::issue_token(&mut connection, admin.id, "cli")
+            .await
+            .expect("token");
+        assert!(issued.token.starts_with("berth_") && issued.token.len() > 40);
+        let found = users::user_for_token(&mut connection, &issued.token)
+            .await
+            .expect("lookup");
+        assert_eq!(found.map(|user| user.id), Some(admin.id));
+        let wrong = users::user_for_token(&mut connection, "berth_0000")
+            .await
+            .expect("lookup");
+        assert_eq!(wrong, None);
+
+        let alice = users::create_user(&mut connection, "alice", Role::User, &Quotas::default())
+            .await
+            .expect("alice");
+        assert_eq!(users::count_users(&mut connection).await.expect("count"), 2);
+        let token = users::issue_token(&mut connection, alice.id, "laptop")
+            .await
+            .expect("token");
+        users::delete_user(&mut connection, alice.id)
+            .await
+            .expect("delete");
+        assert_eq!(
+            users::user_for_token(&mut connection, &token.token)
+                .await
+                .expect("lookup"),
+            None
+        );
+        assert!(matches!(
+            users::get_user(&mut connection, alice.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let listed: Vec<String> = users::list_users(&mut connection)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|user| user.name)
+            .collect();
+        assert_eq!(listed, vec!["admin".to_owned()]);
+    }
+}
+
+#[tokio::test]
+async fn nodes_are_stored_with_sealed_secrets_and_guarded_deletes() {
+    for store in databases("nodes").await {
+        let mut connection = store.acquire().await.expect("connection");
+        let mut record = NodeRecord::new("gpu-01", "docker");
+        record.docker_address = "tcp://10.0.0.5:2376".into();
+        record.client_key_sealed = Some("v1:abcdef".into());
+        record.gpu_count = 4;
+        record.gpu_memory_gb = 24;
+        let stored = nodes::insert(&mut connection, &record)
+            .await
+            .expect("insert");
+        assert!(stored.id > 0);
+        assert_eq!(
+            (
+                stored.ssh_port,
+                stored.use_tls,
+                stored.enabled,
+                stored.listed
+            ),
+            (22, true, true, true)
+        );
+        assert_eq!(stored.client_key_sealed.as_deref(), Some("v1:abcdef"));
+        assert_eq!(stored.docker_status, "unknown");
+
+        let duplicate = nodes::insert(&mut connection, &record).await;
+        assert!(
+            matches!(duplicate, Err(StoreError::Conflict(_))),
+            "{duplicate:?}"
+        );
+
+        let mut changed = stored.clone();
+        changed.enabled = false;
+        changed.priority = 1;
+        let updated = nodes::update(&mut connection, &changed)
+            .await
+            .expect("update");
+        assert_eq!((updated.enabled, updated.priority), (false, 1));
+
+        nodes::set_status(
+            &mut connection,
+            stored.id,
+            "connected",
+            "Docker 20.10",
+            Some(&json!({"cpus": 8})),
+        )
+        .await
+        .expect("status");
+        let checked = nodes::get(&mut connection, stored.id).await.expect("get");
+        assert_eq!(
+            (
+                checked.docker_status.as_str(),
+                checked.observed["cpus"].as_i64()
+            ),
+            ("connected", Some(8))
+        );
+        assert!(checked.last_checked_at.is_some());
+        assert_eq!(
+            nodes::find_by_name(&mut connection, "gpu-01")
+                .await
+                .expect("find")
+                .map(|node| node.id),
+            Some(stored.id)
+        );
+
+        sqlx::query("INSERT INTO containers (node_id, container_id, name, status, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(stored.id)
+            .bind("abc")
+            .bind("svc-1")
+            .bind("running")
+            .bind(0_i64)
+            .execute(&mut *connection)
+            .await
+            .expect("container row");
+        let refused = nodes::delete(&mut connection, stored.id).await;
+        assert!(
+            matches!(&refused, Err(StoreError::Conflict(message)) if message.contains("1 service containers")),
+            "{refused:?}"
+        );
+        sqlx::query("DELETE FROM containers")
+            .execute(&mut *connection)
+            .await
+            .expect("clear");
+        nodes::delete(&mut connection, stored.id)
+            .await
+            .expect("delete");
+        assert!(matches!(
+            nodes::get(&mut connection, stored.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_change_and_its_operation_commit_together() {
+    for store in databases("operations").await {
+        let operation = |action: &str, node_id: i64| NewOperation {
+            user_id: Some(7),
+            action: action.to_owned(),
+            target_kind: "node".to_owned(),
+            target_id: node_id.to_string(),
+            node_id: Some(node_id),
+            service_id: None,
+            outcome: "ok".to_owned(),
+            detail: json!({"why": "test"}),
+        };
+        let mut transaction = store.begin().await.expect("begin");
+        let node = nodes::insert(&mut transaction, &NodeRecord::new("rolled-back", "agent"))
+            .await
+            .expect("insert");
+        operations::record(&mut transaction, &operation("node.create", node.id))
+            .await
+            .expect("record");
+        transaction.rollback().await.expect("rollback");
+        let mut connection = store.acquire().await.expect("connection");
+        assert!(
+            nodes::find_by_name(&mut connection, "rolled-back")
+                .await
+                .expect("find")
+                .is_none()
+        );
+        let (none, total) = operations::list(
+            &mut connection,
+            &OperationFilter {
+                page: 1,
+                size: 10,
+                ..OperationFilter::default()
+            },
+        )
+        .await
+        .expect("list");
+        assert_eq!((none.len(), total), (0, 0));
+        drop(connection);
+
+        let mut transaction = store.begin().await.expect("begin");
+        let node = nodes::insert(&mut transaction, &NodeRecord::new("kept", "agent"))
+            .await
+            .expect("insert");
+        for action in ["node.create", "node.update", "node.test"] {
+            operations::record(&mut transaction, &operation(action, node.id))
+                .await
+                .expect("record");
+        }
+        transaction.commit().await.expect("commit");
+
+        let mut connection = store.acquire().await.expect("connection");
+        let all = OperationFilter {
+            page: 1,
+            size: 2,
+            ..OperationFilter::default()
+        };
+        let (page, total) = operations::list(&mut connection, &all).await.expect("list");
+        assert_eq!(total, 3);
+        assert_eq!(
+            page.iter().map(|op| op.action.as_str()).collect::<Vec<_>>(),
+            vec!["node.test", "node.update"]
+        );
+        assert_eq!(page[0].detail["why"], "test");
+        let (second, _) = operations::list(
+            &mut connection,
+            &OperationFilter {
+                page: 2,
+                ..all.clone()
+            },
+        )
+        .await
+        .expect("page 2");
+        assert_eq!(second.len(), 1);
+        let filtered = OperationFilter {
+            action: Some("node.update".into()),
+            node_id: Some(node.id),
+            user_id: Some(7),
+            page: 1,
+            size: 50,
+            service_id: None,
+        };
+        let (only, total) = operations::list(&mut connection, &filtered)
+            .await
+            .expect("filtered");
+        assert_eq!((only.len(), total), (1, 1));
+        let other_node = OperationFilter {
+            node_id: Some(node.id + 1000),
+            ..filtered
+        };
+        assert_eq!(
+            operations::list(&mut connection, &other_node)
+                .await
+                .expect("none")
+                .1,
+            0
+        );
+    }
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_bad_urls_are_refused() {
+    let dir = std::env::temp_dir().join(format!("berth-store-{}-reopen", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let url = format!("sqlite://{}", dir.join("berth.db").display());
+    let first = Store::connect(&url).await.expect("first");
+    let mut connection = first.acquire().await.expect("connection");
+    users::create_user(&mut connection, "kept", Role::User, &Quotas::default())
+        .await
+        .expect("user");
+    drop(connection);
+    first.close().await;
+    let second = Store::connect(&url).await.expect("reopened");
+    let mut connection = second.acquire().await.expect("connection");
+    assert_eq!(
+        users::count_users(&mut connection).await.expect("count"),
+        1,
+        "data survives a restart"
+    );
+    let bad = Store::connect("mysql://root:pw@db/berth").await;
+    assert!(
+        matches!(&bad, Err(StoreError::Invalid(message)) if !message.contains("pw")),
+        "{bad:?}"
+    );
+}
