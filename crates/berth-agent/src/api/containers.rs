@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Problem, parse_body};
+use super::{Problem, parse_body, parse_query};
 use crate::state::AgentState;
 use crate::timestamp::utc_now;
 use crate::wire::{
@@ -25,27 +25,6 @@ use crate::wire::{
 };
 
 type Shared = State<Arc<AgentState>>;
-
-/// Parses a query string with errors that name the parameter.
-pub(crate) fn parse_query<T: serde::de::DeserializeOwned + Default>(
-    raw: Option<String>,
-) -> Result<T, Problem> {
-    let Some(raw) = raw.filter(|raw| !raw.is_empty()) else {
-        return Ok(T::default());
-    };
-    let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw.as_bytes()));
-    serde_path_to_error::deserialize(deserializer).map_err(|err| {
-        let field = err.path().to_string();
-        Problem::invalid_field(
-            if field.is_empty() || field == "." {
-                "query".to_owned()
-            } else {
-                field
-            },
-            err.inner().to_string(),
-        )
-    })
-}
 
 /// The container `id` (full id, unique prefix or name) if this agent manages it.
 pub(crate) async fn resolve(

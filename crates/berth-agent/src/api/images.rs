@@ -12,8 +12,7 @@ use berth_docker::{DriverError, PullAuth};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::containers::parse_query;
-use super::{Problem, parse_body};
+use super::{Problem, parse_body, parse_query};
 use crate::state::AgentState;
 use crate::wire::{PullRequest, QueryBool};
 

@@ -5,7 +5,6 @@ mod containers;
 mod files;
 mod images;
 mod node_routes;
-mod problem;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use subtle::ConstantTimeEq;
 
-pub use problem::Problem;
+pub use berth_http::Problem;
+pub(crate) use berth_http::{parse_body, parse_query};
 
 use crate::state::AgentState;
 
@@ -145,37 +145,4 @@ async fn observe(State(state): State<Arc<AgentState>>, request: Request, next: N
         headers.insert("x-server-id", value);
     }
     response
-}
-
-/// Parses a JSON body with errors that name the field (`memory_limit: …`).
-pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(Problem::invalid_field(
-            "body",
-            "is empty; send a JSON object",
-        ));
-    }
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        let message = inner.to_string();
-        let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or(&message)
-            .to_owned();
-        let field = if path.is_empty() || path == "." {
-            unknown_field(&message).unwrap_or_else(|| "body".to_owned())
-        } else {
-            path
-        };
-        Problem::invalid_field(field, message)
-    })
-}
-
-/// serde names an unknown field only in its message: "unknown field `x`, expected …".
-fn unknown_field(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
-    Some(rest.split('`').next()?.to_owned())
 }

@@ -9,8 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Problem;
-use super::containers::parse_query;
+use super::{Problem, parse_query};
 use crate::metrics::OPENMETRICS_CONTENT_TYPE;
 use crate::state::AgentState;
 use crate::timestamp::utc_now;

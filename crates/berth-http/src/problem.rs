@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_core::SpecError;
 use berth_docker::DriverError;
+use berth_store::StoreError;
 use serde::Serialize;
 
 /// An API error.
@@ -93,6 +94,20 @@ impl From<DriverError> for Problem {
                 409 => StatusCode::CONFLICT,
                 _ => StatusCode::BAD_GATEWAY,
             },
+        };
+        Problem::new(status, err.to_string())
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(err: StoreError) -> Self {
+        let status = match &err {
+            StoreError::Conflict(_) => StatusCode::CONFLICT,
+            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            StoreError::Secret(_) | StoreError::Migration(_) | StoreError::Database(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         Problem::new(status, err.to_string())
     }

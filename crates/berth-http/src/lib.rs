@@ -1,0 +1,89 @@
+//! What Berth's HTTP APIs (the agent's and the hub's) share: errors as
+//! `application/problem+json`, one mapping from driver and store errors to statuses, and JSON body
+//! and query parsing whose errors name the offending field.
+
+mod problem;
+
+pub use problem::Problem;
+
+/// Parses a JSON body with errors that name the field (`memory_limit: …`).
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Problem::invalid_field(
+            "body",
+            "is empty; send a JSON object",
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = inner.to_string();
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or(&message)
+            .to_owned();
+        let field = if path.is_empty() || path == "." {
+            unknown_field(&message).unwrap_or_else(|| "body".to_owned())
+        } else {
+            path
+        };
+        Problem::invalid_field(field, message)
+    })
+}
+
+/// serde names an unknown field only in its message: "unknown field `x`, expected …".
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+/// Parses a query string with errors that name the parameter; no query gives the defaults.
+pub fn parse_query<T: serde::de::DeserializeOwned + Default>(
+    raw: Option<String>,
+) -> Result<T, Problem> {
+    let Some(raw) = raw.filter(|raw| !raw.is_empty()) else {
+        return Ok(T::default());
+    };
+    let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw.as_bytes()));
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let field = err.path().to_string();
+        let field = if field.is_empty() || field == "." {
+            "query".to_owned()
+        } else {
+            field
+        };
+        Problem::invalid_field(field, err.inner().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(default)]
+        size: u32,
+    }
+
+    #[test]
+    fn body_errors_name_the_field() {
+        let field = |body: &str| parse_body::<Body>(body.as_bytes()).expect_err("refused");
+        assert!(format!("{:?}", field("{\"size\": -1}")).contains("\"size\""));
+        assert!(format!("{:?}", field("{\"colour\": 1}")).contains("\"colour\""));
+        assert!(format!("{:?}", field("   ")).contains("\"body\""));
+        assert_eq!(parse_body::<Body>(b"{\"size\": 3}").expect("valid").size, 3);
+    }
+
+    #[test]
+    fn query_errors_name_the_parameter() {
+        let err = parse_query::<Body>(Some("size=big".into())).expect_err("refused");
+        assert!(format!("{err:?}").contains("\"size\""));
+        assert_eq!(parse_query::<Body>(None).expect("defaults").size, 0);
+    }
+}
