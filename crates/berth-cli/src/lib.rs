@@ -2,6 +2,7 @@
 //! (`berth up`) and the CLI client of the hub API. `main.rs` only parses and calls [`run`].
 
 mod agent;
+mod hub;
 mod logging;
 mod up;
 
@@ -23,8 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the embedded default: a hub on SQLite with the local Docker engine as node `local`.
     Up(up::UpArgs),
-    /// Run the control plane (REST API, scheduler, reconciler, node monitor, gateway). Not available yet.
-    Hub,
+    /// Run the control plane: users, compute nodes, node monitor, operation log (REST API).
+    Hub(hub::HubArgs),
     /// Run the mManager-compatible node controller on this Docker host.
     Agent(Box<agent::AgentArgs>),
     /// Manage compute nodes through the hub. Not available yet.
@@ -74,7 +75,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let unfinished = match cli.command {
         Command::Up(args) => return up::run(args).await,
         Command::Agent(args) => return agent::run(*args).await,
-        Command::Hub => "hub",
+        Command::Hub(args) => return hub::run(args).await,
         Command::Node => "node",
         Command::Spec => "spec",
         Command::Image => "image",

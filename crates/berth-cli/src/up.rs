@@ -1,64 +1,42 @@
-//! `berth up`: the embedded default. Until the hub exists it connects to the local Docker engine
-//! (node `local`), reports the connection as a compute node's status, and lists the containers
-//! Berth manages there.
+//! `berth up`: the embedded default — the hub on SQLite in a data directory, with the local
+//! Docker engine registered as node `local` and an admin whose token is printed and written to
+//! `DIR/admin-token` (0600).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use berth_core::ConnectionStatus;
-use berth_docker::translate::LABEL_MANAGED;
-use berth_docker::{DockerDriver, DockerEndpoint};
 use clap::Args;
+
+use crate::hub::{Launch, serve};
 
 /// Options of `berth up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
+    /// Where the database, the secret key and the admin token live.
+    #[arg(long, default_value = "berth-data")]
+    data_dir: PathBuf,
+    /// Address of the API.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
     /// The local Docker engine.
     #[arg(long, env = "DOCKER_HOST", default_value = berth_docker::DEFAULT_DOCKER_HOST)]
     docker_host: String,
 }
 
-/// Checks the local engine and prints what Berth manages on it.
+/// Runs the embedded default until a shutdown signal.
 pub async fn run(args: UpArgs) -> ExitCode {
     if let Err(err) = crate::logging::init("info", None) {
         eprintln!("berth up: cannot set up logging: {err}");
     }
-    let endpoint = DockerEndpoint::plain(args.docker_host);
-    println!("Berth {} — embedded default", env!("CARGO_PKG_VERSION"));
-    let report = endpoint.test_connection().await;
-    println!(
-        "node local  {}  {}  ({})",
-        endpoint.address, report.status, report.message
-    );
-    if report.status != ConnectionStatus::Connected {
-        eprintln!(
-            "berth up: the local Docker engine is not reachable; start it or set DOCKER_HOST"
-        );
-        return ExitCode::FAILURE;
-    }
-    let containers = match DockerDriver::connect(&endpoint).await {
-        Ok(driver) => driver.list(&[LABEL_MANAGED], true).await,
-        Err(err) => Err(err),
-    };
-    match containers {
-        Ok(containers) => {
-            println!(
-                "containers managed by Berth on node local: {}",
-                containers.len()
-            );
-            for container in containers {
-                println!(
-                    "  {:<40} {:<10} {}",
-                    container.name, container.state, container.image
-                );
-            }
-            println!(
-                "The hub (API, database, scheduler, gateway) is not part of this version yet."
-            );
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("berth up: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    let database = args.data_dir.join("berth.db");
+    serve(Launch {
+        listen: args.listen,
+        database_url: format!("sqlite://{}", database.display()),
+        data_dir: args.data_dir,
+        monitor_interval: Duration::from_secs(30),
+        local_docker_host: Some(args.docker_host),
+    })
+    .await
 }

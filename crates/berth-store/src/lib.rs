@@ -119,6 +119,11 @@ impl Store {
     }
 }
 
+/// Commits a transaction.
+pub async fn commit(transaction: Tx<'_>) -> Result<(), StoreError> {
+    Ok(transaction.commit().await?)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()

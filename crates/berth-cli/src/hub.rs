@@ -1,0 +1,221 @@
+//! `berth hub` and the hub half of `berth up`: open the database, bootstrap, run the node
+//! monitor, serve the API until SIGINT or SIGTERM, then drain requests and close the database.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_core::ConnectionStatus;
+use berth_hub::state::HubSettings;
+use berth_hub::{HubState, api, bootstrap, monitor};
+use berth_store::{SecretBox, Store, nodes, redact_url};
+use clap::Args;
+
+/// Options of `berth hub`.
+#[derive(Debug, Args)]
+pub struct HubArgs {
+    /// Address of the API.
+    #[arg(long, env = "BERTH_LISTEN", default_value = "0.0.0.0:7700")]
+    listen: SocketAddr,
+    /// sqlite://PATH or postgres://USER:PASSWORD@HOST/DB.
+    #[arg(
+        long,
+        env = "BERTH_DATABASE_URL",
+        default_value = "sqlite://berth-data/berth.db"
+    )]
+    database_url: String,
+    /// Directory for the secret key file (when BERTH_SECRET_KEY is not set) and the admin token.
+    #[arg(long, env = "BERTH_DATA_DIR", default_value = "berth-data")]
+    data_dir: PathBuf,
+    /// Seconds between two node checks.
+    #[arg(long, env = "BERTH_MONITOR_INTERVAL", default_value_t = 30)]
+    monitor_interval: u64,
+}
+
+/// How to start the hub.
+pub struct Launch {
+    /// API address.
+    pub listen: SocketAddr,
+    /// Database URL.
+    pub database_url: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Node check interval.
+    pub monitor_interval: Duration,
+    /// Register this Docker address as node `local` (`berth up`).
+    pub local_docker_host: Option<String>,
+}
+
+/// Runs `berth hub`.
+pub async fn run(args: HubArgs) -> ExitCode {
+    if let Err(err) = crate::logging::init("info", None) {
+        eprintln!("berth hub: cannot set up logging: {err}");
+    }
+    if args.monitor_interval == 0 {
+        eprintln!("berth hub: --monitor-interval must be at least 1 second");
+        return ExitCode::from(2);
+    }
+    serve(Launch {
+        listen: args.listen,
+        database_url: args.database_url,
+        data_dir: args.data_dir,
+        monitor_interval: Duration::from_secs(args.monitor_interval),
+        local_docker_host: None,
+    })
+    .await
+}
+
+/// Starts the hub as `launch` says and serves until a shutdown signal.
+pub async fn serve(launch: Launch) -> ExitCode {
+    if let Err(err) = std::fs::create_dir_all(&launch.data_dir) {
+        eprintln!(
+            "berth: cannot create the data directory {}: {err}",
+            launch.data_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let key = std::env::var("BERTH_SECRET_KEY").ok();
+    let secrets = match SecretBox::load_or_create(
+        key.as_deref(),
+        &launch.data_dir.join("secret.key"),
+    ) {
+        Ok(secrets) => secrets,
+        Err(err) => {
+            eprintln!(
+                "berth: {err}. Set BERTH_SECRET_KEY to 64 hex characters, or remove the damaged key file."
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let store = match Store::connect(&launch.database_url).await {
+        Ok(store) => store,
+        Err(err) => {
+            eprintln!(
+                "berth: cannot open the database {}: {err}",
+                redact_url(&launch.database_url)
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = HubSettings {
+        monitor_interval: launch.monitor_interval,
+        ..HubSettings::default()
+    };
+    let state = Arc::new(HubState::new(store, secrets, settings));
+    let token_file = launch.data_dir.join("admin-token");
+    let booted = match bootstrap::ensure(
+        &state,
+        Some(&token_file),
+        launch.local_docker_host.as_deref(),
+    )
+    .await
+    {
+        Ok(booted) => booted,
+        Err(err) => {
+            eprintln!("berth: bootstrapping failed: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(local) = booted.local_node {
+        report_local_node(&state, local).await;
+    }
+    let listener = match tokio::net::TcpListener::bind(launch.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!(
+                "berth: cannot listen on {}: {err}; pick another address with --listen",
+                launch.listen
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let address = listener
+        .local_addr()
+        .map(|addr| addr.to_string())
+        .unwrap_or_default();
+    println!("Berth hub listening on http://{address} (API under /api, health at /health)");
+    match (
+        &booted.new_admin_token,
+        std::fs::read_to_string(&token_file),
+    ) {
+        (Some(token), _) => println!(
+            "admin token (shown once, also in {}): {token}",
+            token_file.display()
+        ),
+        (None, Ok(token)) => println!(
+            "admin token: {} (from {})",
+            token.trim(),
+            token_file.display()
+        ),
+        (None, Err(_)) => {
+            println!("admin token: issued on the first start; create another with the admin API")
+        }
+    }
+    println!(
+        "try: curl -H \"Authorization: Bearer $(cat {})\" http://{address}/api/nodes",
+        token_file.display()
+    );
+
+    let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
+    let stopped = move |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stop| *stop).await;
+    };
+    let monitor_task = tokio::spawn(monitor::run(
+        Arc::clone(&state),
+        stopped(stop_receiver.clone()),
+    ));
+    let router = api::router(Arc::clone(&state));
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            crate::shutdown_signal().await;
+            tracing::info!("Shutting down: draining requests.");
+            let _ = stop_sender.send(true);
+        })
+        .await;
+    let _ = monitor_task.await;
+    state.store.close().await;
+    match served {
+        Ok(()) => {
+            tracing::info!("Hub stopped; the database is closed.");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("berth: serving failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn report_local_node(state: &HubState, id: i64) {
+    let node = match state.store.acquire().await {
+        Ok(mut connection) => nodes::get(&mut connection, id).await,
+        Err(err) => Err(err),
+    };
+    let node = match node {
+        Ok(node) => node,
+        Err(err) => {
+            eprintln!("berth: cannot read node local: {err}");
+            return;
+        }
+    };
+    match monitor::check_and_record(state, &node, None).await {
+        Ok(check) if check.report.status == ConnectionStatus::Connected => {
+            println!("node local: connected ({})", check.report.message);
+        }
+        Ok(check) => {
+            println!(
+                "node local: {} ({})",
+                check.report.status, check.report.message
+            );
+            println!(
+                "  The hub runs, but cannot use the local Docker engine. Start Docker (systemctl start docker), \
+                 make {} readable by this user (add it to the docker group), or set DOCKER_HOST; the monitor retries every {} s.",
+                node.docker_address.trim_start_matches("unix://"),
+                state.settings.monitor_interval.as_secs()
+            );
+        }
+        Err(err) => eprintln!("berth: recording the check of node local failed: {err}"),
+    }
+}

@@ -1,0 +1,126 @@
+//! `/health` (open), `/metrics` and `/api/openapi.json`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use berth_http::Problem;
+use berth_store::nodes;
+use serde_json::{Value, json};
+
+use super::CurrentUser;
+use crate::state::HubState;
+
+/// The OpenAPI document of the hub's API.
+pub const OPENAPI_DOCUMENT: &str = include_str!("../openapi.json");
+
+async fn nodes_by_status(state: &HubState) -> Result<Vec<(&'static str, i64)>, Problem> {
+    let mut connection = state.store.acquire().await?;
+    let all = nodes::list(&mut connection).await?;
+    Ok(["connected", "failed", "unknown"]
+        .into_iter()
+        .map(|status| {
+            (
+                status,
+                all.iter()
+                    .filter(|node| node.docker_status == status)
+                    .count() as i64,
+            )
+        })
+        .collect())
+}
+
+/// `GET /health`: the database answers, and the nodes by status.
+pub async fn health(State(state): State<Arc<HubState>>) -> Response {
+    let database = state.store.ping().await;
+    let nodes = nodes_by_status(&state).await.ok();
+    let body = json!({
+        "status": if database { "healthy" } else { "unhealthy" },
+        "database": if database { "ok" } else { "unreachable" },
+        "nodes": nodes.map(|counts| {
+            counts.into_iter().map(|(status, count)| (status.to_owned(), json!(count))).collect::<serde_json::Map<String, Value>>()
+        }),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let status = if database {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`: OpenMetrics text.
+pub async fn metrics(
+    State(state): State<Arc<HubState>>,
+    _user: CurrentUser,
+) -> Result<Response, Problem> {
+    let counts = nodes_by_status(&state).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(&counts),
+    )
+        .into_response())
+}
+
+/// `GET /api/openapi.json`.
+pub async fn openapi(_user: CurrentUser) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        OPENAPI_DOCUMENT,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_describes_every_route() {
+        let document: Value = serde_json::from_str(OPENAPI_DOCUMENT).expect("valid JSON");
+        let paths = document["paths"].as_object().expect("paths");
+        let routes = [
+            ("/health", "get"),
+            ("/metrics", "get"),
+            ("/api/openapi.json", "get"),
+            ("/api/users", "get"),
+            ("/api/users", "post"),
+            ("/api/users/me", "get"),
+            ("/api/users/{id}", "get"),
+            ("/api/users/{id}", "delete"),
+            ("/api/users/{id}/tokens", "post"),
+            ("/api/nodes", "get"),
+            ("/api/nodes", "post"),
+            ("/api/nodes/{id}", "get"),
+            ("/api/nodes/{id}", "put"),
+            ("/api/nodes/{id}", "delete"),
+            ("/api/nodes/{id}/test", "post"),
+            ("/api/admin/controllers", "get"),
+            ("/api/admin/controllers/{id}/health", "get"),
+            ("/api/admin/controllers/{id}/enable", "post"),
+            ("/api/admin/controllers/{id}/disable", "post"),
+            ("/api/admin/operations", "get"),
+        ];
+        for (path, method) in routes {
+            assert!(
+                paths.get(path).and_then(|item| item.get(method)).is_some(),
+                "{method} {path} is not documented"
+            );
+        }
+        let documented: usize = paths
+            .values()
+            .map(|item| item.as_object().map_or(0, |methods| methods.len()))
+            .sum();
+        assert_eq!(
+            documented,
+            routes.len(),
+            "the document lists a route the API does not have"
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! `/api/users`: the caller (`me`), and for admins the users, their quotas and their tokens.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use berth_http::{Problem, parse_body};
+use berth_store::operations::{self, NewOperation};
+use berth_store::users::{self, Quotas, Role, User};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::CurrentUser;
+use crate::state::HubState;
+
+type Shared = State<Arc<HubState>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    name: String,
+    #[serde(default = "user_role")]
+    role: Role,
+    #[serde(default)]
+    max_services: Option<i64>,
+    #[serde(default)]
+    max_cpu_cores: Option<f64>,
+    #[serde(default)]
+    max_memory: Option<berth_core::ByteSize>,
+    #[serde(default)]
+    max_gpus: Option<i64>,
+}
+
+fn user_role() -> Role {
+    Role::User
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn user_operation(actor: &User, action: &str, target: i64, detail: Value) -> NewOperation {
+    NewOperation {
+        user_id: Some(actor.id),
+        action: action.to_owned(),
+        target_kind: "user".to_owned(),
+        target_id: target.to_string(),
+        node_id: None,
+        service_id: None,
+        outcome: "ok".to_owned(),
+        detail,
+    }
+}
+
+/// `GET /api/users/me`.
+pub async fn me(user: CurrentUser) -> Json<User> {
+    Json(user.0)
+}
+
+/// `GET /api/users` (admin).
+pub async fn list(State(state): Shared, user: CurrentUser) -> Result<Json<Vec<User>>, Problem> {
+    user.require_admin()?;
+    let mut connection = state.store.acquire().await?;
+    Ok(Json(users::list_users(&mut connection).await?))
+}
+
+/// `GET /api/users/{id}` (admin, or the user themself).
+pub async fn get_one(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<Json<User>, Problem> {
+    if user.0.id != id {
+        user.require_admin()?;
+    }
+    let mut connection = state.store.acquire().await?;
+    Ok(Json(users::get_user(&mut connection, id).await?))
+}
+
+/// `POST /api/users` (admin): creates a user and their first token, shown only in this answer.
+pub async fn create(
+    State(state): Shared,
+    user: CurrentUser,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    user.require_admin()?;
+    let request: NewUser = parse_body(&body)?;
+    berth_core::spec::validate_name("name", &request.name)?;
+    for (field, value) in [
+        ("max_services", request.max_services),
+        ("max_gpus", request.max_gpus),
+    ] {
+        if value.is_some_and(|value| value < 0) {
+            return Err(Problem::invalid_field(field, "must not be negative"));
+        }
+    }
+    if request
+        .max_cpu_cores
+        .is_some_and(|cores| !(cores.is_finite() && cores >= 0.0))
+    {
+        return Err(Problem::invalid_field(
+            "max_cpu_cores",
+            "must be a number of cores, 0 or more",
+        ));
+    }
+    let quotas = Quotas {
+        max_services: request.max_services,
+        max_cpu_millis: request
+            .max_cpu_cores
+            .map(|cores| (cores * 1000.0).round() as i64),
+        max_memory_bytes: request.max_memory.map(|size| size.bytes_i64()),
+        max_gpus: request.max_gpus,
+    };
+    let mut transaction = state.store.begin().await?;
+    let created =
+        users::create_user(&mut transaction, &request.name, request.role, &quotas).await?;
+    let token = users::issue_token(&mut transaction, created.id, "initial").await?;
+    let detail = json!({"name": created.name, "role": created.role});
+    operations::record(
+        &mut transaction,
+        &user_operation(&user.0, "user.create", created.id, detail),
+    )
+    .await?;
+    berth_store::commit(transaction).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"user": created, "token": token.token})),
+    ))
+}
+
+/// `DELETE /api/users/{id}` (admin; not oneself).
+pub async fn delete(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, Problem> {
+    user.require_admin()?;
+    if id == user.0.id {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "you cannot delete yourself; another admin can",
+        ));
+    }
+    let mut transaction = state.store.begin().await?;
+    users::delete_user(&mut transaction, id).await?;
+    operations::record(
+        &mut transaction,
+        &user_operation(&user.0, "user.delete", id, json!({})),
+    )
+    .await?;
+    berth_store::commit(transaction).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/users/{id}/tokens` (admin, or the user themself): a new token, shown once.
+pub async fn issue_token(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    if user.0.id != id {
+        user.require_admin()?;
+    }
+    let request: NewToken = if body.iter().all(u8::is_ascii_whitespace) {
+        NewToken::default()
+    } else {
+        parse_body(&body)?
+    };
+    let name = request.name.unwrap_or_else(|| "api".to_owned());
+    let mut transaction = state.store.begin().await?;
+    users::get_user(&mut transaction, id).await?;
+    let token = users::issue_token(&mut transaction, id, &name).await?;
+    operations::record(
+        &mut transaction,
+        &user_operation(&user.0, "token.issue", id, json!({"name": name})),
+    )
+    .await?;
+    berth_store::commit(transaction).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": token.id, "name": name, "token": token.token})),
+    ))
+}

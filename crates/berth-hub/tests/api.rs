@@ -1,0 +1,598 @@
+//! The hub's API in-process on SQLite: roles, users and tokens, nodes (local engine, unreachable,
+//! unconfigured, TLS material, a real `berth agent`), secrets never returned, the delete guard,
+//! bad input, and the operation log.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use berth_hub::state::HubSettings;
+use berth_hub::{HubState, api, bootstrap};
+use berth_store::{SecretBox, Store};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+struct Hub {
+    address: SocketAddr,
+    state: Arc<HubState>,
+    admin: String,
+    client: reqwest::Client,
+}
+
+async fn start(test: &str) -> Hub {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = std::env::temp_dir().join(format!("berth-hub-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let store = Store::connect(&format!("sqlite://{}", dir.join("berth.db").display()))
+        .await
+        .expect("store");
+    let secrets = SecretBox::load_or_create(None, &dir.join("secret.key")).expect("key");
+    let state = Arc::new(HubState::new(store, secrets, HubSettings::default()));
+    let booted = bootstrap::ensure(&state, None, None)
+        .await
+        .expect("bootstrap");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let router = api::router(Arc::clone(&state));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Hub {
+        address,
+        state,
+        admin: booted.new_admin_token.expect("admin token"),
+        client: reqwest::Client::new(),
+    }
+}
+
+impl Hub {
+    async fn call(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, String) {
+        let mut request = self
+            .client
+            .request(method, format!("http://{}{path}", self.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        )
+    }
+
+    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, value, _) = self.call(Some(&self.admin), method, path, body).await;
+        (status, value)
+    }
+
+    async fn new_user(&self, name: &str) -> (i64, String) {
+        let (status, body) = self
+            .admin(Method::POST, "/api/users", Some(json!({"name": name})))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (
+            body["user"]["id"].as_i64().expect("id"),
+            body["token"].as_str().expect("token").to_owned(),
+        )
+    }
+}
+
+fn node(name: &str, extra: Value) -> Value {
+    let mut body = json!({"name": name, "public_ip": "203.0.113.5", "private_ip": "10.0.0.5"});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    body
+}
+
+#[tokio::test]
+async fn roles_guard_every_route() {
+    let hub = start("roles").await;
+    let (status, health, _) = hub.call(None, Method::GET, "/health", None).await;
+    assert_eq!((status, health["database"].as_str()), (200, Some("ok")));
+    for path in [
+        "/api/nodes",
+        "/api/users/me",
+        "/metrics",
+        "/api/openapi.json",
+        "/api/admin/operations",
+    ] {
+        let (status, body, _) = hub.call(None, Method::GET, path, None).await;
+        assert_eq!(
+            (status, body["status"].as_u64()),
+            (401, Some(401)),
+            "{path}"
+        );
+    }
+    let (status, _, _) = hub
+        .call(
+            Some("berth_not-a-token"),
+            Method::GET,
+            "/api/users/me",
+            None,
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    let (alice_id, alice) = hub.new_user("alice").await;
+    let (status, me, _) = hub
+        .call(Some(&alice), Method::GET, "/api/users/me", None)
+        .await;
+    assert_eq!(
+        (status, me["name"].as_str(), me["role"].as_str()),
+        (200, Some("alice"), Some("user"))
+    );
+    for (method, path) in [
+        (Method::GET, "/api/nodes"),
+        (Method::GET, "/api/users"),
+        (Method::POST, "/api/users"),
+        (Method::GET, "/api/admin/controllers"),
+        (Method::GET, "/api/admin/operations"),
+        (Method::GET, "/api/users/1"),
+        (Method::POST, "/api/users/1/tokens"),
+    ] {
+        let (status, body, _) = hub
+            .call(
+                Some(&alice),
+                method.clone(),
+                path,
+                Some(json!({"name": "x"})),
+            )
+            .await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+    }
+    let (status, issued, _) = hub
+        .call(
+            Some(&alice),
+            Method::POST,
+            &format!("/api/users/{alice_id}/tokens"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let second = issued["token"].as_str().expect("token");
+    let (status, me, _) = hub
+        .call(Some(second), Method::GET, "/api/users/me", None)
+        .await;
+    assert_eq!((status, me["id"].as_i64()), (200, Some(alice_id)));
+    let (status, metrics, text) = hub
+        .call(Some(&hub.admin), Method::GET, "/metrics", None)
+        .await;
+    assert_eq!((status, metrics), (200, Value::Null));
+    assert!(
+        text.contains(
+            "berth_hub_http_requests_total{method=\"GET\",route=\"/api/users/me\",status=\"200\"}"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn users_are_validated_and_admins_cannot_remove_themselves() {
+    let hub = start("users").await;
+    let (status, body) = hub
+        .admin(
+            Method::POST,
+            "/api/users",
+            Some(json!({"name": "bad name"})),
+        )
+        .await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("name")));
+    let (status, body) = hub
+        .admin(
+            Method::POST,
+            "/api/users",
+            Some(json!({"name": "bob", "role": "root"})),
+        )
+        .await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("role")));
+    let (status, body) = hub
+        .admin(
+            Method::POST,
+            "/api/users",
+            Some(json!({"name": "bob", "max_services": -1})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (422, Some("max_services"))
+    );
+    let (status, created) = hub
+        .admin(Method::POST, "/api/users", Some(json!({"name": "bob", "max_services": 3, "max_memory": "16g", "max_cpu_cores": 4.5})))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["user"]["quotas"]["max_memory_bytes"], 16u64 << 30);
+    assert_eq!(created["user"]["quotas"]["max_cpu_millis"], 4500);
+    let (status, _) = hub
+        .admin(Method::POST, "/api/users", Some(json!({"name": "bob"})))
+        .await;
+    assert_eq!(status, 409);
+    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
+    let (status, _) = hub
+        .admin(Method::DELETE, &format!("/api/users/{}", me["id"]), None)
+        .await;
+    assert_eq!(status, 409);
+    let bob = created["user"]["id"].as_i64().expect("id");
+    let (status, _) = hub
+        .admin(Method::DELETE, &format!("/api/users/{bob}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, _, _) = hub
+        .call(
+            Some(created["token"].as_str().expect("token")),
+            Method::GET,
+            "/api/users/me",
+            None,
+        )
+        .await;
+    assert_eq!(status, 401, "a deleted user's token no longer works");
+}
+
+#[tokio::test]
+async fn nodes_are_tested_and_their_secrets_never_come_back() {
+    let hub = start("nodes").await;
+    let local_host =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    let (status, local) = hub
+        .admin(
+            Method::POST,
+            "/api/nodes",
+            Some(node(
+                "local-engine",
+                json!({"docker_address": local_host, "use_tls": false, "gpu_count": 2}),
+            )),
+        )
+        .await;
+    assert_eq!(status, 201, "{local}");
+    assert_eq!(local["docker_status"], "connected", "{local}");
+    assert!(local["observed"]["cpu_cores"].as_i64().expect("cores") >= 1);
+    assert!(local["last_checked_at"].as_i64().is_some());
+
+    let (_, refused) = hub
+        .admin(
+            Method::POST,
+            "/api/nodes",
+            Some(node(
+                "nobody-home",
+                json!({"docker_address": "tcp://127.0.0.1:1", "use_tls": false}),
+            )),
+        )
+        .await;
+    assert_eq!(refused["docker_status"], "failed", "{refused}");
+    let (_, unconfigured) = hub
+        .admin(
+            Method::POST,
+            "/api/nodes",
+            Some(node("no-address", json!({}))),
+        )
+        .await;
+    assert_eq!(unconfigured["docker_status"], "unknown", "{unconfigured}");
+
+    let ca = "-----BEGIN CERTIFICATE-----\nTUlJQ0FURVNU\n-----END CERTIFICATE-----\n";
+    let key = "-----BEGIN PRIVATE KEY-----\nU0VDUkVUS0VZ\n-----END PRIVATE KEY-----\n";
+    let with_secrets = node(
+        "tls-node",
+        json!({"docker_address": "tcp://127.0.0.1:1", "ca_cert": ca, "client_cert": ca,
+        "client_key": key, "ssh_password": "hunter2-password", "ssh_user": "root"}),
+    );
+    let (status, tls, raw) = hub
+        .call(
+            Some(&hub.admin),
+            Method::POST,
+            "/api/nodes",
+            Some(with_secrets),
+        )
+        .await;
+    assert_eq!(status, 201, "{tls}");
+    assert_eq!(
+        (
+            tls["ca_cert_set"].as_bool(),
+            tls["client_key_set"].as_bool(),
+            tls["ssh_password_set"].as_bool()
+        ),
+        (Some(true), Some(true), Some(true))
+    );
+    assert_eq!(tls["agent_api_key_set"], false);
+    assert_eq!(
+        tls["docker_status"], "failed",
+        "the TLS material is used: {tls}"
+    );
+    let id = tls["id"].as_i64().expect("id");
+    let (_, _, listed) = hub
+        .call(Some(&hub.admin), Method::GET, "/api/nodes", None)
+        .await;
+    let (_, _, one) = hub
+        .call(
+            Some(&hub.admin),
+            Method::GET,
+            &format!("/api/nodes/{id}"),
+            None,
+        )
+        .await;
+    let (_, _, operations) = hub
+        .call(
+            Some(&hub.admin),
+            Method::GET,
+            "/api/admin/operations?size=500",
+            None,
+        )
+        .await;
+    for text in [&raw, &listed, &one, &operations] {
+        for secret in [
+            "hunter2-password",
+            "SECRETKEY",
+            "U0VDUkVUS0VZ",
+            "PRIVATE KEY",
+            "v1:",
+        ] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+    }
+    let mut connection = hub.state.store.acquire().await.expect("connection");
+    let stored = berth_store::nodes::get(&mut connection, id)
+        .await
+        .expect("stored");
+    let sealed = stored.ssh_password_sealed.expect("sealed");
+    assert!(!sealed.contains("hunter2"));
+    assert_eq!(
+        hub.state.secrets.open(&sealed).expect("opens"),
+        "hunter2-password"
+    );
+    drop(connection);
+
+    let (status, cleared) = hub
+        .admin(
+            Method::PUT,
+            &format!("/api/nodes/{id}"),
+            Some(json!({"ssh_password": "", "priority": 1})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            cleared["ssh_password_set"].as_bool(),
+            cleared["priority"].as_i64()
+        ),
+        (Some(false), Some(1))
+    );
+    assert_eq!(
+        cleared["ca_cert_set"], true,
+        "fields not sent keep their value"
+    );
+
+    let (status, body) = hub
+        .admin(
+            Method::POST,
+            "/api/nodes",
+            Some(node("local-engine", json!({}))),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, listed) = hub
+        .admin(Method::GET, "/api/nodes?status=connected", None)
+        .await;
+    assert_eq!((status, listed.as_array().map(Vec::len)), (200, Some(1)));
+}
+
+#[tokio::test]
+async fn bad_node_input_names_the_field_and_changes_nothing() {
+    let hub = start("bad-nodes").await;
+    let cases = [
+        (json!({"name": "n1", "private_ip": "10.0.0.1"}), "public_ip"),
+        (node("n1", json!({"driver": "ssh"})), "driver"),
+        (
+            node("n1", json!({"docker_address": "10.0.0.5:2376"})),
+            "docker_address",
+        ),
+        (node("n1", json!({"agent_url": "ftp://x"})), "agent_url"),
+        (node("n1", json!({"server_type": "tpu"})), "server_type"),
+        (node("n1", json!({"ssh_port": 70000})), "ssh_port"),
+        (node("n1", json!({"gpu_count": -2})), "gpu_count"),
+        (node("n1", json!({"ca_cert": "not pem"})), "ca_cert"),
+        (node("n1", json!({"colour": "red"})), "colour"),
+        (node("bad name", json!({})), "name"),
+        (node("n1", json!({"use_tls": "yes"})), "use_tls"),
+    ];
+    for (body, field) in cases {
+        let (status, problem) = hub
+            .admin(Method::POST, "/api/nodes", Some(body.clone()))
+            .await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (422, Some(field)),
+            "{body}: {problem}"
+        );
+    }
+    let (_, listed) = hub.admin(Method::GET, "/api/nodes", None).await;
+    assert_eq!(listed, json!([]), "nothing was created");
+    let (status, _) = hub.admin(Method::GET, "/api/nodes/999", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = hub
+        .admin(Method::PUT, "/api/nodes/999", Some(json!({"priority": 1})))
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = hub
+        .admin(Method::GET, "/api/admin/operations?size=0", None)
+        .await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("size")));
+}
+
+#[tokio::test]
+async fn an_agent_node_reports_its_hardware() {
+    let hub = start("agent-node").await;
+    let values: HashMap<&str, &str> = HashMap::from([
+        ("MMANAGER_API_KEY", "agent-key-123"),
+        ("SERVER_ID", "hub-test-agent"),
+        ("SERVER_TYPE", "gpu"),
+        ("BERTH_SIMULATED_GPUS", "2xA100-80GB"),
+    ]);
+    let mut config = berth_agent::AgentConfig::load(|key| {
+        values
+            .get(key)
+            .map(|value| (*value).to_owned())
+            .or_else(|| {
+                (key == "DOCKER_HOST")
+                    .then(|| std::env::var(key).ok())
+                    .flatten()
+            })
+    })
+    .expect("agent config");
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    let agent = berth_agent::AgentState::connect(config)
+        .await
+        .expect("agent");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let agent_url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(berth_agent::server::serve(
+        listener,
+        berth_agent::api::router(agent),
+        None,
+        std::future::pending(),
+    ));
+
+    let body = node(
+        "gpu-box",
+        json!({"driver": "agent", "agent_url": agent_url, "agent_api_key": "agent-key-123", "server_type": "gpu"}),
+    );
+    let (status, created) = hub.admin(Method::POST, "/api/nodes", Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["docker_status"], "connected", "{created}");
+    assert!(
+        created["status_message"]
+            .as_str()
+            .expect("message")
+            .contains("hub-test-agent")
+    );
+    assert_eq!(
+        created["observed"]["gpus"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(created["observed"]["simulated"], true);
+    assert_eq!(created["agent_api_key_set"], true);
+    let id = created["id"].as_i64().expect("id");
+
+    let (status, wrong) = hub
+        .admin(
+            Method::PUT,
+            &format!("/api/nodes/{id}"),
+            Some(json!({"agent_api_key": "wrong"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(wrong["docker_status"], "failed");
+    assert!(
+        wrong["status_message"]
+            .as_str()
+            .expect("message")
+            .contains("401"),
+        "{wrong}"
+    );
+
+    let (status, controllers) = hub.admin(Method::GET, "/api/admin/controllers", None).await;
+    assert_eq!((status, controllers["total"].as_u64()), (200, Some(1)));
+    assert_eq!(controllers["controllers"][0]["url"], agent_url.as_str());
+    let (_, disabled) = hub
+        .admin(
+            Method::POST,
+            &format!("/api/admin/controllers/{id}/disable"),
+            None,
+        )
+        .await;
+    assert_eq!(disabled["enabled"], false);
+    let (_, health) = hub
+        .admin(
+            Method::GET,
+            &format!("/api/admin/controllers/{id}/health"),
+            None,
+        )
+        .await;
+    assert_eq!(health["status"], "failed");
+}
+
+#[tokio::test]
+async fn deleting_a_busy_node_is_refused_and_every_step_is_logged() {
+    let hub = start("delete").await;
+    let (_, created) = hub
+        .admin(Method::POST, "/api/nodes", Some(node("busy", json!({}))))
+        .await;
+    let id = created["id"].as_i64().expect("id");
+    let mut connection = hub.state.store.acquire().await.expect("connection");
+    sqlx::query("INSERT INTO containers (node_id, container_id, name, status, created_at) VALUES ($1, 'c1', 'svc', 'running', 0)")
+        .bind(id)
+        .execute(&mut *connection)
+        .await
+        .expect("container row");
+    let (status, problem) = hub
+        .admin(Method::DELETE, &format!("/api/nodes/{id}"), None)
+        .await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("service containers")
+    );
+    sqlx::query("DELETE FROM containers")
+        .execute(&mut *connection)
+        .await
+        .expect("clear");
+    drop(connection);
+    let (status, _) = hub
+        .admin(Method::POST, &format!("/api/nodes/{id}/test"), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = hub
+        .admin(Method::DELETE, &format!("/api/nodes/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+
+    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
+    let (_, log) = hub
+        .admin(
+            Method::GET,
+            &format!("/api/admin/operations?node_id={id}"),
+            None,
+        )
+        .await;
+    let actions: Vec<&str> = log["operations"]
+        .as_array()
+        .expect("ops")
+        .iter()
+        .filter_map(|op| op["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        vec!["node.delete", "node.test", "node.test", "node.create"],
+        "{log}"
+    );
+    assert!(
+        log["operations"]
+            .as_array()
+            .expect("ops")
+            .iter()
+            .all(|op| op["user_id"] == me["id"])
+    );
+    let (_, only_deletes) = hub
+        .admin(
+            Method::GET,
+            "/api/admin/operations?action=node.delete",
+            None,
+        )
+        .await;
+    assert_eq!(only_deletes["total"], 1);
+}
