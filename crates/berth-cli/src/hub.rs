@@ -69,7 +69,7 @@ pub async fn run(args: HubArgs) -> ExitCode {
 
 /// Starts the hub as `launch` says and serves until a shutdown signal.
 pub async fn serve(launch: Launch) -> ExitCode {
-    if let Err(err) = std::fs::create_dir_all(&launch.data_dir) {
+    if let Err(err) = private_dir(&launch.data_dir) {
         eprintln!(
             "berth: cannot create the data directory {}: {err}",
             launch.data_dir.display()
@@ -186,6 +186,18 @@ pub async fn serve(launch: Launch) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Creates `dir` (and its parents) readable by its owner only: it holds the database and keys.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 async fn report_local_node(state: &HubState, id: i64) {

@@ -1,0 +1,140 @@
+//! `berth up` as a user runs it: the binary starts the hub on SQLite, registers the local engine,
+//! writes the admin token (0600), answers with it, stops cleanly on SIGTERM, and starts again
+//! with everything intact.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &std::path::Path, port: u16) -> (Running, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["up", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("berth up starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        let done = line.starts_with("try:");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    (Running(child), lines)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn get(port: u16, path: &str, token: &str) -> (u16, Value) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
+}
+
+fn terminate(mut running: Running) {
+    let pid = running.0.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = running.0.try_wait() {
+            assert!(
+                status.success(),
+                "berth up exits 0 on SIGTERM, got {status}"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("berth up did not stop within 10 s of SIGTERM");
+}
+
+#[test]
+fn berth_up_starts_serves_stops_and_resumes() {
+    let dir = std::env::temp_dir().join(format!("berth-up-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = free_port();
+    let (running, lines) = start(&dir, port);
+    let text = lines.join("\n");
+    assert!(text.contains("node local: connected"), "{text}");
+    assert!(text.contains(&format!("http://127.0.0.1:{port}")), "{text}");
+    let token = std::fs::read_to_string(dir.join("admin-token"))
+        .expect("token file")
+        .trim()
+        .to_owned();
+    assert!(text.contains(&token), "the token is printed: {text}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &std::path::Path| {
+            std::fs::metadata(path).expect("meta").permissions().mode() & 0o777
+        };
+        assert_eq!(mode(&dir.join("admin-token")), 0o600);
+        assert_eq!(mode(&dir.join("secret.key")), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+    }
+    let (status, nodes) = get(port, "/api/nodes", &token);
+    assert_eq!(status, 200);
+    assert_eq!(nodes[0]["name"], "local");
+    assert_eq!(nodes[0]["docker_status"], "connected");
+    terminate(running);
+
+    let (running, lines) = start(&dir, port);
+    let text = lines.join("\n");
+    assert!(
+        text.contains("from"),
+        "the second start reads the token file: {text}"
+    );
+    let (status, nodes) = get(port, "/api/nodes", &token);
+    assert_eq!(
+        (status, nodes.as_array().map(Vec::len)),
+        (200, Some(1)),
+        "one node local, not two"
+    );
+    let (_, log) = get(port, "/api/admin/operations", &token);
+    let creates = log["operations"]
+        .as_array()
+        .expect("ops")
+        .iter()
+        .filter(|op| op["action"] == "node.create")
+        .count();
+    assert_eq!(creates, 1);
+    terminate(running);
+    std::fs::remove_dir_all(&dir).ok();
+}
