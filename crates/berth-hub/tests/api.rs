@@ -2,101 +2,13 @@
 //! unconfigured, TLS material, a real `berth agent`), secrets never returned, the delete guard,
 //! bad input, and the operation log.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod support;
 
-use berth_hub::state::HubSettings;
-use berth_hub::{HubState, api, bootstrap};
-use berth_store::{SecretBox, Store};
+use std::collections::HashMap;
+
 use reqwest::Method;
 use serde_json::{Value, json};
-
-struct Hub {
-    address: SocketAddr,
-    state: Arc<HubState>,
-    admin: String,
-    client: reqwest::Client,
-}
-
-async fn start(test: &str) -> Hub {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = std::env::temp_dir().join(format!("berth-hub-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let store = Store::connect(&format!("sqlite://{}", dir.join("berth.db").display()))
-        .await
-        .expect("store");
-    let secrets = SecretBox::load_or_create(None, &dir.join("secret.key")).expect("key");
-    let state = Arc::new(HubState::new(store, secrets, HubSettings::default()));
-    let booted = bootstrap::ensure(&state, None, None)
-        .await
-        .expect("bootstrap");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("addr");
-    let router = api::router(Arc::clone(&state));
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    Hub {
-        address,
-        state,
-        admin: booted.new_admin_token.expect("admin token"),
-        client: reqwest::Client::new(),
-    }
-}
-
-impl Hub {
-    async fn call(
-        &self,
-        token: Option<&str>,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value, String) {
-        let mut request = self
-            .client
-            .request(method, format!("http://{}{path}", self.address));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::Null),
-            text,
-        )
-    }
-
-    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (status, value, _) = self.call(Some(&self.admin), method, path, body).await;
-        (status, value)
-    }
-
-    async fn new_user(&self, name: &str) -> (i64, String) {
-        let (status, body) = self
-            .admin(Method::POST, "/api/users", Some(json!({"name": name})))
-            .await;
-        assert_eq!(status, 201, "{body}");
-        (
-            body["user"]["id"].as_i64().expect("id"),
-            body["token"].as_str().expect("token").to_owned(),
-        )
-    }
-}
-
-fn node(name: &str, extra: Value) -> Value {
-    let mut body = json!({"name": name, "public_ip": "203.0.113.5", "private_ip": "10.0.0.5"});
-    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
-        body.extend(extra.clone());
-    }
-    body
-}
+use support::{node, start};
 
 #[tokio::test]
 async fn roles_guard_every_route() {

@@ -3,10 +3,12 @@
 //! repository function takes a connection, so a caller can put a state change and its operation
 //! row in one transaction. Secrets are sealed with an AEAD before they reach a table.
 
+pub mod catalog;
 mod error;
 pub mod nodes;
 pub mod operations;
 pub mod secrets;
+pub mod services;
 pub mod users;
 
 use std::sync::Once;

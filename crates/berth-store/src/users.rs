@@ -153,6 +153,19 @@ pub async fn get_user(conn: &mut Conn, id: i64) -> Result<User, StoreError> {
     Ok(user_from(&row)?)
 }
 
+/// The user called `name`, if any.
+pub async fn find_by_name(conn: &mut Conn, name: &str) -> Result<Option<User>, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.as_ref().map(user_from).transpose()?)
+}
+
 /// How many users exist.
 pub async fn count_users(conn: &mut Conn) -> Result<i64, StoreError> {
     Ok(sqlx::query("SELECT COUNT(*) AS n FROM users")

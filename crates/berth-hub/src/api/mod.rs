@@ -2,7 +2,9 @@
 //! `/health` needs `Authorization: Bearer <token>`; admin routes need the admin role.
 
 mod admin;
+mod catalog;
 mod nodes;
+mod services;
 mod system;
 mod users;
 
@@ -36,6 +38,35 @@ pub fn router(state: Arc<HubState>) -> Router {
             get(nodes::get_one).put(nodes::update).delete(nodes::delete),
         )
         .route("/api/nodes/{id}/test", post(nodes::test))
+        .route(
+            "/api/images",
+            get(catalog::list_images).post(catalog::create_image),
+        )
+        .route(
+            "/api/images/{id}",
+            axum::routing::delete(catalog::delete_image),
+        )
+        .route(
+            "/api/specs",
+            get(catalog::list_specs).post(catalog::create_spec),
+        )
+        .route(
+            "/api/specs/{id}",
+            axum::routing::delete(catalog::delete_spec),
+        )
+        .route("/api/services", get(services::list))
+        .route(
+            "/api/services/{id}",
+            get(services::get_one).delete(services::delete),
+        )
+        .route("/api/services/{id}/start", post(services::start))
+        .route("/api/services/{id}/stop", post(services::stop))
+        .route("/api/services/{id}/status", get(services::status))
+        .route("/api/services/{id}/logs", get(services::logs))
+        .route("/api/services/{id}/stats", get(services::stats))
+        .route("/api/services/{id}/deployments", get(services::deployments))
+        .route("/api/services/{id}/rollback", post(services::rollback))
+        .route("/api/{username}/{repo}/services", post(services::create))
         .route("/api/admin/controllers", get(admin::controllers))
         .route(
             "/api/admin/controllers/{id}/health",

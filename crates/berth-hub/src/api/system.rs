@@ -106,6 +106,23 @@ mod tests {
             ("/api/admin/controllers/{id}/enable", "post"),
             ("/api/admin/controllers/{id}/disable", "post"),
             ("/api/admin/operations", "get"),
+            ("/api/images", "get"),
+            ("/api/images", "post"),
+            ("/api/images/{id}", "delete"),
+            ("/api/specs", "get"),
+            ("/api/specs", "post"),
+            ("/api/specs/{id}", "delete"),
+            ("/api/{username}/{repo}/services", "post"),
+            ("/api/services", "get"),
+            ("/api/services/{id}", "get"),
+            ("/api/services/{id}", "delete"),
+            ("/api/services/{id}/start", "post"),
+            ("/api/services/{id}/stop", "post"),
+            ("/api/services/{id}/status", "get"),
+            ("/api/services/{id}/logs", "get"),
+            ("/api/services/{id}/stats", "get"),
+            ("/api/services/{id}/deployments", "get"),
+            ("/api/services/{id}/rollback", "post"),
         ];
         for (path, method) in routes {
             assert!(

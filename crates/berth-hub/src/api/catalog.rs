@@ -1,0 +1,209 @@
+//! `/api/images` and `/api/specs`: everyone reads the catalog, admins change it.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use berth_core::ByteSize;
+use berth_http::{Problem, parse_body};
+use berth_store::catalog::{self, Image, Spec};
+use berth_store::operations::{self, NewOperation};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::CurrentUser;
+use crate::state::HubState;
+
+type Shared = State<Arc<HubState>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewImage {
+    name: String,
+    reference: String,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSpec {
+    name: String,
+    cpu_cores: f64,
+    memory: ByteSize,
+    #[serde(default)]
+    system_disk: Option<ByteSize>,
+    #[serde(default)]
+    data_disk: Option<ByteSize>,
+    #[serde(default)]
+    gpu_count: i64,
+    #[serde(default)]
+    memory_split: bool,
+    #[serde(default)]
+    gpu_memory_gb: i64,
+}
+
+fn catalog_operation(
+    actor: i64,
+    action: &str,
+    kind: &str,
+    id: i64,
+    detail: serde_json::Value,
+) -> NewOperation {
+    NewOperation {
+        user_id: Some(actor),
+        action: action.to_owned(),
+        target_kind: kind.to_owned(),
+        target_id: id.to_string(),
+        node_id: None,
+        service_id: None,
+        outcome: "ok".to_owned(),
+        detail,
+    }
+}
+
+/// `GET /api/images`.
+pub async fn list_images(
+    State(state): Shared,
+    _user: CurrentUser,
+) -> Result<Json<Vec<Image>>, Problem> {
+    let mut connection = state.store.acquire().await?;
+    Ok(Json(catalog::list_images(&mut connection).await?))
+}
+
+/// `POST /api/images` (admin).
+pub async fn create_image(
+    State(state): Shared,
+    user: CurrentUser,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Image>), Problem> {
+    user.require_admin()?;
+    let request: NewImage = parse_body(&body)?;
+    berth_core::spec::validate_name("name", &request.name)?;
+    if request.reference.trim().is_empty() || request.reference.chars().any(char::is_whitespace) {
+        return Err(Problem::invalid_field(
+            "reference",
+            format!("{:?} is not an image reference", request.reference),
+        ));
+    }
+    let mut transaction = state.store.begin().await?;
+    let image = catalog::insert_image(
+        &mut transaction,
+        &request.name,
+        &request.reference,
+        &request.description,
+    )
+    .await?;
+    let detail = json!({"name": image.name, "reference": image.reference});
+    operations::record(
+        &mut transaction,
+        &catalog_operation(user.0.id, "image.create", "image", image.id, detail),
+    )
+    .await?;
+    berth_store::commit(transaction).await?;
+    Ok((StatusCode::CREATED, Json(image)))
+}
+
+/// `DELETE /api/images/{id}` (admin).
+pub async fn delete_image(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, Problem> {
+    user.require_admin()?;
+    let mut transaction = state.store.begin().await?;
+    catalog::delete_image(&mut transaction, id).await?;
+    operations::record(
+        &mut transaction,
+        &catalog_operation(user.0.id, "image.delete", "image", id, json!({})),
+    )
+    .await?;
+    berth_store::commit(transaction).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/specs`.
+pub async fn list_specs(
+    State(state): Shared,
+    _user: CurrentUser,
+) -> Result<Json<Vec<Spec>>, Problem> {
+    let mut connection = state.store.acquire().await?;
+    Ok(Json(catalog::list_specs(&mut connection).await?))
+}
+
+/// `POST /api/specs` (admin).
+pub async fn create_spec(
+    State(state): Shared,
+    user: CurrentUser,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Spec>), Problem> {
+    user.require_admin()?;
+    let request: NewSpec = parse_body(&body)?;
+    berth_core::spec::validate_name("name", &request.name)?;
+    if !(request.cpu_cores.is_finite()
+        && request.cpu_cores > 0.0
+        && request.cpu_cores <= berth_core::spec::MAX_CPU_LIMIT)
+    {
+        return Err(Problem::invalid_field(
+            "cpu_cores",
+            format!("{} is not a number of cores above 0", request.cpu_cores),
+        ));
+    }
+    if request.memory < berth_core::spec::MIN_MEMORY_LIMIT {
+        return Err(Problem::invalid_field(
+            "memory",
+            format!("{} is below Docker's minimum of 6m", request.memory),
+        ));
+    }
+    if request.gpu_count < 0 {
+        return Err(Problem::invalid_field("gpu_count", "must not be negative"));
+    }
+    if request.memory_split && request.gpu_memory_gb <= 0 {
+        return Err(Problem::invalid_field(
+            "gpu_memory_gb",
+            "a memory split needs the GiB of GPU memory",
+        ));
+    }
+    let spec = Spec {
+        id: 0,
+        name: request.name,
+        cpu_millis: (request.cpu_cores * 1000.0).round() as i64,
+        memory_bytes: request.memory.bytes_i64(),
+        system_disk_bytes: request.system_disk.map(ByteSize::bytes_i64),
+        data_disk_bytes: request.data_disk.map(ByteSize::bytes_i64),
+        gpu_count: request.gpu_count,
+        memory_split: request.memory_split,
+        gpu_memory_gb: request.gpu_memory_gb,
+        created_at: 0,
+    };
+    let mut transaction = state.store.begin().await?;
+    let stored = catalog::insert_spec(&mut transaction, &spec).await?;
+    let detail = json!({"name": stored.name});
+    operations::record(
+        &mut transaction,
+        &catalog_operation(user.0.id, "spec.create", "spec", stored.id, detail),
+    )
+    .await?;
+    berth_store::commit(transaction).await?;
+    Ok((StatusCode::CREATED, Json(stored)))
+}
+
+/// `DELETE /api/specs/{id}` (admin); refused while a service uses it.
+pub async fn delete_spec(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, Problem> {
+    user.require_admin()?;
+    let mut transaction = state.store.begin().await?;
+    catalog::delete_spec(&mut transaction, id).await?;
+    operations::record(
+        &mut transaction,
+        &catalog_operation(user.0.id, "spec.delete", "spec", id, json!({})),
+    )
+    .await?;
+    berth_store::commit(transaction).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

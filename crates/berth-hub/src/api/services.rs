@@ -1,0 +1,751 @@
+//! Services: seed 000's paths — `POST /api/{username}/{repo}/services`, start, stop, status, logs,
+//! delete — plus the list, stats, deployment history and rollback. A service is sized by a
+//! product spec or by explicit limits, placed on a node, and runs as one container there.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use berth_core::ByteSize;
+use berth_core::spec::Command;
+use berth_http::{Problem, parse_body, parse_query};
+use berth_store::catalog;
+use berth_store::nodes::{self, NodeRecord};
+use berth_store::operations::{self, NewOperation};
+use berth_store::services::{self, Deployment, ServiceRecord};
+use berth_store::users::{self, Role, User};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::CurrentUser;
+use crate::node_client::NodeClient;
+use crate::placement;
+use crate::service_definition::ServiceDefinition;
+use crate::state::HubState;
+
+type Shared = State<Arc<HubState>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceRequest {
+    name: String,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    image_id: Option<i64>,
+    #[serde(default)]
+    spec_id: Option<i64>,
+    #[serde(default)]
+    cpu_limit: Option<f64>,
+    #[serde(default)]
+    memory_limit: Option<ByteSize>,
+    #[serde(default)]
+    gpu_required: bool,
+    #[serde(default)]
+    gpu_count: Option<i64>,
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+    #[serde(default)]
+    command: Option<Command>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    is_public: bool,
+}
+
+fn operation(
+    actor: i64,
+    action: &str,
+    service: &ServiceRecord,
+    outcome: &str,
+    detail: Value,
+) -> NewOperation {
+    NewOperation {
+        user_id: Some(actor),
+        action: action.to_owned(),
+        target_kind: "service".to_owned(),
+        target_id: service.id.to_string(),
+        node_id: service.node_id,
+        service_id: Some(service.id),
+        outcome: outcome.to_owned(),
+        detail,
+    }
+}
+
+fn view(service: &ServiceRecord) -> Value {
+    let mut value = serde_json::to_value(service).unwrap_or_default();
+    value["service_name"] = json!(service.name);
+    value
+}
+
+/// The service `id` if the caller owns it or is an admin; 404 otherwise, so others cannot probe.
+async fn owned(state: &HubState, user: &User, id: i64) -> Result<ServiceRecord, Problem> {
+    let mut connection = state.store.acquire().await?;
+    let service = services::get(&mut connection, id).await?;
+    if service.owner_id != user.id && user.role != Role::Admin {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no service {id}"),
+        ));
+    }
+    Ok(service)
+}
+
+async fn node_of(
+    state: &HubState,
+    service: &ServiceRecord,
+) -> Result<(NodeRecord, NodeClient), Problem> {
+    let node_id = service.node_id.ok_or_else(|| {
+        Problem::new(
+            StatusCode::CONFLICT,
+            format!("service {} is not placed on a node", service.id),
+        )
+    })?;
+    let node = {
+        let mut connection = state.store.acquire().await?;
+        nodes::get(&mut connection, node_id).await?
+    };
+    let client = NodeClient::connect(&node, &state.secrets, &state.http).await?;
+    Ok((node, client))
+}
+
+fn container_of(service: &ServiceRecord) -> Result<String, Problem> {
+    service.container_id.clone().ok_or_else(|| {
+        Problem::new(
+            StatusCode::CONFLICT,
+            format!("service {} has no container", service.id),
+        )
+    })
+}
+
+async fn save(
+    state: &HubState,
+    service: &ServiceRecord,
+    record: NewOperation,
+) -> Result<ServiceRecord, Problem> {
+    let mut transaction = state.store.begin().await?;
+    let saved = services::update(&mut transaction, service).await?;
+    operations::record(&mut transaction, &record).await?;
+    berth_store::commit(transaction).await?;
+    Ok(saved)
+}
+
+fn check_quota(name: &str, limit: Option<i64>, used: i64, adding: i64) -> Result<(), Problem> {
+    match limit {
+        Some(limit) if used + adding > limit => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "quota {name}={limit} would be exceeded: {used} in use, this service adds {adding}"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn definition_from(
+    state: &HubState,
+    request: &ServiceRequest,
+) -> Result<(ServiceDefinition, Option<i64>), Problem> {
+    let mut connection = state.store.acquire().await?;
+    let image = match (&request.image, request.image_id) {
+        (Some(image), None) if !image.trim().is_empty() && !image.contains(char::is_whitespace) => {
+            image.clone()
+        }
+        (Some(image), None) => {
+            return Err(Problem::invalid_field(
+                "image",
+                format!("{image:?} is not an image reference"),
+            ));
+        }
+        (None, Some(id)) => {
+            catalog::get_image(&mut connection, id)
+                .await
+                .map_err(|_| Problem::invalid_field("image_id", format!("no image {id}")))?
+                .reference
+        }
+        (Some(_), Some(_)) => {
+            return Err(Problem::invalid_field(
+                "image_id",
+                "give image or image_id, not both",
+            ));
+        }
+        (None, None) => return Err(Problem::invalid_field("image", "is required (or image_id)")),
+    };
+    let command = request
+        .command
+        .as_ref()
+        .map(Command::argv)
+        .transpose()?
+        .filter(|argv| !argv.is_empty());
+    let mut definition = ServiceDefinition {
+        image,
+        command,
+        environment: request.environment.clone(),
+        port: request.port,
+        cpu_millis: 2000,
+        memory_bytes: ByteSize::from_gib(2).bytes_i64(),
+        system_disk_bytes: None,
+        data_disk_bytes: None,
+        gpu_count: 0,
+        gpu_share_gb: None,
+    };
+    if let Some(port) = request.port
+        && port == 0
+    {
+        return Err(Problem::invalid_field("port", "0 is not a port"));
+    }
+    let spec_id = match request.spec_id {
+        Some(id) => {
+            for (field, given) in [
+                ("cpu_limit", request.cpu_limit.is_some()),
+                ("memory_limit", request.memory_limit.is_some()),
+                ("gpu_count", request.gpu_count.is_some()),
+            ] {
+                if given {
+                    return Err(Problem::invalid_field(
+                        field,
+                        "comes from the spec; give spec_id or limits, not both",
+                    ));
+                }
+            }
+            let spec = catalog::get_spec(&mut connection, id)
+                .await
+                .map_err(|_| Problem::invalid_field("spec_id", format!("no spec {id}")))?;
+            definition.cpu_millis = spec.cpu_millis;
+            definition.memory_bytes = spec.memory_bytes;
+            definition.system_disk_bytes = spec.system_disk_bytes;
+            definition.data_disk_bytes = spec.data_disk_bytes;
+            if spec.memory_split {
+                definition.gpu_share_gb = Some(spec.gpu_memory_gb);
+            } else {
+                definition.gpu_count = spec.gpu_count;
+            }
+            Some(id)
+        }
+        None => {
+            if let Some(cores) = request.cpu_limit {
+                if !(cores.is_finite() && cores > 0.0 && cores <= berth_core::spec::MAX_CPU_LIMIT) {
+                    return Err(Problem::invalid_field(
+                        "cpu_limit",
+                        format!("{cores} is not a number of cores above 0"),
+                    ));
+                }
+                definition.cpu_millis = (cores * 1000.0).round() as i64;
+            }
+            if let Some(memory) = request.memory_limit {
+                if memory < berth_core::spec::MIN_MEMORY_LIMIT {
+                    return Err(Problem::invalid_field(
+                        "memory_limit",
+                        format!("{memory} is below Docker's minimum of 6m"),
+                    ));
+                }
+                definition.memory_bytes = memory.bytes_i64();
+            }
+            definition.gpu_count = match (request.gpu_count, request.gpu_required) {
+                (Some(count), _) if count < 0 => {
+                    return Err(Problem::invalid_field("gpu_count", "must not be negative"));
+                }
+                (Some(count), _) => count,
+                (None, true) => 1,
+                (None, false) => 0,
+            };
+            None
+        }
+    };
+    Ok((definition, spec_id))
+}
+
+/// `POST /api/{username}/{repo}/services`: creates a service (its container, not started).
+pub async fn create(
+    State(state): Shared,
+    user: CurrentUser,
+    Path((username, repo)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let request: ServiceRequest = parse_body(&body)?;
+    let owner = if username == user.0.name {
+        user.0.clone()
+    } else {
+        user.require_admin().map_err(|_| {
+            Problem::new(
+                StatusCode::FORBIDDEN,
+                format!("you cannot create services for {username}"),
+            )
+        })?;
+        let mut connection = state.store.acquire().await?;
+        users::find_by_name(&mut connection, &username)
+            .await?
+            .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, format!("no user {username}")))?
+    };
+    berth_core::spec::validate_name("name", &request.name)?;
+    berth_core::spec::validate_name("repo", &repo)?;
+    let (definition, spec_id) = definition_from(&state, &request).await?;
+
+    let (chosen, version) = {
+        let mut connection = state.store.acquire().await?;
+        let usage = services::usage(&mut connection, owner.id).await?;
+        let quotas = &owner.quotas;
+        check_quota(
+            "max_services_per_user",
+            Some(
+                quotas
+                    .max_services
+                    .unwrap_or(state.settings.max_services_per_user),
+            ),
+            usage.services,
+            1,
+        )?;
+        check_quota(
+            "max_cpu_millis",
+            quotas.max_cpu_millis,
+            usage.cpu_millis,
+            definition.cpu_millis,
+        )?;
+        check_quota(
+            "max_memory_bytes",
+            quotas.max_memory_bytes,
+            usage.memory_bytes,
+            definition.memory_bytes,
+        )?;
+        check_quota(
+            "max_gpus",
+            quotas.max_gpus,
+            usage.gpus,
+            definition.gpus_needed(),
+        )?;
+        let all = nodes::list(&mut connection).await?;
+        let load = services::containers_per_node(&mut connection).await?;
+        let chosen = placement::pick(&all, &load, definition.gpus_needed())
+            .map_err(|reason| Problem::new(StatusCode::SERVICE_UNAVAILABLE, reason))?
+            .clone();
+        (chosen, 1)
+    };
+
+    let mut record = ServiceRecord {
+        id: 0,
+        owner_id: owner.id,
+        repo,
+        name: request.name.clone(),
+        image: definition.image.clone(),
+        spec_id,
+        cpu_millis: definition.cpu_millis,
+        memory_bytes: definition.memory_bytes,
+        gpu_count: definition.gpus_needed(),
+        definition: serde_json::to_value(&definition).unwrap_or_default(),
+        is_public: request.is_public,
+        status: "creating".to_owned(),
+        node_id: Some(chosen.id),
+        container_id: None,
+        container_name: None,
+        version,
+        error: String::new(),
+        created_at: 0,
+        updated_at: 0,
+    };
+    let mut transaction = state.store.begin().await?;
+    record = services::insert(&mut transaction, &record).await?;
+    let deployment = Deployment {
+        version,
+        definition: record.definition.clone(),
+        node_id: Some(chosen.id),
+        user_id: Some(user.0.id),
+        note: "created".to_owned(),
+        created_at: 0,
+    };
+    services::add_deployment(&mut transaction, record.id, &deployment).await?;
+    let detail = json!({"name": record.name, "image": record.image, "node": chosen.name});
+    operations::record(
+        &mut transaction,
+        &operation(user.0.id, "service.create", &record, "ok", detail),
+    )
+    .await?;
+    berth_store::commit(transaction).await?;
+
+    match deploy(&state, &record, &definition, &owner.name, &chosen).await {
+        Ok((container_id, container_name, warnings)) => {
+            record.container_id = Some(container_id.clone());
+            record.container_name = Some(container_name.clone());
+            record.status = "created".to_owned();
+            let mut transaction = state.store.begin().await?;
+            record = services::update(&mut transaction, &record).await?;
+            services::place_container(
+                &mut transaction,
+                record.id,
+                chosen.id,
+                &container_id,
+                &container_name,
+            )
+            .await?;
+            let detail =
+                json!({"container_id": container_id, "name": container_name, "warnings": warnings});
+            operations::record(
+                &mut transaction,
+                &operation(user.0.id, "container.create", &record, "ok", detail),
+            )
+            .await?;
+            berth_store::commit(transaction).await?;
+            let mut answer = view(&record);
+            answer["warnings"] = json!(warnings);
+            Ok((StatusCode::CREATED, Json(answer)))
+        }
+        Err(problem) => {
+            let mut transaction = state.store.begin().await?;
+            services::delete(&mut transaction, record.id).await?;
+            let detail = json!({"error": serde_json::to_value(&problem).ok()});
+            operations::record(
+                &mut transaction,
+                &operation(user.0.id, "container.create", &record, "failed", detail),
+            )
+            .await?;
+            berth_store::commit(transaction).await?;
+            Err(problem)
+        }
+    }
+}
+
+/// Creates version `service.version` of the service's container on `node`.
+async fn deploy(
+    state: &HubState,
+    service: &ServiceRecord,
+    definition: &ServiceDefinition,
+    owner: &str,
+    node: &NodeRecord,
+) -> Result<(String, String, Vec<String>), Problem> {
+    let spec =
+        definition.container_spec(service.id, &service.name, service.version, owner, node)?;
+    let client = NodeClient::connect(node, &state.secrets, &state.http).await?;
+    let (id, warnings) = client.create(&spec).await?;
+    Ok((id, spec.name, warnings))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    all: Option<bool>,
+}
+
+/// `GET /api/services`: the caller's services; `?all=true` for an admin lists everyone's.
+pub async fn list(
+    State(state): Shared,
+    user: CurrentUser,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, Problem> {
+    let query: ListQuery = parse_query(raw)?;
+    let everyone = query.all.unwrap_or(false);
+    if everyone {
+        user.require_admin()?;
+    }
+    let mut connection = state.store.acquire().await?;
+    let found = services::list(&mut connection, (!everyone).then_some(user.0.id)).await?;
+    Ok(Json(
+        json!({"services": found.iter().map(view).collect::<Vec<_>>(), "total": found.len()}),
+    ))
+}
+
+/// `GET /api/services/{id}`.
+pub async fn get_one(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, Problem> {
+    Ok(Json(view(&owned(&state, &user.0, id).await?)))
+}
+
+/// `POST /api/services/{id}/start`.
+pub async fn start(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, Problem> {
+    let mut service = owned(&state, &user.0, id).await?;
+    let container = container_of(&service)?;
+    let (_, client) = node_of(&state, &service).await?;
+    client.start(&container).await?;
+    service.status = "running".to_owned();
+    service.error.clear();
+    let saved = save(
+        &state,
+        &service,
+        operation(user.0.id, "service.start", &service, "ok", json!({})),
+    )
+    .await?;
+    Ok(Json(view(&saved)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopRequest {
+    #[serde(default)]
+    timeout_seconds: Option<u32>,
+    #[serde(default)]
+    force_stop: bool,
+}
+
+/// `POST /api/services/{id}/stop` with `{timeout_seconds: 30}`.
+pub async fn stop(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Result<Json<Value>, Problem> {
+    let request: StopRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        StopRequest::default()
+    } else {
+        parse_body(&body)?
+    };
+    let grace = if request.force_stop {
+        0
+    } else {
+        request.timeout_seconds.unwrap_or(30)
+    };
+    let mut service = owned(&state, &user.0, id).await?;
+    let container = container_of(&service)?;
+    let (_, client) = node_of(&state, &service).await?;
+    client.stop(&container, grace).await?;
+    service.status = "stopped".to_owned();
+    let saved = save(
+        &state,
+        &service,
+        operation(
+            user.0.id,
+            "service.stop",
+            &service,
+            "ok",
+            json!({"timeout_seconds": grace}),
+        ),
+    )
+    .await?;
+    Ok(Json(view(&saved)))
+}
+
+/// `GET /api/services/{id}/status`: the stored state, the container's live state and the node.
+pub async fn status(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, Problem> {
+    let service = owned(&state, &user.0, id).await?;
+    let (node, client) = node_of(&state, &service).await?;
+    let live = match &service.container_id {
+        Some(container) => client.state(container).await.ok(),
+        None => None,
+    };
+    let port = service.definition["port"].as_u64();
+    let host_port = live
+        .as_ref()
+        .and_then(|live| port.and_then(|port| live.ports.get(&format!("{port}/tcp")).copied()));
+    let address = if node.public_ip.is_empty() {
+        node.private_ip.clone()
+    } else {
+        node.public_ip.clone()
+    };
+    Ok(Json(json!({
+        "id": service.id,
+        "service_name": service.name,
+        "status": service.status,
+        "container_status": live.as_ref().map(|live| live.status.clone()),
+        "is_healthy": live.as_ref().is_some_and(|live| live.status == "running"),
+        "container_id": service.container_id,
+        "version": service.version,
+        "node": {"id": node.id, "name": node.name, "address": address, "driver": node.driver},
+        "host_port": host_port,
+        "service_url": host_port.map(|port| format!("http://{address}:{port}")),
+        "error_message": service.error,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    #[serde(default = "hundred")]
+    tail: u32,
+    #[serde(default)]
+    follow: bool,
+}
+
+impl Default for LogsQuery {
+    fn default() -> Self {
+        Self {
+            tail: hundred(),
+            follow: false,
+        }
+    }
+}
+
+fn hundred() -> u32 {
+    100
+}
+
+/// `GET /api/services/{id}/logs?tail=100&follow=false`: the container's output, from its node.
+pub async fn logs(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let query: LogsQuery = parse_query(raw)?;
+    if query.tail > 10_000 {
+        return Err(Problem::invalid_field("tail", "must be at most 10000"));
+    }
+    let service = owned(&state, &user.0, id).await?;
+    let container = container_of(&service)?;
+    let (_, client) = node_of(&state, &service).await?;
+    if query.follow {
+        let stream = client.follow_logs(&container, query.tail).await?;
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            Body::from_stream(stream),
+        )
+            .into_response());
+    }
+    let text = client.logs(&container, query.tail).await?;
+    Ok(Json(json!({"service_id": service.id, "logs": text, "tail": query.tail})).into_response())
+}
+
+/// `GET /api/services/{id}/stats`: one sample from the node.
+pub async fn stats(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, Problem> {
+    let service = owned(&state, &user.0, id).await?;
+    let container = container_of(&service)?;
+    let (_, client) = node_of(&state, &service).await?;
+    Ok(Json(
+        json!({"service_id": service.id, "stats": client.stats(&container).await?}),
+    ))
+}
+
+/// `DELETE /api/services/{id}`: removes the container (and its data volume), then the service.
+pub async fn delete(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, Problem> {
+    let service = owned(&state, &user.0, id).await?;
+    if let Some(container) = &service.container_id {
+        let (_, client) = node_of(&state, &service).await?;
+        client.remove(container).await?;
+    }
+    let mut transaction = state.store.begin().await?;
+    services::delete(&mut transaction, service.id).await?;
+    operations::record(
+        &mut transaction,
+        &operation(
+            user.0.id,
+            "service.delete",
+            &service,
+            "ok",
+            json!({"name": service.name}),
+        ),
+    )
+    .await?;
+    berth_store::commit(transaction).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/services/{id}/deployments`, newest first.
+pub async fn deployments(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, Problem> {
+    let service = owned(&state, &user.0, id).await?;
+    let mut connection = state.store.acquire().await?;
+    let history = services::deployments(&mut connection, service.id).await?;
+    Ok(Json(
+        json!({"service_id": service.id, "current_version": service.version, "deployments": history}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    version: i64,
+}
+
+/// `POST /api/services/{id}/rollback` with `{version}`: deploys that version's definition as a new
+/// version, replacing the container (started again if it was running).
+pub async fn rollback(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Result<Json<Value>, Problem> {
+    let request: RollbackRequest = parse_body(&body)?;
+    let mut service = owned(&state, &user.0, id).await?;
+    let target = {
+        let mut connection = state.store.acquire().await?;
+        services::deployments(&mut connection, service.id)
+            .await?
+            .into_iter()
+            .find(|deployment| deployment.version == request.version)
+            .ok_or_else(|| {
+                Problem::invalid_field(
+                    "version",
+                    format!("service {id} has no version {}", request.version),
+                )
+            })?
+    };
+    let definition: ServiceDefinition =
+        serde_json::from_value(target.definition.clone()).map_err(|err| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("stored version is unreadable: {err}"),
+            )
+        })?;
+    let (node, client) = node_of(&state, &service).await?;
+    let owner = {
+        let mut connection = state.store.acquire().await?;
+        users::get_user(&mut connection, service.owner_id)
+            .await?
+            .name
+    };
+    let was_running = service.status == "running";
+    if let Some(container) = &service.container_id {
+        client.remove(container).await?;
+    }
+    service.version += 1;
+    let (container_id, container_name, warnings) =
+        deploy(&state, &service, &definition, &owner, &node).await?;
+    if was_running {
+        client.start(&container_id).await?;
+    }
+    service.container_id = Some(container_id.clone());
+    service.container_name = Some(container_name.clone());
+    service.definition = target.definition.clone();
+    service.image = definition.image.clone();
+    service.status = if was_running { "running" } else { "created" }.to_owned();
+    let mut transaction = state.store.begin().await?;
+    let saved = services::update(&mut transaction, &service).await?;
+    services::place_container(
+        &mut transaction,
+        service.id,
+        node.id,
+        &container_id,
+        &container_name,
+    )
+    .await?;
+    let deployment = Deployment {
+        version: service.version,
+        definition: target.definition,
+        node_id: Some(node.id),
+        user_id: Some(user.0.id),
+        note: format!("rollback to version {}", request.version),
+        created_at: 0,
+    };
+    services::add_deployment(&mut transaction, service.id, &deployment).await?;
+    let detail = json!({"to_version": request.version, "new_version": service.version, "warnings": warnings});
+    operations::record(
+        &mut transaction,
+        &operation(user.0.id, "service.rollback", &service, "ok", detail),
+    )
+    .await?;
+    berth_store::commit(transaction).await?;
+    Ok(Json(view(&saved)))
+}

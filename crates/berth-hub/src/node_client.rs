@@ -1,0 +1,340 @@
+//! Driving containers on a node: the Docker engine directly, or a `berth agent` (or an original
+//! mManager) over its REST API. One enum, chosen from the node's driver, with the operations the
+//! service lifecycle needs.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use berth_core::ContainerSpec;
+use berth_docker::{DockerDriver, GpuMode, LogQuery, RemoveOptions};
+use berth_http::Problem;
+use berth_store::SecretBox;
+use berth_store::nodes::NodeRecord;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::{Value, json};
+
+use crate::node_check::docker_endpoint;
+
+/// A stream of log bytes.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// A container as a node reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    /// Docker status: `created`, `running`, `exited`, …
+    pub status: String,
+    /// `"7860/tcp"` → host port.
+    pub ports: BTreeMap<String, u16>,
+}
+
+/// A connection to one node.
+pub enum NodeClient {
+    /// The Docker engine, directly.
+    Docker(Box<DockerDriver>),
+    /// A `berth agent` or mManager.
+    Agent {
+        /// Base URL without a trailing slash.
+        base: String,
+        /// The agent's API key.
+        key: String,
+        /// HTTP client.
+        http: reqwest::Client,
+    },
+}
+
+fn unavailable(node: &NodeRecord, message: impl std::fmt::Display) -> Problem {
+    Problem::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        format!("node {} cannot be used: {message}", node.name),
+    )
+}
+
+fn agent_error(node: &str, status: reqwest::StatusCode, body: &str) -> Problem {
+    let detail = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|value| value["detail"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.to_owned());
+    let status = match status.as_u16() {
+        404 => axum::http::StatusCode::NOT_FOUND,
+        409 => axum::http::StatusCode::CONFLICT,
+        422 => axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        _ => axum::http::StatusCode::BAD_GATEWAY,
+    };
+    Problem::new(status, format!("node {node} refused: {detail}"))
+}
+
+impl NodeClient {
+    /// Connects to `node` with its stored credentials.
+    pub async fn connect(
+        node: &NodeRecord,
+        secrets: &SecretBox,
+        http: &reqwest::Client,
+    ) -> Result<Self, Problem> {
+        match node.driver.as_str() {
+            "docker" => {
+                let endpoint =
+                    docker_endpoint(node, secrets).map_err(|reason| unavailable(node, reason))?;
+                let driver = DockerDriver::connect_with(&endpoint, GpuMode::Nvidia, None)
+                    .await
+                    .map_err(|err| unavailable(node, err))?;
+                Ok(NodeClient::Docker(Box::new(driver)))
+            }
+            "agent" => {
+                let key = match node.agent_key_sealed.as_deref() {
+                    Some(sealed) => secrets.open(sealed).map_err(|err| unavailable(node, err))?,
+                    None => return Err(unavailable(node, "no agent API key is set")),
+                };
+                Ok(NodeClient::Agent {
+                    base: node.agent_url.trim_end_matches('/').to_owned(),
+                    key,
+                    http: http.clone(),
+                })
+            }
+            other => Err(unavailable(node, format!("unknown driver {other:?}"))),
+        }
+    }
+
+    async fn agent_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Problem> {
+        let NodeClient::Agent { base, key, http } = self else {
+            return Err(Problem::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "not an agent node",
+            ));
+        };
+        let mut request = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|err| {
+            Problem::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                format!("agent at {base} is unreachable: {err}"),
+            )
+        })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(agent_error(base, status, &text));
+        }
+        serde_json::from_str(&text).map_err(|err| {
+            Problem::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                format!("agent at {base} answered without JSON: {err}"),
+            )
+        })
+    }
+
+    /// Creates the container (not started); returns its id and any warnings.
+    pub async fn create(&self, spec: &ContainerSpec) -> Result<(String, Vec<String>), Problem> {
+        match self {
+            NodeClient::Docker(driver) => {
+                let created = driver.create(spec, &mut |_| {}).await?;
+                Ok((created.id, created.warnings))
+            }
+            NodeClient::Agent { .. } => {
+                let mut body = serde_json::to_value(spec).unwrap_or_default();
+                body["working_dir"] = json!(spec.working_dir);
+                let created = self
+                    .agent_call(reqwest::Method::POST, "/containers/", Some(body))
+                    .await?;
+                let id = created["container_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let warnings = created["warnings"]
+                    .as_array()
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter_map(|item| item.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok((id, warnings))
+            }
+        }
+    }
+
+    /// Starts the container.
+    pub async fn start(&self, id: &str) -> Result<(), Problem> {
+        match self {
+            NodeClient::Docker(driver) => driver.start(id).await.map(|_| ()).map_err(Problem::from),
+            NodeClient::Agent { .. } => self
+                .agent_call(
+                    reqwest::Method::POST,
+                    &format!("/containers/{id}/start"),
+                    None,
+                )
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// Stops the container with a grace period.
+    pub async fn stop(&self, id: &str, grace_secs: u32) -> Result<(), Problem> {
+        match self {
+            NodeClient::Docker(driver) => driver
+                .stop(id, grace_secs)
+                .await
+                .map(|_| ())
+                .map_err(Problem::from),
+            NodeClient::Agent { .. } => self
+                .agent_call(
+                    reqwest::Method::POST,
+                    &format!("/containers/{id}/stop?timeout={grace_secs}"),
+                    None,
+                )
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// Removes the container (forced) and its data volume; a missing one is fine.
+    pub async fn remove(&self, id: &str) -> Result<(), Problem> {
+        match self {
+            NodeClient::Docker(driver) => driver
+                .remove(
+                    id,
+                    RemoveOptions {
+                        force: true,
+                        keep_data: false,
+                    },
+                )
+                .await
+                .map(|_| ())
+                .map_err(Problem::from),
+            NodeClient::Agent { .. } => self
+                .agent_call(
+                    reqwest::Method::DELETE,
+                    &format!("/containers/{id}?force=true"),
+                    None,
+                )
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// The container's status and published ports.
+    pub async fn state(&self, id: &str) -> Result<ContainerState, Problem> {
+        match self {
+            NodeClient::Docker(driver) => {
+                let details = driver.inspect(id).await?;
+                Ok(ContainerState {
+                    status: details.status,
+                    ports: details.ports,
+                })
+            }
+            NodeClient::Agent { .. } => {
+                let info = self
+                    .agent_call(reqwest::Method::GET, &format!("/containers/{id}"), None)
+                    .await?;
+                let ports = info["ports"]
+                    .as_object()
+                    .map(|ports| {
+                        ports
+                            .iter()
+                            .filter_map(|(key, port)| {
+                                Some((key.clone(), u16::try_from(port.as_u64()?).ok()?))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok(ContainerState {
+                    status: info["status"].as_str().unwrap_or_default().to_owned(),
+                    ports,
+                })
+            }
+        }
+    }
+
+    /// The last `tail` lines of the container's output.
+    pub async fn logs(&self, id: &str, tail: u32) -> Result<String, Problem> {
+        match self {
+            NodeClient::Docker(driver) => {
+                let query = LogQuery {
+                    tail: Some(u64::from(tail)),
+                    ..LogQuery::default()
+                };
+                Ok(driver.logs_text(id, &query).await?)
+            }
+            NodeClient::Agent { .. } => {
+                let logs = self
+                    .agent_call(
+                        reqwest::Method::GET,
+                        &format!("/containers/{id}/logs?lines={}", tail.max(1)),
+                        None,
+                    )
+                    .await?;
+                Ok(logs["logs"].as_str().unwrap_or_default().to_owned())
+            }
+        }
+    }
+
+    /// The container's output from the last `tail` lines on, as it comes.
+    pub async fn follow_logs(&self, id: &str, tail: u32) -> Result<LogStream, Problem> {
+        match self {
+            NodeClient::Docker(driver) => {
+                let query = LogQuery {
+                    tail: Some(u64::from(tail)),
+                    follow: true,
+                    ..LogQuery::default()
+                };
+                Ok(Box::pin(driver.logs(id, &query).map(|chunk| {
+                    chunk
+                        .map(|chunk| Bytes::from(chunk.text))
+                        .map_err(std::io::Error::other)
+                })))
+            }
+            NodeClient::Agent { base, key, http } => {
+                let response = http
+                    .get(format!(
+                        "{base}/containers/{id}/logs?follow=true&tail={tail}"
+                    ))
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .map_err(|err| {
+                        Problem::new(
+                            axum::http::StatusCode::BAD_GATEWAY,
+                            format!("agent at {base}: {err}"),
+                        )
+                    })?;
+                if !response.status().is_success() {
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    return Err(agent_error(base, status, &text));
+                }
+                Ok(Box::pin(
+                    response
+                        .bytes_stream()
+                        .map(|chunk| chunk.map_err(std::io::Error::other)),
+                ))
+            }
+        }
+    }
+
+    /// One stats sample of the container.
+    pub async fn stats(&self, id: &str) -> Result<Value, Problem> {
+        match self {
+            NodeClient::Docker(driver) => {
+                Ok(serde_json::to_value(driver.stats(id).await?).unwrap_or_default())
+            }
+            NodeClient::Agent { .. } => {
+                self.agent_call(
+                    reqwest::Method::GET,
+                    &format!("/containers/{id}/stats"),
+                    None,
+                )
+                .await
+            }
+        }
+    }
+}

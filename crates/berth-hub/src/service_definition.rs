@@ -1,0 +1,171 @@
+//! What a service runs — image, command, environment, port, resources, GPUs — as stored with each
+//! deployment version, and its translation into the container spec of one version on one node.
+
+use std::collections::BTreeMap;
+
+use berth_core::names::instance_name;
+use berth_core::spec::{ContainerPort, GpuRequest, GpuShare, RestartPolicy};
+use berth_core::{ByteSize, ContainerSpec, SpecError};
+use berth_store::nodes::NodeRecord;
+use serde::{Deserialize, Serialize};
+
+/// One version of a service's definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceDefinition {
+    /// Image reference.
+    pub image: String,
+    /// Command argv; the image's when `None`.
+    pub command: Option<Vec<String>>,
+    /// Environment.
+    pub environment: BTreeMap<String, String>,
+    /// The HTTP port the service listens on inside the container (`GRADIO_SERVER_PORT`).
+    pub port: Option<u16>,
+    /// CPU, thousandths of a core.
+    pub cpu_millis: i64,
+    /// Memory, bytes.
+    pub memory_bytes: i64,
+    /// System disk, bytes.
+    pub system_disk_bytes: Option<i64>,
+    /// Data disk, bytes.
+    pub data_disk_bytes: Option<i64>,
+    /// Whole GPUs.
+    pub gpu_count: i64,
+    /// GPU memory of a share of one GPU, GiB (seed 002's memory split).
+    pub gpu_share_gb: Option<i64>,
+}
+
+/// Labels on every service container.
+pub const LABEL_SERVICE: &str = "berth.service";
+/// The deployment version of the container.
+pub const LABEL_GENERATION: &str = "berth.generation";
+/// The node the hub placed it on.
+pub const LABEL_NODE: &str = "berth.node";
+
+fn bytes(value: i64) -> ByteSize {
+    ByteSize::from_bytes(u64::try_from(value).unwrap_or(0))
+}
+
+impl ServiceDefinition {
+    /// GPUs the definition needs on a node.
+    pub fn gpus_needed(&self) -> i64 {
+        if self.gpu_share_gb.is_some() {
+            1
+        } else {
+            self.gpu_count
+        }
+    }
+
+    /// The container spec of version `version` of service `service_id` (named `name`, owned by
+    /// `owner`) on `node`.
+    pub fn container_spec(
+        &self,
+        service_id: i64,
+        name: &str,
+        version: i64,
+        owner: &str,
+        node: &NodeRecord,
+    ) -> Result<ContainerSpec, SpecError> {
+        let mut environment = self.environment.clone();
+        let mut ports = BTreeMap::new();
+        if let Some(port) = self.port {
+            environment.insert("GRADIO_SERVER_PORT".to_owned(), port.to_string());
+            ports.insert(ContainerPort::tcp(port), None);
+        }
+        let labels = BTreeMap::from([
+            (LABEL_SERVICE.to_owned(), service_id.to_string()),
+            (LABEL_GENERATION.to_owned(), version.to_string()),
+            (LABEL_NODE.to_owned(), node.id.to_string()),
+            ("berth.owner".to_owned(), owner.to_owned()),
+        ]);
+        let gpu_share = self.gpu_share_gb.map(|memory_gb| GpuShare {
+            memory_gb: u32::try_from(memory_gb).unwrap_or(u32::MAX),
+            gpu_memory_gb: u32::try_from(node.gpu_memory_gb)
+                .ok()
+                .filter(|total| *total > 0),
+            sm_limit_percent: None,
+            hami_core_dir: Some(node.hami_core_dir.clone()).filter(|dir| !dir.is_empty()),
+        });
+        let gpus = (self.gpu_count > 0 && gpu_share.is_none())
+            .then(|| GpuRequest::Count(u32::try_from(self.gpu_count).unwrap_or(u32::MAX)));
+        let spec = ContainerSpec {
+            name: instance_name(name, &format!("s{service_id}-v{version}")),
+            image: self.image.clone(),
+            command: self.command.clone().map(berth_core::spec::Command::Argv),
+            working_dir: None,
+            environment,
+            ports,
+            volumes: BTreeMap::new(),
+            memory_limit: Some(bytes(self.memory_bytes)),
+            cpu_limit: Some(self.cpu_millis as f64 / 1000.0),
+            restart_policy: Some(RestartPolicy::UnlessStopped),
+            labels,
+            system_disk: self.system_disk_bytes.map(bytes),
+            data_disk: self.data_disk_bytes.map(bytes),
+            gpus,
+            gpu_share,
+            network_mode: None,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_definition_becomes_a_labelled_container_spec() {
+        let definition = ServiceDefinition {
+            image: "geo/model:1".into(),
+            command: Some(vec!["python".into(), "app.py".into()]),
+            environment: BTreeMap::from([("MODEL".into(), "m".into())]),
+            port: Some(7860),
+            cpu_millis: 1500,
+            memory_bytes: 2 << 30,
+            system_disk_bytes: None,
+            data_disk_bytes: Some(10 << 30),
+            gpu_count: 0,
+            gpu_share_gb: Some(6),
+        };
+        let mut node = NodeRecord::new("gpu-01", "docker");
+        node.id = 3;
+        node.gpu_memory_gb = 24;
+        node.hami_core_dir = "/opt/hami".into();
+        assert_eq!(definition.gpus_needed(), 1);
+        let spec = definition
+            .container_spec(42, "Flood Model", 2, "alice", &node)
+            .expect("valid");
+        assert_eq!(spec.name, "flood-model-s42-v2");
+        assert_eq!(spec.cpu_limit, Some(1.5));
+        assert_eq!(
+            spec.environment
+                .get("GRADIO_SERVER_PORT")
+                .map(String::as_str),
+            Some("7860")
+        );
+        assert_eq!(spec.ports.get(&ContainerPort::tcp(7860)), Some(&None));
+        assert_eq!(
+            spec.labels.get(LABEL_SERVICE).map(String::as_str),
+            Some("42")
+        );
+        assert_eq!(
+            spec.labels.get(LABEL_GENERATION).map(String::as_str),
+            Some("2")
+        );
+        let share = spec.gpu_share.clone().expect("share");
+        assert_eq!(
+            (
+                share.memory_gb,
+                share.effective_sm_limit(),
+                share.hami_core_dir()
+            ),
+            (6, 25, "/opt/hami")
+        );
+        assert_eq!(spec.gpus, None);
+        assert_eq!(
+            spec.data_volume().as_deref(),
+            Some("flood-model-s42-v2-data")
+        );
+    }
+}

@@ -1,0 +1,557 @@
+//! Services end to end on the real engine, through node `local` (the Docker driver) and through a
+//! `berth agent` node: create from a spec, start, logs, stats, status, stop, rollback, delete —
+//! each step in the operation log — plus quotas, ownership and placement refusals.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+use support::{Hub, node, start, with_cleanup};
+
+const IMAGE: &str = "berth-test/busybox:latest";
+
+async fn add_local_node(hub: &Hub) -> i64 {
+    let docker =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    let (status, created) = hub
+        .admin(
+            Method::POST,
+            "/api/nodes",
+            Some(node(
+                "local",
+                json!({"docker_address": docker, "use_tls": false}),
+            )),
+        )
+        .await;
+    assert_eq!(
+        (status, created["docker_status"].as_str()),
+        (201, Some("connected")),
+        "{created}"
+    );
+    created["id"].as_i64().expect("id")
+}
+
+async fn wait_for_logs(hub: &Hub, token: &str, id: i64, needle: &str) -> String {
+    for _ in 0..50 {
+        let (_, logs, _) = hub
+            .call(
+                Some(token),
+                Method::GET,
+                &format!("/api/services/{id}/logs?tail=20"),
+                None,
+            )
+            .await;
+        let text = logs["logs"].as_str().unwrap_or_default().to_owned();
+        if text.contains(needle) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{needle:?} never appeared in the logs of service {id}");
+}
+
+#[tokio::test]
+async fn a_service_lives_and_every_step_is_logged() {
+    let hub = start("service-life").await;
+    let node_id = add_local_node(&hub).await;
+    let (alice_id, alice) = hub.new_user("alice").await;
+    let (status, spec) = hub
+        .admin(
+            Method::POST,
+            "/api/specs",
+            Some(json!({"name": "small", "cpu_cores": 0.5, "memory": "64m", "data_disk": "1g"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{spec}");
+    let script = "echo version-$BERTH_VERSION; while true; do sleep 0.2; done";
+    let body = json!({"name": "flood", "image": IMAGE, "spec_id": spec["id"], "port": 8080,
+        "command": ["sh", "-c", script], "environment": {"BERTH_VERSION": "one"}});
+    with_cleanup(&hub, async {
+        let (status, created, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                "/api/alice/geo-models/services",
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_i64().expect("id");
+        assert_eq!(
+            (created["status"].as_str(), created["node_id"].as_i64()),
+            (Some("created"), Some(node_id))
+        );
+        assert_eq!(created["cpu_millis"], 500);
+        let container = created["container_id"]
+            .as_str()
+            .expect("container")
+            .to_owned();
+
+        let (status, started, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                &format!("/api/services/{id}/start"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, started["status"].as_str()),
+            (200, Some("running")),
+            "{started}"
+        );
+        assert!(
+            wait_for_logs(&hub, &alice, id, "version-one")
+                .await
+                .contains("version-one")
+        );
+        let (_, live, _) = hub
+            .call(
+                Some(&alice),
+                Method::GET,
+                &format!("/api/services/{id}/status"),
+                None,
+            )
+            .await;
+        assert_eq!(live["container_status"], "running", "{live}");
+        assert_eq!(live["node"]["name"], "local");
+        let host_port = live["host_port"]
+            .as_u64()
+            .expect("an engine-assigned host port");
+        assert_eq!(
+            live["service_url"],
+            format!("http://203.0.113.5:{host_port}")
+        );
+        let (status, stats, _) = hub
+            .call(
+                Some(&alice),
+                Method::GET,
+                &format!("/api/services/{id}/stats"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(stats["stats"]["memory_limit_bytes"], 64u64 << 20, "{stats}");
+
+        let (status, stopped, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                &format!("/api/services/{id}/stop"),
+                Some(json!({"timeout_seconds": 5})),
+            )
+            .await;
+        assert_eq!((status, stopped["status"].as_str()), (200, Some("stopped")));
+        let (_, live, _) = hub
+            .call(
+                Some(&alice),
+                Method::GET,
+                &format!("/api/services/{id}/status"),
+                None,
+            )
+            .await;
+        assert_eq!(live["container_status"], "exited");
+
+        let (status, rolled, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                &format!("/api/services/{id}/rollback"),
+                Some(json!({"version": 1})),
+            )
+            .await;
+        assert_eq!(status, 200, "{rolled}");
+        assert_eq!(
+            (rolled["version"].as_i64(), rolled["status"].as_str()),
+            (Some(2), Some("created"))
+        );
+        assert_ne!(
+            rolled["container_id"].as_str(),
+            Some(container.as_str()),
+            "a new container replaced the old"
+        );
+        let (_, history, _) = hub
+            .call(
+                Some(&alice),
+                Method::GET,
+                &format!("/api/services/{id}/deployments"),
+                None,
+            )
+            .await;
+        let versions: Vec<i64> = history["deployments"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .filter_map(|d| d["version"].as_i64())
+            .collect();
+        assert_eq!(versions, vec![2, 1]);
+        assert_eq!(history["deployments"][0]["note"], "rollback to version 1");
+        let (status, body, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                &format!("/api/services/{id}/rollback"),
+                Some(json!({"version": 9})),
+            )
+            .await;
+        assert_eq!((status, body["field"].as_str()), (422, Some("version")));
+
+        let (status, _, _) = hub
+            .call(
+                Some(&alice),
+                Method::DELETE,
+                &format!("/api/services/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 204);
+        let (status, _, _) = hub
+            .call(
+                Some(&alice),
+                Method::GET,
+                &format!("/api/services/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404);
+
+        let (_, log) = hub
+            .admin(
+                Method::GET,
+                &format!("/api/admin/operations?service_id={id}"),
+                None,
+            )
+            .await;
+        let mut actions: Vec<&str> = log["operations"]
+            .as_array()
+            .expect("ops")
+            .iter()
+            .filter_map(|op| op["action"].as_str())
+            .collect();
+        actions.reverse();
+        assert_eq!(
+            actions,
+            vec![
+                "service.create",
+                "container.create",
+                "service.start",
+                "service.stop",
+                "service.rollback",
+                "service.delete"
+            ],
+            "{log}"
+        );
+        assert!(
+            log["operations"]
+                .as_array()
+                .expect("ops")
+                .iter()
+                .all(|op| op["user_id"] == alice_id)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn quotas_ownership_and_bad_requests_are_refused() {
+    let hub = start("service-rules").await;
+    add_local_node(&hub).await;
+    let (status, created) = hub
+        .admin(
+            Method::POST,
+            "/api/users",
+            Some(json!({"name": "bob", "max_services": 1})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let bob = created["token"].as_str().expect("token").to_owned();
+    let (_, carol) = hub.new_user("carol").await;
+    let small = json!({"name": "one", "image": IMAGE, "memory_limit": "32m", "cpu_limit": 0.1, "command": ["sleep", "60"]});
+    with_cleanup(&hub, async {
+        let (status, first, _) = hub
+            .call(
+                Some(&bob),
+                Method::POST,
+                "/api/bob/repo/services",
+                Some(small.clone()),
+            )
+            .await;
+        assert_eq!(status, 201, "{first}");
+        let id = first["id"].as_i64().expect("id");
+        let second = json!({"name": "two", "image": IMAGE, "memory_limit": "32m"});
+        let (status, refused, _) = hub
+            .call(
+                Some(&bob),
+                Method::POST,
+                "/api/bob/repo/services",
+                Some(second),
+            )
+            .await;
+        assert_eq!(status, 403, "{refused}");
+        assert!(
+            refused["detail"]
+                .as_str()
+                .expect("detail")
+                .contains("max_services_per_user=1"),
+            "{refused}"
+        );
+
+        let (status, _, _) = hub
+            .call(
+                Some(&carol),
+                Method::GET,
+                &format!("/api/services/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404, "others' services are invisible");
+        let (status, _, _) = hub
+            .call(
+                Some(&carol),
+                Method::POST,
+                &format!("/api/services/{id}/start"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404);
+        let (status, _, _) = hub
+            .call(
+                Some(&carol),
+                Method::POST,
+                "/api/bob/repo/services",
+                Some(small.clone()),
+            )
+            .await;
+        assert_eq!(status, 403, "carol cannot create services for bob");
+        let (_, mine, _) = hub
+            .call(Some(&carol), Method::GET, "/api/services", None)
+            .await;
+        assert_eq!(mine["total"], 0);
+        let (status, _, _) = hub
+            .call(Some(&carol), Method::GET, "/api/services?all=true", None)
+            .await;
+        assert_eq!(status, 403);
+        let (_, everyone) = hub.admin(Method::GET, "/api/services?all=true", None).await;
+        assert_eq!(everyone["total"], 1);
+
+        let cases = [
+            (json!({"name": "x"}), "image"),
+            (
+                json!({"name": "x", "image": IMAGE, "image_id": 1}),
+                "image_id",
+            ),
+            (
+                json!({"name": "x", "image": IMAGE, "memory_limit": "2x"}),
+                "memory_limit",
+            ),
+            (
+                json!({"name": "x", "image": IMAGE, "cpu_limit": 0}),
+                "cpu_limit",
+            ),
+            (
+                json!({"name": "x", "image": IMAGE, "spec_id": 999}),
+                "spec_id",
+            ),
+            (
+                json!({"name": "x", "image": IMAGE, "privileged": true}),
+                "privileged",
+            ),
+            (
+                json!({"name": "x", "image": IMAGE, "volumes": {"/": "/host"}}),
+                "volumes",
+            ),
+            (json!({"name": "bad name", "image": IMAGE}), "name"),
+            (json!({"name": "x", "image": IMAGE, "port": 70000}), "port"),
+        ];
+        for (body, field) in cases {
+            let (status, problem, _) = hub
+                .call(
+                    Some(&carol),
+                    Method::POST,
+                    "/api/carol/repo/services",
+                    Some(body.clone()),
+                )
+                .await;
+            assert_eq!(
+                (status, problem["field"].as_str()),
+                (422, Some(field)),
+                "{body}: {problem}"
+            );
+        }
+        let gpu = json!({"name": "gpu", "image": IMAGE, "gpu_required": true});
+        let (status, problem, _) = hub
+            .call(
+                Some(&carol),
+                Method::POST,
+                "/api/carol/repo/services",
+                Some(gpu),
+            )
+            .await;
+        assert_eq!(status, 503, "{problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .expect("detail")
+                .contains("1 node: not enough GPUs"),
+            "{problem}"
+        );
+        let (_, mine, _) = hub
+            .call(Some(&carol), Method::GET, "/api/services", None)
+            .await;
+        assert_eq!(mine["total"], 0, "refused creates leave nothing behind");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_service_runs_through_an_agent_node() {
+    let hub = start("service-agent").await;
+    let values = std::collections::HashMap::from([
+        ("MMANAGER_API_KEY", "agent-key-456".to_owned()),
+        (
+            "SERVER_ID",
+            format!("hub-service-agent-{}", std::process::id()),
+        ),
+    ]);
+    let config = berth_agent::AgentConfig::load(|key| {
+        values.get(key).cloned().or_else(|| {
+            (key == "DOCKER_HOST")
+                .then(|| std::env::var(key).ok())
+                .flatten()
+        })
+    })
+    .expect("agent config");
+    let agent = berth_agent::AgentState::connect(config)
+        .await
+        .expect("agent");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let agent_url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(berth_agent::server::serve(
+        listener,
+        berth_agent::api::router(agent),
+        None,
+        std::future::pending(),
+    ));
+    let body = node(
+        "remote",
+        json!({"driver": "agent", "agent_url": agent_url, "agent_api_key": "agent-key-456"}),
+    );
+    let (status, created) = hub.admin(Method::POST, "/api/nodes", Some(body)).await;
+    assert_eq!(
+        (status, created["docker_status"].as_str()),
+        (201, Some("connected")),
+        "{created}"
+    );
+
+    let (_, admin) = hub.admin(Method::GET, "/api/users/me", None).await;
+    let username = admin["name"].as_str().expect("name").to_owned();
+    let service = json!({"name": "via-agent", "image": IMAGE, "memory_limit": "32m", "cpu_limit": 0.2,
+        "command": ["sh", "-c", "echo through-the-agent; while true; do sleep 0.2; done"]});
+    with_cleanup(&hub, async {
+        let (status, created) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/{username}/tools/services"),
+                Some(service),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_i64().expect("id");
+        let (status, started) = hub
+            .admin(Method::POST, &format!("/api/services/{id}/start"), None)
+            .await;
+        assert_eq!(status, 200, "{started}");
+        let text = wait_for_logs(&hub, &hub.admin, id, "through-the-agent").await;
+        assert!(text.contains("through-the-agent"));
+        let (_, live) = hub
+            .admin(Method::GET, &format!("/api/services/{id}/status"), None)
+            .await;
+        assert_eq!(
+            (
+                live["container_status"].as_str(),
+                live["node"]["driver"].as_str()
+            ),
+            (Some("running"), Some("agent"))
+        );
+        let (status, stats) = hub
+            .admin(Method::GET, &format!("/api/services/{id}/stats"), None)
+            .await;
+        assert_eq!(status, 200);
+        assert!(
+            stats["stats"]["memory_limit_mb"].as_f64().is_some(),
+            "the agent's stats shape: {stats}"
+        );
+        let (status, _) = hub
+            .admin(Method::DELETE, &format!("/api/services/{id}"), None)
+            .await;
+        assert_eq!(status, 204);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_catalog_is_read_by_all_and_changed_by_admins() {
+    let hub = start("catalog").await;
+    let (_, dave) = hub.new_user("dave").await;
+    let (status, image) = hub
+        .admin(
+            Method::POST,
+            "/api/images",
+            Some(json!({"name": "busybox", "reference": IMAGE})),
+        )
+        .await;
+    assert_eq!(status, 201, "{image}");
+    let (status, listed, _) = hub
+        .call(Some(&dave), Method::GET, "/api/images", None)
+        .await;
+    assert_eq!(
+        (status, listed[0]["reference"].as_str()),
+        (200, Some(IMAGE))
+    );
+    let (status, _, _) = hub
+        .call(
+            Some(&dave),
+            Method::POST,
+            "/api/images",
+            Some(json!({"name": "x", "reference": "y"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, problem) = hub
+        .admin(
+            Method::POST,
+            "/api/specs",
+            Some(
+                json!({"name": "gpu-half", "cpu_cores": 4, "memory": "16g", "memory_split": true}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (422, Some("gpu_memory_gb"))
+    );
+    let (status, spec) = hub
+        .admin(Method::POST, "/api/specs", Some(json!({"name": "gpu-half", "cpu_cores": 4, "memory": "16g", "memory_split": true, "gpu_memory_gb": 12})))
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        (spec["cpu_millis"].as_i64(), spec["memory_bytes"].as_i64()),
+        (Some(4000), Some(16 << 30))
+    );
+    let (status, _) = hub
+        .admin(Method::DELETE, &format!("/api/specs/{}", spec["id"]), None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = hub
+        .admin(
+            Method::DELETE,
+            &format!("/api/images/{}", image["id"]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+}

@@ -1,0 +1,322 @@
+//! Services (a user's model services), where their container runs (the container registry), and
+//! each service's deployment history.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::error::conflict_or;
+use crate::{Conn, StoreError, now_ms};
+
+/// A service as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceRecord {
+    /// Id (0 before insert).
+    pub id: i64,
+    /// Owner.
+    pub owner_id: i64,
+    /// The repository it was created under.
+    pub repo: String,
+    /// Name, unique per owner.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// The product spec it was sized from.
+    pub spec_id: Option<i64>,
+    /// CPU, thousandths of a core.
+    pub cpu_millis: i64,
+    /// Memory, bytes.
+    pub memory_bytes: i64,
+    /// Whole GPUs, or 1 for a GPU share.
+    pub gpu_count: i64,
+    /// The service definition of the current version (JSON).
+    pub definition: serde_json::Value,
+    /// Anyone may use it.
+    pub is_public: bool,
+    /// `created`, `running`, `stopped` or `error`.
+    pub status: String,
+    /// The node it runs on.
+    pub node_id: Option<i64>,
+    /// Its container there.
+    pub container_id: Option<String>,
+    /// Its container's name.
+    pub container_name: Option<String>,
+    /// Current deployment version.
+    pub version: i64,
+    /// The last error.
+    pub error: String,
+    /// Created, Unix ms.
+    pub created_at: i64,
+    /// Updated, Unix ms.
+    pub updated_at: i64,
+}
+
+/// What a user's services take, for quotas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Services.
+    pub services: i64,
+    /// CPU, thousandths of a core.
+    pub cpu_millis: i64,
+    /// Memory, bytes.
+    pub memory_bytes: i64,
+    /// GPUs.
+    pub gpus: i64,
+}
+
+/// One version of a service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Deployment {
+    /// Version, from 1.
+    pub version: i64,
+    /// Its definition.
+    pub definition: serde_json::Value,
+    /// Where it ran.
+    pub node_id: Option<i64>,
+    /// Who deployed it.
+    pub user_id: Option<i64>,
+    /// Why.
+    pub note: String,
+    /// When, Unix ms.
+    pub created_at: i64,
+}
+
+fn service_from(row: &AnyRow) -> Result<ServiceRecord, sqlx::Error> {
+    let definition: String = row.try_get("definition")?;
+    Ok(ServiceRecord {
+        id: row.try_get("id")?,
+        owner_id: row.try_get("owner_id")?,
+        repo: row.try_get("repo")?,
+        name: row.try_get("name")?,
+        image: row.try_get("image")?,
+        spec_id: row.try_get("spec_id")?,
+        cpu_millis: row.try_get("cpu_millis")?,
+        memory_bytes: row.try_get("memory_bytes")?,
+        gpu_count: row.try_get("gpu_count")?,
+        definition: serde_json::from_str(&definition).unwrap_or_default(),
+        is_public: row.try_get::<i64, _>("is_public")? != 0,
+        status: row.try_get("status")?,
+        node_id: row.try_get("node_id")?,
+        container_id: row.try_get("container_id")?,
+        container_name: row.try_get("container_name")?,
+        version: row.try_get("version")?,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Inserts a service; a name the owner already uses is a conflict.
+pub async fn insert(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceRecord, StoreError> {
+    let now = now_ms();
+    let row = sqlx::query(
+        "INSERT INTO services (owner_id, repo, name, image, spec_id, cpu_millis, memory_bytes, gpu_count, definition, \
+         is_public, status, node_id, container_id, container_name, version, error, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
+    )
+    .bind(service.owner_id)
+    .bind(&service.repo)
+    .bind(&service.name)
+    .bind(&service.image)
+    .bind(service.spec_id)
+    .bind(service.cpu_millis)
+    .bind(service.memory_bytes)
+    .bind(service.gpu_count)
+    .bind(service.definition.to_string())
+    .bind(i64::from(service.is_public))
+    .bind(&service.status)
+    .bind(service.node_id)
+    .bind(service.container_id.clone())
+    .bind(service.container_name.clone())
+    .bind(service.version)
+    .bind(&service.error)
+    .bind(now)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|err| conflict_or(err, || format!("you already have a service named {:?}", service.name)))?;
+    get(conn, row.try_get("id")?).await
+}
+
+/// Writes the mutable fields of `service` (by id).
+pub async fn update(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceRecord, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE services SET image = $1, cpu_millis = $2, memory_bytes = $3, gpu_count = $4, definition = $5, \
+         is_public = $6, status = $7, node_id = $8, container_id = $9, container_name = $10, version = $11, \
+         error = $12, updated_at = $13 WHERE id = $14",
+    )
+    .bind(&service.image)
+    .bind(service.cpu_millis)
+    .bind(service.memory_bytes)
+    .bind(service.gpu_count)
+    .bind(service.definition.to_string())
+    .bind(i64::from(service.is_public))
+    .bind(&service.status)
+    .bind(service.node_id)
+    .bind(service.container_id.clone())
+    .bind(service.container_name.clone())
+    .bind(service.version)
+    .bind(&service.error)
+    .bind(now_ms())
+    .bind(service.id)
+    .execute(&mut *conn)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("no service {}", service.id)));
+    }
+    get(conn, service.id).await
+}
+
+/// One service.
+pub async fn get(conn: &mut Conn, id: i64) -> Result<ServiceRecord, StoreError> {
+    let row = sqlx::query("SELECT * FROM services WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no service {id}")))?;
+    Ok(service_from(&row)?)
+}
+
+/// Services of `owner`, or all when `None`.
+pub async fn list(conn: &mut Conn, owner: Option<i64>) -> Result<Vec<ServiceRecord>, StoreError> {
+    let rows = match owner {
+        Some(owner) => {
+            sqlx::query("SELECT * FROM services WHERE owner_id = $1 ORDER BY id")
+                .bind(owner)
+                .fetch_all(&mut *conn)
+                .await?
+        }
+        None => {
+            sqlx::query("SELECT * FROM services ORDER BY id")
+                .fetch_all(&mut *conn)
+                .await?
+        }
+    };
+    Ok(rows.iter().map(service_from).collect::<Result<_, _>>()?)
+}
+
+/// What `owner`'s services take.
+pub async fn usage(conn: &mut Conn, owner: i64) -> Result<Usage, StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(cpu_millis), 0) AS cpu, COALESCE(SUM(memory_bytes), 0) AS memory, \
+         COALESCE(SUM(gpu_count), 0) AS gpus FROM services WHERE owner_id = $1",
+    )
+    .bind(owner)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Usage {
+        services: row.try_get("n")?,
+        cpu_millis: row.try_get("cpu")?,
+        memory_bytes: row.try_get("memory")?,
+        gpus: row.try_get("gpus")?,
+    })
+}
+
+/// Deletes a service with its container rows and history.
+pub async fn delete(conn: &mut Conn, id: i64) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM containers WHERE service_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM deployments WHERE service_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    let deleted = sqlx::query("DELETE FROM services WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    if deleted.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("no service {id}")));
+    }
+    Ok(())
+}
+
+/// Records where a service's container runs, replacing any earlier record.
+pub async fn place_container(
+    conn: &mut Conn,
+    service_id: i64,
+    node_id: i64,
+    container_id: &str,
+    name: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM containers WHERE service_id = $1")
+        .bind(service_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO containers (node_id, service_id, container_id, name, status, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(node_id)
+    .bind(service_id)
+    .bind(container_id)
+    .bind(name)
+    .bind("created")
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Containers per node, for load.
+pub async fn containers_per_node(conn: &mut Conn) -> Result<HashMap<i64, i64>, StoreError> {
+    let rows = sqlx::query("SELECT node_id, COUNT(*) AS n FROM containers GROUP BY node_id")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<i64, _>("node_id")?,
+                row.try_get::<i64, _>("n")?,
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
+/// Records a deployment version; a version recorded twice is a conflict.
+pub async fn add_deployment(
+    conn: &mut Conn,
+    service_id: i64,
+    deployment: &Deployment,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO deployments (service_id, version, definition, node_id, user_id, note, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(service_id)
+    .bind(deployment.version)
+    .bind(deployment.definition.to_string())
+    .bind(deployment.node_id)
+    .bind(deployment.user_id)
+    .bind(&deployment.note)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await
+    .map_err(|err| conflict_or(err, || format!("version {} of service {service_id} exists", deployment.version)))?;
+    Ok(())
+}
+
+/// A service's deployments, newest first.
+pub async fn deployments(conn: &mut Conn, service_id: i64) -> Result<Vec<Deployment>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM deployments WHERE service_id = $1 ORDER BY version DESC")
+        .bind(service_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let definition: String = row.try_get("definition")?;
+            Ok(Deployment {
+                version: row.try_get("version")?,
+                definition: serde_json::from_str(&definition).unwrap_or_default(),
+                node_id: row.try_get("node_id")?,
+                user_id: row.try_get("user_id")?,
+                note: row.try_get("note")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
