@@ -135,6 +135,18 @@ async fn a_service_lives_and_every_step_is_logged() {
         assert_eq!(status, 200);
         assert_eq!(stats["stats"]["memory_limit_bytes"], 64u64 << 20, "{stats}");
 
+        let (_, placed) = hub.admin(Method::GET, "/api/admin/containers", None).await;
+        assert_eq!(placed["containers"][0]["container_id"], container.as_str());
+        assert_eq!(placed["containers"][0]["node_name"], "local");
+        let (_, usage) = hub
+            .admin(Method::GET, "/api/admin/resources/usage", None)
+            .await;
+        assert_eq!(usage["nodes"][0]["allocated"]["cpu_millis"], 500);
+        assert_eq!(usage["nodes"][0]["running"], 1);
+        let (status, _) = hub
+            .admin(Method::POST, "/api/admin/containers/1/migrate", None)
+            .await;
+        assert_eq!(status, 501);
         let (status, stopped, _) = hub
             .call(
                 Some(&alice),

@@ -260,6 +260,46 @@ pub async fn place_container(
     Ok(())
 }
 
+/// A container Berth placed on a node (the container registry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlacedContainer {
+    /// Row id.
+    pub id: i64,
+    /// The node.
+    pub node_id: i64,
+    /// The service.
+    pub service_id: Option<i64>,
+    /// The engine's container id.
+    pub container_id: String,
+    /// Container name.
+    pub name: String,
+    /// Status when placed.
+    pub status: String,
+    /// Placed, Unix ms.
+    pub created_at: i64,
+}
+
+/// Every placed container.
+pub async fn placed_containers(conn: &mut Conn) -> Result<Vec<PlacedContainer>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM containers ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(PlacedContainer {
+                id: row.try_get("id")?,
+                node_id: row.try_get("node_id")?,
+                service_id: row.try_get("service_id")?,
+                container_id: row.try_get("container_id")?,
+                name: row.try_get("name")?,
+                status: row.try_get("status")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
 /// Containers per node, for load.
 pub async fn containers_per_node(conn: &mut Conn) -> Result<HashMap<i64, i64>, StoreError> {
     let rows = sqlx::query("SELECT node_id, COUNT(*) AS n FROM containers GROUP BY node_id")
