@@ -5,30 +5,17 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use berth_http::RequestMetrics;
 
 use crate::node::NodeSnapshot;
 
 /// Content type of the text this module renders.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    method: String,
-    route: String,
-    status: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    method: String,
-    route: String,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InfoLabels {
@@ -50,8 +37,8 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 /// Every metric the agent exports.
 pub struct AgentMetrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_seconds: Family<RouteLabels, Histogram>,
+    /// Requests and their latency.
+    pub http: RequestMetrics,
     containers_total: Gauge,
     containers_running: Gauge,
     containers_stopped: Gauge,
@@ -80,20 +67,7 @@ impl AgentMetrics {
     /// Registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "berth_agent_http_requests",
-            "HTTP requests served, by route and status",
-            requests.clone(),
-        );
-        let request_seconds = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.001, 4.0, 9))
-        });
-        registry.register(
-            "berth_agent_http_request_duration_seconds",
-            "Time to answer an HTTP request, by route",
-            request_seconds.clone(),
-        );
+        let http = RequestMetrics::register(&mut registry, "berth_agent");
         let mut gauge = |name: &str, help: &str| {
             let gauge = Gauge::default();
             registry.register(name, help, gauge.clone());
@@ -155,8 +129,7 @@ impl AgentMetrics {
         );
         Self {
             registry,
-            requests,
-            request_seconds,
+            http,
             containers_total,
             containers_running,
             containers_stopped,
@@ -174,21 +147,6 @@ impl AgentMetrics {
             gpu_memory_used_bytes,
             gpu_utilization_percent,
         }
-    }
-
-    /// Counts one answered request.
-    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let labels = RequestLabels {
-            method: method.to_owned(),
-            route: route.to_owned(),
-            status: status.to_string(),
-        };
-        self.requests.get_or_create(&labels).inc();
-        let route = RouteLabels {
-            method: method.to_owned(),
-            route: route.to_owned(),
-        };
-        self.request_seconds.get_or_create(&route).observe(seconds);
     }
 
     /// Sets the node gauges from `snapshot` and renders every metric as OpenMetrics text.

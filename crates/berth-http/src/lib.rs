@@ -1,9 +1,11 @@
 //! What Berth's HTTP APIs (the agent's and the hub's) share: errors as
-//! `application/problem+json`, one mapping from driver and store errors to statuses, and JSON body
-//! and query parsing whose errors name the offending field.
+//! `application/problem+json`, one mapping from driver and store errors to statuses, JSON body
+//! and query parsing whose errors name the offending field, and request metrics.
 
+mod observe;
 mod problem;
 
+pub use observe::{RequestMetrics, assert_documents_exactly, method_not_allowed, no_route};
 pub use problem::Problem;
 
 /// Parses a JSON body with errors that name the field (`memory_limit: …`).

@@ -1,24 +1,11 @@
 //! The hub's Prometheus metrics: nodes by connection status, and API requests and latency.
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    method: String,
-    route: String,
-    status: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    method: String,
-    route: String,
-}
+use berth_http::RequestMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
@@ -28,8 +15,8 @@ struct StatusLabels {
 /// Every metric the hub exports.
 pub struct HubMetrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_seconds: Family<RouteLabels, Histogram>,
+    /// Requests and their latency.
+    pub http: RequestMetrics,
     nodes: Family<StatusLabels, Gauge>,
 }
 
@@ -43,20 +30,7 @@ impl HubMetrics {
     /// Registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "berth_hub_http_requests",
-            "API requests served, by route and status",
-            requests.clone(),
-        );
-        let request_seconds = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0005, 4.0, 10))
-        });
-        registry.register(
-            "berth_hub_http_request_duration_seconds",
-            "Time to answer an API request",
-            request_seconds.clone(),
-        );
+        let http = RequestMetrics::register(&mut registry, "berth_hub");
         let nodes = Family::<StatusLabels, Gauge>::default();
         registry.register(
             "berth_hub_nodes",
@@ -65,25 +39,9 @@ impl HubMetrics {
         );
         Self {
             registry,
-            requests,
-            request_seconds,
+            http,
             nodes,
         }
-    }
-
-    /// Counts one answered request.
-    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let labels = RequestLabels {
-            method: method.to_owned(),
-            route: route.to_owned(),
-            status: status.to_string(),
-        };
-        self.requests.get_or_create(&labels).inc();
-        let route = RouteLabels {
-            method: method.to_owned(),
-            route: route.to_owned(),
-        };
-        self.request_seconds.get_or_create(&route).observe(seconds);
     }
 
     /// Sets the node gauges from `(status, count)` pairs and renders everything as OpenMetrics text.

@@ -7,11 +7,10 @@ mod images;
 mod node_routes;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -64,30 +63,12 @@ pub fn router(state: Arc<AgentState>) -> Router {
             "/images/{*name}",
             get(images::inspect).delete(images::remove),
         )
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(berth_http::no_route)
+        .method_not_allowed_fallback(berth_http::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
-}
-
-async fn not_found(request: Request) -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        format!("no route {} {}", request.method(), request.uri().path()),
-    )
-}
-
-async fn method_not_allowed(request: Request) -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!(
-            "{} is not allowed on {}",
-            request.method(),
-            request.uri().path()
-        ),
-    )
 }
 
 /// Requires `Authorization: Bearer <MMANAGER_API_KEY>` on every path but the open ones.
@@ -125,18 +106,7 @@ async fn authenticate(
 
 /// Counts requests by route and status, and sets mManager's `X-Process-Time` and `X-Server-ID`.
 async fn observe(State(state): State<Arc<AgentState>>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let mut response = next.run(request).await;
-    let seconds = started.elapsed().as_secs_f64();
-    state
-        .metrics
-        .observe_request(&method, &route, response.status().as_u16(), seconds);
+    let (mut response, seconds) = state.metrics.http.measure(request, next).await;
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&format!("{seconds:.6}")) {
         headers.insert("x-process-time", value);

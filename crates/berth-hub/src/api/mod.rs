@@ -9,10 +9,9 @@ mod system;
 mod users;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -78,29 +77,11 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/admin/containers", get(admin::containers))
         .route("/api/admin/containers/{id}/migrate", post(admin::migrate))
         .route("/api/admin/resources/usage", get(admin::resources_usage))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(berth_http::no_route)
+        .method_not_allowed_fallback(berth_http::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
-}
-
-async fn not_found(request: Request) -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        format!("no route {} {}", request.method(), request.uri().path()),
-    )
-}
-
-async fn method_not_allowed(request: Request) -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!(
-            "{} is not allowed on {}",
-            request.method(),
-            request.uri().path()
-        ),
-    )
 }
 
 /// The user a request is made by; set by the authentication layer.
@@ -171,19 +152,5 @@ async fn authenticate(
 }
 
 async fn observe(State(state): State<Arc<HubState>>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let response = next.run(request).await;
-    state.metrics.observe_request(
-        &method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
+    state.metrics.http.measure(request, next).await.0
 }
