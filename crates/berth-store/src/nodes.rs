@@ -182,62 +182,71 @@ fn node_from(row: &AnyRow) -> Result<NodeRecord, sqlx::Error> {
     })
 }
 
+/// Binds the node's fields, `$1` to `$34`, in the column order both statements use.
+fn bind_fields<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    node: &'q NodeRecord,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    query
+        .bind(&node.name)
+        .bind(&node.region)
+        .bind(&node.cpu)
+        .bind(&node.memory)
+        .bind(&node.system_disk)
+        .bind(&node.data_disk)
+        .bind(&node.public_ip)
+        .bind(&node.private_ip)
+        .bind(node.ssh_port)
+        .bind(&node.ssh_user)
+        .bind(node.ssh_password_sealed.clone())
+        .bind(&node.gpu_model)
+        .bind(node.gpu_count)
+        .bind(node.gpu_memory_gb)
+        .bind(&node.hami_core_dir)
+        .bind(&node.driver)
+        .bind(&node.docker_address)
+        .bind(i64::from(node.use_tls))
+        .bind(node.ca_cert_sealed.clone())
+        .bind(node.client_cert_sealed.clone())
+        .bind(node.client_key_sealed.clone())
+        .bind(&node.agent_url)
+        .bind(node.agent_key_sealed.clone())
+        .bind(&node.server_type)
+        .bind(i64::from(node.enabled))
+        .bind(i64::from(node.listed))
+        .bind(node.priority)
+        .bind(node.weight)
+        .bind(&node.remark)
+        .bind(&node.docker_status)
+        .bind(&node.status_message)
+        .bind(node.last_checked_at)
+        .bind(node.observed.to_string())
+        .bind(&node.origin)
+}
+
 /// Inserts `node`; a taken name is a conflict. Returns the stored node.
 pub async fn insert(conn: &mut Conn, node: &NodeRecord) -> Result<NodeRecord, StoreError> {
     let now = now_ms();
-    let row = sqlx::query(
+    let query = sqlx::query(
         "INSERT INTO nodes (name, region, cpu, memory, system_disk, data_disk, public_ip, private_ip, ssh_port, \
          ssh_user, ssh_password_sealed, gpu_model, gpu_count, gpu_memory_gb, hami_core_dir, driver, docker_address, \
          use_tls, ca_cert_sealed, client_cert_sealed, client_key_sealed, agent_url, agent_key_sealed, server_type, \
          enabled, listed, priority, weight, remark, docker_status, status_message, last_checked_at, observed, origin, \
          created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
          $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36) RETURNING id",
-    )
-    .bind(&node.name)
-    .bind(&node.region)
-    .bind(&node.cpu)
-    .bind(&node.memory)
-    .bind(&node.system_disk)
-    .bind(&node.data_disk)
-    .bind(&node.public_ip)
-    .bind(&node.private_ip)
-    .bind(node.ssh_port)
-    .bind(&node.ssh_user)
-    .bind(node.ssh_password_sealed.clone())
-    .bind(&node.gpu_model)
-    .bind(node.gpu_count)
-    .bind(node.gpu_memory_gb)
-    .bind(&node.hami_core_dir)
-    .bind(&node.driver)
-    .bind(&node.docker_address)
-    .bind(i64::from(node.use_tls))
-    .bind(node.ca_cert_sealed.clone())
-    .bind(node.client_cert_sealed.clone())
-    .bind(node.client_key_sealed.clone())
-    .bind(&node.agent_url)
-    .bind(node.agent_key_sealed.clone())
-    .bind(&node.server_type)
-    .bind(i64::from(node.enabled))
-    .bind(i64::from(node.listed))
-    .bind(node.priority)
-    .bind(node.weight)
-    .bind(&node.remark)
-    .bind(&node.docker_status)
-    .bind(&node.status_message)
-    .bind(node.last_checked_at)
-    .bind(node.observed.to_string())
-    .bind(&node.origin)
-    .bind(now)
-    .bind(now)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|err| conflict_or(err, || format!("a node named {:?} exists", node.name)))?;
+    );
+    let row = bind_fields(query, node)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|err| conflict_or(err, || format!("a node named {:?} exists", node.name)))?;
     get(conn, row.try_get("id")?).await
 }
 
 /// Writes every field of `node` (by id); a taken name is a conflict.
 pub async fn update(conn: &mut Conn, node: &NodeRecord) -> Result<NodeRecord, StoreError> {
-    let updated = sqlx::query(
+    let query = sqlx::query(
         "UPDATE nodes SET name = $1, region = $2, cpu = $3, memory = $4, system_disk = $5, data_disk = $6, \
          public_ip = $7, private_ip = $8, ssh_port = $9, ssh_user = $10, ssh_password_sealed = $11, gpu_model = $12, \
          gpu_count = $13, gpu_memory_gb = $14, hami_core_dir = $15, driver = $16, docker_address = $17, \
@@ -245,46 +254,13 @@ pub async fn update(conn: &mut Conn, node: &NodeRecord) -> Result<NodeRecord, St
          agent_key_sealed = $23, server_type = $24, enabled = $25, listed = $26, priority = $27, weight = $28, \
          remark = $29, docker_status = $30, status_message = $31, last_checked_at = $32, observed = $33, \
          origin = $34, updated_at = $35 WHERE id = $36",
-    )
-    .bind(&node.name)
-    .bind(&node.region)
-    .bind(&node.cpu)
-    .bind(&node.memory)
-    .bind(&node.system_disk)
-    .bind(&node.data_disk)
-    .bind(&node.public_ip)
-    .bind(&node.private_ip)
-    .bind(node.ssh_port)
-    .bind(&node.ssh_user)
-    .bind(node.ssh_password_sealed.clone())
-    .bind(&node.gpu_model)
-    .bind(node.gpu_count)
-    .bind(node.gpu_memory_gb)
-    .bind(&node.hami_core_dir)
-    .bind(&node.driver)
-    .bind(&node.docker_address)
-    .bind(i64::from(node.use_tls))
-    .bind(node.ca_cert_sealed.clone())
-    .bind(node.client_cert_sealed.clone())
-    .bind(node.client_key_sealed.clone())
-    .bind(&node.agent_url)
-    .bind(node.agent_key_sealed.clone())
-    .bind(&node.server_type)
-    .bind(i64::from(node.enabled))
-    .bind(i64::from(node.listed))
-    .bind(node.priority)
-    .bind(node.weight)
-    .bind(&node.remark)
-    .bind(&node.docker_status)
-    .bind(&node.status_message)
-    .bind(node.last_checked_at)
-    .bind(node.observed.to_string())
-    .bind(&node.origin)
-    .bind(now_ms())
-    .bind(node.id)
-    .execute(&mut *conn)
-    .await
-    .map_err(|err| conflict_or(err, || format!("a node named {:?} exists", node.name)))?;
+    );
+    let updated = bind_fields(query, node)
+        .bind(now_ms())
+        .bind(node.id)
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| conflict_or(err, || format!("a node named {:?} exists", node.name)))?;
     if updated.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("no node {}", node.id)));
     }
