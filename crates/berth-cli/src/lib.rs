@@ -2,6 +2,7 @@
 //! (`berth up`) and the CLI client of the hub API. `main.rs` only parses and calls [`run`].
 
 mod agent;
+mod client;
 mod hub;
 mod logging;
 mod up;
@@ -28,18 +29,60 @@ pub enum Command {
     Hub(hub::HubArgs),
     /// Run the mManager-compatible node controller on this Docker host.
     Agent(Box<agent::AgentArgs>),
-    /// Manage compute nodes through the hub. Not available yet.
-    Node,
-    /// Manage product specs through the hub. Not available yet.
-    Spec,
-    /// Manage images through the hub. Not available yet.
-    Image,
-    /// Manage services through the hub. Not available yet.
-    Service,
-    /// Manage users and API tokens through the hub. Not available yet.
-    User,
-    /// Read the operation history (audit log) from the hub. Not available yet.
-    Ops,
+    /// Compute nodes, through the hub API.
+    Node {
+        /// Hub address, token, output.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::NodeCommand,
+    },
+    /// The image catalog, through the hub API.
+    Image {
+        /// Hub address, token, output.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::ImageCommand,
+    },
+    /// Product specs, through the hub API.
+    Spec {
+        /// Hub address, token, output.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::SpecCommand,
+    },
+    /// Services, through the hub API.
+    Service {
+        /// Hub address, token, output.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::ServiceCommand,
+    },
+    /// Users and tokens, through the hub API.
+    User {
+        /// Hub address, token, output.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::UserCommand,
+    },
+    /// The operation log (audit trail), through the hub API.
+    Ops {
+        /// Hub address, token, output.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// Filters.
+        #[command(flatten)]
+        filter: client::OpsFilter,
+    },
     /// Apply services declared in YAML to the hub. Not available yet.
     Apply,
     /// Validate a service YAML file without applying it. Not available yet.
@@ -76,12 +119,24 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Up(args) => return up::run(args).await,
         Command::Agent(args) => return agent::run(*args).await,
         Command::Hub(args) => return hub::run(args).await,
-        Command::Node => "node",
-        Command::Spec => "spec",
-        Command::Image => "image",
-        Command::Service => "service",
-        Command::User => "user",
-        Command::Ops => "ops",
+        Command::Node { client, command } => {
+            return client::run(client, client::Resource::Node(command)).await;
+        }
+        Command::Image { client, command } => {
+            return client::run(client, client::Resource::Image(command)).await;
+        }
+        Command::Spec { client, command } => {
+            return client::run(client, client::Resource::Spec(command)).await;
+        }
+        Command::Service { client, command } => {
+            return client::run(client, client::Resource::Service(command)).await;
+        }
+        Command::User { client, command } => {
+            return client::run(client, client::Resource::User(command)).await;
+        }
+        Command::Ops { client, filter } => {
+            return client::run(client, client::Resource::Ops(filter)).await;
+        }
         Command::Apply => "apply",
         Command::Validate => "validate",
     };

@@ -113,6 +113,46 @@ fn berth_up_starts_serves_stops_and_resumes() {
     assert_eq!(status, 200);
     assert_eq!(nodes[0]["name"], "local");
     assert_eq!(nodes[0]["docker_status"], "connected");
+
+    let cli = |token: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env("BERTH_URL", format!("http://127.0.0.1:{port}"))
+            .env("BERTH_TOKEN", token)
+            .output()
+            .expect("berth client")
+    };
+    let listed = cli(&token, &["node", "list", "--output", "json"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    assert_eq!(listed[0]["name"], "local");
+    let table = cli(&token, &["node", "list"]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.starts_with("ID  NAME") && table.contains("local  docker"),
+        "{table}"
+    );
+    let created = cli(
+        &token,
+        &[
+            "spec", "create", "small", "--cpu", "0.5", "--memory", "64m", "-o", "json",
+        ],
+    );
+    assert!(created.status.success());
+    let refused = cli(
+        &token,
+        &["spec", "create", "tiny", "--cpu", "0.5", "--memory", "1k"],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(message.contains("[field: memory]"), "{message}");
+    let denied = cli("berth_wrong", &["node", "list"]);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("Set BERTH_TOKEN"));
     terminate(running);
 
     let (running, lines) = start(&dir, port);

@@ -1,0 +1,97 @@
+//! A small HTTP client for the hub API that turns every failure into a message a person can act on.
+
+use reqwest::Method;
+use serde_json::Value;
+
+/// Talks to one hub with one token.
+pub struct HubClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl HubClient {
+    /// A client for the hub at `base` (no trailing slash needed).
+    pub fn new(base: &str, token: String) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends a request and returns the JSON answer (null for an empty one), or a message that
+    /// says what failed and what to do.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, String> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|err| {
+            format!(
+                "cannot reach the hub at {}: {err}. Is `berth up` (or `berth hub`) running? Set BERTH_URL to its address.",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if status.as_u16() == 401 {
+            return Err("the hub refused the token. Set BERTH_TOKEN (berth up writes the admin token to berth-data/admin-token).".to_owned());
+        }
+        if !status.is_success() {
+            let problem: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let detail = problem["detail"].as_str().unwrap_or(text.trim());
+            return Err(match problem["field"].as_str() {
+                Some(field) => format!(
+                    "{method} {path} refused (HTTP {}): {detail} [field: {field}]",
+                    status.as_u16()
+                ),
+                None => format!(
+                    "{method} {path} failed (HTTP {}): {detail}",
+                    status.as_u16()
+                ),
+            });
+        }
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text)
+            .map_err(|err| format!("the hub answered {path} without JSON: {err}"))
+    }
+
+    /// Streams a text answer to standard output (logs with `follow`).
+    pub async fn stream_to_stdout(&self, path: &str) -> Result<(), String> {
+        use futures_util::StreamExt;
+        use std::io::Write;
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|err| format!("cannot reach the hub at {}: {err}", self.base))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "GET {path} failed (HTTP {})",
+                response.status().as_u16()
+            ));
+        }
+        let mut body = response.bytes_stream();
+        let mut out = std::io::stdout();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|err| format!("the log stream broke: {err}"))?;
+            out.write_all(&chunk)
+                .and_then(|()| out.flush())
+                .map_err(|err| err.to_string())?;
+        }
+        Ok(())
+    }
+}

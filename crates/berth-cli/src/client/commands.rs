@@ -1,0 +1,760 @@
+//! The client subcommands and what each sends to the hub.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::api::HubClient;
+use super::table;
+
+/// How answers are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// The hub's JSON, unchanged.
+    Json,
+}
+
+/// Where the hub is and who is asking.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The hub's address.
+    #[arg(
+        long,
+        env = "BERTH_URL",
+        default_value = "http://127.0.0.1:7700",
+        global = true
+    )]
+    url: String,
+    /// An API token (default: the one `berth up` wrote to berth-data/admin-token).
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// table or json.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+}
+
+/// What to act on.
+#[derive(Debug)]
+pub enum Resource {
+    /// Compute nodes.
+    Node(NodeCommand),
+    /// The image catalog.
+    Image(ImageCommand),
+    /// Product specs.
+    Spec(SpecCommand),
+    /// Services.
+    Service(ServiceCommand),
+    /// Users.
+    User(UserCommand),
+    /// The operation log.
+    Ops(OpsFilter),
+}
+
+/// `berth node …`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes with their connection status.
+    List,
+    /// Show one node.
+    Show {
+        /// Node id.
+        id: i64,
+    },
+    /// Register a node; its connection is tested.
+    Create(Box<NewNode>),
+    /// Test a node's connection now.
+    Test {
+        /// Node id.
+        id: i64,
+    },
+    /// Take new work on this node.
+    Enable {
+        /// Node id.
+        id: i64,
+    },
+    /// Take no new work on this node.
+    Disable {
+        /// Node id.
+        id: i64,
+    },
+    /// Delete a node (refused while services run there).
+    Delete {
+        /// Node id.
+        id: i64,
+    },
+}
+
+/// Fields of `berth node create`.
+#[derive(Debug, Args)]
+pub struct NewNode {
+    /// Node name.
+    #[arg(long)]
+    name: String,
+    /// Public IP.
+    #[arg(long)]
+    public_ip: String,
+    /// Private IP.
+    #[arg(long)]
+    private_ip: String,
+    /// Docker API address (unix:///… or tcp://host:2376) for the docker driver.
+    #[arg(long)]
+    docker_address: Option<String>,
+    /// Connect without TLS.
+    #[arg(long)]
+    no_tls: bool,
+    /// CA certificate file (PEM).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Client certificate file (PEM).
+    #[arg(long)]
+    cert_file: Option<std::path::PathBuf>,
+    /// Client key file (PEM).
+    #[arg(long)]
+    key_file: Option<std::path::PathBuf>,
+    /// A `berth agent` URL, for the agent driver; its key is read from BERTH_AGENT_KEY.
+    #[arg(long)]
+    agent_url: Option<String>,
+    /// gpu, cpu or edge.
+    #[arg(long)]
+    server_type: Option<String>,
+    /// GPUs of the node.
+    #[arg(long)]
+    gpu_count: Option<i64>,
+    /// Memory of one GPU, GB.
+    #[arg(long)]
+    gpu_memory_gb: Option<i64>,
+    /// Lower is tried first.
+    #[arg(long)]
+    priority: Option<i64>,
+    /// Share of work within a priority.
+    #[arg(long)]
+    weight: Option<i64>,
+}
+
+/// `berth image …`
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List the catalog.
+    List,
+    /// Add an image.
+    Create {
+        /// Name in the catalog.
+        name: String,
+        /// Registry reference.
+        reference: String,
+    },
+    /// Remove an image from the catalog.
+    Delete {
+        /// Image id.
+        id: i64,
+    },
+}
+
+/// `berth spec …`
+#[derive(Debug, Subcommand)]
+pub enum SpecCommand {
+    /// List product specs.
+    List,
+    /// Add a product spec.
+    Create {
+        /// Spec name.
+        name: String,
+        /// CPU cores.
+        #[arg(long)]
+        cpu: f64,
+        /// Memory, e.g. 8g.
+        #[arg(long)]
+        memory: String,
+        /// Whole GPUs.
+        #[arg(long, default_value_t = 0)]
+        gpus: i64,
+        /// A share of one GPU with this many GiB instead of whole GPUs.
+        #[arg(long)]
+        gpu_memory_gb: Option<i64>,
+    },
+    /// Remove a spec.
+    Delete {
+        /// Spec id.
+        id: i64,
+    },
+}
+
+/// `berth service …`
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// My services (everyone's with --all, for admins).
+    List {
+        /// Everyone's.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Create a service (its container is created, not started).
+    Create(NewService),
+    /// Start and wait until the container runs.
+    Start {
+        /// Service id.
+        id: i64,
+    },
+    /// Stop.
+    Stop {
+        /// Service id.
+        id: i64,
+        /// Grace period, seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u32,
+    },
+    /// Live status, node and URL.
+    Status {
+        /// Service id.
+        id: i64,
+    },
+    /// Container output.
+    Logs {
+        /// Service id.
+        id: i64,
+        /// Last lines.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+        /// Keep following.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Deployment history.
+    Deployments {
+        /// Service id.
+        id: i64,
+    },
+    /// Deploy an earlier version again.
+    Rollback {
+        /// Service id.
+        id: i64,
+        /// The version to go back to.
+        #[arg(long)]
+        version: i64,
+    },
+    /// Remove the service and its container.
+    Delete {
+        /// Service id.
+        id: i64,
+    },
+}
+
+/// Fields of `berth service create`.
+#[derive(Debug, Args)]
+pub struct NewService {
+    /// Owner (default: you).
+    #[arg(long)]
+    user: Option<String>,
+    /// Repository the service belongs to.
+    #[arg(long, default_value = "default")]
+    repo: String,
+    /// Service name.
+    #[arg(long)]
+    name: String,
+    /// Image reference.
+    #[arg(long)]
+    image: String,
+    /// Size from this product spec.
+    #[arg(long)]
+    spec_id: Option<i64>,
+    /// CPU cores (instead of a spec).
+    #[arg(long)]
+    cpu: Option<f64>,
+    /// Memory, e.g. 2g (instead of a spec).
+    #[arg(long)]
+    memory: Option<String>,
+    /// The HTTP port the service listens on.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Environment, KEY=VALUE, repeatable.
+    #[arg(long = "env", short = 'e')]
+    environment: Vec<String>,
+    /// The command, after `--`.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// `berth user …`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Who am I.
+    Me,
+    /// List users (admin).
+    List,
+    /// Create a user and print their token once (admin).
+    Create {
+        /// User name.
+        name: String,
+        /// Make them an admin.
+        #[arg(long)]
+        admin: bool,
+        /// Most services they may own.
+        #[arg(long)]
+        max_services: Option<i64>,
+    },
+}
+
+/// `berth ops` filters.
+#[derive(Debug, Args)]
+pub struct OpsFilter {
+    /// Only this service.
+    #[arg(long)]
+    service: Option<i64>,
+    /// Only this node.
+    #[arg(long)]
+    node: Option<i64>,
+    /// Only this action, e.g. node.create.
+    #[arg(long)]
+    action: Option<String>,
+    /// Page, from 1.
+    #[arg(long, default_value_t = 1)]
+    page: i64,
+    /// Rows per page.
+    #[arg(long, default_value_t = 50)]
+    size: i64,
+}
+
+fn token(args: &ClientArgs) -> Result<String, String> {
+    if let Some(token) = args.token.as_ref().filter(|token| !token.trim().is_empty()) {
+        return Ok(token.trim().to_owned());
+    }
+    std::fs::read_to_string("berth-data/admin-token")
+        .map(|token| token.trim().to_owned())
+        .map_err(|_| {
+            "no token: set BERTH_TOKEN or --token (berth up writes one to berth-data/admin-token)"
+                .to_owned()
+        })
+}
+
+fn read_pem(path: &Option<std::path::PathBuf>, what: &str) -> Result<Option<String>, String> {
+    path.as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map_err(|err| format!("cannot read the {what} {}: {err}", path.display()))
+        })
+        .transpose()
+}
+
+/// Runs one client command and prints its answer.
+pub async fn run(args: ClientArgs, resource: Resource) -> ExitCode {
+    let outcome = async {
+        let client = HubClient::new(&args.url, token(&args)?);
+        execute(&client, args.output, resource).await
+    }
+    .await;
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("berth: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(output: Output, value: &Value, rows: Option<&[Value]>, columns: &[(&str, &str)]) {
+    match (output, rows) {
+        (Output::Json, _) => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        (Output::Table, Some(rows)) => println!("{}", table::render(rows, columns)),
+        (Output::Table, None) => {
+            println!("{}", table::render(std::slice::from_ref(value), columns))
+        }
+    }
+}
+
+const NODE_COLUMNS: [(&str, &str); 7] = [
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("DRIVER", "driver"),
+    ("TYPE", "server_type"),
+    ("ENABLED", "enabled"),
+    ("STATUS", "docker_status"),
+    ("MESSAGE", "status_message"),
+];
+const SERVICE_COLUMNS: [(&str, &str); 6] = [
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("STATUS", "status"),
+    ("NODE", "node_id"),
+    ("VERSION", "version"),
+    ("IMAGE", "image"),
+];
+
+async fn execute(client: &HubClient, output: Output, resource: Resource) -> Result<(), String> {
+    match resource {
+        Resource::Node(command) => node(client, output, command).await,
+        Resource::Image(command) => {
+            let value = match command {
+                ImageCommand::List => client.call(Method::GET, "/api/images", None).await?,
+                ImageCommand::Create { name, reference } => {
+                    client
+                        .call(
+                            Method::POST,
+                            "/api/images",
+                            Some(&json!({"name": name, "reference": reference})),
+                        )
+                        .await?
+                }
+                ImageCommand::Delete { id } => {
+                    client
+                        .call(Method::DELETE, &format!("/api/images/{id}"), None)
+                        .await?
+                }
+            };
+            let rows = value.as_array().cloned();
+            print(
+                output,
+                &value,
+                rows.as_deref(),
+                &[("ID", "id"), ("NAME", "name"), ("REFERENCE", "reference")],
+            );
+            Ok(())
+        }
+        Resource::Spec(command) => {
+            let value = match command {
+                SpecCommand::List => client.call(Method::GET, "/api/specs", None).await?,
+                SpecCommand::Create {
+                    name,
+                    cpu,
+                    memory,
+                    gpus,
+                    gpu_memory_gb,
+                } => {
+                    let body = json!({"name": name, "cpu_cores": cpu, "memory": memory, "gpu_count": gpus,
+                        "memory_split": gpu_memory_gb.is_some(), "gpu_memory_gb": gpu_memory_gb.unwrap_or(0)});
+                    client.call(Method::POST, "/api/specs", Some(&body)).await?
+                }
+                SpecCommand::Delete { id } => {
+                    client
+                        .call(Method::DELETE, &format!("/api/specs/{id}"), None)
+                        .await?
+                }
+            };
+            let rows = value.as_array().cloned();
+            let columns = [
+                ("ID", "id"),
+                ("NAME", "name"),
+                ("CPU_MILLIS", "cpu_millis"),
+                ("MEMORY", "memory_bytes"),
+                ("GPUS", "gpu_count"),
+            ];
+            print(output, &value, rows.as_deref(), &columns);
+            Ok(())
+        }
+        Resource::Service(command) => service(client, output, command).await,
+        Resource::User(command) => {
+            let value = match command {
+                UserCommand::Me => client.call(Method::GET, "/api/users/me", None).await?,
+                UserCommand::List => client.call(Method::GET, "/api/users", None).await?,
+                UserCommand::Create {
+                    name,
+                    admin,
+                    max_services,
+                } => {
+                    let body = json!({"name": name, "role": if admin { "admin" } else { "user" }, "max_services": max_services});
+                    let created = client.call(Method::POST, "/api/users", Some(&body)).await?;
+                    if output == Output::Table {
+                        println!(
+                            "user {} created; token (shown once): {}",
+                            created["user"]["name"].as_str().unwrap_or("?"),
+                            created["token"].as_str().unwrap_or("?")
+                        );
+                        return Ok(());
+                    }
+                    created
+                }
+            };
+            let rows = value.as_array().cloned();
+            print(
+                output,
+                &value,
+                rows.as_deref(),
+                &[("ID", "id"), ("NAME", "name"), ("ROLE", "role")],
+            );
+            Ok(())
+        }
+        Resource::Ops(filter) => {
+            let mut query = format!("page={}&size={}", filter.page, filter.size);
+            for (key, value) in [("service_id", filter.service), ("node_id", filter.node)] {
+                if let Some(value) = value {
+                    query.push_str(&format!("&{key}={value}"));
+                }
+            }
+            if let Some(action) = filter.action {
+                query.push_str(&format!("&action={action}"));
+            }
+            let value = client
+                .call(Method::GET, &format!("/api/admin/operations?{query}"), None)
+                .await?;
+            let rows = value["operations"].as_array().cloned().unwrap_or_default();
+            let columns = [
+                ("ID", "id"),
+                ("AT", "at"),
+                ("USER", "user_id"),
+                ("ACTION", "action"),
+                ("TARGET", "target_id"),
+                ("OUTCOME", "outcome"),
+            ];
+            print(output, &value, Some(&rows), &columns);
+            Ok(())
+        }
+    }
+}
+
+async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Result<(), String> {
+    let value = match command {
+        NodeCommand::List => client.call(Method::GET, "/api/nodes", None).await?,
+        NodeCommand::Show { id } => {
+            client
+                .call(Method::GET, &format!("/api/nodes/{id}"), None)
+                .await?
+        }
+        NodeCommand::Test { id } => client
+            .call(Method::POST, &format!("/api/nodes/{id}/test"), None)
+            .await?["node"]
+            .clone(),
+        NodeCommand::Enable { id } => {
+            client
+                .call(
+                    Method::POST,
+                    &format!("/api/admin/controllers/{id}/enable"),
+                    None,
+                )
+                .await?
+        }
+        NodeCommand::Disable { id } => {
+            client
+                .call(
+                    Method::POST,
+                    &format!("/api/admin/controllers/{id}/disable"),
+                    None,
+                )
+                .await?
+        }
+        NodeCommand::Delete { id } => {
+            client
+                .call(Method::DELETE, &format!("/api/nodes/{id}"), None)
+                .await?;
+            println!("node {id} deleted");
+            return Ok(());
+        }
+        NodeCommand::Create(new) => {
+            let mut body = json!({"name": new.name, "public_ip": new.public_ip, "private_ip": new.private_ip, "use_tls": !new.no_tls});
+            let fields = [
+                ("docker_address", new.docker_address.map(Value::from)),
+                ("agent_url", new.agent_url.clone().map(Value::from)),
+                (
+                    "driver",
+                    new.agent_url.as_ref().map(|_| Value::from("agent")),
+                ),
+                ("server_type", new.server_type.map(Value::from)),
+                ("gpu_count", new.gpu_count.map(Value::from)),
+                ("gpu_memory_gb", new.gpu_memory_gb.map(Value::from)),
+                ("priority", new.priority.map(Value::from)),
+                ("weight", new.weight.map(Value::from)),
+                (
+                    "ca_cert",
+                    read_pem(&new.ca_file, "CA certificate")?.map(Value::from),
+                ),
+                (
+                    "client_cert",
+                    read_pem(&new.cert_file, "client certificate")?.map(Value::from),
+                ),
+                (
+                    "client_key",
+                    read_pem(&new.key_file, "client key")?.map(Value::from),
+                ),
+                (
+                    "agent_api_key",
+                    std::env::var("BERTH_AGENT_KEY").ok().map(Value::from),
+                ),
+            ];
+            for (key, value) in fields {
+                if let Some(value) = value {
+                    body[key] = value;
+                }
+            }
+            client.call(Method::POST, "/api/nodes", Some(&body)).await?
+        }
+    };
+    let rows = value.as_array().cloned();
+    print(output, &value, rows.as_deref(), &NODE_COLUMNS);
+    Ok(())
+}
+
+async fn service(
+    client: &HubClient,
+    output: Output,
+    command: ServiceCommand,
+) -> Result<(), String> {
+    let value = match command {
+        ServiceCommand::List { all } => {
+            let value = client
+                .call(
+                    Method::GET,
+                    &format!("/api/services{}", if all { "?all=true" } else { "" }),
+                    None,
+                )
+                .await?;
+            let rows = value["services"].as_array().cloned().unwrap_or_default();
+            print(output, &value, Some(&rows), &SERVICE_COLUMNS);
+            return Ok(());
+        }
+        ServiceCommand::Create(new) => {
+            let user = match new.user {
+                Some(user) => user,
+                None => client.call(Method::GET, "/api/users/me", None).await?["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            };
+            let mut environment = serde_json::Map::new();
+            for pair in &new.environment {
+                let (key, value) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("--env {pair:?} is not KEY=VALUE"))?;
+                environment.insert(key.to_owned(), Value::from(value));
+            }
+            let mut body =
+                json!({"name": new.name, "image": new.image, "environment": environment});
+            for (key, value) in [
+                ("spec_id", new.spec_id.map(Value::from)),
+                ("cpu_limit", new.cpu.map(Value::from)),
+                ("memory_limit", new.memory.map(Value::from)),
+                ("port", new.port.map(Value::from)),
+                (
+                    "command",
+                    (!new.command.is_empty()).then(|| Value::from(new.command.clone())),
+                ),
+            ] {
+                if let Some(value) = value {
+                    body[key] = value;
+                }
+            }
+            client
+                .call(
+                    Method::POST,
+                    &format!("/api/{user}/{}/services", new.repo),
+                    Some(&body),
+                )
+                .await?
+        }
+        ServiceCommand::Start { id } => {
+            client
+                .call(Method::POST, &format!("/api/services/{id}/start"), None)
+                .await?;
+            eprint!("starting service {id}");
+            let mut status = Value::Null;
+            for _ in 0..60 {
+                status = client
+                    .call(Method::GET, &format!("/api/services/{id}/status"), None)
+                    .await?;
+                if status["container_status"] == "running" {
+                    break;
+                }
+                eprint!(".");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            eprintln!(
+                " {}",
+                status["container_status"].as_str().unwrap_or("unknown")
+            );
+            status
+        }
+        ServiceCommand::Stop { id, timeout } => {
+            client
+                .call(
+                    Method::POST,
+                    &format!("/api/services/{id}/stop"),
+                    Some(&json!({"timeout_seconds": timeout})),
+                )
+                .await?
+        }
+        ServiceCommand::Status { id } => {
+            client
+                .call(Method::GET, &format!("/api/services/{id}/status"), None)
+                .await?
+        }
+        ServiceCommand::Logs { id, tail, follow } => {
+            if follow {
+                return client
+                    .stream_to_stdout(&format!("/api/services/{id}/logs?tail={tail}&follow=true"))
+                    .await;
+            }
+            let logs = client
+                .call(
+                    Method::GET,
+                    &format!("/api/services/{id}/logs?tail={tail}"),
+                    None,
+                )
+                .await?;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&logs).unwrap_or_default()
+                ),
+                Output::Table => print!("{}", logs["logs"].as_str().unwrap_or_default()),
+            }
+            return Ok(());
+        }
+        ServiceCommand::Deployments { id } => {
+            let value = client
+                .call(
+                    Method::GET,
+                    &format!("/api/services/{id}/deployments"),
+                    None,
+                )
+                .await?;
+            let rows = value["deployments"].as_array().cloned().unwrap_or_default();
+            print(
+                output,
+                &value,
+                Some(&rows),
+                &[
+                    ("VERSION", "version"),
+                    ("NODE", "node_id"),
+                    ("NOTE", "note"),
+                    ("IMAGE", "definition.image"),
+                ],
+            );
+            return Ok(());
+        }
+        ServiceCommand::Rollback { id, version } => {
+            client
+                .call(
+                    Method::POST,
+                    &format!("/api/services/{id}/rollback"),
+                    Some(&json!({"version": version})),
+                )
+                .await?
+        }
+        ServiceCommand::Delete { id } => {
+            client
+                .call(Method::DELETE, &format!("/api/services/{id}"), None)
+                .await?;
+            println!("service {id} deleted");
+            return Ok(());
+        }
+    };
+    let columns: &[(&str, &str)] = if value.get("container_status").is_some() {
+        &[
+            ("ID", "id"),
+            ("NAME", "service_name"),
+            ("STATUS", "status"),
+            ("CONTAINER", "container_status"),
+            ("NODE", "node.name"),
+            ("URL", "service_url"),
+        ]
+    } else {
+        &SERVICE_COLUMNS
+    };
+    print(output, &value, None, columns);
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! The CLI client of the hub API: `berth node|image|spec|service|user|ops`, against `BERTH_URL`
+//! with `BERTH_TOKEN` (or the token `berth up` wrote). Tables for people, `--output json` for
+//! scripts, and errors that say what failed and what to do.
+
+mod api;
+mod commands;
+mod table;
+
+pub use commands::{
+    ClientArgs, ImageCommand, NodeCommand, OpsFilter, Resource, ServiceCommand, SpecCommand,
+    UserCommand, run,
+};
