@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::ConnectionStatus;
+use berth_hub::config::HubConfig;
 use berth_hub::state::HubSettings;
 use berth_hub::{HubState, api, bootstrap, monitor};
 use berth_store::{SecretBox, Store, nodes, redact_url};
@@ -29,9 +30,13 @@ pub struct HubArgs {
     /// Directory for the secret key file (when BERTH_SECRET_KEY is not set) and the admin token.
     #[arg(long, env = "BERTH_DATA_DIR", default_value = "berth-data")]
     data_dir: PathBuf,
-    /// Seconds between two node checks.
-    #[arg(long, env = "BERTH_MONITOR_INTERVAL", default_value_t = 30)]
-    monitor_interval: u64,
+    /// Seconds between two node checks (default: the config file's, else 30).
+    #[arg(long, env = "BERTH_MONITOR_INTERVAL")]
+    monitor_interval: Option<u64>,
+    /// A YAML file with seed 000's settings: mmanager_controllers, mmanager_api_key,
+    /// max_services_per_user, monitor_interval.
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 /// How to start the hub.
@@ -46,6 +51,8 @@ pub struct Launch {
     pub monitor_interval: Duration,
     /// Register this Docker address as node `local` (`berth up`).
     pub local_docker_host: Option<String>,
+    /// The configuration file's settings.
+    pub config: HubConfig,
 }
 
 /// Runs `berth hub`.
@@ -53,7 +60,18 @@ pub async fn run(args: HubArgs) -> ExitCode {
     if let Err(err) = crate::logging::init("info", None) {
         eprintln!("berth hub: cannot set up logging: {err}");
     }
-    if args.monitor_interval == 0 {
+    let config = match &args.config {
+        Some(path) => match HubConfig::load(path) {
+            Ok(config) => config,
+            Err(err) => {
+                eprintln!("berth hub: bad configuration file: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        None => HubConfig::default(),
+    };
+    let monitor_interval = args.monitor_interval.unwrap_or(config.monitor_interval);
+    if monitor_interval == 0 {
         eprintln!("berth hub: --monitor-interval must be at least 1 second");
         return ExitCode::from(2);
     }
@@ -61,8 +79,9 @@ pub async fn run(args: HubArgs) -> ExitCode {
         listen: args.listen,
         database_url: args.database_url,
         data_dir: args.data_dir,
-        monitor_interval: Duration::from_secs(args.monitor_interval),
+        monitor_interval: Duration::from_secs(monitor_interval),
         local_docker_host: None,
+        config,
     })
     .await
 }
@@ -118,6 +137,25 @@ pub async fn serve(launch: Launch) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match bootstrap::sync_controllers(&state, &launch.config).await {
+        Ok(sync) => {
+            if !(sync.created.is_empty() && sync.updated.is_empty() && sync.removed.is_empty()) {
+                println!(
+                    "controllers from the config: added {:?}, updated {:?}, removed {:?}",
+                    sync.created, sync.updated, sync.removed
+                );
+            }
+            for name in sync.skipped {
+                eprintln!(
+                    "berth: the config declares {name}, but a node of that name was made through the API; it is left as it is"
+                );
+            }
+        }
+        Err(err) => {
+            eprintln!("berth: syncing the configured controllers failed: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
     if let Some(local) = booted.local_node {
         report_local_node(&state, local).await;
     }

@@ -37,6 +37,7 @@ pub async fn run(args: UpArgs) -> ExitCode {
         data_dir: args.data_dir,
         monitor_interval: Duration::from_secs(30),
         local_docker_host: Some(args.docker_host),
+        config: berth_hub::config::HubConfig::default(),
     })
     .await
 }

@@ -93,3 +93,106 @@ pub async fn ensure(
         local_node,
     })
 }
+
+/// What syncing the declared controllers changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControllerSync {
+    /// Nodes added from the file.
+    pub created: Vec<String>,
+    /// Nodes changed to match the file.
+    pub updated: Vec<String>,
+    /// Nodes from an earlier file that it no longer declares.
+    pub removed: Vec<String>,
+    /// Names the file declares that belong to nodes made through the API; those are left alone.
+    pub skipped: Vec<String>,
+}
+
+/// Makes the node table match the controllers `config` declares (seed 000's
+/// `mmanager_controllers`): adds new ones as agent nodes, updates those it added before (a changed
+/// URL resets the status to unknown), and removes those an earlier file added that are gone now
+/// (unless service containers still run there). One transaction, one operation row per change.
+pub async fn sync_controllers(
+    state: &HubState,
+    config: &crate::config::HubConfig,
+) -> Result<ControllerSync, StoreError> {
+    let mut report = ControllerSync::default();
+    let sealed_key = config
+        .mmanager_api_key
+        .as_deref()
+        .map(|key| state.secrets.seal(key))
+        .transpose()?;
+    let mut transaction = state.store.begin().await?;
+    let record = |action: &str, node: &NodeRecord| NewOperation {
+        user_id: None,
+        action: action.to_owned(),
+        target_kind: "node".to_owned(),
+        target_id: node.id.to_string(),
+        node_id: Some(node.id),
+        service_id: None,
+        outcome: "ok".to_owned(),
+        detail: json!({"name": node.name, "source": "config", "url": node.agent_url}),
+    };
+    for declared in &config.mmanager_controllers {
+        let existing = nodes::find_by_name(&mut transaction, &declared.id).await?;
+        let mut node = match existing {
+            Some(node) if node.origin != "config" => {
+                report.skipped.push(declared.id.clone());
+                continue;
+            }
+            Some(node) => node,
+            None => NodeRecord::new(&declared.id, "agent"),
+        };
+        let before = node.clone();
+        if node.agent_url != declared.url {
+            node.docker_status = "unknown".to_owned();
+            node.status_message = "the URL changed; not tested yet".to_owned();
+        }
+        node.driver = "agent".to_owned();
+        node.agent_url = declared.url.clone();
+        node.server_type = declared.server_type.clone();
+        node.enabled = declared.enabled;
+        node.priority = declared.priority;
+        node.weight = declared.weight;
+        node.origin = "config".to_owned();
+        let host = crate::config::url_host(&declared.url);
+        node.public_ip = host.clone();
+        node.private_ip = host;
+        let key_changed = match (&before.agent_key_sealed, &config.mmanager_api_key) {
+            (Some(sealed), Some(key)) => {
+                state.secrets.open(sealed).ok().as_deref() != Some(key.as_str())
+            }
+            (None, None) => false,
+            _ => true,
+        };
+        if key_changed {
+            node.agent_key_sealed = sealed_key.clone();
+        }
+        if node.id == 0 {
+            let stored = nodes::insert(&mut transaction, &node).await?;
+            operations::record(&mut transaction, &record("node.create", &stored)).await?;
+            report.created.push(stored.name);
+        } else if node != before || key_changed {
+            let stored = nodes::update(&mut transaction, &node).await?;
+            operations::record(&mut transaction, &record("node.update", &stored)).await?;
+            report.updated.push(stored.name);
+        }
+    }
+    let declared: Vec<&str> = config
+        .mmanager_controllers
+        .iter()
+        .map(|controller| controller.id.as_str())
+        .collect();
+    for node in nodes::list(&mut transaction).await? {
+        if node.origin == "config" && !declared.contains(&node.name.as_str()) {
+            if nodes::container_count(&mut transaction, node.id).await? > 0 {
+                tracing::warn!(node = %node.name, "A controller left the config but still runs service containers; it stays.");
+                continue;
+            }
+            nodes::delete(&mut transaction, node.id).await?;
+            operations::record(&mut transaction, &record("node.delete", &node)).await?;
+            report.removed.push(node.name);
+        }
+    }
+    transaction.commit().await?;
+    Ok(report)
+}

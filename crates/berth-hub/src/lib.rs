@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod bootstrap;
+pub mod config;
 pub mod metrics;
 pub mod monitor;
 pub mod node_check;

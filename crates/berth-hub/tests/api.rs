@@ -508,3 +508,83 @@ async fn deleting_a_busy_node_is_refused_and_every_step_is_logged() {
         .await;
     assert_eq!(only_deletes["total"], 1);
 }
+
+#[tokio::test]
+async fn controllers_declared_in_the_config_are_kept_in_sync() {
+    let hub = start("config-sync").await;
+    let (status, _) = hub
+        .admin(
+            Method::POST,
+            "/api/nodes",
+            Some(node("hand-made", json!({}))),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let first = berth_hub::config::HubConfig::parse(
+        "mmanager_api_key: shared-key\nmmanager_controllers:\n\
+         \x20 - {id: gpu-01, url: 'http://192.0.2.10:8001', server_type: gpu, priority: 1, weight: 100}\n\
+         \x20 - {id: cpu-01, url: 'http://192.0.2.11:8002', priority: 2, weight: 80}\n\
+         \x20 - {id: hand-made, url: 'http://192.0.2.12:8000'}\n",
+    )
+    .expect("config");
+    let sync = berth_hub::bootstrap::sync_controllers(&hub.state, &first)
+        .await
+        .expect("sync");
+    assert_eq!(sync.created, vec!["gpu-01".to_owned(), "cpu-01".to_owned()]);
+    assert_eq!(sync.skipped, vec!["hand-made".to_owned()]);
+    let (_, nodes) = hub
+        .admin(Method::GET, "/api/nodes?driver=agent", None)
+        .await;
+    let gpu = nodes
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|node| node["name"] == "gpu-01")
+        .expect("gpu-01")
+        .clone();
+    assert_eq!(
+        (
+            gpu["origin"].as_str(),
+            gpu["priority"].as_i64(),
+            gpu["public_ip"].as_str()
+        ),
+        (Some("config"), Some(1), Some("192.0.2.10"))
+    );
+    assert_eq!(gpu["agent_api_key_set"], true);
+
+    let again = berth_hub::bootstrap::sync_controllers(&hub.state, &first)
+        .await
+        .expect("sync");
+    assert!(
+        again.created.is_empty() && again.updated.is_empty() && again.removed.is_empty(),
+        "{again:?}"
+    );
+
+    let second = berth_hub::config::HubConfig::parse(
+        "mmanager_api_key: shared-key\nmmanager_controllers:\n  - {id: gpu-01, url: 'http://192.0.2.20:8001', server_type: gpu}\n",
+    )
+    .expect("config");
+    let sync = berth_hub::bootstrap::sync_controllers(&hub.state, &second)
+        .await
+        .expect("sync");
+    assert_eq!(
+        (sync.updated, sync.removed),
+        (vec!["gpu-01".to_owned()], vec!["cpu-01".to_owned()])
+    );
+    let (_, nodes) = hub.admin(Method::GET, "/api/nodes", None).await;
+    let names: Vec<&str> = nodes
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|node| node["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["hand-made", "gpu-01"]);
+    let (_, log) = hub
+        .admin(
+            Method::GET,
+            "/api/admin/operations?action=node.delete",
+            None,
+        )
+        .await;
+    assert_eq!(log["operations"][0]["detail"]["source"], "config");
+}
