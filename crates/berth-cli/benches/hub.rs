@@ -1,7 +1,10 @@
 //! `berth hub` on SQLite with 1,000 nodes and 10,000 services: requests per second and latency of
-//! `GET /api/services/{id}` (token check + service read) from a load loop on loopback, and the
-//! hub's resident memory. The rows are written straight into the database before the hub starts;
-//! the nodes have no engine behind them (the monitor is set to an hour so it stays quiet).
+//! `GET /api/services/{id}` (token check + service read) and `GET /api/services/{id}/status`
+//! (plus the live container state from the node) from a load loop on loopback, and the hub's
+//! resident memory. The rows are written straight into the database before the hub starts. Node
+//! `local` is the real local engine and every service points at it (their containers do not
+//! exist, so each status asks the engine and hears "no such container"); the other 999 nodes have
+//! no engine behind them and the monitor is set to an hour so it stays quiet.
 //! Run with `cargo bench -p berth-cli --bench hub`.
 
 use std::process::{Child, Command, Stdio};
@@ -61,6 +64,13 @@ async fn main() {
     for index in 0..NODES {
         let mut record = NodeRecord::new(&format!("node-{index:04}"), "docker");
         record.gpu_count = (index % 8) as i64;
+        if index == 0 {
+            record.name = "local".to_owned();
+            record.docker_address = std::env::var("DOCKER_HOST")
+                .unwrap_or_else(|_| berth_docker::DEFAULT_DOCKER_HOST.to_owned());
+            record.use_tls = false;
+            record.docker_status = "connected".to_owned();
+        }
         node_ids.push(
             nodes::insert(&mut transaction, &record)
                 .await
@@ -83,7 +93,7 @@ async fn main() {
             definition: serde_json::json!({"image": "berth-test/busybox:latest"}),
             is_public: false,
             status: "running".into(),
-            node_id: Some(node_ids[index % NODES]),
+            node_id: Some(node_ids[0]),
             container_id: Some(format!("{index:064x}")),
             container_name: Some(format!("svc-{index:05}")),
             version: 1,
@@ -135,14 +145,38 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = rss_mib(hub.0.id());
 
+    for (label, suffix) in [
+        ("GET /api/services/{id}", ""),
+        ("GET /api/services/{id}/status", "/status"),
+    ] {
+        load_test(&client, &base, &token, &service_ids, label, suffix).await;
+    }
+    println!(
+        "hub resident memory with {NODES} nodes and {SERVICES} services: idle {idle:.1} MiB, after the load {:.1} MiB",
+        rss_mib(hub.0.id())
+    );
+    drop(hub);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Sends requests for 5 s from 16 connections, each to a different service, and prints the rate
+/// and latency.
+async fn load_test(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    service_ids: &[i64],
+    label: &str,
+    suffix: &str,
+) {
     let duration = Duration::from_secs(5);
     let connections = 16;
     let deadline = Instant::now() + duration;
     let workers = (0..connections).map(|worker| {
         let client = client.clone();
-        let base = base.clone();
-        let token = token.clone();
-        let ids = service_ids.clone();
+        let base = base.to_owned();
+        let token = token.to_owned();
+        let ids = service_ids.to_vec();
         async move {
             let mut latencies = Vec::new();
             let mut next = worker * 7919;
@@ -151,7 +185,7 @@ async fn main() {
                 next = (next + 104_729) % ids.len();
                 let started = Instant::now();
                 let response = client
-                    .get(format!("{base}/api/services/{}", ids[next]))
+                    .get(format!("{base}/api/services/{}{suffix}", ids[next]))
                     .bearer_auth(&token)
                     .send()
                     .await;
@@ -175,16 +209,10 @@ async fn main() {
     latencies.sort();
     let millis = |duration: Duration| duration.as_secs_f64() * 1000.0;
     println!(
-        "GET /api/services/{{id}}, {connections} connections, {} s: {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, {failures} failures",
+        "{label}, {connections} connections, {} s: {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, {failures} failures",
         duration.as_secs(),
         latencies.len() as f64 / duration.as_secs_f64(),
         millis(latencies[latencies.len() / 2]),
         millis(latencies[latencies.len() * 99 / 100]),
     );
-    println!(
-        "hub resident memory with {NODES} nodes and {SERVICES} services: idle {idle:.1} MiB, after the load {:.1} MiB",
-        rss_mib(hub.0.id())
-    );
-    drop(hub);
-    std::fs::remove_dir_all(&dir).ok();
 }

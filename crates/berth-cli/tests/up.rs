@@ -65,6 +65,23 @@ fn get(port: u16, path: &str, token: &str) -> (u16, Value) {
     })
 }
 
+fn fetch_text(url: &str) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        for _ in 0..50 {
+            if let Ok(response) = reqwest::get(url).await {
+                return response.text().await.unwrap_or_default();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{url} never answered");
+    })
+}
+
 fn terminate(mut running: Running) {
     let pid = running.0.id().to_string();
     Command::new("kill")
@@ -150,6 +167,93 @@ fn berth_up_starts_serves_stops_and_resumes() {
     assert_eq!(refused.status.code(), Some(1));
     let message = String::from_utf8_lossy(&refused.stderr).into_owned();
     assert!(message.contains("[field: memory]"), "{message}");
+    let created = cli(
+        &token,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--image",
+            "berth-test/busybox:latest",
+            "--spec-id",
+            "1",
+            "--port",
+            "8080",
+            "-o",
+            "json",
+            "--",
+            "sh",
+            "-c",
+            "echo hello-e2e; exec httpd -f -p 8080 -h /www",
+        ],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let service: Value = serde_json::from_slice(&created.stdout).expect("JSON");
+    let id = service["id"].to_string();
+    let step = |args: &[&str]| {
+        let output = cli(&token, args);
+        assert!(
+            output.status.success(),
+            "berth {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let started = step(&["service", "start", &id]);
+    assert!(started.contains("running"), "{started}");
+    let mut logs = String::new();
+    for _ in 0..50 {
+        logs = step(&["service", "logs", &id, "--tail", "10"]);
+        if logs.contains("hello-e2e") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(logs.contains("hello-e2e"), "{logs}");
+    let status: Value =
+        serde_json::from_str(&step(&["service", "status", &id, "-o", "json"])).expect("JSON");
+    let url = status["service_url"].as_str().expect("a URL").to_owned();
+    let page = fetch_text(&url);
+    assert_eq!(page.trim(), "ok", "the service answers at {url}");
+    assert!(step(&["service", "stats", &id]).contains("memory"));
+    step(&["service", "stop", &id, "--timeout", "5"]);
+    let rolled: Value = serde_json::from_str(&step(&[
+        "service",
+        "rollback",
+        &id,
+        "--version",
+        "1",
+        "-o",
+        "json",
+    ]))
+    .expect("JSON");
+    assert_eq!(rolled["version"], 2);
+    step(&["service", "delete", &id]);
+    let log: Value =
+        serde_json::from_str(&step(&["ops", "--service", &id, "-o", "json"])).expect("JSON");
+    let mut actions: Vec<&str> = log["operations"]
+        .as_array()
+        .expect("ops")
+        .iter()
+        .filter_map(|op| op["action"].as_str())
+        .collect();
+    actions.reverse();
+    assert_eq!(
+        actions,
+        vec![
+            "service.create",
+            "container.create",
+            "service.start",
+            "service.stop",
+            "service.rollback",
+            "service.delete"
+        ]
+    );
     let denied = cli("berth_wrong", &["node", "list"]);
     assert_eq!(denied.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&denied.stderr).contains("Set BERTH_TOKEN"));

@@ -1,10 +1,15 @@
 //! The hub's shared state.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use berth_http::Problem;
+use berth_store::nodes::NodeRecord;
 use berth_store::{SecretBox, Store};
 
 use crate::metrics::HubMetrics;
+use crate::node_client::NodeClient;
 
 /// Settings the hub runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +41,8 @@ pub struct HubState {
     pub metrics: HubMetrics,
     /// Settings.
     pub settings: HubSettings,
+    /// One connection per node, kept until the node's record changes.
+    node_clients: tokio::sync::Mutex<HashMap<i64, (i64, Arc<NodeClient>)>>,
 }
 
 impl HubState {
@@ -52,6 +59,23 @@ impl HubState {
             http,
             metrics: HubMetrics::new(),
             settings,
+            node_clients: Default::default(),
         }
+    }
+
+    /// The connection to `node`: the kept one while the node's record is unchanged, else a new one.
+    pub async fn node_client(&self, node: &NodeRecord) -> Result<Arc<NodeClient>, Problem> {
+        if let Some((version, client)) = self.node_clients.lock().await.get(&node.id)
+            && *version == node.updated_at
+        {
+            return Ok(Arc::clone(client));
+        }
+        // Connect without holding the lock: an unreachable node must not stall the others.
+        let client = Arc::new(NodeClient::connect(node, &self.secrets, &self.http).await?);
+        self.node_clients
+            .lock()
+            .await
+            .insert(node.id, (node.updated_at, Arc::clone(&client)));
+        Ok(client)
     }
 }

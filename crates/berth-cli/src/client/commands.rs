@@ -224,6 +224,11 @@ pub enum ServiceCommand {
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// One resource sample (CPU, memory, I/O) from the node.
+    Stats {
+        /// Service id.
+        id: i64,
+    },
     /// Deployment history.
     Deployments {
         /// Service id.
@@ -702,6 +707,16 @@ async fn service(
                 ),
                 Output::Table => print!("{}", logs["logs"].as_str().unwrap_or_default()),
             }
+            return Ok(());
+        }
+        ServiceCommand::Stats { id } => {
+            let value = client
+                .call(Method::GET, &format!("/api/services/{id}/stats"), None)
+                .await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value["stats"]).unwrap_or_default()
+            );
             return Ok(());
         }
         ServiceCommand::Deployments { id } => {

@@ -98,7 +98,7 @@ async fn owned(state: &HubState, user: &User, id: i64) -> Result<ServiceRecord, 
 async fn node_of(
     state: &HubState,
     service: &ServiceRecord,
-) -> Result<(NodeRecord, NodeClient), Problem> {
+) -> Result<(NodeRecord, Arc<NodeClient>), Problem> {
     let node_id = service.node_id.ok_or_else(|| {
         Problem::new(
             StatusCode::CONFLICT,
@@ -109,7 +109,7 @@ async fn node_of(
         let mut connection = state.store.acquire().await?;
         nodes::get(&mut connection, node_id).await?
     };
-    let client = NodeClient::connect(&node, &state.secrets, &state.http).await?;
+    let client = state.node_client(&node).await?;
     Ok((node, client))
 }
 
@@ -417,7 +417,7 @@ async fn deploy(
 ) -> Result<(String, String, Vec<String>), Problem> {
     let spec =
         definition.container_spec(service.id, &service.name, service.version, owner, node)?;
-    let client = NodeClient::connect(node, &state.secrets, &state.http).await?;
+    let client = state.node_client(node).await?;
     let (id, warnings) = client.create(&spec).await?;
     Ok((id, spec.name, warnings))
 }
