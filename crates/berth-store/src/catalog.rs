@@ -114,6 +114,29 @@ pub async fn get_image(conn: &mut Conn, id: i64) -> Result<Image, StoreError> {
     Ok(image_from(&row)?)
 }
 
+/// Changes an image's name, reference and description.
+pub async fn update_image(
+    conn: &mut Conn,
+    id: i64,
+    name: &str,
+    reference: &str,
+    description: &str,
+) -> Result<Image, StoreError> {
+    let updated =
+        sqlx::query("UPDATE images SET name = $1, reference = $2, description = $3 WHERE id = $4")
+            .bind(name)
+            .bind(reference)
+            .bind(description)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| conflict_or(err, || format!("an image named {name:?} exists")))?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("no image {id}")));
+    }
+    get_image(conn, id).await
+}
+
 /// Removes an image from the catalog.
 pub async fn delete_image(conn: &mut Conn, id: i64) -> Result<(), StoreError> {
     let deleted = sqlx::query("DELETE FROM images WHERE id = $1")
@@ -163,6 +186,30 @@ pub async fn get_spec(conn: &mut Conn, id: i64) -> Result<Spec, StoreError> {
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("no spec {id}")))?;
     Ok(spec_from(&row)?)
+}
+
+/// Changes a spec's name and sizes (by id); services keep the sizes they were created with.
+pub async fn update_spec(conn: &mut Conn, spec: &Spec) -> Result<Spec, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE specs SET name = $1, cpu_millis = $2, memory_bytes = $3, system_disk_bytes = $4, \
+         data_disk_bytes = $5, gpu_count = $6, memory_split = $7, gpu_memory_gb = $8 WHERE id = $9",
+    )
+    .bind(&spec.name)
+    .bind(spec.cpu_millis)
+    .bind(spec.memory_bytes)
+    .bind(spec.system_disk_bytes)
+    .bind(spec.data_disk_bytes)
+    .bind(spec.gpu_count)
+    .bind(i64::from(spec.memory_split))
+    .bind(spec.gpu_memory_gb)
+    .bind(spec.id)
+    .execute(&mut *conn)
+    .await
+    .map_err(|err| conflict_or(err, || format!("a spec named {:?} exists", spec.name)))?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("no spec {}", spec.id)));
+    }
+    get_spec(conn, spec.id).await
 }
 
 /// Removes a spec; refused while a service uses it.

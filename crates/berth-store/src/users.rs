@@ -127,6 +127,31 @@ pub async fn create_user(
     Ok(user_from(&row)?)
 }
 
+/// Changes a user's role and quotas.
+pub async fn update_user(
+    conn: &mut Conn,
+    id: i64,
+    role: Role,
+    quotas: &Quotas,
+) -> Result<User, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE users SET role = $1, max_services = $2, max_cpu_millis = $3, max_memory_bytes = $4, max_gpus = $5 \
+         WHERE id = $6",
+    )
+    .bind(role.as_str())
+    .bind(quotas.max_services)
+    .bind(quotas.max_cpu_millis)
+    .bind(quotas.max_memory_bytes)
+    .bind(quotas.max_gpus)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("no user {id}")));
+    }
+    get_user(conn, id).await
+}
+
 /// Every user, by id.
 pub async fn list_users(conn: &mut Conn) -> Result<Vec<User>, StoreError> {
     let rows = sqlx::query(concat!(

@@ -45,6 +45,62 @@ struct NewSpec {
     gpu_memory_gb: i64,
 }
 
+impl NewImage {
+    fn check(&self) -> Result<(), Problem> {
+        berth_core::spec::validate_name("name", &self.name)?;
+        if self.reference.trim().is_empty() || self.reference.chars().any(char::is_whitespace) {
+            return Err(Problem::invalid_field(
+                "reference",
+                format!("{:?} is not an image reference", self.reference),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl NewSpec {
+    /// The spec this request describes, every value checked.
+    fn into_spec(self) -> Result<Spec, Problem> {
+        berth_core::spec::validate_name("name", &self.name)?;
+        if !(self.cpu_cores.is_finite()
+            && self.cpu_cores > 0.0
+            && self.cpu_cores <= berth_core::spec::MAX_CPU_LIMIT)
+        {
+            return Err(Problem::invalid_field(
+                "cpu_cores",
+                format!("{} is not a number of cores above 0", self.cpu_cores),
+            ));
+        }
+        if self.memory < berth_core::spec::MIN_MEMORY_LIMIT {
+            return Err(Problem::invalid_field(
+                "memory",
+                format!("{} is below Docker's minimum of 6m", self.memory),
+            ));
+        }
+        if self.gpu_count < 0 {
+            return Err(Problem::invalid_field("gpu_count", "must not be negative"));
+        }
+        if self.memory_split && self.gpu_memory_gb <= 0 {
+            return Err(Problem::invalid_field(
+                "gpu_memory_gb",
+                "a memory split needs the GiB of GPU memory",
+            ));
+        }
+        Ok(Spec {
+            id: 0,
+            name: self.name,
+            cpu_millis: (self.cpu_cores * 1000.0).round() as i64,
+            memory_bytes: self.memory.bytes_i64(),
+            system_disk_bytes: self.system_disk.map(ByteSize::bytes_i64),
+            data_disk_bytes: self.data_disk.map(ByteSize::bytes_i64),
+            gpu_count: self.gpu_count,
+            memory_split: self.memory_split,
+            gpu_memory_gb: self.gpu_memory_gb,
+            created_at: 0,
+        })
+    }
+}
+
 fn catalog_operation(
     actor: i64,
     action: &str,
@@ -81,13 +137,7 @@ pub async fn create_image(
 ) -> Result<(StatusCode, Json<Image>), Problem> {
     user.require_admin()?;
     let request: NewImage = parse_body(&body)?;
-    berth_core::spec::validate_name("name", &request.name)?;
-    if request.reference.trim().is_empty() || request.reference.chars().any(char::is_whitespace) {
-        return Err(Problem::invalid_field(
-            "reference",
-            format!("{:?} is not an image reference", request.reference),
-        ));
-    }
+    request.check()?;
     let mut transaction = state.store.begin().await?;
     let image = catalog::insert_image(
         &mut transaction,
@@ -141,43 +191,7 @@ pub async fn create_spec(
 ) -> Result<(StatusCode, Json<Spec>), Problem> {
     user.require_admin()?;
     let request: NewSpec = parse_body(&body)?;
-    berth_core::spec::validate_name("name", &request.name)?;
-    if !(request.cpu_cores.is_finite()
-        && request.cpu_cores > 0.0
-        && request.cpu_cores <= berth_core::spec::MAX_CPU_LIMIT)
-    {
-        return Err(Problem::invalid_field(
-            "cpu_cores",
-            format!("{} is not a number of cores above 0", request.cpu_cores),
-        ));
-    }
-    if request.memory < berth_core::spec::MIN_MEMORY_LIMIT {
-        return Err(Problem::invalid_field(
-            "memory",
-            format!("{} is below Docker's minimum of 6m", request.memory),
-        ));
-    }
-    if request.gpu_count < 0 {
-        return Err(Problem::invalid_field("gpu_count", "must not be negative"));
-    }
-    if request.memory_split && request.gpu_memory_gb <= 0 {
-        return Err(Problem::invalid_field(
-            "gpu_memory_gb",
-            "a memory split needs the GiB of GPU memory",
-        ));
-    }
-    let spec = Spec {
-        id: 0,
-        name: request.name,
-        cpu_millis: (request.cpu_cores * 1000.0).round() as i64,
-        memory_bytes: request.memory.bytes_i64(),
-        system_disk_bytes: request.system_disk.map(ByteSize::bytes_i64),
-        data_disk_bytes: request.data_disk.map(ByteSize::bytes_i64),
-        gpu_count: request.gpu_count,
-        memory_split: request.memory_split,
-        gpu_memory_gb: request.gpu_memory_gb,
-        created_at: 0,
-    };
+    let spec = request.into_spec()?;
     let mut transaction = state.store.begin().await?;
     let stored = catalog::insert_spec(&mut transaction, &spec).await?;
     let detail = json!({"name": stored.name});
@@ -188,6 +202,60 @@ pub async fn create_spec(
     .await?;
     berth_store::commit(transaction).await?;
     Ok((StatusCode::CREATED, Json(stored)))
+}
+
+/// `PUT /api/specs/{id}` (admin): new name and sizes; existing services keep theirs.
+pub async fn update_spec(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Result<Json<Spec>, Problem> {
+    user.require_admin()?;
+    let request: NewSpec = parse_body(&body)?;
+    let spec = Spec {
+        id,
+        ..request.into_spec()?
+    };
+    let mut transaction = state.store.begin().await?;
+    let stored = catalog::update_spec(&mut transaction, &spec).await?;
+    let detail = json!({"name": stored.name});
+    operations::record(
+        &mut transaction,
+        &catalog_operation(user.0.id, "spec.update", "spec", id, detail),
+    )
+    .await?;
+    berth_store::commit(transaction).await?;
+    Ok(Json(stored))
+}
+
+/// `PUT /api/images/{id}` (admin).
+pub async fn update_image(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Result<Json<Image>, Problem> {
+    user.require_admin()?;
+    let request: NewImage = parse_body(&body)?;
+    request.check()?;
+    let mut transaction = state.store.begin().await?;
+    let image = catalog::update_image(
+        &mut transaction,
+        id,
+        &request.name,
+        &request.reference,
+        &request.description,
+    )
+    .await?;
+    let detail = json!({"name": image.name, "reference": image.reference});
+    operations::record(
+        &mut transaction,
+        &catalog_operation(user.0.id, "image.update", "image", id, detail),
+    )
+    .await?;
+    berth_store::commit(transaction).await?;
+    Ok(Json(image))
 }
 
 /// `DELETE /api/specs/{id}` (admin); refused while a service uses it.

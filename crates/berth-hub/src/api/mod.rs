@@ -29,7 +29,10 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/openapi.json", get(system::openapi))
         .route("/api/users", get(users::list).post(users::create))
         .route("/api/users/me", get(users::me))
-        .route("/api/users/{id}", get(users::get_one).delete(users::delete))
+        .route(
+            "/api/users/{id}",
+            get(users::get_one).put(users::update).delete(users::delete),
+        )
         .route("/api/users/{id}/tokens", post(users::issue_token))
         .route("/api/nodes", get(nodes::list).post(nodes::create))
         .route(
@@ -43,7 +46,7 @@ pub fn router(state: Arc<HubState>) -> Router {
         )
         .route(
             "/api/images/{id}",
-            axum::routing::delete(catalog::delete_image),
+            axum::routing::put(catalog::update_image).delete(catalog::delete_image),
         )
         .route(
             "/api/specs",
@@ -51,7 +54,7 @@ pub fn router(state: Arc<HubState>) -> Router {
         )
         .route(
             "/api/specs/{id}",
-            axum::routing::delete(catalog::delete_spec),
+            axum::routing::put(catalog::update_spec).delete(catalog::delete_spec),
         )
         .route("/api/services", get(services::list))
         .route(

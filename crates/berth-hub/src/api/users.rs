@@ -39,6 +39,21 @@ fn user_role() -> Role {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct UserChange {
+    #[serde(default)]
+    role: Option<Role>,
+    #[serde(default)]
+    max_services: Option<i64>,
+    #[serde(default)]
+    max_cpu_cores: Option<f64>,
+    #[serde(default)]
+    max_memory: Option<berth_core::ByteSize>,
+    #[serde(default)]
+    max_gpus: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewToken {
     #[serde(default)]
     name: Option<String>,
@@ -91,23 +106,11 @@ pub async fn create(
     user.require_admin()?;
     let request: NewUser = parse_body(&body)?;
     berth_core::spec::validate_name("name", &request.name)?;
-    for (field, value) in [
-        ("max_services", request.max_services),
-        ("max_gpus", request.max_gpus),
-    ] {
-        if value.is_some_and(|value| value < 0) {
-            return Err(Problem::invalid_field(field, "must not be negative"));
-        }
-    }
-    if request
-        .max_cpu_cores
-        .is_some_and(|cores| !(cores.is_finite() && cores >= 0.0))
-    {
-        return Err(Problem::invalid_field(
-            "max_cpu_cores",
-            "must be a number of cores, 0 or more",
-        ));
-    }
+    check_limits(
+        request.max_services,
+        request.max_gpus,
+        request.max_cpu_cores,
+    )?;
     let quotas = Quotas {
         max_services: request.max_services,
         max_cpu_millis: request
@@ -131,6 +134,73 @@ pub async fn create(
         StatusCode::CREATED,
         Json(json!({"user": created, "token": token.token})),
     ))
+}
+
+/// `PUT /api/users/{id}` (admin): role and quotas; fields not sent keep their value. An admin
+/// cannot take their own admin role away.
+pub async fn update(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Result<Json<User>, Problem> {
+    user.require_admin()?;
+    let change: UserChange = parse_body(&body)?;
+    check_limits(change.max_services, change.max_gpus, change.max_cpu_cores)?;
+    if id == user.0.id && change.role == Some(Role::User) {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "you cannot take your own admin role away; another admin can",
+        ));
+    }
+    let mut transaction = state.store.begin().await?;
+    let current = users::get_user(&mut transaction, id).await?;
+    let quotas = Quotas {
+        max_services: change.max_services.or(current.quotas.max_services),
+        max_cpu_millis: change
+            .max_cpu_cores
+            .map(|cores| (cores * 1000.0).round() as i64)
+            .or(current.quotas.max_cpu_millis),
+        max_memory_bytes: change
+            .max_memory
+            .map(|size| size.bytes_i64())
+            .or(current.quotas.max_memory_bytes),
+        max_gpus: change.max_gpus.or(current.quotas.max_gpus),
+    };
+    let updated = users::update_user(
+        &mut transaction,
+        id,
+        change.role.unwrap_or(current.role),
+        &quotas,
+    )
+    .await?;
+    let detail = json!({"role": updated.role, "quotas": updated.quotas});
+    operations::record(
+        &mut transaction,
+        &user_operation(&user.0, "user.update", id, detail),
+    )
+    .await?;
+    berth_store::commit(transaction).await?;
+    Ok(Json(updated))
+}
+
+fn check_limits(
+    max_services: Option<i64>,
+    max_gpus: Option<i64>,
+    max_cpu_cores: Option<f64>,
+) -> Result<(), Problem> {
+    for (field, value) in [("max_services", max_services), ("max_gpus", max_gpus)] {
+        if value.is_some_and(|value| value < 0) {
+            return Err(Problem::invalid_field(field, "must not be negative"));
+        }
+    }
+    if max_cpu_cores.is_some_and(|cores| !(cores.is_finite() && cores >= 0.0)) {
+        return Err(Problem::invalid_field(
+            "max_cpu_cores",
+            "must be a number of cores, 0 or more",
+        ));
+    }
+    Ok(())
 }
 
 /// `DELETE /api/users/{id}` (admin; not oneself).
