@@ -18,6 +18,7 @@ pub struct HubMetrics {
     /// Requests and their latency.
     pub http: RequestMetrics,
     nodes: Family<StatusLabels, Gauge>,
+    services: Family<StatusLabels, Gauge>,
 }
 
 impl Default for HubMetrics {
@@ -37,22 +38,35 @@ impl HubMetrics {
             "Compute nodes by Docker connection status",
             nodes.clone(),
         );
+        let services = Family::<StatusLabels, Gauge>::default();
+        registry.register("berth_hub_services", "Services by state", services.clone());
         Self {
             registry,
             http,
             nodes,
+            services,
         }
     }
 
-    /// Sets the node gauges from `(status, count)` pairs and renders everything as OpenMetrics text.
-    pub fn render(&self, nodes_by_status: &[(&str, i64)]) -> String {
-        self.nodes.clear();
-        for (status, count) in nodes_by_status {
-            self.nodes
-                .get_or_create(&StatusLabels {
-                    status: (*status).to_owned(),
-                })
-                .set(*count);
+    /// Sets the node and service gauges from `(status, count)` pairs and renders everything as
+    /// OpenMetrics text.
+    pub fn render(
+        &self,
+        nodes_by_status: &[(String, i64)],
+        services_by_state: &[(String, i64)],
+    ) -> String {
+        for (family, counts) in [
+            (&self.nodes, nodes_by_status),
+            (&self.services, services_by_state),
+        ] {
+            family.clear();
+            for (status, count) in counts {
+                family
+                    .get_or_create(&StatusLabels {
+                        status: status.clone(),
+                    })
+                    .set(*count);
+            }
         }
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {

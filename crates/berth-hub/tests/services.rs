@@ -147,6 +147,17 @@ async fn a_service_lives_and_every_step_is_logged() {
             .admin(Method::POST, "/api/admin/containers/1/migrate", None)
             .await;
         assert_eq!(status, 501);
+        let (_, _, metrics) = hub
+            .call(Some(&hub.admin), Method::GET, "/metrics", None)
+            .await;
+        assert!(
+            metrics.contains("berth_hub_services{status=\"running\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("berth_hub_nodes{status=\"connected\"} 1"),
+            "{metrics}"
+        );
         let (status, stopped, _) = hub
             .call(
                 Some(&alice),

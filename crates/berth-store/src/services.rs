@@ -197,6 +197,23 @@ pub async fn list(conn: &mut Conn, owner: Option<i64>) -> Result<Vec<ServiceReco
     Ok(rows.iter().map(service_from).collect::<Result<_, _>>()?)
 }
 
+/// How many services are in each state.
+pub async fn count_by_status(conn: &mut Conn) -> Result<Vec<(String, i64)>, StoreError> {
+    let rows =
+        sqlx::query("SELECT status, COUNT(*) AS n FROM services GROUP BY status ORDER BY status")
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<String, _>("status")?,
+                row.try_get::<i64, _>("n")?,
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
 /// What `owner`'s services take.
 pub async fn usage(conn: &mut Conn, owner: i64) -> Result<Usage, StoreError> {
     let row = sqlx::query(

@@ -57,13 +57,21 @@ pub async fn metrics(
     State(state): State<Arc<HubState>>,
     _user: CurrentUser,
 ) -> Result<Response, Problem> {
-    let counts = nodes_by_status(&state).await?;
+    let nodes: Vec<(String, i64)> = nodes_by_status(&state)
+        .await?
+        .into_iter()
+        .map(|(status, count)| (status.to_owned(), count))
+        .collect();
+    let services = {
+        let mut connection = state.store.acquire().await?;
+        berth_store::services::count_by_status(&mut connection).await?
+    };
     Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(&counts),
+        state.metrics.render(&nodes, &services),
     )
         .into_response())
 }
