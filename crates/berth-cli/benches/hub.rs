@@ -108,7 +108,7 @@ async fn main() {
                 .id,
         );
     }
-    berth_store::commit(transaction).await.expect("commit");
+    transaction.commit().await.expect("commit");
     store.close().await;
     println!(
         "berth hub on SQLite: {NODES} nodes and {SERVICES} services written in {:.1} s",

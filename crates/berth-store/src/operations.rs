@@ -89,6 +89,17 @@ pub async fn record(conn: &mut Conn, operation: &NewOperation) -> Result<i64, St
     Ok(row.try_get("id")?)
 }
 
+/// Records `operation` in `transaction` and commits both: the change and its row land together
+/// or not at all.
+pub async fn commit_with(
+    mut transaction: crate::Tx<'_>,
+    operation: &NewOperation,
+) -> Result<i64, StoreError> {
+    let id = record(&mut transaction, operation).await?;
+    transaction.commit().await?;
+    Ok(id)
+}
+
 fn operation_from(row: &AnyRow) -> Result<Operation, sqlx::Error> {
     let detail: String = row.try_get("detail")?;
     Ok(Operation {

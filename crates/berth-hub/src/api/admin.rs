@@ -188,9 +188,9 @@ pub async fn migrate(
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, Problem> {
     user.require_admin()?;
-    let mut transaction = state.store.begin().await?;
-    operations::record(
-        &mut transaction,
+    let transaction = state.store.begin().await?;
+    operations::commit_with(
+        transaction,
         &NewOperation {
             user_id: Some(user.0.id),
             action: "container.migrate".to_owned(),
@@ -203,7 +203,6 @@ pub async fn migrate(
         },
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Err(Problem::new(
         StatusCode::NOT_IMPLEMENTED,
         "migration comes with the scheduler; stop the service and create it again to move it",

@@ -147,12 +147,11 @@ pub async fn create_image(
     )
     .await?;
     let detail = json!({"name": image.name, "reference": image.reference});
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &catalog_operation(user.0.id, "image.create", "image", image.id, detail),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok((StatusCode::CREATED, Json(image)))
 }
 
@@ -165,12 +164,11 @@ pub async fn delete_image(
     user.require_admin()?;
     let mut transaction = state.store.begin().await?;
     catalog::delete_image(&mut transaction, id).await?;
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &catalog_operation(user.0.id, "image.delete", "image", id, json!({})),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -195,12 +193,11 @@ pub async fn create_spec(
     let mut transaction = state.store.begin().await?;
     let stored = catalog::insert_spec(&mut transaction, &spec).await?;
     let detail = json!({"name": stored.name});
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &catalog_operation(user.0.id, "spec.create", "spec", stored.id, detail),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok((StatusCode::CREATED, Json(stored)))
 }
 
@@ -220,12 +217,11 @@ pub async fn update_spec(
     let mut transaction = state.store.begin().await?;
     let stored = catalog::update_spec(&mut transaction, &spec).await?;
     let detail = json!({"name": stored.name});
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &catalog_operation(user.0.id, "spec.update", "spec", id, detail),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok(Json(stored))
 }
 
@@ -249,12 +245,11 @@ pub async fn update_image(
     )
     .await?;
     let detail = json!({"name": image.name, "reference": image.reference});
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &catalog_operation(user.0.id, "image.update", "image", id, detail),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok(Json(image))
 }
 
@@ -267,11 +262,10 @@ pub async fn delete_spec(
     user.require_admin()?;
     let mut transaction = state.store.begin().await?;
     catalog::delete_spec(&mut transaction, id).await?;
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &catalog_operation(user.0.id, "spec.delete", "spec", id, json!({})),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok(StatusCode::NO_CONTENT)
 }

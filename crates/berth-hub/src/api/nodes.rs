@@ -308,12 +308,11 @@ pub async fn create(
     let mut transaction = state.store.begin().await?;
     let stored = nodes::insert(&mut transaction, &record).await?;
     let detail = json!({"name": stored.name, "driver": stored.driver});
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &node_operation(user.0.id, "node.create", &stored, detail),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     let (view, _) = tested(&state, &stored, user.0.id).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -334,8 +333,8 @@ pub async fn update(
         .unwrap_or_default();
     input.apply(&mut record, &state.secrets)?;
     let stored = nodes::update(&mut transaction, &record).await?;
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &node_operation(
             user.0.id,
             "node.update",
@@ -344,7 +343,6 @@ pub async fn update(
         ),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok(Json(tested(&state, &stored, user.0.id).await?.0))
 }
 
@@ -358,8 +356,8 @@ pub async fn delete(
     let mut transaction = state.store.begin().await?;
     let record = nodes::get(&mut transaction, id).await?;
     nodes::delete(&mut transaction, id).await?;
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &node_operation(
             user.0.id,
             "node.delete",
@@ -368,7 +366,6 @@ pub async fn delete(
         ),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -405,11 +402,10 @@ pub(crate) async fn set_enabled(
     } else {
         "node.disable"
     };
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &node_operation(actor, action, &stored, json!({})),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok(NodeView::from(stored))
 }

@@ -129,8 +129,7 @@ async fn save(
 ) -> Result<ServiceRecord, Problem> {
     let mut transaction = state.store.begin().await?;
     let saved = services::update(&mut transaction, service).await?;
-    operations::record(&mut transaction, &record).await?;
-    berth_store::commit(transaction).await?;
+    operations::commit_with(transaction, &record).await?;
     Ok(saved)
 }
 
@@ -358,12 +357,11 @@ pub async fn create(
     };
     services::add_deployment(&mut transaction, record.id, &deployment).await?;
     let detail = json!({"name": record.name, "image": record.image, "node": chosen.name});
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &operation(user.0.id, "service.create", &record, "ok", detail),
     )
     .await?;
-    berth_store::commit(transaction).await?;
 
     match deploy(&state, &record, &definition, &owner.name, &chosen).await {
         Ok((container_id, container_name, warnings)) => {
@@ -382,12 +380,11 @@ pub async fn create(
             .await?;
             let detail =
                 json!({"container_id": container_id, "name": container_name, "warnings": warnings});
-            operations::record(
-                &mut transaction,
+            operations::commit_with(
+                transaction,
                 &operation(user.0.id, "container.create", &record, "ok", detail),
             )
             .await?;
-            berth_store::commit(transaction).await?;
             let mut answer = view(&record);
             answer["warnings"] = json!(warnings);
             Ok((StatusCode::CREATED, Json(answer)))
@@ -396,12 +393,11 @@ pub async fn create(
             let mut transaction = state.store.begin().await?;
             services::delete(&mut transaction, record.id).await?;
             let detail = json!({"error": serde_json::to_value(&problem).ok()});
-            operations::record(
-                &mut transaction,
+            operations::commit_with(
+                transaction,
                 &operation(user.0.id, "container.create", &record, "failed", detail),
             )
             .await?;
-            berth_store::commit(transaction).await?;
             Err(problem)
         }
     }
@@ -634,8 +630,8 @@ pub async fn delete(
     }
     let mut transaction = state.store.begin().await?;
     services::delete(&mut transaction, service.id).await?;
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &operation(
             user.0.id,
             "service.delete",
@@ -645,7 +641,6 @@ pub async fn delete(
         ),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -741,11 +736,10 @@ pub async fn rollback(
     };
     services::add_deployment(&mut transaction, service.id, &deployment).await?;
     let detail = json!({"to_version": request.version, "new_version": service.version, "warnings": warnings});
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &operation(user.0.id, "service.rollback", &service, "ok", detail),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok(Json(view(&saved)))
 }

@@ -124,12 +124,11 @@ pub async fn create(
         users::create_user(&mut transaction, &request.name, request.role, &quotas).await?;
     let token = users::issue_token(&mut transaction, created.id, "initial").await?;
     let detail = json!({"name": created.name, "role": created.role});
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &user_operation(&user.0, "user.create", created.id, detail),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"user": created, "token": token.token})),
@@ -175,12 +174,11 @@ pub async fn update(
     )
     .await?;
     let detail = json!({"role": updated.role, "quotas": updated.quotas});
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &user_operation(&user.0, "user.update", id, detail),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok(Json(updated))
 }
 
@@ -218,12 +216,11 @@ pub async fn delete(
     }
     let mut transaction = state.store.begin().await?;
     users::delete_user(&mut transaction, id).await?;
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &user_operation(&user.0, "user.delete", id, json!({})),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -246,12 +243,11 @@ pub async fn issue_token(
     let mut transaction = state.store.begin().await?;
     users::get_user(&mut transaction, id).await?;
     let token = users::issue_token(&mut transaction, id, &name).await?;
-    operations::record(
-        &mut transaction,
+    operations::commit_with(
+        transaction,
         &user_operation(&user.0, "token.issue", id, json!({"name": name})),
     )
     .await?;
-    berth_store::commit(transaction).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": token.id, "name": name, "token": token.token})),
