@@ -5,6 +5,7 @@ mod agent;
 mod client;
 mod hub;
 mod logging;
+mod scheduler_bench;
 mod up;
 
 use std::process::ExitCode;
@@ -83,10 +84,23 @@ pub enum Command {
         #[command(flatten)]
         filter: client::OpsFilter,
     },
+    /// Benchmarks that print their figures.
+    Bench {
+        /// Which one.
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Apply services declared in YAML to the hub. Not available yet.
     Apply,
     /// Validate a service YAML file without applying it. Not available yet.
     Validate,
+}
+
+/// The benchmarks of `berth bench`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Placements per second and GPU packing of the scheduler on a synthetic cluster.
+    Scheduler(scheduler_bench::SchedulerBenchArgs),
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
@@ -137,6 +151,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Ops { client, filter } => {
             return client::run(client, client::Resource::Ops(filter)).await;
         }
+        Command::Bench {
+            command: BenchCommand::Scheduler(args),
+        } => return scheduler_bench::run(args),
         Command::Apply => "apply",
         Command::Validate => "validate",
     };
