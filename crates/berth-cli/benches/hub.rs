@@ -97,6 +97,8 @@ async fn main() {
             container_id: Some(format!("{index:064x}")),
             container_name: Some(format!("svc-{index:05}")),
             version: 1,
+            generation: 1,
+            pinned: false,
             error: String::new(),
             created_at: 0,
             updated_at: 0,

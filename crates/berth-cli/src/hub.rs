@@ -30,11 +30,11 @@ pub struct HubArgs {
     /// Directory for the secret key file (when BERTH_SECRET_KEY is not set) and the admin token.
     #[arg(long, env = "BERTH_DATA_DIR", default_value = "berth-data")]
     data_dir: PathBuf,
-    /// Seconds between two node checks (default: the config file's, else 30).
+    /// Seconds between two node checks (default: the config file's, else 3).
     #[arg(long, env = "BERTH_MONITOR_INTERVAL")]
     monitor_interval: Option<u64>,
     /// A YAML file with seed 000's settings: mmanager_controllers, mmanager_api_key,
-    /// max_services_per_user, monitor_interval.
+    /// max_services_per_user, monitor_interval, failure_threshold, placement_policy.
     #[arg(long, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -120,9 +120,18 @@ pub async fn serve(launch: Launch) -> ExitCode {
     };
     let settings = HubSettings {
         monitor_interval: launch.monitor_interval,
+        max_services_per_user: launch.config.max_services_per_user,
+        failure_threshold: launch.config.failure_threshold,
+        placement_policy: launch.config.placement_policy,
         ..HubSettings::default()
     };
-    let state = Arc::new(HubState::new(store, secrets, settings));
+    let state = match HubState::new(store, secrets, settings).await {
+        Ok(state) => Arc::new(state),
+        Err(err) => {
+            eprintln!("berth: cannot read the hub's identity from the database: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let token_file = launch.data_dir.join("admin-token");
     let booted = match bootstrap::ensure(
         &state,

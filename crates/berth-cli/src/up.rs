@@ -31,13 +31,14 @@ pub async fn run(args: UpArgs) -> ExitCode {
         eprintln!("berth up: cannot set up logging: {err}");
     }
     let database = args.data_dir.join("berth.db");
+    let config = berth_hub::config::HubConfig::default();
     serve(Launch {
         listen: args.listen,
         database_url: format!("sqlite://{}", database.display()),
         data_dir: args.data_dir,
-        monitor_interval: Duration::from_secs(30),
+        monitor_interval: Duration::from_secs(config.monitor_interval),
         local_docker_host: Some(args.docker_host),
-        config: berth_hub::config::HubConfig::default(),
+        config,
     })
     .await
 }

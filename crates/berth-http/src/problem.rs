@@ -41,6 +41,11 @@ impl Problem {
         self.status
     }
 
+    /// The detail sentence.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
     /// 404 for a container this agent does not manage.
     pub fn no_container(id: &str) -> Self {
         Self::new(

@@ -1,10 +1,12 @@
 //! The hub's YAML configuration file (`berth hub --config hub.yaml`): seed 000's settings —
-//! `mmanager_controllers`, `mmanager_api_key`, `max_services_per_user` — and the monitor interval.
+//! `mmanager_controllers`, `mmanager_api_key`, `max_services_per_user` — the monitor interval, the
+//! failure detector's threshold and the placement policy.
 //! Every value is checked when the file is read; an error names the line or the field.
 
 use std::collections::HashSet;
 use std::path::Path;
 
+use berth_core::schedule::Policy;
 use serde::Deserialize;
 
 /// One controller declared in the file, as seed 000 writes it.
@@ -45,8 +47,12 @@ fn five() -> i64 {
     5
 }
 
-fn thirty() -> u64 {
-    30
+fn three() -> u64 {
+    3
+}
+
+fn three_checks() -> u32 {
+    3
 }
 
 /// The whole file.
@@ -62,9 +68,15 @@ pub struct HubConfig {
     /// Services a user may own unless their quota says otherwise.
     #[serde(default = "five")]
     pub max_services_per_user: i64,
-    /// Seconds between two node checks.
-    #[serde(default = "thirty")]
+    /// Seconds between two node checks (and reconciler rounds).
+    #[serde(default = "three")]
     pub monitor_interval: u64,
+    /// Failed checks in a row after which a node is down and its services move.
+    #[serde(default = "three_checks")]
+    pub failure_threshold: u32,
+    /// `spread` (least load per weight) or `binpack` (fullest node per weight).
+    #[serde(default)]
+    pub placement_policy: Policy,
 }
 
 impl Default for HubConfig {
@@ -73,7 +85,9 @@ impl Default for HubConfig {
             mmanager_api_key: None,
             mmanager_controllers: Vec::new(),
             max_services_per_user: five(),
-            monitor_interval: thirty(),
+            monitor_interval: three(),
+            failure_threshold: three_checks(),
+            placement_policy: Policy::Spread,
         }
     }
 }
@@ -99,6 +113,9 @@ impl HubConfig {
         }
         if self.monitor_interval == 0 {
             return Err("monitor_interval: must be at least 1 second".to_owned());
+        }
+        if self.failure_threshold == 0 {
+            return Err("failure_threshold: must be at least 1 check".to_owned());
         }
         let mut seen = HashSet::new();
         for (index, controller) in self.mmanager_controllers.iter().enumerate() {
@@ -201,7 +218,7 @@ mod tests {
         assert_eq!(config.mmanager_controllers.len(), 2);
         assert_eq!(config.mmanager_controllers[1].weight, 80);
         assert!(config.mmanager_controllers[1].enabled);
-        assert_eq!(config.monitor_interval, 30);
+        assert_eq!(config.monitor_interval, 3);
         assert_eq!(
             url_host(&config.mmanager_controllers[0].url),
             "192.168.1.10"

@@ -10,7 +10,9 @@ pub mod metrics;
 pub mod monitor;
 pub mod node_check;
 pub mod node_client;
-pub mod placement;
+pub mod reconciler;
+pub mod replicas;
+pub mod scheduling;
 pub mod service_definition;
 pub mod state;
 

@@ -1,6 +1,8 @@
 //! The node monitor: tests every node's connection concurrently at a fixed interval, stores the
-//! status and the hardware learned, records status changes in the operation log, and logs only
-//! the failures.
+//! status and the hardware learned, feeds the failure detector (a node is down after
+//! `failure_threshold` failed checks in a row, not on one slow answer), records status changes
+//! and down/up transitions in the operation log, logs only the failures, and after every round
+//! runs the reconciler.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,10 +11,12 @@ use berth_core::ConnectionStatus;
 use berth_store::StoreError;
 use berth_store::nodes::{self, NodeRecord};
 use berth_store::operations::{self, NewOperation};
+use berth_store::services;
 use futures_util::future::join_all;
 use serde_json::json;
 
 use crate::node_check::{self, NodeCheck};
+use crate::reconciler;
 use crate::state::HubState;
 
 /// Tests `node`, stores the outcome, and records an operation: always when `actor` asked for the
@@ -25,6 +29,7 @@ pub async fn check_and_record(
     let check = node_check::check(node, &state.secrets, &state.http).await;
     let status = check.report.status.as_str();
     let changed = status != node.docker_status;
+    let transition = state.record_check(node.id, check.report.status == ConnectionStatus::Connected);
     let mut transaction = state.store.begin().await?;
     nodes::set_status(
         &mut transaction,
@@ -55,11 +60,63 @@ pub async fn check_and_record(
         )
         .await?;
     }
+    if let Some(up) = transition {
+        record_transition(&mut transaction, state, node, up, &check.report.message).await?;
+    }
     transaction.commit().await?;
     if check.report.status == ConnectionStatus::Failed {
         tracing::error!(node = %node.name, message = %check.report.message, "Node connection failed.");
     }
     Ok(check)
+}
+
+/// Records a node going down (with each pinned service that stays on it) or coming back.
+async fn record_transition(
+    transaction: &mut berth_store::Tx<'_>,
+    state: &HubState,
+    node: &NodeRecord,
+    up: bool,
+    message: &str,
+) -> Result<(), StoreError> {
+    let action = if up { "node.up" } else { "node.down" };
+    operations::record(
+        transaction,
+        &NewOperation {
+            user_id: None,
+            action: action.to_owned(),
+            target_kind: "node".to_owned(),
+            target_id: node.id.to_string(),
+            node_id: Some(node.id),
+            service_id: None,
+            outcome: "ok".to_owned(),
+            detail: json!({
+                "failure_threshold": state.settings.failure_threshold,
+                "message": message,
+            }),
+        },
+    )
+    .await?;
+    if up {
+        tracing::info!(node = %node.name, "Node is back.");
+        return Ok(());
+    }
+    tracing::error!(node = %node.name, "Node is down; its services move elsewhere.");
+    for service in services::list(transaction, None).await? {
+        if service.node_id == Some(node.id) && service.pinned && service.status == "running" {
+            operations::record(
+                transaction,
+                &crate::replicas::service_operation(
+                    None,
+                    "service.failover",
+                    &service,
+                    "pinned",
+                    json!({"node": node.name, "message": "pinned to its node; not moved"}),
+                ),
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// One round: every node, concurrently.
@@ -89,6 +146,9 @@ pub async fn run(state: Arc<HubState>, shutdown: impl Future<Output = ()>) {
             _ = ticker.tick() => {
                 if let Err(err) = check_all(&state).await {
                     tracing::error!(error = %err, "Node monitor round failed.");
+                }
+                if let Err(err) = reconciler::round(&state).await {
+                    tracing::error!(error = %err, "Reconciler round failed.");
                 }
             }
             () = &mut shutdown => return,

@@ -183,6 +183,7 @@ async fn check_agent(node: &NodeRecord, secrets: &SecretBox, http: &reqwest::Cli
         "load_percentage": health["load_percentage"],
         "containers": health["containers"],
         "server_type": health["server_type"],
+        "max_containers": capabilities["max_containers"],
     });
     NodeCheck {
         report: ConnectionReport {

@@ -22,10 +22,27 @@ pub type LogStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + 
 /// A container as a node reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerState {
+    /// The engine's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
     /// Docker status: `created`, `running`, `exited`, …
     pub status: String,
-    /// `"7860/tcp"` → host port.
+    /// `"7860/tcp"` → host port (empty in lists).
     pub ports: BTreeMap<String, u16>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+fn string_map(value: &Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|map| {
+            map.iter()
+                .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A connection to one node.
@@ -228,8 +245,11 @@ impl NodeClient {
             NodeClient::Docker(driver) => {
                 let details = driver.inspect(id).await?;
                 Ok(ContainerState {
+                    id: details.id,
+                    name: details.name,
                     status: details.status,
                     ports: details.ports,
+                    labels: details.labels,
                 })
             }
             NodeClient::Agent { .. } => {
@@ -248,9 +268,52 @@ impl NodeClient {
                     })
                     .unwrap_or_default();
                 Ok(ContainerState {
+                    id: info["id"].as_str().unwrap_or_default().to_owned(),
+                    name: info["name"].as_str().unwrap_or_default().to_owned(),
                     status: info["status"].as_str().unwrap_or_default().to_owned(),
                     ports,
+                    labels: string_map(&info["labels"]),
                 })
+            }
+        }
+    }
+
+    /// Every container on the node carrying `label` (`key=value`), running or not.
+    pub async fn list_labelled(&self, label: &str) -> Result<Vec<ContainerState>, Problem> {
+        match self {
+            NodeClient::Docker(driver) => Ok(driver
+                .list(&[label], true)
+                .await?
+                .into_iter()
+                .map(|summary| ContainerState {
+                    id: summary.id,
+                    name: summary.name,
+                    status: summary.state,
+                    ports: BTreeMap::new(),
+                    labels: summary.labels,
+                })
+                .collect()),
+            NodeClient::Agent { .. } => {
+                let (key, value) = label.split_once('=').unwrap_or((label, ""));
+                let listed = self
+                    .agent_call(reqwest::Method::GET, "/containers/?all=true", None)
+                    .await?;
+                Ok(listed["containers"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|info| ContainerState {
+                        id: info["id"].as_str().unwrap_or_default().to_owned(),
+                        name: info["name"].as_str().unwrap_or_default().to_owned(),
+                        status: info["status"].as_str().unwrap_or_default().to_owned(),
+                        ports: BTreeMap::new(),
+                        labels: string_map(&info["labels"]),
+                    })
+                    .filter(|container| {
+                        container.labels.get(key).map(String::as_str) == Some(value)
+                    })
+                    .collect())
             }
         }
     }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use berth_core::names::instance_name;
+use berth_core::schedule::GpuAssignment;
 use berth_core::spec::{ContainerPort, GpuRequest, GpuShare, RestartPolicy};
 use berth_core::{ByteSize, ContainerSpec, SpecError};
 use berth_store::nodes::NodeRecord;
@@ -34,12 +35,29 @@ pub struct ServiceDefinition {
     pub gpu_share_gb: Option<i64>,
 }
 
-/// Labels on every service container.
+/// Labels on every service container: the service id.
 pub const LABEL_SERVICE: &str = "berth.service";
 /// The deployment version of the container.
+pub const LABEL_VERSION: &str = "berth.version";
+/// The placement generation of the container; an older one than its service's is stale.
 pub const LABEL_GENERATION: &str = "berth.generation";
 /// The node the hub placed it on.
 pub const LABEL_NODE: &str = "berth.node";
+/// The hub that placed it.
+pub const LABEL_HUB: &str = "berth.hub";
+
+/// Where one container of a service goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The node.
+    pub node: &'a NodeRecord,
+    /// The placement generation.
+    pub generation: i64,
+    /// The hub's identity.
+    pub hub_id: &'a str,
+    /// The GPUs the scheduler gave it.
+    pub gpus: &'a GpuAssignment,
+}
 
 fn bytes(value: i64) -> ByteSize {
     ByteSize::from_bytes(u64::try_from(value).unwrap_or(0))
@@ -56,15 +74,18 @@ impl ServiceDefinition {
     }
 
     /// The container spec of version `version` of service `service_id` (named `name`, owned by
-    /// `owner`) on `node`.
+    /// `owner`) at `target`. The name is fixed by the hub, service, version and generation, so a
+    /// create repeated after an interruption finds the container of the first attempt.
     pub fn container_spec(
         &self,
         service_id: i64,
         name: &str,
         version: i64,
         owner: &str,
-        node: &NodeRecord,
+        target: &Target<'_>,
     ) -> Result<ContainerSpec, SpecError> {
+        let node = target.node;
+        let generation = target.generation;
         let mut environment = self.environment.clone();
         let mut ports = BTreeMap::new();
         if let Some(port) = self.port {
@@ -73,8 +94,10 @@ impl ServiceDefinition {
         }
         let labels = BTreeMap::from([
             (LABEL_SERVICE.to_owned(), service_id.to_string()),
-            (LABEL_GENERATION.to_owned(), version.to_string()),
+            (LABEL_VERSION.to_owned(), version.to_string()),
+            (LABEL_GENERATION.to_owned(), generation.to_string()),
             (LABEL_NODE.to_owned(), node.id.to_string()),
+            (LABEL_HUB.to_owned(), target.hub_id.to_owned()),
             ("berth.owner".to_owned(), owner.to_owned()),
         ]);
         let gpu_share = self.gpu_share_gb.map(|memory_gb| GpuShare {
@@ -85,10 +108,18 @@ impl ServiceDefinition {
             sm_limit_percent: None,
             hami_core_dir: Some(node.hami_core_dir.clone()).filter(|dir| !dir.is_empty()),
         });
-        let gpus = (self.gpu_count > 0 && gpu_share.is_none())
-            .then(|| GpuRequest::Count(u32::try_from(self.gpu_count).unwrap_or(u32::MAX)));
+        let gpus = match target.gpus {
+            GpuAssignment::Whole(indices) => Some(GpuRequest::Devices(indices.clone())),
+            GpuAssignment::Slice { index, .. } => Some(GpuRequest::Devices(vec![*index])),
+            GpuAssignment::None => (self.gpu_count > 0 && gpu_share.is_none())
+                .then(|| GpuRequest::Count(u32::try_from(self.gpu_count).unwrap_or(u32::MAX))),
+        };
+        let hub: String = target.hub_id.chars().take(6).collect();
         let spec = ContainerSpec {
-            name: instance_name(name, &format!("s{service_id}-v{version}")),
+            name: instance_name(
+                name,
+                &format!("{hub}-s{service_id}-v{version}-g{generation}"),
+            ),
             image: self.image.clone(),
             command: self.command.clone().map(berth_core::spec::Command::Argv),
             working_dir: None,
@@ -133,10 +164,20 @@ mod tests {
         node.gpu_memory_gb = 24;
         node.hami_core_dir = "/opt/hami".into();
         assert_eq!(definition.gpus_needed(), 1);
+        let slice = GpuAssignment::Slice {
+            index: 1,
+            memory_bytes: 6 << 30,
+        };
+        let target = Target {
+            node: &node,
+            generation: 3,
+            hub_id: "0123456789abcdef",
+            gpus: &slice,
+        };
         let spec = definition
-            .container_spec(42, "Flood Model", 2, "alice", &node)
+            .container_spec(42, "Flood Model", 2, "alice", &target)
             .expect("valid");
-        assert_eq!(spec.name, "flood-model-s42-v2");
+        assert_eq!(spec.name, "flood-model-012345-s42-v2-g3");
         assert_eq!(spec.cpu_limit, Some(1.5));
         assert_eq!(
             spec.environment
@@ -149,10 +190,14 @@ mod tests {
             spec.labels.get(LABEL_SERVICE).map(String::as_str),
             Some("42")
         );
-        assert_eq!(
-            spec.labels.get(LABEL_GENERATION).map(String::as_str),
-            Some("2")
-        );
+        for (label, value) in [
+            (LABEL_VERSION, "2"),
+            (LABEL_GENERATION, "3"),
+            (LABEL_NODE, "3"),
+            (LABEL_HUB, "0123456789abcdef"),
+        ] {
+            assert_eq!(spec.labels.get(label).map(String::as_str), Some(value));
+        }
         let share = spec.gpu_share.clone().expect("share");
         assert_eq!(
             (
@@ -162,10 +207,10 @@ mod tests {
             ),
             (6, 25, "/opt/hami")
         );
-        assert_eq!(spec.gpus, None);
+        assert_eq!(spec.gpus, Some(GpuRequest::Devices(vec![1])), "the slice's GPU");
         assert_eq!(
             spec.data_volume().as_deref(),
-            Some("flood-model-s42-v2-data")
+            Some("flood-model-012345-s42-v2-g3-data")
         );
     }
 }

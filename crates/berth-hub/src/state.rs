@@ -1,12 +1,14 @@
-//! The hub's shared state.
+//! The hub's shared state: the store, secrets, metrics, settings, one connection per node, each
+//! node's failure-detector record, and the services a handler or loop is changing right now.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use berth_core::schedule::{Options, Policy};
 use berth_http::Problem;
 use berth_store::nodes::NodeRecord;
-use berth_store::{SecretBox, Store};
+use berth_store::{SecretBox, Store, StoreError, allocations};
 
 use crate::metrics::HubMetrics;
 use crate::node_client::NodeClient;
@@ -18,15 +20,33 @@ pub struct HubSettings {
     pub monitor_interval: Duration,
     /// Services a user may own unless their quota says otherwise.
     pub max_services_per_user: i64,
+    /// Consecutive failed checks after which a node is down and its services move.
+    pub failure_threshold: u32,
+    /// How the scheduler chooses among feasible nodes.
+    pub placement_policy: Policy,
+    /// Containers a node takes when it does not say (`MAX_CONTAINERS` of an agent).
+    pub default_max_containers: u32,
 }
 
 impl Default for HubSettings {
     fn default() -> Self {
         Self {
-            monitor_interval: Duration::from_secs(30),
+            monitor_interval: Duration::from_secs(3),
             max_services_per_user: 5,
+            failure_threshold: 3,
+            placement_policy: Policy::Spread,
+            default_max_containers: 100,
         }
     }
+}
+
+/// The failure detector's record of one node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeHealth {
+    /// Checks failed in a row.
+    pub consecutive_failures: u32,
+    /// Declared down (after `failure_threshold` failures) and not yet back.
+    pub down: bool,
 }
 
 /// What every handler and background loop can reach.
@@ -41,26 +61,137 @@ pub struct HubState {
     pub metrics: HubMetrics,
     /// Settings.
     pub settings: HubSettings,
+    /// Marks this hub's containers (`berth.hub`), so that hubs sharing an engine leave each
+    /// other's alone.
+    pub hub_id: String,
+    /// The failure detector, per node id.
+    pub health: std::sync::Mutex<HashMap<i64, NodeHealth>>,
+    /// Services being changed by a request or a loop; the reconciler leaves them alone.
+    busy: std::sync::Mutex<HashSet<i64>>,
+    /// Services whose last repair failed: failures so far and when to try again.
+    retries: std::sync::Mutex<HashMap<i64, (u32, Instant)>>,
     /// One connection per node, kept until the node's record changes.
     node_clients: tokio::sync::Mutex<HashMap<i64, (i64, Arc<NodeClient>)>>,
 }
 
+/// Holds a service for one change; released when dropped.
+pub struct ServiceClaim<'a> {
+    state: &'a HubState,
+    service_id: i64,
+}
+
+impl Drop for ServiceClaim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut busy) = self.state.busy.lock() {
+            busy.remove(&self.service_id);
+        }
+    }
+}
+
 impl HubState {
     /// State over an open store.
-    pub fn new(store: Store, secrets: SecretBox, settings: HubSettings) -> Self {
+    pub async fn new(
+        store: Store,
+        secrets: SecretBox,
+        settings: HubSettings,
+    ) -> Result<Self, StoreError> {
+        let hub_id = allocations::hub_id(&mut *store.acquire().await?).await?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
             .build()
             .unwrap_or_default();
-        Self {
+        Ok(Self {
             store,
             secrets,
             http,
             metrics: HubMetrics::new(),
             settings,
+            hub_id,
+            health: Default::default(),
+            busy: Default::default(),
+            retries: Default::default(),
             node_clients: Default::default(),
+        })
+    }
+
+    /// Claims `service_id` for one change, or `None` while someone else changes it.
+    pub fn claim(&self, service_id: i64) -> Option<ServiceClaim<'_>> {
+        let mut busy = self.busy.lock().ok()?;
+        busy.insert(service_id).then_some(ServiceClaim {
+            state: self,
+            service_id,
+        })
+    }
+
+    /// The scheduler's options from the settings.
+    pub fn scheduler_options(&self) -> Options {
+        Options {
+            policy: self.settings.placement_policy,
+            ..Options::default()
         }
+    }
+
+    /// Whether a request or loop is changing `service_id` now.
+    pub fn is_busy(&self, service_id: i64) -> bool {
+        self.busy
+            .lock()
+            .map(|busy| busy.contains(&service_id))
+            .unwrap_or(false)
+    }
+
+    /// Whether a repair of `service_id` may be tried now (no failure, or its backoff passed).
+    pub fn may_retry(&self, service_id: i64) -> bool {
+        self.retries.lock().map_or(true, |retries| {
+            retries
+                .get(&service_id)
+                .is_none_or(|(_, next)| Instant::now() >= *next)
+        })
+    }
+
+    /// Records the outcome of a repair of `service_id`: a failure doubles the wait before the
+    /// next try (from one monitor interval up to five minutes); a success forgets the failures.
+    pub fn repaired(&self, service_id: i64, succeeded: bool) {
+        let Ok(mut retries) = self.retries.lock() else {
+            return;
+        };
+        if succeeded {
+            retries.remove(&service_id);
+            return;
+        }
+        let failures = retries.get(&service_id).map_or(0, |(failures, _)| *failures) + 1;
+        let wait = self
+            .settings
+            .monitor_interval
+            .saturating_mul(1 << failures.min(10))
+            .min(Duration::from_secs(300));
+        retries.insert(service_id, (failures, Instant::now() + wait));
+    }
+
+    /// Feeds one check of `node_id` to the failure detector. Returns `Some(false)` when this
+    /// failure makes the node down (`failure_threshold` in a row), `Some(true)` when this pass
+    /// brings a down node back, `None` otherwise: one slow answer changes nothing.
+    pub fn record_check(&self, node_id: i64, passed: bool) -> Option<bool> {
+        let mut health = self.health.lock().ok()?;
+        let record = health.entry(node_id).or_default();
+        if passed {
+            record.consecutive_failures = 0;
+            return std::mem::take(&mut record.down).then_some(true);
+        }
+        record.consecutive_failures = record.consecutive_failures.saturating_add(1);
+        if !record.down && record.consecutive_failures >= self.settings.failure_threshold.max(1) {
+            record.down = true;
+            return Some(false);
+        }
+        None
+    }
+
+    /// Whether the failure detector holds `node_id` down.
+    pub fn is_down(&self, node_id: i64) -> bool {
+        self.health
+            .lock()
+            .map(|health| health.get(&node_id).is_some_and(|record| record.down))
+            .unwrap_or(false)
     }
 
     /// The connection to `node`: the kept one while the node's record is unchanged, else a new one.

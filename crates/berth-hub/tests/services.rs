@@ -417,7 +417,7 @@ async fn quotas_ownership_and_bad_requests_are_refused() {
             problem["detail"]
                 .as_str()
                 .expect("detail")
-                .contains("1 node: not enough GPUs"),
+                .contains("no node can run it: 1 node: not a GPU server"),
             "{problem}"
         );
         let (_, mine, _) = hub

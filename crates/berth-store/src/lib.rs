@@ -3,6 +3,7 @@
 //! repository function takes a connection, so a caller can put a state change and its operation
 //! row in one transaction. Secrets are sealed with an AEAD before they reach a table.
 
+pub mod allocations;
 pub mod catalog;
 mod error;
 pub mod nodes;
@@ -156,6 +157,10 @@ mod tests {
             (
                 include_str!("../migrations/sqlite/0002_services.sql"),
                 include_str!("../migrations/postgres/0002_services.sql"),
+            ),
+            (
+                include_str!("../migrations/sqlite/0003_allocations.sql"),
+                include_str!("../migrations/postgres/0003_allocations.sql"),
             ),
         ];
         for (sqlite, postgres) in pairs {

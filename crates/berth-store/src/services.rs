@@ -1,7 +1,5 @@
-//! Services (a user's model services), where their container runs (the container registry), and
-//! each service's deployment history.
-
-use std::collections::HashMap;
+//! Services (a user's model services) and each service's deployment history. Where a service's
+//! container runs is its allocation ([`crate::allocations`]).
 
 use serde::Serialize;
 use sqlx::Row;
@@ -45,6 +43,10 @@ pub struct ServiceRecord {
     pub container_name: Option<String>,
     /// Current deployment version.
     pub version: i64,
+    /// Placement generation: raised by every move to another node.
+    pub generation: i64,
+    /// Stays on its node: never moved by failover (reported instead).
+    pub pinned: bool,
     /// The last error.
     pub error: String,
     /// Created, Unix ms.
@@ -102,6 +104,8 @@ fn service_from(row: &AnyRow) -> Result<ServiceRecord, sqlx::Error> {
         container_id: row.try_get("container_id")?,
         container_name: row.try_get("container_name")?,
         version: row.try_get("version")?,
+        generation: row.try_get("generation")?,
+        pinned: row.try_get::<i64, _>("pinned")? != 0,
         error: row.try_get("error")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -113,8 +117,8 @@ pub async fn insert(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceR
     let now = now_ms();
     let row = sqlx::query(
         "INSERT INTO services (owner_id, repo, name, image, spec_id, cpu_millis, memory_bytes, gpu_count, definition, \
-         is_public, status, node_id, container_id, container_name, version, error, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id",
+         is_public, status, node_id, container_id, container_name, version, error, created_at, updated_at, generation, pinned) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) RETURNING id",
     )
     .bind(service.owner_id)
     .bind(&service.repo)
@@ -134,6 +138,8 @@ pub async fn insert(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceR
     .bind(&service.error)
     .bind(now)
     .bind(now)
+    .bind(service.generation)
+    .bind(i64::from(service.pinned))
     .fetch_one(&mut *conn)
     .await
     .map_err(|err| conflict_or(err, || format!("you already have a service named {:?}", service.name)))?;
@@ -145,7 +151,7 @@ pub async fn update(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceR
     let updated = sqlx::query(
         "UPDATE services SET image = $1, cpu_millis = $2, memory_bytes = $3, gpu_count = $4, definition = $5, \
          is_public = $6, status = $7, node_id = $8, container_id = $9, container_name = $10, version = $11, \
-         error = $12, updated_at = $13 WHERE id = $14",
+         error = $12, updated_at = $13, generation = $14, pinned = $15 WHERE id = $16",
     )
     .bind(&service.image)
     .bind(service.cpu_millis)
@@ -160,6 +166,8 @@ pub async fn update(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceR
     .bind(service.version)
     .bind(&service.error)
     .bind(now_ms())
+    .bind(service.generation)
+    .bind(i64::from(service.pinned))
     .bind(service.id)
     .execute(&mut *conn)
     .await?;
@@ -249,88 +257,6 @@ pub async fn delete(conn: &mut Conn, id: i64) -> Result<(), StoreError> {
         return Err(StoreError::NotFound(format!("no service {id}")));
     }
     Ok(())
-}
-
-/// Records where a service's container runs, replacing any earlier record.
-pub async fn place_container(
-    conn: &mut Conn,
-    service_id: i64,
-    node_id: i64,
-    container_id: &str,
-    name: &str,
-) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM containers WHERE service_id = $1")
-        .bind(service_id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO containers (node_id, service_id, container_id, name, status, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(node_id)
-    .bind(service_id)
-    .bind(container_id)
-    .bind(name)
-    .bind("created")
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// A container Berth placed on a node (the container registry).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PlacedContainer {
-    /// Row id.
-    pub id: i64,
-    /// The node.
-    pub node_id: i64,
-    /// The service.
-    pub service_id: Option<i64>,
-    /// The engine's container id.
-    pub container_id: String,
-    /// Container name.
-    pub name: String,
-    /// Status when placed.
-    pub status: String,
-    /// Placed, Unix ms.
-    pub created_at: i64,
-}
-
-/// Every placed container.
-pub async fn placed_containers(conn: &mut Conn) -> Result<Vec<PlacedContainer>, StoreError> {
-    let rows = sqlx::query("SELECT * FROM containers ORDER BY id")
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(PlacedContainer {
-                id: row.try_get("id")?,
-                node_id: row.try_get("node_id")?,
-                service_id: row.try_get("service_id")?,
-                container_id: row.try_get("container_id")?,
-                name: row.try_get("name")?,
-                status: row.try_get("status")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(StoreError::from)
-}
-
-/// Containers per node, for load.
-pub async fn containers_per_node(conn: &mut Conn) -> Result<HashMap<i64, i64>, StoreError> {
-    let rows = sqlx::query("SELECT node_id, COUNT(*) AS n FROM containers GROUP BY node_id")
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get::<i64, _>("node_id")?,
-                row.try_get::<i64, _>("n")?,
-            ))
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(StoreError::from)
 }
 
 /// Records a deployment version; a version recorded twice is a conflict.

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use berth_http::{Problem, parse_query};
 use berth_store::operations::NewOperation;
 use berth_store::operations::{self, OperationFilter};
-use berth_store::{nodes, services};
+use berth_store::{allocations, nodes, services};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -163,7 +163,7 @@ pub async fn operations(
 pub async fn containers(State(state): Shared, user: CurrentUser) -> Result<Json<Value>, Problem> {
     user.require_admin()?;
     let mut connection = state.store.acquire().await?;
-    let placed = services::placed_containers(&mut connection).await?;
+    let placed = allocations::list(&mut connection).await?;
     let names: std::collections::HashMap<i64, String> = nodes::list(&mut connection)
         .await?
         .into_iter()

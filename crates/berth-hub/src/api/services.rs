@@ -13,9 +13,10 @@ use axum::response::{IntoResponse, Response};
 use berth_core::ByteSize;
 use berth_core::spec::Command;
 use berth_http::{Problem, parse_body, parse_query};
-use berth_store::catalog;
+use berth_core::schedule::{Placement, Request};
 use berth_store::nodes::{self, NodeRecord};
 use berth_store::operations::{self, NewOperation};
+use berth_store::{StoreError, allocations, catalog};
 use berth_store::services::{self, Deployment, ServiceRecord};
 use berth_store::users::{self, Role, User};
 use serde::Deserialize;
@@ -23,7 +24,8 @@ use serde_json::{Value, json};
 
 use super::CurrentUser;
 use crate::node_client::NodeClient;
-use crate::placement;
+use crate::replicas::{self, Cause, LaunchPlan};
+use crate::scheduling;
 use crate::service_definition::ServiceDefinition;
 use crate::state::HubState;
 
@@ -55,6 +57,8 @@ struct ServiceRequest {
     port: Option<u16>,
     #[serde(default)]
     is_public: bool,
+    #[serde(default)]
+    pinned: bool,
 }
 
 fn operation(
@@ -64,16 +68,7 @@ fn operation(
     outcome: &str,
     detail: Value,
 ) -> NewOperation {
-    NewOperation {
-        user_id: Some(actor),
-        action: action.to_owned(),
-        target_kind: "service".to_owned(),
-        target_id: service.id.to_string(),
-        node_id: service.node_id,
-        service_id: Some(service.id),
-        outcome: outcome.to_owned(),
-        detail,
-    }
+    replicas::service_operation(Some(actor), action, service, outcome, detail)
 }
 
 fn view(service: &ServiceRecord) -> Value {
@@ -284,7 +279,7 @@ pub async fn create(
     berth_core::spec::validate_name("repo", &repo)?;
     let (definition, spec_id) = definition_from(&state, &request).await?;
 
-    let (chosen, version) = {
+    let version = {
         let mut connection = state.store.acquire().await?;
         let usage = services::usage(&mut connection, owner.id).await?;
         let quotas = &owner.quotas;
@@ -316,13 +311,18 @@ pub async fn create(
             usage.gpus,
             definition.gpus_needed(),
         )?;
-        let all = nodes::list(&mut connection).await?;
-        let load = services::containers_per_node(&mut connection).await?;
-        let chosen = placement::pick(&all, &load, definition.gpus_needed())
-            .map_err(|reason| Problem::new(StatusCode::SERVICE_UNAVAILABLE, reason))?
-            .clone();
-        (chosen, 1)
+        1
     };
+    let request_shape = scheduling::request_for(&definition);
+    let (all, cluster) = scheduling::snapshot(&state).await?;
+    let placement = cluster
+        .place(&request_shape, &state.scheduler_options())
+        .map_err(|refusal| Problem::new(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string()))?;
+    let chosen = all
+        .iter()
+        .find(|node| node.id == placement.node_id)
+        .cloned()
+        .ok_or_else(|| Problem::new(StatusCode::CONFLICT, "the chosen node was removed meanwhile"))?;
 
     let mut record = ServiceRecord {
         id: 0,
@@ -341,6 +341,8 @@ pub async fn create(
         container_id: None,
         container_name: None,
         version,
+        generation: 1,
+        pinned: request.pinned,
         error: String::new(),
         created_at: 0,
         updated_at: 0,
@@ -363,59 +365,38 @@ pub async fn create(
     )
     .await?;
 
-    match deploy(&state, &record, &definition, &owner.name, &chosen).await {
-        Ok((container_id, container_name, warnings)) => {
-            record.container_id = Some(container_id.clone());
-            record.container_name = Some(container_name.clone());
-            record.status = "created".to_owned();
-            let mut transaction = state.store.begin().await?;
-            record = services::update(&mut transaction, &record).await?;
-            services::place_container(
-                &mut transaction,
-                record.id,
-                chosen.id,
-                &container_id,
-                &container_name,
-            )
-            .await?;
-            let detail =
-                json!({"container_id": container_id, "name": container_name, "warnings": warnings});
-            operations::commit_with(
-                transaction,
-                &operation(user.0.id, "container.create", &record, "ok", detail),
-            )
-            .await?;
-            let mut answer = view(&record);
-            answer["warnings"] = json!(warnings);
+    let _claim = state.claim(record.id).ok_or_else(|| busy(record.id))?;
+    let launched = replicas::launch(
+        &state,
+        LaunchPlan {
+            service: record.clone(),
+            definition: &definition,
+            owner: &owner.name,
+            node: &chosen,
+            placement: &placement,
+            request: &request_shape,
+            start: false,
+        },
+        Cause {
+            actor: Some(user.0.id),
+            action: "container.create",
+            detail: json!({}),
+        },
+    )
+    .await;
+    match launched {
+        Ok(launched) => {
+            let mut answer = view(&launched.service);
+            answer["warnings"] = json!(launched.warnings);
             Ok((StatusCode::CREATED, Json(answer)))
         }
         Err(problem) => {
             let mut transaction = state.store.begin().await?;
             services::delete(&mut transaction, record.id).await?;
-            let detail = json!({"error": serde_json::to_value(&problem).ok()});
-            operations::commit_with(
-                transaction,
-                &operation(user.0.id, "container.create", &record, "failed", detail),
-            )
-            .await?;
+            transaction.commit().await.map_err(StoreError::from)?;
             Err(problem)
         }
     }
-}
-
-/// Creates version `service.version` of the service's container on `node`.
-async fn deploy(
-    state: &HubState,
-    service: &ServiceRecord,
-    definition: &ServiceDefinition,
-    owner: &str,
-    node: &NodeRecord,
-) -> Result<(String, String, Vec<String>), Problem> {
-    let spec =
-        definition.container_spec(service.id, &service.name, service.version, owner, node)?;
-    let client = state.node_client(node).await?;
-    let (id, warnings) = client.create(&spec).await?;
-    Ok((id, spec.name, warnings))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -459,6 +440,7 @@ pub async fn start(
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, Problem> {
     let mut service = owned(&state, &user.0, id).await?;
+    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
     let container = container_of(&service)?;
     let (_, client) = node_of(&state, &service).await?;
     client.start(&container).await?;
@@ -500,6 +482,7 @@ pub async fn stop(
         request.timeout_seconds.unwrap_or(30)
     };
     let mut service = owned(&state, &user.0, id).await?;
+    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
     let container = container_of(&service)?;
     let (_, client) = node_of(&state, &service).await?;
     client.stop(&container, grace).await?;
@@ -624,6 +607,7 @@ pub async fn delete(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, Problem> {
     let service = owned(&state, &user.0, id).await?;
+    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
     if let Some(container) = &service.container_id {
         let (_, client) = node_of(&state, &service).await?;
         client.remove(container).await?;
@@ -694,52 +678,91 @@ pub async fn rollback(
                 format!("stored version is unreadable: {err}"),
             )
         })?;
-    let (node, client) = node_of(&state, &service).await?;
     let owner = {
         let mut connection = state.store.acquire().await?;
         users::get_user(&mut connection, service.owner_id)
             .await?
             .name
     };
+    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
     let was_running = service.status == "running";
-    if let Some(container) = &service.container_id {
-        client.remove(container).await?;
+    let request_shape = scheduling::request_for(&definition);
+    let (all, mut cluster) = scheduling::snapshot(&state).await?;
+    let current = {
+        let mut connection = state.store.acquire().await?;
+        allocations::for_service(&mut connection, service.id).await?
+    };
+    if let Some(current) = &current {
+        let placed = Placement {
+            node_id: current.node_id,
+            gpus: scheduling::assignment_of(current),
+        };
+        cluster.release(&scheduling::request_of(current), &placed);
+    }
+    let options = state.scheduler_options();
+    let same_node = Request {
+        only_node: service.node_id,
+        ..request_shape.clone()
+    };
+    let placement = cluster
+        .place(&same_node, &options)
+        .or_else(|_| cluster.place(&request_shape, &options))
+        .map_err(|refusal| Problem::new(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string()))?;
+    let node = all
+        .iter()
+        .find(|node| node.id == placement.node_id)
+        .cloned()
+        .ok_or_else(|| Problem::new(StatusCode::CONFLICT, "the chosen node was removed meanwhile"))?;
+    if let (Some(container), Some(old_node)) = (&service.container_id, service.node_id)
+        && let Some(old) = all.iter().find(|node| node.id == old_node)
+    {
+        replicas::retire(&state, old, container).await?;
     }
     service.version += 1;
-    let (container_id, container_name, warnings) =
-        deploy(&state, &service, &definition, &owner, &node).await?;
-    if was_running {
-        client.start(&container_id).await?;
-    }
-    service.container_id = Some(container_id.clone());
-    service.container_name = Some(container_name.clone());
+    service.generation += 1;
     service.definition = target.definition.clone();
     service.image = definition.image.clone();
-    service.status = if was_running { "running" } else { "created" }.to_owned();
-    let mut transaction = state.store.begin().await?;
-    let saved = services::update(&mut transaction, &service).await?;
-    services::place_container(
-        &mut transaction,
-        service.id,
-        node.id,
-        &container_id,
-        &container_name,
+    service.cpu_millis = definition.cpu_millis;
+    service.memory_bytes = definition.memory_bytes;
+    service.gpu_count = definition.gpus_needed();
+    {
+        let mut transaction = state.store.begin().await?;
+        let deployment = Deployment {
+            version: service.version,
+            definition: target.definition,
+            node_id: Some(node.id),
+            user_id: Some(user.0.id),
+            note: format!("rollback to version {}", request.version),
+            created_at: 0,
+        };
+        services::add_deployment(&mut transaction, service.id, &deployment).await?;
+        services::update(&mut transaction, &service).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+    }
+    let launched = replicas::launch(
+        &state,
+        LaunchPlan {
+            service,
+            definition: &definition,
+            owner: &owner,
+            node: &node,
+            placement: &placement,
+            request: &request_shape,
+            start: was_running,
+        },
+        Cause {
+            actor: Some(user.0.id),
+            action: "service.rollback",
+            detail: json!({"to_version": request.version}),
+        },
     )
     .await?;
-    let deployment = Deployment {
-        version: service.version,
-        definition: target.definition,
-        node_id: Some(node.id),
-        user_id: Some(user.0.id),
-        note: format!("rollback to version {}", request.version),
-        created_at: 0,
-    };
-    services::add_deployment(&mut transaction, service.id, &deployment).await?;
-    let detail = json!({"to_version": request.version, "new_version": service.version, "warnings": warnings});
-    operations::commit_with(
-        transaction,
-        &operation(user.0.id, "service.rollback", &service, "ok", detail),
+    Ok(Json(view(&launched.service)))
+}
+
+fn busy(id: i64) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        format!("service {id} is being changed by another request; try again"),
     )
-    .await?;
-    Ok(Json(view(&saved)))
 }

@@ -32,7 +32,11 @@ pub async fn start(test: &str) -> Hub {
         .await
         .expect("store");
     let secrets = SecretBox::load_or_create(None, &dir.join("secret.key")).expect("key");
-    let state = Arc::new(HubState::new(store, secrets, HubSettings::default()));
+    let state = Arc::new(
+        HubState::new(store, secrets, HubSettings::default())
+            .await
+            .expect("state"),
+    );
     let booted = bootstrap::ensure(&state, None, None)
         .await
         .expect("bootstrap");

@@ -1,0 +1,293 @@
+//! The reconciler: a level-triggered loop that compares the database with what each node runs
+//! and converges. Services on a node the failure detector holds down move elsewhere (unless
+//! pinned); on every answering node, containers of this hub that no allocation claims at their
+//! generation are removed (orphans, and replicas that were moved while their node was away),
+//! a container an interrupted launch made is adopted, a missing one is created again and a
+//! stopped one of a running service is started, with backoff. Every change is an operation row.
+//! Running it again changes nothing more, so a hub killed at any point converges on restart.
+
+use std::collections::HashMap;
+
+use berth_store::StoreError;
+use berth_store::allocations::{self, Allocation};
+use berth_store::nodes::{self, NodeRecord};
+use berth_store::operations::{self, NewOperation};
+use berth_store::services::{self, ServiceRecord};
+use serde_json::json;
+
+use crate::node_client::ContainerState;
+use crate::replicas::{self, Cause, Destination, LaunchPlan};
+use crate::scheduling;
+use crate::service_definition::{LABEL_GENERATION, LABEL_HUB, LABEL_NODE, LABEL_SERVICE, ServiceDefinition};
+use crate::state::HubState;
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Services moved off down nodes.
+    pub moved: usize,
+    /// Stale or orphaned containers removed.
+    pub removed: usize,
+    /// Containers created again, adopted or restarted.
+    pub repaired: usize,
+}
+
+/// One reconciliation round over every node.
+pub async fn round(state: &HubState) -> Result<RoundReport, StoreError> {
+    let (all_nodes, placed, all_services) = {
+        let mut connection = state.store.acquire().await?;
+        (
+            nodes::list(&mut connection).await?,
+            allocations::list(&mut connection).await?,
+            services::list(&mut connection, None).await?,
+        )
+    };
+    let services_by_id: HashMap<i64, &ServiceRecord> =
+        all_services.iter().map(|service| (service.id, service)).collect();
+    let mut report = RoundReport::default();
+    for allocation in &placed {
+        if !state.is_down(allocation.node_id) {
+            continue;
+        }
+        let Some(service) = services_by_id.get(&allocation.service_id) else {
+            continue;
+        };
+        if service.status != "running" || service.pinned || !state.may_retry(service.id) {
+            continue;
+        }
+        let Some(_claim) = state.claim(service.id) else {
+            continue;
+        };
+        let cause = Cause {
+            actor: None,
+            action: "service.failover",
+            detail: json!({"from_node": allocation.node_id}),
+        };
+        let moved = replicas::move_service(state, (*service).clone(), Destination::Scheduled, cause).await;
+        state.repaired(service.id, moved.is_ok());
+        match moved {
+            Ok(_) => report.moved += 1,
+            Err(problem) => {
+                tracing::warn!(service = service.id, error = %problem.detail(), "Failover did not place the service.");
+            }
+        }
+    }
+    for node in &all_nodes {
+        if node.docker_status != "connected" || state.is_down(node.id) {
+            continue;
+        }
+        match converge_node(state, node).await {
+            Ok((removed, repaired)) => {
+                report.removed += removed;
+                report.repaired += repaired;
+            }
+            Err(problem) => {
+                tracing::warn!(node = %node.name, error = %problem.detail(), "Reconciling the node failed.");
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn label_i64(container: &ContainerState, label: &str) -> Option<i64> {
+    container.labels.get(label)?.parse().ok()
+}
+
+/// Whether `container` is what `allocation` wants on `node`.
+fn claimed_by(container: &ContainerState, allocation: Option<&Allocation>, node: i64) -> bool {
+    allocation.is_some_and(|allocation| {
+        allocation.node_id == node
+            && label_i64(container, LABEL_GENERATION) == Some(allocation.generation)
+            && (allocation.container_id.is_empty() || allocation.container_id == container.id)
+    })
+}
+
+/// Converges one answering node; returns containers removed and repaired.
+async fn converge_node(
+    state: &HubState,
+    node: &NodeRecord,
+) -> Result<(usize, usize), berth_http::Problem> {
+    let client = state.node_client(node).await?;
+    let ours = format!("{LABEL_HUB}={}", state.hub_id);
+    let running: Vec<ContainerState> = client
+        .list_labelled(&ours)
+        .await?
+        .into_iter()
+        .filter(|container| label_i64(container, LABEL_NODE) == Some(node.id))
+        .collect();
+    // Read after listing: a container launched meanwhile has its allocation recorded already.
+    let (placed, all_services) = {
+        let mut connection = state.store.acquire().await?;
+        (
+            allocations::list(&mut connection).await?,
+            services::list(&mut connection, None).await?,
+        )
+    };
+    let services_by_id: HashMap<i64, &ServiceRecord> =
+        all_services.iter().map(|service| (service.id, service)).collect();
+    let by_service: HashMap<i64, &Allocation> = placed
+        .iter()
+        .map(|allocation| (allocation.service_id, allocation))
+        .collect();
+    let (mut removed, mut repaired) = (0, 0);
+    for container in &running {
+        let service_id = label_i64(container, LABEL_SERVICE);
+        if service_id.is_some_and(|id| state.is_busy(id)) {
+            continue;
+        }
+        let allocation = service_id.and_then(|id| by_service.get(&id).copied());
+        if claimed_by(container, allocation, node.id) {
+            continue;
+        }
+        client.remove(&container.id).await?;
+        removed += 1;
+        record(
+            state,
+            NewOperation {
+                user_id: None,
+                action: "container.remove_stale".to_owned(),
+                target_kind: "container".to_owned(),
+                target_id: container.id.clone(),
+                node_id: Some(node.id),
+                service_id,
+                outcome: "ok".to_owned(),
+                detail: json!({
+                    "name": container.name,
+                    "generation": container.labels.get(LABEL_GENERATION),
+                    "current_generation": allocation.map(|allocation| allocation.generation),
+                }),
+            },
+        )
+        .await?;
+    }
+    for allocation in placed.iter().filter(|allocation| allocation.node_id == node.id) {
+        let Some(service) = services_by_id.get(&allocation.service_id) else {
+            continue;
+        };
+        if !state.may_retry(service.id) {
+            continue;
+        }
+        let Some(_claim) = state.claim(service.id) else {
+            continue;
+        };
+        let found = running
+            .iter()
+            .find(|container| claimed_by(container, Some(allocation), node.id));
+        let outcome = repair(state, node, service, allocation, found).await;
+        state.repaired(service.id, outcome.is_ok());
+        if outcome? {
+            repaired += 1;
+        }
+    }
+    Ok((removed, repaired))
+}
+
+/// Brings one allocation's container to what its service wants; returns whether it changed
+/// anything.
+async fn repair(
+    state: &HubState,
+    node: &NodeRecord,
+    service: &ServiceRecord,
+    allocation: &Allocation,
+    found: Option<&ContainerState>,
+) -> Result<bool, berth_http::Problem> {
+    let wants_running = service.status == "running";
+    match found {
+        Some(container) if allocation.container_id.is_empty() => {
+            let client = state.node_client(node).await?;
+            if wants_running && container.status != "running" {
+                client.start(&container.id).await?;
+            }
+            let status = if wants_running || container.status == "running" {
+                "running"
+            } else {
+                "created"
+            };
+            let mut transaction = state.store.begin().await?;
+            if allocations::set_container(&mut transaction, service.id, allocation.generation, &container.id, status)
+                .await?
+            {
+                let mut adopted = (*service).clone();
+                adopted.container_id = Some(container.id.clone());
+                adopted.container_name = Some(container.name.clone());
+                adopted.status = status.to_owned();
+                services::update(&mut transaction, &adopted).await?;
+            }
+            operations::commit_with(
+                transaction,
+                &replicas::service_operation(
+                    None,
+                    "container.adopt",
+                    service,
+                    "ok",
+                    json!({"container_id": container.id, "node": node.name}),
+                ),
+            )
+            .await?;
+            Ok(true)
+        }
+        Some(container) if wants_running && container.status != "running" => {
+            state.node_client(node).await?.start(&container.id).await?;
+            record(
+                state,
+                replicas::service_operation(
+                    None,
+                    "container.restart",
+                    service,
+                    "ok",
+                    json!({"container_id": container.id, "was": container.status}),
+                ),
+            )
+            .await?;
+            Ok(true)
+        }
+        Some(_) => Ok(false),
+        None => {
+            let definition: ServiceDefinition = serde_json::from_value(service.definition.clone())
+                .map_err(|err| {
+                    berth_http::Problem::new(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("service {} has an unreadable definition: {err}", service.id),
+                    )
+                })?;
+            let owner = {
+                let mut connection = state.store.acquire().await?;
+                berth_store::users::get_user(&mut connection, service.owner_id)
+                    .await?
+                    .name
+            };
+            let placement = berth_core::schedule::Placement {
+                node_id: node.id,
+                gpus: scheduling::assignment_of(allocation),
+            };
+            let mut current = (*service).clone();
+            current.generation = allocation.generation;
+            replicas::launch(
+                state,
+                LaunchPlan {
+                    service: current,
+                    definition: &definition,
+                    owner: &owner,
+                    node,
+                    placement: &placement,
+                    request: &scheduling::request_of(allocation),
+                    start: wants_running,
+                },
+                Cause {
+                    actor: None,
+                    action: "container.recreate",
+                    detail: json!({"missing": allocation.container_id}),
+                },
+            )
+            .await?;
+            Ok(true)
+        }
+    }
+}
+
+async fn record(state: &HubState, operation: NewOperation) -> Result<(), StoreError> {
+    let transaction = state.store.begin().await?;
+    operations::commit_with(transaction, &operation)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,177 @@
+//! Allocations: where each service's container runs and what it takes there — CPU, memory, disk,
+//! whole GPUs or a slice of one GPU's memory — with the placement generation that fences a moved
+//! replica (a container whose generation is not its service's current one is stale and is never
+//! served or kept). Also the hub's identity, the label that tells this hub's containers apart on
+//! an engine other hubs share.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{Conn, StoreError, now_ms, secrets};
+
+/// One service's placement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Allocation {
+    /// Row id (0 before insert).
+    pub id: i64,
+    /// The service.
+    pub service_id: i64,
+    /// The node.
+    pub node_id: i64,
+    /// Placement generation, from 1, raised by every move.
+    pub generation: i64,
+    /// The engine's container id; empty while the container is being created.
+    pub container_id: String,
+    /// Container name.
+    pub name: String,
+    /// Status when last recorded.
+    pub status: String,
+    /// CPU, thousandths of a core.
+    pub cpu_millis: i64,
+    /// Memory, bytes.
+    pub memory_bytes: i64,
+    /// Disk, bytes.
+    pub disk_bytes: i64,
+    /// Whole GPUs held, or the one GPU a slice is on.
+    pub gpu_indices: Vec<u32>,
+    /// The slice's GPU memory, bytes (0 for whole GPUs).
+    pub gpu_memory_bytes: i64,
+    /// Recorded, Unix ms.
+    pub created_at: i64,
+}
+
+fn allocation_from(row: &AnyRow) -> Result<Allocation, sqlx::Error> {
+    let indices: String = row.try_get("gpu_indices")?;
+    Ok(Allocation {
+        id: row.try_get("id")?,
+        service_id: row.try_get::<Option<i64>, _>("service_id")?.unwrap_or(0),
+        node_id: row.try_get("node_id")?,
+        generation: row.try_get("generation")?,
+        container_id: row.try_get("container_id")?,
+        name: row.try_get("name")?,
+        status: row.try_get("status")?,
+        cpu_millis: row.try_get("cpu_millis")?,
+        memory_bytes: row.try_get("memory_bytes")?,
+        disk_bytes: row.try_get("disk_bytes")?,
+        gpu_indices: indices
+            .split(',')
+            .filter_map(|index| index.trim().parse().ok())
+            .collect(),
+        gpu_memory_bytes: row.try_get("gpu_memory_bytes")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Records `allocation` as its service's placement, replacing the earlier one.
+pub async fn record(conn: &mut Conn, allocation: &Allocation) -> Result<Allocation, StoreError> {
+    sqlx::query("DELETE FROM containers WHERE service_id = $1")
+        .bind(allocation.service_id)
+        .execute(&mut *conn)
+        .await?;
+    let indices: Vec<String> = allocation
+        .gpu_indices
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    sqlx::query(
+        "INSERT INTO containers (node_id, service_id, container_id, name, status, created_at, generation, \
+         cpu_millis, memory_bytes, disk_bytes, gpu_indices, gpu_memory_bytes) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(allocation.node_id)
+    .bind(allocation.service_id)
+    .bind(&allocation.container_id)
+    .bind(&allocation.name)
+    .bind(&allocation.status)
+    .bind(now_ms())
+    .bind(allocation.generation)
+    .bind(allocation.cpu_millis)
+    .bind(allocation.memory_bytes)
+    .bind(allocation.disk_bytes)
+    .bind(indices.join(","))
+    .bind(allocation.gpu_memory_bytes)
+    .execute(&mut *conn)
+    .await?;
+    for_service(conn, allocation.service_id)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no allocation of service {}", allocation.service_id)))
+}
+
+/// Sets the container of a service's allocation, only if it is still generation `generation`;
+/// returns whether it was.
+pub async fn set_container(
+    conn: &mut Conn,
+    service_id: i64,
+    generation: i64,
+    container_id: &str,
+    status: &str,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE containers SET container_id = $1, status = $2 WHERE service_id = $3 AND generation = $4",
+    )
+    .bind(container_id)
+    .bind(status)
+    .bind(service_id)
+    .bind(generation)
+    .execute(&mut *conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// The allocation of a service, if it has one.
+pub async fn for_service(conn: &mut Conn, service_id: i64) -> Result<Option<Allocation>, StoreError> {
+    let row = sqlx::query("SELECT * FROM containers WHERE service_id = $1")
+        .bind(service_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.as_ref().map(allocation_from).transpose()?)
+}
+
+/// One allocation by row id.
+pub async fn get(conn: &mut Conn, id: i64) -> Result<Allocation, StoreError> {
+    let row = sqlx::query("SELECT * FROM containers WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no container {id}")))?;
+    Ok(allocation_from(&row)?)
+}
+
+/// Every allocation.
+pub async fn list(conn: &mut Conn) -> Result<Vec<Allocation>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM containers ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.iter().map(allocation_from).collect::<Result<_, _>>()?)
+}
+
+/// Allocations per node.
+pub async fn count_per_node(conn: &mut Conn) -> Result<HashMap<i64, i64>, StoreError> {
+    let rows = sqlx::query("SELECT node_id, COUNT(*) AS n FROM containers GROUP BY node_id")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get::<i64, _>("node_id")?, row.try_get::<i64, _>("n")?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
+/// This hub's identity: made at first use, the same for the database's life.
+pub async fn hub_id(conn: &mut Conn) -> Result<String, StoreError> {
+    if let Some(row) = sqlx::query("SELECT id FROM hub_identity")
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        return Ok(row.try_get("id")?);
+    }
+    let id = secrets::random_hex::<8>()?;
+    sqlx::query("INSERT INTO hub_identity (id, created_at) VALUES ($1, $2)")
+        .bind(&id)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
+    Ok(id)
+}
