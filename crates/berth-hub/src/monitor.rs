@@ -29,7 +29,8 @@ pub async fn check_and_record(
     let check = node_check::check(node, &state.secrets, &state.http).await;
     let status = check.report.status.as_str();
     let changed = status != node.docker_status;
-    let transition = state.record_check(node.id, check.report.status == ConnectionStatus::Connected);
+    let transition =
+        state.record_check(node.id, check.report.status == ConnectionStatus::Connected);
     let mut transaction = state.store.begin().await?;
     nodes::set_status(
         &mut transaction,

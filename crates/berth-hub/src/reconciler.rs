@@ -18,7 +18,9 @@ use serde_json::json;
 use crate::node_client::ContainerState;
 use crate::replicas::{self, Cause, Destination, LaunchPlan};
 use crate::scheduling;
-use crate::service_definition::{LABEL_GENERATION, LABEL_HUB, LABEL_NODE, LABEL_SERVICE, ServiceDefinition};
+use crate::service_definition::{
+    LABEL_GENERATION, LABEL_HUB, LABEL_NODE, LABEL_SERVICE, ServiceDefinition,
+};
 use crate::state::HubState;
 
 /// What one round did.
@@ -42,8 +44,10 @@ pub async fn round(state: &HubState) -> Result<RoundReport, StoreError> {
             services::list(&mut connection, None).await?,
         )
     };
-    let services_by_id: HashMap<i64, &ServiceRecord> =
-        all_services.iter().map(|service| (service.id, service)).collect();
+    let services_by_id: HashMap<i64, &ServiceRecord> = all_services
+        .iter()
+        .map(|service| (service.id, service))
+        .collect();
     let mut report = RoundReport::default();
     for allocation in &placed {
         if !state.is_down(allocation.node_id) {
@@ -63,7 +67,8 @@ pub async fn round(state: &HubState) -> Result<RoundReport, StoreError> {
             action: "service.failover",
             detail: json!({"from_node": allocation.node_id}),
         };
-        let moved = replicas::move_service(state, (*service).clone(), Destination::Scheduled, cause).await;
+        let moved =
+            replicas::move_service(state, (*service).clone(), Destination::Scheduled, cause).await;
         state.repaired(service.id, moved.is_ok());
         match moved {
             Ok(_) => report.moved += 1,
@@ -123,8 +128,10 @@ async fn converge_node(
             services::list(&mut connection, None).await?,
         )
     };
-    let services_by_id: HashMap<i64, &ServiceRecord> =
-        all_services.iter().map(|service| (service.id, service)).collect();
+    let services_by_id: HashMap<i64, &ServiceRecord> = all_services
+        .iter()
+        .map(|service| (service.id, service))
+        .collect();
     let by_service: HashMap<i64, &Allocation> = placed
         .iter()
         .map(|allocation| (allocation.service_id, allocation))
@@ -160,7 +167,10 @@ async fn converge_node(
         )
         .await?;
     }
-    for allocation in placed.iter().filter(|allocation| allocation.node_id == node.id) {
+    for allocation in placed
+        .iter()
+        .filter(|allocation| allocation.node_id == node.id)
+    {
         let Some(service) = services_by_id.get(&allocation.service_id) else {
             continue;
         };
@@ -204,8 +214,14 @@ async fn repair(
                 "created"
             };
             let mut transaction = state.store.begin().await?;
-            if allocations::set_container(&mut transaction, service.id, allocation.generation, &container.id, status)
-                .await?
+            if allocations::set_container(
+                &mut transaction,
+                service.id,
+                allocation.generation,
+                &container.id,
+                status,
+            )
+            .await?
             {
                 let mut adopted = (*service).clone();
                 adopted.container_id = Some(container.id.clone());

@@ -8,15 +8,17 @@ use axum::http::StatusCode;
 use berth_core::ContainerSpec;
 use berth_core::schedule::{Placement, Request};
 use berth_http::Problem;
-use berth_store::{StoreError, allocations};
 use berth_store::nodes::NodeRecord;
 use berth_store::operations::{self, NewOperation};
 use berth_store::services::{self, ServiceRecord};
+use berth_store::{StoreError, allocations};
 use serde_json::{Value, json};
 
 use crate::node_client::NodeClient;
 use crate::scheduling;
-use crate::service_definition::{LABEL_GENERATION, LABEL_HUB, LABEL_SERVICE, ServiceDefinition, Target};
+use crate::service_definition::{
+    LABEL_GENERATION, LABEL_HUB, LABEL_SERVICE, ServiceDefinition, Target,
+};
 use crate::state::HubState;
 
 /// What to launch where.
@@ -123,7 +125,8 @@ pub async fn launch(
     let (id, warnings) = match outcome {
         Ok(created) => created,
         Err(problem) => {
-            let detail = json!({"node": node.name, "error": problem.detail(), "cause": cause.detail});
+            let detail =
+                json!({"node": node.name, "error": problem.detail(), "cause": cause.detail});
             operations::commit_with(
                 transaction,
                 &service_operation(cause.actor, cause.action, &service, "failed", detail),
@@ -133,8 +136,14 @@ pub async fn launch(
         }
     };
     let status = if start { "running" } else { "created" };
-    if !allocations::set_container(&mut transaction, service.id, service.generation, &id, status)
-        .await?
+    if !allocations::set_container(
+        &mut transaction,
+        service.id,
+        service.generation,
+        &id,
+        status,
+    )
+    .await?
     {
         drop(transaction);
         if let Ok(client) = state.node_client(node).await {
@@ -200,14 +209,21 @@ async fn adopt(client: &NodeClient, spec: &ContainerSpec) -> Result<String, Prob
     if !same {
         return Err(Problem::new(
             StatusCode::CONFLICT,
-            format!("a container named {} exists and is not this service's", spec.name),
+            format!(
+                "a container named {} exists and is not this service's",
+                spec.name
+            ),
         ));
     }
     Ok(existing.id)
 }
 
 /// Stops and removes a container that is no longer any service's; a missing one is fine.
-pub async fn retire(state: &HubState, node: &NodeRecord, container_id: &str) -> Result<(), Problem> {
+pub async fn retire(
+    state: &HubState,
+    node: &NodeRecord,
+    container_id: &str,
+) -> Result<(), Problem> {
     let client = state.node_client(node).await?;
     client.remove(container_id).await
 }
@@ -280,7 +296,12 @@ pub async fn move_service(
     let node = all
         .iter()
         .find(|node| node.id == placement.node_id)
-        .ok_or_else(|| Problem::new(StatusCode::CONFLICT, "the chosen node was removed meanwhile"))?;
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::CONFLICT,
+                "the chosen node was removed meanwhile",
+            )
+        })?;
     let old = service.node_id.zip(service.container_id.clone());
     let start = service.status == "running";
     let mut moved = service;

@@ -83,7 +83,10 @@ pub fn capacity(node: &NodeRecord) -> Resources {
 
 /// The node's GPUs: as reported (with what was free), else as declared.
 fn gpus(node: &NodeRecord) -> Vec<GpuState> {
-    if let Some(reported) = node.observed["gpus"].as_array().filter(|gpus| !gpus.is_empty()) {
+    if let Some(reported) = node.observed["gpus"]
+        .as_array()
+        .filter(|gpus| !gpus.is_empty())
+    {
         return reported
             .iter()
             .enumerate()
@@ -270,7 +273,10 @@ pub fn request_of(allocation: &Allocation) -> Request {
 
 /// The GPUs an allocation holds, as a placement.
 pub fn assignment_of(allocation: &Allocation) -> GpuAssignment {
-    match (allocation.gpu_indices.as_slice(), allocation.gpu_memory_bytes) {
+    match (
+        allocation.gpu_indices.as_slice(),
+        allocation.gpu_memory_bytes,
+    ) {
         ([], _) => GpuAssignment::None,
         ([index], memory) if memory > 0 => GpuAssignment::Slice {
             index: *index,
@@ -339,7 +345,12 @@ mod tests {
             gpu_memory_bytes: 0,
             ..slice.clone()
         };
-        let cluster = cluster(&[gpu_node], &[slice.clone(), whole.clone()], &|_| false, 100);
+        let cluster = cluster(
+            &[gpu_node],
+            &[slice.clone(), whole.clone()],
+            &|_| false,
+            100,
+        );
         let state = cluster.node(1).expect("node");
         assert_eq!(state.containers, 2);
         assert_eq!(state.max_containers, 7);

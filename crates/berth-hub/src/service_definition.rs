@@ -207,7 +207,11 @@ mod tests {
             ),
             (6, 25, "/opt/hami")
         );
-        assert_eq!(spec.gpus, Some(GpuRequest::Devices(vec![1])), "the slice's GPU");
+        assert_eq!(
+            spec.gpus,
+            Some(GpuRequest::Devices(vec![1])),
+            "the slice's GPU"
+        );
         assert_eq!(
             spec.data_volume().as_deref(),
             Some("flood-model-012345-s42-v2-g3-data")

@@ -159,7 +159,10 @@ impl HubState {
             retries.remove(&service_id);
             return;
         }
-        let failures = retries.get(&service_id).map_or(0, |(failures, _)| *failures) + 1;
+        let failures = retries
+            .get(&service_id)
+            .map_or(0, |(failures, _)| *failures)
+            + 1;
         let wait = self
             .settings
             .monitor_interval
@@ -208,5 +211,65 @@ impl HubState {
             .await
             .insert(node.id, (node.updated_at, Arc::clone(&client)));
         Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn state(threshold: u32) -> HubState {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir =
+            std::env::temp_dir().join(format!("berth-state-{}-{threshold}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store = Store::connect(&format!("sqlite://{}", dir.join("berth.db").display()))
+            .await
+            .expect("store");
+        let secrets = SecretBox::load_or_create(None, &dir.join("secret.key")).expect("key");
+        let settings = HubSettings {
+            failure_threshold: threshold,
+            ..HubSettings::default()
+        };
+        HubState::new(store, secrets, settings)
+            .await
+            .expect("state")
+    }
+
+    #[tokio::test]
+    async fn a_node_is_down_after_the_threshold_of_failures_in_a_row_and_up_on_one_pass() {
+        let state = state(3).await;
+        assert_eq!(state.record_check(7, false), None);
+        assert_eq!(state.record_check(7, false), None);
+        assert_eq!(state.record_check(7, true), None, "a pass resets the count");
+        assert_eq!(state.record_check(7, false), None);
+        assert_eq!(state.record_check(7, false), None);
+        assert!(!state.is_down(7));
+        assert_eq!(
+            state.record_check(7, false),
+            Some(false),
+            "third in a row: down"
+        );
+        assert!(state.is_down(7));
+        assert_eq!(state.record_check(7, false), None, "down once");
+        assert_eq!(state.record_check(7, true), Some(true), "back");
+        assert!(!state.is_down(7));
+        assert!(!state.is_down(8), "never checked is not down");
+    }
+
+    #[tokio::test]
+    async fn claims_are_exclusive_and_repairs_back_off() {
+        let state = state(1).await;
+        let claim = state.claim(5).expect("free");
+        assert!(state.claim(5).is_none(), "held");
+        assert!(state.is_busy(5));
+        drop(claim);
+        assert!(state.claim(5).is_some(), "released on drop");
+        assert!(state.may_retry(9));
+        state.repaired(9, false);
+        assert!(!state.may_retry(9), "waits after a failure");
+        state.repaired(9, true);
+        assert!(state.may_retry(9), "a success forgets");
     }
 }

@@ -8,30 +8,9 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
-use support::{Hub, node, start, with_cleanup};
+use support::{Hub, add_local_node, node, start, start_agent, with_cleanup};
 
 const IMAGE: &str = "berth-test/busybox:latest";
-
-async fn add_local_node(hub: &Hub) -> i64 {
-    let docker =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
-    let (status, created) = hub
-        .admin(
-            Method::POST,
-            "/api/nodes",
-            Some(node(
-                "local",
-                json!({"docker_address": docker, "use_tls": false}),
-            )),
-        )
-        .await;
-    assert_eq!(
-        (status, created["docker_status"].as_str()),
-        (201, Some("connected")),
-        "{created}"
-    );
-    created["id"].as_i64().expect("id")
-}
 
 async fn wait_for_logs(hub: &Hub, token: &str, id: i64, needle: &str) -> String {
     for _ in 0..50 {
@@ -431,34 +410,13 @@ async fn quotas_ownership_and_bad_requests_are_refused() {
 #[tokio::test]
 async fn a_service_runs_through_an_agent_node() {
     let hub = start("service-agent").await;
-    let values = std::collections::HashMap::from([
-        ("MMANAGER_API_KEY", "agent-key-456".to_owned()),
-        (
-            "SERVER_ID",
-            format!("hub-service-agent-{}", std::process::id()),
-        ),
-    ]);
-    let config = berth_agent::AgentConfig::load(|key| {
-        values.get(key).cloned().or_else(|| {
-            (key == "DOCKER_HOST")
-                .then(|| std::env::var(key).ok())
-                .flatten()
-        })
-    })
-    .expect("agent config");
-    let agent = berth_agent::AgentState::connect(config)
-        .await
-        .expect("agent");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let agent_url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(berth_agent::server::serve(
-        listener,
-        berth_agent::api::router(agent),
-        None,
-        std::future::pending(),
-    ));
+    let agent = start_agent(
+        &format!("hub-service-agent-{}", std::process::id()),
+        "agent-key-456",
+        "127.0.0.1:0",
+    )
+    .await;
+    let agent_url = agent.url();
     let body = node(
         "remote",
         json!({"driver": "agent", "agent_url": agent_url, "agent_api_key": "agent-key-456"}),

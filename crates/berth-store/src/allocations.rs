@@ -71,11 +71,7 @@ pub async fn record(conn: &mut Conn, allocation: &Allocation) -> Result<Allocati
         .bind(allocation.service_id)
         .execute(&mut *conn)
         .await?;
-    let indices: Vec<String> = allocation
-        .gpu_indices
-        .iter()
-        .map(u32::to_string)
-        .collect();
+    let indices: Vec<String> = allocation.gpu_indices.iter().map(u32::to_string).collect();
     sqlx::query(
         "INSERT INTO containers (node_id, service_id, container_id, name, status, created_at, generation, \
          cpu_millis, memory_bytes, disk_bytes, gpu_indices, gpu_memory_bytes) \
@@ -97,7 +93,12 @@ pub async fn record(conn: &mut Conn, allocation: &Allocation) -> Result<Allocati
     .await?;
     for_service(conn, allocation.service_id)
         .await?
-        .ok_or_else(|| StoreError::NotFound(format!("no allocation of service {}", allocation.service_id)))
+        .ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "no allocation of service {}",
+                allocation.service_id
+            ))
+        })
 }
 
 /// Sets the container of a service's allocation, only if it is still generation `generation`;
@@ -122,7 +123,10 @@ pub async fn set_container(
 }
 
 /// The allocation of a service, if it has one.
-pub async fn for_service(conn: &mut Conn, service_id: i64) -> Result<Option<Allocation>, StoreError> {
+pub async fn for_service(
+    conn: &mut Conn,
+    service_id: i64,
+) -> Result<Option<Allocation>, StoreError> {
     let row = sqlx::query("SELECT * FROM containers WHERE service_id = $1")
         .bind(service_id)
         .fetch_optional(&mut *conn)
@@ -154,7 +158,12 @@ pub async fn count_per_node(conn: &mut Conn) -> Result<HashMap<i64, i64>, StoreE
         .fetch_all(&mut *conn)
         .await?;
     rows.iter()
-        .map(|row| Ok((row.try_get::<i64, _>("node_id")?, row.try_get::<i64, _>("n")?)))
+        .map(|row| {
+            Ok((
+                row.try_get::<i64, _>("node_id")?,
+                row.try_get::<i64, _>("n")?,
+            ))
+        })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(StoreError::from)
 }

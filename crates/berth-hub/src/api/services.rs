@@ -11,14 +11,14 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_core::ByteSize;
+use berth_core::schedule::{Placement, Request};
 use berth_core::spec::Command;
 use berth_http::{Problem, parse_body, parse_query};
-use berth_core::schedule::{Placement, Request};
 use berth_store::nodes::{self, NodeRecord};
 use berth_store::operations::{self, NewOperation};
-use berth_store::{StoreError, allocations, catalog};
 use berth_store::services::{self, Deployment, ServiceRecord};
 use berth_store::users::{self, Role, User};
+use berth_store::{StoreError, allocations, catalog};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -322,7 +322,12 @@ pub async fn create(
         .iter()
         .find(|node| node.id == placement.node_id)
         .cloned()
-        .ok_or_else(|| Problem::new(StatusCode::CONFLICT, "the chosen node was removed meanwhile"))?;
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::CONFLICT,
+                "the chosen node was removed meanwhile",
+            )
+        })?;
 
     let mut record = ServiceRecord {
         id: 0,
@@ -712,7 +717,12 @@ pub async fn rollback(
         .iter()
         .find(|node| node.id == placement.node_id)
         .cloned()
-        .ok_or_else(|| Problem::new(StatusCode::CONFLICT, "the chosen node was removed meanwhile"))?;
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::CONFLICT,
+                "the chosen node was removed meanwhile",
+            )
+        })?;
     if let (Some(container), Some(old_node)) = (&service.container_id, service.node_id)
         && let Some(old) = all.iter().find(|node| node.id == old_node)
     {

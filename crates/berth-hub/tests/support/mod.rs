@@ -24,6 +24,11 @@ pub struct Hub {
 
 /// Starts a hub for `test`.
 pub async fn start(test: &str) -> Hub {
+    start_with(test, HubSettings::default()).await
+}
+
+/// Starts a hub for `test` with `settings`.
+pub async fn start_with(test: &str, settings: HubSettings) -> Hub {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = std::env::temp_dir().join(format!("berth-hub-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -33,7 +38,7 @@ pub async fn start(test: &str) -> Hub {
         .expect("store");
     let secrets = SecretBox::load_or_create(None, &dir.join("secret.key")).expect("key");
     let state = Arc::new(
-        HubState::new(store, secrets, HubSettings::default())
+        HubState::new(store, secrets, settings)
             .await
             .expect("state"),
     );
@@ -107,13 +112,19 @@ pub async fn with_cleanup<F: Future<Output = ()>>(hub: &Hub, body: F) {
     let outcome = std::panic::AssertUnwindSafe(body).catch_unwind().await;
     let (_, listed) = hub.admin(Method::GET, "/api/services?all=true", None).await;
     for service in listed["services"].as_array().cloned().unwrap_or_default() {
-        let _ = hub
+        let (status, problem) = hub
             .admin(
                 Method::DELETE,
                 &format!("/api/services/{}", service["id"]),
                 None,
             )
             .await;
+        if status != 204 {
+            eprintln!(
+                "cleanup could not delete service {}: {problem}",
+                service["id"]
+            );
+        }
     }
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
@@ -127,4 +138,95 @@ pub fn node(name: &str, extra: Value) -> Value {
         body.extend(extra.clone());
     }
     body
+}
+
+/// Registers the local engine as node `local` (Docker driver); its id.
+pub async fn add_local_node(hub: &Hub) -> i64 {
+    let docker =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    let (status, created) = hub
+        .admin(
+            Method::POST,
+            "/api/nodes",
+            Some(node(
+                "local",
+                json!({"docker_address": docker, "use_tls": false}),
+            )),
+        )
+        .await;
+    assert_eq!(
+        (status, created["docker_status"].as_str()),
+        (201, Some("connected")),
+        "{created}"
+    );
+    created["id"].as_i64().expect("id")
+}
+
+/// A `berth agent` served in this process on the local engine.
+pub struct RunningAgent {
+    /// Its address.
+    pub address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningAgent {
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Stops it as a dead agent would: no more answers, idle connections closed.
+    pub async fn kill(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.served.abort();
+        let _ = self.served.await;
+    }
+}
+
+/// Starts an agent with `server_id` and `key` on `address` (port 0 for any).
+pub async fn start_agent(server_id: &str, key: &str, address: &str) -> RunningAgent {
+    let values = std::collections::HashMap::from([
+        ("MMANAGER_API_KEY", key.to_owned()),
+        ("SERVER_ID", server_id.to_owned()),
+    ]);
+    let config = berth_agent::AgentConfig::load(|name| {
+        values.get(name).cloned().or_else(|| {
+            (name == "DOCKER_HOST")
+                .then(|| std::env::var(name).ok())
+                .flatten()
+        })
+    })
+    .expect("agent config");
+    let agent = berth_agent::AgentState::connect(config)
+        .await
+        .expect("agent");
+    let mut listener = None;
+    for _ in 0..50 {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(bound) => {
+                listener = Some(bound);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let listener = listener.expect("bind the agent's address");
+    let address = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(berth_agent::server::serve(
+        listener,
+        berth_agent::api::router(agent),
+        None,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    RunningAgent {
+        address,
+        stop: Some(stop),
+        served,
+    }
 }

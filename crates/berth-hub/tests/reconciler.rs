@@ -1,0 +1,364 @@
+//! The reconciler and failover on the real engine: a node's containers converge to the database
+//! (a stopped one restarted, a missing one created again, orphans and stale generations removed,
+//! an interrupted launch adopted, other hubs' containers left alone) and a second round changes
+//! nothing; a service on an agent that dies moves to the other agent after the failure threshold,
+//! a pinned one is reported instead, and the moved replica's old container is removed when its
+//! agent returns.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use berth_core::ContainerSpec;
+use berth_docker::{DockerDriver, DockerEndpoint, RemoveOptions};
+use berth_hub::monitor;
+use berth_hub::reconciler::{self, RoundReport};
+use berth_hub::state::HubSettings;
+use berth_store::allocations;
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{Hub, add_local_node, node, start, start_agent, start_with, with_cleanup};
+
+const IMAGE: &str = "berth-test/busybox:latest";
+
+async fn engine() -> DockerDriver {
+    let address =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    DockerDriver::connect(&DockerEndpoint {
+        address,
+        tls: None,
+        timeout_secs: 30,
+    })
+    .await
+    .expect("engine")
+}
+
+async fn service_body(name: &str, pinned: bool) -> Value {
+    json!({"name": name, "image": IMAGE, "memory_limit": "16m", "cpu_limit": 0.1, "pinned": pinned,
+        "command": ["sh", "-c", "while true; do sleep 0.2; done"]})
+}
+
+async fn create_and_start(hub: &Hub, user: &str, name: &str, pinned: bool) -> Value {
+    let (status, created) = hub
+        .admin(
+            Method::POST,
+            &format!("/api/{user}/ops/services"),
+            Some(service_body(name, pinned).await),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().expect("id");
+    let (status, started) = hub
+        .admin(Method::POST, &format!("/api/services/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{started}");
+    started
+}
+
+async fn service(hub: &Hub, id: i64) -> Value {
+    let (status, body) = hub
+        .admin(Method::GET, &format!("/api/services/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn actions(hub: &Hub) -> Vec<(String, String)> {
+    let (_, listed) = hub
+        .admin(Method::GET, "/api/admin/operations?size=200", None)
+        .await;
+    listed["operations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|operation| {
+            (
+                operation["action"].as_str().unwrap_or_default().to_owned(),
+                operation["outcome"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn labelled(name: &str, labels: &[(&str, String)]) -> ContainerSpec {
+    let mut spec: ContainerSpec = serde_json::from_value(json!({
+        "name": name, "image": IMAGE, "command": ["sleep", "300"],
+    }))
+    .expect("spec");
+    spec.labels = labels
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), value.clone()))
+        .chain([("berth.test".to_owned(), "1".to_owned())])
+        .collect::<BTreeMap<_, _>>();
+    spec
+}
+
+async fn status_of(engine: &DockerDriver, id: &str) -> Option<String> {
+    engine.inspect(id).await.ok().map(|details| details.status)
+}
+
+#[tokio::test]
+async fn a_node_converges_to_the_database_and_a_second_round_changes_nothing() {
+    let hub = start("reconcile").await;
+    let node_id = add_local_node(&hub).await;
+    let engine = engine().await;
+    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
+    let user = me["name"].as_str().expect("name").to_owned();
+    let hub_id = hub.state.hub_id.clone();
+    let pid = std::process::id();
+    let foreign = labelled(
+        &format!("berth-test-foreign-{pid}"),
+        &[
+            ("berth.hub", "another-hub".to_owned()),
+            ("berth.node", node_id.to_string()),
+            ("berth.service", "1".to_owned()),
+        ],
+    );
+    let foreign_id = engine
+        .create(&foreign, &mut |_| {})
+        .await
+        .expect("foreign")
+        .id;
+    with_cleanup(&hub, async {
+        let started = create_and_start(&hub, &user, "steady", false).await;
+        let id = started["id"].as_i64().expect("id");
+        let first = started["container_id"]
+            .as_str()
+            .expect("container")
+            .to_owned();
+        assert_eq!(
+            reconciler::round(&hub.state).await.expect("round"),
+            RoundReport::default(),
+            "nothing to do when everything is as recorded"
+        );
+
+        engine
+            .stop(&first, 0)
+            .await
+            .expect("stop behind the hub's back");
+        let report = reconciler::round(&hub.state).await.expect("round");
+        assert_eq!(report.repaired, 1, "{report:?}");
+        assert_eq!(status_of(&engine, &first).await.as_deref(), Some("running"));
+
+        engine
+            .remove(
+                &first,
+                RemoveOptions {
+                    force: true,
+                    keep_data: false,
+                },
+            )
+            .await
+            .expect("remove behind the hub's back");
+        let report = reconciler::round(&hub.state).await.expect("round");
+        assert_eq!(report.repaired, 1, "{report:?}");
+        let recreated = service(&hub, id).await;
+        let second = recreated["container_id"]
+            .as_str()
+            .expect("container")
+            .to_owned();
+        assert_ne!(second, first);
+        assert_eq!(
+            status_of(&engine, &second).await.as_deref(),
+            Some("running")
+        );
+
+        let orphan = labelled(
+            &format!("berth-test-orphan-{pid}"),
+            &[
+                ("berth.hub", hub_id.clone()),
+                ("berth.node", node_id.to_string()),
+                ("berth.service", "999999".to_owned()),
+                ("berth.generation", "1".to_owned()),
+            ],
+        );
+        let stale = labelled(
+            &format!("berth-test-stale-{pid}"),
+            &[
+                ("berth.hub", hub_id.clone()),
+                ("berth.node", node_id.to_string()),
+                ("berth.service", id.to_string()),
+                ("berth.generation", "0".to_owned()),
+            ],
+        );
+        let orphan_id = engine
+            .create(&orphan, &mut |_| {})
+            .await
+            .expect("orphan")
+            .id;
+        let stale_id = engine.create(&stale, &mut |_| {}).await.expect("stale").id;
+        let report = reconciler::round(&hub.state).await.expect("round");
+        assert_eq!(report.removed, 2, "{report:?}");
+        assert_eq!(status_of(&engine, &orphan_id).await, None);
+        assert_eq!(status_of(&engine, &stale_id).await, None);
+        assert!(
+            status_of(&engine, &foreign_id).await.is_some(),
+            "another hub's container is left alone"
+        );
+
+        // An interrupted launch: the allocation has no container id yet.
+        {
+            let mut connection = hub.state.store.acquire().await.expect("connection");
+            assert!(
+                allocations::set_container(&mut connection, id, 1, "", "creating")
+                    .await
+                    .expect("update")
+            );
+        }
+        let report = reconciler::round(&hub.state).await.expect("round");
+        assert_eq!(report.repaired, 1, "adopted: {report:?}");
+        let adopted = {
+            let mut connection = hub.state.store.acquire().await.expect("connection");
+            allocations::for_service(&mut connection, id)
+                .await
+                .expect("read")
+                .expect("allocation")
+        };
+        assert_eq!(adopted.container_id, second);
+        assert_eq!(
+            reconciler::round(&hub.state).await.expect("round"),
+            RoundReport::default(),
+            "converged"
+        );
+        let done = actions(&hub).await;
+        for action in [
+            "container.restart",
+            "container.recreate",
+            "container.remove_stale",
+            "container.adopt",
+        ] {
+            assert!(
+                done.contains(&(action.to_owned(), "ok".to_owned())),
+                "{action} in {done:?}"
+            );
+        }
+    })
+    .await;
+    let _ = engine
+        .remove(
+            &foreign_id,
+            RemoveOptions {
+                force: true,
+                keep_data: false,
+            },
+        )
+        .await;
+}
+
+async fn add_agent_node(hub: &Hub, name: &str, url: &str, key: &str) -> i64 {
+    let body = node(
+        name,
+        json!({"driver": "agent", "agent_url": url, "agent_api_key": key}),
+    );
+    let (status, created) = hub.admin(Method::POST, "/api/nodes", Some(body)).await;
+    assert_eq!(
+        (status, created["docker_status"].as_str()),
+        (201, Some("connected")),
+        "{created}"
+    );
+    created["id"].as_i64().expect("id")
+}
+
+#[tokio::test]
+async fn a_dead_agents_service_moves_and_its_stale_replica_goes_when_it_returns() {
+    let settings = HubSettings {
+        failure_threshold: 2,
+        ..HubSettings::default()
+    };
+    let hub = start_with("failover", settings).await;
+    let engine = engine().await;
+    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
+    let user = me["name"].as_str().expect("name").to_owned();
+    let pid = std::process::id();
+    let first = start_agent(&format!("failover-a-{pid}"), "key-a", "127.0.0.1:0").await;
+    let first_address = first.address;
+    let first_node = add_agent_node(&hub, "agent-a", &first.url(), "key-a").await;
+    // Agents that must outlive the services' deletion at cleanup.
+    let agents = std::sync::Mutex::new(Vec::new());
+    with_cleanup(&hub, async {
+        let moving = create_and_start(&hub, &user, "moving", false).await;
+        let pinned = create_and_start(&hub, &user, "pinned", true).await;
+        let moving_id = moving["id"].as_i64().expect("id");
+        let old_container = moving["container_id"]
+            .as_str()
+            .expect("container")
+            .to_owned();
+        assert_eq!(moving["node_id"].as_i64(), Some(first_node));
+        assert_eq!(pinned["node_id"].as_i64(), Some(first_node));
+        let second = start_agent(&format!("failover-b-{pid}"), "key-b", "127.0.0.1:0").await;
+        let second_node = add_agent_node(&hub, "agent-b", &second.url(), "key-b").await;
+        agents.lock().expect("agents").push(second);
+
+        first.kill().await;
+        monitor::check_all(&hub.state).await.expect("check");
+        assert!(
+            !hub.state.is_down(first_node),
+            "one failed check is not a failure"
+        );
+        assert_eq!(reconciler::round(&hub.state).await.expect("round").moved, 0);
+        monitor::check_all(&hub.state).await.expect("check");
+        assert!(hub.state.is_down(first_node), "two failed checks are");
+        let report = reconciler::round(&hub.state).await.expect("round");
+        assert_eq!(report.moved, 1, "{report:?}");
+
+        let moved = service(&hub, moving_id).await;
+        assert_eq!(moved["node_id"].as_i64(), Some(second_node));
+        assert_eq!(moved["generation"].as_i64(), Some(2));
+        assert_eq!(moved["status"].as_str(), Some("running"));
+        let new_container = moved["container_id"]
+            .as_str()
+            .expect("container")
+            .to_owned();
+        assert_eq!(
+            status_of(&engine, &new_container).await.as_deref(),
+            Some("running")
+        );
+        assert_eq!(
+            status_of(&engine, &old_container).await.as_deref(),
+            Some("running"),
+            "the old replica still runs while its node is away"
+        );
+        let kept = service(&hub, pinned["id"].as_i64().expect("id")).await;
+        assert_eq!(kept["node_id"].as_i64(), Some(first_node), "pinned stays");
+
+        let back = start_agent(
+            &format!("failover-a-{pid}"),
+            "key-a",
+            &first_address.to_string(),
+        )
+        .await;
+        agents.lock().expect("agents").push(back);
+        monitor::check_all(&hub.state).await.expect("check");
+        assert!(!hub.state.is_down(first_node));
+        let report = reconciler::round(&hub.state).await.expect("round");
+        assert_eq!(report.removed, 1, "{report:?}");
+        assert_eq!(
+            status_of(&engine, &old_container).await,
+            None,
+            "stale replica removed"
+        );
+        assert_eq!(
+            status_of(&engine, &new_container).await.as_deref(),
+            Some("running")
+        );
+        let done = actions(&hub).await;
+        for expected in [
+            ("node.down", "ok"),
+            ("service.failover", "ok"),
+            ("service.failover", "pinned"),
+            ("node.up", "ok"),
+            ("container.remove_stale", "ok"),
+        ] {
+            assert!(
+                done.contains(&(expected.0.to_owned(), expected.1.to_owned())),
+                "{expected:?} in {done:?}"
+            );
+        }
+    })
+    .await;
+    let agents = std::mem::take(&mut *agents.lock().expect("agents"));
+    for agent in agents {
+        agent.kill().await;
+    }
+}
