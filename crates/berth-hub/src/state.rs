@@ -118,7 +118,8 @@ impl HubState {
     /// Claims `service_id` for one change, or `None` while someone else changes it.
     pub fn claim(&self, service_id: i64) -> Option<ServiceClaim<'_>> {
         let mut busy = self.busy.lock().ok()?;
-        busy.insert(service_id).then_some(ServiceClaim {
+        // Lazily: a claim made and dropped here would release the holder's claim.
+        busy.insert(service_id).then(|| ServiceClaim {
             state: self,
             service_id,
         })
