@@ -362,3 +362,136 @@ async fn a_dead_agents_service_moves_and_its_stale_replica_goes_when_it_returns(
         agent.kill().await;
     }
 }
+
+#[tokio::test]
+async fn migrate_moves_a_container_and_drain_empties_a_node() {
+    let hub = start("migrate").await;
+    let engine = engine().await;
+    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
+    let user = me["name"].as_str().expect("name").to_owned();
+    let pid = std::process::id();
+    let first = start_agent(&format!("migrate-a-{pid}"), "key-a", "127.0.0.1:0").await;
+    let second = start_agent(&format!("migrate-b-{pid}"), "key-b", "127.0.0.1:0").await;
+    let first_node = add_agent_node(&hub, "agent-a", &first.url(), "key-a").await;
+    let second_node = add_agent_node(&hub, "agent-b", &second.url(), "key-b").await;
+    with_cleanup(&hub, async {
+        let started = create_and_start(&hub, &user, "mover", false).await;
+        let id = started["id"].as_i64().expect("id");
+        let old_container = started["container_id"]
+            .as_str()
+            .expect("container")
+            .to_owned();
+        let on = started["node_id"].as_i64().expect("node");
+        let other = if on == first_node {
+            second_node
+        } else {
+            first_node
+        };
+        let (_, placed) = hub.admin(Method::GET, "/api/admin/containers", None).await;
+        let row = placed["containers"][0]["id"].as_i64().expect("row");
+
+        for (body, status, field) in [
+            (json!({"node_id": 99999}), 422, Some("node_id")),
+            (json!({"node_id": on}), 422, Some("node_id")),
+            (json!({"nodes": 1}), 422, None),
+        ] {
+            let (got, problem) = hub
+                .admin(
+                    Method::POST,
+                    &format!("/api/admin/containers/{row}/migrate"),
+                    Some(body.clone()),
+                )
+                .await;
+            assert_eq!(got, status, "{body}: {problem}");
+            if field.is_some() {
+                assert_eq!(problem["field"].as_str(), field, "{problem}");
+            }
+        }
+        let (status, _) = hub
+            .admin(Method::POST, "/api/admin/containers/99999/migrate", None)
+            .await;
+        assert_eq!(status, 404);
+        assert_eq!(
+            service(&hub, id).await["generation"],
+            1,
+            "refusals change nothing"
+        );
+
+        let (status, migrated) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/admin/containers/{row}/migrate"),
+                Some(json!({"node_id": other})),
+            )
+            .await;
+        assert_eq!(status, 200, "{migrated}");
+        assert_eq!(migrated["node_id"].as_i64(), Some(other));
+        assert_eq!(migrated["generation"], 2);
+        let moved_container = migrated["container_id"]
+            .as_str()
+            .expect("container")
+            .to_owned();
+        assert_eq!(
+            status_of(&engine, &moved_container).await.as_deref(),
+            Some("running")
+        );
+        assert_eq!(
+            status_of(&engine, &old_container).await,
+            None,
+            "old one removed"
+        );
+
+        let (status, drained) = hub
+            .admin(Method::POST, &format!("/api/nodes/{other}/drain"), None)
+            .await;
+        assert_eq!(status, 200, "{drained}");
+        assert_eq!(drained["listed"], false);
+        assert_eq!(
+            drained["moved"][0]["node_id"].as_i64(),
+            Some(on),
+            "{drained}"
+        );
+        assert_eq!(status_of(&engine, &moved_container).await, None);
+        let back = service(&hub, id).await;
+        assert_eq!(
+            (
+                back["node_id"].as_i64(),
+                back["generation"].as_i64(),
+                back["status"].as_str()
+            ),
+            (Some(on), Some(3), Some("running"))
+        );
+
+        let (_, usage) = hub
+            .admin(Method::GET, "/api/admin/resources/usage", None)
+            .await;
+        let nodes = usage["nodes"].as_array().expect("nodes");
+        let of = |node: i64| {
+            nodes
+                .iter()
+                .find(|entry| entry["node_id"].as_i64() == Some(node))
+                .cloned()
+                .expect("node in usage")
+        };
+        assert_eq!(of(on)["allocated"]["cpu_millis"], 100);
+        assert_eq!(of(on)["containers"], 1);
+        assert_eq!(of(other)["containers"], 0);
+        assert_eq!(of(other)["listed"], false);
+        let done = actions(&hub).await;
+        for action in [
+            "container.migrate",
+            "node.drain",
+            "service.drain",
+            "container.remove_stale",
+        ] {
+            assert!(
+                done.iter()
+                    .any(|(name, outcome)| name == action && outcome == "ok"),
+                "{action} in {done:?}"
+            );
+        }
+    })
+    .await;
+    first.kill().await;
+    second.kill().await;
+}

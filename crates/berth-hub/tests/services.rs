@@ -121,11 +121,18 @@ async fn a_service_lives_and_every_step_is_logged() {
             .admin(Method::GET, "/api/admin/resources/usage", None)
             .await;
         assert_eq!(usage["nodes"][0]["allocated"]["cpu_millis"], 500);
-        assert_eq!(usage["nodes"][0]["running"], 1);
-        let (status, _) = hub
+        assert_eq!(usage["nodes"][0]["containers"], 1);
+        let (status, refused) = hub
             .admin(Method::POST, "/api/admin/containers/1/migrate", None)
             .await;
-        assert_eq!(status, 501);
+        assert_eq!(
+            (status, refused["detail"].as_str()),
+            (
+                503,
+                Some("no node can run it: 1 node: the node it moves away from")
+            ),
+            "one node: nowhere to move"
+        );
         let (_, _, metrics) = hub
             .call(Some(&hub.admin), Method::GET, "/metrics", None)
             .await;
@@ -239,6 +246,7 @@ async fn a_service_lives_and_every_step_is_logged() {
                 "service.create",
                 "container.create",
                 "service.start",
+                "container.migrate",
                 "service.stop",
                 "service.rollback",
                 "service.delete"
@@ -250,7 +258,8 @@ async fn a_service_lives_and_every_step_is_logged() {
                 .as_array()
                 .expect("ops")
                 .iter()
-                .all(|op| op["user_id"] == alice_id)
+                .all(|op| op["user_id"] == alice_id || op["action"] == "container.migrate"),
+            "every step is alice's but the admin's migrate: {log}"
         );
     })
     .await;

@@ -5,11 +5,9 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
 use berth_http::{Problem, parse_query};
-use berth_store::operations::NewOperation;
 use berth_store::operations::{self, OperationFilter};
-use berth_store::{allocations, nodes, services};
+use berth_store::{allocations, nodes};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -178,77 +176,4 @@ pub async fn containers(State(state): Shared, user: CurrentUser) -> Result<Json<
         })
         .collect();
     Ok(Json(json!({"containers": items, "total": items.len()})))
-}
-
-/// `POST /api/admin/containers/{id}/migrate`: moving a running service to another node comes with
-/// the scheduler; until then the answer is 501 and nothing changes (the request is logged).
-pub async fn migrate(
-    State(state): Shared,
-    user: CurrentUser,
-    Path(id): Path<i64>,
-) -> Result<Json<Value>, Problem> {
-    user.require_admin()?;
-    let transaction = state.store.begin().await?;
-    operations::commit_with(
-        transaction,
-        &NewOperation {
-            user_id: Some(user.0.id),
-            action: "container.migrate".to_owned(),
-            target_kind: "container".to_owned(),
-            target_id: id.to_string(),
-            node_id: None,
-            service_id: None,
-            outcome: "not_implemented".to_owned(),
-            detail: json!({}),
-        },
-    )
-    .await?;
-    Err(Problem::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "migration comes with the scheduler; stop the service and create it again to move it",
-    ))
-}
-
-/// `GET /api/admin/resources/usage`: per node, what services were given against what it has.
-pub async fn resources_usage(
-    State(state): Shared,
-    user: CurrentUser,
-) -> Result<Json<Value>, Problem> {
-    user.require_admin()?;
-    let mut connection = state.store.acquire().await?;
-    let all_nodes = nodes::list(&mut connection).await?;
-    let all_services = services::list(&mut connection, None).await?;
-    let per_node: Vec<Value> = all_nodes
-        .iter()
-        .map(|node| {
-            let here: Vec<_> = all_services.iter().filter(|service| service.node_id == Some(node.id)).collect();
-            let cpu_millis: i64 = here.iter().map(|service| service.cpu_millis).sum();
-            let memory_bytes: i64 = here.iter().map(|service| service.memory_bytes).sum();
-            let gpus: i64 = here.iter().map(|service| service.gpu_count).sum();
-            let running = here.iter().filter(|service| service.status == "running").count();
-            json!({
-                "node_id": node.id,
-                "name": node.name,
-                "status": node.docker_status,
-                "services": here.len(),
-                "running": running,
-                "allocated": {"cpu_millis": cpu_millis, "memory_bytes": memory_bytes, "gpus": gpus},
-                "capacity": {
-                    "cpu_cores": node.observed["cpu_cores"],
-                    "memory_bytes": node.observed["memory_bytes"],
-                    "gpus": node.gpu_count.max(node.observed["gpus"].as_array().map_or(0, |gpus| gpus.len() as i64)),
-                },
-            })
-        })
-        .collect();
-    let total_cpu: i64 = all_services.iter().map(|service| service.cpu_millis).sum();
-    let total_memory: i64 = all_services
-        .iter()
-        .map(|service| service.memory_bytes)
-        .sum();
-    Ok(Json(json!({
-        "nodes": per_node,
-        "services": all_services.len(),
-        "allocated": {"cpu_millis": total_cpu, "memory_bytes": total_memory},
-    })))
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod catalog;
 mod nodes;
+mod placement;
 mod services;
 mod system;
 mod users;
@@ -40,6 +41,7 @@ pub fn router(state: Arc<HubState>) -> Router {
             get(nodes::get_one).put(nodes::update).delete(nodes::delete),
         )
         .route("/api/nodes/{id}/test", post(nodes::test))
+        .route("/api/nodes/{id}/drain", post(placement::drain))
         .route(
             "/api/images",
             get(catalog::list_images).post(catalog::create_image),
@@ -78,8 +80,14 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/admin/controllers/{id}/disable", post(admin::disable))
         .route("/api/admin/operations", get(admin::operations))
         .route("/api/admin/containers", get(admin::containers))
-        .route("/api/admin/containers/{id}/migrate", post(admin::migrate))
-        .route("/api/admin/resources/usage", get(admin::resources_usage))
+        .route(
+            "/api/admin/containers/{id}/migrate",
+            post(placement::migrate),
+        )
+        .route(
+            "/api/admin/resources/usage",
+            get(placement::resources_usage),
+        )
         .fallback(berth_http::no_route)
         .method_not_allowed_fallback(berth_http::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
