@@ -153,6 +153,16 @@ fn berth_up_starts_serves_stops_and_resumes() {
         table.starts_with("ID  NAME") && table.contains("local  docker"),
         "{table}"
     );
+    for column in [
+        "HEALTH",
+        "CONTAINERS",
+        "CPU",
+        "MEMORY",
+        "GPUS allocated/total",
+    ] {
+        assert!(table.contains(column), "{column} in {table}");
+    }
+    assert!(table.contains("  up  "), "the local node is up: {table}");
     let created = cli(
         &token,
         &[
@@ -221,6 +231,15 @@ fn berth_up_starts_serves_stops_and_resumes() {
     let page = fetch_text(&url);
     assert_eq!(page.trim(), "ok", "the service answers at {url}");
     assert!(step(&["service", "stats", &id]).contains("memory"));
+    let nowhere = cli(&token, &["service", "migrate", &id]);
+    assert_eq!(nowhere.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&nowhere.stderr).contains("the node it moves away from"),
+        "{}",
+        String::from_utf8_lossy(&nowhere.stderr)
+    );
+    let usage = step(&["node", "usage"]);
+    assert!(usage.contains("1/100"), "one container on local: {usage}");
     step(&["service", "stop", &id, "--timeout", "5"]);
     let rolled: Value = serde_json::from_str(&step(&[
         "service",
@@ -249,6 +268,7 @@ fn berth_up_starts_serves_stops_and_resumes() {
             "service.create",
             "container.create",
             "service.start",
+            "container.migrate",
             "service.stop",
             "service.rollback",
             "service.delete"

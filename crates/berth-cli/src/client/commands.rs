@@ -87,6 +87,14 @@ pub enum NodeCommand {
         /// Node id.
         id: i64,
     },
+    /// Per node and per GPU: what allocations take, what the node has and what it last
+    /// observed free (admin).
+    Usage,
+    /// Unlist a node and move every unpinned service off it (admin).
+    Drain {
+        /// Node id.
+        id: i64,
+    },
 }
 
 /// Fields of `berth node create`.
@@ -242,6 +250,14 @@ pub enum ServiceCommand {
         #[arg(long)]
         version: i64,
     },
+    /// Move the service's container to another node (admin); its data volume stays behind.
+    Migrate {
+        /// Service id.
+        id: i64,
+        /// The node to move to; the scheduler chooses when not given.
+        #[arg(long)]
+        to: Option<i64>,
+    },
     /// Remove the service and its container.
     Delete {
         /// Service id.
@@ -383,6 +399,19 @@ const NODE_COLUMNS: [(&str, &str); 7] = [
     ("STATUS", "docker_status"),
     ("MESSAGE", "status_message"),
 ];
+const NODE_USAGE_COLUMNS: [(&str, &str); 11] = [
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("DRIVER", "driver"),
+    ("TYPE", "server_type"),
+    ("ENABLED", "enabled"),
+    ("STATUS", "docker_status"),
+    ("HEALTH", "health"),
+    ("CONTAINERS", "containers"),
+    ("CPU", "cpu"),
+    ("MEMORY", "memory"),
+    ("GPUS allocated/total", "gpus"),
+];
 const SERVICE_COLUMNS: [(&str, &str); 6] = [
     ("ID", "id"),
     ("NAME", "name"),
@@ -513,9 +542,101 @@ async fn execute(client: &HubClient, output: Output, resource: Resource) -> Resu
     }
 }
 
+/// `used/total` with binary units; `-` for an unknown total.
+fn share(used: &Value, total: &Value, scale: f64, unit: &str) -> String {
+    let used = used.as_f64().unwrap_or(0.0) / scale;
+    match total.as_f64() {
+        Some(total) => format!("{used:.1}/{:.1}{unit}", total / scale),
+        None => format!("{used:.1}/-{unit}"),
+    }
+}
+
+/// Each GPU as `index:allocated/total G (observed free G)`.
+fn gpu_summary(gpus: &Value) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    let described: Vec<String> = gpus
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|gpu| {
+            let observed = gpu["observed_free_bytes"]
+                .as_f64()
+                .map(|free| format!(" seen free {:.0}G", free / GIB))
+                .unwrap_or_default();
+            format!(
+                "{}:{}{observed}",
+                gpu["index"],
+                share(&gpu["allocated_bytes"], &gpu["memory_bytes"], GIB, "G"),
+            )
+        })
+        .collect();
+    if described.is_empty() {
+        "-".to_owned()
+    } else {
+        described.join(" ")
+    }
+}
+
+/// Adds the resource view's figures to each node row (for admins; others see the plain list).
+async fn with_usage(client: &HubClient, mut nodes: Value) -> Value {
+    let Ok(usage) = client
+        .call(Method::GET, "/api/admin/resources/usage", None)
+        .await
+    else {
+        return nodes;
+    };
+    let by_id: std::collections::HashMap<i64, Value> = usage["nodes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|entry| Some((entry["node_id"].as_i64()?, entry.clone())))
+        .collect();
+    for row in nodes
+        .as_array_mut()
+        .map(Vec::as_mut_slice)
+        .unwrap_or_default()
+    {
+        let Some(entry) = row["id"].as_i64().and_then(|id| by_id.get(&id)) else {
+            continue;
+        };
+        row["containers"] = json!(format!(
+            "{}/{}",
+            entry["containers"], entry["max_containers"]
+        ));
+        row["cpu"] = json!(share(
+            &entry["allocated"]["cpu_millis"],
+            &entry["capacity"]["cpu_millis"],
+            1000.0,
+            ""
+        ));
+        row["memory"] = json!(share(
+            &entry["allocated"]["memory_bytes"],
+            &entry["capacity"]["memory_bytes"],
+            (1u64 << 30) as f64,
+            "G"
+        ));
+        row["gpus"] = json!(gpu_summary(&entry["gpus"]));
+        row["health"] = json!(if entry["down"] == true { "down" } else { "up" });
+    }
+    nodes
+}
+
 async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Result<(), String> {
     let value = match command {
-        NodeCommand::List => client.call(Method::GET, "/api/nodes", None).await?,
+        NodeCommand::List | NodeCommand::Usage => {
+            let nodes = client.call(Method::GET, "/api/nodes", None).await?;
+            let nodes = with_usage(client, nodes).await;
+            let rows = nodes.as_array().cloned();
+            print(output, &nodes, rows.as_deref(), &NODE_USAGE_COLUMNS);
+            return Ok(());
+        }
+        NodeCommand::Drain { id } => {
+            client
+                .call(Method::POST, &format!("/api/nodes/{id}/drain"), None)
+                .await?
+        }
         NodeCommand::Show { id } => {
             client
                 .call(Method::GET, &format!("/api/nodes/{id}"), None)
@@ -747,6 +868,27 @@ async fn service(
                     Method::POST,
                     &format!("/api/services/{id}/rollback"),
                     Some(&json!({"version": version})),
+                )
+                .await?
+        }
+        ServiceCommand::Migrate { id, to } => {
+            let placed = client
+                .call(Method::GET, "/api/admin/containers", None)
+                .await?;
+            let row = placed["containers"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .find(|container| container["service_id"].as_i64() == Some(id))
+                .and_then(|container| container["id"].as_i64())
+                .ok_or_else(|| format!("service {id} has no placed container to move"))?;
+            let body = to.map_or_else(|| json!({}), |node| json!({"node_id": node}));
+            client
+                .call(
+                    Method::POST,
+                    &format!("/api/admin/containers/{row}/migrate"),
+                    Some(&body),
                 )
                 .await?
         }
