@@ -1,0 +1,249 @@
+//! `berth hub` and `berth agent` as separate processes on loopback, for tests and benchmarks of
+//! a small cluster on the local engine: start, kill, restart, and call the hub's API.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_docker::{DockerDriver, DockerEndpoint};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// The test image.
+pub const IMAGE: &str = "berth-test/busybox:latest";
+
+/// A child process, killed when dropped.
+pub struct Process(pub Child);
+
+impl Process {
+    /// Kills it at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A fresh directory for `name`.
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("berth-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+/// Waits until `check` gives a value, polling every 50 ms, for at most `limit`.
+pub async fn wait_for<T, F: Future<Output = Option<T>>>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The hub's API as its admin.
+pub struct HubApi {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl HubApi {
+    /// A call; status and JSON body (null when none).
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// Registers an agent node; its id.
+    pub async fn add_agent(&self, name: &str, port: u16, key: &str) -> i64 {
+        let body = json!({"name": name, "public_ip": "127.0.0.1", "private_ip": "127.0.0.1",
+            "driver": "agent", "agent_url": format!("http://127.0.0.1:{port}"), "agent_api_key": key});
+        let (status, created) = self.call(Method::POST, "/api/nodes", Some(body)).await;
+        assert_eq!(
+            (status, created["docker_status"].as_str()),
+            (201, Some("connected")),
+            "{created}"
+        );
+        created["id"].as_i64().expect("id")
+    }
+
+    /// A service as the hub has it.
+    pub async fn service(&self, id: i64) -> Value {
+        self.call(Method::GET, &format!("/api/services/{id}"), None)
+            .await
+            .1
+    }
+
+    /// The operation log's (action, outcome) pairs, oldest first.
+    pub async fn actions(&self) -> Vec<(String, String)> {
+        let (_, listed) = self
+            .call(Method::GET, "/api/admin/operations?size=500", None)
+            .await;
+        let mut pairs: Vec<(String, String)> = listed["operations"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|operation| {
+                (
+                    operation["action"].as_str().unwrap_or_default().to_owned(),
+                    operation["outcome"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        pairs.reverse();
+        pairs
+    }
+}
+
+/// Starts `berth hub` on SQLite in `dir` with `config` (YAML) and waits until it answers.
+pub async fn start_hub(dir: &Path, config: &str) -> (Process, HubApi) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let config_path = dir.join("hub.yaml");
+    std::fs::write(&config_path, config).expect("config");
+    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("hub")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", dir.join("berth.db").display()))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--config")
+        .arg(&config_path)
+        .env("BERTH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("berth hub starts");
+    let process = Process(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let token_file = dir.join("admin-token");
+    let token = wait_for(Duration::from_secs(30), "the hub answers", || {
+        let client = client.clone();
+        let health = format!("{base}/health");
+        let token_file = token_file.clone();
+        async move {
+            let up = client.get(health).send().await.ok()?.status().is_success();
+            up.then(|| std::fs::read_to_string(&token_file).ok())
+                .flatten()
+                .map(|token| token.trim().to_owned())
+        }
+    })
+    .await;
+    (
+        process,
+        HubApi {
+            base,
+            token,
+            client,
+        },
+    )
+}
+
+/// Starts `berth agent` with `server_id` and `key` on `port` and waits until it answers.
+pub async fn start_agent(server_id: &str, key: &str, port: u16) -> Process {
+    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("agent")
+        .env("SERVER_ID", server_id)
+        .env("MMANAGER_API_KEY", key)
+        .env("BERTH_AGENT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("LOG_LEVEL", "WARNING")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("berth agent starts");
+    let process = Process(child);
+    let client = reqwest::Client::new();
+    wait_for(Duration::from_secs(30), "the agent answers", || {
+        let request = client.get(format!("http://127.0.0.1:{port}/health"));
+        async move {
+            request
+                .send()
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        }
+    })
+    .await;
+    process
+}
+
+/// The local engine, for looking behind the hub's back.
+pub async fn engine() -> DockerDriver {
+    let address =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    DockerDriver::connect(&DockerEndpoint {
+        address,
+        tls: None,
+        timeout_secs: 30,
+    })
+    .await
+    .expect("engine")
+}
+
+/// The container's status on the engine, `None` when it is gone.
+pub async fn engine_status(engine: &DockerDriver, id: &str) -> Option<String> {
+    engine.inspect(id).await.ok().map(|details| details.status)
+}
+
+/// Creates and starts a small service for the admin; the started service.
+pub async fn running_service(hub: &HubApi, name: &str) -> Value {
+    let (_, me) = hub.call(Method::GET, "/api/users/me", None).await;
+    let user = me["name"].as_str().expect("name").to_owned();
+    let body = json!({"name": name, "image": IMAGE, "memory_limit": "16m", "cpu_limit": 0.1,
+        "command": ["sh", "-c", "while true; do sleep 0.2; done"]});
+    let (status, created) = hub
+        .call(
+            Method::POST,
+            &format!("/api/{user}/e2e/services"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().expect("id");
+    let (status, started) = hub
+        .call(Method::POST, &format!("/api/services/{id}/start"), None)
+        .await;
+    assert_eq!(status, 200, "{started}");
+    started
+}
