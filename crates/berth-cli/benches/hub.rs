@@ -99,6 +99,7 @@ async fn main() {
             version: 1,
             generation: 1,
             pinned: false,
+            replicas: 1,
             error: String::new(),
             created_at: 0,
             updated_at: 0,

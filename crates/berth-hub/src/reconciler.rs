@@ -2,14 +2,15 @@
 //! and converges. Services on a node the failure detector holds down move elsewhere (unless
 //! pinned); on every answering node, containers of this hub that no allocation claims at their
 //! generation are removed (orphans, and replicas that were moved while their node was away),
-//! a container an interrupted launch made is adopted, a missing one is created again and a
-//! stopped one of a running service is started, with backoff. Every change is an operation row.
+//! a container an interrupted launch made is adopted, a missing one is created again, a stopped
+//! one of a running service is started and a running one of a stopped service is stopped, with
+//! backoff. Every change is an operation row.
 //! Running it again changes nothing more, so a hub killed at any point converges on restart.
 
 use std::collections::HashMap;
 
 use berth_store::StoreError;
-use berth_store::allocations::{self, Allocation};
+use berth_store::allocations::{self, Allocation, ReplicaRef};
 use berth_store::nodes::{self, NodeRecord};
 use berth_store::operations::{self, NewOperation};
 use berth_store::services::{self, ServiceRecord};
@@ -19,7 +20,7 @@ use crate::node_client::ContainerState;
 use crate::replicas::{self, Cause, Destination, LaunchPlan};
 use crate::scheduling;
 use crate::service_definition::{
-    LABEL_GENERATION, LABEL_HUB, LABEL_NODE, LABEL_SERVICE, ServiceDefinition,
+    LABEL_GENERATION, LABEL_HUB, LABEL_NODE, LABEL_REPLICA, LABEL_SERVICE,
 };
 use crate::state::HubState;
 
@@ -65,10 +66,16 @@ pub async fn round(state: &HubState) -> Result<RoundReport, StoreError> {
         let cause = Cause {
             actor: None,
             action: "service.failover",
-            detail: json!({"from_node": allocation.node_id}),
+            detail: json!({"from_node": allocation.node_id, "replica": allocation.replica}),
         };
-        let moved =
-            replicas::move_service(state, (*service).clone(), Destination::Scheduled, cause).await;
+        let moved = replicas::move_replica(
+            state,
+            service.id,
+            allocation.replica,
+            Destination::Scheduled,
+            cause,
+        )
+        .await;
         state.repaired(service.id, moved.is_ok());
         match moved {
             Ok(_) => report.moved += 1,
@@ -98,10 +105,16 @@ fn label_i64(container: &ContainerState, label: &str) -> Option<i64> {
     container.labels.get(label)?.parse().ok()
 }
 
+/// The replica a container says it is (containers from before replicas are replica 0).
+fn replica_of(container: &ContainerState) -> i64 {
+    label_i64(container, LABEL_REPLICA).unwrap_or(0)
+}
+
 /// Whether `container` is what `allocation` wants on `node`.
 fn claimed_by(container: &ContainerState, allocation: Option<&Allocation>, node: i64) -> bool {
     allocation.is_some_and(|allocation| {
         allocation.node_id == node
+            && replica_of(container) == allocation.replica
             && label_i64(container, LABEL_GENERATION) == Some(allocation.generation)
             && (allocation.container_id.is_empty() || allocation.container_id == container.id)
     })
@@ -132,9 +145,9 @@ async fn converge_node(
         .iter()
         .map(|service| (service.id, service))
         .collect();
-    let by_service: HashMap<i64, &Allocation> = placed
+    let by_replica: HashMap<(i64, i64), &Allocation> = placed
         .iter()
-        .map(|allocation| (allocation.service_id, allocation))
+        .map(|allocation| ((allocation.service_id, allocation.replica), allocation))
         .collect();
     let (mut removed, mut repaired) = (0, 0);
     for container in &running {
@@ -142,7 +155,8 @@ async fn converge_node(
         if service_id.is_some_and(|id| state.is_busy(id)) {
             continue;
         }
-        let allocation = service_id.and_then(|id| by_service.get(&id).copied());
+        let allocation =
+            service_id.and_then(|id| by_replica.get(&(id, replica_of(container))).copied());
         if claimed_by(container, allocation, node.id) {
             continue;
         }
@@ -214,19 +228,18 @@ async fn repair(
                 "created"
             };
             let mut transaction = state.store.begin().await?;
-            if allocations::set_container(
-                &mut transaction,
-                service.id,
-                allocation.generation,
-                &container.id,
-                status,
-            )
-            .await?
+            let reference = ReplicaRef {
+                service_id: service.id,
+                replica: allocation.replica,
+                generation: allocation.generation,
+            };
+            if allocations::set_container(&mut transaction, reference, &container.id, status)
+                .await?
+                && allocation.replica == 0
             {
-                let mut adopted = (*service).clone();
+                let mut adopted = services::get(&mut transaction, service.id).await?;
                 adopted.container_id = Some(container.id.clone());
                 adopted.container_name = Some(container.name.clone());
-                adopted.status = status.to_owned();
                 services::update(&mut transaction, &adopted).await?;
             }
             operations::commit_with(
@@ -236,7 +249,7 @@ async fn repair(
                     "container.adopt",
                     service,
                     "ok",
-                    json!({"container_id": container.id, "node": node.name}),
+                    json!({"container_id": container.id, "replica": allocation.replica, "node": node.name}),
                 ),
             )
             .await?;
@@ -257,15 +270,29 @@ async fn repair(
             .await?;
             Ok(true)
         }
+        Some(container) if service.status == "stopped" && container.status == "running" => {
+            state
+                .node_client(node)
+                .await?
+                .stop(&container.id, 10)
+                .await?;
+            record(
+                state,
+                replicas::service_operation(
+                    None,
+                    "container.stop",
+                    service,
+                    "ok",
+                    json!({"container_id": container.id, "replica": allocation.replica,
+                        "why": "the service is stopped"}),
+                ),
+            )
+            .await?;
+            Ok(true)
+        }
         Some(_) => Ok(false),
         None => {
-            let definition: ServiceDefinition = serde_json::from_value(service.definition.clone())
-                .map_err(|err| {
-                    berth_http::Problem::new(
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("service {} has an unreadable definition: {err}", service.id),
-                    )
-                })?;
+            let definition = replicas::definition_of(service)?;
             let owner = {
                 let mut connection = state.store.acquire().await?;
                 berth_store::users::get_user(&mut connection, service.owner_id)
@@ -276,12 +303,12 @@ async fn repair(
                 node_id: node.id,
                 gpus: scheduling::assignment_of(allocation),
             };
-            let mut current = (*service).clone();
-            current.generation = allocation.generation;
             replicas::launch(
                 state,
                 LaunchPlan {
-                    service: current,
+                    service,
+                    replica: allocation.replica,
+                    generation: allocation.generation,
                     definition: &definition,
                     owner: &owner,
                     node,
@@ -289,7 +316,7 @@ async fn repair(
                     request: &scheduling::request_of(allocation),
                     start: wants_running,
                 },
-                Cause {
+                &Cause {
                     actor: None,
                     action: "container.recreate",
                     detail: json!({"missing": allocation.container_id}),

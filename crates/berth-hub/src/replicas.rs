@@ -1,30 +1,56 @@
-//! A service's container on a node. Launching goes in three steps, each safe to interrupt:
-//! record the intent (the allocation at its generation, the service pointing at the node), create
-//! the container under a name fixed by hub, service, version and generation (an earlier,
-//! interrupted attempt's container is adopted), then record the container id — only if the
-//! service is still at that generation, so a replica that was moved meanwhile never comes back.
+//! A service's replicas on nodes. Launching one goes in three steps, each safe to interrupt:
+//! record the intent (the replica's allocation at its generation; for replica 0 also the
+//! service's node), create the container under a name fixed by hub, service, replica, version
+//! and generation (an earlier, interrupted attempt's container is adopted), then record the
+//! container id — only if the replica is still at that generation, so a replica that was moved
+//! meanwhile never comes back. Launches of many replicas run in parallel, bounded so that the
+//! engine is not overrun. Moving a replica launches it elsewhere at the next generation and then
+//! retires the old container.
+
+use std::future::Future;
 
 use axum::http::StatusCode;
 use berth_core::ContainerSpec;
 use berth_core::schedule::{Placement, Request};
 use berth_http::Problem;
+use berth_store::StoreError;
+use berth_store::allocations::{self, Allocation, ReplicaRef};
 use berth_store::nodes::NodeRecord;
 use berth_store::operations::{self, NewOperation};
 use berth_store::services::{self, ServiceRecord};
-use berth_store::{StoreError, allocations};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::node_client::NodeClient;
 use crate::scheduling;
 use crate::service_definition::{
-    LABEL_GENERATION, LABEL_HUB, LABEL_SERVICE, ServiceDefinition, Target,
+    LABEL_GENERATION, LABEL_HUB, LABEL_REPLICA, LABEL_SERVICE, ServiceDefinition, Target,
 };
 use crate::state::HubState;
 
+/// Launches, starts, stops or removals at once per request, across all nodes.
+pub const PARALLEL_CONTAINER_CALLS: usize = 8;
+
+/// Runs `work` on every item, at most [`PARALLEL_CONTAINER_CALLS`] at a time; results in order.
+pub async fn bounded<T, R, F: Future<Output = R>>(
+    items: impl IntoIterator<Item = T>,
+    work: impl FnMut(T) -> F,
+) -> Vec<R> {
+    futures_util::stream::iter(items)
+        .map(work)
+        .buffered(PARALLEL_CONTAINER_CALLS)
+        .collect()
+        .await
+}
+
 /// What to launch where.
 pub struct LaunchPlan<'a> {
-    /// The service, its `generation` already the one to launch.
-    pub service: ServiceRecord,
+    /// The service.
+    pub service: &'a ServiceRecord,
+    /// Which replica, at which generation.
+    pub replica: i64,
+    /// The generation to launch it at.
+    pub generation: i64,
     /// What it runs.
     pub definition: &'a ServiceDefinition,
     /// Its owner's name (a label).
@@ -49,10 +75,17 @@ pub struct Cause<'a> {
     pub detail: Value,
 }
 
-/// A launched container.
+/// A launched replica.
+#[derive(Debug, Clone)]
 pub struct Launched {
-    /// The service as stored afterwards.
-    pub service: ServiceRecord,
+    /// The replica.
+    pub replica: i64,
+    /// Its node.
+    pub node_id: i64,
+    /// Its generation.
+    pub generation: i64,
+    /// Its container.
+    pub container_id: String,
     /// The engine's warnings.
     pub warnings: Vec<String>,
 }
@@ -77,14 +110,26 @@ pub fn service_operation(
     }
 }
 
+/// The definition a service stores.
+pub fn definition_of(service: &ServiceRecord) -> Result<ServiceDefinition, Problem> {
+    serde_json::from_value(service.definition.clone()).map_err(|err| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("service {} has an unreadable definition: {err}", service.id),
+        )
+    })
+}
+
 /// Launches `plan`; records `cause` as an operation with the outcome.
 pub async fn launch(
     state: &HubState,
     plan: LaunchPlan<'_>,
-    cause: Cause<'_>,
+    cause: &Cause<'_>,
 ) -> Result<Launched, Problem> {
     let LaunchPlan {
-        mut service,
+        service,
+        replica,
+        generation,
         definition,
         owner,
         node,
@@ -99,25 +144,29 @@ pub async fn launch(
         owner,
         &Target {
             node,
-            generation: service.generation,
+            replica,
+            generation,
             hub_id: &state.hub_id,
             gpus: &placement.gpus,
         },
     )?;
-    service.node_id = Some(node.id);
-    service.container_id = None;
-    service.container_name = Some(spec.name.clone());
+    let reference = ReplicaRef {
+        service_id: service.id,
+        replica,
+        generation,
+    };
     {
         let mut transaction = state.store.begin().await?;
-        service = services::update(&mut transaction, &service).await?;
-        let allocation = scheduling::allocation_for(
-            service.id,
-            service.generation,
-            request,
-            placement,
-            &spec.name,
-        );
+        let allocation = scheduling::allocation_for(reference, request, placement, &spec.name);
         allocations::record(&mut transaction, &allocation).await?;
+        if replica == 0 {
+            let mut primary = services::get(&mut transaction, service.id).await?;
+            primary.node_id = Some(node.id);
+            primary.container_id = None;
+            primary.container_name = Some(spec.name.clone());
+            primary.generation = generation;
+            services::update(&mut transaction, &primary).await?;
+        }
         transaction.commit().await.map_err(StoreError::from)?;
     }
     let outcome = create_and_start(state, node, &spec, start).await;
@@ -125,55 +174,60 @@ pub async fn launch(
     let (id, warnings) = match outcome {
         Ok(created) => created,
         Err(problem) => {
-            let detail =
-                json!({"node": node.name, "error": problem.detail(), "cause": cause.detail});
+            let detail = json!({"node": node.name, "replica": replica, "error": problem.detail(), "cause": cause.detail});
             operations::commit_with(
                 transaction,
-                &service_operation(cause.actor, cause.action, &service, "failed", detail),
+                &NewOperation {
+                    node_id: Some(node.id),
+                    ..service_operation(cause.actor, cause.action, service, "failed", detail)
+                },
             )
             .await?;
             return Err(problem);
         }
     };
     let status = if start { "running" } else { "created" };
-    if !allocations::set_container(
-        &mut transaction,
-        service.id,
-        service.generation,
-        &id,
-        status,
-    )
-    .await?
-    {
+    if !allocations::set_container(&mut transaction, reference, &id, status).await? {
         drop(transaction);
         if let Ok(client) = state.node_client(node).await {
             let _ = client.remove(&id).await;
         }
         return Err(Problem::new(
             StatusCode::CONFLICT,
-            format!("service {} was placed elsewhere meanwhile", service.id),
+            format!(
+                "replica {replica} of service {} was placed elsewhere meanwhile",
+                service.id
+            ),
         ));
     }
-    service.container_id = Some(id.clone());
-    service.status = status.to_owned();
-    service.error.clear();
-    let saved = services::update(&mut transaction, &service).await?;
+    if replica == 0 {
+        let mut primary = services::get(&mut transaction, service.id).await?;
+        primary.container_id = Some(id.clone());
+        services::update(&mut transaction, &primary).await?;
+    }
     let detail = json!({
         "node": node.name,
+        "replica": replica,
         "container_id": id,
         "name": spec.name,
-        "generation": service.generation,
+        "generation": generation,
         "gpus": placement.gpus,
         "warnings": warnings,
         "cause": cause.detail,
     });
     operations::commit_with(
         transaction,
-        &service_operation(cause.actor, cause.action, &saved, "ok", detail),
+        &NewOperation {
+            node_id: Some(node.id),
+            ..service_operation(cause.actor, cause.action, service, "ok", detail)
+        },
     )
     .await?;
     Ok(Launched {
-        service: saved,
+        replica,
+        node_id: node.id,
+        generation,
+        container_id: id,
         warnings,
     })
 }
@@ -199,11 +253,11 @@ async fn create_and_start(
     Ok((id, warnings))
 }
 
-/// The container named like `spec`, if it is this hub's container of the same service and
+/// The container named like `spec`, if it is this hub's container of the same replica and
 /// generation (its labels carry the hub's identity); a conflict otherwise.
 async fn adopt(client: &NodeClient, spec: &ContainerSpec) -> Result<String, Problem> {
     let existing = client.state(&spec.name).await?;
-    let same = [LABEL_HUB, LABEL_SERVICE, LABEL_GENERATION]
+    let same = [LABEL_HUB, LABEL_SERVICE, LABEL_REPLICA, LABEL_GENERATION]
         .iter()
         .all(|label| existing.labels.get(*label) == spec.labels.get(*label));
     if !same {
@@ -218,7 +272,7 @@ async fn adopt(client: &NodeClient, spec: &ContainerSpec) -> Result<String, Prob
     Ok(existing.id)
 }
 
-/// Stops and removes a container that is no longer any service's; a missing one is fine.
+/// Stops and removes a container that is no longer any replica's; a missing one is fine.
 pub async fn retire(
     state: &HubState,
     node: &NodeRecord,
@@ -237,51 +291,55 @@ pub enum Destination {
     Node(i64),
 }
 
-/// Moves `service` to another node at the next generation: the replacement is launched (and
-/// started if the service runs), then the old container is retired when its node answers; a
-/// node that does not is cleaned by the reconciler when it returns. The data volume stays
-/// behind on the old node.
-pub async fn move_service(
+/// Moves one replica of a service to another node at the next generation: the replacement is
+/// launched (and started if the service runs), then the old container is retired when its node
+/// answers; a node that does not is cleaned by the reconciler when it returns. The data volume
+/// stays behind on the old node. The caller holds the service's claim.
+pub async fn move_replica(
     state: &HubState,
-    service: ServiceRecord,
+    service_id: i64,
+    replica: i64,
     destination: Destination,
     cause: Cause<'_>,
 ) -> Result<Launched, Problem> {
-    let definition: ServiceDefinition = serde_json::from_value(service.definition.clone())
-        .map_err(|err| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("service {} has an unreadable definition: {err}", service.id),
-            )
-        })?;
-    let owner = {
+    let (service, current, owner) = {
         let mut connection = state.store.acquire().await?;
-        berth_store::users::get_user(&mut connection, service.owner_id)
+        let service = services::get(&mut connection, service_id).await?;
+        let current = allocations::for_replica(&mut connection, service_id, replica)
             .await?
-            .name
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    format!("replica {replica} of service {service_id} is not placed"),
+                )
+            })?;
+        let owner = berth_store::users::get_user(&mut connection, service.owner_id)
+            .await?
+            .name;
+        (service, current, owner)
     };
+    let definition = definition_of(&service)?;
     let (all, mut cluster) = scheduling::snapshot(state).await?;
-    let current = {
-        let mut connection = state.store.acquire().await?;
-        allocations::for_service(&mut connection, service.id).await?
-    };
-    if let Some(current) = &current {
-        let held = Placement {
+    cluster.release(
+        &scheduling::request_of(&current),
+        &Placement {
             node_id: current.node_id,
-            gpus: scheduling::assignment_of(current),
-        };
-        cluster.release(&scheduling::request_of(current), &held);
-    }
+            gpus: scheduling::assignment_of(&current),
+        },
+    );
     let mut request = scheduling::request_for(&definition);
     match destination {
-        Destination::Scheduled => request.avoid.extend(service.node_id),
+        Destination::Scheduled => {
+            request.avoid.insert(current.node_id);
+        }
         Destination::Node(node) => request.only_node = Some(node),
     }
     let placement = match cluster.place(&request, &state.scheduler_options()) {
         Ok(placement) => placement,
         Err(refusal) => {
             let transaction = state.store.begin().await?;
-            let detail = json!({"reason": refusal.to_string(), "cause": cause.detail});
+            let detail =
+                json!({"replica": replica, "reason": refusal.to_string(), "cause": cause.detail});
             operations::commit_with(
                 transaction,
                 &service_operation(cause.actor, cause.action, &service, "refused", detail),
@@ -302,28 +360,26 @@ pub async fn move_service(
                 "the chosen node was removed meanwhile",
             )
         })?;
-    let old = service.node_id.zip(service.container_id.clone());
-    let start = service.status == "running";
-    let mut moved = service;
-    moved.generation += 1;
     let launched = launch(
         state,
         LaunchPlan {
-            service: moved,
+            service: &service,
+            replica,
+            generation: current.generation + 1,
             definition: &definition,
             owner: &owner,
             node,
             placement: &placement,
             request: &request,
-            start,
+            start: service.status == "running",
         },
-        cause,
+        &cause,
     )
     .await?;
-    if let Some((old_node, container)) = old
-        && let Some(old_node) = all.iter().find(|node| node.id == old_node)
+    if !current.container_id.is_empty()
+        && let Some(old_node) = all.iter().find(|node| node.id == current.node_id)
         && !state.is_down(old_node.id)
-        && retire(state, old_node, &container).await.is_ok()
+        && retire(state, old_node, &current.container_id).await.is_ok()
     {
         let transaction = state.store.begin().await?;
         operations::commit_with(
@@ -333,13 +389,22 @@ pub async fn move_service(
                 ..service_operation(
                     None,
                     "container.remove_stale",
-                    &launched.service,
+                    &service,
                     "ok",
-                    json!({"container_id": container, "node": old_node.name}),
+                    json!({"replica": replica, "container_id": current.container_id, "node": old_node.name}),
                 )
             },
         )
         .await?;
     }
     Ok(launched)
+}
+
+/// The allocations of a service, read now.
+pub async fn allocations_of(
+    state: &HubState,
+    service_id: i64,
+) -> Result<Vec<Allocation>, StoreError> {
+    let mut connection = state.store.acquire().await?;
+    allocations::for_service(&mut connection, service_id).await
 }

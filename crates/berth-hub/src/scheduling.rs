@@ -10,7 +10,7 @@ use berth_core::schedule::{
     ServerType,
 };
 use berth_store::StoreError;
-use berth_store::allocations::{self, Allocation};
+use berth_store::allocations::{self, Allocation, ReplicaRef};
 use berth_store::nodes::{self, NodeRecord};
 use serde_json::Value;
 
@@ -218,10 +218,9 @@ pub fn request_for(definition: &ServiceDefinition) -> Request {
     }
 }
 
-/// The allocation row of `placement` for service `service_id`, generation `generation`.
+/// The allocation row of `placement` for `replica`.
 pub fn allocation_for(
-    service_id: i64,
-    generation: i64,
+    replica: ReplicaRef,
     request: &Request,
     placement: &Placement,
     name: &str,
@@ -237,9 +236,10 @@ pub fn allocation_for(
     };
     Allocation {
         id: 0,
-        service_id,
+        service_id: replica.service_id,
+        replica: replica.replica,
         node_id: placement.node_id,
-        generation,
+        generation: replica.generation,
         container_id: String::new(),
         name: name.to_owned(),
         status: "creating".to_owned(),
@@ -326,6 +326,7 @@ mod tests {
         let slice = Allocation {
             id: 1,
             service_id: 1,
+            replica: 0,
             node_id: 1,
             generation: 1,
             container_id: "c".into(),

@@ -45,13 +45,17 @@ pub const LABEL_GENERATION: &str = "berth.generation";
 pub const LABEL_NODE: &str = "berth.node";
 /// The hub that placed it.
 pub const LABEL_HUB: &str = "berth.hub";
+/// Which replica of its service it is.
+pub const LABEL_REPLICA: &str = "berth.replica";
 
 /// Where one container of a service goes.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
     /// The node.
     pub node: &'a NodeRecord,
-    /// The placement generation.
+    /// Which replica.
+    pub replica: i64,
+    /// The replica's placement generation.
     pub generation: i64,
     /// The hub's identity.
     pub hub_id: &'a str,
@@ -98,6 +102,7 @@ impl ServiceDefinition {
             (LABEL_GENERATION.to_owned(), generation.to_string()),
             (LABEL_NODE.to_owned(), node.id.to_string()),
             (LABEL_HUB.to_owned(), target.hub_id.to_owned()),
+            (LABEL_REPLICA.to_owned(), target.replica.to_string()),
             ("berth.owner".to_owned(), owner.to_owned()),
         ]);
         let gpu_share = self.gpu_share_gb.map(|memory_gb| GpuShare {
@@ -118,7 +123,10 @@ impl ServiceDefinition {
         let spec = ContainerSpec {
             name: instance_name(
                 name,
-                &format!("{hub}-s{service_id}-v{version}-g{generation}"),
+                &format!(
+                    "{hub}-s{service_id}-r{}-v{version}-g{generation}",
+                    target.replica
+                ),
             ),
             image: self.image.clone(),
             command: self.command.clone().map(berth_core::spec::Command::Argv),
@@ -170,6 +178,7 @@ mod tests {
         };
         let target = Target {
             node: &node,
+            replica: 1,
             generation: 3,
             hub_id: "0123456789abcdef",
             gpus: &slice,
@@ -177,7 +186,7 @@ mod tests {
         let spec = definition
             .container_spec(42, "Flood Model", 2, "alice", &target)
             .expect("valid");
-        assert_eq!(spec.name, "flood-model-012345-s42-v2-g3");
+        assert_eq!(spec.name, "flood-model-012345-s42-r1-v2-g3");
         assert_eq!(spec.cpu_limit, Some(1.5));
         assert_eq!(
             spec.environment
@@ -195,6 +204,7 @@ mod tests {
             (LABEL_GENERATION, "3"),
             (LABEL_NODE, "3"),
             (LABEL_HUB, "0123456789abcdef"),
+            (LABEL_REPLICA, "1"),
         ] {
             assert_eq!(spec.labels.get(label).map(String::as_str), Some(value));
         }
@@ -214,7 +224,7 @@ mod tests {
         );
         assert_eq!(
             spec.data_volume().as_deref(),
-            Some("flood-model-012345-s42-v2-g3-data")
+            Some("flood-model-012345-s42-r1-v2-g3-data")
         );
     }
 }

@@ -14,7 +14,7 @@ use berth_docker::{DockerDriver, DockerEndpoint, RemoveOptions};
 use berth_hub::monitor;
 use berth_hub::reconciler::{self, RoundReport};
 use berth_hub::state::HubSettings;
-use berth_store::allocations;
+use berth_store::allocations::{self, ReplicaRef};
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::{Hub, add_local_node, node, start, start_agent, start_with, with_cleanup};
@@ -201,16 +201,25 @@ async fn a_node_converges_to_the_database_and_a_second_round_changes_nothing() {
         {
             let mut connection = hub.state.store.acquire().await.expect("connection");
             assert!(
-                allocations::set_container(&mut connection, id, 1, "", "creating")
-                    .await
-                    .expect("update")
+                allocations::set_container(
+                    &mut connection,
+                    ReplicaRef {
+                        service_id: id,
+                        replica: 0,
+                        generation: 1,
+                    },
+                    "",
+                    "creating"
+                )
+                .await
+                .expect("update")
             );
         }
         let report = reconciler::round(&hub.state).await.expect("round");
         assert_eq!(report.repaired, 1, "adopted: {report:?}");
         let adopted = {
             let mut connection = hub.state.store.acquire().await.expect("connection");
-            allocations::for_service(&mut connection, id)
+            allocations::for_replica(&mut connection, id, 0)
                 .await
                 .expect("read")
                 .expect("allocation")
@@ -490,6 +499,123 @@ async fn migrate_moves_a_container_and_drain_empties_a_node() {
                 "{action} in {done:?}"
             );
         }
+    })
+    .await;
+    first.kill().await;
+    second.kill().await;
+}
+
+async fn containers_of(hub: &Hub, engine: &DockerDriver, service: i64) -> Vec<(String, String)> {
+    let label = format!("berth.service={service}");
+    let ours = format!("berth.hub={}", hub.state.hub_id);
+    let mut found: Vec<(String, String)> = engine
+        .list(&[label.as_str(), ours.as_str()], true)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|summary| {
+            (
+                summary
+                    .labels
+                    .get("berth.replica")
+                    .cloned()
+                    .unwrap_or_default(),
+                summary.state,
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn replicas_spread_over_nodes_and_start_stop_and_go_together() {
+    let hub = start("replicas").await;
+    let engine = engine().await;
+    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
+    let user = me["name"].as_str().expect("name").to_owned();
+    let pid = std::process::id();
+    let first = start_agent(&format!("replicas-a-{pid}"), "key-a", "127.0.0.1:0").await;
+    let second = start_agent(&format!("replicas-b-{pid}"), "key-b", "127.0.0.1:0").await;
+    let first_node = add_agent_node(&hub, "agent-a", &first.url(), "key-a").await;
+    let second_node = add_agent_node(&hub, "agent-b", &second.url(), "key-b").await;
+    with_cleanup(&hub, async {
+        for (replicas, field) in [(json!(0), "replicas"), (json!(201), "replicas")] {
+            let mut body = service_body("bad", false).await;
+            body["replicas"] = replicas;
+            let (status, problem) = hub
+                .admin(
+                    Method::POST,
+                    &format!("/api/{user}/ops/services"),
+                    Some(body),
+                )
+                .await;
+            assert_eq!(
+                (status, problem["field"].as_str()),
+                (422, Some(field)),
+                "{problem}"
+            );
+        }
+        let mut body = service_body("fleet", false).await;
+        body["replicas"] = json!(4);
+        let (status, created) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/{user}/ops/services"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        assert_eq!(created["replicas"], 4);
+        let id = created["id"].as_i64().expect("id");
+        let (_, live) = hub
+            .admin(Method::GET, &format!("/api/services/{id}/status"), None)
+            .await;
+        let placed = live["replicas"].as_array().expect("replicas").clone();
+        assert_eq!(placed.len(), 4, "{live}");
+        let on_first = placed
+            .iter()
+            .filter(|replica| replica["node_id"].as_i64() == Some(first_node))
+            .count();
+        let on_second = placed
+            .iter()
+            .filter(|replica| replica["node_id"].as_i64() == Some(second_node))
+            .count();
+        assert_eq!((on_first, on_second), (2, 2), "spread evenly: {live}");
+        let expect = |state: &str| {
+            (0..4)
+                .map(|replica| (replica.to_string(), state.to_owned()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(containers_of(&hub, &engine, id).await, expect("created"));
+
+        let (status, started) = hub
+            .admin(Method::POST, &format!("/api/services/{id}/start"), None)
+            .await;
+        assert_eq!(status, 200, "{started}");
+        assert_eq!(containers_of(&hub, &engine, id).await, expect("running"));
+        let (status, _) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/services/{id}/stop"),
+                Some(json!({"force_stop": true})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(containers_of(&hub, &engine, id).await, expect("exited"));
+        assert_eq!(
+            reconciler::round(&hub.state).await.expect("round"),
+            RoundReport::default(),
+            "stopped replicas of a stopped service are as wanted"
+        );
+        let (status, _) = hub
+            .admin(Method::DELETE, &format!("/api/services/{id}"), None)
+            .await;
+        assert_eq!(status, 204);
+        assert!(
+            containers_of(&hub, &engine, id).await.is_empty(),
+            "all replicas removed"
+        );
     })
     .await;
     first.kill().await;

@@ -174,7 +174,8 @@ async fn a_service_lives_and_every_step_is_logged() {
         assert_eq!(status, 200, "{rolled}");
         assert_eq!(
             (rolled["version"].as_i64(), rolled["status"].as_str()),
-            (Some(2), Some("created"))
+            (Some(2), Some("stopped")),
+            "a stopped service stays stopped at its new version"
         );
         assert_ne!(
             rolled["container_id"].as_str(),

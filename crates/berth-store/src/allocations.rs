@@ -1,4 +1,4 @@
-//! Allocations: where each service's container runs and what it takes there — CPU, memory, disk,
+//! Allocations: where each replica of a service runs and what it takes there — CPU, memory, disk,
 //! whole GPUs or a slice of one GPU's memory — with the placement generation that fences a moved
 //! replica (a container whose generation is not its service's current one is stale and is never
 //! served or kept). Also the hub's identity, the label that tells this hub's containers apart on
@@ -12,13 +12,15 @@ use sqlx::any::AnyRow;
 
 use crate::{Conn, StoreError, now_ms, secrets};
 
-/// One service's placement.
+/// One replica's placement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Allocation {
     /// Row id (0 before insert).
     pub id: i64,
     /// The service.
     pub service_id: i64,
+    /// Which of its replicas, from 0.
+    pub replica: i64,
     /// The node.
     pub node_id: i64,
     /// Placement generation, from 1, raised by every move.
@@ -48,6 +50,7 @@ fn allocation_from(row: &AnyRow) -> Result<Allocation, sqlx::Error> {
     Ok(Allocation {
         id: row.try_get("id")?,
         service_id: row.try_get::<Option<i64>, _>("service_id")?.unwrap_or(0),
+        replica: row.try_get("replica")?,
         node_id: row.try_get("node_id")?,
         generation: row.try_get("generation")?,
         container_id: row.try_get("container_id")?,
@@ -65,17 +68,14 @@ fn allocation_from(row: &AnyRow) -> Result<Allocation, sqlx::Error> {
     })
 }
 
-/// Records `allocation` as its service's placement, replacing the earlier one.
+/// Records `allocation` as its replica's placement, replacing the earlier one.
 pub async fn record(conn: &mut Conn, allocation: &Allocation) -> Result<Allocation, StoreError> {
-    sqlx::query("DELETE FROM containers WHERE service_id = $1")
-        .bind(allocation.service_id)
-        .execute(&mut *conn)
-        .await?;
+    remove(conn, allocation.service_id, allocation.replica).await?;
     let indices: Vec<String> = allocation.gpu_indices.iter().map(u32::to_string).collect();
     sqlx::query(
         "INSERT INTO containers (node_id, service_id, container_id, name, status, created_at, generation, \
-         cpu_millis, memory_bytes, disk_bytes, gpu_indices, gpu_memory_bytes) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+         cpu_millis, memory_bytes, disk_bytes, gpu_indices, gpu_memory_bytes, replica) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(allocation.node_id)
     .bind(allocation.service_id)
@@ -89,46 +89,80 @@ pub async fn record(conn: &mut Conn, allocation: &Allocation) -> Result<Allocati
     .bind(allocation.disk_bytes)
     .bind(indices.join(","))
     .bind(allocation.gpu_memory_bytes)
+    .bind(allocation.replica)
     .execute(&mut *conn)
     .await?;
-    for_service(conn, allocation.service_id)
+    for_replica(conn, allocation.service_id, allocation.replica)
         .await?
         .ok_or_else(|| {
             StoreError::NotFound(format!(
-                "no allocation of service {}",
-                allocation.service_id
+                "no allocation of replica {} of service {}",
+                allocation.replica, allocation.service_id
             ))
         })
 }
 
-/// Sets the container of a service's allocation, only if it is still generation `generation`;
+/// Forgets a replica's allocation (the replica was removed); a missing one is fine.
+pub async fn remove(conn: &mut Conn, service_id: i64, replica: i64) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM containers WHERE service_id = $1 AND replica = $2")
+        .bind(service_id)
+        .bind(replica)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The replica an allocation is about, at the generation it was recorded with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaRef {
+    /// The service.
+    pub service_id: i64,
+    /// The replica.
+    pub replica: i64,
+    /// The generation expected.
+    pub generation: i64,
+}
+
+/// Sets the container of a replica's allocation, only if it is still at `replica.generation`;
 /// returns whether it was.
 pub async fn set_container(
     conn: &mut Conn,
-    service_id: i64,
-    generation: i64,
+    replica: ReplicaRef,
     container_id: &str,
     status: &str,
 ) -> Result<bool, StoreError> {
     let updated = sqlx::query(
-        "UPDATE containers SET container_id = $1, status = $2 WHERE service_id = $3 AND generation = $4",
+        "UPDATE containers SET container_id = $1, status = $2 \
+         WHERE service_id = $3 AND replica = $4 AND generation = $5",
     )
     .bind(container_id)
     .bind(status)
-    .bind(service_id)
-    .bind(generation)
+    .bind(replica.service_id)
+    .bind(replica.replica)
+    .bind(replica.generation)
     .execute(&mut *conn)
     .await?;
     Ok(updated.rows_affected() == 1)
 }
 
-/// The allocation of a service, if it has one.
-pub async fn for_service(
+/// The allocations of a service's replicas, by replica.
+pub async fn for_service(conn: &mut Conn, service_id: i64) -> Result<Vec<Allocation>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM containers WHERE service_id = $1 ORDER BY replica")
+        .bind(service_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.iter().map(allocation_from).collect::<Result<_, _>>()?)
+}
+
+/// The allocation of one replica, if it has one.
+pub async fn for_replica(
     conn: &mut Conn,
     service_id: i64,
+    replica: i64,
 ) -> Result<Option<Allocation>, StoreError> {
-    let row = sqlx::query("SELECT * FROM containers WHERE service_id = $1")
+    let row = sqlx::query("SELECT * FROM containers WHERE service_id = $1 AND replica = $2")
         .bind(service_id)
+        .bind(replica)
         .fetch_optional(&mut *conn)
         .await?;
     Ok(row.as_ref().map(allocation_from).transpose()?)

@@ -162,6 +162,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0003_allocations.sql"),
                 include_str!("../migrations/postgres/0003_allocations.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0004_replicas.sql"),
+                include_str!("../migrations/postgres/0004_replicas.sql"),
+            ),
         ];
         for (sqlite, postgres) in pairs {
             let translated = sqlite.replace(

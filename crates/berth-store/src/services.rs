@@ -47,6 +47,8 @@ pub struct ServiceRecord {
     pub generation: i64,
     /// Stays on its node: never moved by failover (reported instead).
     pub pinned: bool,
+    /// Containers it runs; replica 0's placement is the one the fields above describe.
+    pub replicas: i64,
     /// The last error.
     pub error: String,
     /// Created, Unix ms.
@@ -106,6 +108,7 @@ fn service_from(row: &AnyRow) -> Result<ServiceRecord, sqlx::Error> {
         version: row.try_get("version")?,
         generation: row.try_get("generation")?,
         pinned: row.try_get::<i64, _>("pinned")? != 0,
+        replicas: row.try_get("replicas")?,
         error: row.try_get("error")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -117,8 +120,8 @@ pub async fn insert(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceR
     let now = now_ms();
     let row = sqlx::query(
         "INSERT INTO services (owner_id, repo, name, image, spec_id, cpu_millis, memory_bytes, gpu_count, definition, \
-         is_public, status, node_id, container_id, container_name, version, error, created_at, updated_at, generation, pinned) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) RETURNING id",
+         is_public, status, node_id, container_id, container_name, version, error, created_at, updated_at, generation, pinned, replicas) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) RETURNING id",
     )
     .bind(service.owner_id)
     .bind(&service.repo)
@@ -140,6 +143,7 @@ pub async fn insert(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceR
     .bind(now)
     .bind(service.generation)
     .bind(i64::from(service.pinned))
+    .bind(service.replicas)
     .fetch_one(&mut *conn)
     .await
     .map_err(|err| conflict_or(err, || format!("you already have a service named {:?}", service.name)))?;
@@ -151,7 +155,7 @@ pub async fn update(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceR
     let updated = sqlx::query(
         "UPDATE services SET image = $1, cpu_millis = $2, memory_bytes = $3, gpu_count = $4, definition = $5, \
          is_public = $6, status = $7, node_id = $8, container_id = $9, container_name = $10, version = $11, \
-         error = $12, updated_at = $13, generation = $14, pinned = $15 WHERE id = $16",
+         error = $12, updated_at = $13, generation = $14, pinned = $15, replicas = $16 WHERE id = $17",
     )
     .bind(&service.image)
     .bind(service.cpu_millis)
@@ -168,6 +172,7 @@ pub async fn update(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceR
     .bind(now_ms())
     .bind(service.generation)
     .bind(i64::from(service.pinned))
+    .bind(service.replicas)
     .bind(service.id)
     .execute(&mut *conn)
     .await?;
@@ -225,8 +230,9 @@ pub async fn count_by_status(conn: &mut Conn) -> Result<Vec<(String, i64)>, Stor
 /// What `owner`'s services take.
 pub async fn usage(conn: &mut Conn, owner: i64) -> Result<Usage, StoreError> {
     let row = sqlx::query(
-        "SELECT COUNT(*) AS n, COALESCE(SUM(cpu_millis), 0) AS cpu, COALESCE(SUM(memory_bytes), 0) AS memory, \
-         COALESCE(SUM(gpu_count), 0) AS gpus FROM services WHERE owner_id = $1",
+        "SELECT COUNT(*) AS n, COALESCE(SUM(cpu_millis * replicas), 0) AS cpu, \
+         COALESCE(SUM(memory_bytes * replicas), 0) AS memory, COALESCE(SUM(gpu_count * replicas), 0) AS gpus \
+         FROM services WHERE owner_id = $1",
     )
     .bind(owner)
     .fetch_one(&mut *conn)

@@ -247,3 +247,43 @@ pub async fn running_service(hub: &HubApi, name: &str) -> Value {
     assert_eq!(status, 200, "{started}");
     started
 }
+
+/// Removes, when dropped (also when a test fails), every container the agents with these
+/// `SERVER_ID`s labelled, so that a failed run leaves nothing on the engine.
+pub struct AgentContainers(pub Vec<String>);
+
+impl Drop for AgentContainers {
+    fn drop(&mut self) {
+        let server_ids = std::mem::take(&mut self.0);
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let engine = engine().await;
+                for server_id in server_ids {
+                    let label = format!("berth.agent={server_id}");
+                    for container in engine
+                        .list(&[label.as_str()], true)
+                        .await
+                        .unwrap_or_default()
+                    {
+                        let _ = engine
+                            .remove(
+                                &container.id,
+                                berth_docker::RemoveOptions {
+                                    force: true,
+                                    keep_data: false,
+                                },
+                            )
+                            .await;
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}

@@ -74,9 +74,10 @@ pub async fn migrate(
     let destination = request
         .node_id
         .map_or(Destination::Scheduled, Destination::Node);
-    let moved = replicas::move_service(
+    let moved = replicas::move_replica(
         &state,
-        service,
+        service.id,
+        allocation.replica,
         destination,
         Cause {
             actor: Some(user.0.id),
@@ -86,12 +87,13 @@ pub async fn migrate(
     )
     .await?;
     Ok(Json(json!({
-        "service_id": moved.service.id,
+        "service_id": service.id,
+        "replica": moved.replica,
         "from_node_id": allocation.node_id,
-        "node_id": moved.service.node_id,
-        "generation": moved.service.generation,
-        "container_id": moved.service.container_id,
-        "status": moved.service.status,
+        "node_id": moved.node_id,
+        "generation": moved.generation,
+        "container_id": moved.container_id,
+        "status": service.status,
         "note": "the data volume stays on the old node",
     })))
 }
@@ -137,13 +139,16 @@ pub async fn drain(
             let mut connection = state.store.acquire().await?;
             services::get(&mut connection, allocation.service_id).await?
         };
+        let entry =
+            json!({"service_id": service.id, "replica": allocation.replica, "name": service.name});
         if service.pinned {
-            pinned.push(json!({"service_id": service.id, "name": service.name}));
+            pinned.push(entry);
             continue;
         }
         let Some(_claim) = state.claim(service.id) else {
             failed.push(
-                json!({"service_id": service.id, "reason": "being changed by another request"}),
+                json!({"service_id": service.id, "replica": allocation.replica,
+                "reason": "being changed by another request"}),
             );
             continue;
         };
@@ -152,15 +157,25 @@ pub async fn drain(
             action: "service.drain",
             detail: json!({"from_node": node.name}),
         };
-        match replicas::move_service(&state, service.clone(), Destination::Scheduled, cause).await {
+        match replicas::move_replica(
+            &state,
+            service.id,
+            allocation.replica,
+            Destination::Scheduled,
+            cause,
+        )
+        .await
+        {
             Ok(launched) => moved.push(json!({
                 "service_id": service.id,
-                "node_id": launched.service.node_id,
-                "generation": launched.service.generation,
+                "replica": launched.replica,
+                "node_id": launched.node_id,
+                "generation": launched.generation,
             })),
-            Err(problem) => {
-                failed.push(json!({"service_id": service.id, "reason": problem.detail()}))
-            }
+            Err(problem) => failed.push(
+                json!({"service_id": service.id, "replica": allocation.replica,
+                "reason": problem.detail()}),
+            ),
         }
     }
     Ok(Json(json!({

@@ -2,7 +2,8 @@
 //! delete — plus the list, stats, deployment history and rollback. A service is sized by a
 //! product spec or by explicit limits, placed on a node, and runs as one container there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::Json;
@@ -18,7 +19,7 @@ use berth_store::nodes::{self, NodeRecord};
 use berth_store::operations::{self, NewOperation};
 use berth_store::services::{self, Deployment, ServiceRecord};
 use berth_store::users::{self, Role, User};
-use berth_store::{StoreError, allocations, catalog};
+use berth_store::{StoreError, catalog};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -59,7 +60,12 @@ struct ServiceRequest {
     is_public: bool,
     #[serde(default)]
     pinned: bool,
+    #[serde(default)]
+    replicas: Option<i64>,
 }
+
+/// Most replicas one service may ask for.
+const MAX_REPLICAS: i64 = 200;
 
 fn operation(
     actor: i64,
@@ -279,7 +285,14 @@ pub async fn create(
     berth_core::spec::validate_name("repo", &repo)?;
     let (definition, spec_id) = definition_from(&state, &request).await?;
 
-    let version = {
+    let replica_count = request.replicas.unwrap_or(1);
+    if !(1..=MAX_REPLICAS).contains(&replica_count) {
+        return Err(Problem::invalid_field(
+            "replicas",
+            format!("{replica_count} is not between 1 and {MAX_REPLICAS}"),
+        ));
+    }
+    {
         let mut connection = state.store.acquire().await?;
         let usage = services::usage(&mut connection, owner.id).await?;
         let quotas = &owner.quotas;
@@ -297,38 +310,54 @@ pub async fn create(
             "max_cpu_millis",
             quotas.max_cpu_millis,
             usage.cpu_millis,
-            definition.cpu_millis,
+            definition.cpu_millis * replica_count,
         )?;
         check_quota(
             "max_memory_bytes",
             quotas.max_memory_bytes,
             usage.memory_bytes,
-            definition.memory_bytes,
+            definition.memory_bytes * replica_count,
         )?;
         check_quota(
             "max_gpus",
             quotas.max_gpus,
             usage.gpus,
-            definition.gpus_needed(),
+            definition.gpus_needed() * replica_count,
         )?;
-        1
-    };
+    }
     let request_shape = scheduling::request_for(&definition);
-    let (all, cluster) = scheduling::snapshot(&state).await?;
-    let placement = cluster
-        .place(&request_shape, &state.scheduler_options())
-        .map_err(|refusal| Problem::new(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string()))?;
-    let chosen = all
-        .iter()
-        .find(|node| node.id == placement.node_id)
-        .cloned()
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::CONFLICT,
-                "the chosen node was removed meanwhile",
-            )
+    let (all, mut cluster) = scheduling::snapshot(&state).await?;
+    let options = state.scheduler_options();
+    let mut placements = Vec::new();
+    for replica in 0..replica_count {
+        let placement = cluster.place(&request_shape, &options).map_err(|refusal| {
+            let which = if replica_count > 1 {
+                format!("replica {replica} of {replica_count}: ")
+            } else {
+                String::new()
+            };
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, format!("{which}{refusal}"))
         })?;
+        cluster
+            .commit(&request_shape, &placement)
+            .map_err(|refusal| {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string())
+            })?;
+        let node = all
+            .iter()
+            .find(|node| node.id == placement.node_id)
+            .cloned()
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "the chosen node was removed meanwhile",
+                )
+            })?;
+        placements.push((replica, placement, node));
+    }
+    let first_node = placements.first().map(|(_, _, node)| node.clone());
 
+    let version = 1;
     let mut record = ServiceRecord {
         id: 0,
         owner_id: owner.id,
@@ -342,12 +371,13 @@ pub async fn create(
         definition: serde_json::to_value(&definition).unwrap_or_default(),
         is_public: request.is_public,
         status: "creating".to_owned(),
-        node_id: Some(chosen.id),
+        node_id: first_node.as_ref().map(|node| node.id),
         container_id: None,
         container_name: None,
         version,
         generation: 1,
         pinned: request.pinned,
+        replicas: replica_count,
         error: String::new(),
         created_at: 0,
         updated_at: 0,
@@ -357,13 +387,17 @@ pub async fn create(
     let deployment = Deployment {
         version,
         definition: record.definition.clone(),
-        node_id: Some(chosen.id),
+        node_id: record.node_id,
         user_id: Some(user.0.id),
         note: "created".to_owned(),
         created_at: 0,
     };
     services::add_deployment(&mut transaction, record.id, &deployment).await?;
-    let detail = json!({"name": record.name, "image": record.image, "node": chosen.name});
+    let nodes: Vec<&str> = placements
+        .iter()
+        .map(|(_, _, node)| node.name.as_str())
+        .collect();
+    let detail = json!({"name": record.name, "image": record.image, "replicas": replica_count, "nodes": nodes});
     operations::commit_with(
         transaction,
         &operation(user.0.id, "service.create", &record, "ok", detail),
@@ -371,37 +405,62 @@ pub async fn create(
     .await?;
 
     let _claim = state.claim(record.id).ok_or_else(|| busy(record.id))?;
-    let launched = replicas::launch(
-        &state,
-        LaunchPlan {
-            service: record.clone(),
-            definition: &definition,
-            owner: &owner.name,
-            node: &chosen,
-            placement: &placement,
-            request: &request_shape,
-            start: false,
-        },
-        Cause {
-            actor: Some(user.0.id),
-            action: "container.create",
-            detail: json!({}),
+    let cause = Cause {
+        actor: Some(user.0.id),
+        action: "container.create",
+        detail: json!({}),
+    };
+    let (record_ref, definition_ref, cause_ref, state_ref) = (&record, &definition, &cause, &state);
+    let (owner_name, shape) = (owner.name.as_str(), &request_shape);
+    let launched = replicas::bounded(
+        placements.clone(),
+        |(replica, placement, node)| async move {
+            replicas::launch(
+                state_ref,
+                LaunchPlan {
+                    service: record_ref,
+                    replica,
+                    generation: 1,
+                    definition: definition_ref,
+                    owner: owner_name,
+                    node: &node,
+                    placement: &placement,
+                    request: shape,
+                    start: false,
+                },
+                cause_ref,
+            )
+            .await
         },
     )
     .await;
-    match launched {
-        Ok(launched) => {
-            let mut answer = view(&launched.service);
-            answer["warnings"] = json!(launched.warnings);
-            Ok((StatusCode::CREATED, Json(answer)))
+    let failure = launched
+        .iter()
+        .find_map(|outcome| outcome.as_ref().err().cloned());
+    if let Some(problem) = failure {
+        for (launched, (_, _, node)) in launched.iter().zip(&placements) {
+            if let Ok(launched) = launched {
+                let _ = replicas::retire(&state, node, &launched.container_id).await;
+            }
         }
-        Err(problem) => {
-            let mut transaction = state.store.begin().await?;
-            services::delete(&mut transaction, record.id).await?;
-            transaction.commit().await.map_err(StoreError::from)?;
-            Err(problem)
-        }
+        let mut transaction = state.store.begin().await?;
+        services::delete(&mut transaction, record.id).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        return Err(problem);
     }
+    let warnings: Vec<String> = launched
+        .into_iter()
+        .flatten()
+        .flat_map(|launched| launched.warnings)
+        .collect();
+    let mut transaction = state.store.begin().await?;
+    let mut created = services::get(&mut transaction, record.id).await?;
+    created.status = "created".to_owned();
+    let created = services::update(&mut transaction, &created).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    let mut answer = view(&created);
+    answer["warnings"] = json!(warnings);
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -446,18 +505,69 @@ pub async fn start(
 ) -> Result<Json<Value>, Problem> {
     let mut service = owned(&state, &user.0, id).await?;
     let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
-    let container = container_of(&service)?;
-    let (_, client) = node_of(&state, &service).await?;
-    client.start(&container).await?;
+    container_of(&service)?;
+    let touched = on_every_replica(&state, &service, |client, container| async move {
+        client.start(&container).await
+    })
+    .await?;
     service.status = "running".to_owned();
     service.error.clear();
     let saved = save(
         &state,
         &service,
-        operation(user.0.id, "service.start", &service, "ok", json!({})),
+        operation(
+            user.0.id,
+            "service.start",
+            &service,
+            "ok",
+            json!({"replicas": touched}),
+        ),
     )
     .await?;
     Ok(Json(view(&saved)))
+}
+
+/// Runs `action` on the container of every replica whose node is not held down, at most
+/// [`replicas::PARALLEL_CONTAINER_CALLS`] at a time; how many it touched, or the first failure.
+/// Replicas on down nodes are left to the reconciler, which converges them when they return.
+async fn on_every_replica<F, Fut>(
+    state: &HubState,
+    service: &ServiceRecord,
+    action: F,
+) -> Result<usize, Problem>
+where
+    F: Fn(Arc<NodeClient>, String) -> Fut,
+    Fut: Future<Output = Result<(), Problem>>,
+{
+    let placed = replicas::allocations_of(state, service.id).await?;
+    let all_nodes: HashMap<i64, NodeRecord> = {
+        let mut connection = state.store.acquire().await?;
+        nodes::list(&mut connection)
+            .await?
+            .into_iter()
+            .map(|node| (node.id, node))
+            .collect()
+    };
+    let jobs: Vec<(String, Option<NodeRecord>)> = placed
+        .into_iter()
+        .filter(|allocation| {
+            !allocation.container_id.is_empty() && !state.is_down(allocation.node_id)
+        })
+        .map(|allocation| {
+            let node = all_nodes.get(&allocation.node_id).cloned();
+            (allocation.container_id, node)
+        })
+        .collect();
+    let action = &action;
+    let outcomes = replicas::bounded(jobs, |(container, node)| async move {
+        let node = node.ok_or_else(|| Problem::new(StatusCode::CONFLICT, "its node is gone"))?;
+        let client = state.node_client(&node).await?;
+        action(client, container).await
+    })
+    .await;
+    let touched = outcomes.len();
+    outcomes.into_iter().collect::<Result<Vec<()>, Problem>>()?;
+    Ok(touched)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -488,9 +598,11 @@ pub async fn stop(
     };
     let mut service = owned(&state, &user.0, id).await?;
     let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
-    let container = container_of(&service)?;
-    let (_, client) = node_of(&state, &service).await?;
-    client.stop(&container, grace).await?;
+    container_of(&service)?;
+    on_every_replica(&state, &service, |client, container| async move {
+        client.stop(&container, grace).await
+    })
+    .await?;
     service.status = "stopped".to_owned();
     let saved = save(
         &state,
@@ -537,6 +649,17 @@ pub async fn status(
         "container_id": service.container_id,
         "version": service.version,
         "node": {"id": node.id, "name": node.name, "address": address, "driver": node.driver},
+        "replicas": replicas::allocations_of(&state, service.id)
+            .await?
+            .iter()
+            .map(|allocation| json!({
+                "replica": allocation.replica,
+                "node_id": allocation.node_id,
+                "container_id": allocation.container_id,
+                "generation": allocation.generation,
+                "node_down": state.is_down(allocation.node_id),
+            }))
+            .collect::<Vec<_>>(),
         "host_port": host_port,
         "service_url": host_port.map(|port| format!("http://{address}:{port}")),
         "error_message": service.error,
@@ -613,10 +736,10 @@ pub async fn delete(
 ) -> Result<StatusCode, Problem> {
     let service = owned(&state, &user.0, id).await?;
     let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
-    if let Some(container) = &service.container_id {
-        let (_, client) = node_of(&state, &service).await?;
-        client.remove(container).await?;
-    }
+    on_every_replica(&state, &service, |client, container| async move {
+        client.remove(&container).await
+    })
+    .await?;
     let mut transaction = state.store.begin().await?;
     services::delete(&mut transaction, service.id).await?;
     operations::commit_with(
@@ -693,43 +816,57 @@ pub async fn rollback(
     let was_running = service.status == "running";
     let request_shape = scheduling::request_for(&definition);
     let (all, mut cluster) = scheduling::snapshot(&state).await?;
-    let current = {
-        let mut connection = state.store.acquire().await?;
-        allocations::for_service(&mut connection, service.id).await?
-    };
-    if let Some(current) = &current {
-        let placed = Placement {
-            node_id: current.node_id,
-            gpus: scheduling::assignment_of(current),
-        };
-        cluster.release(&scheduling::request_of(current), &placed);
+    let current = replicas::allocations_of(&state, service.id).await?;
+    for allocation in &current {
+        cluster.release(
+            &scheduling::request_of(allocation),
+            &Placement {
+                node_id: allocation.node_id,
+                gpus: scheduling::assignment_of(allocation),
+            },
+        );
     }
+    // Each replica stays on its node when the version fits there, else goes where it fits.
     let options = state.scheduler_options();
-    let same_node = Request {
-        only_node: service.node_id,
-        ..request_shape.clone()
-    };
-    let placement = cluster
-        .place(&same_node, &options)
-        .or_else(|_| cluster.place(&request_shape, &options))
-        .map_err(|refusal| Problem::new(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string()))?;
-    let node = all
-        .iter()
-        .find(|node| node.id == placement.node_id)
-        .cloned()
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::CONFLICT,
-                "the chosen node was removed meanwhile",
-            )
-        })?;
-    if let (Some(container), Some(old_node)) = (&service.container_id, service.node_id)
-        && let Some(old) = all.iter().find(|node| node.id == old_node)
-    {
-        replicas::retire(&state, old, container).await?;
+    let mut placements = Vec::new();
+    for allocation in &current {
+        let same_node = Request {
+            only_node: Some(allocation.node_id),
+            ..request_shape.clone()
+        };
+        let placement = cluster
+            .place(&same_node, &options)
+            .or_else(|_| cluster.place(&request_shape, &options))
+            .map_err(|refusal| {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string())
+            })?;
+        cluster
+            .commit(&request_shape, &placement)
+            .map_err(|refusal| {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string())
+            })?;
+        let node = all
+            .iter()
+            .find(|node| node.id == placement.node_id)
+            .cloned()
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "the chosen node was removed meanwhile",
+                )
+            })?;
+        placements.push((
+            allocation.replica,
+            allocation.generation + 1,
+            placement,
+            node,
+        ));
     }
+    on_every_replica(&state, &service, |client, container| async move {
+        client.remove(&container).await
+    })
+    .await?;
     service.version += 1;
-    service.generation += 1;
     service.definition = target.definition.clone();
     service.image = definition.image.clone();
     service.cpu_millis = definition.cpu_millis;
@@ -740,7 +877,7 @@ pub async fn rollback(
         let deployment = Deployment {
             version: service.version,
             definition: target.definition,
-            node_id: Some(node.id),
+            node_id: placements.first().map(|(_, _, _, node)| node.id),
             user_id: Some(user.0.id),
             note: format!("rollback to version {}", request.version),
             created_at: 0,
@@ -749,25 +886,44 @@ pub async fn rollback(
         services::update(&mut transaction, &service).await?;
         transaction.commit().await.map_err(StoreError::from)?;
     }
-    let launched = replicas::launch(
-        &state,
-        LaunchPlan {
-            service,
-            definition: &definition,
-            owner: &owner,
-            node: &node,
-            placement: &placement,
-            request: &request_shape,
-            start: was_running,
-        },
-        Cause {
-            actor: Some(user.0.id),
-            action: "service.rollback",
-            detail: json!({"to_version": request.version}),
+    let cause = Cause {
+        actor: Some(user.0.id),
+        action: "service.rollback",
+        detail: json!({"to_version": request.version, "new_version": service.version}),
+    };
+    let (service_ref, definition_ref, cause_ref, state_ref) =
+        (&service, &definition, &cause, &state);
+    let (owner_name, shape) = (owner.as_str(), &request_shape);
+    let launched = replicas::bounded(
+        placements,
+        |(replica, generation, placement, node)| async move {
+            replicas::launch(
+                state_ref,
+                LaunchPlan {
+                    service: service_ref,
+                    replica,
+                    generation,
+                    definition: definition_ref,
+                    owner: owner_name,
+                    node: &node,
+                    placement: &placement,
+                    request: shape,
+                    start: was_running,
+                },
+                cause_ref,
+            )
+            .await
         },
     )
-    .await?;
-    Ok(Json(view(&launched.service)))
+    .await;
+    // A replica that did not launch is created again by the reconciler from its allocation.
+    if let Some(problem) = launched.into_iter().find_map(Result::err) {
+        return Err(problem);
+    }
+    let mut connection = state.store.acquire().await?;
+    Ok(Json(view(
+        &services::get(&mut connection, service.id).await?,
+    )))
 }
 
 fn busy(id: i64) -> Problem {

@@ -108,6 +108,7 @@ mod tests {
             ("/api/nodes/{id}", "put"),
             ("/api/nodes/{id}", "delete"),
             ("/api/nodes/{id}/test", "post"),
+            ("/api/nodes/{id}/drain", "post"),
             ("/api/admin/controllers", "get"),
             ("/api/admin/controllers/{id}/health", "get"),
             ("/api/admin/controllers/{id}/enable", "post"),
