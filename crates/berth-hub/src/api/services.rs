@@ -62,6 +62,8 @@ struct ServiceRequest {
     pinned: bool,
     #[serde(default)]
     replicas: Option<i64>,
+    #[serde(default)]
+    start: bool,
 }
 
 /// Most replicas one service may ask for.
@@ -259,7 +261,8 @@ async fn definition_from(
     Ok((definition, spec_id))
 }
 
-/// `POST /api/{username}/{repo}/services`: creates a service (its container, not started).
+/// `POST /api/{username}/{repo}/services`: creates a service — its containers, not started
+/// unless `start` is true, when each replica starts as soon as it is created.
 pub async fn create(
     State(state): Shared,
     user: CurrentUser,
@@ -412,6 +415,7 @@ pub async fn create(
     };
     let (record_ref, definition_ref, cause_ref, state_ref) = (&record, &definition, &cause, &state);
     let (owner_name, shape) = (owner.name.as_str(), &request_shape);
+    let start_now = request.start;
     let launched = replicas::bounded(
         placements.clone(),
         |(replica, placement, node)| async move {
@@ -426,7 +430,7 @@ pub async fn create(
                     node: &node,
                     placement: &placement,
                     request: shape,
-                    start: false,
+                    start: start_now,
                 },
                 cause_ref,
             )
@@ -455,7 +459,7 @@ pub async fn create(
         .collect();
     let mut transaction = state.store.begin().await?;
     let mut created = services::get(&mut transaction, record.id).await?;
-    created.status = "created".to_owned();
+    created.status = if request.start { "running" } else { "created" }.to_owned();
     let created = services::update(&mut transaction, &created).await?;
     transaction.commit().await.map_err(StoreError::from)?;
     let mut answer = view(&created);
