@@ -616,6 +616,31 @@ async fn replicas_spread_over_nodes_and_start_stop_and_go_together() {
             containers_of(&hub, &engine, id).await.is_empty(),
             "all replicas removed"
         );
+
+        let mut body = service_body("at-once", false).await;
+        body["replicas"] = json!(2);
+        body["start"] = json!(true);
+        let (status, created) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/{user}/ops/services"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(
+            (status, created["status"].as_str()),
+            (201, Some("running")),
+            "{created}"
+        );
+        let id = created["id"].as_i64().expect("id");
+        assert_eq!(
+            containers_of(&hub, &engine, id).await,
+            vec![
+                ("0".to_owned(), "running".to_owned()),
+                ("1".to_owned(), "running".to_owned())
+            ],
+            "start: true starts every replica"
+        );
     })
     .await;
     first.kill().await;
