@@ -84,6 +84,14 @@ pub enum Command {
         #[command(flatten)]
         filter: client::OpsFilter,
     },
+    /// Replay a scenario (failures, recoveries) on simulated nodes and check the invariants.
+    Sim {
+        /// The scenario YAML file (see deploy/sim/).
+        scenario: std::path::PathBuf,
+        /// Where the scenario's database goes.
+        #[arg(long, default_value = "berth-sim")]
+        data_dir: std::path::PathBuf,
+    },
     /// Benchmarks that print their figures.
     Bench {
         /// Which one.
@@ -101,6 +109,45 @@ pub enum Command {
 pub enum BenchCommand {
     /// Placements per second and GPU packing of the scheduler on a synthetic cluster.
     Scheduler(scheduler_bench::SchedulerBenchArgs),
+}
+
+/// Runs `berth sim`: exit 0 when every invariant held after every step.
+async fn simulate(path: &std::path::Path, data_dir: &std::path::Path) -> ExitCode {
+    let scenario = match berth_hub::scenario::Scenario::load(path) {
+        Ok(scenario) => scenario,
+        Err(err) => {
+            eprintln!("berth sim: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome =
+        match berth_hub::scenario::run(&scenario, data_dir, &mut |line| println!("{line}")).await {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                eprintln!("berth sim: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let broken = outcome
+        .checks
+        .iter()
+        .any(|(_, check)| check.duplicates > 0 || check.overcommitted_nodes > 0);
+    let settled = outcome
+        .checks
+        .last()
+        .is_none_or(|(_, check)| check.stale_containers == 0 && check.replicas_on_down_nodes == 0);
+    println!(
+        "moved {}, removed {}, repaired {}; invariants {}",
+        outcome.moved,
+        outcome.removed,
+        outcome.repaired,
+        if !broken && settled { "held" } else { "BROKEN" }
+    );
+    if !broken && settled {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
@@ -151,6 +198,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Ops { client, filter } => {
             return client::run(client, client::Resource::Ops(filter)).await;
         }
+        Command::Sim { scenario, data_dir } => return simulate(&scenario, &data_dir).await,
         Command::Bench {
             command: BenchCommand::Scheduler(args),
         } => return scheduler_bench::run(args),

@@ -12,8 +12,10 @@ pub mod node_check;
 pub mod node_client;
 pub mod reconciler;
 pub mod replicas;
+pub mod scenario;
 pub mod scheduling;
 pub mod service_definition;
+pub mod simulation;
 pub mod state;
 
 pub use state::HubState;

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::node_check::{self, NodeCheck};
 use crate::reconciler;
+use crate::simulation::SIMULATED_DRIVER;
 use crate::state::HubState;
 
 /// Tests `node`, stores the outcome, and records an operation: always when `actor` asked for the
@@ -26,7 +27,14 @@ pub async fn check_and_record(
     node: &NodeRecord,
     actor: Option<i64>,
 ) -> Result<NodeCheck, StoreError> {
-    let check = node_check::check(node, &state.secrets, &state.http).await;
+    let check = if node.driver == SIMULATED_DRIVER {
+        NodeCheck {
+            report: state.fleet.check(node.id),
+            observed: None,
+        }
+    } else {
+        node_check::check(node, &state.secrets, &state.http).await
+    };
     let status = check.report.status.as_str();
     let changed = status != node.docker_status;
     let transition =

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use berth_core::ContainerSpec;
 use berth_docker::{DockerDriver, GpuMode, LogQuery, RemoveOptions};
@@ -15,6 +16,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
 use crate::node_check::docker_endpoint;
+use crate::simulation::SimulatedFleet;
 
 /// A stream of log bytes.
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
@@ -49,6 +51,13 @@ fn string_map(value: &Value) -> BTreeMap<String, String> {
 pub enum NodeClient {
     /// The Docker engine, directly.
     Docker(Box<DockerDriver>),
+    /// A simulated node ([`crate::simulation`]).
+    Simulated {
+        /// The fleet.
+        fleet: Arc<SimulatedFleet>,
+        /// The node's id.
+        node: i64,
+    },
     /// A `berth agent` or mManager.
     Agent {
         /// Base URL without a trailing slash.
@@ -156,6 +165,7 @@ impl NodeClient {
                 let created = driver.create(spec, &mut |_| {}).await?;
                 Ok((created.id, created.warnings))
             }
+            NodeClient::Simulated { fleet, node } => Ok((fleet.create(*node, spec)?, Vec::new())),
             NodeClient::Agent { .. } => {
                 let mut body = serde_json::to_value(spec).unwrap_or_default();
                 body["working_dir"] = json!(spec.working_dir);
@@ -184,6 +194,7 @@ impl NodeClient {
     pub async fn start(&self, id: &str) -> Result<(), Problem> {
         match self {
             NodeClient::Docker(driver) => driver.start(id).await.map(|_| ()).map_err(Problem::from),
+            NodeClient::Simulated { fleet, node } => fleet.set_status(*node, id, "running"),
             NodeClient::Agent { .. } => self
                 .agent_call(
                     reqwest::Method::POST,
@@ -198,6 +209,7 @@ impl NodeClient {
     /// Stops the container with a grace period.
     pub async fn stop(&self, id: &str, grace_secs: u32) -> Result<(), Problem> {
         match self {
+            NodeClient::Simulated { fleet, node } => fleet.set_status(*node, id, "exited"),
             NodeClient::Docker(driver) => driver
                 .stop(id, grace_secs)
                 .await
@@ -217,6 +229,7 @@ impl NodeClient {
     /// Removes the container (forced) and its data volume; a missing one is fine.
     pub async fn remove(&self, id: &str) -> Result<(), Problem> {
         match self {
+            NodeClient::Simulated { fleet, node } => fleet.remove(*node, id),
             NodeClient::Docker(driver) => driver
                 .remove(
                     id,
@@ -242,6 +255,7 @@ impl NodeClient {
     /// The container's status and published ports.
     pub async fn state(&self, id: &str) -> Result<ContainerState, Problem> {
         match self {
+            NodeClient::Simulated { fleet, node } => fleet.state(*node, id),
             NodeClient::Docker(driver) => {
                 let details = driver.inspect(id).await?;
                 Ok(ContainerState {
@@ -281,6 +295,7 @@ impl NodeClient {
     /// Every container on the node carrying `label` (`key=value`), running or not.
     pub async fn list_labelled(&self, label: &str) -> Result<Vec<ContainerState>, Problem> {
         match self {
+            NodeClient::Simulated { fleet, node } => fleet.list_labelled(*node, label),
             NodeClient::Docker(driver) => Ok(driver
                 .list(&[label], true)
                 .await?
@@ -321,6 +336,7 @@ impl NodeClient {
     /// The last `tail` lines of the container's output.
     pub async fn logs(&self, id: &str, tail: u32) -> Result<String, Problem> {
         match self {
+            NodeClient::Simulated { fleet, node } => fleet.state(*node, id).map(|_| String::new()),
             NodeClient::Docker(driver) => {
                 let query = LogQuery {
                     tail: Some(u64::from(tail)),
@@ -344,6 +360,10 @@ impl NodeClient {
     /// The container's output from the last `tail` lines on, as it comes.
     pub async fn follow_logs(&self, id: &str, tail: u32) -> Result<LogStream, Problem> {
         match self {
+            NodeClient::Simulated { fleet, node } => {
+                fleet.state(*node, id)?;
+                Ok(Box::pin(futures_util::stream::empty()))
+            }
             NodeClient::Docker(driver) => {
                 let query = LogQuery {
                     tail: Some(u64::from(tail)),
@@ -387,6 +407,10 @@ impl NodeClient {
     /// One stats sample of the container.
     pub async fn stats(&self, id: &str) -> Result<Value, Problem> {
         match self {
+            NodeClient::Simulated { fleet, node } => {
+                fleet.state(*node, id)?;
+                Ok(json!({"simulated": true, "cpu_percent": 0.0, "memory_usage_bytes": 0}))
+            }
             NodeClient::Docker(driver) => {
                 Ok(serde_json::to_value(driver.stats(id).await?).unwrap_or_default())
             }

@@ -134,17 +134,27 @@ async fn converge_node(
         .filter(|container| label_i64(container, LABEL_NODE) == Some(node.id))
         .collect();
     // Read after listing: a container launched meanwhile has its allocation recorded already.
+    // Only what this node holds, and the services of the containers and allocations found.
     let (placed, all_services) = {
         let mut connection = state.store.acquire().await?;
-        (
-            allocations::list(&mut connection).await?,
-            services::list(&mut connection, None).await?,
-        )
+        let placed = allocations::on_node(&mut connection, node.id).await?;
+        let mut wanted: Vec<i64> = placed
+            .iter()
+            .map(|allocation| allocation.service_id)
+            .chain(running.iter().filter_map(|container| label_i64(container, LABEL_SERVICE)))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut found = Vec::with_capacity(wanted.len());
+        for id in wanted {
+            if let Ok(service) = services::get(&mut connection, id).await {
+                found.push(service);
+            }
+        }
+        (placed, found)
     };
-    let services_by_id: HashMap<i64, &ServiceRecord> = all_services
-        .iter()
-        .map(|service| (service.id, service))
-        .collect();
+    let services_by_id: HashMap<i64, &ServiceRecord> =
+        all_services.iter().map(|service| (service.id, service)).collect();
     let by_replica: HashMap<(i64, i64), &Allocation> = placed
         .iter()
         .map(|allocation| ((allocation.service_id, allocation.replica), allocation))

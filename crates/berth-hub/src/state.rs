@@ -12,6 +12,7 @@ use berth_store::{SecretBox, Store, StoreError, allocations};
 
 use crate::metrics::HubMetrics;
 use crate::node_client::NodeClient;
+use crate::simulation::{SIMULATED_DRIVER, SimulatedFleet};
 
 /// Settings the hub runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +71,8 @@ pub struct HubState {
     busy: std::sync::Mutex<HashSet<i64>>,
     /// Services whose last repair failed: failures so far and when to try again.
     retries: std::sync::Mutex<HashMap<i64, (u32, Instant)>>,
+    /// Simulated nodes (driver `simulated`), for scenarios; empty otherwise.
+    pub fleet: Arc<SimulatedFleet>,
     /// One connection per node, kept until the node's record changes.
     node_clients: tokio::sync::Mutex<HashMap<i64, (i64, Arc<NodeClient>)>>,
 }
@@ -111,6 +114,7 @@ impl HubState {
             health: Default::default(),
             busy: Default::default(),
             retries: Default::default(),
+            fleet: Default::default(),
             node_clients: Default::default(),
         })
     }
@@ -206,7 +210,14 @@ impl HubState {
             return Ok(Arc::clone(client));
         }
         // Connect without holding the lock: an unreachable node must not stall the others.
-        let client = Arc::new(NodeClient::connect(node, &self.secrets, &self.http).await?);
+        let client = if node.driver == SIMULATED_DRIVER {
+            Arc::new(NodeClient::Simulated {
+                fleet: Arc::clone(&self.fleet),
+                node: node.id,
+            })
+        } else {
+            Arc::new(NodeClient::connect(node, &self.secrets, &self.http).await?)
+        };
         self.node_clients
             .lock()
             .await

@@ -186,6 +186,15 @@ pub async fn list(conn: &mut Conn) -> Result<Vec<Allocation>, StoreError> {
     Ok(rows.iter().map(allocation_from).collect::<Result<_, _>>()?)
 }
 
+/// The allocations on one node.
+pub async fn on_node(conn: &mut Conn, node_id: i64) -> Result<Vec<Allocation>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM containers WHERE node_id = $1 ORDER BY id")
+        .bind(node_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.iter().map(allocation_from).collect::<Result<_, _>>()?)
+}
+
 /// Allocations per node.
 pub async fn count_per_node(conn: &mut Conn) -> Result<HashMap<i64, i64>, StoreError> {
     let rows = sqlx::query("SELECT node_id, COUNT(*) AS n FROM containers GROUP BY node_id")
