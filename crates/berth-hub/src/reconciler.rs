@@ -141,7 +141,11 @@ async fn converge_node(
         let mut wanted: Vec<i64> = placed
             .iter()
             .map(|allocation| allocation.service_id)
-            .chain(running.iter().filter_map(|container| label_i64(container, LABEL_SERVICE)))
+            .chain(
+                running
+                    .iter()
+                    .filter_map(|container| label_i64(container, LABEL_SERVICE)),
+            )
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
@@ -153,8 +157,10 @@ async fn converge_node(
         }
         (placed, found)
     };
-    let services_by_id: HashMap<i64, &ServiceRecord> =
-        all_services.iter().map(|service| (service.id, service)).collect();
+    let services_by_id: HashMap<i64, &ServiceRecord> = all_services
+        .iter()
+        .map(|service| (service.id, service))
+        .collect();
     let by_replica: HashMap<(i64, i64), &Allocation> = placed
         .iter()
         .map(|allocation| ((allocation.service_id, allocation.replica), allocation))

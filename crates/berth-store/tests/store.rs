@@ -335,3 +335,118 @@ async fn migrations_apply_once_and_bad_urls_are_refused() {
         "{bad:?}"
     );
 }
+
+#[tokio::test]
+async fn allocations_are_per_replica_and_fenced_by_generation() {
+    use berth_store::allocations::{self, Allocation, ReplicaRef};
+    for store in databases("allocations").await {
+        let mut connection = store.acquire().await.expect("connection");
+        let first_id = allocations::hub_id(&mut connection).await.expect("hub id");
+        assert_eq!(first_id.len(), 16);
+        assert_eq!(
+            allocations::hub_id(&mut connection).await.expect("hub id"),
+            first_id,
+            "made once"
+        );
+        let gpu = nodes::insert(&mut connection, &NodeRecord::new("gpu-1", "agent"))
+            .await
+            .expect("node")
+            .id;
+        let other = nodes::insert(&mut connection, &NodeRecord::new("gpu-2", "agent"))
+            .await
+            .expect("node")
+            .id;
+        let replica = |replica: i64, node: i64, generation: i64| Allocation {
+            id: 0,
+            service_id: 42,
+            replica,
+            node_id: node,
+            generation,
+            container_id: String::new(),
+            name: format!("svc-r{replica}-g{generation}"),
+            status: "creating".to_owned(),
+            cpu_millis: 500,
+            memory_bytes: 1 << 30,
+            disk_bytes: 0,
+            gpu_indices: vec![1, 3],
+            gpu_memory_bytes: 0,
+            created_at: 0,
+        };
+        let recorded = allocations::record(&mut connection, &replica(0, gpu, 1))
+            .await
+            .expect("record");
+        assert_eq!(recorded.gpu_indices, vec![1, 3]);
+        allocations::record(&mut connection, &replica(1, gpu, 1))
+            .await
+            .expect("record");
+        let at = |generation| ReplicaRef {
+            service_id: 42,
+            replica: 0,
+            generation,
+        };
+        assert!(
+            !allocations::set_container(&mut connection, at(2), "abc", "running")
+                .await
+                .expect("update"),
+            "a different generation is fenced off"
+        );
+        assert!(
+            allocations::set_container(&mut connection, at(1), "abc", "running")
+                .await
+                .expect("update")
+        );
+        // Moving replica 0 replaces its row; replica 1 stays.
+        allocations::record(&mut connection, &replica(0, other, 2))
+            .await
+            .expect("move");
+        assert!(
+            !allocations::set_container(&mut connection, at(1), "stale", "running")
+                .await
+                .expect("update"),
+            "the old generation cannot come back"
+        );
+        let both = allocations::for_service(&mut connection, 42)
+            .await
+            .expect("list");
+        assert_eq!(
+            both.iter()
+                .map(|allocation| (
+                    allocation.replica,
+                    allocation.node_id,
+                    allocation.generation
+                ))
+                .collect::<Vec<_>>(),
+            vec![(0, other, 2), (1, gpu, 1)]
+        );
+        assert_eq!(
+            allocations::on_node(&mut connection, gpu)
+                .await
+                .expect("node")
+                .len(),
+            1
+        );
+        let counts = allocations::count_per_node(&mut connection)
+            .await
+            .expect("counts");
+        assert_eq!((counts.get(&gpu), counts.get(&other)), (Some(&1), Some(&1)));
+        allocations::remove(&mut connection, 42, 1)
+            .await
+            .expect("remove");
+        allocations::remove(&mut connection, 42, 1)
+            .await
+            .expect("again: fine");
+        assert_eq!(
+            allocations::for_service(&mut connection, 42)
+                .await
+                .expect("list")
+                .len(),
+            1
+        );
+        let duplicate = allocations::record(&mut connection, &replica(0, gpu, 3)).await;
+        assert!(duplicate.is_ok(), "re-recording a replica replaces it");
+        assert_eq!(
+            allocations::list(&mut connection).await.expect("all").len(),
+            1
+        );
+    }
+}
