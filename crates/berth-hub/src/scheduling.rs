@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 
+use axum::http::StatusCode;
 use berth_core::ByteSize;
 use berth_core::schedule::{
-    Cluster, GpuAssignment, GpuDemand, GpuState, NodeState, Placement, Request, Resources,
-    ServerType,
+    Cluster, GpuAssignment, GpuDemand, GpuState, NodeState, Options, Placement, Refusal, Request,
+    Resources, ServerType,
 };
+use berth_http::Problem;
 use berth_store::StoreError;
 use berth_store::allocations::{self, Allocation, ReplicaRef};
 use berth_store::nodes::{self, NodeRecord};
@@ -196,6 +198,45 @@ pub async fn snapshot(state: &HubState) -> Result<(Vec<NodeRecord>, Cluster), St
         state.settings.default_max_containers,
     );
     Ok((all, cluster))
+}
+
+/// Places `request` on `cluster` — on `preferred` when it fits there — and commits it to the
+/// snapshot, so that the next placement sees it; the placement and its node's record. A refusal
+/// is a 503 whose detail starts with `which` (e.g. `replica 3 of 5: `).
+pub fn place_and_commit(
+    cluster: &mut Cluster,
+    nodes: &[NodeRecord],
+    request: &Request,
+    preferred: Option<i64>,
+    options: &Options,
+    which: &str,
+) -> Result<(Placement, NodeRecord), Problem> {
+    let unavailable = |refusal: Refusal| {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, format!("{which}{refusal}"))
+    };
+    let on_preferred = preferred.and_then(|node| {
+        let only_there = Request {
+            only_node: Some(node),
+            ..request.clone()
+        };
+        cluster.place(&only_there, options).ok()
+    });
+    let placement = match on_preferred {
+        Some(placement) => placement,
+        None => cluster.place(request, options).map_err(unavailable)?,
+    };
+    cluster.commit(request, &placement).map_err(unavailable)?;
+    let node = nodes
+        .iter()
+        .find(|node| node.id == placement.node_id)
+        .cloned()
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::CONFLICT,
+                "the chosen node was removed meanwhile",
+            )
+        })?;
+    Ok((placement, node))
 }
 
 /// What a service of `definition` asks of a node.

@@ -12,7 +12,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_core::ByteSize;
-use berth_core::schedule::{Placement, Request};
+use berth_core::schedule::Placement;
 use berth_core::spec::Command;
 use berth_http::{Problem, parse_body, parse_query};
 use berth_store::nodes::{self, NodeRecord};
@@ -333,29 +333,19 @@ pub async fn create(
     let options = state.scheduler_options();
     let mut placements = Vec::new();
     for replica in 0..replica_count {
-        let placement = cluster.place(&request_shape, &options).map_err(|refusal| {
-            let which = if replica_count > 1 {
-                format!("replica {replica} of {replica_count}: ")
-            } else {
-                String::new()
-            };
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, format!("{which}{refusal}"))
-        })?;
-        cluster
-            .commit(&request_shape, &placement)
-            .map_err(|refusal| {
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string())
-            })?;
-        let node = all
-            .iter()
-            .find(|node| node.id == placement.node_id)
-            .cloned()
-            .ok_or_else(|| {
-                Problem::new(
-                    StatusCode::CONFLICT,
-                    "the chosen node was removed meanwhile",
-                )
-            })?;
+        let which = if replica_count > 1 {
+            format!("replica {replica} of {replica_count}: ")
+        } else {
+            String::new()
+        };
+        let (placement, node) = scheduling::place_and_commit(
+            &mut cluster,
+            &all,
+            &request_shape,
+            None,
+            &options,
+            &which,
+        )?;
         placements.push((replica, placement, node));
     }
     let first_node = placements.first().map(|(_, _, node)| node.clone());
@@ -834,31 +824,14 @@ pub async fn rollback(
     let options = state.scheduler_options();
     let mut placements = Vec::new();
     for allocation in &current {
-        let same_node = Request {
-            only_node: Some(allocation.node_id),
-            ..request_shape.clone()
-        };
-        let placement = cluster
-            .place(&same_node, &options)
-            .or_else(|_| cluster.place(&request_shape, &options))
-            .map_err(|refusal| {
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string())
-            })?;
-        cluster
-            .commit(&request_shape, &placement)
-            .map_err(|refusal| {
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string())
-            })?;
-        let node = all
-            .iter()
-            .find(|node| node.id == placement.node_id)
-            .cloned()
-            .ok_or_else(|| {
-                Problem::new(
-                    StatusCode::CONFLICT,
-                    "the chosen node was removed meanwhile",
-                )
-            })?;
+        let (placement, node) = scheduling::place_and_commit(
+            &mut cluster,
+            &all,
+            &request_shape,
+            Some(allocation.node_id),
+            &options,
+            "",
+        )?;
         placements.push((
             allocation.replica,
             allocation.generation + 1,
