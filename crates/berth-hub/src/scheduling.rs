@@ -131,7 +131,7 @@ fn node_state(node: &NodeRecord, down: bool, default_max_containers: u32) -> Nod
         healthy: node.docker_status == "connected" && !down,
         priority: node.priority,
         weight: u32::try_from(node.weight.max(1)).unwrap_or(100),
-        labels: Default::default(),
+        labels: node.labels.clone(),
         capacity: capacity(node),
         allocated: Resources::default(),
         max_containers: node.observed["max_containers"]
@@ -255,6 +255,7 @@ pub fn request_for(definition: &ServiceDefinition) -> Request {
                 + as_u64(definition.data_disk_bytes.unwrap_or(0)),
         },
         gpu,
+        constraints: definition.constraints.clone(),
         ..Request::default()
     }
 }

@@ -33,6 +33,9 @@ pub struct ServiceDefinition {
     pub gpu_count: i64,
     /// GPU memory of a share of one GPU, GiB (seed 002's memory split).
     pub gpu_share_gb: Option<i64>,
+    /// Node labels the service's nodes must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub constraints: BTreeMap<String, String>,
 }
 
 /// Labels on every service container: the service id.
@@ -166,6 +169,7 @@ mod tests {
             data_disk_bytes: Some(10 << 30),
             gpu_count: 0,
             gpu_share_gb: Some(6),
+            constraints: BTreeMap::new(),
         };
         let mut node = NodeRecord::new("gpu-01", "docker");
         node.id = 3;

@@ -646,3 +646,99 @@ async fn replicas_spread_over_nodes_and_start_stop_and_go_together() {
     first.kill().await;
     second.kill().await;
 }
+
+#[tokio::test]
+async fn constraints_keep_replicas_on_nodes_with_the_labels() {
+    let hub = start("constraints").await;
+    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
+    let user = me["name"].as_str().expect("name").to_owned();
+    let pid = std::process::id();
+    let first = start_agent(&format!("labels-a-{pid}"), "key-a", "127.0.0.1:0").await;
+    let second = start_agent(&format!("labels-b-{pid}"), "key-b", "127.0.0.1:0").await;
+    add_agent_node(&hub, "agent-a", &first.url(), "key-a").await;
+    let labelled = add_agent_node(&hub, "agent-b", &second.url(), "key-b").await;
+    with_cleanup(&hub, async {
+        let (status, problem) = hub
+            .admin(
+                Method::PUT,
+                &format!("/api/nodes/{labelled}"),
+                Some(json!({"labels": {"bad key": "x"}})),
+            )
+            .await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (422, Some("labels")),
+            "{problem}"
+        );
+        let (status, updated) = hub
+            .admin(
+                Method::PUT,
+                &format!("/api/nodes/{labelled}"),
+                Some(json!({"labels": {"zone": "b", "disk": "nvme"}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{updated}");
+        assert_eq!(updated["labels"]["zone"], "b");
+
+        let mut body = service_body("zoned", false).await;
+        body["replicas"] = json!(3);
+        body["constraints"] = json!({"zone": "b"});
+        let (status, created) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/{user}/ops/services"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_i64().expect("id");
+        let (_, live) = hub
+            .admin(Method::GET, &format!("/api/services/{id}/status"), None)
+            .await;
+        let nodes: Vec<i64> = live["replicas"]
+            .as_array()
+            .expect("replicas")
+            .iter()
+            .filter_map(|replica| replica["node_id"].as_i64())
+            .collect();
+        assert_eq!(
+            nodes,
+            vec![labelled; 3],
+            "every replica on the labelled node"
+        );
+
+        let mut nowhere = service_body("nowhere", false).await;
+        nowhere["constraints"] = json!({"zone": "c"});
+        let (status, refused) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/{user}/ops/services"),
+                Some(nowhere),
+            )
+            .await;
+        assert_eq!(
+            (status, refused["detail"].as_str()),
+            (
+                503,
+                Some("no node can run it: 2 nodes: labels do not match")
+            )
+        );
+        let mut bad = service_body("bad", false).await;
+        bad["constraints"] = json!({"zone": "x".repeat(64)});
+        let (status, problem) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/{user}/ops/services"),
+                Some(bad),
+            )
+            .await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (422, Some("constraints.zone")),
+            "{problem}"
+        );
+    })
+    .await;
+    first.kill().await;
+    second.kill().await;
+}

@@ -166,6 +166,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0004_replicas.sql"),
                 include_str!("../migrations/postgres/0004_replicas.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0005_node_labels.sql"),
+                include_str!("../migrations/postgres/0005_node_labels.sql"),
+            ),
         ];
         for (sqlite, postgres) in pairs {
             let translated = sqlite.replace(

@@ -3,6 +3,8 @@
 //! the connection status the monitor keeps, and the hardware it observed. Secrets are stored
 //! sealed; this module never sees them in clear.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -78,6 +80,8 @@ pub struct NodeRecord {
     pub weight: i64,
     /// Free text.
     pub remark: String,
+    /// Labels services can require (`constraints`).
+    pub labels: BTreeMap<String, String>,
     /// `connected`, `failed` or `unknown`.
     pub docker_status: String,
     /// The last connection test's message.
@@ -128,6 +132,7 @@ impl NodeRecord {
             priority: 100,
             weight: 100,
             remark: String::new(),
+            labels: BTreeMap::new(),
             docker_status: "unknown".to_owned(),
             status_message: String::new(),
             last_checked_at: None,
@@ -172,6 +177,7 @@ fn node_from(row: &AnyRow) -> Result<NodeRecord, sqlx::Error> {
         priority: row.try_get("priority")?,
         weight: row.try_get("weight")?,
         remark: row.try_get("remark")?,
+        labels: serde_json::from_str(&row.try_get::<String, _>("labels")?).unwrap_or_default(),
         docker_status: row.try_get("docker_status")?,
         status_message: row.try_get("status_message")?,
         last_checked_at: row.try_get("last_checked_at")?,
@@ -222,6 +228,7 @@ fn bind_fields<'q>(
         .bind(node.last_checked_at)
         .bind(node.observed.to_string())
         .bind(&node.origin)
+        .bind(serde_json::to_string(&node.labels).unwrap_or_else(|_| "{}".to_owned()))
 }
 
 /// Inserts `node`; a taken name is a conflict. Returns the stored node.
@@ -232,8 +239,9 @@ pub async fn insert(conn: &mut Conn, node: &NodeRecord) -> Result<NodeRecord, St
          ssh_user, ssh_password_sealed, gpu_model, gpu_count, gpu_memory_gb, hami_core_dir, driver, docker_address, \
          use_tls, ca_cert_sealed, client_cert_sealed, client_key_sealed, agent_url, agent_key_sealed, server_type, \
          enabled, listed, priority, weight, remark, docker_status, status_message, last_checked_at, observed, origin, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36) RETURNING id",
+         labels, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+         $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37) \
+         RETURNING id",
     );
     let row = bind_fields(query, node)
         .bind(now)
@@ -253,7 +261,7 @@ pub async fn update(conn: &mut Conn, node: &NodeRecord) -> Result<NodeRecord, St
          use_tls = $18, ca_cert_sealed = $19, client_cert_sealed = $20, client_key_sealed = $21, agent_url = $22, \
          agent_key_sealed = $23, server_type = $24, enabled = $25, listed = $26, priority = $27, weight = $28, \
          remark = $29, docker_status = $30, status_message = $31, last_checked_at = $32, observed = $33, \
-         origin = $34, updated_at = $35 WHERE id = $36",
+         origin = $34, labels = $35, updated_at = $36 WHERE id = $37",
     );
     let updated = bind_fields(query, node)
         .bind(now_ms())

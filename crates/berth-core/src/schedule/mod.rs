@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use gpu_fit::WHOLE_GPU_OBSERVED_FREE_SHARE;
 pub use refusal::{Reason, Refusal};
 
+use crate::SpecError;
 use crate::seeded::mix;
 
 /// What kind of server a node is (seed 000's `server_type`).
@@ -400,6 +401,34 @@ impl Cluster {
             self.nodes[*position].healthy = healthy;
         }
     }
+}
+
+/// Longest label key or value.
+pub const MAX_LABEL_LEN: usize = 63;
+
+/// Checks node labels or a request's constraints: keys of letters, digits, `.`, `_`, `-` and
+/// `/` (1–63), values of at most 63 printable characters. The error names `field.key`.
+pub fn validate_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    for (key, value) in labels {
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_LABEL_LEN
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+        if !key_ok {
+            return Err(SpecError::new(
+                field,
+                format!("{key:?} is not a label key (1-63 of letters, digits, . _ - /)"),
+            ));
+        }
+        if value.len() > MAX_LABEL_LEN || value.chars().any(char::is_control) {
+            return Err(SpecError::new(
+                format!("{field}.{key}"),
+                format!("{value:?} is not a label value (at most 63 printable characters)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `request` fits on `node`; the GPUs it would take, or the first dimension short.

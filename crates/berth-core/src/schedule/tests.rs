@@ -597,3 +597,26 @@ proptest! {
         prop_assert_eq!(first, second, "same input, same output");
     }
 }
+
+#[test]
+fn labels_are_checked_and_the_error_names_the_key() {
+    let good = BTreeMap::from([
+        ("zone".to_owned(), "eu-1".to_owned()),
+        ("gpu/arch".to_owned(), String::new()),
+    ]);
+    assert!(validate_labels("labels", &good).is_ok());
+    let bad_key = BTreeMap::from([("a b".to_owned(), "x".to_owned())]);
+    assert_eq!(
+        validate_labels("labels", &bad_key)
+            .expect_err("bad key")
+            .field,
+        "labels"
+    );
+    let bad_value = BTreeMap::from([("zone".to_owned(), "x".repeat(64))]);
+    assert_eq!(
+        validate_labels("constraints", &bad_value)
+            .expect_err("bad value")
+            .field,
+        "constraints.zone"
+    );
+}

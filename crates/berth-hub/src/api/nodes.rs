@@ -81,6 +81,7 @@ pub struct NodeInput {
     priority: Option<i64>,
     weight: Option<i64>,
     remark: Option<String>,
+    labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn seal_into(
@@ -174,6 +175,9 @@ impl NodeInput {
                 ));
             }
         }
+        if let Some(labels) = &self.labels {
+            berth_core::schedule::validate_labels("labels", labels)?;
+        }
         check_pem("ca_cert", &self.ca_cert, "CERTIFICATE")?;
         check_pem("client_cert", &self.client_cert, "CERTIFICATE")?;
         check_pem("client_key", &self.client_key, "PRIVATE KEY")?;
@@ -201,6 +205,7 @@ impl NodeInput {
         set(&mut record.priority, self.priority);
         set(&mut record.weight, self.weight);
         set(&mut record.remark, self.remark);
+        set(&mut record.labels, self.labels);
         seal_into(secrets, &mut record.ssh_password_sealed, self.ssh_password)?;
         seal_into(secrets, &mut record.ca_cert_sealed, self.ca_cert)?;
         seal_into(secrets, &mut record.client_cert_sealed, self.client_cert)?;

@@ -64,6 +64,8 @@ struct ServiceRequest {
     replicas: Option<i64>,
     #[serde(default)]
     start: bool,
+    #[serde(default)]
+    constraints: BTreeMap<String, String>,
 }
 
 /// Most replicas one service may ask for.
@@ -194,7 +196,9 @@ async fn definition_from(
         data_disk_bytes: None,
         gpu_count: 0,
         gpu_share_gb: None,
+        constraints: request.constraints.clone(),
     };
+    berth_core::schedule::validate_labels("constraints", &definition.constraints)?;
     if let Some(port) = request.port
         && port == 0
     {
