@@ -309,12 +309,7 @@ async fn repair(
         Some(_) => Ok(false),
         None => {
             let definition = replicas::definition_of(service)?;
-            let owner = {
-                let mut connection = state.store.acquire().await?;
-                berth_store::users::get_user(&mut connection, service.owner_id)
-                    .await?
-                    .name
-            };
+            let owner = replicas::owner_name(state, service).await?;
             let placement = berth_core::schedule::Placement {
                 node_id: node.id,
                 gpus: scheduling::assignment_of(allocation),

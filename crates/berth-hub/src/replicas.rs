@@ -120,6 +120,16 @@ pub fn definition_of(service: &ServiceRecord) -> Result<ServiceDefinition, Probl
     })
 }
 
+/// The name of the service's owner (the `berth.owner` label of its containers).
+pub async fn owner_name(state: &HubState, service: &ServiceRecord) -> Result<String, StoreError> {
+    let mut connection = state.store.acquire().await?;
+    Ok(
+        berth_store::users::get_user(&mut connection, service.owner_id)
+            .await?
+            .name,
+    )
+}
+
 /// Launches `plan`; records `cause` as an operation with the outcome.
 pub async fn launch(
     state: &HubState,
@@ -302,7 +312,7 @@ pub async fn move_replica(
     destination: Destination,
     cause: Cause<'_>,
 ) -> Result<Launched, Problem> {
-    let (service, current, owner) = {
+    let (service, current) = {
         let mut connection = state.store.acquire().await?;
         let service = services::get(&mut connection, service_id).await?;
         let current = allocations::for_replica(&mut connection, service_id, replica)
@@ -313,11 +323,9 @@ pub async fn move_replica(
                     format!("replica {replica} of service {service_id} is not placed"),
                 )
             })?;
-        let owner = berth_store::users::get_user(&mut connection, service.owner_id)
-            .await?
-            .name;
-        (service, current, owner)
+        (service, current)
     };
+    let owner = owner_name(state, &service).await?;
     let definition = definition_of(&service)?;
     let (all, mut cluster) = scheduling::snapshot(state).await?;
     cluster.release(

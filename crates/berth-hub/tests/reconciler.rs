@@ -33,6 +33,11 @@ async fn engine() -> DockerDriver {
     .expect("engine")
 }
 
+async fn admin_name(hub: &Hub) -> String {
+    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
+    me["name"].as_str().expect("name").to_owned()
+}
+
 async fn service_body(name: &str, pinned: bool) -> Value {
     json!({"name": name, "image": IMAGE, "memory_limit": "16m", "cpu_limit": 0.1, "pinned": pinned,
         "command": ["sh", "-c", "while true; do sleep 0.2; done"]})
@@ -103,8 +108,7 @@ async fn a_node_converges_to_the_database_and_a_second_round_changes_nothing() {
     let hub = start("reconcile").await;
     let node_id = add_local_node(&hub).await;
     let engine = engine().await;
-    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
-    let user = me["name"].as_str().expect("name").to_owned();
+    let user = admin_name(&hub).await;
     let hub_id = hub.state.hub_id.clone();
     let pid = std::process::id();
     let foreign = labelled(
@@ -255,6 +259,34 @@ async fn a_node_converges_to_the_database_and_a_second_round_changes_nothing() {
         .await;
 }
 
+/// Two in-process agents registered as nodes `agent-a` and `agent-b`.
+struct TwoAgents {
+    agents: [support::RunningAgent; 2],
+    nodes: [i64; 2],
+}
+
+impl TwoAgents {
+    async fn start(hub: &Hub, prefix: &str) -> Self {
+        let pid = std::process::id();
+        let first = start_agent(&format!("{prefix}-a-{pid}"), "key-a", "127.0.0.1:0").await;
+        let second = start_agent(&format!("{prefix}-b-{pid}"), "key-b", "127.0.0.1:0").await;
+        let nodes = [
+            add_agent_node(hub, "agent-a", &first.url(), "key-a").await,
+            add_agent_node(hub, "agent-b", &second.url(), "key-b").await,
+        ];
+        Self {
+            agents: [first, second],
+            nodes,
+        }
+    }
+
+    async fn kill(self) {
+        for agent in self.agents {
+            agent.kill().await;
+        }
+    }
+}
+
 async fn add_agent_node(hub: &Hub, name: &str, url: &str, key: &str) -> i64 {
     let body = node(
         name,
@@ -277,8 +309,7 @@ async fn a_dead_agents_service_moves_and_its_stale_replica_goes_when_it_returns(
     };
     let hub = start_with("failover", settings).await;
     let engine = engine().await;
-    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
-    let user = me["name"].as_str().expect("name").to_owned();
+    let user = admin_name(&hub).await;
     let pid = std::process::id();
     let first = start_agent(&format!("failover-a-{pid}"), "key-a", "127.0.0.1:0").await;
     let first_address = first.address;
@@ -376,13 +407,9 @@ async fn a_dead_agents_service_moves_and_its_stale_replica_goes_when_it_returns(
 async fn migrate_moves_a_container_and_drain_empties_a_node() {
     let hub = start("migrate").await;
     let engine = engine().await;
-    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
-    let user = me["name"].as_str().expect("name").to_owned();
-    let pid = std::process::id();
-    let first = start_agent(&format!("migrate-a-{pid}"), "key-a", "127.0.0.1:0").await;
-    let second = start_agent(&format!("migrate-b-{pid}"), "key-b", "127.0.0.1:0").await;
-    let first_node = add_agent_node(&hub, "agent-a", &first.url(), "key-a").await;
-    let second_node = add_agent_node(&hub, "agent-b", &second.url(), "key-b").await;
+    let user = admin_name(&hub).await;
+    let agents = TwoAgents::start(&hub, "migrate").await;
+    let [first_node, second_node] = agents.nodes;
     with_cleanup(&hub, async {
         let started = create_and_start(&hub, &user, "mover", false).await;
         let id = started["id"].as_i64().expect("id");
@@ -501,8 +528,7 @@ async fn migrate_moves_a_container_and_drain_empties_a_node() {
         }
     })
     .await;
-    first.kill().await;
-    second.kill().await;
+    agents.kill().await;
 }
 
 async fn containers_of(hub: &Hub, engine: &DockerDriver, service: i64) -> Vec<(String, String)> {
@@ -532,13 +558,9 @@ async fn containers_of(hub: &Hub, engine: &DockerDriver, service: i64) -> Vec<(S
 async fn replicas_spread_over_nodes_and_start_stop_and_go_together() {
     let hub = start("replicas").await;
     let engine = engine().await;
-    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
-    let user = me["name"].as_str().expect("name").to_owned();
-    let pid = std::process::id();
-    let first = start_agent(&format!("replicas-a-{pid}"), "key-a", "127.0.0.1:0").await;
-    let second = start_agent(&format!("replicas-b-{pid}"), "key-b", "127.0.0.1:0").await;
-    let first_node = add_agent_node(&hub, "agent-a", &first.url(), "key-a").await;
-    let second_node = add_agent_node(&hub, "agent-b", &second.url(), "key-b").await;
+    let user = admin_name(&hub).await;
+    let agents = TwoAgents::start(&hub, "replicas").await;
+    let [first_node, second_node] = agents.nodes;
     with_cleanup(&hub, async {
         for (replicas, field) in [(json!(0), "replicas"), (json!(201), "replicas")] {
             let mut body = service_body("bad", false).await;
@@ -643,20 +665,15 @@ async fn replicas_spread_over_nodes_and_start_stop_and_go_together() {
         );
     })
     .await;
-    first.kill().await;
-    second.kill().await;
+    agents.kill().await;
 }
 
 #[tokio::test]
 async fn constraints_keep_replicas_on_nodes_with_the_labels() {
     let hub = start("constraints").await;
-    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
-    let user = me["name"].as_str().expect("name").to_owned();
-    let pid = std::process::id();
-    let first = start_agent(&format!("labels-a-{pid}"), "key-a", "127.0.0.1:0").await;
-    let second = start_agent(&format!("labels-b-{pid}"), "key-b", "127.0.0.1:0").await;
-    add_agent_node(&hub, "agent-a", &first.url(), "key-a").await;
-    let labelled = add_agent_node(&hub, "agent-b", &second.url(), "key-b").await;
+    let user = admin_name(&hub).await;
+    let agents = TwoAgents::start(&hub, "labels").await;
+    let labelled = agents.nodes[1];
     with_cleanup(&hub, async {
         let (status, problem) = hub
             .admin(
@@ -739,6 +756,5 @@ async fn constraints_keep_replicas_on_nodes_with_the_labels() {
         );
     })
     .await;
-    first.kill().await;
-    second.kill().await;
+    agents.kill().await;
 }

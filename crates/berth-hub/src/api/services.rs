@@ -804,12 +804,7 @@ pub async fn rollback(
                 format!("stored version is unreadable: {err}"),
             )
         })?;
-    let owner = {
-        let mut connection = state.store.acquire().await?;
-        users::get_user(&mut connection, service.owner_id)
-            .await?
-            .name
-    };
+    let owner = replicas::owner_name(&state, &service).await?;
     let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
     let was_running = service.status == "running";
     let request_shape = scheduling::request_for(&definition);
