@@ -10,7 +10,7 @@ use std::time::Duration;
 use berth_core::ConnectionStatus;
 use berth_hub::config::HubConfig;
 use berth_hub::state::HubSettings;
-use berth_hub::{HubState, api, bootstrap, monitor};
+use berth_hub::{HubState, api, bootstrap, gateway, monitor};
 use berth_store::{SecretBox, Store, nodes, redact_url};
 use clap::Args;
 
@@ -20,6 +20,9 @@ pub struct HubArgs {
     /// Address of the API.
     #[arg(long, env = "BERTH_LISTEN", default_value = "0.0.0.0:7700")]
     listen: SocketAddr,
+    /// Address of the gateway, where requests reach model services (`/s/{user}/{service}/…`).
+    #[arg(long, env = "BERTH_GATEWAY_LISTEN", default_value = "0.0.0.0:7701")]
+    gateway_listen: SocketAddr,
     /// sqlite://PATH or postgres://USER:PASSWORD@HOST/DB.
     #[arg(
         long,
@@ -43,6 +46,8 @@ pub struct HubArgs {
 pub struct Launch {
     /// API address.
     pub listen: SocketAddr,
+    /// Gateway address.
+    pub gateway_listen: SocketAddr,
     /// Database URL.
     pub database_url: String,
     /// Data directory.
@@ -77,6 +82,7 @@ pub async fn run(args: HubArgs) -> ExitCode {
     }
     serve(Launch {
         listen: args.listen,
+        gateway_listen: args.gateway_listen,
         database_url: args.database_url,
         data_dir: args.data_dir,
         monitor_interval: Duration::from_secs(monitor_interval),
@@ -123,6 +129,8 @@ pub async fn serve(launch: Launch) -> ExitCode {
         max_services_per_user: launch.config.max_services_per_user,
         failure_threshold: launch.config.failure_threshold,
         placement_policy: launch.config.placement_policy,
+        max_models_per_node: launch.config.max_models_per_node,
+        service_domain: launch.config.service_domain.clone(),
         ..HubSettings::default()
     };
     let state = match HubState::new(store, secrets, settings).await {
@@ -178,11 +186,26 @@ pub async fn serve(launch: Launch) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let gateway_listener = match tokio::net::TcpListener::bind(launch.gateway_listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!(
+                "berth: cannot listen on {} for the gateway: {err}; pick another address with --gateway-listen",
+                launch.gateway_listen
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let address = listener
         .local_addr()
         .map(|addr| addr.to_string())
         .unwrap_or_default();
     println!("Berth hub listening on http://{address} (API under /api, health at /health)");
+    if let Ok(gateway_address) = gateway_listener.local_addr() {
+        println!(
+            "Gateway listening on http://{gateway_address} (model services at /s/{{user}}/{{service}}/)"
+        );
+    }
     match (
         &booted.new_admin_token,
         std::fs::read_to_string(&token_file),
@@ -213,6 +236,14 @@ pub async fn serve(launch: Launch) -> ExitCode {
         Arc::clone(&state),
         stopped(stop_receiver.clone()),
     ));
+    let readiness_task = tokio::spawn(gateway::readiness::run(
+        Arc::clone(&state),
+        stopped(stop_receiver.clone()),
+    ));
+    let gateway_task = tokio::spawn(
+        Arc::new(gateway::Gateway::new(Arc::clone(&state)))
+            .serve(gateway_listener, stopped(stop_receiver.clone())),
+    );
     let router = api::router(Arc::clone(&state));
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
@@ -222,6 +253,8 @@ pub async fn serve(launch: Launch) -> ExitCode {
         })
         .await;
     let _ = monitor_task.await;
+    let _ = readiness_task.await;
+    let _ = gateway_task.await;
     state.store.close().await;
     match served {
         Ok(()) => {

@@ -20,6 +20,9 @@ pub struct UpArgs {
     /// Address of the API.
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
+    /// Address of the gateway, where requests reach model services (`/s/{user}/{service}/…`).
+    #[arg(long, env = "BERTH_GATEWAY_LISTEN", default_value = "127.0.0.1:7701")]
+    gateway_listen: SocketAddr,
     /// The local Docker engine.
     #[arg(long, env = "DOCKER_HOST", default_value = berth_docker::DEFAULT_DOCKER_HOST)]
     docker_host: String,
@@ -34,6 +37,7 @@ pub async fn run(args: UpArgs) -> ExitCode {
     let config = berth_hub::config::HubConfig::default();
     serve(Launch {
         listen: args.listen,
+        gateway_listen: args.gateway_listen,
         database_url: format!("sqlite://{}", database.display()),
         data_dir: args.data_dir,
         monitor_interval: Duration::from_secs(config.monitor_interval),

@@ -1,11 +1,13 @@
 //! Berth's domain core: container specs and their validation, Docker's size units, instance
-//! names, node connection statuses, GPU usage readers and the scheduler.
+//! names, node connection statuses, GPU usage readers, the scheduler and the gateway's request
+//! routing policies.
 //!
 //! Pure code: no async runtime, no I/O, no clock. Every other crate builds on these types.
 
 pub mod gpu;
 pub mod names;
 pub mod node;
+pub mod routing;
 pub mod schedule;
 pub mod seeded;
 pub mod spec;

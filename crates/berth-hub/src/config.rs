@@ -77,6 +77,12 @@ pub struct HubConfig {
     /// `spread` (least load per weight) or `binpack` (fullest node per weight).
     #[serde(default)]
     pub placement_policy: Policy,
+    /// Model services loaded at once per node (seed 004's `max_models`); 0: no limit.
+    #[serde(default)]
+    pub max_models_per_node: u32,
+    /// Also route `{service}.{user}.{service_domain}` by host (seed 000's `service_domain`).
+    #[serde(default)]
+    pub service_domain: Option<String>,
 }
 
 impl Default for HubConfig {
@@ -88,6 +94,8 @@ impl Default for HubConfig {
             monitor_interval: three(),
             failure_threshold: three_checks(),
             placement_policy: Policy::Spread,
+            max_models_per_node: 0,
+            service_domain: None,
         }
     }
 }
@@ -116,6 +124,19 @@ impl HubConfig {
         }
         if self.failure_threshold == 0 {
             return Err("failure_threshold: must be at least 1 check".to_owned());
+        }
+        if let Some(domain) = &self.service_domain {
+            let valid = !domain.is_empty()
+                && domain.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !valid {
+                return Err(format!(
+                    "service_domain: {domain:?} is not a domain name such as models.example.org"
+                ));
+            }
         }
         let mut seen = HashSet::new();
         for (index, controller) in self.mmanager_controllers.iter().enumerate() {

@@ -1,12 +1,15 @@
 //! `berth hub`: the control plane. Users and API tokens, compute nodes (Docker engines reached
 //! directly or through a `berth agent`) with their connection status, the node monitor, the
 //! catalog (images, product specs), services placed on nodes with their deployment history, and
-//! the operation log; `berth up` runs it embedded on SQLite with the local engine as node `local`.
+//! the operation log, and the gateway that routes requests to model services' replicas; `berth up`
+//! runs it embedded on SQLite with the local engine as node `local`.
 
 pub mod api;
 pub mod bootstrap;
 pub mod config;
+pub mod gateway;
 pub mod metrics;
+pub mod models;
 pub mod monitor;
 pub mod node_check;
 pub mod node_client;

@@ -1,8 +1,11 @@
-//! The hub's Prometheus metrics: nodes by connection status, and API requests and latency.
+//! The hub's Prometheus metrics: nodes by connection status, API requests and latency, and the
+//! gateway's: seed 004's model metrics labelled by service, and the gateway's own errors.
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use berth_http::RequestMetrics;
@@ -12,11 +15,124 @@ struct StatusLabels {
     status: String,
 }
 
+/// A service, as `owner/name`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// `owner/name`.
+    pub service: String,
+}
+
+/// A service and the status code of an answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnswerLabels {
+    /// `owner/name`.
+    pub service: String,
+    /// HTTP status code.
+    pub status: u16,
+}
+
+/// Why the gateway answered itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `no_route`, `unauthorized`, `stopped`, `no_ready_replica`, `upstream`, `timeout`, `load_failed`.
+    pub kind: String,
+}
+
+/// Seed 004's model metrics and the gateway's own.
+#[derive(Clone)]
+pub struct ModelMetrics {
+    /// Loads (by the API, a request, or the LRU making room) per service.
+    pub load_total: Family<ServiceLabels, Counter>,
+    /// Unloads per service.
+    pub unload_total: Family<ServiceLabels, Counter>,
+    /// 1 while a service is loaded.
+    pub loaded: Family<ServiceLabels, Gauge>,
+    /// Requests answered, by service and status code.
+    pub requests: Family<AnswerLabels, Counter>,
+    /// Time from a request's arrival to the end of its answer.
+    pub duration: Family<ServiceLabels, Histogram>,
+    /// Requests that found their service unloaded and started it.
+    pub cold_starts: Family<ServiceLabels, Counter>,
+    /// Requests being answered now.
+    pub in_flight: Family<ServiceLabels, Gauge>,
+    /// Answers the gateway gave itself, by reason.
+    pub gateway_errors: Family<ErrorLabels, Counter>,
+}
+
+impl ModelMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            load_total: Family::default(),
+            unload_total: Family::default(),
+            loaded: Family::default(),
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.5, 14))
+            }),
+            cold_starts: Family::default(),
+            in_flight: Family::default(),
+            gateway_errors: Family::default(),
+        };
+        registry.register(
+            "model_load",
+            "Model service loads",
+            metrics.load_total.clone(),
+        );
+        registry.register(
+            "model_unload",
+            "Model service unloads (by the API, idle timeout or LRU eviction)",
+            metrics.unload_total.clone(),
+        );
+        registry.register(
+            "models_loaded",
+            "1 while the model service is loaded",
+            metrics.loaded.clone(),
+        );
+        registry.register(
+            "inference_requests",
+            "Requests through the gateway by status code",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "inference_duration_seconds",
+            "Time from a request's arrival at the gateway to the end of its answer",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "model_cold_starts",
+            "Requests that found the service unloaded and started it",
+            metrics.cold_starts.clone(),
+        );
+        registry.register(
+            "inference_requests_in_flight",
+            "Requests being answered now",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "berth_gateway_errors",
+            "Answers the gateway gave itself, by reason",
+            metrics.gateway_errors.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one answer the gateway gave itself.
+    pub fn gateway_error(&self, kind: &str) {
+        self.gateway_errors
+            .get_or_create(&ErrorLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+}
+
 /// Every metric the hub exports.
 pub struct HubMetrics {
     registry: Registry,
     /// Requests and their latency.
     pub http: RequestMetrics,
+    /// The gateway's.
+    pub models: ModelMetrics,
     nodes: Family<StatusLabels, Gauge>,
     services: Family<StatusLabels, Gauge>,
 }
@@ -40,9 +156,11 @@ impl HubMetrics {
         );
         let services = Family::<StatusLabels, Gauge>::default();
         registry.register("berth_hub_services", "Services by state", services.clone());
+        let models = ModelMetrics::register(&mut registry);
         Self {
             registry,
             http,
+            models,
             nodes,
             services,
         }

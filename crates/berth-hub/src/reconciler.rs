@@ -286,7 +286,10 @@ async fn repair(
             .await?;
             Ok(true)
         }
-        Some(container) if service.status == "stopped" && container.status == "running" => {
+        Some(container)
+            if matches!(service.status.as_str(), "stopped" | crate::models::UNLOADED)
+                && container.status == "running" =>
+        {
             state
                 .node_client(node)
                 .await?

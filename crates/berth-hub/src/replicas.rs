@@ -7,7 +7,9 @@
 //! engine is not overrun. Moving a replica launches it elsewhere at the next generation and then
 //! retires the old container.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::http::StatusCode;
 use berth_core::ContainerSpec;
@@ -15,7 +17,7 @@ use berth_core::schedule::{Placement, Request};
 use berth_http::Problem;
 use berth_store::StoreError;
 use berth_store::allocations::{self, Allocation, ReplicaRef};
-use berth_store::nodes::NodeRecord;
+use berth_store::nodes::{self, NodeRecord};
 use berth_store::operations::{self, NewOperation};
 use berth_store::services::{self, ServiceRecord};
 use futures_util::StreamExt;
@@ -415,4 +417,47 @@ pub async fn allocations_of(
 ) -> Result<Vec<Allocation>, StoreError> {
     let mut connection = state.store.acquire().await?;
     allocations::for_service(&mut connection, service_id).await
+}
+
+/// Runs `action` on the container of every replica whose node is not held down, at most
+/// [`PARALLEL_CONTAINER_CALLS`] at a time; how many it touched, or the first failure.
+/// Replicas on down nodes are left to the reconciler, which converges them when they return.
+pub async fn on_every_replica<F, Fut>(
+    state: &HubState,
+    service: &ServiceRecord,
+    action: F,
+) -> Result<usize, Problem>
+where
+    F: Fn(Arc<NodeClient>, String) -> Fut,
+    Fut: Future<Output = Result<(), Problem>>,
+{
+    let placed = allocations_of(state, service.id).await?;
+    let all_nodes: HashMap<i64, NodeRecord> = {
+        let mut connection = state.store.acquire().await?;
+        nodes::list(&mut connection)
+            .await?
+            .into_iter()
+            .map(|node| (node.id, node))
+            .collect()
+    };
+    let jobs: Vec<(String, Option<NodeRecord>)> = placed
+        .into_iter()
+        .filter(|allocation| {
+            !allocation.container_id.is_empty() && !state.is_down(allocation.node_id)
+        })
+        .map(|allocation| {
+            let node = all_nodes.get(&allocation.node_id).cloned();
+            (allocation.container_id, node)
+        })
+        .collect();
+    let action = &action;
+    let outcomes = bounded(jobs, |(container, node)| async move {
+        let node = node.ok_or_else(|| Problem::new(StatusCode::CONFLICT, "its node is gone"))?;
+        let client = state.node_client(&node).await?;
+        action(client, container).await
+    })
+    .await;
+    let touched = outcomes.len();
+    outcomes.into_iter().collect::<Result<Vec<()>, Problem>>()?;
+    Ok(touched)
 }

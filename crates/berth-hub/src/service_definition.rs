@@ -2,8 +2,10 @@
 //! deployment version, and its translation into the container spec of one version on one node.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use berth_core::names::instance_name;
+use berth_core::routing::RoutingConfig;
 use berth_core::schedule::GpuAssignment;
 use berth_core::spec::{ContainerPort, GpuRequest, GpuShare, RestartPolicy};
 use berth_core::{ByteSize, ContainerSpec, SpecError};
@@ -36,6 +38,177 @@ pub struct ServiceDefinition {
     /// Node labels the service's nodes must carry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub constraints: BTreeMap<String, String>,
+    /// How the gateway serves it: routing, readiness probe, warmup, timeouts, scale to zero.
+    #[serde(default, skip_serializing_if = "ServingSettings::is_default")]
+    pub serving: ServingSettings,
+}
+
+/// How the gateway serves a service with a `port` (a model service, seed 004).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingSettings {
+    /// Which replica takes each request.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// The readiness probe: a `GET` of this path must answer 2xx or 3xx.
+    #[serde(default = "root_path")]
+    pub probe_path: String,
+    /// Seconds between two probes of a ready replica.
+    #[serde(default = "two")]
+    pub probe_interval_seconds: u64,
+    /// Requests a new replica must answer with 2xx before it takes traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Warmup>,
+    /// Seconds the gateway waits for a replica's response headers before answering 504.
+    #[serde(default = "sixty")]
+    pub timeout_seconds: u64,
+    /// Seconds without requests after which the service is unloaded (scale to zero); never when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<u64>,
+    /// Seconds a request to an unloaded service waits for it to become ready.
+    #[serde(default = "two_minutes")]
+    pub start_timeout_seconds: u64,
+    /// Speak HTTP/2 (cleartext) to the replicas, as gRPC servers need; gRPC requests always do.
+    #[serde(default)]
+    pub http2: bool,
+}
+
+/// Warmup requests (seed 004 runs three forward passes before serving).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Warmup {
+    /// Path, with its query.
+    pub path: String,
+    /// HTTP method.
+    #[serde(default = "post")]
+    pub method: String,
+    /// Request body (sent as `application/json` when it parses as JSON).
+    #[serde(default)]
+    pub body: String,
+    /// How many times, one after another.
+    #[serde(default = "three")]
+    pub count: u32,
+}
+
+fn root_path() -> String {
+    "/".to_owned()
+}
+
+fn two() -> u64 {
+    2
+}
+
+fn sixty() -> u64 {
+    60
+}
+
+fn two_minutes() -> u64 {
+    120
+}
+
+fn post() -> String {
+    "POST".to_owned()
+}
+
+fn three() -> u32 {
+    3
+}
+
+impl Default for ServingSettings {
+    fn default() -> Self {
+        Self {
+            routing: RoutingConfig::default(),
+            probe_path: root_path(),
+            probe_interval_seconds: two(),
+            warmup: None,
+            timeout_seconds: sixty(),
+            idle_timeout_seconds: None,
+            start_timeout_seconds: two_minutes(),
+            http2: false,
+        }
+    }
+}
+
+fn check_path(field: &str, path: &str) -> Result<(), SpecError> {
+    if !path.starts_with('/') || path.contains(char::is_whitespace) {
+        return Err(SpecError::new(
+            field,
+            format!("{path:?} is not a path starting with /"),
+        ));
+    }
+    Ok(())
+}
+
+impl ServingSettings {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Checks every value; the error names the field (`serving.…`).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        self.routing.validate()?;
+        check_path("serving.probe_path", &self.probe_path)?;
+        for (field, value, most) in [
+            (
+                "serving.probe_interval_seconds",
+                self.probe_interval_seconds,
+                3600,
+            ),
+            ("serving.timeout_seconds", self.timeout_seconds, 86_400),
+            (
+                "serving.start_timeout_seconds",
+                self.start_timeout_seconds,
+                3600,
+            ),
+            (
+                "serving.idle_timeout_seconds",
+                self.idle_timeout_seconds.unwrap_or(1),
+                30 * 86_400,
+            ),
+        ] {
+            if !(1..=most).contains(&value) {
+                return Err(SpecError::new(
+                    field,
+                    format!("{value} is not between 1 and {most} seconds"),
+                ));
+            }
+        }
+        if let Some(warmup) = &self.warmup {
+            check_path("serving.warmup.path", &warmup.path)?;
+            if !matches!(
+                warmup.method.as_str(),
+                "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS"
+            ) {
+                return Err(SpecError::new(
+                    "serving.warmup.method",
+                    format!("{:?} is not an HTTP method (GET, POST, …)", warmup.method),
+                ));
+            }
+            if !(1..=100).contains(&warmup.count) {
+                return Err(SpecError::new(
+                    "serving.warmup.count",
+                    format!("{} is not between 1 and 100", warmup.count),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The gateway's wait for response headers.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_seconds)
+    }
+
+    /// How long a request to an unloaded service waits for it.
+    pub fn start_timeout(&self) -> Duration {
+        Duration::from_secs(self.start_timeout_seconds)
+    }
+
+    /// The time without requests after which the service is unloaded.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout_seconds.map(Duration::from_secs)
+    }
 }
 
 /// Labels on every service container: the service id.
@@ -170,6 +343,7 @@ mod tests {
             gpu_count: 0,
             gpu_share_gb: Some(6),
             constraints: BTreeMap::new(),
+            serving: ServingSettings::default(),
         };
         let mut node = NodeRecord::new("gpu-01", "docker");
         node.id = 3;

@@ -1,5 +1,6 @@
 //! The hub's shared state: the store, secrets, metrics, settings, one connection per node, each
-//! node's failure-detector record, and the services a handler or loop is changing right now.
+//! node's failure-detector record, the gateway's route table, and the services a handler or loop
+//! is changing right now.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use berth_http::Problem;
 use berth_store::nodes::NodeRecord;
 use berth_store::{SecretBox, Store, StoreError, allocations};
 
+use crate::gateway::routes::RouteTable;
 use crate::metrics::HubMetrics;
 use crate::node_client::NodeClient;
 use crate::simulation::{SIMULATED_DRIVER, SimulatedFleet};
@@ -27,6 +29,11 @@ pub struct HubSettings {
     pub placement_policy: Policy,
     /// Containers a node takes when it does not say (`MAX_CONTAINERS` of an agent).
     pub default_max_containers: u32,
+    /// Model services loaded at once per node; loading one more unloads the least recently used
+    /// idle one. 0: no limit.
+    pub max_models_per_node: u32,
+    /// With a domain, the gateway also routes `{service}.{user}.{domain}` by host.
+    pub service_domain: Option<String>,
 }
 
 impl Default for HubSettings {
@@ -37,6 +44,8 @@ impl Default for HubSettings {
             failure_threshold: 3,
             placement_policy: Policy::Spread,
             default_max_containers: 100,
+            max_models_per_node: 0,
+            service_domain: None,
         }
     }
 }
@@ -71,6 +80,8 @@ pub struct HubState {
     busy: std::sync::Mutex<HashSet<i64>>,
     /// Services whose last repair failed: failures so far and when to try again.
     retries: std::sync::Mutex<HashMap<i64, (u32, Instant)>>,
+    /// The gateway's routable services and their replicas.
+    pub routes: RouteTable,
     /// Simulated nodes (driver `simulated`), for scenarios; empty otherwise.
     pub fleet: Arc<SimulatedFleet>,
     /// One connection per node, kept until the node's record changes.
@@ -114,6 +125,7 @@ impl HubState {
             health: Default::default(),
             busy: Default::default(),
             retries: Default::default(),
+            routes: RouteTable::default(),
             fleet: Default::default(),
             node_clients: Default::default(),
         })

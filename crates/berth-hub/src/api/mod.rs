@@ -65,6 +65,8 @@ pub fn router(state: Arc<HubState>) -> Router {
         )
         .route("/api/services/{id}/start", post(services::start))
         .route("/api/services/{id}/stop", post(services::stop))
+        .route("/api/services/{id}/load", post(services::load))
+        .route("/api/services/{id}/unload", post(services::unload))
         .route("/api/services/{id}/status", get(services::status))
         .route("/api/services/{id}/logs", get(services::logs))
         .route("/api/services/{id}/stats", get(services::stats))

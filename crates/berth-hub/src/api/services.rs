@@ -2,9 +2,9 @@
 //! delete — plus the list, stats, deployment history and rollback. A service is sized by a
 //! product spec or by explicit limits, placed on a node, and runs as one container there.
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -24,10 +24,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::CurrentUser;
+use crate::gateway::routes::now_millis;
+use crate::models;
 use crate::node_client::NodeClient;
 use crate::replicas::{self, Cause, LaunchPlan};
 use crate::scheduling;
-use crate::service_definition::ServiceDefinition;
+use crate::service_definition::{ServiceDefinition, ServingSettings};
 use crate::state::HubState;
 
 type Shared = State<Arc<HubState>>;
@@ -66,6 +68,8 @@ struct ServiceRequest {
     start: bool,
     #[serde(default)]
     constraints: BTreeMap<String, String>,
+    #[serde(default)]
+    serving: Option<ServingSettings>,
 }
 
 /// Most replicas one service may ask for.
@@ -135,6 +139,16 @@ async fn save(
     let mut transaction = state.store.begin().await?;
     let saved = services::update(&mut transaction, service).await?;
     operations::commit_with(transaction, &record).await?;
+    if let Some(routes) = state.routes.get(saved.id) {
+        routes.set_wanted(&saved.status);
+        if saved.status == "running" {
+            routes
+                .usage
+                .loaded_at_ms
+                .store(now_millis(), Ordering::Relaxed);
+        }
+    }
+    state.routes.changed.notify_one();
     Ok(saved)
 }
 
@@ -197,7 +211,9 @@ async fn definition_from(
         gpu_count: 0,
         gpu_share_gb: None,
         constraints: request.constraints.clone(),
+        serving: request.serving.clone().unwrap_or_default(),
     };
+    definition.serving.validate()?;
     berth_core::schedule::validate_labels("constraints", &definition.constraints)?;
     if let Some(port) = request.port
         && port == 0
@@ -456,6 +472,7 @@ pub async fn create(
     created.status = if request.start { "running" } else { "created" }.to_owned();
     let created = services::update(&mut transaction, &created).await?;
     transaction.commit().await.map_err(StoreError::from)?;
+    state.routes.changed.notify_one();
     let mut answer = view(&created);
     answer["warnings"] = json!(warnings);
     Ok((StatusCode::CREATED, Json(answer)))
@@ -504,7 +521,7 @@ pub async fn start(
     let mut service = owned(&state, &user.0, id).await?;
     let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
     container_of(&service)?;
-    let touched = on_every_replica(&state, &service, |client, container| async move {
+    let touched = replicas::on_every_replica(&state, &service, |client, container| async move {
         client.start(&container).await
     })
     .await?;
@@ -523,49 +540,6 @@ pub async fn start(
     )
     .await?;
     Ok(Json(view(&saved)))
-}
-
-/// Runs `action` on the container of every replica whose node is not held down, at most
-/// [`replicas::PARALLEL_CONTAINER_CALLS`] at a time; how many it touched, or the first failure.
-/// Replicas on down nodes are left to the reconciler, which converges them when they return.
-async fn on_every_replica<F, Fut>(
-    state: &HubState,
-    service: &ServiceRecord,
-    action: F,
-) -> Result<usize, Problem>
-where
-    F: Fn(Arc<NodeClient>, String) -> Fut,
-    Fut: Future<Output = Result<(), Problem>>,
-{
-    let placed = replicas::allocations_of(state, service.id).await?;
-    let all_nodes: HashMap<i64, NodeRecord> = {
-        let mut connection = state.store.acquire().await?;
-        nodes::list(&mut connection)
-            .await?
-            .into_iter()
-            .map(|node| (node.id, node))
-            .collect()
-    };
-    let jobs: Vec<(String, Option<NodeRecord>)> = placed
-        .into_iter()
-        .filter(|allocation| {
-            !allocation.container_id.is_empty() && !state.is_down(allocation.node_id)
-        })
-        .map(|allocation| {
-            let node = all_nodes.get(&allocation.node_id).cloned();
-            (allocation.container_id, node)
-        })
-        .collect();
-    let action = &action;
-    let outcomes = replicas::bounded(jobs, |(container, node)| async move {
-        let node = node.ok_or_else(|| Problem::new(StatusCode::CONFLICT, "its node is gone"))?;
-        let client = state.node_client(&node).await?;
-        action(client, container).await
-    })
-    .await;
-    let touched = outcomes.len();
-    outcomes.into_iter().collect::<Result<Vec<()>, Problem>>()?;
-    Ok(touched)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -597,7 +571,7 @@ pub async fn stop(
     let mut service = owned(&state, &user.0, id).await?;
     let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
     container_of(&service)?;
-    on_every_replica(&state, &service, |client, container| async move {
+    replicas::on_every_replica(&state, &service, |client, container| async move {
         client.stop(&container, grace).await
     })
     .await?;
@@ -660,8 +634,88 @@ pub async fn status(
             .collect::<Vec<_>>(),
         "host_port": host_port,
         "service_url": host_port.map(|port| format!("http://{address}:{port}")),
+        "serving": serving_view(&state, &service),
         "error_message": service.error,
     })))
+}
+
+/// The gateway's view of a service with a port: its path, ready replicas and request counters.
+fn serving_view(state: &HubState, service: &ServiceRecord) -> Value {
+    let Some(routes) = state.routes.get(service.id) else {
+        return Value::Null;
+    };
+    let usage = &routes.usage;
+    let millis = |value: u64| (value > 0).then_some(value);
+    json!({
+        "gateway_path": format!("/s/{}/{}/", routes.owner, routes.name),
+        "ready_replicas": routes.ready_count(),
+        "requests": usage.requests.load(Ordering::Relaxed),
+        "in_flight": usage.in_flight.load(Ordering::Relaxed),
+        "cold_starts": usage.cold_starts.load(Ordering::Relaxed),
+        "last_used_ms": millis(usage.last_used_ms.load(Ordering::Relaxed)),
+        "loaded_at_ms": millis(usage.loaded_at_ms.load(Ordering::Relaxed)),
+        "load_duration_ms": millis(usage.load_duration_ms.load(Ordering::Relaxed)),
+        "replicas": routes.endpoints().iter().map(|endpoint| json!({
+            "replica": endpoint.replica,
+            "address": endpoint.address.to_string(),
+            "ready": endpoint.is_ready(),
+            "in_flight": endpoint.in_flight.load(Ordering::Relaxed),
+            "requests": endpoint.requests.load(Ordering::Relaxed),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `POST /api/services/{id}/load` (seed 004): starts the service's replicas — unloading the least
+/// recently used idle model services on its nodes when they hold `max_models` — and waits up to
+/// its `start_timeout_seconds` for a ready replica: 200 when one is ready, 202 while still
+/// starting.
+pub async fn load(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let service = owned(&state, &user.0, id).await?;
+    container_of(&service)?;
+    let saved = models::load(&state, &service, Some(user.0.id), "requested").await?;
+    let definition = replicas::definition_of(&saved)?;
+    let mut ready = true;
+    if definition.port.is_some() {
+        let deadline = tokio::time::Instant::now() + definition.serving.start_timeout();
+        ready = loop {
+            if state
+                .routes
+                .get(saved.id)
+                .is_some_and(|routes| routes.ready_count() > 0)
+            {
+                break true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+    }
+    let mut answer = view(&saved);
+    answer["serving"] = serving_view(&state, &saved);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(answer)))
+}
+
+/// `POST /api/services/{id}/unload` (seed 004): stops the replicas; the service keeps its
+/// containers and its place, and its next gateway request (or `load`) starts it again.
+pub async fn unload(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, Problem> {
+    let service = owned(&state, &user.0, id).await?;
+    container_of(&service)?;
+    let saved = models::unload(&state, &service, Some(user.0.id), "requested").await?;
+    Ok(Json(view(&saved)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -734,7 +788,7 @@ pub async fn delete(
 ) -> Result<StatusCode, Problem> {
     let service = owned(&state, &user.0, id).await?;
     let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
-    on_every_replica(&state, &service, |client, container| async move {
+    replicas::on_every_replica(&state, &service, |client, container| async move {
         client.remove(&container).await
     })
     .await?;
@@ -838,7 +892,7 @@ pub async fn rollback(
             node,
         ));
     }
-    on_every_replica(&state, &service, |client, container| async move {
+    replicas::on_every_replica(&state, &service, |client, container| async move {
         client.remove(&container).await
     })
     .await?;

@@ -131,6 +131,8 @@ mod tests {
             ("/api/services/{id}", "delete"),
             ("/api/services/{id}/start", "post"),
             ("/api/services/{id}/stop", "post"),
+            ("/api/services/{id}/load", "post"),
+            ("/api/services/{id}/unload", "post"),
             ("/api/services/{id}/status", "get"),
             ("/api/services/{id}/logs", "get"),
             ("/api/services/{id}/stats", "get"),

@@ -230,3 +230,18 @@ pub async fn start_agent(server_id: &str, key: &str, address: &str) -> RunningAg
         served,
     }
 }
+
+/// Starts the gateway and its readiness loop for `hub` on a free port; its address.
+pub async fn start_gateway(hub: &Hub) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr");
+    tokio::spawn(berth_hub::gateway::readiness::run(
+        Arc::clone(&hub.state),
+        std::future::pending(),
+    ));
+    let gateway = Arc::new(berth_hub::gateway::Gateway::new(Arc::clone(&hub.state)));
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    address
+}

@@ -1,0 +1,289 @@
+//! Forwarding one request to one replica: the upstream request (hop-by-hop headers dropped,
+//! `X-Forwarded-*` added), HTTP/1.1 or cleartext HTTP/2 to the replica, WebSocket and other
+//! upgrades spliced byte for byte, and the response body streamed back as it arrives.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// The body of a gateway answer: a replica's streamed body, or the gateway's own.
+pub type GatewayBody = Either<Streamed, Full<Bytes>>;
+
+/// A replica's response body, holding `T` (the request's bookkeeping) until the last byte.
+pub struct Streamed {
+    inner: Incoming,
+    _until_done: Box<dyn Send + Sync + 'static>,
+}
+
+impl Streamed {
+    /// Streams `inner`, dropping `until_done` after it ends (or is abandoned).
+    pub fn new(inner: Incoming, until_done: Box<dyn Send + Sync + 'static>) -> Self {
+        Self {
+            inner,
+            _until_done: until_done,
+        }
+    }
+}
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Connection pools to replicas: HTTP/1.1 with keepalive, and cleartext HTTP/2 for gRPC.
+#[derive(Clone)]
+pub struct Upstreams {
+    http1: Client<HttpConnector, Incoming>,
+    http2: Client<HttpConnector, Incoming>,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a replica gave no answer.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// Connecting or the exchange failed.
+    Failed(String),
+}
+
+impl Upstreams {
+    /// Empty pools.
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        Self { http1, http2 }
+    }
+
+    /// Sends `request` (already rewritten by [`upstream_request`]) to its replica.
+    pub async fn send(
+        &self,
+        request: Request<Incoming>,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        if upgrade {
+            return send_upgrade(request).await;
+        }
+        let client = if request.version() == Version::HTTP_2 {
+            &self.http2
+        } else {
+            &self.http1
+        };
+        client
+            .request(request)
+            .await
+            .map_err(|err| UpstreamError::Failed(describe(&err)))
+    }
+}
+
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// An upgrade (WebSocket) gets its own connection, handed over to the client once the replica
+/// answers `101 Switching Protocols`; bytes then flow both ways until either side closes.
+async fn send_upgrade(mut request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+    let address = request
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str().to_owned())
+        .unwrap_or_default();
+    let downstream = hyper::upgrade::on(&mut request);
+    let stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .map_err(|err| UpstreamError::Failed(format!("connecting to {address}: {err}")))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|err| UpstreamError::Failed(describe(&err)))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.with_upgrades().await {
+            tracing::debug!(error = %err, "An upgraded upstream connection ended with an error.");
+        }
+    });
+    let mut response = sender
+        .send_request(request)
+        .await
+        .map_err(|err| UpstreamError::Failed(describe(&err)))?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            let (Ok(client), Ok(replica)) = tokio::join!(downstream, upstream) else {
+                return;
+            };
+            let (mut client, mut replica) = (TokioIo::new(client), TokioIo::new(replica));
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut replica).await;
+        });
+    }
+    Ok(response)
+}
+
+/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Whether `request` asks to switch protocols (a WebSocket handshake) over HTTP/1.1.
+pub fn is_upgrade<B>(request: &Request<B>) -> bool {
+    request.version() == Version::HTTP_11
+        && request.headers().contains_key(header::UPGRADE)
+        && request
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+        .collect();
+    let trailers = headers
+        .get(header::TE)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if trailers {
+        // gRPC needs `te: trailers` to reach the replica.
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Where and how one request goes.
+pub struct Destination<'a> {
+    /// The replica's published address.
+    pub address: SocketAddr,
+    /// Path and query at the replica.
+    pub path_and_query: &'a str,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The path prefix the gateway removed (`/s/alice/flood`), or empty for host routing.
+    pub prefix: &'a str,
+    /// Speak HTTP/2 to the replica.
+    pub http2: bool,
+    /// Remove `Authorization`: it carried the caller's hub token, not something for the replica.
+    pub drop_authorization: bool,
+}
+
+/// The request to send to the replica.
+pub fn upstream_request(
+    request: Request<Incoming>,
+    to: &Destination<'_>,
+) -> Result<Request<Incoming>, String> {
+    let upgrade = is_upgrade(&request);
+    let (mut parts, body) = request.into_parts();
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+    });
+    parts.uri = Uri::try_from(format!("http://{}{}", to.address, to.path_and_query))
+        .map_err(|err| format!("{:?} is not a valid path: {err}", to.path_and_query))?;
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers, upgrade);
+    if to.drop_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    let forwarded_for = match headers
+        .get("x-forwarded-for")
+        .and_then(|value| value.to_str().ok())
+    {
+        Some(earlier) => format!("{earlier}, {}", to.peer.ip()),
+        None => to.peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(host) = original_host {
+        headers.insert("x-forwarded-host", host);
+    }
+    if !to.prefix.is_empty()
+        && let Ok(prefix) = HeaderValue::from_str(to.prefix)
+    {
+        headers.insert("x-forwarded-prefix", prefix);
+    }
+    if to.http2 {
+        headers.remove(header::HOST);
+        parts.version = Version::HTTP_2;
+    } else {
+        if let Ok(host) = HeaderValue::from_str(&to.address.to_string()) {
+            headers.insert(header::HOST, host);
+        }
+        parts.version = Version::HTTP_11;
+    }
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The replica's response made fit for the client: hop-by-hop headers dropped (kept for a 101).
+pub fn downstream_response(response: &mut Response<Incoming>) {
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(response.headers_mut(), switching);
+}

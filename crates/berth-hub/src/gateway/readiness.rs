@@ -1,0 +1,355 @@
+//! Readiness: keeps the route table in step with the database — every service with a port, its
+//! wanted state, and the published address of each replica's container — and runs one probe task
+//! per replica. A replica takes traffic once its probe passes and its warmup requests succeed;
+//! a failed probe takes it out of the rotation until a probe passes again.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use berth_store::allocations::{self, Allocation};
+use berth_store::nodes::{self, NodeRecord};
+use berth_store::services::{self, ServiceRecord};
+use berth_store::{StoreError, users};
+
+use super::routes::{Endpoint, Profile, ServiceRoutes, now_millis};
+use crate::replicas;
+use crate::service_definition::{ServingSettings, Warmup};
+use crate::simulation::SIMULATED_DRIVER;
+use crate::state::HubState;
+
+/// How often the table is compared with the database when nothing asks sooner.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Probing a starting replica: first wait, doubled up to [`STARTING_PROBE_MAX`].
+const STARTING_PROBE_FIRST: Duration = Duration::from_millis(2);
+const STARTING_PROBE_MAX: Duration = Duration::from_millis(250);
+
+/// Refreshes the table every second, or at once when [`super::routes::RouteTable::changed`]
+/// is notified, and unloads idle services, until `stop` completes.
+pub async fn run(state: Arc<HubState>, stop: impl Future<Output = ()>) {
+    let mut stop = std::pin::pin!(stop);
+    let mut reclaiming: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        if let Err(err) = refresh(&state).await {
+            tracing::warn!(error = %err, "Refreshing the gateway's routes failed.");
+        }
+        if reclaiming.as_ref().is_none_or(|task| task.is_finished()) {
+            let state = Arc::clone(&state);
+            reclaiming = Some(tokio::spawn(async move {
+                let unloaded = crate::models::reclaim_idle(&state).await;
+                if !unloaded.is_empty() {
+                    tracing::info!(?unloaded, "Unloaded idle model services.");
+                }
+            }));
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(REFRESH_INTERVAL) => {}
+            () = state.routes.changed.notified() => {}
+        }
+    }
+}
+
+/// The host the hub reaches `node`'s published ports on: the host of the address it drives the
+/// node through (loopback for a local socket).
+pub fn node_host(node: &NodeRecord) -> String {
+    let address = match node.driver.as_str() {
+        "agent" => node.agent_url.as_str(),
+        SIMULATED_DRIVER => return "127.0.0.1".to_owned(),
+        _ => node.docker_address.as_str(),
+    };
+    if address.is_empty() || address.starts_with("unix://") || address.starts_with('/') {
+        return "127.0.0.1".to_owned();
+    }
+    crate::config::url_host(address)
+}
+
+/// One comparison of the table with the database.
+pub async fn refresh(state: &Arc<HubState>) -> Result<(), StoreError> {
+    let (all_services, all_allocations, owners, all_nodes) = {
+        let mut connection = state.store.acquire().await?;
+        let all_services = services::list(&mut connection, None).await?;
+        let all_allocations = allocations::list(&mut connection).await?;
+        let owners: HashMap<i64, String> = users::list_users(&mut connection)
+            .await?
+            .into_iter()
+            .map(|user| (user.id, user.name))
+            .collect();
+        let all_nodes: HashMap<i64, NodeRecord> = nodes::list(&mut connection)
+            .await?
+            .into_iter()
+            .map(|node| (node.id, node))
+            .collect();
+        (all_services, all_allocations, owners, all_nodes)
+    };
+    let mut by_service: HashMap<i64, Vec<Allocation>> = HashMap::new();
+    for allocation in all_allocations {
+        by_service
+            .entry(allocation.service_id)
+            .or_default()
+            .push(allocation);
+    }
+    let mut keep = HashSet::new();
+    for service in &all_services {
+        let Ok(definition) = replicas::definition_of(service) else {
+            continue;
+        };
+        let Some(port) = definition.port else {
+            continue;
+        };
+        keep.insert(service.id);
+        let routes = upsert(state, service, &owners, port, definition.serving);
+        let placed = by_service.remove(&service.id).unwrap_or_default();
+        resolve_endpoints(state, &routes, service, port, placed, &all_nodes).await;
+    }
+    state.routes.retain(&keep);
+    Ok(())
+}
+
+fn upsert(
+    state: &HubState,
+    service: &ServiceRecord,
+    owners: &HashMap<i64, String>,
+    port: u16,
+    settings: ServingSettings,
+) -> Arc<ServiceRoutes> {
+    let profile = |settings: ServingSettings| Profile {
+        public: service.is_public,
+        version: service.version,
+        port,
+        policy: settings.routing.policy(),
+        settings,
+    };
+    if let Some(routes) = state.routes.get(service.id) {
+        let current = routes.profile();
+        if current.public != service.is_public
+            || current.version != service.version
+            || current.port != port
+            || current.settings != settings
+        {
+            routes.set_profile(profile(settings));
+        }
+        routes.set_wanted(&service.status);
+        return routes;
+    }
+    state.routes.insert(ServiceRoutes::new(
+        service.id,
+        service.owner_id,
+        owners.get(&service.owner_id).cloned().unwrap_or_default(),
+        service.name.clone(),
+        service.status.clone(),
+        profile(settings),
+    ))
+}
+
+async fn resolve_endpoints(
+    state: &Arc<HubState>,
+    routes: &Arc<ServiceRoutes>,
+    service: &ServiceRecord,
+    port: u16,
+    placed: Vec<Allocation>,
+    all_nodes: &HashMap<i64, NodeRecord>,
+) {
+    let current = routes.endpoints();
+    if service.status != "running" {
+        if !current.is_empty() {
+            routes.set_endpoints(Vec::new());
+        }
+        return;
+    }
+    let settings = routes.profile().settings.clone();
+    let mut next = Vec::new();
+    for allocation in placed {
+        if allocation.container_id.is_empty() || state.is_down(allocation.node_id) {
+            continue;
+        }
+        if let Some(known) = current
+            .iter()
+            .find(|endpoint| endpoint.container_id == allocation.container_id)
+        {
+            next.push(Arc::clone(known));
+            continue;
+        }
+        let Some(node) = all_nodes.get(&allocation.node_id) else {
+            continue;
+        };
+        let Some(address) = published_address(state, node, &allocation, port).await else {
+            continue;
+        };
+        let endpoint = Arc::new(Endpoint::new(
+            allocation.replica,
+            allocation.container_id.clone(),
+            node.id,
+            address,
+            settings.routing.weight_of(allocation.replica),
+        ));
+        let watcher = tokio::spawn(watch(
+            Arc::clone(state),
+            Arc::downgrade(routes),
+            Arc::downgrade(&endpoint),
+        ));
+        endpoint.set_watcher(watcher.abort_handle());
+        next.push(endpoint);
+    }
+    let same = next.len() == current.len()
+        && next
+            .iter()
+            .zip(&current)
+            .all(|(new, old)| Arc::ptr_eq(new, old));
+    if !same {
+        next.sort_by_key(|endpoint| endpoint.replica);
+        routes.set_endpoints(next);
+    }
+}
+
+async fn published_address(
+    state: &HubState,
+    node: &NodeRecord,
+    allocation: &Allocation,
+    port: u16,
+) -> Option<SocketAddr> {
+    let client = state.node_client(node).await.ok()?;
+    let container = client.state(&allocation.container_id).await.ok()?;
+    if container.status != "running" {
+        return None;
+    }
+    let host_port = *container.ports.get(&format!("{port}/tcp"))?;
+    let host = node_host(node);
+    tokio::net::lookup_host((host.as_str(), host_port))
+        .await
+        .ok()?
+        .next()
+}
+
+/// Probes one replica for as long as its endpoint lives.
+async fn watch(state: Arc<HubState>, service: Weak<ServiceRoutes>, endpoint: Weak<Endpoint>) {
+    loop {
+        // Starting: probe often, so that a replica takes traffic moments after it listens.
+        let mut wait = STARTING_PROBE_FIRST;
+        loop {
+            let (Some(routes), Some(replica)) = (service.upgrade(), endpoint.upgrade()) else {
+                return;
+            };
+            let settings = routes.profile().settings.clone();
+            let address = replica.address;
+            drop((routes, replica));
+            if probe(&state.http, address, &settings).await {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(STARTING_PROBE_MAX);
+        }
+        let Some(routes) = service.upgrade() else {
+            return;
+        };
+        let settings = routes.profile().settings.clone();
+        drop(routes);
+        let Some(address) = endpoint.upgrade().map(|replica| replica.address) else {
+            return;
+        };
+        if let Some(warmup) = &settings.warmup
+            && let Err(reason) = warm(&state.http, address, warmup, &settings).await
+        {
+            tracing::info!(%address, %reason, "A replica's warmup failed; probing it again.");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        // Serving: one probe per interval; a failure takes it out until one passes.
+        loop {
+            let (Some(routes), Some(replica)) = (service.upgrade(), endpoint.upgrade()) else {
+                return;
+            };
+            let became_ready = !replica.is_ready();
+            routes.set_ready(&replica, true);
+            if became_ready {
+                let loaded_at = routes
+                    .usage
+                    .loaded_at_ms
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if loaded_at > 0 {
+                    routes.usage.load_duration_ms.store(
+                        now_millis().saturating_sub(loaded_at),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+            }
+            let settings = routes.profile().settings.clone();
+            drop(routes);
+            drop(replica);
+            let mut passed = true;
+            while passed {
+                tokio::time::sleep(Duration::from_secs(settings.probe_interval_seconds)).await;
+                passed = probe(&state.http, address, &settings).await;
+            }
+            let (Some(routes), Some(replica)) = (service.upgrade(), endpoint.upgrade()) else {
+                return;
+            };
+            routes.set_ready(&replica, false);
+            tracing::info!(service = routes.id, replica = replica.replica, %address,
+                "A replica failed its probe and left the rotation.");
+            drop((routes, replica));
+            // Back in once a probe passes; no second warmup for the same container.
+            let mut wait = STARTING_PROBE_MAX;
+            loop {
+                tokio::time::sleep(wait).await;
+                if probe(&state.http, address, &settings).await {
+                    break;
+                }
+                wait = (wait * 2).min(Duration::from_secs(settings.probe_interval_seconds));
+                if service.strong_count() == 0 || endpoint.strong_count() == 0 {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn probe_timeout(settings: &ServingSettings) -> Duration {
+    Duration::from_secs(settings.probe_interval_seconds.clamp(1, 5))
+}
+
+async fn probe(http: &reqwest::Client, address: SocketAddr, settings: &ServingSettings) -> bool {
+    http.get(format!("http://{address}{}", settings.probe_path))
+        .timeout(probe_timeout(settings))
+        .send()
+        .await
+        .is_ok_and(|response| response.status().is_success() || response.status().is_redirection())
+}
+
+async fn warm(
+    http: &reqwest::Client,
+    address: SocketAddr,
+    warmup: &Warmup,
+    settings: &ServingSettings,
+) -> Result<(), String> {
+    let method = reqwest::Method::from_bytes(warmup.method.as_bytes())
+        .map_err(|err| format!("method {:?}: {err}", warmup.method))?;
+    let is_json = serde_json::from_str::<serde_json::Value>(&warmup.body).is_ok();
+    for round in 1..=warmup.count {
+        let mut request = http
+            .request(method.clone(), format!("http://{address}{}", warmup.path))
+            .timeout(settings.timeout())
+            .body(warmup.body.clone());
+        if is_json {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|err| format!("warmup request {round}: {err}"))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "warmup request {round} answered {}",
+                response.status()
+            ));
+        }
+        // Read the whole answer: a forward pass is only done when its output is.
+        response
+            .bytes()
+            .await
+            .map_err(|err| format!("warmup request {round}: {err}"))?;
+    }
+    Ok(())
+}

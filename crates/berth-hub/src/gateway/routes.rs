@@ -1,0 +1,328 @@
+//! The gateway's table of routable services: for every service with a port, who owns it, how it
+//! is served, and its replicas' addresses with their readiness and requests in flight. The
+//! readiness loop ([`super::readiness`]) keeps it in step with the database; requests only read it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berth_core::routing::{Backend, RequestFacts, RoutingPolicy};
+
+use crate::service_definition::ServingSettings;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// What a version of a service says about serving it.
+#[derive(Debug)]
+pub struct Profile {
+    /// Anyone may call it; otherwise only its owner's (or an admin's) token.
+    pub public: bool,
+    /// The deployment version.
+    pub version: i64,
+    /// The port it listens on inside its containers.
+    pub port: u16,
+    /// Routing, probes, warmup and timeouts.
+    pub settings: ServingSettings,
+    /// The routing policy the settings describe.
+    pub policy: Box<dyn RoutingPolicy>,
+}
+
+/// One replica's container as the gateway reaches it.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Which replica.
+    pub replica: i64,
+    /// Its container.
+    pub container_id: String,
+    /// Its node.
+    pub node_id: i64,
+    /// Where its port is published.
+    pub address: SocketAddr,
+    /// Routing weight.
+    pub weight: u32,
+    /// Passed its probe and warmup, and its latest probe.
+    pub ready: AtomicBool,
+    /// Requests it is answering now.
+    pub in_flight: AtomicU32,
+    /// Requests it answered.
+    pub requests: AtomicU64,
+    watcher: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Endpoint {
+    /// A replica not yet ready.
+    pub fn new(
+        replica: i64,
+        container_id: String,
+        node_id: i64,
+        address: SocketAddr,
+        weight: u32,
+    ) -> Self {
+        Self {
+            replica,
+            container_id,
+            node_id,
+            address,
+            weight,
+            ready: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            watcher: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Ties the probe task to this endpoint: it stops when the endpoint is dropped.
+    pub fn set_watcher(&self, handle: tokio::task::AbortHandle) {
+        if let Ok(mut watcher) = self.watcher.lock() {
+            *watcher = Some(handle);
+        }
+    }
+
+    /// Whether it takes traffic.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if let Ok(mut watcher) = self.watcher.lock()
+            && let Some(handle) = watcher.take()
+        {
+            handle.abort();
+        }
+    }
+}
+
+/// Request counters of one service, kept across versions and table refreshes.
+#[derive(Debug, Default)]
+pub struct Usage {
+    /// When the gateway began to watch the service, ms since the epoch.
+    pub watched_since_ms: u64,
+    /// Requests answered (any status).
+    pub requests: AtomicU64,
+    /// Requests being answered now.
+    pub in_flight: AtomicU32,
+    /// When the last request arrived, ms since the epoch (0: never).
+    pub last_used_ms: AtomicU64,
+    /// When the service was last loaded, ms since the epoch (0: not since the hub started).
+    pub loaded_at_ms: AtomicU64,
+    /// How long its last load took until a replica was ready, ms.
+    pub load_duration_ms: AtomicU64,
+    /// Requests that found it unloaded and started it.
+    pub cold_starts: AtomicU64,
+}
+
+/// A routable service.
+#[derive(Debug)]
+pub struct ServiceRoutes {
+    /// Service id.
+    pub id: i64,
+    /// Owner's user id.
+    pub owner_id: i64,
+    /// Owner's name (the first path segment).
+    pub owner: String,
+    /// Service name (the second).
+    pub name: String,
+    profile: RwLock<Arc<Profile>>,
+    wanted: RwLock<String>,
+    endpoints: RwLock<Vec<Arc<Endpoint>>>,
+    sequence: AtomicU64,
+    /// Counters.
+    pub usage: Usage,
+    /// Bumped whenever a replica becomes ready; requests waiting for a start watch it.
+    ready_signal: tokio::sync::watch::Sender<u64>,
+    /// Held by the one request that starts an unloaded service; the others wait behind it.
+    pub waking: tokio::sync::Mutex<()>,
+}
+
+impl ServiceRoutes {
+    /// A service with `profile` and no replicas yet.
+    pub fn new(
+        id: i64,
+        owner_id: i64,
+        owner: String,
+        name: String,
+        wanted: String,
+        profile: Profile,
+    ) -> Self {
+        Self {
+            id,
+            owner_id,
+            owner,
+            name,
+            profile: RwLock::new(Arc::new(profile)),
+            wanted: RwLock::new(wanted),
+            endpoints: RwLock::new(Vec::new()),
+            sequence: AtomicU64::new(0),
+            usage: Usage {
+                watched_since_ms: now_millis(),
+                ..Usage::default()
+            },
+            ready_signal: tokio::sync::watch::Sender::new(0),
+            waking: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The current profile.
+    pub fn profile(&self) -> Arc<Profile> {
+        self.profile
+            .read()
+            .map(|profile| Arc::clone(&profile))
+            .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()))
+    }
+
+    /// Replaces the profile.
+    pub fn set_profile(&self, profile: Profile) {
+        if let Ok(mut current) = self.profile.write() {
+            *current = Arc::new(profile);
+        }
+    }
+
+    /// The service's wanted state (`running`, `unloaded`, `stopped`, …).
+    pub fn wanted(&self) -> String {
+        self.wanted
+            .read()
+            .map(|wanted| wanted.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records the wanted state as the database now holds it.
+    pub fn set_wanted(&self, wanted: &str) {
+        if let Ok(mut current) = self.wanted.write()
+            && *current != wanted
+        {
+            *current = wanted.to_owned();
+        }
+    }
+
+    /// The replicas known now.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.endpoints
+            .read()
+            .map(|endpoints| endpoints.clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the replicas.
+    pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
+        if let Ok(mut current) = self.endpoints.write() {
+            *current = endpoints;
+        }
+        self.ready_signal.send_modify(|count| *count += 1);
+    }
+
+    /// How many replicas take traffic.
+    pub fn ready_count(&self) -> usize {
+        self.endpoints()
+            .iter()
+            .filter(|endpoint| endpoint.is_ready())
+            .count()
+    }
+
+    /// Marks `endpoint` ready or not; waiting requests hear of a newly ready one.
+    pub fn set_ready(&self, endpoint: &Endpoint, ready: bool) {
+        let was = endpoint.ready.swap(ready, Ordering::AcqRel);
+        if ready && !was {
+            self.ready_signal.send_modify(|count| *count += 1);
+        }
+    }
+
+    /// A receiver that changes whenever a replica becomes ready.
+    pub fn watch_ready(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.ready_signal.subscribe()
+    }
+
+    /// The ready replica the routing policy gives this request, if any is ready.
+    pub fn choose(&self, roll: u64, affinity: Option<&str>) -> Option<Arc<Endpoint>> {
+        let profile = self.profile();
+        let ready: Vec<Arc<Endpoint>> = self
+            .endpoints()
+            .into_iter()
+            .filter(|endpoint| endpoint.is_ready())
+            .collect();
+        let backends: Vec<Backend> = ready
+            .iter()
+            .map(|endpoint| Backend {
+                replica: endpoint.replica,
+                weight: endpoint.weight,
+                in_flight: endpoint.in_flight.load(Ordering::Relaxed),
+                canary: false,
+            })
+            .collect();
+        let facts = RequestFacts {
+            sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
+            roll,
+            affinity,
+        };
+        let index = profile.policy.choose(&backends, &facts)?;
+        ready.get(index).cloned()
+    }
+}
+
+/// Every routable service, by id and by owner and name.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    services: RwLock<HashMap<i64, Arc<ServiceRoutes>>>,
+    names: RwLock<HashMap<(String, String), i64>>,
+    /// Wakes the readiness loop before its next tick (a service was loaded or changed).
+    pub changed: tokio::sync::Notify,
+}
+
+impl RouteTable {
+    /// The service `name` of `owner`.
+    pub fn find(&self, owner: &str, name: &str) -> Option<Arc<ServiceRoutes>> {
+        let id = *self
+            .names
+            .read()
+            .ok()?
+            .get(&(owner.to_owned(), name.to_owned()))?;
+        self.get(id)
+    }
+
+    /// The service `id`.
+    pub fn get(&self, id: i64) -> Option<Arc<ServiceRoutes>> {
+        self.services.read().ok()?.get(&id).cloned()
+    }
+
+    /// Every service.
+    pub fn all(&self) -> Vec<Arc<ServiceRoutes>> {
+        self.services
+            .read()
+            .map(|services| services.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds `service`, or keeps the one already there (with its counters) and returns it.
+    pub fn insert(&self, service: ServiceRoutes) -> Arc<ServiceRoutes> {
+        let Ok(mut services) = self.services.write() else {
+            return Arc::new(service);
+        };
+        let id = service.id;
+        let key = (service.owner.clone(), service.name.clone());
+        let entry = Arc::clone(services.entry(id).or_insert_with(|| Arc::new(service)));
+        if let Ok(mut names) = self.names.write() {
+            names.insert(key, id);
+        }
+        entry
+    }
+
+    /// Keeps only the services in `keep`.
+    pub fn retain(&self, keep: &std::collections::HashSet<i64>) {
+        if let Ok(mut services) = self.services.write() {
+            services.retain(|id, _| keep.contains(id));
+        }
+        if let Ok(mut names) = self.names.write() {
+            names.retain(|_, id| keep.contains(id));
+        }
+    }
+}

@@ -1,0 +1,643 @@
+//! The gateway on the real engine, with `busybox httpd` as the model service: each routing
+//! policy's distribution, a streamed answer with least-loaded routing around it, warmup gating
+//! and a failing probe leaving the rotation, scale from zero with 50 concurrent first requests,
+//! idle unloading, LRU eviction at `max_models_per_node`, a WebSocket echo, HTTP/2, private
+//! services and timeouts.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use berth_docker::{DockerDriver, DockerEndpoint};
+use berth_hub::state::HubSettings;
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{Hub, add_local_node, start_gateway, start_with, with_cleanup};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const IMAGE: &str = "berth-test/busybox:latest";
+
+/// A model server: `/` answers the container's hostname; `/cgi-bin/stream` writes `first <host>`
+/// and waits for /tmp/go before `second`; `/cgi-bin/health` fails while /tmp/health says `sick`;
+/// `/cgi-bin/slow` waits 5 s before answering.
+const MODEL: &str = r#"mkdir -p /www/cgi-bin
+hostname > /www/index.html
+printf '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "first $(hostname)"\nwhile [ ! -f /tmp/go ]; do sleep 0.05; done\necho second\n' > /www/cgi-bin/stream
+printf '#!/bin/sh\nif [ "$(cat /tmp/health 2>/dev/null)" = sick ]; then echo "Status: 500 Sick"; fi\necho "Content-Type: text/plain"\necho\necho health\n' > /www/cgi-bin/health
+printf '#!/bin/sh\nsleep 5\necho "Content-Type: text/plain"\necho\necho slow\n' > /www/cgi-bin/slow
+chmod +x /www/cgi-bin/*
+trap 'exit 0' TERM
+httpd -f -p 8080 -h /www &
+wait"#;
+
+/// A byte echo behind an HTTP/1.1 upgrade: `101 Switching Protocols`, then every byte back.
+const ECHO: &str = r#"printf '#!/bin/sh\nup=0\nwhile read -r line; do case "$line" in *pgrade:*) up=1;; esac; [ "${#line}" -le 1 ] && break; done\nif [ $up = 1 ]; then printf "HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n"; exec cat; fi\nprintf "HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\nConnection: close\\r\\n\\r\\nok\\n"\n' > /bin/echo-server
+chmod +x /bin/echo-server
+trap 'exit 0' TERM
+nc -ll -p 8080 -e /bin/echo-server &
+wait"#;
+
+fn settings() -> HubSettings {
+    HubSettings {
+        max_services_per_user: 50,
+        ..HubSettings::default()
+    }
+}
+
+async fn engine() -> DockerDriver {
+    let address =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    DockerDriver::connect(&DockerEndpoint {
+        address,
+        tls: None,
+        timeout_secs: 30,
+    })
+    .await
+    .expect("engine")
+}
+
+/// Writes `content` to `path` inside `container`.
+async fn put_file(engine: &DockerDriver, container: &str, path: &str, content: &str) {
+    let (dir, name) = path.rsplit_once('/').expect("absolute path");
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    archive
+        .append_data(&mut header, name, content.as_bytes())
+        .expect("tar");
+    let bytes = archive.into_inner().expect("tar");
+    engine
+        .upload_archive(container, dir, bytes.into())
+        .await
+        .expect("upload");
+}
+
+async fn admin_name(hub: &Hub) -> String {
+    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
+    me["name"].as_str().expect("name").to_owned()
+}
+
+/// Creates (and with `start`, starts) a model service of the admin; its id.
+async fn create(hub: &Hub, name: &str, replicas: i64, serving: Value, start: bool) -> i64 {
+    create_running(hub, name, replicas, serving, start, MODEL, false).await
+}
+
+async fn create_running(
+    hub: &Hub,
+    name: &str,
+    replicas: i64,
+    serving: Value,
+    start: bool,
+    script: &str,
+    public: bool,
+) -> i64 {
+    let owner = admin_name(hub).await;
+    let (status, created) = hub
+        .admin(
+            Method::POST,
+            &format!("/api/{owner}/models/services"),
+            Some(json!({
+                "name": name, "image": IMAGE, "memory_limit": "32m", "cpu_limit": 0.2,
+                "command": ["sh", "-c", script], "port": 8080, "replicas": replicas,
+                "start": start, "is_public": public, "serving": serving,
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    created["id"].as_i64().expect("id")
+}
+
+async fn status_of(hub: &Hub, id: i64) -> Value {
+    let (status, body) = hub
+        .admin(Method::GET, &format!("/api/services/{id}/status"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Waits until `ready` replicas of service `id` take traffic.
+async fn wait_ready(hub: &Hub, id: i64, ready: u64) -> Value {
+    for _ in 0..300 {
+        let status = status_of(hub, id).await;
+        if status["serving"]["ready_replicas"].as_u64() == Some(ready) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "service {id} never had {ready} ready replicas: {}",
+        status_of(hub, id).await
+    );
+}
+
+/// Hostname (12 characters of the container id) → container id, per replica.
+fn containers(status: &Value) -> HashMap<String, String> {
+    status["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|replica| {
+            let id = replica["container_id"].as_str().expect("id").to_owned();
+            (id[..12].to_owned(), id)
+        })
+        .collect()
+}
+
+fn container_of_replica(status: &Value, replica: i64) -> String {
+    status["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .find(|entry| entry["replica"].as_i64() == Some(replica))
+        .and_then(|entry| entry["container_id"].as_str())
+        .expect("replica")
+        .to_owned()
+}
+
+struct Caller {
+    client: reqwest::Client,
+    gateway: SocketAddr,
+    token: String,
+}
+
+impl Caller {
+    fn new(gateway: SocketAddr, token: &str) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            gateway,
+            token: token.to_owned(),
+        }
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let mut request = self
+            .client
+            .get(format!("http://{}{path}", self.gateway))
+            .bearer_auth(&self.token);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("gateway answers");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.text().await.expect("body").trim().to_owned(),
+        )
+    }
+
+    /// Who answered `count` requests: hostname → how many.
+    async fn tally(&self, path: &str, count: usize) -> HashMap<String, usize> {
+        let mut seen = HashMap::new();
+        for _ in 0..count {
+            let (status, body) = self.get(path, &[]).await;
+            assert_eq!(status, 200, "{body}");
+            *seen.entry(body).or_default() += 1;
+        }
+        seen
+    }
+}
+
+#[tokio::test]
+async fn each_routing_policy_spreads_requests_as_configured() {
+    let hub = start_with("gateway-policies", settings()).await;
+    add_local_node(&hub).await;
+    let gateway = start_gateway(&hub).await;
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let caller = Caller::new(gateway, &hub.admin);
+        let round_robin = create(&hub, "rr", 3, json!({}), true).await;
+        let weighted = create(
+            &hub,
+            "weighted",
+            2,
+            json!({"routing": {"policy": "weighted", "weights": {"0": 3, "1": 1}}}),
+            true,
+        )
+        .await;
+        let sticky = create(
+            &hub,
+            "sticky",
+            2,
+            json!({"routing": {"policy": "sticky", "affinity": {"header": "x-user"}}}),
+            true,
+        )
+        .await;
+        let random = create(
+            &hub,
+            "random",
+            2,
+            json!({"routing": {"policy": "random"}}),
+            true,
+        )
+        .await;
+
+        wait_ready(&hub, round_robin, 3).await;
+        let seen = caller.tally(&format!("/s/{owner}/rr/"), 30).await;
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(seen.values().all(|count| *count == 10), "{seen:?}");
+
+        let status = wait_ready(&hub, weighted, 2).await;
+        let heavy = container_of_replica(&status, 0);
+        let seen = caller.tally(&format!("/s/{owner}/weighted/"), 40).await;
+        assert_eq!(seen.get(&heavy[..12]), Some(&30), "3:1 → {seen:?}");
+
+        wait_ready(&hub, sticky, 2).await;
+        let mut homes = std::collections::HashSet::new();
+        for user in 0..20 {
+            let key = format!("user-{user}");
+            let mut answers = std::collections::HashSet::new();
+            for _ in 0..4 {
+                let (status, body) = caller
+                    .get(&format!("/s/{owner}/sticky/"), &[("x-user", &key)])
+                    .await;
+                assert_eq!(status, 200);
+                answers.insert(body);
+            }
+            assert_eq!(answers.len(), 1, "{key} always reaches one replica");
+            homes.extend(answers);
+        }
+        assert_eq!(homes.len(), 2, "20 keys use both replicas");
+
+        wait_ready(&hub, random, 2).await;
+        let seen = caller.tally(&format!("/s/{owner}/random/"), 100).await;
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(
+            seen.values().all(|count| (25..=75).contains(count)),
+            "{seen:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_streamed_answer_flows_as_written_and_least_loaded_routes_around_it() {
+    let hub = start_with("gateway-stream", settings()).await;
+    add_local_node(&hub).await;
+    let gateway = start_gateway(&hub).await;
+    let engine = engine().await;
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let id = create(
+            &hub,
+            "stream",
+            2,
+            json!({"routing": {"policy": "least_loaded"}}),
+            true,
+        )
+        .await;
+        let status = wait_ready(&hub, id, 2).await;
+        let hosts = containers(&status);
+        let mut streaming = reqwest::Client::new()
+            .get(format!("http://{gateway}/s/{owner}/stream/cgi-bin/stream"))
+            .bearer_auth(&hub.admin)
+            .send()
+            .await
+            .expect("stream");
+        assert_eq!(streaming.status(), 200);
+        // The first line arrives while the replica is still writing: nothing is buffered.
+        let first = streaming.chunk().await.expect("chunk").expect("first");
+        let first = String::from_utf8_lossy(&first).trim().to_owned();
+        let busy_host = first.strip_prefix("first ").expect("first line").to_owned();
+        assert!(hosts.contains_key(&busy_host), "{first}");
+
+        let caller = Caller::new(gateway, &hub.admin);
+        let seen = caller.tally(&format!("/s/{owner}/stream/"), 10).await;
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            !seen.contains_key(&busy_host),
+            "least loaded avoids the replica answering the stream: {seen:?}"
+        );
+
+        put_file(&engine, &hosts[&busy_host], "/tmp/go", "go").await;
+        let mut rest = String::new();
+        while let Some(chunk) = streaming.chunk().await.expect("chunk") {
+            rest.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert_eq!(rest.trim(), "second");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn warmup_gates_traffic_and_a_failing_probe_leaves_the_rotation() {
+    let hub = start_with("gateway-warmup", settings()).await;
+    add_local_node(&hub).await;
+    let gateway = start_gateway(&hub).await;
+    let engine = engine().await;
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let path = format!("/s/{owner}/warm/");
+        let id = create(
+            &hub,
+            "warm",
+            2,
+            json!({"probe_path": "/cgi-bin/health", "probe_interval_seconds": 1,
+                   "warmup": {"path": "/warm", "method": "GET", "count": 3}}),
+            true,
+        )
+        .await;
+        // Both replicas listen and pass their probe, but /warm does not exist yet.
+        let mut status = status_of(&hub, id).await;
+        for _ in 0..100 {
+            if status["serving"]["replicas"].as_array().map(Vec::len) == Some(2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            status = status_of(&hub, id).await;
+        }
+        let caller = Caller::new(gateway, &hub.admin);
+        let (code, body) = caller.get(&path, &[]).await;
+        assert_eq!(code, 503, "no replica is warm: {body}");
+        assert!(body.contains("no ready replica"), "{body}");
+
+        let first = container_of_replica(&status, 0);
+        let second = container_of_replica(&status, 1);
+        put_file(&engine, &first, "/www/warm", "warm").await;
+        wait_ready(&hub, id, 1).await;
+        let seen = caller.tally(&path, 10).await;
+        assert_eq!(
+            seen.get(&first[..12]),
+            Some(&10),
+            "only the warm one: {seen:?}"
+        );
+
+        put_file(&engine, &second, "/www/warm", "warm").await;
+        wait_ready(&hub, id, 2).await;
+        assert_eq!(caller.tally(&path, 10).await.len(), 2);
+
+        put_file(&engine, &first, "/tmp/health", "sick").await;
+        wait_ready(&hub, id, 1).await;
+        let seen = caller.tally(&path, 10).await;
+        assert_eq!(
+            seen.get(&second[..12]),
+            Some(&10),
+            "the sick one is out: {seen:?}"
+        );
+
+        put_file(&engine, &first, "/tmp/health", "ok").await;
+        wait_ready(&hub, id, 2).await;
+        assert_eq!(caller.tally(&path, 10).await.len(), 2, "back in rotation");
+    })
+    .await;
+}
+
+async fn loads_of(hub: &Hub, id: i64) -> usize {
+    let (status, listed) = hub
+        .admin(
+            Method::GET,
+            &format!("/api/admin/operations?service_id={id}&action=service.load&size=500"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    listed["operations"].as_array().expect("operations").len()
+}
+
+#[tokio::test]
+async fn fifty_first_requests_to_an_unloaded_service_start_it_once_and_all_get_answers() {
+    let hub = start_with("gateway-wake", settings()).await;
+    add_local_node(&hub).await;
+    let gateway = start_gateway(&hub).await;
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let id = create(&hub, "sleepy", 1, json!({"idle_timeout_seconds": 2}), false).await;
+        let (status, unloaded) = hub
+            .admin(Method::POST, &format!("/api/services/{id}/unload"), None)
+            .await;
+        assert_eq!(
+            (status, unloaded["status"].as_str()),
+            (200, Some("unloaded"))
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        let caller = std::sync::Arc::new(Caller::new(gateway, &hub.admin));
+        let path = format!("/s/{owner}/sleepy/");
+        let answers = futures_util::future::join_all((0..50).map(|_| {
+            let caller = std::sync::Arc::clone(&caller);
+            let path = path.clone();
+            async move { caller.get(&path, &[]).await }
+        }))
+        .await;
+        assert!(
+            answers.iter().all(|(code, _)| *code == 200),
+            "{:?}",
+            answers
+                .iter()
+                .filter(|(code, _)| *code != 200)
+                .collect::<Vec<_>>()
+        );
+        let status = status_of(&hub, id).await;
+        assert_eq!(status["status"], "running");
+        assert_eq!(status["serving"]["cold_starts"], 1, "{status}");
+        assert_eq!(loads_of(&hub, id).await, 1, "one start for fifty requests");
+        let hosts: std::collections::HashSet<&String> =
+            answers.iter().map(|(_, body)| body).collect();
+        assert_eq!(hosts.len(), 1, "one container answered them all");
+
+        // Idle past its timeout, it is unloaded again, and its container stopped.
+        let mut state = String::new();
+        for _ in 0..100 {
+            state = status_of(&hub, id).await["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if state == "unloaded" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(state, "unloaded");
+        let status = status_of(&hub, id).await;
+        assert_ne!(status["container_status"], "running", "{status}");
+        let (code, _) = caller.get(&path, &[]).await;
+        assert_eq!(code, 200, "woken again");
+        assert_eq!(loads_of(&hub, id).await, 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn loading_past_max_models_unloads_the_least_recently_used_idle_service() {
+    let hub = start_with(
+        "gateway-lru",
+        HubSettings {
+            max_models_per_node: 2,
+            ..settings()
+        },
+    )
+    .await;
+    add_local_node(&hub).await;
+    let gateway = start_gateway(&hub).await;
+    let engine = engine().await;
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let caller = Caller::new(gateway, &hub.admin);
+        let mut ids = HashMap::new();
+        for name in ["a", "b", "c"] {
+            ids.insert(name, create(&hub, name, 1, json!({}), false).await);
+        }
+        let load = |name: &str| {
+            let id = ids[name];
+            let hub = &hub;
+            async move {
+                let (status, body) = hub
+                    .admin(Method::POST, &format!("/api/services/{id}/load"), None)
+                    .await;
+                assert_eq!(status, 200, "{body}");
+            }
+        };
+        let wanted = |name: &str| {
+            let id = ids[name];
+            let hub = &hub;
+            async move {
+                status_of(hub, id).await["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            }
+        };
+        load("a").await;
+        load("b").await;
+        assert_eq!(caller.get(&format!("/s/{owner}/a/"), &[]).await.0, 200);
+        load("c").await;
+        assert_eq!(wanted("b").await, "unloaded", "b was used least recently");
+        assert_eq!(wanted("a").await, "running");
+
+        // A request to b loads it again; a (used before c was loaded) makes room.
+        assert_eq!(caller.get(&format!("/s/{owner}/b/"), &[]).await.0, 200);
+        assert_eq!(wanted("a").await, "unloaded");
+        assert_eq!(wanted("c").await, "running");
+
+        // Never one with a request in flight: c is older than b but streaming, so b goes.
+        let status = status_of(&hub, ids["c"]).await;
+        let mut streaming = reqwest::Client::new()
+            .get(format!("http://{gateway}/s/{owner}/c/cgi-bin/stream"))
+            .bearer_auth(&hub.admin)
+            .send()
+            .await
+            .expect("stream");
+        streaming.chunk().await.expect("chunk").expect("first");
+        assert_eq!(caller.get(&format!("/s/{owner}/b/"), &[]).await.0, 200);
+        load("a").await;
+        assert_eq!(wanted("b").await, "unloaded", "c is busy, so b goes");
+        assert_eq!(wanted("c").await, "running");
+        put_file(&engine, &container_of_replica(&status, 0), "/tmp/go", "go").await;
+        while streaming.chunk().await.expect("chunk").is_some() {}
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn websockets_http2_private_services_and_timeouts() {
+    let hub = start_with("gateway-protocols", settings()).await;
+    add_local_node(&hub).await;
+    let gateway = start_gateway(&hub).await;
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let echo = create_running(&hub, "echo", 1, json!({}), true, ECHO, true).await;
+        let model = create(&hub, "private", 1, json!({"timeout_seconds": 1}), true).await;
+        wait_ready(&hub, echo, 1).await;
+        wait_ready(&hub, model, 1).await;
+
+        // A WebSocket handshake is passed on, and then bytes flow both ways.
+        let mut socket = tokio::net::TcpStream::connect(gateway)
+            .await
+            .expect("connect");
+        socket
+            .write_all(
+                format!(
+                    "GET /s/{owner}/echo/chat HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                     Sec-WebSocket-Version: 13\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .expect("handshake");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            socket.read_exact(&mut byte).await.expect("head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        for message in ["hello", "model output, token by token"] {
+            socket.write_all(message.as_bytes()).await.expect("send");
+            let mut back = vec![0u8; message.len()];
+            socket.read_exact(&mut back).await.expect("echo");
+            assert_eq!(back, message.as_bytes());
+        }
+
+        // HTTP/2 with prior knowledge reaches an HTTP/1.1 replica.
+        let h2 = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .expect("client");
+        let response = h2
+            .get(format!("http://{gateway}/s/{owner}/private/"))
+            .bearer_auth(&hub.admin)
+            .send()
+            .await
+            .expect("h2");
+        assert_eq!(
+            (response.version(), response.status().as_u16()),
+            (reqwest::Version::HTTP_2, 200)
+        );
+
+        // Private: no token 401, another user's 403; the owner's passes.
+        let (_, stranger) = hub.new_user("stranger").await;
+        let path = format!("/s/{owner}/private/");
+        let anonymous = reqwest::get(format!("http://{gateway}{path}"))
+            .await
+            .expect("anonymous");
+        assert_eq!(anonymous.status(), 401);
+        assert_eq!(
+            anonymous.headers()["content-type"],
+            "application/problem+json"
+        );
+        assert_eq!(Caller::new(gateway, &stranger).get(&path, &[]).await.0, 403);
+        // A public service needs no token.
+        let public = reqwest::get(format!("http://{gateway}/s/{owner}/echo/"))
+            .await
+            .expect("public");
+        assert_eq!(public.status(), 200);
+
+        // Too slow: 504, naming the setting.
+        let (code, body) = Caller::new(gateway, &hub.admin)
+            .get(&format!("{path}cgi-bin/slow"), &[])
+            .await;
+        assert_eq!(code, 504, "{body}");
+        assert!(body.contains("timeout_seconds"), "{body}");
+        let (code, body) = Caller::new(gateway, &hub.admin)
+            .get(&format!("/s/{owner}/nothing/"), &[])
+            .await;
+        assert_eq!(code, 404, "{body}");
+
+        // The gateway's metrics, labelled by service.
+        let (_, _, metrics) = hub
+            .call(Some(&hub.admin), Method::GET, "/metrics", None)
+            .await;
+        let label = format!("service=\"{owner}/private\"");
+        for name in [
+            "inference_requests_total",
+            "inference_duration_seconds_bucket",
+        ] {
+            assert!(
+                metrics
+                    .lines()
+                    .any(|line| line.starts_with(name) && line.contains(&label)),
+                "{name} for {label} in:\n{metrics}"
+            );
+        }
+        assert!(
+            metrics.contains("berth_gateway_errors_total{kind=\"timeout\"} 1"),
+            "{metrics}"
+        );
+    })
+    .await;
+}
