@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use berth_core::ConnectionStatus;
 use berth_hub::config::HubConfig;
+use berth_hub::reload::{self, ConfigWatcher, Reload};
 use berth_hub::state::HubSettings;
 use berth_hub::{HubState, api, bootstrap, gateway, monitor};
 use berth_store::{SecretBox, Store, nodes, redact_url};
@@ -37,7 +38,8 @@ pub struct HubArgs {
     #[arg(long, env = "BERTH_MONITOR_INTERVAL")]
     monitor_interval: Option<u64>,
     /// A YAML file with seed 000's settings: mmanager_controllers, mmanager_api_key,
-    /// max_services_per_user, monitor_interval, failure_threshold, placement_policy.
+    /// max_services_per_user, monitor_interval, failure_threshold, placement_policy,
+    /// max_models_per_node, service_domain. Reloaded when it changes or on SIGHUP.
     #[arg(long, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -58,6 +60,10 @@ pub struct Launch {
     pub local_docker_host: Option<String>,
     /// The configuration file's settings.
     pub config: HubConfig,
+    /// The configuration file, watched for changes.
+    pub config_file: Option<PathBuf>,
+    /// `--monitor-interval`, which wins over the file's.
+    pub monitor_interval_flag: Option<u64>,
 }
 
 /// Runs `berth hub`.
@@ -88,6 +94,8 @@ pub async fn run(args: HubArgs) -> ExitCode {
         monitor_interval: Duration::from_secs(monitor_interval),
         local_docker_host: None,
         config,
+        config_file: args.config.clone(),
+        monitor_interval_flag: args.monitor_interval,
     })
     .await
 }
@@ -124,15 +132,11 @@ pub async fn serve(launch: Launch) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let settings = HubSettings {
-        monitor_interval: launch.monitor_interval,
-        max_services_per_user: launch.config.max_services_per_user,
-        failure_threshold: launch.config.failure_threshold,
-        placement_policy: launch.config.placement_policy,
-        max_models_per_node: launch.config.max_models_per_node,
-        service_domain: launch.config.service_domain.clone(),
-        ..HubSettings::default()
-    };
+    let settings = reload::settings_from(
+        &launch.config,
+        &HubSettings::default(),
+        Some(launch.monitor_interval.as_secs()),
+    );
     let state = match HubState::new(store, secrets, settings).await {
         Ok(state) => Arc::new(state),
         Err(err) => {
@@ -244,6 +248,15 @@ pub async fn serve(launch: Launch) -> ExitCode {
         Arc::new(gateway::Gateway::new(Arc::clone(&state)))
             .serve(gateway_listener, stopped(stop_receiver.clone())),
     );
+    let reload_task = launch.config_file.clone().map(|path| {
+        let watcher =
+            ConfigWatcher::new(&path, launch.config.clone(), launch.monitor_interval_flag);
+        tokio::spawn(watch_config(
+            Arc::clone(&state),
+            watcher,
+            stopped(stop_receiver.clone()),
+        ))
+    });
     let router = api::router(Arc::clone(&state));
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
@@ -255,6 +268,9 @@ pub async fn serve(launch: Launch) -> ExitCode {
     let _ = monitor_task.await;
     let _ = readiness_task.await;
     let _ = gateway_task.await;
+    if let Some(task) = reload_task {
+        let _ = task.await;
+    }
     state.store.close().await;
     match served {
         Ok(()) => {
@@ -264,6 +280,39 @@ pub async fn serve(launch: Launch) -> ExitCode {
         Err(err) => {
             eprintln!("berth: serving failed: {err}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reloads the configuration file when it changes (checked every two seconds) or on SIGHUP,
+/// until `stop` completes, and says what each reload did.
+async fn watch_config(
+    state: Arc<HubState>,
+    mut watcher: ConfigWatcher,
+    stop: impl Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(signals) => signals.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => watcher.poll(&state).await,
+            _ = hangup => watcher.reload(&state).await,
+        };
+        match outcome {
+            Reload::Unchanged => {}
+            Reload::Applied(keys) => {
+                tracing::info!(changed = ?keys, "Configuration reloaded; the changes are in force.");
+            }
+            Reload::Refused(reason) => {
+                tracing::error!(%reason, "Configuration reload refused; the running configuration stays.");
+            }
         }
     }
 }
@@ -305,7 +354,7 @@ async fn report_local_node(state: &HubState, id: i64) {
                 "  The hub runs, but cannot use the local Docker engine. Start Docker (systemctl start docker), \
                  make {} readable by this user (add it to the docker group), or set DOCKER_HOST; the monitor retries every {} s.",
                 node.docker_address.trim_start_matches("unix://"),
-                state.settings.monitor_interval.as_secs()
+                state.settings().monitor_interval.as_secs()
             );
         }
         Err(err) => eprintln!("berth: recording the check of node local failed: {err}"),

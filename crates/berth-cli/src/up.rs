@@ -43,6 +43,8 @@ pub async fn run(args: UpArgs) -> ExitCode {
         monitor_interval: Duration::from_secs(config.monitor_interval),
         local_docker_host: Some(args.docker_host),
         config,
+        config_file: None,
+        monitor_interval_flag: None,
     })
     .await
 }

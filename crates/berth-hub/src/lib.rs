@@ -14,6 +14,7 @@ pub mod monitor;
 pub mod node_check;
 pub mod node_client;
 pub mod reconciler;
+pub mod reload;
 pub mod replicas;
 pub mod scenario;
 pub mod scheduling;

@@ -176,7 +176,7 @@ pub async fn reclaim_idle(state: &HubState) -> Vec<String> {
 /// `max_models` other model services are loaded there. Their names; a conflict when a node is
 /// full of busy ones.
 async fn make_room(state: &HubState, service: &ServiceRecord) -> Result<Vec<String>, Problem> {
-    let max_models = state.settings.max_models_per_node;
+    let max_models = state.settings().max_models_per_node;
     if max_models == 0 {
         return Ok(Vec::new());
     }

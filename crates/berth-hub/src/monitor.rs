@@ -99,7 +99,7 @@ async fn record_transition(
             service_id: None,
             outcome: "ok".to_owned(),
             detail: json!({
-                "failure_threshold": state.settings.failure_threshold,
+                "failure_threshold": state.settings().failure_threshold,
                 "message": message,
             }),
         },
@@ -143,16 +143,14 @@ pub async fn check_all(state: &HubState) -> Result<usize, StoreError> {
     Ok(all.len())
 }
 
-/// Runs rounds every `settings.monitor_interval`, the first one interval from now, until
-/// `shutdown` completes.
+/// Runs rounds every `monitor_interval` (read again before each wait, so a reloaded
+/// configuration takes effect), the first one interval from now, until `shutdown` completes.
 pub async fn run(state: Arc<HubState>, shutdown: impl Future<Output = ()>) {
-    let period = state.settings.monitor_interval;
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        let period = state.settings().monitor_interval;
         tokio::select! {
-            _ = ticker.tick() => {
+            () = tokio::time::sleep(period) => {
                 if let Err(err) = check_all(&state).await {
                     tracing::error!(error = %err, "Node monitor round failed.");
                 }

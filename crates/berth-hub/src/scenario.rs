@@ -425,7 +425,7 @@ pub async fn check(state: &HubState) -> Result<Check, String> {
         &all_nodes,
         &placed,
         &|_| false,
-        state.settings.default_max_containers,
+        state.settings().default_max_containers,
     );
     result.overcommitted_nodes = cluster
         .nodes()

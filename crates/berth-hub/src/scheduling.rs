@@ -195,7 +195,7 @@ pub async fn snapshot(state: &HubState) -> Result<(Vec<NodeRecord>, Cluster), St
         &all,
         &placed,
         &|node| state.is_down(node),
-        state.settings.default_max_containers,
+        state.settings().default_max_containers,
     );
     Ok((all, cluster))
 }

@@ -20,6 +20,7 @@ struct SimulatedContainer {
     name: String,
     status: String,
     labels: BTreeMap<String, String>,
+    ports: BTreeMap<String, u16>,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +117,7 @@ impl SimulatedFleet {
                     name: spec.name.clone(),
                     status: "created".to_owned(),
                     labels: spec.labels.clone(),
+                    ports: BTreeMap::new(),
                 },
             );
             Ok(id)
@@ -127,6 +129,16 @@ impl SimulatedFleet {
         self.with_node(node, |state| {
             let container = state.containers.get_mut(id).ok_or_else(|| missing(id))?;
             container.status = status.to_owned();
+            Ok(())
+        })
+    }
+
+    /// Publishes a container's `port` (`8080/tcp`) as `host_port` on the simulated node's host
+    /// (loopback): whatever listens there answers for the container, as a benchmark's upstream.
+    pub fn publish(&self, node: i64, id: &str, port: &str, host_port: u16) -> Result<(), Problem> {
+        self.with_node(node, |state| {
+            let container = state.containers.get_mut(id).ok_or_else(|| missing(id))?;
+            container.ports.insert(port.to_owned(), host_port);
             Ok(())
         })
     }
@@ -190,7 +202,7 @@ fn view(id: &str, container: &SimulatedContainer) -> ContainerState {
         id: id.to_owned(),
         name: container.name.clone(),
         status: container.status.clone(),
-        ports: BTreeMap::new(),
+        ports: container.ports.clone(),
         labels: container.labels.clone(),
     }
 }

@@ -69,8 +69,8 @@ pub struct HubState {
     pub http: reqwest::Client,
     /// Prometheus metrics.
     pub metrics: HubMetrics,
-    /// Settings.
-    pub settings: HubSettings,
+    /// Settings; replaced whole when the configuration file is reloaded.
+    settings: std::sync::RwLock<Arc<HubSettings>>,
     /// Marks this hub's containers (`berth.hub`), so that hubs sharing an engine leave each
     /// other's alone.
     pub hub_id: String,
@@ -120,7 +120,7 @@ impl HubState {
             secrets,
             http,
             metrics: HubMetrics::new(),
-            settings,
+            settings: std::sync::RwLock::new(Arc::new(settings)),
             hub_id,
             health: Default::default(),
             busy: Default::default(),
@@ -129,6 +129,21 @@ impl HubState {
             fleet: Default::default(),
             node_clients: Default::default(),
         })
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> Arc<HubSettings> {
+        match self.settings.read() {
+            Ok(settings) => Arc::clone(&settings),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Puts `settings` in force for everything that reads them from now on.
+    pub fn replace_settings(&self, settings: HubSettings) {
+        if let Ok(mut current) = self.settings.write() {
+            *current = Arc::new(settings);
+        }
     }
 
     /// Claims `service_id` for one change, or `None` while someone else changes it.
@@ -144,7 +159,7 @@ impl HubState {
     /// The scheduler's options from the settings.
     pub fn scheduler_options(&self) -> Options {
         Options {
-            policy: self.settings.placement_policy,
+            policy: self.settings().placement_policy,
             ..Options::default()
         }
     }
@@ -181,7 +196,7 @@ impl HubState {
             .map_or(0, |(failures, _)| *failures)
             + 1;
         let wait = self
-            .settings
+            .settings()
             .monitor_interval
             .saturating_mul(1 << failures.min(10))
             .min(Duration::from_secs(300));
@@ -199,7 +214,7 @@ impl HubState {
             return std::mem::take(&mut record.down).then_some(true);
         }
         record.consecutive_failures = record.consecutive_failures.saturating_add(1);
-        if !record.down && record.consecutive_failures >= self.settings.failure_threshold.max(1) {
+        if !record.down && record.consecutive_failures >= self.settings().failure_threshold.max(1) {
             record.down = true;
             return Some(false);
         }

@@ -216,6 +216,17 @@ pub enum ServiceCommand {
         #[arg(long, default_value_t = 30)]
         timeout: u32,
     },
+    /// Load a model service (seed 004): start its replicas, making room at max_models, and wait
+    /// until one is ready.
+    Load {
+        /// Service id.
+        id: i64,
+    },
+    /// Unload a model service: stop its replicas; its next gateway request starts it again.
+    Unload {
+        /// Service id.
+        id: i64,
+    },
     /// Live status, node and URL.
     Status {
         /// Service id.
@@ -801,6 +812,16 @@ async fn service(
                     &format!("/api/services/{id}/stop"),
                     Some(&json!({"timeout_seconds": timeout})),
                 )
+                .await?
+        }
+        ServiceCommand::Load { id } => {
+            client
+                .call(Method::POST, &format!("/api/services/{id}/load"), None)
+                .await?
+        }
+        ServiceCommand::Unload { id } => {
+            client
+                .call(Method::POST, &format!("/api/services/{id}/unload"), None)
                 .await?
         }
         ServiceCommand::Status { id } => {

@@ -205,7 +205,7 @@ pub async fn resources_usage(
         &all_nodes,
         &placed,
         &|node| state.is_down(node),
-        state.settings.default_max_containers,
+        state.settings().default_max_containers,
     );
     let mut tenants: BTreeMap<(i64, u32), Vec<Value>> = BTreeMap::new();
     for allocation in &placed {

@@ -324,7 +324,7 @@ pub async fn create(
             Some(
                 quotas
                     .max_services
-                    .unwrap_or(state.settings.max_services_per_user),
+                    .unwrap_or(state.settings().max_services_per_user),
             ),
             usage.services,
             1,

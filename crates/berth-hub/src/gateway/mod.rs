@@ -115,8 +115,8 @@ impl Gateway {
     ) -> Response<GatewayBody> {
         let started = Instant::now();
         let metrics = &self.state.metrics.models;
-        let domain = self.state.settings.service_domain.as_deref();
-        let Some(target) = target_of(&request, domain) else {
+        let settings = self.state.settings();
+        let Some(target) = target_of(&request, settings.service_domain.as_deref()) else {
             metrics.gateway_error("no_route");
             return problem(
                 StatusCode::NOT_FOUND,
