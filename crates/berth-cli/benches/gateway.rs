@@ -160,7 +160,7 @@ fn nginx(dir: &Path, name: &str, cpu: &str, server: &str) -> Child {
     std::fs::write(
         &config,
         format!(
-            "worker_processes 1;\ndaemon off;\npid {dir}/{name}.pid;\nerror_log {dir}/{name}.log;\n\
+            "worker_processes 1;\ndaemon off;\nmaster_process off;\npid {dir}/{name}.pid;\nerror_log {dir}/{name}.log;\n\
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  upstream model {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 64; }}\n  {server}\n}}\n",
             dir = dir.display()

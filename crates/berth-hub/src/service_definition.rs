@@ -148,6 +148,12 @@ impl ServingSettings {
     /// Checks every value; the error names the field (`serving.…`).
     pub fn validate(&self) -> Result<(), SpecError> {
         self.routing.validate()?;
+        if self.routing.canary.is_some() {
+            return Err(SpecError::new(
+                "serving.routing.canary",
+                "a canary split needs two deployment versions serving side by side, which a service does not run yet; deploy the new version as a second service",
+            ));
+        }
         check_path("serving.probe_path", &self.probe_path)?;
         for (field, value, most) in [
             (

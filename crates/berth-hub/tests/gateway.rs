@@ -538,6 +538,35 @@ async fn websockets_http2_private_services_and_timeouts() {
     let gateway = start_gateway(&hub).await;
     with_cleanup(&hub, async {
         let owner = admin_name(&hub).await;
+        // Bad serving settings are refused, naming the field, and create nothing.
+        for (serving, field) in [
+            (json!({"routing": {"policy": "sticky"}}), "routing.affinity"),
+            (
+                json!({"routing": {"canary": {"percent": 10}}}),
+                "serving.routing.canary",
+            ),
+            (json!({"probe_path": "health"}), "serving.probe_path"),
+            (
+                json!({"warmup": {"path": "/p", "count": 0}}),
+                "serving.warmup.count",
+            ),
+            (json!({"timeout_seconds": 0}), "serving.timeout_seconds"),
+        ] {
+            let (status, problem) = hub
+                .admin(
+                    Method::POST,
+                    &format!("/api/{owner}/models/services"),
+                    Some(json!({"name": "bad", "image": IMAGE, "port": 8080, "serving": serving})),
+                )
+                .await;
+            assert_eq!(
+                (status, problem["field"].as_str()),
+                (422, Some(field)),
+                "{problem}"
+            );
+        }
+        let (_, listed) = hub.admin(Method::GET, "/api/services", None).await;
+        assert_eq!(listed["total"], 0, "nothing was created");
         let echo = create_running(&hub, "echo", 1, json!({}), true, ECHO, true).await;
         let model = create(&hub, "private", 1, json!({"timeout_seconds": 1}), true).await;
         wait_ready(&hub, echo, 1).await;
