@@ -13,7 +13,7 @@
 //! of seven of each, alternated.
 //!
 //! Run with `cargo bench -p berth-cli --bench gateway` (needs Debian's `nginx-light` and `wrk`,
-//! `taskset`, and the test image).
+//! `taskset`, and the test image); `-- throughput` or `-- cold-start` runs one part.
 
 #[path = "../tests/processes/mod.rs"]
 mod processes;
@@ -380,6 +380,15 @@ async fn run() {
     let dir = fresh_dir("gateway-bench");
     std::fs::create_dir_all(dir.join("hub")).expect("dir");
     std::fs::create_dir_all(dir.join("cold")).expect("dir");
-    throughput(&dir).await;
-    cold_start(&dir).await;
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    let wanted = |part: &str| parts.is_empty() || parts.iter().any(|arg| arg == part);
+    if wanted("throughput") {
+        throughput(&dir).await;
+    }
+    if wanted("cold-start") {
+        cold_start(&dir).await;
+    }
 }

@@ -128,6 +128,7 @@ async fn main() {
         .env("BERTH_DATABASE_URL", &url)
         .env("BERTH_DATA_DIR", &dir)
         .env("BERTH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("BERTH_GATEWAY_LISTEN", "127.0.0.1:0")
         .env("BERTH_MONITOR_INTERVAL", "3600")
         .env("BERTH_LOG", "warn")
         .stdout(Stdio::null())

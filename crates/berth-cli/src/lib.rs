@@ -98,10 +98,25 @@ pub enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
-    /// Apply services declared in YAML to the hub. Not available yet.
-    Apply,
-    /// Validate a service YAML file without applying it. Not available yet.
-    Validate,
+    /// Apply a service declared in YAML: show what changes, then create it or deploy its next
+    /// version.
+    Apply {
+        /// Hub address, token, output.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// The service file.
+        #[arg(short = 'f', long)]
+        file: std::path::PathBuf,
+        /// Only show what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check a service YAML file offline with the hub's rules; mistakes point at their line.
+    Validate {
+        /// The service file.
+        #[arg(short = 'f', long)]
+        file: std::path::PathBuf,
+    },
 }
 
 /// The benchmarks of `berth bench`.
@@ -176,37 +191,57 @@ pub async fn shutdown_signal() {
 
 /// Runs one parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
-    let unfinished = match cli.command {
-        Command::Up(args) => return up::run(args).await,
-        Command::Agent(args) => return agent::run(*args).await,
-        Command::Hub(args) => return hub::run(args).await,
+    match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Agent(args) => agent::run(*args).await,
+        Command::Hub(args) => hub::run(args).await,
         Command::Node { client, command } => {
-            return client::run(client, client::Resource::Node(command)).await;
+            client::run(client, client::Resource::Node(command)).await
         }
         Command::Image { client, command } => {
-            return client::run(client, client::Resource::Image(command)).await;
+            client::run(client, client::Resource::Image(command)).await
         }
         Command::Spec { client, command } => {
-            return client::run(client, client::Resource::Spec(command)).await;
+            client::run(client, client::Resource::Spec(command)).await
         }
         Command::Service { client, command } => {
-            return client::run(client, client::Resource::Service(command)).await;
+            client::run(client, client::Resource::Service(command)).await
         }
         Command::User { client, command } => {
-            return client::run(client, client::Resource::User(command)).await;
+            client::run(client, client::Resource::User(command)).await
         }
-        Command::Ops { client, filter } => {
-            return client::run(client, client::Resource::Ops(filter)).await;
-        }
-        Command::Sim { scenario, data_dir } => return simulate(&scenario, &data_dir).await,
+        Command::Ops { client, filter } => client::run(client, client::Resource::Ops(filter)).await,
+        Command::Sim { scenario, data_dir } => simulate(&scenario, &data_dir).await,
         Command::Bench {
             command: BenchCommand::Scheduler(args),
-        } => return scheduler_bench::run(args),
-        Command::Apply => "apply",
-        Command::Validate => "validate",
-    };
-    eprintln!(
-        "berth {unfinished}: not available yet in this version of Berth. `berth up` checks the local Docker engine."
-    );
-    ExitCode::from(2)
+        } => scheduler_bench::run(args),
+        Command::Apply {
+            client,
+            file,
+            dry_run,
+        } => match client::manifest::load(&file) {
+            Ok(manifest) => {
+                let manifest = Box::new(manifest);
+                client::run(client, client::Resource::Apply { manifest, dry_run }).await
+            }
+            Err(err) => {
+                eprintln!("berth apply: {err}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Validate { file } => match client::manifest::load(&file) {
+            Ok(manifest) => {
+                println!(
+                    "{}: valid: {}",
+                    file.display(),
+                    client::manifest::summary(&manifest)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("berth validate: {err}");
+                ExitCode::from(2)
+            }
+        },
+    }
 }

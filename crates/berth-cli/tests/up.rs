@@ -22,6 +22,7 @@ fn start(dir: &std::path::Path, port: u16) -> (Running, Vec<String>) {
         .args(["up", "--data-dir"])
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--gateway-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -19,6 +19,7 @@ pub mod replicas;
 pub mod scenario;
 pub mod scheduling;
 pub mod service_definition;
+pub mod service_request;
 pub mod simulation;
 pub mod state;
 

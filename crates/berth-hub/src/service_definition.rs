@@ -39,7 +39,7 @@ pub struct ServiceDefinition {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub constraints: BTreeMap<String, String>,
     /// How the gateway serves it: routing, readiness probe, warmup, timeouts, scale to zero.
-    #[serde(default, skip_serializing_if = "ServingSettings::is_default")]
+    #[serde(default)]
     pub serving: ServingSettings,
 }
 
@@ -141,10 +141,6 @@ fn check_path(field: &str, path: &str) -> Result<(), SpecError> {
 }
 
 impl ServingSettings {
-    fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-
     /// Checks every value; the error names the field (`serving.…`).
     pub fn validate(&self) -> Result<(), SpecError> {
         self.routing.validate()?;

@@ -53,6 +53,13 @@ pub enum Resource {
     User(UserCommand),
     /// The operation log.
     Ops(OpsFilter),
+    /// A service declared in a YAML file: show the change, then apply it unless `dry_run`.
+    Apply {
+        /// The checked file.
+        manifest: Box<super::manifest::Manifest>,
+        /// Only show.
+        dry_run: bool,
+    },
 }
 
 /// `berth node …`
@@ -434,6 +441,9 @@ const SERVICE_COLUMNS: [(&str, &str); 6] = [
 
 async fn execute(client: &HubClient, output: Output, resource: Resource) -> Result<(), String> {
     match resource {
+        Resource::Apply { manifest, dry_run } => {
+            super::manifest::apply(client, &manifest, dry_run).await
+        }
         Resource::Node(command) => node(client, output, command).await,
         Resource::Image(command) => {
             let value = match command {

@@ -1,9 +1,10 @@
-//! The CLI client of the hub API: `berth node|image|spec|service|user|ops`, against `BERTH_URL`
+//! The CLI client of the hub API: `berth node|image|spec|service|user|ops|apply`, against `BERTH_URL`
 //! with `BERTH_TOKEN` (or the token `berth up` wrote). Tables for people, `--output json` for
 //! scripts, and errors that say what failed and what to do.
 
 mod api;
 mod commands;
+pub mod manifest;
 mod table;
 
 pub use commands::{

@@ -72,6 +72,16 @@ pub struct HubApi {
 }
 
 impl HubApi {
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The admin token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// A call; status and JSON body (null when none).
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self
@@ -141,6 +151,7 @@ pub async fn start_hub(dir: &Path, config: &str) -> (Process, HubApi) {
     let child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .arg("hub")
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--gateway-listen", "127.0.0.1:0"])
         .arg("--database-url")
         .arg(format!("sqlite://{}", dir.join("berth.db").display()))
         .arg("--data-dir")

@@ -61,7 +61,9 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/services", get(services::list))
         .route(
             "/api/services/{id}",
-            get(services::get_one).delete(services::delete),
+            get(services::get_one)
+                .put(services::update)
+                .delete(services::delete),
         )
         .route("/api/services/{id}/start", post(services::start))
         .route("/api/services/{id}/stop", post(services::stop))

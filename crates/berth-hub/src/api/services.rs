@@ -2,7 +2,6 @@
 //! delete — plus the list, stats, deployment history and rollback. A service is sized by a
 //! product spec or by explicit limits, placed on a node, and runs as one container there.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -19,7 +18,7 @@ use berth_store::nodes::{self, NodeRecord};
 use berth_store::operations::{self, NewOperation};
 use berth_store::services::{self, Deployment, ServiceRecord};
 use berth_store::users::{self, Role, User};
-use berth_store::{StoreError, catalog};
+use berth_store::{StoreError, allocations, catalog};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -29,51 +28,11 @@ use crate::models;
 use crate::node_client::NodeClient;
 use crate::replicas::{self, Cause, LaunchPlan};
 use crate::scheduling;
-use crate::service_definition::{ServiceDefinition, ServingSettings};
+use crate::service_definition::ServiceDefinition;
+use crate::service_request::ServiceRequest;
 use crate::state::HubState;
 
 type Shared = State<Arc<HubState>>;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServiceRequest {
-    name: String,
-    #[serde(default)]
-    image: Option<String>,
-    #[serde(default)]
-    image_id: Option<i64>,
-    #[serde(default)]
-    spec_id: Option<i64>,
-    #[serde(default)]
-    cpu_limit: Option<f64>,
-    #[serde(default)]
-    memory_limit: Option<ByteSize>,
-    #[serde(default)]
-    gpu_required: bool,
-    #[serde(default)]
-    gpu_count: Option<i64>,
-    #[serde(default)]
-    environment: BTreeMap<String, String>,
-    #[serde(default)]
-    command: Option<Command>,
-    #[serde(default)]
-    port: Option<u16>,
-    #[serde(default)]
-    is_public: bool,
-    #[serde(default)]
-    pinned: bool,
-    #[serde(default)]
-    replicas: Option<i64>,
-    #[serde(default)]
-    start: bool,
-    #[serde(default)]
-    constraints: BTreeMap<String, String>,
-    #[serde(default)]
-    serving: Option<ServingSettings>,
-}
-
-/// Most replicas one service may ask for.
-const MAX_REPLICAS: i64 = 200;
 
 fn operation(
     actor: i64,
@@ -169,27 +128,14 @@ async fn definition_from(
     request: &ServiceRequest,
 ) -> Result<(ServiceDefinition, Option<i64>), Problem> {
     let mut connection = state.store.acquire().await?;
+    request.check()?;
     let image = match (&request.image, request.image_id) {
-        (Some(image), None) if !image.trim().is_empty() && !image.contains(char::is_whitespace) => {
-            image.clone()
-        }
-        (Some(image), None) => {
-            return Err(Problem::invalid_field(
-                "image",
-                format!("{image:?} is not an image reference"),
-            ));
-        }
+        (Some(image), _) => image.clone(),
         (None, Some(id)) => {
             catalog::get_image(&mut connection, id)
                 .await
                 .map_err(|_| Problem::invalid_field("image_id", format!("no image {id}")))?
                 .reference
-        }
-        (Some(_), Some(_)) => {
-            return Err(Problem::invalid_field(
-                "image_id",
-                "give image or image_id, not both",
-            ));
         }
         (None, None) => return Err(Problem::invalid_field("image", "is required (or image_id)")),
     };
@@ -213,27 +159,8 @@ async fn definition_from(
         constraints: request.constraints.clone(),
         serving: request.serving.clone().unwrap_or_default(),
     };
-    definition.serving.validate()?;
-    berth_core::schedule::validate_labels("constraints", &definition.constraints)?;
-    if let Some(port) = request.port
-        && port == 0
-    {
-        return Err(Problem::invalid_field("port", "0 is not a port"));
-    }
     let spec_id = match request.spec_id {
         Some(id) => {
-            for (field, given) in [
-                ("cpu_limit", request.cpu_limit.is_some()),
-                ("memory_limit", request.memory_limit.is_some()),
-                ("gpu_count", request.gpu_count.is_some()),
-            ] {
-                if given {
-                    return Err(Problem::invalid_field(
-                        field,
-                        "comes from the spec; give spec_id or limits, not both",
-                    ));
-                }
-            }
             let spec = catalog::get_spec(&mut connection, id)
                 .await
                 .map_err(|_| Problem::invalid_field("spec_id", format!("no spec {id}")))?;
@@ -250,27 +177,12 @@ async fn definition_from(
         }
         None => {
             if let Some(cores) = request.cpu_limit {
-                if !(cores.is_finite() && cores > 0.0 && cores <= berth_core::spec::MAX_CPU_LIMIT) {
-                    return Err(Problem::invalid_field(
-                        "cpu_limit",
-                        format!("{cores} is not a number of cores above 0"),
-                    ));
-                }
                 definition.cpu_millis = (cores * 1000.0).round() as i64;
             }
             if let Some(memory) = request.memory_limit {
-                if memory < berth_core::spec::MIN_MEMORY_LIMIT {
-                    return Err(Problem::invalid_field(
-                        "memory_limit",
-                        format!("{memory} is below Docker's minimum of 6m"),
-                    ));
-                }
                 definition.memory_bytes = memory.bytes_i64();
             }
             definition.gpu_count = match (request.gpu_count, request.gpu_required) {
-                (Some(count), _) if count < 0 => {
-                    return Err(Problem::invalid_field("gpu_count", "must not be negative"));
-                }
                 (Some(count), _) => count,
                 (None, true) => 1,
                 (None, false) => 0,
@@ -304,17 +216,10 @@ pub async fn create(
             .await?
             .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, format!("no user {username}")))?
     };
-    berth_core::spec::validate_name("name", &request.name)?;
     berth_core::spec::validate_name("repo", &repo)?;
     let (definition, spec_id) = definition_from(&state, &request).await?;
 
     let replica_count = request.replicas.unwrap_or(1);
-    if !(1..=MAX_REPLICAS).contains(&replica_count) {
-        return Err(Problem::invalid_field(
-            "replicas",
-            format!("{replica_count} is not between 1 and {MAX_REPLICAS}"),
-        ));
-    }
     {
         let mut connection = state.store.acquire().await?;
         let usage = services::usage(&mut connection, owner.id).await?;
@@ -837,7 +742,7 @@ pub async fn rollback(
     body: Bytes,
 ) -> Result<Json<Value>, Problem> {
     let request: RollbackRequest = parse_body(&body)?;
-    let mut service = owned(&state, &user.0, id).await?;
+    let service = owned(&state, &user.0, id).await?;
     let target = {
         let mut connection = state.store.acquire().await?;
         services::deployments(&mut connection, service.id)
@@ -858,12 +763,49 @@ pub async fn rollback(
                 format!("stored version is unreadable: {err}"),
             )
         })?;
-    let owner = replicas::owner_name(&state, &service).await?;
+    let replica_count = service.replicas;
+    let deployed = redeploy(
+        &state,
+        user.0.id,
+        service,
+        Redeploy {
+            definition,
+            replicas: replica_count,
+            note: format!("rollback to version {}", request.version),
+            action: "service.rollback",
+            detail: json!({"to_version": request.version}),
+        },
+    )
+    .await?;
+    Ok(Json(view(&deployed)))
+}
+
+/// A new version of a service to deploy.
+struct Redeploy {
+    definition: ServiceDefinition,
+    replicas: i64,
+    note: String,
+    action: &'static str,
+    detail: Value,
+}
+
+/// Deploys `change` as the service's next version: every replica below the new count is placed
+/// again (on its node when the version fits there) and launched at its next generation, started
+/// if the service was running; replicas past the count are removed, new ones placed fresh. A
+/// replica that does not launch is created again by the reconciler from its allocation.
+async fn redeploy(
+    state: &HubState,
+    actor: i64,
+    mut service: ServiceRecord,
+    change: Redeploy,
+) -> Result<ServiceRecord, Problem> {
+    let definition = change.definition;
+    let owner = replicas::owner_name(state, &service).await?;
     let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
     let was_running = service.status == "running";
     let request_shape = scheduling::request_for(&definition);
-    let (all, mut cluster) = scheduling::snapshot(&state).await?;
-    let current = replicas::allocations_of(&state, service.id).await?;
+    let (all, mut cluster) = scheduling::snapshot(state).await?;
+    let current = replicas::allocations_of(state, service.id).await?;
     for allocation in &current {
         cluster.release(
             &scheduling::request_of(allocation),
@@ -873,62 +815,75 @@ pub async fn rollback(
             },
         );
     }
-    // Each replica stays on its node when the version fits there, else goes where it fits.
+    let next_generation = current
+        .iter()
+        .map(|allocation| allocation.generation)
+        .max()
+        .unwrap_or(0)
+        + 1;
     let options = state.scheduler_options();
     let mut placements = Vec::new();
-    for allocation in &current {
+    for replica in 0..change.replicas {
+        let previous = current
+            .iter()
+            .find(|allocation| allocation.replica == replica);
         let (placement, node) = scheduling::place_and_commit(
             &mut cluster,
             &all,
             &request_shape,
-            Some(allocation.node_id),
+            previous.map(|allocation| allocation.node_id),
             &options,
             "",
         )?;
-        placements.push((
-            allocation.replica,
-            allocation.generation + 1,
-            placement,
-            node,
-        ));
+        let generation = previous.map_or(next_generation, |allocation| allocation.generation + 1);
+        placements.push((replica, generation, placement, node));
     }
-    replicas::on_every_replica(&state, &service, |client, container| async move {
+    replicas::on_every_replica(state, &service, |client, container| async move {
         client.remove(&container).await
     })
     .await?;
+    let value = serde_json::to_value(&definition).unwrap_or_default();
     service.version += 1;
-    service.definition = target.definition.clone();
+    service.definition = value.clone();
     service.image = definition.image.clone();
     service.cpu_millis = definition.cpu_millis;
     service.memory_bytes = definition.memory_bytes;
     service.gpu_count = definition.gpus_needed();
+    service.replicas = change.replicas;
     {
         let mut transaction = state.store.begin().await?;
+        for allocation in current
+            .iter()
+            .filter(|allocation| allocation.replica >= change.replicas)
+        {
+            allocations::remove(&mut transaction, service.id, allocation.replica).await?;
+        }
         let deployment = Deployment {
             version: service.version,
-            definition: target.definition,
+            definition: value,
             node_id: placements.first().map(|(_, _, _, node)| node.id),
-            user_id: Some(user.0.id),
-            note: format!("rollback to version {}", request.version),
+            user_id: Some(actor),
+            note: change.note,
             created_at: 0,
         };
         services::add_deployment(&mut transaction, service.id, &deployment).await?;
         services::update(&mut transaction, &service).await?;
         transaction.commit().await.map_err(StoreError::from)?;
     }
+    let mut detail = change.detail;
+    detail["new_version"] = json!(service.version);
     let cause = Cause {
-        actor: Some(user.0.id),
-        action: "service.rollback",
-        detail: json!({"to_version": request.version, "new_version": service.version}),
+        actor: Some(actor),
+        action: change.action,
+        detail,
     };
-    let (service_ref, definition_ref, cause_ref, state_ref) =
-        (&service, &definition, &cause, &state);
+    let (service_ref, definition_ref, cause_ref) = (&service, &definition, &cause);
     let (owner_name, shape) = (owner.as_str(), &request_shape);
     let launched = replicas::bounded(
         placements,
         |(replica, generation, placement, node)| async move {
             replicas::launch(
-                state_ref,
+                state,
                 LaunchPlan {
                     service: service_ref,
                     replica,
@@ -946,14 +901,201 @@ pub async fn rollback(
         },
     )
     .await;
-    // A replica that did not launch is created again by the reconciler from its allocation.
+    state.routes.changed.notify_one();
     if let Some(problem) = launched.into_iter().find_map(Result::err) {
         return Err(problem);
     }
     let mut connection = state.store.acquire().await?;
-    Ok(Json(view(
-        &services::get(&mut connection, service.id).await?,
-    )))
+    Ok(services::get(&mut connection, service.id).await?)
+}
+
+/// `PUT /api/services/{id}`: the create body again (same name), deployed as the next version when
+/// it differs — `berth apply`. A change of `serving` or `is_public` alone is recorded without
+/// touching the containers; anything else replaces them, started again if the service was
+/// running; `replicas` scales. An identical body changes nothing (`"changed": false`).
+pub async fn update(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Json<Value>, Problem> {
+    let query: UpdateQuery = parse_query(raw)?;
+    let request: ServiceRequest = parse_body(&body)?;
+    let service = owned(&state, &user.0, id).await?;
+    if request.name != service.name {
+        return Err(Problem::invalid_field(
+            "name",
+            format!(
+                "service {id} is {:?}; a service cannot be renamed",
+                service.name
+            ),
+        ));
+    }
+    if request.start {
+        return Err(Problem::invalid_field(
+            "start",
+            "applies to create only; use POST /api/services/{id}/start",
+        ));
+    }
+    let (definition, _) = definition_from(&state, &request).await?;
+    let replica_count = request.replicas.unwrap_or(service.replicas);
+    {
+        let owner = {
+            let mut connection = state.store.acquire().await?;
+            users::get_user(&mut connection, service.owner_id).await?
+        };
+        let mut connection = state.store.acquire().await?;
+        let usage = services::usage(&mut connection, owner.id).await?;
+        let quotas = &owner.quotas;
+        let before = replicas::definition_of(&service)?;
+        for (name, limit, used, old, new) in [
+            (
+                "max_cpu_millis",
+                quotas.max_cpu_millis,
+                usage.cpu_millis,
+                before.cpu_millis * service.replicas,
+                definition.cpu_millis * replica_count,
+            ),
+            (
+                "max_memory_bytes",
+                quotas.max_memory_bytes,
+                usage.memory_bytes,
+                before.memory_bytes * service.replicas,
+                definition.memory_bytes * replica_count,
+            ),
+            (
+                "max_gpus",
+                quotas.max_gpus,
+                usage.gpus,
+                before.gpus_needed() * service.replicas,
+                definition.gpus_needed() * replica_count,
+            ),
+        ] {
+            check_quota(name, limit, used - old, new)?;
+        }
+    }
+    let current = replicas::definition_of(&service)?;
+    let same_containers = ServiceDefinition {
+        serving: current.serving.clone(),
+        ..definition.clone()
+    } == current;
+    let mut changes = differences(
+        &serde_json::to_value(&current).unwrap_or_default(),
+        &serde_json::to_value(&definition).unwrap_or_default(),
+        "",
+    );
+    for (field, before, after) in [
+        ("replicas", json!(service.replicas), json!(replica_count)),
+        (
+            "is_public",
+            json!(service.is_public),
+            json!(request.is_public),
+        ),
+    ] {
+        if before != after {
+            changes.push(json!({"field": field, "from": before, "to": after}));
+        }
+    }
+    let replaces = !(same_containers && replica_count == service.replicas);
+    if changes.is_empty() || query.dry_run {
+        let mut answer = view(&service);
+        answer["changed"] = json!(!changes.is_empty());
+        answer["changes"] = json!(changes);
+        answer["containers_replaced"] = json!(!changes.is_empty() && replaces);
+        answer["dry_run"] = json!(query.dry_run);
+        return Ok(Json(answer));
+    }
+    if !replaces {
+        // Only how it is served changed: a new version, the same containers.
+        let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
+        let mut changed = service.clone();
+        changed.version += 1;
+        changed.definition = serde_json::to_value(&definition).unwrap_or_default();
+        changed.is_public = request.is_public;
+        let mut transaction = state.store.begin().await?;
+        let deployment = Deployment {
+            version: changed.version,
+            definition: changed.definition.clone(),
+            node_id: changed.node_id,
+            user_id: Some(user.0.id),
+            note: "serving settings updated".to_owned(),
+            created_at: 0,
+        };
+        services::add_deployment(&mut transaction, changed.id, &deployment).await?;
+        let saved = services::update(&mut transaction, &changed).await?;
+        operations::commit_with(
+            transaction,
+            &operation(
+                user.0.id,
+                "service.update",
+                &saved,
+                "ok",
+                json!({"new_version": saved.version, "containers_replaced": false}),
+            ),
+        )
+        .await?;
+        state.routes.changed.notify_one();
+        let mut answer = view(&saved);
+        answer["changed"] = json!(true);
+        answer["changes"] = json!(changes);
+        answer["containers_replaced"] = json!(false);
+        return Ok(Json(answer));
+    }
+    let mut public = service.clone();
+    public.is_public = request.is_public;
+    let deployed = redeploy(
+        &state,
+        user.0.id,
+        public,
+        Redeploy {
+            definition,
+            replicas: replica_count,
+            note: "updated".to_owned(),
+            action: "service.update",
+            detail: json!({"containers_replaced": true, "replicas": replica_count}),
+        },
+    )
+    .await?;
+    let mut answer = view(&deployed);
+    answer["changed"] = json!(true);
+    answer["changes"] = json!(changes);
+    answer["containers_replaced"] = json!(true);
+    Ok(Json(answer))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// The fields (dotted paths) whose values differ between two JSON documents, with both values.
+fn differences(before: &Value, after: &Value, prefix: &str) -> Vec<Value> {
+    match (before, after) {
+        (Value::Object(old), Value::Object(new)) => {
+            let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .flat_map(|key| {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    differences(
+                        old.get(key).unwrap_or(&Value::Null),
+                        new.get(key).unwrap_or(&Value::Null),
+                        &path,
+                    )
+                })
+                .collect()
+        }
+        _ if before == after => Vec::new(),
+        _ => vec![json!({"field": prefix, "from": before, "to": after})],
+    }
 }
 
 fn busy(id: i64) -> Problem {

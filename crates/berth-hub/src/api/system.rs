@@ -128,6 +128,7 @@ mod tests {
             ("/api/{username}/{repo}/services", "post"),
             ("/api/services", "get"),
             ("/api/services/{id}", "get"),
+            ("/api/services/{id}", "put"),
             ("/api/services/{id}", "delete"),
             ("/api/services/{id}/start", "post"),
             ("/api/services/{id}/stop", "post"),

@@ -1,0 +1,153 @@
+//! `berth validate` and `berth apply` as a user runs them against a `berth hub` process with the
+//! local engine: a mistake points at its line, a dry run changes nothing, apply creates the
+//! service, a change of serving settings alone keeps the container, any other change replaces
+//! it, and applying the same file again changes nothing.
+
+mod processes;
+
+use std::process::{Command, Output};
+
+use futures_util::FutureExt;
+use processes::{HubApi, IMAGE, fresh_dir, start_hub};
+use reqwest::Method;
+use serde_json::json;
+
+fn berth(hub: &HubApi, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .env("BERTH_URL", hub.base())
+        .env("BERTH_TOKEN", hub.token())
+        .output()
+        .expect("berth runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn manifest(environment: &str, probe_interval: u32) -> String {
+    format!(
+        "name: web\nrepo: site\nimage: {IMAGE}\nport: 8080\nmemory_limit: 16m\ncpu_limit: 0.1\n\
+         command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait\"]\n\
+         environment:\n  STAGE: {environment}\n\
+         serving:\n  probe_interval_seconds: {probe_interval}\n"
+    )
+}
+
+async fn container_and_version(hub: &HubApi, id: i64) -> (String, i64) {
+    let service = hub.service(id).await;
+    (
+        service["container_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        service["version"].as_i64().unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn validate_and_apply_create_update_and_leave_alone() {
+    let dir = fresh_dir("apply");
+    let (_hub_process, hub) = start_hub(&dir, "").await;
+    let docker =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    let (status, node) = hub
+        .call(
+            Method::POST,
+            "/api/nodes",
+            Some(
+                json!({"name": "local", "public_ip": "127.0.0.1", "private_ip": "127.0.0.1",
+                "docker_address": docker, "use_tls": false}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{node}");
+    let file = dir.join("web.yaml");
+    let path = file.to_str().expect("path");
+
+    let outcome = async {
+        std::fs::write(&file, manifest("one", 2).replace("port: 8080", "port: 0")).expect("write");
+        let refused = berth(&hub, &["validate", "-f", path]);
+        assert_eq!(refused.status.code(), Some(2));
+        assert!(
+            text(&refused).contains("line 4: port"),
+            "{}",
+            text(&refused)
+        );
+
+        std::fs::write(&file, manifest("one", 2)).expect("write");
+        let valid = berth(&hub, &["validate", "-f", path]);
+        assert!(valid.status.success(), "{}", text(&valid));
+        assert!(
+            text(&valid).contains("valid: service web in site"),
+            "{}",
+            text(&valid)
+        );
+
+        let dry = berth(&hub, &["apply", "-f", path, "--dry-run"]);
+        assert!(
+            text(&dry).contains("+ create service web"),
+            "{}",
+            text(&dry)
+        );
+        let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
+        assert_eq!(listed["total"], 0, "a dry run creates nothing");
+
+        let created = berth(&hub, &["apply", "-f", path]);
+        assert!(created.status.success(), "{}", text(&created));
+        let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
+        let id = listed["services"][0]["id"].as_i64().expect("created");
+        let (first_container, first_version) = container_and_version(&hub, id).await;
+        assert_eq!(first_version, 1);
+
+        std::fs::write(&file, manifest("one", 5)).expect("write");
+        let served = berth(&hub, &["apply", "-f", path]);
+        let said = text(&served);
+        assert!(
+            said.contains("serving.probe_interval_seconds: 2 → 5")
+                && said.contains("containers stay"),
+            "{said}"
+        );
+        assert_eq!(
+            container_and_version(&hub, id).await,
+            (first_container.clone(), 2),
+            "same container, next version"
+        );
+
+        std::fs::write(&file, manifest("two", 5)).expect("write");
+        let replaced = berth(&hub, &["apply", "-f", path]);
+        let said = text(&replaced);
+        assert!(
+            said.contains("environment.STAGE: \"one\" → \"two\"")
+                && said.contains("will be replaced"),
+            "{said}"
+        );
+        let (container, version) = container_and_version(&hub, id).await;
+        assert_eq!(version, 3);
+        assert_ne!(
+            container, first_container,
+            "a new container for the new version"
+        );
+
+        let again = berth(&hub, &["apply", "-f", path]);
+        assert!(text(&again).contains("is as declared"), "{}", text(&again));
+        assert_eq!(container_and_version(&hub, id).await.1, 3);
+    };
+    let result = std::panic::AssertUnwindSafe(outcome).catch_unwind().await;
+    let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
+    for service in listed["services"].as_array().cloned().unwrap_or_default() {
+        hub.call(
+            Method::DELETE,
+            &format!("/api/services/{}", service["id"]),
+            None,
+        )
+        .await;
+    }
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

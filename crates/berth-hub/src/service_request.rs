@@ -1,0 +1,199 @@
+//! What a caller asks for when creating or updating a service — the body of
+//! `POST /api/{username}/{repo}/services` and `PUT /api/services/{id}`, and the YAML of
+//! `berth apply` — and the checks that need nothing but the request itself, so that
+//! `berth validate` gives the same answers offline as the hub would.
+
+use std::collections::BTreeMap;
+
+use berth_core::ByteSize;
+use berth_core::spec::{Command, MAX_CPU_LIMIT, MIN_MEMORY_LIMIT};
+use berth_http::Problem;
+use serde::{Deserialize, Serialize};
+
+use crate::service_definition::ServingSettings;
+
+/// Most replicas one service may ask for.
+pub const MAX_REPLICAS: i64 = 200;
+
+/// A service as asked for.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRequest {
+    /// Its name, unique per owner.
+    pub name: String,
+    /// Image reference (or `image_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// An image of the catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<i64>,
+    /// A product spec of the catalog (or explicit limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_id: Option<i64>,
+    /// CPU cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit: Option<f64>,
+    /// Memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<ByteSize>,
+    /// One GPU unless `gpu_count` says otherwise.
+    #[serde(default)]
+    pub gpu_required: bool,
+    /// Whole GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_count: Option<i64>,
+    /// Environment.
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    /// Command (a string split like a shell, or an argv list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Command>,
+    /// The HTTP port it listens on (`GRADIO_SERVER_PORT`); the gateway serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Reachable through the gateway without a token.
+    #[serde(default)]
+    pub is_public: bool,
+    /// Stays on its node during failover.
+    #[serde(default)]
+    pub pinned: bool,
+    /// How many replicas (1 when absent at create; unchanged when absent at update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
+    /// Start each replica as soon as it is created (create only).
+    #[serde(default)]
+    pub start: bool,
+    /// Node labels its nodes must carry.
+    #[serde(default)]
+    pub constraints: BTreeMap<String, String>,
+    /// How the gateway serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<ServingSettings>,
+}
+
+impl ServiceRequest {
+    /// Every check that needs only the request; the error names the field.
+    pub fn check(&self) -> Result<(), Problem> {
+        berth_core::spec::validate_name("name", &self.name)?;
+        match (&self.image, self.image_id) {
+            (Some(_), Some(_)) => {
+                return Err(Problem::invalid_field(
+                    "image_id",
+                    "give image or image_id, not both",
+                ));
+            }
+            (Some(image), None)
+                if image.trim().is_empty() || image.contains(char::is_whitespace) =>
+            {
+                return Err(Problem::invalid_field(
+                    "image",
+                    format!("{image:?} is not an image reference"),
+                ));
+            }
+            (None, None) => {
+                return Err(Problem::invalid_field("image", "is required (or image_id)"));
+            }
+            _ => {}
+        }
+        if self.spec_id.is_some() {
+            for (field, given) in [
+                ("cpu_limit", self.cpu_limit.is_some()),
+                ("memory_limit", self.memory_limit.is_some()),
+                ("gpu_count", self.gpu_count.is_some()),
+            ] {
+                if given {
+                    return Err(Problem::invalid_field(
+                        field,
+                        "comes from the spec; give spec_id or limits, not both",
+                    ));
+                }
+            }
+        }
+        if let Some(cores) = self.cpu_limit
+            && !(cores.is_finite() && cores > 0.0 && cores <= MAX_CPU_LIMIT)
+        {
+            return Err(Problem::invalid_field(
+                "cpu_limit",
+                format!("{cores} is not a number of cores above 0"),
+            ));
+        }
+        if let Some(memory) = self.memory_limit
+            && memory < MIN_MEMORY_LIMIT
+        {
+            return Err(Problem::invalid_field(
+                "memory_limit",
+                format!("{memory} is below Docker's minimum of 6m"),
+            ));
+        }
+        if self.gpu_count.is_some_and(|count| count < 0) {
+            return Err(Problem::invalid_field("gpu_count", "must not be negative"));
+        }
+        if let Some(command) = &self.command {
+            command.argv()?;
+        }
+        if self.port == Some(0) {
+            return Err(Problem::invalid_field("port", "0 is not a port"));
+        }
+        if let Some(replicas) = self.replicas
+            && !(1..=MAX_REPLICAS).contains(&replicas)
+        {
+            return Err(Problem::invalid_field(
+                "replicas",
+                format!("{replicas} is not between 1 and {MAX_REPLICAS}"),
+            ));
+        }
+        berth_core::schedule::validate_labels("constraints", &self.constraints)?;
+        if let Some(serving) = &self.serving {
+            serving.validate()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> ServiceRequest {
+        serde_json::from_value(json).expect("parses")
+    }
+
+    #[test]
+    fn each_mistake_names_its_field() {
+        let good = serde_json::json!({"name": "flood", "image": "geo/flood:1", "port": 7860});
+        assert!(request(good.clone()).check().is_ok());
+        for (change, field) in [
+            (serde_json::json!({"name": "-bad"}), "name"),
+            (serde_json::json!({"image": "a b"}), "image"),
+            (serde_json::json!({"image_id": 3}), "image_id"),
+            (
+                serde_json::json!({"spec_id": 1, "cpu_limit": 1.0}),
+                "cpu_limit",
+            ),
+            (serde_json::json!({"cpu_limit": 0.0}), "cpu_limit"),
+            (serde_json::json!({"memory_limit": "1m"}), "memory_limit"),
+            (serde_json::json!({"gpu_count": -1}), "gpu_count"),
+            (serde_json::json!({"port": 0}), "port"),
+            (serde_json::json!({"replicas": 0}), "replicas"),
+            (serde_json::json!({"constraints": {"": "x"}}), "constraints"),
+            (
+                serde_json::json!({"serving": {"timeout_seconds": 0}}),
+                "serving.timeout_seconds",
+            ),
+        ] {
+            let mut body = good.clone();
+            for (key, value) in change.as_object().expect("object") {
+                body[key] = value.clone();
+            }
+            let problem = request(body).check().expect_err("refused");
+            let json = serde_json::to_value(&problem).expect("json");
+            assert_eq!(json["field"], field, "{json}");
+        }
+        let mut without_image = good;
+        without_image
+            .as_object_mut()
+            .expect("object")
+            .remove("image");
+        assert!(request(without_image).check().is_err());
+    }
+}
