@@ -50,11 +50,15 @@ fn main() {
         eprintln!("gateway bench: taskset is needed (util-linux)");
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(1).enable_all();
+    if let Some(interval) = std::env::var("GATEWAY_BENCH_EVENT_INTERVAL")
+        .ok()
+        .and_then(|value| value.parse().ok())
+    {
+        builder.event_interval(interval);
+    }
+    let runtime = builder.build().expect("runtime");
     runtime.block_on(run());
 }
 

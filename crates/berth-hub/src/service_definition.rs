@@ -144,11 +144,14 @@ impl ServingSettings {
     /// Checks every value; the error names the field (`serving.…`).
     pub fn validate(&self) -> Result<(), SpecError> {
         self.routing.validate()?;
-        if self.routing.canary.is_some() {
-            return Err(SpecError::new(
-                "serving.routing.canary",
-                "a canary split needs two deployment versions serving side by side, which a service does not run yet; deploy the new version as a second service",
-            ));
+        if let Some(canary) = &self.routing.canary {
+            let Some(service) = &canary.service else {
+                return Err(SpecError::new(
+                    "serving.routing.canary.service",
+                    "name the service of the same owner that runs the canary version",
+                ));
+            };
+            berth_core::spec::validate_name("serving.routing.canary.service", service)?;
         }
         check_path("serving.probe_path", &self.probe_path)?;
         for (field, value, most) in [

@@ -101,7 +101,7 @@ async fn create_running(
             Method::POST,
             &format!("/api/{owner}/models/services"),
             Some(json!({
-                "name": name, "image": IMAGE, "memory_limit": "32m", "cpu_limit": 0.2,
+                "name": name, "image": IMAGE, "memory_limit": "32m", "cpu_limit": 0.1,
                 "command": ["sh", "-c", script], "port": 8080, "replicas": replicas,
                 "start": start, "is_public": public, "serving": serving,
             })),
@@ -261,6 +261,22 @@ async fn each_routing_policy_spreads_requests_as_configured() {
             homes.extend(answers);
         }
         assert_eq!(homes.len(), 2, "20 keys use both replicas");
+
+        // A canary split: a fifth of the stable service's requests go to the canary service.
+        let canary = create(&hub, "canary", 1, json!({}), true).await;
+        let stable = create(
+            &hub,
+            "stable",
+            1,
+            json!({"routing": {"canary": {"percent": 20, "service": "canary"}}}),
+            true,
+        )
+        .await;
+        let canary_host = container_of_replica(&wait_ready(&hub, canary, 1).await, 0);
+        wait_ready(&hub, stable, 1).await;
+        let seen = caller.tally(&format!("/s/{owner}/stable/"), 200).await;
+        let to_canary = seen.get(&canary_host[..12]).copied().unwrap_or(0);
+        assert!((20..=60).contains(&to_canary), "20% of 200 → {seen:?}");
 
         wait_ready(&hub, random, 2).await;
         let seen = caller.tally(&format!("/s/{owner}/random/"), 100).await;
@@ -543,7 +559,11 @@ async fn websockets_http2_private_services_and_timeouts() {
             (json!({"routing": {"policy": "sticky"}}), "routing.affinity"),
             (
                 json!({"routing": {"canary": {"percent": 10}}}),
-                "serving.routing.canary",
+                "serving.routing.canary.service",
+            ),
+            (
+                json!({"routing": {"canary": {"percent": 101, "service": "v2"}}}),
+                "routing.canary.percent",
             ),
             (json!({"probe_path": "health"}), "serving.probe_path"),
             (

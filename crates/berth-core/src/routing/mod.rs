@@ -103,6 +103,10 @@ pub struct Affinity {
 pub struct CanarySplit {
     /// Share of requests sent to the canary group, `0..=100`.
     pub percent: u8,
+    /// The other deployment whose replicas form the canary group; the caller resolves it (the
+    /// hub: a service of the same owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// A service's routing settings.

@@ -408,7 +408,10 @@ fn config_builds_the_policy_it_names() {
     assert_eq!(counts, vec![4287, 1429, 0, 1428, 1428, 1428]);
 
     let with_canary = RoutingConfig {
-        canary: Some(CanarySplit { percent: 100 }),
+        canary: Some(CanarySplit {
+            percent: 100,
+            service: None,
+        }),
         ..RoutingConfig::default()
     };
     let counts = distribution(with_canary.policy().as_ref(), &pool, 20);
@@ -445,11 +448,17 @@ fn validate_accepts_good_configs() {
         },
         RoutingConfig {
             policy: PolicyName::LeastLoaded,
-            canary: Some(CanarySplit { percent: 0 }),
+            canary: Some(CanarySplit {
+                percent: 0,
+                service: None,
+            }),
             ..RoutingConfig::default()
         },
         RoutingConfig {
-            canary: Some(CanarySplit { percent: 100 }),
+            canary: Some(CanarySplit {
+                percent: 100,
+                service: None,
+            }),
             ..sticky_with(None, Some("sid"))
         },
     ];
@@ -489,7 +498,10 @@ fn validate_names_the_field_of_each_bad_config() {
         ),
         (
             RoutingConfig {
-                canary: Some(CanarySplit { percent: 101 }),
+                canary: Some(CanarySplit {
+                    percent: 101,
+                    service: None,
+                }),
                 ..RoutingConfig::default()
             },
             "routing.canary.percent",
@@ -528,7 +540,10 @@ fn serde_round_trip() {
     assert_eq!(
         config,
         RoutingConfig {
-            canary: Some(CanarySplit { percent: 10 }),
+            canary: Some(CanarySplit {
+                percent: 10,
+                service: None
+            }),
             ..sticky_with(Some("X-Session-Id"), None)
         }
     );
@@ -619,7 +634,10 @@ fn arb_policy() -> impl Strategy<Value = Box<dyn RoutingPolicy>> {
     (base, prop::option::of(any::<u8>())).prop_map(|(policy, canary)| {
         RoutingConfig {
             policy,
-            canary: canary.map(|percent| CanarySplit { percent }),
+            canary: canary.map(|percent| CanarySplit {
+                percent,
+                service: None,
+            }),
             ..RoutingConfig::default()
         }
         .policy()

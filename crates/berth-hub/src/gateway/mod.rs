@@ -201,10 +201,23 @@ impl Gateway {
         }
         let affinity = affinity_of(&request, settings);
         let roll = mix(self.rolls.fetch_add(1, Ordering::Relaxed));
-        let mut chosen = routes.choose(roll, affinity.as_deref());
+        let canary = settings
+            .routing
+            .canary
+            .as_ref()
+            .and_then(|split| split.service.as_deref())
+            .and_then(|name| self.state.routes.find(&routes.owner, name));
+        let canary = canary.as_deref();
+        let mut chosen = routes.choose(roll, affinity.as_deref(), canary);
         if chosen.is_none() && may_wait {
-            chosen =
-                wait_for_ready(routes, roll, affinity.as_deref(), settings.start_timeout()).await;
+            chosen = wait_for_ready(
+                routes,
+                roll,
+                affinity.as_deref(),
+                canary,
+                settings.start_timeout(),
+            )
+            .await;
         }
         let Some(endpoint) = chosen else {
             let known = routes.endpoints().len();
@@ -335,12 +348,13 @@ async fn wait_for_ready(
     routes: &ServiceRoutes,
     roll: u64,
     affinity: Option<&str>,
+    canary: Option<&ServiceRoutes>,
     limit: Duration,
 ) -> Option<Arc<Endpoint>> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut signal = routes.watch_ready();
     loop {
-        if let Some(endpoint) = routes.choose(roll, affinity) {
+        if let Some(endpoint) = routes.choose(roll, affinity, canary) {
             return Some(endpoint);
         }
         tokio::time::timeout_at(deadline, signal.changed())

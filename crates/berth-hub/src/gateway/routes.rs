@@ -242,21 +242,37 @@ impl ServiceRoutes {
         self.ready_signal.subscribe()
     }
 
-    /// The ready replica the routing policy gives this request, if any is ready.
-    pub fn choose(&self, roll: u64, affinity: Option<&str>) -> Option<Arc<Endpoint>> {
+    /// The ready replicas of this service (and, under a canary split, of the canary service):
+    /// the one the routing policy gives this request, if any is ready.
+    pub fn choose(
+        &self,
+        roll: u64,
+        affinity: Option<&str>,
+        canary: Option<&ServiceRoutes>,
+    ) -> Option<Arc<Endpoint>> {
         let profile = self.profile();
-        let ready: Vec<Arc<Endpoint>> = self
+        let mut ready: Vec<(Arc<Endpoint>, bool)> = self
             .endpoints()
             .into_iter()
             .filter(|endpoint| endpoint.is_ready())
+            .map(|endpoint| (endpoint, false))
             .collect();
+        if let Some(canary) = canary {
+            ready.extend(
+                canary
+                    .endpoints()
+                    .into_iter()
+                    .filter(|endpoint| endpoint.is_ready())
+                    .map(|endpoint| (endpoint, true)),
+            );
+        }
         let backends: Vec<Backend> = ready
             .iter()
-            .map(|endpoint| Backend {
+            .map(|(endpoint, canary)| Backend {
                 replica: endpoint.replica,
                 weight: endpoint.weight,
                 in_flight: endpoint.in_flight.load(Ordering::Relaxed),
-                canary: false,
+                canary: *canary,
             })
             .collect();
         let facts = RequestFacts {
@@ -265,7 +281,7 @@ impl ServiceRoutes {
             affinity,
         };
         let index = profile.policy.choose(&backends, &facts)?;
-        ready.get(index).cloned()
+        ready.get(index).map(|(endpoint, _)| Arc::clone(endpoint))
     }
 }
 
