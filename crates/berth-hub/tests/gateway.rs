@@ -2,7 +2,8 @@
 //! policy's distribution, a streamed answer with least-loaded routing around it, warmup gating
 //! and a failing probe leaving the rotation, scale from zero with 50 concurrent first requests,
 //! idle unloading, LRU eviction at `max_models_per_node`, a WebSocket echo, HTTP/2, private
-//! services and timeouts.
+//! services and timeouts; and gRPC passed through over HTTP/2 with its trailers, to an in-process
+//! HTTP/2 server published as a simulated node's container port.
 
 mod support;
 
@@ -689,4 +690,119 @@ async fn websockets_http2_private_services_and_timeouts() {
         );
     })
     .await;
+}
+
+/// An HTTP/2-only server, as a gRPC server is: it answers with the request's body, the version
+/// and path it saw, and a `grpc-status` trailer.
+async fn start_grpc_like_server() -> u16 {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(
+                |request: hyper::Request<hyper::body::Incoming>| async move {
+                    let seen = format!("{:?} {}", request.version(), request.uri().path());
+                    let body = request
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|collected| collected.to_bytes())
+                        .unwrap_or_default();
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                    let frames = futures_util::stream::iter([
+                        Ok::<_, std::convert::Infallible>(Frame::data(body)),
+                        Ok(Frame::trailers(trailers)),
+                    ]);
+                    let response = hyper::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("x-seen", seen)
+                        .body(StreamBody::new(frames))
+                        .expect("response");
+                    Ok::<_, std::convert::Infallible>(response)
+                },
+            );
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn grpc_passes_through_over_http2_with_its_trailers() {
+    use http_body_util::{BodyExt, Full};
+    let hub = start_with("gateway-grpc", settings()).await;
+    let gateway = start_gateway(&hub).await;
+    let mut node =
+        berth_store::nodes::NodeRecord::new("sim-grpc", berth_hub::simulation::SIMULATED_DRIVER);
+    node.docker_status = "connected".to_owned();
+    node.cpu = "8".to_owned();
+    node.memory = "16g".to_owned();
+    let node = {
+        let mut transaction = hub.state.store.begin().await.expect("tx");
+        let node = berth_store::nodes::insert(&mut transaction, &node)
+            .await
+            .expect("node");
+        transaction.commit().await.expect("commit");
+        node
+    };
+    let owner = admin_name(&hub).await;
+    let (status, created) = hub
+        .admin(
+            Method::POST,
+            &format!("/api/{owner}/models/services"),
+            Some(json!({"name": "grpc", "image": IMAGE, "port": 50051, "start": true,
+                "is_public": true, "serving": {"http2": true, "probe_path": "/grpc.health.v1.Health/Check"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().expect("id");
+    let status = status_of(&hub, id).await;
+    let container = container_of_replica(&status, 0);
+    let upstream = start_grpc_like_server().await;
+    hub.state
+        .fleet
+        .publish(node.id, &container, "50051/tcp", upstream)
+        .expect("publish");
+    hub.state.routes.changed.notify_one();
+    wait_ready(&hub, id, 1).await;
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<bytes::Bytes>>();
+    let request = hyper::Request::post(format!(
+        "http://{gateway}/s/{owner}/grpc/model.Predictor/Predict"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(Full::new(bytes::Bytes::from_static(b"\0\0\0\0\x05input")))
+    .expect("request");
+    let response = client.request(request).await.expect("gateway answers");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-seen"],
+        "HTTP/2.0 /model.Predictor/Predict",
+        "the replica got HTTP/2 and the path without the gateway's prefix"
+    );
+    let collected = response.into_body().collect().await.expect("body");
+    assert_eq!(
+        collected
+            .trailers()
+            .and_then(|trailers| trailers.get("grpc-status")),
+        Some(&hyper::header::HeaderValue::from_static("0")),
+        "trailers pass through"
+    );
+    assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x05input");
 }

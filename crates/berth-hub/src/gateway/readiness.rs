@@ -235,7 +235,7 @@ async fn watch(state: Arc<HubState>, service: Weak<ServiceRoutes>, endpoint: Wea
             let settings = routes.profile().settings.clone();
             let address = replica.address;
             drop((routes, replica));
-            if probe(&state.http, address, &settings).await {
+            if probe(&state, address, &settings).await {
                 break;
             }
             tokio::time::sleep(wait).await;
@@ -250,7 +250,7 @@ async fn watch(state: Arc<HubState>, service: Weak<ServiceRoutes>, endpoint: Wea
             return;
         };
         if let Some(warmup) = &settings.warmup
-            && let Err(reason) = warm(&state.http, address, warmup, &settings).await
+            && let Err(reason) = warm(&state, address, warmup, &settings).await
         {
             tracing::info!(%address, %reason, "A replica's warmup failed; probing it again.");
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -281,7 +281,7 @@ async fn watch(state: Arc<HubState>, service: Weak<ServiceRoutes>, endpoint: Wea
             let mut passed = true;
             while passed {
                 tokio::time::sleep(Duration::from_secs(settings.probe_interval_seconds)).await;
-                passed = probe(&state.http, address, &settings).await;
+                passed = probe(&state, address, &settings).await;
             }
             let (Some(routes), Some(replica)) = (service.upgrade(), endpoint.upgrade()) else {
                 return;
@@ -294,7 +294,7 @@ async fn watch(state: Arc<HubState>, service: Weak<ServiceRoutes>, endpoint: Wea
             let mut wait = STARTING_PROBE_MAX;
             loop {
                 tokio::time::sleep(wait).await;
-                if probe(&state.http, address, &settings).await {
+                if probe(&state, address, &settings).await {
                     break;
                 }
                 wait = (wait * 2).min(Duration::from_secs(settings.probe_interval_seconds));
@@ -310,8 +310,18 @@ fn probe_timeout(settings: &ServingSettings) -> Duration {
     Duration::from_secs(settings.probe_interval_seconds.clamp(1, 5))
 }
 
-async fn probe(http: &reqwest::Client, address: SocketAddr, settings: &ServingSettings) -> bool {
-    http.get(format!("http://{address}{}", settings.probe_path))
+/// The client for a replica: HTTP/2 with prior knowledge when the service speaks only that.
+fn client_for<'a>(state: &'a HubState, settings: &ServingSettings) -> &'a reqwest::Client {
+    if settings.http2 {
+        &state.routes.http2_probes
+    } else {
+        &state.http
+    }
+}
+
+async fn probe(state: &HubState, address: SocketAddr, settings: &ServingSettings) -> bool {
+    client_for(state, settings)
+        .get(format!("http://{address}{}", settings.probe_path))
         .timeout(probe_timeout(settings))
         .send()
         .await
@@ -319,11 +329,12 @@ async fn probe(http: &reqwest::Client, address: SocketAddr, settings: &ServingSe
 }
 
 async fn warm(
-    http: &reqwest::Client,
+    state: &HubState,
     address: SocketAddr,
     warmup: &Warmup,
     settings: &ServingSettings,
 ) -> Result<(), String> {
+    let http = client_for(state, settings);
     let method = reqwest::Method::from_bytes(warmup.method.as_bytes())
         .map_err(|err| format!("method {:?}: {err}", warmup.method))?;
     let is_json = serde_json::from_str::<serde_json::Value>(&warmup.body).is_ok();

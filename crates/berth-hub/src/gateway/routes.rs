@@ -286,12 +286,29 @@ impl ServiceRoutes {
 }
 
 /// Every routable service, by id and by owner and name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RouteTable {
     services: RwLock<HashMap<i64, Arc<ServiceRoutes>>>,
     names: RwLock<HashMap<(String, String), i64>>,
     /// Wakes the readiness loop before its next tick (a service was loaded or changed).
     pub changed: tokio::sync::Notify,
+    /// Probes and warms replicas that speak HTTP/2 only (gRPC servers).
+    pub http2_probes: reqwest::Client,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self {
+            services: RwLock::default(),
+            names: RwLock::default(),
+            changed: tokio::sync::Notify::new(),
+            http2_probes: reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
 }
 
 impl RouteTable {
