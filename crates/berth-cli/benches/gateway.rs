@@ -5,7 +5,8 @@
 //! through Berth's gateway (this process, one Tokio worker, CPU 0). The gateway's route is a real
 //! service on a simulated node whose container port is published where the upstream listens, so
 //! routing, readiness and bookkeeping are the product's own. wrk runs 10 s at 64 connections
-//! (requests per second) and at 1 connection (latency percentiles), in the same run.
+//! (requests per second) and at 1 connection (latency percentiles), in the same run; then the
+//! 1-connection latency again with the proxies moved to CPU 1 beside wrk and the upstream.
 //!
 //! Cold start: a `busybox httpd` model service on the local engine. The container's own start
 //! time is the engine's start call until the server answers on its published port; the cold
@@ -181,6 +182,14 @@ fn nginx(dir: &Path, name: &str, cpu: &str, server: &str) -> Child {
         .expect("nginx (apt-get install nginx-light)")
 }
 
+/// Moves every thread of process `pid` to `cpu`.
+fn repin(pid: u32, cpu: &str) {
+    let _ = Command::new("taskset")
+        .args(["-a", "-pc", cpu, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status();
+}
+
 struct Run {
     requests_per_second: f64,
     p50_us: f64,
@@ -298,6 +307,30 @@ async fn throughput(dir: &Path) {
             single.p99_us - base99
         );
     }
+    // The same 1-connection latency with everything on one CPU: no cross-CPU wake-ups, which on
+    // this kind of virtual machine cost more than the proxying itself.
+    repin(std::process::id(), "1");
+    repin(proxy.id(), "1");
+    println!();
+    println!("| all on CPU 1, 1 connection | p50 | p99 | added p50 | added p99 |");
+    println!("|---|---|---|---|---|");
+    let mut direct_latency = None;
+    for (name, url) in [
+        ("direct", &direct_url),
+        ("nginx proxy", &nginx_url),
+        ("Berth gateway", &gateway_url),
+    ] {
+        let single = wrk(url, 1);
+        let (base50, base99) = *direct_latency.get_or_insert((single.p50_us, single.p99_us));
+        println!(
+            "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs |",
+            single.p50_us,
+            single.p99_us,
+            single.p50_us - base50,
+            single.p99_us - base99
+        );
+    }
+    repin(std::process::id(), "0");
     let _ = upstream.kill();
     let _ = proxy.kill();
     let _ = upstream.wait();
