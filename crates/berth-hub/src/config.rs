@@ -83,6 +83,10 @@ pub struct HubConfig {
     /// Also route `{service}.{user}.{service_domain}` by host (seed 000's `service_domain`).
     #[serde(default)]
     pub service_domain: Option<String>,
+    /// A placement that does not fit may evict the least recently used idle model services
+    /// (unloaded, or idle past their idle timeout), releasing their reservations.
+    #[serde(default)]
+    pub evict_idle_for_capacity: bool,
 }
 
 impl Default for HubConfig {
@@ -96,6 +100,7 @@ impl Default for HubConfig {
             placement_policy: Policy::Spread,
             max_models_per_node: 0,
             service_domain: None,
+            evict_idle_for_capacity: false,
         }
     }
 }

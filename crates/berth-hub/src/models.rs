@@ -2,21 +2,27 @@
 //! and `max_models` per node — loading one more evicts the least recently used idle model
 //! service on that node, never one with requests in flight. An unloaded service keeps its
 //! containers (stopped) and its allocations, so a request or `load` starts it where it was.
+//! With `evict_idle_for_capacity`, a placement that does not fit may take the reservations of
+//! the least recently used idle model services instead: they are evicted — containers removed,
+//! allocations released, unloaded — and placed again when next loaded.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::http::StatusCode;
+use berth_core::schedule::{Cluster, Options, Placement, Request};
 use berth_http::Problem;
-use berth_store::allocations;
+use berth_store::StoreError;
+use berth_store::allocations::{self, Allocation};
 use berth_store::operations;
 use berth_store::services::{self, ServiceRecord};
 use serde_json::json;
 
 use crate::gateway::routes::{ServiceRoutes, now_millis};
 use crate::metrics::ServiceLabels;
-use crate::replicas;
+use crate::replicas::{self, Cause, LaunchPlan};
+use crate::scheduling;
 use crate::state::HubState;
 
 /// The wanted state of an unloaded service: stopped, and started again by the next request.
@@ -51,6 +57,12 @@ pub async fn load(
     actor: Option<i64>,
     reason: &str,
 ) -> Result<ServiceRecord, Problem> {
+    if replicas::allocations_of(state, service.id)
+        .await?
+        .is_empty()
+    {
+        return place_again(state, service, actor, reason).await;
+    }
     let evicted = make_room(state, service).await?;
     let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
     replicas::on_every_replica(state, service, |client, container| async move {
@@ -245,4 +257,278 @@ async fn make_room(state: &HubState, service: &ServiceRecord) -> Result<Vec<Stri
         }
     }
     Ok(evicted)
+}
+
+/// Loads a service that holds no placement (it was evicted): every replica placed again —
+/// making room by eviction when allowed — and launched, started, at the next generation.
+async fn place_again(
+    state: &HubState,
+    service: &ServiceRecord,
+    actor: Option<i64>,
+    reason: &str,
+) -> Result<ServiceRecord, Problem> {
+    let definition = replicas::definition_of(service)?;
+    let request = scheduling::request_for(&definition);
+    let evicted =
+        make_room_for(state, &request, service.replicas, &service.name, service.id).await?;
+    let owner = replicas::owner_name(state, service).await?;
+    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
+    let placements = place_replicas(state, &request, service.replicas).await?;
+    let generation = service.generation + 1;
+    let cause = Cause {
+        actor,
+        action: "container.create",
+        detail: json!({"reason": "placed again to load"}),
+    };
+    let (definition_ref, cause_ref, request_ref) = (&definition, &cause, &request);
+    let launched = replicas::bounded(placements, |(replica, placement, node)| {
+        let owner = owner.as_str();
+        async move {
+            replicas::launch(
+                state,
+                LaunchPlan {
+                    service,
+                    replica,
+                    generation,
+                    definition: definition_ref,
+                    owner,
+                    node: &node,
+                    placement: &placement,
+                    request: request_ref,
+                    start: true,
+                },
+                cause_ref,
+            )
+            .await
+        }
+    })
+    .await;
+    // A replica that did not launch keeps its allocation; the reconciler creates it again.
+    if let Some(problem) = launched.into_iter().find_map(Result::err) {
+        return Err(problem);
+    }
+    let mut transaction = state.store.begin().await?;
+    let mut loaded = services::get(&mut transaction, service.id).await?;
+    loaded.status = "running".to_owned();
+    loaded.error.clear();
+    let saved = services::update(&mut transaction, &loaded).await?;
+    let record = replicas::service_operation(
+        actor,
+        "service.load",
+        &saved,
+        "ok",
+        json!({"reason": reason, "placed_again": true, "evicted": evicted}),
+    );
+    operations::commit_with(transaction, &record).await?;
+    if let Some(routes) = state.routes.get(service.id) {
+        routes
+            .usage
+            .loaded_at_ms
+            .store(now_millis(), Ordering::Relaxed);
+        routes.set_wanted("running");
+    }
+    state
+        .metrics
+        .models
+        .load_total
+        .get_or_create(&labels(state, service))
+        .inc();
+    state.routes.changed.notify_one();
+    Ok(saved)
+}
+
+/// Places `count` replicas of `request` on a fresh snapshot: replica number, placement, node.
+pub async fn place_replicas(
+    state: &HubState,
+    request: &Request,
+    count: i64,
+) -> Result<Vec<(i64, Placement, berth_store::nodes::NodeRecord)>, Problem> {
+    let (all, mut cluster) = scheduling::snapshot(state).await?;
+    let options = state.scheduler_options();
+    let mut placements = Vec::new();
+    for replica in 0..count {
+        let which = if count > 1 {
+            format!("replica {replica} of {count}: ")
+        } else {
+            String::new()
+        };
+        let (placement, node) =
+            scheduling::place_and_commit(&mut cluster, &all, request, None, &options, &which)?;
+        placements.push((replica, placement, node));
+    }
+    Ok(placements)
+}
+
+/// Whether `count` replicas of `request` all fit on a copy of `cluster`.
+fn all_fit(cluster: &Cluster, request: &Request, count: i64, options: &Options) -> bool {
+    let mut trial = cluster.clone();
+    (0..count).all(|_| {
+        trial
+            .place(request, options)
+            .is_ok_and(|placement| trial.commit(request, &placement).is_ok())
+    })
+}
+
+fn placement_of(allocation: &Allocation) -> Placement {
+    Placement {
+        node_id: allocation.node_id,
+        gpus: scheduling::assignment_of(allocation),
+    }
+}
+
+/// Model services whose reservations may go to make room, least recently used first: unloaded
+/// ones, and running ones idle past their own `idle_timeout`; never one with requests in flight
+/// or being changed.
+fn eviction_candidates(state: &HubState, except: i64) -> Vec<Arc<ServiceRoutes>> {
+    let now = now_millis();
+    let mut candidates: Vec<Arc<ServiceRoutes>> = state
+        .routes
+        .all()
+        .into_iter()
+        .filter(|routes| {
+            if routes.id == except
+                || state.is_busy(routes.id)
+                || routes.usage.in_flight.load(Ordering::Acquire) > 0
+            {
+                return false;
+            }
+            match routes.wanted().as_str() {
+                UNLOADED => true,
+                "running" => routes
+                    .profile()
+                    .settings
+                    .idle_timeout()
+                    .is_some_and(|limit| {
+                        let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+                        now.saturating_sub(last_used(routes)) >= limit
+                    }),
+                _ => false,
+            }
+        })
+        .collect();
+    candidates.sort_by_key(|routes| last_used(routes));
+    candidates
+}
+
+/// When `count` replicas of `request` (for `for_service`) do not fit and the hub may evict for
+/// capacity: evicts the fewest least recently used idle model services whose reservations make
+/// them fit. Their names; none when eviction is off, not needed, or would not be enough — then
+/// nothing is touched and the caller's refusal stands.
+pub async fn make_room_for(
+    state: &HubState,
+    request: &Request,
+    count: i64,
+    for_service: &str,
+    except: i64,
+) -> Result<Vec<String>, Problem> {
+    if !state.settings().evict_idle_for_capacity {
+        return Ok(Vec::new());
+    }
+    let (_, cluster) = scheduling::snapshot(state).await?;
+    let options = state.scheduler_options();
+    if all_fit(&cluster, request, count, &options) {
+        return Ok(Vec::new());
+    }
+    let mut held: HashMap<i64, Vec<Allocation>> = HashMap::new();
+    for allocation in allocations::list(&mut *state.store.acquire().await?).await? {
+        held.entry(allocation.service_id)
+            .or_default()
+            .push(allocation);
+    }
+    let mut trial = cluster;
+    let mut chosen: Vec<(Arc<ServiceRoutes>, Vec<Allocation>)> = Vec::new();
+    for candidate in eviction_candidates(state, except) {
+        let Some(reserved) = held.remove(&candidate.id) else {
+            continue;
+        };
+        for allocation in &reserved {
+            trial.release(
+                &scheduling::request_of(allocation),
+                &placement_of(allocation),
+            );
+        }
+        chosen.push((candidate, reserved));
+        if all_fit(&trial, request, count, &options) {
+            break;
+        }
+    }
+    if !all_fit(&trial, request, count, &options) {
+        return Ok(Vec::new());
+    }
+    // Keep only the victims that are needed: the most recently used go back first.
+    let mut index = chosen.len();
+    while index > 0 {
+        index -= 1;
+        let mut without = trial.clone();
+        let restored = chosen[index].1.iter().all(|allocation| {
+            without
+                .commit(
+                    &scheduling::request_of(allocation),
+                    &placement_of(allocation),
+                )
+                .is_ok()
+        });
+        if restored && all_fit(&without, request, count, &options) {
+            trial = without;
+            chosen.remove(index);
+        }
+    }
+    let mut evicted = Vec::new();
+    for (victim, _) in chosen {
+        let record = services::get(&mut *state.store.acquire().await?, victim.id).await?;
+        evict(
+            state,
+            &record,
+            &format!("its reservation was needed to place {for_service}"),
+        )
+        .await?;
+        evicted.push(format!("{}/{}", victim.owner, victim.name));
+    }
+    Ok(evicted)
+}
+
+/// Frees `service`'s placement: its containers removed, its allocations released, the service
+/// unloaded; the next request or `load` places it again.
+pub async fn evict(state: &HubState, service: &ServiceRecord, reason: &str) -> Result<(), Problem> {
+    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
+    if let Some(routes) = state.routes.get(service.id) {
+        routes.set_wanted(UNLOADED);
+    }
+    let held = replicas::allocations_of(state, service.id).await?;
+    replicas::on_every_replica(state, service, |client, container| async move {
+        client.remove(&container).await
+    })
+    .await?;
+    let mut evicted = service.clone();
+    evicted.status = UNLOADED.to_owned();
+    evicted.node_id = None;
+    evicted.container_id = None;
+    evicted.generation = held
+        .iter()
+        .map(|allocation| allocation.generation)
+        .fold(service.generation, i64::max);
+    let nodes: Vec<i64> = held.iter().map(|allocation| allocation.node_id).collect();
+    let mut transaction = state.store.begin().await?;
+    for allocation in &held {
+        allocations::remove(&mut transaction, service.id, allocation.replica).await?;
+    }
+    let saved = services::update(&mut transaction, &evicted).await?;
+    let record = replicas::service_operation(
+        None,
+        "service.evict",
+        &saved,
+        "ok",
+        json!({"reason": reason, "nodes": nodes}),
+    );
+    operations::commit_with(transaction, &record)
+        .await
+        .map_err(|err: StoreError| Problem::from(err))?;
+    state
+        .metrics
+        .models
+        .unload_total
+        .get_or_create(&labels(state, service))
+        .inc();
+    state.routes.changed.notify_one();
+    Ok(())
 }

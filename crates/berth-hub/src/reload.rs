@@ -38,6 +38,7 @@ pub fn settings_from(
         placement_policy: config.placement_policy,
         max_models_per_node: config.max_models_per_node,
         service_domain: config.service_domain.clone(),
+        evict_idle_for_capacity: config.evict_idle_for_capacity,
         ..base.clone()
     }
 }
@@ -79,6 +80,10 @@ fn changed_keys(old: &HubConfig, new: &HubConfig) -> Vec<String> {
         old.max_models_per_node != new.max_models_per_node,
     );
     compare("service_domain", old.service_domain != new.service_domain);
+    compare(
+        "evict_idle_for_capacity",
+        old.evict_idle_for_capacity != new.evict_idle_for_capacity,
+    );
     changed
 }
 

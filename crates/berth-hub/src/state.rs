@@ -34,6 +34,8 @@ pub struct HubSettings {
     pub max_models_per_node: u32,
     /// With a domain, the gateway also routes `{service}.{user}.{domain}` by host.
     pub service_domain: Option<String>,
+    /// A placement that does not fit may evict the least recently used idle model services.
+    pub evict_idle_for_capacity: bool,
 }
 
 impl Default for HubSettings {
@@ -46,6 +48,7 @@ impl Default for HubSettings {
             default_max_containers: 100,
             max_models_per_node: 0,
             service_domain: None,
+            evict_idle_for_capacity: false,
         }
     }
 }

@@ -806,3 +806,117 @@ async fn grpc_passes_through_over_http2_with_its_trailers() {
     );
     assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x05input");
 }
+
+#[tokio::test]
+async fn a_placement_that_does_not_fit_evicts_the_least_recently_used_idle_model_service() {
+    let hub = start_with(
+        "gateway-evict",
+        HubSettings {
+            evict_idle_for_capacity: true,
+            ..settings()
+        },
+    )
+    .await;
+    add_local_node(&hub).await;
+    let gateway = start_gateway(&hub).await;
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let (_, node) = hub.admin(Method::GET, "/api/nodes", None).await;
+        let cores = node["nodes"][0]["observed"]["cpu_cores"]
+            .as_f64()
+            .or_else(|| {
+                node["nodes"][0]["cpu"]
+                    .as_str()
+                    .and_then(|cpu| cpu.parse().ok())
+            })
+            .unwrap_or(2.0);
+        // Each service takes most of the node's CPU, so two cannot be placed together.
+        let big = (cores * 0.6 * 10.0).floor() / 10.0;
+        let body = |name: &str| {
+            json!({"name": name, "image": IMAGE, "memory_limit": "32m", "cpu_limit": big,
+                "command": ["sh", "-c", MODEL], "port": 8080, "start": true})
+        };
+        let caller = Caller::new(gateway, &hub.admin);
+        let (status, first) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/{owner}/models/services"),
+                Some(body("first")),
+            )
+            .await;
+        assert_eq!(status, 201, "{first}");
+        let first = first["id"].as_i64().expect("id");
+        wait_ready(&hub, first, 1).await;
+
+        // Running, with no idle timeout: not evictable, so the second does not fit.
+        let (status, refused) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/{owner}/models/services"),
+                Some(body("second")),
+            )
+            .await;
+        assert_eq!(status, 503, "{refused}");
+        assert!(
+            refused["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("CPU"),
+            "{refused}"
+        );
+
+        // Unloaded, it keeps its reservation until a placement needs it: then it is evicted.
+        let (status, _) = hub
+            .admin(Method::POST, &format!("/api/services/{first}/unload"), None)
+            .await;
+        assert_eq!(status, 200);
+        let (status, second) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/{owner}/models/services"),
+                Some(body("second")),
+            )
+            .await;
+        assert_eq!(status, 201, "{second}");
+        let second = second["id"].as_i64().expect("id");
+        let evicted = status_of(&hub, first).await;
+        assert_eq!(evicted["status"], "unloaded");
+        assert_eq!(
+            evicted["replicas"].as_array().map(Vec::len),
+            Some(0),
+            "{evicted}"
+        );
+        let (_, log) = hub
+            .admin(
+                Method::GET,
+                &format!("/api/admin/operations?service_id={first}&action=service.evict"),
+                None,
+            )
+            .await;
+        assert_eq!(log["total"], 1, "the eviction is logged: {log}");
+
+        // A request to the evicted one while the other runs: no room, a 503 that says so.
+        wait_ready(&hub, second, 1).await;
+        let (code, body_text) = caller.get(&format!("/s/{owner}/first/"), &[]).await;
+        assert_eq!(code, 503, "{body_text}");
+        // Once the other is unloaded, the request places the evicted one again and is answered.
+        let (status, _) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/services/{second}/unload"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (code, body_text) = caller.get(&format!("/s/{owner}/first/"), &[]).await;
+        assert_eq!(code, 200, "{body_text}");
+        assert_eq!(
+            status_of(&hub, first).await["replicas"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+        assert_eq!(status_of(&hub, second).await["status"], "unloaded");
+    })
+    .await;
+}

@@ -254,25 +254,20 @@ pub async fn create(
         )?;
     }
     let request_shape = scheduling::request_for(&definition);
-    let (all, mut cluster) = scheduling::snapshot(&state).await?;
-    let options = state.scheduler_options();
-    let mut placements = Vec::new();
-    for replica in 0..replica_count {
-        let which = if replica_count > 1 {
-            format!("replica {replica} of {replica_count}: ")
-        } else {
-            String::new()
-        };
-        let (placement, node) = scheduling::place_and_commit(
-            &mut cluster,
-            &all,
-            &request_shape,
-            None,
-            &options,
-            &which,
-        )?;
-        placements.push((replica, placement, node));
-    }
+    let placements = match models::place_replicas(&state, &request_shape, replica_count).await {
+        Ok(placements) => placements,
+        Err(refusal) => {
+            // With evict_idle_for_capacity, idle model services' reservations may make room.
+            let evicted =
+                models::make_room_for(&state, &request_shape, replica_count, &request.name, 0)
+                    .await?;
+            if evicted.is_empty() {
+                return Err(refusal);
+            }
+            tracing::info!(?evicted, service = %request.name, "Evicted idle model services to make room.");
+            models::place_replicas(&state, &request_shape, replica_count).await?
+        }
+    };
     let first_node = placements.first().map(|(_, _, node)| node.clone());
 
     let version = 1;
@@ -424,8 +419,12 @@ pub async fn start(
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, Problem> {
     let mut service = owned(&state, &user.0, id).await?;
+    if service.node_id.is_none() {
+        // Evicted for capacity: starting it places it again.
+        let loaded = models::load(&state, &service, Some(user.0.id), "started").await?;
+        return Ok(Json(view(&loaded)));
+    }
     let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
-    container_of(&service)?;
     let touched = replicas::on_every_replica(&state, &service, |client, container| async move {
         client.start(&container).await
     })
@@ -475,7 +474,6 @@ pub async fn stop(
     };
     let mut service = owned(&state, &user.0, id).await?;
     let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
-    container_of(&service)?;
     replicas::on_every_replica(&state, &service, |client, container| async move {
         client.stop(&container, grace).await
     })
@@ -503,20 +501,26 @@ pub async fn status(
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, Problem> {
     let service = owned(&state, &user.0, id).await?;
-    let (node, client) = node_of(&state, &service).await?;
-    let live = match &service.container_id {
-        Some(container) => client.state(container).await.ok(),
+    // An evicted service is on no node until it is loaded again.
+    let placed = match service.node_id {
+        Some(_) => Some(node_of(&state, &service).await?),
         None => None,
+    };
+    let live = match (&service.container_id, &placed) {
+        (Some(container), Some((_, client))) => client.state(container).await.ok(),
+        _ => None,
     };
     let port = service.definition["port"].as_u64();
     let host_port = live
         .as_ref()
         .and_then(|live| port.and_then(|port| live.ports.get(&format!("{port}/tcp")).copied()));
-    let address = if node.public_ip.is_empty() {
-        node.private_ip.clone()
-    } else {
-        node.public_ip.clone()
-    };
+    let address = placed.as_ref().map(|(node, _)| {
+        if node.public_ip.is_empty() {
+            node.private_ip.clone()
+        } else {
+            node.public_ip.clone()
+        }
+    });
     Ok(Json(json!({
         "id": service.id,
         "service_name": service.name,
@@ -525,7 +529,9 @@ pub async fn status(
         "is_healthy": live.as_ref().is_some_and(|live| live.status == "running"),
         "container_id": service.container_id,
         "version": service.version,
-        "node": {"id": node.id, "name": node.name, "address": address, "driver": node.driver},
+        "node": placed.as_ref().map(|(node, _)| json!({
+            "id": node.id, "name": node.name, "address": address, "driver": node.driver,
+        })),
         "replicas": replicas::allocations_of(&state, service.id)
             .await?
             .iter()
@@ -538,7 +544,9 @@ pub async fn status(
             }))
             .collect::<Vec<_>>(),
         "host_port": host_port,
-        "service_url": host_port.map(|port| format!("http://{address}:{port}")),
+        "service_url": host_port
+            .zip(address.as_ref())
+            .map(|(port, address)| format!("http://{address}:{port}")),
         "serving": serving_view(&state, &service),
         "error_message": service.error,
     })))
@@ -580,7 +588,6 @@ pub async fn load(
     Path(id): Path<i64>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let service = owned(&state, &user.0, id).await?;
-    container_of(&service)?;
     let saved = models::load(&state, &service, Some(user.0.id), "requested").await?;
     let definition = replicas::definition_of(&saved)?;
     let mut ready = true;
@@ -618,7 +625,6 @@ pub async fn unload(
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, Problem> {
     let service = owned(&state, &user.0, id).await?;
-    container_of(&service)?;
     let saved = models::unload(&state, &service, Some(user.0.id), "requested").await?;
     Ok(Json(view(&saved)))
 }
