@@ -10,7 +10,7 @@ mod processes;
 use std::time::{Duration, Instant};
 
 use processes::{
-    AgentContainers, engine, engine_status, free_port, fresh_dir, running_service, start_agent,
+    LabelledContainers, engine, engine_status, free_port, fresh_dir, running_service, start_agent,
     start_hub, wait_for,
 };
 use reqwest::Method;
@@ -30,7 +30,12 @@ async fn main() {
     let (_hub_process, hub) = start_hub(&dir, &config).await;
     let pid = std::process::id();
     let server_ids = [format!("bench-a-{pid}"), format!("bench-b-{pid}")];
-    let _leftovers = AgentContainers(server_ids.to_vec());
+    let _leftovers = LabelledContainers(
+        server_ids
+            .iter()
+            .map(|id| format!("berth.agent={id}"))
+            .collect(),
+    );
     let keys = ["key-a", "key-b"];
     let ports = [free_port(), free_port()];
     let mut agents = [

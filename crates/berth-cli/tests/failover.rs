@@ -8,7 +8,7 @@ mod processes;
 use std::time::{Duration, Instant};
 
 use processes::{
-    AgentContainers, engine, engine_status, free_port, fresh_dir, running_service, start_agent,
+    LabelledContainers, engine, engine_status, free_port, fresh_dir, running_service, start_agent,
     start_hub, wait_for,
 };
 use reqwest::Method;
@@ -19,7 +19,12 @@ async fn a_killed_agents_service_runs_on_the_other_and_its_stale_replica_goes() 
     let (_hub_process, hub) = start_hub(&dir, "monitor_interval: 1\nfailure_threshold: 3\n").await;
     let pid = std::process::id();
     let server_ids = [format!("e2e-a-{pid}"), format!("e2e-b-{pid}")];
-    let _leftovers = AgentContainers(server_ids.to_vec());
+    let _leftovers = LabelledContainers(
+        server_ids
+            .iter()
+            .map(|id| format!("berth.agent={id}"))
+            .collect(),
+    );
     let keys = ["key-a", "key-b"];
     let ports = [free_port(), free_port()];
     let mut agents = [

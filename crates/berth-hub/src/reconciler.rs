@@ -5,6 +5,7 @@
 //! a container an interrupted launch made is adopted, a missing one is created again, a stopped
 //! one of a running service is started and a running one of a stopped service is stopped, with
 //! backoff. Every change is an operation row.
+//! A create the hub was stopped in the middle of is rolled back: it was never acknowledged.
 //! Running it again changes nothing more, so a hub killed at any point converges on restart.
 
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ pub struct RoundReport {
     pub removed: usize,
     /// Containers created again, adopted or restarted.
     pub repaired: usize,
+    /// Creates the hub stopped in the middle of, rolled back.
+    pub rolled_back: usize,
 }
 
 /// One reconciliation round over every node.
@@ -49,7 +52,10 @@ pub async fn round(state: &HubState) -> Result<RoundReport, StoreError> {
         .iter()
         .map(|service| (service.id, service))
         .collect();
-    let mut report = RoundReport::default();
+    let mut report = RoundReport {
+        rolled_back: roll_back_abandoned_creates(state, &all_services).await?,
+        ..RoundReport::default()
+    };
     for allocation in &placed {
         if !state.is_down(allocation.node_id) {
             continue;
@@ -99,6 +105,46 @@ pub async fn round(state: &HubState) -> Result<RoundReport, StoreError> {
         }
     }
     Ok(report)
+}
+
+/// A create the hub stopped in the middle of (killed, or its machine lost) was never
+/// acknowledged: after ten monitor intervals without a change and with no request holding it,
+/// the service is removed with its allocations. Its containers are then orphans, which the node
+/// pass removes. Returns how many were rolled back.
+async fn roll_back_abandoned_creates(
+    state: &HubState,
+    all_services: &[ServiceRecord],
+) -> Result<usize, StoreError> {
+    let quiet = i64::try_from(
+        state
+            .settings()
+            .monitor_interval
+            .as_millis()
+            .saturating_mul(10),
+    )
+    .unwrap_or(i64::MAX);
+    let now = berth_store::now_ms();
+    let mut rolled_back = 0;
+    for service in all_services {
+        if service.status != "creating" || now - service.updated_at < quiet {
+            continue;
+        }
+        let Some(_claim) = state.claim(service.id) else {
+            continue;
+        };
+        let mut transaction = state.store.begin().await?;
+        services::delete(&mut transaction, service.id).await?;
+        let record = replicas::service_operation(
+            None,
+            "service.create",
+            service,
+            "rolled_back",
+            json!({"reason": "the hub stopped before the create finished; it was never acknowledged"}),
+        );
+        operations::commit_with(transaction, &record).await?;
+        rolled_back += 1;
+    }
+    Ok(rolled_back)
 }
 
 fn label_i64(container: &ContainerState, label: &str) -> Option<i64> {

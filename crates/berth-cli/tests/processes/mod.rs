@@ -259,13 +259,14 @@ pub async fn running_service(hub: &HubApi, name: &str) -> Value {
     started
 }
 
-/// Removes, when dropped (also when a test fails), every container the agents with these
-/// `SERVER_ID`s labelled, so that a failed run leaves nothing on the engine.
-pub struct AgentContainers(pub Vec<String>);
+/// Removes, when dropped (also when a test fails), every container carrying one of these labels
+/// (`berth.agent=<SERVER_ID>`, `berth.hub=<hub id>`), so that a failed run leaves nothing on the
+/// engine.
+pub struct LabelledContainers(pub Vec<String>);
 
-impl Drop for AgentContainers {
+impl Drop for LabelledContainers {
     fn drop(&mut self) {
-        let server_ids = std::mem::take(&mut self.0);
+        let labels = std::mem::take(&mut self.0);
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -275,8 +276,7 @@ impl Drop for AgentContainers {
             };
             runtime.block_on(async {
                 let engine = engine().await;
-                for server_id in server_ids {
-                    let label = format!("berth.agent={server_id}");
+                for label in labels {
                     for container in engine
                         .list(&[label.as_str()], true)
                         .await
