@@ -1,7 +1,8 @@
 //! `berth validate` and `berth apply` as a user runs them against a `berth hub` process with the
 //! local engine: a mistake points at its line, a dry run changes nothing, apply creates the
 //! service, a change of serving settings alone keeps the container, any other change replaces
-//! it, and applying the same file again changes nothing.
+//! it, and applying the same file again changes nothing. Node labels and service constraints
+//! from the command line: a constraint no node meets is refused, relabelling the node lets it in.
 
 mod processes;
 
@@ -149,5 +150,83 @@ async fn validate_and_apply_create_update_and_leave_alone() {
     }
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn node_labels_and_service_constraints_from_the_command_line() {
+    let dir = fresh_dir("cli-labels");
+    let (_hub_process, hub) = start_hub(&dir, "").await;
+    let docker =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    let created = berth(
+        &hub,
+        &[
+            "node",
+            "create",
+            "--name",
+            "local",
+            "--public-ip",
+            "127.0.0.1",
+            "--private-ip",
+            "127.0.0.1",
+            "--docker-address",
+            &docker,
+            "--no-tls",
+            "--label",
+            "zone=a",
+        ],
+    );
+    assert!(created.status.success(), "{}", text(&created));
+    let (_, nodes) = hub.call(Method::GET, "/api/nodes", None).await;
+    let node = &nodes.as_array().expect("nodes")[0];
+    assert_eq!(node["labels"], json!({"zone": "a"}), "{node}");
+    let id = node["id"].as_i64().expect("id").to_string();
+
+    let service = |zone: &str| {
+        berth(
+            &hub,
+            &[
+                "service",
+                "create",
+                "--name",
+                &format!("in-{zone}"),
+                "--image",
+                IMAGE,
+                "--cpu",
+                "0.1",
+                "--memory",
+                "16m",
+                "--constraint",
+                &format!("zone={zone}"),
+                "--replicas",
+                "2",
+                "--",
+                "sleep",
+                "60",
+            ],
+        )
+    };
+    let refused = service("b");
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("label"), "{}", text(&refused));
+
+    let relabelled = berth(&hub, &["node", "label", &id, "zone=b", "gpu=none"]);
+    assert!(relabelled.status.success(), "{}", text(&relabelled));
+    let placed = service("b");
+    assert!(placed.status.success(), "{}", text(&placed));
+    let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
+    assert_eq!(listed["services"][0]["replicas"], 2, "{listed}");
+
+    let bad = berth(&hub, &["node", "label", &id, "zone"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad).contains("is not KEY=VALUE"), "{}", text(&bad));
+    for service in listed["services"].as_array().cloned().unwrap_or_default() {
+        hub.call(
+            Method::DELETE,
+            &format!("/api/services/{}", service["id"]),
+            None,
+        )
+        .await;
     }
 }

@@ -102,6 +102,13 @@ pub enum NodeCommand {
         /// Node id.
         id: i64,
     },
+    /// Replace a node's labels (none given: no labels) (admin).
+    Label {
+        /// Node id.
+        id: i64,
+        /// KEY=VALUE pairs.
+        labels: Vec<String>,
+    },
 }
 
 /// Fields of `berth node create`.
@@ -149,6 +156,9 @@ pub struct NewNode {
     /// Share of work within a priority.
     #[arg(long)]
     weight: Option<i64>,
+    /// A label services can require (`--constraint`), KEY=VALUE, repeatable.
+    #[arg(long = "label")]
+    labels: Vec<String>,
 }
 
 /// `berth image …`
@@ -209,7 +219,7 @@ pub enum ServiceCommand {
         all: bool,
     },
     /// Create a service (its container is created, not started).
-    Create(NewService),
+    Create(Box<NewService>),
     /// Start and wait until the container runs.
     Start {
         /// Service id.
@@ -313,6 +323,18 @@ pub struct NewService {
     /// Environment, KEY=VALUE, repeatable.
     #[arg(long = "env", short = 'e')]
     environment: Vec<String>,
+    /// A node label every replica's node must carry, KEY=VALUE, repeatable.
+    #[arg(long = "constraint")]
+    constraints: Vec<String>,
+    /// How many replicas.
+    #[arg(long)]
+    replicas: Option<i64>,
+    /// Reachable through the gateway without a token.
+    #[arg(long)]
+    public: bool,
+    /// Start each replica as soon as it is created.
+    #[arg(long)]
+    start: bool,
     /// The command, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
@@ -368,6 +390,18 @@ fn token(args: &ClientArgs) -> Result<String, String> {
             "no token: set BERTH_TOKEN or --token (berth up writes one to berth-data/admin-token)"
                 .to_owned()
         })
+}
+
+/// `KEY=VALUE` arguments of `flag` as a JSON object.
+fn pairs(flag: &str, values: &[String]) -> Result<serde_json::Map<String, Value>, String> {
+    values
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(key, value)| (key.to_owned(), Value::from(value)))
+                .ok_or_else(|| format!("{flag} {pair:?} is not KEY=VALUE"))
+        })
+        .collect()
 }
 
 fn read_pem(path: &Option<std::path::PathBuf>, what: &str) -> Result<Option<String>, String> {
@@ -692,8 +726,15 @@ async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Resul
             println!("node {id} deleted");
             return Ok(());
         }
+        NodeCommand::Label { id, labels } => {
+            let body = json!({"labels": pairs("label", &labels)?});
+            client
+                .call(Method::PUT, &format!("/api/nodes/{id}"), Some(&body))
+                .await?
+        }
         NodeCommand::Create(new) => {
-            let mut body = json!({"name": new.name, "public_ip": new.public_ip, "private_ip": new.private_ip, "use_tls": !new.no_tls});
+            let mut body = json!({"name": new.name, "public_ip": new.public_ip, "private_ip": new.private_ip,
+                "use_tls": !new.no_tls, "labels": pairs("--label", &new.labels)?});
             let fields = [
                 ("docker_address", new.docker_address.map(Value::from)),
                 ("agent_url", new.agent_url.clone().map(Value::from)),
@@ -762,16 +803,12 @@ async fn service(
                     .unwrap_or_default()
                     .to_owned(),
             };
-            let mut environment = serde_json::Map::new();
-            for pair in &new.environment {
-                let (key, value) = pair
-                    .split_once('=')
-                    .ok_or_else(|| format!("--env {pair:?} is not KEY=VALUE"))?;
-                environment.insert(key.to_owned(), Value::from(value));
-            }
-            let mut body =
-                json!({"name": new.name, "image": new.image, "environment": environment});
+            let environment = pairs("--env", &new.environment)?;
+            let constraints = pairs("--constraint", &new.constraints)?;
+            let mut body = json!({"name": new.name, "image": new.image, "environment": environment,
+                "constraints": constraints, "is_public": new.public, "start": new.start});
             for (key, value) in [
+                ("replicas", new.replicas.map(Value::from)),
                 ("spec_id", new.spec_id.map(Value::from)),
                 ("cpu_limit", new.cpu.map(Value::from)),
                 ("memory_limit", new.memory.map(Value::from)),
