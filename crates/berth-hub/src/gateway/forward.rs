@@ -11,10 +11,13 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::routes::Endpoint;
 
 /// The body of a gateway answer: a replica's streamed body, or the gateway's own.
 pub type GatewayBody = Either<Streamed, Full<Bytes>>;
@@ -217,8 +220,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Where and how one request goes.
 pub struct Destination<'a> {
-    /// The replica's published address.
-    pub address: SocketAddr,
+    /// The replica.
+    pub endpoint: &'a Endpoint,
     /// Path and query at the replica.
     pub path_and_query: &'a str,
     /// The client's address.
@@ -244,7 +247,13 @@ pub fn upstream_request(
             .authority()
             .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
     });
-    parts.uri = Uri::try_from(format!("http://{}{}", to.address, to.path_and_query))
+    let path_and_query = PathAndQuery::try_from(to.path_and_query)
+        .map_err(|err| format!("{:?} is not a valid path: {err}", to.path_and_query))?;
+    parts.uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(to.endpoint.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
         .map_err(|err| format!("{:?} is not a valid path: {err}", to.path_and_query))?;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, upgrade);
@@ -274,9 +283,7 @@ pub fn upstream_request(
         headers.remove(header::HOST);
         parts.version = Version::HTTP_2;
     } else {
-        if let Ok(host) = HeaderValue::from_str(&to.address.to_string()) {
-            headers.insert(header::HOST, host);
-        }
+        headers.insert(header::HOST, to.endpoint.host.clone());
         parts.version = Version::HTTP_11;
     }
     Ok(Request::from_parts(parts, body))

@@ -29,7 +29,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 
 use self::forward::{Destination, GatewayBody, Streamed, Upstreams};
 use self::routes::{Endpoint, ServiceRoutes, now_millis};
-use crate::metrics::{AnswerLabels, ServiceLabels};
+use crate::metrics::AnswerLabels;
 use crate::models;
 use crate::state::HubState;
 
@@ -180,24 +180,23 @@ impl Gateway {
         let mut may_wait = routes.usage.loaded_at_ms.load(Ordering::Relaxed)
             + u64::try_from(settings.start_timeout().as_millis()).unwrap_or(u64::MAX)
             > now_millis();
-        match routes.wanted().as_str() {
-            "running" => {}
-            "unloaded" => match wake(&self.state, routes).await {
+        if routes.wanted_is(models::UNLOADED) {
+            match wake(&self.state, routes).await {
                 Ok(()) => may_wait = true,
                 Err(err) => {
                     return refuse("load_failed", err.status(), err.detail().to_owned());
                 }
-            },
-            other => {
-                return refuse(
-                    "stopped",
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "service {}/{} is {other}; its owner can start or load it",
-                        target.owner, target.service
-                    ),
-                );
             }
+        } else if !routes.wanted_is("running") {
+            let other = routes.wanted();
+            return refuse(
+                "stopped",
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "service {}/{} is {other}; its owner can start or load it",
+                    target.owner, target.service
+                ),
+            );
         }
         let affinity = affinity_of(&request, settings);
         let roll = mix(self.rolls.fetch_add(1, Ordering::Relaxed));
@@ -237,7 +236,7 @@ impl Gateway {
             .get(header::CONTENT_TYPE)
             .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
         let destination = Destination {
-            address: endpoint.address,
+            endpoint: &endpoint,
             path_and_query: &target.path_and_query,
             peer,
             prefix: &target.prefix,
@@ -322,7 +321,7 @@ impl Gateway {
 /// Starts an unloaded service once, however many requests find it unloaded together.
 async fn wake(state: &HubState, routes: &ServiceRoutes) -> Result<(), Problem> {
     let _turn = routes.waking.lock().await;
-    if routes.wanted() != "unloaded" {
+    if !routes.wanted_is(models::UNLOADED) {
         return Ok(());
     }
     let service = {
@@ -335,11 +334,10 @@ async fn wake(state: &HubState, routes: &ServiceRoutes) -> Result<(), Problem> {
     }
     models::load(state, &service, None, "a request arrived").await?;
     routes.usage.cold_starts.fetch_add(1, Ordering::Relaxed);
-    state
-        .metrics
-        .models
+    let models = &state.metrics.models;
+    models
         .cold_starts
-        .get_or_create(&service_labels(routes))
+        .get_or_create(&routes.metrics(models).labels)
         .inc();
     Ok(())
 }
@@ -364,37 +362,28 @@ async fn wait_for_ready(
     }
 }
 
-fn service_labels(routes: &ServiceRoutes) -> ServiceLabels {
-    ServiceLabels {
-        service: format!("{}/{}", routes.owner, routes.name),
-    }
-}
-
 /// One request's bookkeeping: in flight from [`Answer::begin`] until dropped (when the answer's
 /// last byte has gone, or an upgraded connection was handed over).
 struct Answer {
     state: Arc<HubState>,
     routes: Arc<ServiceRoutes>,
     endpoint: Option<Arc<Endpoint>>,
-    labels: ServiceLabels,
     started: Instant,
     status: u16,
 }
 
 impl Answer {
     fn begin(state: &Arc<HubState>, routes: &Arc<ServiceRoutes>, started: Instant) -> Self {
-        let labels = service_labels(routes);
         routes.usage.in_flight.fetch_add(1, Ordering::AcqRel);
         routes
             .usage
             .last_used_ms
             .store(now_millis(), Ordering::Relaxed);
-        state.metrics.models.in_flight.get_or_create(&labels).inc();
+        routes.metrics(&state.metrics.models).in_flight.inc();
         Self {
             state: Arc::clone(state),
             routes: Arc::clone(routes),
             endpoint: None,
-            labels,
             started,
             status: 0,
         }
@@ -416,19 +405,23 @@ impl Drop for Answer {
             endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
             endpoint.requests.fetch_add(1, Ordering::Relaxed);
         }
-        let metrics = &self.state.metrics.models;
-        metrics.in_flight.get_or_create(&self.labels).dec();
-        metrics
-            .requests
-            .get_or_create(&AnswerLabels {
-                service: self.labels.service.clone(),
-                status: self.status,
-            })
-            .inc();
+        let models = &self.state.metrics.models;
+        let metrics = self.routes.metrics(models);
+        metrics.in_flight.dec();
         metrics
             .duration
-            .get_or_create(&self.labels)
             .observe(self.started.elapsed().as_secs_f64());
+        if self.status == 200 {
+            metrics.answered_ok.inc();
+        } else {
+            models
+                .requests
+                .get_or_create(&AnswerLabels {
+                    service: metrics.labels.service.clone(),
+                    status: self.status,
+                })
+                .inc();
+        }
     }
 }
 

@@ -5,11 +5,15 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_core::routing::{Backend, RequestFacts, RoutingPolicy};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 
+use crate::metrics::{AnswerLabels, ModelMetrics, ServiceLabels};
 use crate::service_definition::ServingSettings;
 
 /// Milliseconds since the Unix epoch.
@@ -47,6 +51,10 @@ pub struct Endpoint {
     pub node_id: i64,
     /// Where its port is published.
     pub address: SocketAddr,
+    /// The same, as a URI authority and a `Host` header, made once.
+    pub authority: hyper::http::uri::Authority,
+    /// `Host` for HTTP/1.1 requests to it.
+    pub host: hyper::header::HeaderValue,
     /// Routing weight.
     pub weight: u32,
     /// Passed its probe and warmup, and its latest probe.
@@ -67,11 +75,17 @@ impl Endpoint {
         address: SocketAddr,
         weight: u32,
     ) -> Self {
+        let text = address.to_string();
         Self {
             replica,
             container_id,
             node_id,
             address,
+            authority: text
+                .parse()
+                .unwrap_or_else(|_| hyper::http::uri::Authority::from_static("127.0.0.1")),
+            host: hyper::header::HeaderValue::from_str(&text)
+                .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("127.0.0.1")),
             weight,
             ready: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
@@ -143,6 +157,21 @@ pub struct ServiceRoutes {
     ready_signal: tokio::sync::watch::Sender<u64>,
     /// Held by the one request that starts an unloaded service; the others wait behind it.
     pub waking: tokio::sync::Mutex<()>,
+    /// Its metric handles, looked up once.
+    metrics: OnceLock<ServiceMetrics>,
+}
+
+/// One service's metric handles (they share their values with the registered families).
+#[derive(Debug, Clone)]
+pub struct ServiceMetrics {
+    /// `owner/name`.
+    pub labels: ServiceLabels,
+    /// Requests being answered.
+    pub in_flight: Gauge,
+    /// Answer durations.
+    pub duration: Histogram,
+    /// Answers with status 200, the common case.
+    pub answered_ok: Counter,
 }
 
 impl ServiceRoutes {
@@ -170,7 +199,29 @@ impl ServiceRoutes {
             },
             ready_signal: tokio::sync::watch::Sender::new(0),
             waking: tokio::sync::Mutex::new(()),
+            metrics: OnceLock::new(),
         }
+    }
+
+    /// The service's metric handles in `models`.
+    pub fn metrics(&self, models: &ModelMetrics) -> &ServiceMetrics {
+        self.metrics.get_or_init(|| {
+            let labels = ServiceLabels {
+                service: format!("{}/{}", self.owner, self.name),
+            };
+            ServiceMetrics {
+                in_flight: models.in_flight.get_or_create(&labels).clone(),
+                duration: models.duration.get_or_create(&labels).clone(),
+                answered_ok: models
+                    .requests
+                    .get_or_create(&AnswerLabels {
+                        service: labels.service.clone(),
+                        status: 200,
+                    })
+                    .clone(),
+                labels,
+            }
+        })
     }
 
     /// The current profile.
@@ -194,6 +245,11 @@ impl ServiceRoutes {
             .read()
             .map(|wanted| wanted.clone())
             .unwrap_or_default()
+    }
+
+    /// Whether the wanted state is `value`.
+    pub fn wanted_is(&self, value: &str) -> bool {
+        self.wanted.read().is_ok_and(|wanted| *wanted == value)
     }
 
     /// Records the wanted state as the database now holds it.
@@ -251,12 +307,15 @@ impl ServiceRoutes {
         canary: Option<&ServiceRoutes>,
     ) -> Option<Arc<Endpoint>> {
         let profile = self.profile();
-        let mut ready: Vec<(Arc<Endpoint>, bool)> = self
-            .endpoints()
-            .into_iter()
-            .filter(|endpoint| endpoint.is_ready())
-            .map(|endpoint| (endpoint, false))
-            .collect();
+        let mut ready: Vec<(Arc<Endpoint>, bool)> = Vec::new();
+        if let Ok(endpoints) = self.endpoints.read() {
+            ready.extend(
+                endpoints
+                    .iter()
+                    .filter(|endpoint| endpoint.is_ready())
+                    .map(|endpoint| (Arc::clone(endpoint), false)),
+            );
+        }
         if let Some(canary) = canary {
             ready.extend(
                 canary
@@ -289,7 +348,7 @@ impl ServiceRoutes {
 #[derive(Debug)]
 pub struct RouteTable {
     services: RwLock<HashMap<i64, Arc<ServiceRoutes>>>,
-    names: RwLock<HashMap<(String, String), i64>>,
+    names: RwLock<HashMap<String, HashMap<String, i64>>>,
     /// Wakes the readiness loop before its next tick (a service was loaded or changed).
     pub changed: tokio::sync::Notify,
     /// Probes and warms replicas that speak HTTP/2 only (gRPC servers).
@@ -314,11 +373,7 @@ impl Default for RouteTable {
 impl RouteTable {
     /// The service `name` of `owner`.
     pub fn find(&self, owner: &str, name: &str) -> Option<Arc<ServiceRoutes>> {
-        let id = *self
-            .names
-            .read()
-            .ok()?
-            .get(&(owner.to_owned(), name.to_owned()))?;
+        let id = *self.names.read().ok()?.get(owner)?.get(name)?;
         self.get(id)
     }
 
@@ -341,10 +396,10 @@ impl RouteTable {
             return Arc::new(service);
         };
         let id = service.id;
-        let key = (service.owner.clone(), service.name.clone());
+        let (owner, name) = (service.owner.clone(), service.name.clone());
         let entry = Arc::clone(services.entry(id).or_insert_with(|| Arc::new(service)));
         if let Ok(mut names) = self.names.write() {
-            names.insert(key, id);
+            names.entry(owner).or_default().insert(name, id);
         }
         entry
     }
@@ -355,7 +410,10 @@ impl RouteTable {
             services.retain(|id, _| keep.contains(id));
         }
         if let Ok(mut names) = self.names.write() {
-            names.retain(|_, id| keep.contains(id));
+            for services in names.values_mut() {
+                services.retain(|_, id| keep.contains(id));
+            }
+            names.retain(|_, services| !services.is_empty());
         }
     }
 }
