@@ -550,7 +550,14 @@ async fn loading_past_max_models_unloads_the_least_recently_used_idle_service() 
 
 #[tokio::test]
 async fn websockets_http2_private_services_and_timeouts() {
-    let hub = start_with("gateway-protocols", settings()).await;
+    let hub = start_with(
+        "gateway-protocols",
+        HubSettings {
+            service_domain: Some("models.test".to_owned()),
+            ..settings()
+        },
+    )
+    .await;
     add_local_node(&hub).await;
     let gateway = start_gateway(&hub).await;
     with_cleanup(&hub, async {
@@ -651,6 +658,15 @@ async fn websockets_http2_private_services_and_timeouts() {
             "application/problem+json"
         );
         assert_eq!(Caller::new(gateway, &stranger).get(&path, &[]).await.0, 403);
+        // By host under the service domain, as well as by path.
+        let by_host = reqwest::Client::new()
+            .get(format!("http://{gateway}/"))
+            .header("host", format!("private.{owner}.models.test"))
+            .bearer_auth(&hub.admin)
+            .send()
+            .await
+            .expect("by host");
+        assert_eq!(by_host.status(), 200);
         // A public service needs no token.
         let public = reqwest::get(format!("http://{gateway}/s/{owner}/echo/"))
             .await
@@ -686,6 +702,10 @@ async fn websockets_http2_private_services_and_timeouts() {
         }
         assert!(
             metrics.contains("berth_gateway_errors_total{kind=\"timeout\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!("models_loaded{{{label}}} 1")),
             "{metrics}"
         );
     })

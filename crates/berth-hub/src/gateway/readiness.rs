@@ -101,8 +101,19 @@ pub async fn refresh(state: &Arc<HubState>) -> Result<(), StoreError> {
         };
         keep.insert(service.id);
         let routes = upsert(state, service, &owners, port, definition.serving);
+        let models = &state.metrics.models;
+        models
+            .loaded
+            .get_or_create(&routes.metrics(models).labels)
+            .set(i64::from(service.status == "running"));
         let placed = by_service.remove(&service.id).unwrap_or_default();
         resolve_endpoints(state, &routes, service, port, placed, &all_nodes).await;
+    }
+    for gone in state.routes.all() {
+        if !keep.contains(&gone.id) {
+            let models = &state.metrics.models;
+            models.loaded.remove(&gone.metrics(models).labels);
+        }
     }
     state.routes.retain(&keep);
     Ok(())
