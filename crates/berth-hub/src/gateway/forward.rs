@@ -1,6 +1,7 @@
 //! Forwarding one request to one replica: the upstream request (hop-by-hop headers dropped,
-//! `X-Forwarded-*` added), HTTP/1.1 or cleartext HTTP/2 to the replica, WebSocket and other
-//! upgrades spliced byte for byte, and the response body streamed back as it arrives.
+//! `X-Forwarded-*` added), HTTP/1.1 over the client connection's own upstream connection or
+//! cleartext HTTP/2 through a shared pool, WebSocket and other upgrades spliced byte for byte,
+//! and the response body streamed back as it arrives.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -58,10 +59,10 @@ impl Body for Streamed {
     }
 }
 
-/// Connection pools to replicas: HTTP/1.1 with keepalive, and cleartext HTTP/2 for gRPC.
+/// The shared connection pool to replicas that speak cleartext HTTP/2 (gRPC); HTTP/1.1 goes over
+/// each client connection's own upstream connections ([`AffineConnection`]).
 #[derive(Clone)]
 pub struct Upstreams {
-    http1: Client<HttpConnector, Incoming>,
     http2: Client<HttpConnector, Incoming>,
 }
 
@@ -79,39 +80,50 @@ pub enum UpstreamError {
 }
 
 impl Upstreams {
-    /// Empty pools.
+    /// An empty pool.
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(connector);
-        Self { http1, http2 }
+        Self { http2 }
     }
 
-    /// Sends `request` (already rewritten by [`upstream_request`]) to its replica.
+    /// Sends `request` (already rewritten by [`upstream_request`]) to its replica: an upgrade
+    /// on its own connection, HTTP/2 through the shared pool, HTTP/1.1 over the client
+    /// connection's own upstream connection when it goes to the same replica again.
     pub async fn send(
         &self,
         request: Request<Incoming>,
         upgrade: bool,
+        affine: &AffineConnection,
+        address: SocketAddr,
     ) -> Result<Response<Incoming>, UpstreamError> {
         if upgrade {
-            return send_upgrade(request).await;
+            return send_upgrade(request, address).await;
         }
-        let client = if request.version() == Version::HTTP_2 {
-            &self.http2
-        } else {
-            &self.http1
+        if request.version() == Version::HTTP_2 {
+            return self
+                .http2
+                .request(request)
+                .await
+                .map_err(|err| UpstreamError::Failed(describe(&err)));
+        }
+        let mut sender = match affine.take(address) {
+            Some(sender) => sender,
+            None => connect_http1(address).await?,
         };
-        client
-            .request(request)
+        if sender.ready().await.is_err() {
+            sender = connect_http1(address).await?;
+        }
+        let response = sender
+            .send_request(request)
             .await
-            .map_err(|err| UpstreamError::Failed(describe(&err)))
+            .map_err(|err| UpstreamError::Failed(describe(&err)))?;
+        affine.keep(address, sender);
+        Ok(response)
     }
 }
 
@@ -126,14 +138,67 @@ fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// One client connection's upstream connections, one per replica it reached (up to
+/// [`AFFINE_REPLICAS`]): HTTP/1.1 answers one request at a time, so the next request of the same
+/// client connection finds its replica's connection free, with no shared pool to search and no
+/// connection shared between clients. They close with the client connection.
+#[derive(Default)]
+pub struct AffineConnection {
+    kept: std::sync::Mutex<Vec<(SocketAddr, Sender)>>,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
+
+/// Most upstream connections one client connection keeps.
+const AFFINE_REPLICAS: usize = 8;
+
+impl AffineConnection {
+    fn take(&self, address: SocketAddr) -> Option<Sender> {
+        let mut kept = self.kept.lock().ok()?;
+        kept.retain(|(_, sender)| !sender.is_closed());
+        // One still streaming an earlier answer (HTTP/2 clients send several at once) is busy.
+        let position = kept
+            .iter()
+            .position(|(kept_for, sender)| *kept_for == address && sender.is_ready())?;
+        Some(kept.swap_remove(position).1)
+    }
+
+    fn keep(&self, address: SocketAddr, sender: Sender) {
+        if let Ok(mut kept) = self.kept.lock() {
+            if kept.len() >= AFFINE_REPLICAS {
+                kept.remove(0);
+            }
+            kept.push((address, sender));
+        }
+    }
+}
+
+async fn connect_http1(address: SocketAddr) -> Result<Sender, UpstreamError> {
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    .map_err(|_| UpstreamError::Failed(format!("connecting to {address} timed out")))?
+    .map_err(|err| UpstreamError::Failed(format!("connecting to {address}: {err}")))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|err| UpstreamError::Failed(describe(&err)))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "An upstream connection ended with an error.");
+        }
+    });
+    Ok(sender)
+}
+
 /// An upgrade (WebSocket) gets its own connection, handed over to the client once the replica
 /// answers `101 Switching Protocols`; bytes then flow both ways until either side closes.
-async fn send_upgrade(mut request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
-    let address = request
-        .uri()
-        .authority()
-        .map(|authority| authority.as_str().to_owned())
-        .unwrap_or_default();
+async fn send_upgrade(
+    mut request: Request<Incoming>,
+    address: SocketAddr,
+) -> Result<Response<Incoming>, UpstreamError> {
     let downstream = hyper::upgrade::on(&mut request);
     let stream = tokio::net::TcpStream::connect(&address)
         .await
@@ -249,12 +314,17 @@ pub fn upstream_request(
     });
     let path_and_query = PathAndQuery::try_from(to.path_and_query)
         .map_err(|err| format!("{:?} is not a valid path: {err}", to.path_and_query))?;
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(to.endpoint.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|err| format!("{:?} is not a valid path: {err}", to.path_and_query))?;
+    // HTTP/2 names the replica in the URI; HTTP/1.1 sends the path alone, with `Host`.
+    parts.uri = if to.http2 {
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(to.endpoint.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|err| format!("{:?} is not a valid path: {err}", to.path_and_query))?
+    } else {
+        Uri::from(path_and_query)
+    };
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, upgrade);
     if to.drop_authorization {

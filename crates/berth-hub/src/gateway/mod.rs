@@ -27,7 +27,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 
-use self::forward::{Destination, GatewayBody, Streamed, Upstreams};
+use self::forward::{AffineConnection, Destination, GatewayBody, Streamed, Upstreams};
 use self::routes::{Endpoint, ServiceRoutes, now_millis};
 use crate::metrics::AnswerLabels;
 use crate::models;
@@ -86,9 +86,10 @@ impl Gateway {
             };
             let _ = stream.set_nodelay(true);
             let gateway = Arc::clone(&self);
+            let affine = Arc::new(AffineConnection::default());
             let service = hyper::service::service_fn(move |request| {
-                let gateway = Arc::clone(&gateway);
-                async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
+                let (gateway, affine) = (Arc::clone(&gateway), Arc::clone(&affine));
+                async move { Ok::<_, Infallible>(gateway.handle(request, peer, &affine).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let connection = builder
@@ -107,11 +108,13 @@ impl Gateway {
         }
     }
 
-    /// Answers one request.
+    /// Answers one request from the client connection of `peer`, whose upstream connection is
+    /// `affine`.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
+        affine: &AffineConnection,
     ) -> Response<GatewayBody> {
         let started = Instant::now();
         let metrics = &self.state.metrics.models;
@@ -142,14 +145,7 @@ impl Gateway {
         }
         let mut answer = Answer::begin(&self.state, &routes, started);
         let (status, response) = self
-            .route(
-                request,
-                peer,
-                &routes,
-                &target,
-                !profile.public,
-                &mut answer,
-            )
+            .route(request, peer, affine, &routes, &target, &mut answer)
             .await;
         answer.status = status;
         match response {
@@ -165,9 +161,9 @@ impl Gateway {
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
+        affine: &AffineConnection,
         routes: &Arc<ServiceRoutes>,
         target: &Target,
-        drop_authorization: bool,
         answer: &mut Answer,
     ) -> (u16, Either<Response<Incoming>, Response<GatewayBody>>) {
         let metrics = &self.state.metrics.models;
@@ -177,6 +173,8 @@ impl Gateway {
         };
         let profile = routes.profile();
         let settings = &profile.settings;
+        // A private service's Authorization carried the caller's hub token: not for the replica.
+        let drop_authorization = !profile.public;
         let mut may_wait = routes.usage.loaded_at_ms.load(Ordering::Relaxed)
             + u64::try_from(settings.start_timeout().as_millis()).unwrap_or(u64::MAX)
             > now_millis();
@@ -249,7 +247,12 @@ impl Gateway {
                 return (400, Either::Right(problem(StatusCode::BAD_REQUEST, detail)));
             }
         };
-        match tokio::time::timeout(settings.timeout(), self.upstreams.send(upstream, upgrade)).await
+        match tokio::time::timeout(
+            settings.timeout(),
+            self.upstreams
+                .send(upstream, upgrade, affine, endpoint.address),
+        )
+        .await
         {
             Ok(Ok(response)) => (response.status().as_u16(), Either::Left(response)),
             Ok(Err(forward::UpstreamError::Failed(reason))) => refuse(
