@@ -1,0 +1,85 @@
+//! The hub's configuration file reloaded while it runs: a changed quota takes effect without a
+//! restart, and a bad file — on change or on SIGHUP — is refused while the running
+//! configuration stays in force.
+
+mod processes;
+
+use std::time::Duration;
+
+use processes::{HubApi, IMAGE, fresh_dir, start_hub, wait_for};
+use reqwest::Method;
+use serde_json::json;
+
+async fn create(hub: &HubApi, owner: &str, name: &str) -> u16 {
+    let (status, _) = hub
+        .call(
+            Method::POST,
+            &format!("/api/{owner}/quota/services"),
+            Some(
+                json!({"name": name, "image": IMAGE, "cpu_limit": 0.05, "memory_limit": "8m",
+                "command": ["sleep", "60"]}),
+            ),
+        )
+        .await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_quota_takes_effect_and_a_bad_file_is_refused() {
+    let dir = fresh_dir("reload");
+    let (hub_process, hub) = start_hub(&dir, "max_services_per_user: 1\n").await;
+    let docker =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    let (status, node) = hub
+        .call(
+            Method::POST,
+            "/api/nodes",
+            Some(
+                json!({"name": "local", "public_ip": "127.0.0.1", "private_ip": "127.0.0.1",
+                "docker_address": docker, "use_tls": false}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{node}");
+    let (_, me) = hub.call(Method::GET, "/api/users/me", None).await;
+    let owner = me["name"].as_str().expect("name").to_owned();
+    let config = dir.join("hub.yaml");
+
+    assert_eq!(create(&hub, &owner, "one").await, 201);
+    assert_eq!(create(&hub, &owner, "two").await, 403, "quota of 1");
+
+    std::fs::write(&config, "max_services_per_user: 3\n").expect("write");
+    wait_for(Duration::from_secs(20), "the new quota is in force", || {
+        let (hub, owner) = (&hub, owner.clone());
+        async move { (create(hub, &owner, "two").await == 201).then_some(()) }
+    })
+    .await;
+
+    // A bad file, written and then signalled: refused, and the quota of 3 stays.
+    std::fs::write(
+        &config,
+        "max_services_per_user: 1\nplacement_policy: tetris\n",
+    )
+    .expect("write");
+    let pid = hub_process.0.id().to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(signalled.success());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, _) = hub.call(Method::GET, "/health", None).await;
+    assert_eq!(status, 200, "the hub runs on");
+    assert_eq!(create(&hub, &owner, "three").await, 201, "still 3");
+    assert_eq!(create(&hub, &owner, "four").await, 403, "and not more");
+
+    let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
+    for service in listed["services"].as_array().cloned().unwrap_or_default() {
+        hub.call(
+            Method::DELETE,
+            &format!("/api/services/{}", service["id"]),
+            None,
+        )
+        .await;
+    }
+}
