@@ -28,19 +28,7 @@ fn docker(args: &[&str]) -> String {
 async fn berth_run() -> (f64, f64) {
     let dir = fresh_dir("replicas-bench");
     let (_hub_process, hub) = start_hub(&dir, "").await;
-    let address =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
-    let (status, node) = hub
-        .call(
-            Method::POST,
-            "/api/nodes",
-            Some(
-                json!({"name": "local", "public_ip": "127.0.0.1", "private_ip": "127.0.0.1",
-                "docker_address": address, "use_tls": false}),
-            ),
-        )
-        .await;
-    assert_eq!(status, 201, "{node}");
+    hub.add_local_node().await;
     let (_, me) = hub.call(Method::GET, "/api/users/me", None).await;
     let user = me["name"].as_str().expect("name").to_owned();
     let body = json!({"name": "fifty", "image": IMAGE, "replicas": REPLICAS, "cpu_limit": 0.02,

@@ -54,19 +54,7 @@ async fn container_and_version(hub: &HubApi, id: i64) -> (String, i64) {
 async fn validate_and_apply_create_update_and_leave_alone() {
     let dir = fresh_dir("apply");
     let (_hub_process, hub) = start_hub(&dir, "").await;
-    let docker =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
-    let (status, node) = hub
-        .call(
-            Method::POST,
-            "/api/nodes",
-            Some(
-                json!({"name": "local", "public_ip": "127.0.0.1", "private_ip": "127.0.0.1",
-                "docker_address": docker, "use_tls": false}),
-            ),
-        )
-        .await;
-    assert_eq!(status, 201, "{node}");
+    hub.add_local_node().await;
     let file = dir.join("web.yaml");
     let path = file.to_str().expect("path");
 

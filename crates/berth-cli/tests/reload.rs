@@ -28,19 +28,7 @@ async fn create(hub: &HubApi, owner: &str, name: &str) -> u16 {
 async fn a_changed_quota_takes_effect_and_a_bad_file_is_refused() {
     let dir = fresh_dir("reload");
     let (hub_process, hub) = start_hub(&dir, "max_services_per_user: 1\n").await;
-    let docker =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
-    let (status, node) = hub
-        .call(
-            Method::POST,
-            "/api/nodes",
-            Some(
-                json!({"name": "local", "public_ip": "127.0.0.1", "private_ip": "127.0.0.1",
-                "docker_address": docker, "use_tls": false}),
-            ),
-        )
-        .await;
-    assert_eq!(status, 201, "{node}");
+    hub.add_local_node().await;
     let (_, me) = hub.call(Method::GET, "/api/users/me", None).await;
     let owner = me["name"].as_str().expect("name").to_owned();
     let config = dir.join("hub.yaml");

@@ -55,19 +55,7 @@ async fn a_create_cut_short_by_a_killed_hub_is_rolled_back_and_can_be_made_again
     let dir = fresh_dir("kill-mid-create");
     let config = "monitor_interval: 1\n";
     let (mut first_hub, hub) = start_hub(&dir, config).await;
-    let docker =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
-    let (status, node) = hub
-        .call(
-            Method::POST,
-            "/api/nodes",
-            Some(
-                json!({"name": "local", "public_ip": "127.0.0.1", "private_ip": "127.0.0.1",
-                "docker_address": docker, "use_tls": false}),
-            ),
-        )
-        .await;
-    assert_eq!(status, 201, "{node}");
+    hub.add_local_node().await;
     let owner = user(&hub).await;
     let name = format!("wide{}", std::process::id());
 

@@ -85,6 +85,12 @@ pub async fn load(
         operations::commit_with(transaction, &record).await?;
         saved
     };
+    record_load(state, service);
+    Ok(saved)
+}
+
+/// Tells the gateway and the metrics that `service` was just loaded.
+fn record_load(state: &HubState, service: &ServiceRecord) {
     if let Some(routes) = state.routes.get(service.id) {
         routes
             .usage
@@ -99,7 +105,6 @@ pub async fn load(
         .get_or_create(&labels(state, service))
         .inc();
     state.routes.changed.notify_one();
-    Ok(saved)
 }
 
 /// Stops every replica of `service` and marks it unloaded; its next request starts it again.
@@ -320,20 +325,7 @@ async fn place_again(
         json!({"reason": reason, "placed_again": true, "evicted": evicted}),
     );
     operations::commit_with(transaction, &record).await?;
-    if let Some(routes) = state.routes.get(service.id) {
-        routes
-            .usage
-            .loaded_at_ms
-            .store(now_millis(), Ordering::Relaxed);
-        routes.set_wanted("running");
-    }
-    state
-        .metrics
-        .models
-        .load_total
-        .get_or_create(&labels(state, service))
-        .inc();
-    state.routes.changed.notify_one();
+    record_load(state, service);
     Ok(saved)
 }
 

@@ -77,6 +77,14 @@ async fn put_file(engine: &DockerDriver, container: &str, path: &str, content: &
         .expect("upload");
 }
 
+/// A hub with the local engine as its node, and its gateway's address.
+async fn hub_with_gateway(test: &str, settings: HubSettings) -> (Hub, SocketAddr) {
+    let hub = start_with(test, settings).await;
+    add_local_node(&hub).await;
+    let gateway = start_gateway(&hub).await;
+    (hub, gateway)
+}
+
 async fn admin_name(hub: &Hub) -> String {
     let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
     me["name"].as_str().expect("name").to_owned()
@@ -204,9 +212,7 @@ impl Caller {
 
 #[tokio::test]
 async fn each_routing_policy_spreads_requests_as_configured() {
-    let hub = start_with("gateway-policies", settings()).await;
-    add_local_node(&hub).await;
-    let gateway = start_gateway(&hub).await;
+    let (hub, gateway) = hub_with_gateway("gateway-policies", settings()).await;
     with_cleanup(&hub, async {
         let owner = admin_name(&hub).await;
         let caller = Caller::new(gateway, &hub.admin);
@@ -292,9 +298,7 @@ async fn each_routing_policy_spreads_requests_as_configured() {
 
 #[tokio::test]
 async fn a_streamed_answer_flows_as_written_and_least_loaded_routes_around_it() {
-    let hub = start_with("gateway-stream", settings()).await;
-    add_local_node(&hub).await;
-    let gateway = start_gateway(&hub).await;
+    let (hub, gateway) = hub_with_gateway("gateway-stream", settings()).await;
     let engine = engine().await;
     with_cleanup(&hub, async {
         let owner = admin_name(&hub).await;
@@ -341,9 +345,7 @@ async fn a_streamed_answer_flows_as_written_and_least_loaded_routes_around_it() 
 
 #[tokio::test]
 async fn warmup_gates_traffic_and_a_failing_probe_leaves_the_rotation() {
-    let hub = start_with("gateway-warmup", settings()).await;
-    add_local_node(&hub).await;
-    let gateway = start_gateway(&hub).await;
+    let (hub, gateway) = hub_with_gateway("gateway-warmup", settings()).await;
     let engine = engine().await;
     with_cleanup(&hub, async {
         let owner = admin_name(&hub).await;
@@ -416,9 +418,7 @@ async fn loads_of(hub: &Hub, id: i64) -> usize {
 
 #[tokio::test]
 async fn fifty_first_requests_to_an_unloaded_service_start_it_once_and_all_get_answers() {
-    let hub = start_with("gateway-wake", settings()).await;
-    add_local_node(&hub).await;
-    let gateway = start_gateway(&hub).await;
+    let (hub, gateway) = hub_with_gateway("gateway-wake", settings()).await;
     with_cleanup(&hub, async {
         let owner = admin_name(&hub).await;
         let id = create(&hub, "sleepy", 1, json!({"idle_timeout_seconds": 2}), false).await;
@@ -479,7 +479,7 @@ async fn fifty_first_requests_to_an_unloaded_service_start_it_once_and_all_get_a
 
 #[tokio::test]
 async fn loading_past_max_models_unloads_the_least_recently_used_idle_service() {
-    let hub = start_with(
+    let (hub, gateway) = hub_with_gateway(
         "gateway-lru",
         HubSettings {
             max_models_per_node: 2,
@@ -487,8 +487,6 @@ async fn loading_past_max_models_unloads_the_least_recently_used_idle_service() 
         },
     )
     .await;
-    add_local_node(&hub).await;
-    let gateway = start_gateway(&hub).await;
     let engine = engine().await;
     with_cleanup(&hub, async {
         let owner = admin_name(&hub).await;
@@ -550,7 +548,7 @@ async fn loading_past_max_models_unloads_the_least_recently_used_idle_service() 
 
 #[tokio::test]
 async fn websockets_http2_private_services_and_timeouts() {
-    let hub = start_with(
+    let (hub, gateway) = hub_with_gateway(
         "gateway-protocols",
         HubSettings {
             service_domain: Some("models.test".to_owned()),
@@ -558,8 +556,6 @@ async fn websockets_http2_private_services_and_timeouts() {
         },
     )
     .await;
-    add_local_node(&hub).await;
-    let gateway = start_gateway(&hub).await;
     with_cleanup(&hub, async {
         let owner = admin_name(&hub).await;
         // Bad serving settings are refused, naming the field, and create nothing.
@@ -829,7 +825,7 @@ async fn grpc_passes_through_over_http2_with_its_trailers() {
 
 #[tokio::test]
 async fn a_placement_that_does_not_fit_evicts_the_least_recently_used_idle_model_service() {
-    let hub = start_with(
+    let (hub, gateway) = hub_with_gateway(
         "gateway-evict",
         HubSettings {
             evict_idle_for_capacity: true,
@@ -837,8 +833,6 @@ async fn a_placement_that_does_not_fit_evicts_the_least_recently_used_idle_model
         },
     )
     .await;
-    add_local_node(&hub).await;
-    let gateway = start_gateway(&hub).await;
     with_cleanup(&hub, async {
         let owner = admin_name(&hub).await;
         let (_, node) = hub.admin(Method::GET, "/api/nodes", None).await;

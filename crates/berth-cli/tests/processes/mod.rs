@@ -100,6 +100,24 @@ impl HubApi {
         }
     }
 
+    /// Registers the local engine as node `local` (Docker driver); its id.
+    pub async fn add_local_node(&self) -> i64 {
+        let docker = std::env::var("DOCKER_HOST")
+            .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+        let (status, node) = self
+            .call(
+                Method::POST,
+                "/api/nodes",
+                Some(
+                    json!({"name": "local", "public_ip": "127.0.0.1", "private_ip": "127.0.0.1",
+                    "docker_address": docker, "use_tls": false}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{node}");
+        node["id"].as_i64().expect("id")
+    }
+
     /// Registers an agent node; its id.
     pub async fn add_agent(&self, name: &str, port: u16, key: &str) -> i64 {
         let body = json!({"name": name, "public_ip": "127.0.0.1", "private_ip": "127.0.0.1",
