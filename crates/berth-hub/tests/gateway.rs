@@ -625,6 +625,18 @@ async fn websockets_http2_private_services_and_timeouts() {
             socket.read_exact(&mut back).await.expect("echo");
             assert_eq!(back, message.as_bytes());
         }
+        // An open WebSocket counts as a request in flight (LRU never evicts it) until it closes.
+        assert_eq!(status_of(&hub, echo).await["serving"]["in_flight"], 1);
+        drop(socket);
+        let mut in_flight = Value::Null;
+        for _ in 0..100 {
+            in_flight = status_of(&hub, echo).await["serving"]["in_flight"].clone();
+            if in_flight == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(in_flight, 0, "closed");
 
         // HTTP/2 with prior knowledge reaches an HTTP/1.1 replica.
         let h2 = reqwest::Client::builder()

@@ -218,15 +218,32 @@ async fn send_upgrade(
         .map_err(|err| UpstreamError::Failed(describe(&err)))?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
+        let splice = tokio::spawn(async move {
             let (Ok(client), Ok(replica)) = tokio::join!(downstream, upstream) else {
                 return;
             };
             let (mut client, mut replica) = (TokioIo::new(client), TokioIo::new(replica));
             let _ = tokio::io::copy_bidirectional(&mut client, &mut replica).await;
         });
+        response
+            .extensions_mut()
+            .insert(Splice(std::sync::Arc::new(std::sync::Mutex::new(Some(
+                splice,
+            )))));
     }
     Ok(response)
+}
+
+/// On a `101` answer: the task that carries the upgraded connection's bytes, so that whoever
+/// answers can keep the request counted as in flight until the connection closes.
+#[derive(Clone)]
+pub struct Splice(std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>);
+
+impl Splice {
+    /// The splicing task (once).
+    pub fn take(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.0.lock().ok()?.take()
+    }
 }
 
 /// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).

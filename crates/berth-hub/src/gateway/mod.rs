@@ -27,7 +27,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 
-use self::forward::{AffineConnection, Destination, GatewayBody, Streamed, Upstreams};
+use self::forward::{AffineConnection, Destination, GatewayBody, Splice, Streamed, Upstreams};
 use self::routes::{Endpoint, ServiceRoutes, now_millis};
 use crate::metrics::AnswerLabels;
 use crate::models;
@@ -151,7 +151,22 @@ impl Gateway {
         match response {
             Either::Left(mut response) => {
                 forward::downstream_response(&mut response);
-                response.map(|body| Either::Left(Streamed::new(body, Box::new(answer))))
+                // An upgraded connection (a WebSocket) is in flight until it closes.
+                let splice = response
+                    .extensions_mut()
+                    .remove::<Splice>()
+                    .and_then(|splice| splice.take());
+                let until_done: Box<dyn Send + Sync> = match splice {
+                    Some(splice) => {
+                        tokio::spawn(async move {
+                            let _ = splice.await;
+                            drop(answer);
+                        });
+                        Box::new(())
+                    }
+                    None => Box::new(answer),
+                };
+                response.map(|body| Either::Left(Streamed::new(body, until_done)))
             }
             Either::Right(response) => response,
         }
