@@ -45,6 +45,8 @@ pub struct ModelMetrics {
     pub load_total: Family<ServiceLabels, Counter>,
     /// Unloads per service.
     pub unload_total: Family<ServiceLabels, Counter>,
+    /// Loads that failed (no room, a node refusing), per service.
+    pub load_failures: Family<ServiceLabels, Counter>,
     /// 1 while a service is loaded.
     pub loaded: Family<ServiceLabels, Gauge>,
     /// Requests answered, by service and status code.
@@ -64,6 +66,7 @@ impl ModelMetrics {
         let metrics = Self {
             load_total: Family::default(),
             unload_total: Family::default(),
+            load_failures: Family::default(),
             loaded: Family::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(|| {
@@ -82,6 +85,11 @@ impl ModelMetrics {
             "model_unload",
             "Model service unloads (by the API, idle timeout or LRU eviction)",
             metrics.unload_total.clone(),
+        );
+        registry.register(
+            "model_load_failures",
+            "Model service loads that failed",
+            metrics.load_failures.clone(),
         );
         registry.register(
             "models_loaded",

@@ -925,6 +925,20 @@ async fn a_placement_that_does_not_fit_evicts_the_least_recently_used_idle_model
         wait_ready(&hub, second, 1).await;
         let (code, body_text) = caller.get(&format!("/s/{owner}/first/"), &[]).await;
         assert_eq!(code, 503, "{body_text}");
+        // Right after, a request is refused with that reason, without trying again.
+        let (code, again) = caller.get(&format!("/s/{owner}/first/"), &[]).await;
+        assert_eq!(code, 503, "{again}");
+        assert!(again.contains("could not be loaded"), "{again}");
+        let (_, _, metrics) = hub
+            .call(Some(&hub.admin), Method::GET, "/metrics", None)
+            .await;
+        assert!(
+            metrics.contains(&format!(
+                "model_load_failures_total{{service=\"{owner}/first\"}} 1"
+            )),
+            "one failed load: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
         // Once the other is unloaded, the request places the evicted one again and is answered.
         let (status, _) = hub
             .admin(

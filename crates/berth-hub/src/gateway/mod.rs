@@ -336,23 +336,48 @@ impl Gateway {
     }
 }
 
-/// Starts an unloaded service once, however many requests find it unloaded together.
+/// How long after a failed start requests are refused with its reason before one tries again.
+const START_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// Starts an unloaded service once, however many requests find it unloaded together; right
+/// after a failed start, refuses with its reason instead of trying again.
 async fn wake(state: &HubState, routes: &ServiceRoutes) -> Result<(), Problem> {
-    let _turn = routes.waking.lock().await;
+    let mut last_failure = routes.waking.lock().await;
     if !routes.wanted_is(models::UNLOADED) {
         return Ok(());
+    }
+    if let Some((at, reason)) = last_failure.as_ref()
+        && at.elapsed() < START_RETRY_AFTER
+    {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "service {}/{} could not be loaded {} ms ago: {reason}",
+                routes.owner,
+                routes.name,
+                at.elapsed().as_millis()
+            ),
+        ));
     }
     let service = {
         let mut connection = state.store.acquire().await?;
         services::get(&mut connection, routes.id).await?
     };
-    if service.status != "unloaded" {
+    if service.status != models::UNLOADED {
         routes.set_wanted(&service.status);
         return Ok(());
     }
-    models::load(state, &service, None, "a request arrived").await?;
-    routes.usage.cold_starts.fetch_add(1, Ordering::Relaxed);
     let models = &state.metrics.models;
+    if let Err(problem) = models::load(state, &service, None, "a request arrived").await {
+        models
+            .load_failures
+            .get_or_create(&routes.metrics(models).labels)
+            .inc();
+        *last_failure = Some((Instant::now(), problem.detail().to_owned()));
+        return Err(problem);
+    }
+    *last_failure = None;
+    routes.usage.cold_starts.fetch_add(1, Ordering::Relaxed);
     models
         .cold_starts
         .get_or_create(&routes.metrics(models).labels)

@@ -155,8 +155,10 @@ pub struct ServiceRoutes {
     pub usage: Usage,
     /// Bumped whenever a replica becomes ready; requests waiting for a start watch it.
     ready_signal: tokio::sync::watch::Sender<u64>,
-    /// Held by the one request that starts an unloaded service; the others wait behind it.
-    pub waking: tokio::sync::Mutex<()>,
+    /// Held by the one request that starts an unloaded service; the others wait behind it. It
+    /// holds when and why the last start failed, so that requests right after a failure are
+    /// refused at once instead of each trying again.
+    pub waking: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
     /// Its metric handles, looked up once.
     metrics: OnceLock<ServiceMetrics>,
 }
@@ -198,7 +200,7 @@ impl ServiceRoutes {
                 ..Usage::default()
             },
             ready_signal: tokio::sync::watch::Sender::new(0),
-            waking: tokio::sync::Mutex::new(()),
+            waking: tokio::sync::Mutex::new(None),
             metrics: OnceLock::new(),
         }
     }
