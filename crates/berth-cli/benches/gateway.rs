@@ -232,6 +232,30 @@ fn wrk(url: &str, connections: u32) -> Run {
     }
 }
 
+/// Prints one row per path: (with `loaded`) requests per second at 64 connections, then the
+/// 1-connection latency and what each path adds over the first.
+fn latency_table(header: &str, paths: &[(&str, &str)], loaded: bool) {
+    println!("{header}");
+    println!("|---|---|---|---|---|{}", if loaded { "---|" } else { "" });
+    let mut direct_latency = None;
+    for (name, url) in paths {
+        let throughput = if loaded {
+            format!(" {:.0} |", wrk(url, 64).requests_per_second)
+        } else {
+            String::new()
+        };
+        let single = wrk(url, 1);
+        let (base50, base99) = *direct_latency.get_or_insert((single.p50_us, single.p99_us));
+        println!(
+            "| {name} |{throughput} {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs |",
+            single.p50_us,
+            single.p99_us,
+            single.p50_us - base50,
+            single.p99_us - base99
+        );
+    }
+}
+
 async fn throughput(dir: &Path) {
     let mut upstream = nginx(
         dir,
@@ -285,51 +309,26 @@ async fn throughput(dir: &Path) {
     let direct_url = format!("http://127.0.0.1:{UPSTREAM_PORT}/");
     let nginx_url = format!("http://127.0.0.1:{NGINX_PROXY_PORT}/");
     let gateway_url = format!("http://{}/s/{}/fast/", hub.gateway, hub.user);
-    println!(
-        "| path | 64 connections: requests/s | 1 connection: p50 | p99 | added p50 | added p99 |"
+    let paths = [
+        ("direct", direct_url.as_str()),
+        ("nginx proxy", nginx_url.as_str()),
+        ("Berth gateway", gateway_url.as_str()),
+    ];
+    latency_table(
+        "| path | 64 connections: requests/s | 1 connection: p50 | p99 | added p50 | added p99 |",
+        &paths,
+        true,
     );
-    println!("|---|---|---|---|---|---|");
-    let mut direct_latency = None;
-    for (name, url) in [
-        ("direct", &direct_url),
-        ("nginx proxy", &nginx_url),
-        ("Berth gateway", &gateway_url),
-    ] {
-        let loaded = wrk(url, 64);
-        let single = wrk(url, 1);
-        let (base50, base99) = *direct_latency.get_or_insert((single.p50_us, single.p99_us));
-        println!(
-            "| {name} | {:.0} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs |",
-            loaded.requests_per_second,
-            single.p50_us,
-            single.p99_us,
-            single.p50_us - base50,
-            single.p99_us - base99
-        );
-    }
     // The same 1-connection latency with everything on one CPU: no cross-CPU wake-ups, which on
     // this kind of virtual machine cost more than the proxying itself.
     repin(std::process::id(), "1");
     repin(proxy.id(), "1");
     println!();
-    println!("| all on CPU 1, 1 connection | p50 | p99 | added p50 | added p99 |");
-    println!("|---|---|---|---|---|");
-    let mut direct_latency = None;
-    for (name, url) in [
-        ("direct", &direct_url),
-        ("nginx proxy", &nginx_url),
-        ("Berth gateway", &gateway_url),
-    ] {
-        let single = wrk(url, 1);
-        let (base50, base99) = *direct_latency.get_or_insert((single.p50_us, single.p99_us));
-        println!(
-            "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs |",
-            single.p50_us,
-            single.p99_us,
-            single.p50_us - base50,
-            single.p99_us - base99
-        );
-    }
+    latency_table(
+        "| all on CPU 1, 1 connection | p50 | p99 | added p50 | added p99 |",
+        &paths,
+        false,
+    );
     repin(std::process::id(), "0");
     let _ = upstream.kill();
     let _ = proxy.kill();

@@ -127,15 +127,7 @@ async fn validate_and_apply_create_update_and_leave_alone() {
         assert_eq!(container_and_version(&hub, id).await.1, 3);
     };
     let result = std::panic::AssertUnwindSafe(outcome).catch_unwind().await;
-    let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
-    for service in listed["services"].as_array().cloned().unwrap_or_default() {
-        hub.call(
-            Method::DELETE,
-            &format!("/api/services/{}", service["id"]),
-            None,
-        )
-        .await;
-    }
+    hub.delete_all_services().await;
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
@@ -209,12 +201,5 @@ async fn node_labels_and_service_constraints_from_the_command_line() {
     let bad = berth(&hub, &["node", "label", &id, "zone"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(text(&bad).contains("is not KEY=VALUE"), "{}", text(&bad));
-    for service in listed["services"].as_array().cloned().unwrap_or_default() {
-        hub.call(
-            Method::DELETE,
-            &format!("/api/services/{}", service["id"]),
-            None,
-        )
-        .await;
-    }
+    hub.delete_all_services().await;
 }

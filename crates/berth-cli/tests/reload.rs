@@ -61,13 +61,5 @@ async fn a_changed_quota_takes_effect_and_a_bad_file_is_refused() {
     assert_eq!(create(&hub, &owner, "three").await, 201, "still 3");
     assert_eq!(create(&hub, &owner, "four").await, 403, "and not more");
 
-    let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
-    for service in listed["services"].as_array().cloned().unwrap_or_default() {
-        hub.call(
-            Method::DELETE,
-            &format!("/api/services/{}", service["id"]),
-            None,
-        )
-        .await;
-    }
+    hub.delete_all_services().await;
 }

@@ -72,19 +72,14 @@ pub async fn load(
     let mut loaded = service.clone();
     loaded.status = "running".to_owned();
     loaded.error.clear();
-    let saved = {
-        let mut transaction = state.store.begin().await?;
-        let saved = services::update(&mut transaction, &loaded).await?;
-        let record = replicas::service_operation(
-            actor,
-            "service.load",
-            &saved,
-            "ok",
-            json!({"reason": reason, "evicted": evicted}),
-        );
-        operations::commit_with(transaction, &record).await?;
-        saved
-    };
+    let record = replicas::service_operation(
+        actor,
+        "service.load",
+        &loaded,
+        "ok",
+        json!({"reason": reason, "evicted": evicted}),
+    );
+    let saved = replicas::save(state, &loaded, record).await?;
     record_load(state, service);
     Ok(saved)
 }
@@ -124,16 +119,14 @@ pub async fn unload(
     .await?;
     let mut unloaded = service.clone();
     unloaded.status = UNLOADED.to_owned();
-    let mut transaction = state.store.begin().await?;
-    let saved = services::update(&mut transaction, &unloaded).await?;
     let record = replicas::service_operation(
         actor,
         "service.unload",
-        &saved,
+        &unloaded,
         "ok",
         json!({"reason": reason}),
     );
-    operations::commit_with(transaction, &record).await?;
+    let saved = replicas::save(state, &unloaded, record).await?;
     state
         .metrics
         .models
@@ -312,19 +305,18 @@ async fn place_again(
     if let Some(problem) = launched.into_iter().find_map(Result::err) {
         return Err(problem);
     }
-    let mut transaction = state.store.begin().await?;
-    let mut loaded = services::get(&mut transaction, service.id).await?;
+    // The launches recorded the new placement in the service row: build on that.
+    let mut loaded = services::get(&mut *state.store.acquire().await?, service.id).await?;
     loaded.status = "running".to_owned();
     loaded.error.clear();
-    let saved = services::update(&mut transaction, &loaded).await?;
     let record = replicas::service_operation(
         actor,
         "service.load",
-        &saved,
+        &loaded,
         "ok",
         json!({"reason": reason, "placed_again": true, "evicted": evicted}),
     );
-    operations::commit_with(transaction, &record).await?;
+    let saved = replicas::save(state, &loaded, record).await?;
     record_load(state, service);
     Ok(saved)
 }

@@ -461,3 +461,15 @@ where
     outcomes.into_iter().collect::<Result<Vec<()>, Problem>>()?;
     Ok(touched)
 }
+
+/// Writes `service` and its operation row in one transaction; the stored service.
+pub async fn save(
+    state: &HubState,
+    service: &ServiceRecord,
+    record: NewOperation,
+) -> Result<ServiceRecord, Problem> {
+    let mut transaction = state.store.begin().await?;
+    let saved = services::update(&mut transaction, service).await?;
+    operations::commit_with(transaction, &record).await?;
+    Ok(saved)
+}

@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use berth_docker::{DockerDriver, DockerEndpoint};
+use berth_docker::DockerDriver;
 use berth_hub::state::HubSettings;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{Hub, add_local_node, start_gateway, start_with, with_cleanup};
+use support::{Hub, add_local_node, engine, start_gateway, start_with, with_cleanup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const IMAGE: &str = "berth-test/busybox:latest";
@@ -45,18 +45,6 @@ fn settings() -> HubSettings {
         max_services_per_user: 50,
         ..HubSettings::default()
     }
-}
-
-async fn engine() -> DockerDriver {
-    let address =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
-    DockerDriver::connect(&DockerEndpoint {
-        address,
-        tls: None,
-        timeout_secs: 30,
-    })
-    .await
-    .expect("engine")
 }
 
 /// Writes `content` to `path` inside `container`.

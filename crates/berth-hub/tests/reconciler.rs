@@ -10,28 +10,16 @@ mod support;
 use std::collections::BTreeMap;
 
 use berth_core::ContainerSpec;
-use berth_docker::{DockerDriver, DockerEndpoint, RemoveOptions};
+use berth_docker::{DockerDriver, RemoveOptions};
 use berth_hub::monitor;
 use berth_hub::reconciler::{self, RoundReport};
 use berth_hub::state::HubSettings;
 use berth_store::allocations::{self, ReplicaRef};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{Hub, add_local_node, node, start, start_agent, start_with, with_cleanup};
+use support::{Hub, add_local_node, engine, node, start, start_agent, start_with, with_cleanup};
 
 const IMAGE: &str = "berth-test/busybox:latest";
-
-async fn engine() -> DockerDriver {
-    let address =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
-    DockerDriver::connect(&DockerEndpoint {
-        address,
-        tls: None,
-        timeout_secs: 30,
-    })
-    .await
-    .expect("engine")
-}
 
 async fn admin_name(hub: &Hub) -> String {
     let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;

@@ -100,6 +100,19 @@ impl HubApi {
         }
     }
 
+    /// Deletes every service of the admin (and so their containers).
+    pub async fn delete_all_services(&self) {
+        let (_, listed) = self.call(Method::GET, "/api/services", None).await;
+        for service in listed["services"].as_array().cloned().unwrap_or_default() {
+            self.call(
+                Method::DELETE,
+                &format!("/api/services/{}", service["id"]),
+                None,
+            )
+            .await;
+        }
+    }
+
     /// Registers the local engine as node `local` (Docker driver); its id.
     pub async fn add_local_node(&self) -> i64 {
         let docker = std::env::var("DOCKER_HOST")

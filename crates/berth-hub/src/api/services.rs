@@ -95,9 +95,7 @@ async fn save(
     service: &ServiceRecord,
     record: NewOperation,
 ) -> Result<ServiceRecord, Problem> {
-    let mut transaction = state.store.begin().await?;
-    let saved = services::update(&mut transaction, service).await?;
-    operations::commit_with(transaction, &record).await?;
+    let saved = replicas::save(state, service, record).await?;
     if let Some(routes) = state.routes.get(saved.id) {
         routes.set_wanted(&saved.status);
         if saved.status == "running" {

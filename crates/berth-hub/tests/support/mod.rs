@@ -245,3 +245,16 @@ pub async fn start_gateway(hub: &Hub) -> SocketAddr {
     tokio::spawn(gateway.serve(listener, std::future::pending()));
     address
 }
+
+/// The local engine, straight through the driver.
+pub async fn engine() -> berth_docker::DockerDriver {
+    let address =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    berth_docker::DockerDriver::connect(&berth_docker::DockerEndpoint {
+        address,
+        tls: None,
+        timeout_secs: 30,
+    })
+    .await
+    .expect("engine")
+}
