@@ -10,6 +10,8 @@ pub mod nodes;
 pub mod operations;
 pub mod secrets;
 pub mod services;
+pub mod sessions;
+pub mod stats_history;
 pub mod users;
 
 use std::sync::Once;
@@ -20,6 +22,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use error::StoreError;
 pub use secrets::SecretBox;
+use secrets::random_hex;
 
 /// A connection or transaction any repository function accepts.
 pub type Conn = sqlx::AnyConnection;

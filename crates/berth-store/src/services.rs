@@ -255,6 +255,10 @@ pub async fn delete(conn: &mut Conn, id: i64) -> Result<(), StoreError> {
         .bind(id)
         .execute(&mut *conn)
         .await?;
+    sqlx::query("DELETE FROM stats_samples WHERE service_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     let deleted = sqlx::query("DELETE FROM services WHERE id = $1")
         .bind(id)
         .execute(&mut *conn)

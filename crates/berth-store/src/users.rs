@@ -82,17 +82,23 @@ fn hash_token(token: &str) -> String {
 }
 
 fn user_from(row: &AnyRow) -> Result<User, sqlx::Error> {
+    user_from_prefixed(row, "")
+}
+
+/// A user from a row whose user columns are named `{prefix}id`, `{prefix}name`, ….
+pub(crate) fn user_from_prefixed(row: &AnyRow, prefix: &str) -> Result<User, sqlx::Error> {
+    let column = |name: &str| format!("{prefix}{name}");
     Ok(User {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        role: Role::parse(&row.try_get::<String, _>("role")?),
+        id: row.try_get(column("id").as_str())?,
+        name: row.try_get(column("name").as_str())?,
+        role: Role::parse(&row.try_get::<String, _>(column("role").as_str())?),
         quotas: Quotas {
-            max_services: row.try_get("max_services")?,
-            max_cpu_millis: row.try_get("max_cpu_millis")?,
-            max_memory_bytes: row.try_get("max_memory_bytes")?,
-            max_gpus: row.try_get("max_gpus")?,
+            max_services: row.try_get(column("max_services").as_str())?,
+            max_cpu_millis: row.try_get(column("max_cpu_millis").as_str())?,
+            max_memory_bytes: row.try_get(column("max_memory_bytes").as_str())?,
+            max_gpus: row.try_get(column("max_gpus").as_str())?,
         },
-        created_at: row.try_get("created_at")?,
+        created_at: row.try_get(column("created_at").as_str())?,
     })
 }
 

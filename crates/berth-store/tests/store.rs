@@ -450,3 +450,184 @@ async fn allocations_are_per_replica_and_fenced_by_generation() {
         );
     }
 }
+
+#[tokio::test]
+async fn console_sessions_expire_end_and_follow_their_user() {
+    use berth_store::sessions;
+    for store in databases("sessions").await {
+        let mut connection = store.acquire().await.expect("connection");
+        let user = users::create_user(&mut connection, "ada", Role::User, &Quotas::default())
+            .await
+            .expect("user");
+        let started = sessions::start(&mut connection, user.id, 60_000)
+            .await
+            .expect("session");
+        assert_eq!(started.id.len(), 64);
+        assert_ne!(started.id, started.csrf_token);
+        let found = sessions::find(&mut connection, &started.id)
+            .await
+            .expect("find")
+            .expect("live session");
+        assert_eq!(found.user.name, "ada");
+        assert_eq!(found.csrf_token, started.csrf_token);
+        assert!(
+            sessions::find(&mut connection, &started.csrf_token)
+                .await
+                .expect("find")
+                .is_none(),
+            "only the session id opens it"
+        );
+        let expired = sessions::start(&mut connection, user.id, -1)
+            .await
+            .expect("session");
+        assert!(
+            sessions::find(&mut connection, &expired.id)
+                .await
+                .expect("find")
+                .is_none(),
+            "an expired session is refused"
+        );
+        sessions::end(&mut connection, &started.id)
+            .await
+            .expect("end");
+        sessions::end(&mut connection, &started.id)
+            .await
+            .expect("ending twice is fine");
+        assert!(
+            sessions::find(&mut connection, &started.id)
+                .await
+                .expect("find")
+                .is_none()
+        );
+        let again = sessions::start(&mut connection, user.id, 60_000)
+            .await
+            .expect("session");
+        users::delete_user(&mut connection, user.id)
+            .await
+            .expect("delete user");
+        assert!(
+            sessions::find(&mut connection, &again.id)
+                .await
+                .expect("find")
+                .is_none(),
+            "a deleted user's sessions end"
+        );
+    }
+}
+
+#[tokio::test]
+async fn stats_history_keeps_raw_samples_then_buckets_then_nothing() {
+    use berth_store::services::{self, ServiceRecord};
+    use berth_store::stats_history::{self, Retention, StatsSample};
+    for store in databases("stats").await {
+        let mut connection = store.acquire().await.expect("connection");
+        let owner = users::create_user(&mut connection, "ada", Role::User, &Quotas::default())
+            .await
+            .expect("user");
+        let service = services::insert(
+            &mut connection,
+            &ServiceRecord {
+                id: 0,
+                owner_id: owner.id,
+                repo: "demo".into(),
+                name: "svc".into(),
+                image: "berth-test".into(),
+                spec_id: None,
+                cpu_millis: 500,
+                memory_bytes: 1 << 30,
+                gpu_count: 0,
+                definition: json!({}),
+                is_public: false,
+                status: "running".into(),
+                node_id: None,
+                container_id: None,
+                container_name: None,
+                version: 1,
+                generation: 0,
+                pinned: false,
+                replicas: 1,
+                error: String::new(),
+                created_at: 0,
+                updated_at: 0,
+            },
+        )
+        .await
+        .expect("service");
+        let retention = Retention {
+            raw_ms: 60_000,
+            bucket_ms: 10_000,
+            total_ms: 300_000,
+        };
+        let sample = |at_ms: i64, cpu: f64, gpu: Option<i64>| StatsSample {
+            at_ms,
+            resolution_ms: 0,
+            cpu_percent: cpu,
+            memory_bytes: (at_ms / 1000) * 1_000_000,
+            memory_limit_bytes: 1 << 30,
+            pids: 3,
+            gpu_memory_bytes: gpu.map(|_| 2_000_000),
+            gpu_utilization_percent: gpu,
+        };
+        let now = 1_000_000;
+        // Two samples in each 10 s bucket from 400 s ago until now, every 5 s.
+        for at in (now - 400_000..=now).step_by(5_000) {
+            let cpu = if at % 10_000 == 0 { 10.0 } else { 30.0 };
+            stats_history::record(
+                &mut connection,
+                service.id,
+                &sample(at, cpu, (at > now - 100_000).then_some(50)),
+            )
+            .await
+            .expect("record");
+        }
+        stats_history::compact(&mut connection, now, retention)
+            .await
+            .expect("compact");
+        let points = stats_history::since(&mut connection, service.id, 0)
+            .await
+            .expect("history");
+        assert!(
+            points.iter().all(|point| point.at_ms >= now - 300_000),
+            "nothing past the retention"
+        );
+        let (buckets, raw): (Vec<_>, Vec<_>) =
+            points.iter().partition(|point| point.resolution_ms > 0);
+        assert!(raw.iter().all(|point| point.at_ms >= now - 60_000));
+        assert_eq!(raw.len(), 13, "the last minute stays raw, every 5 s");
+        assert_eq!(buckets.len(), 24, "240 s before it in 10 s buckets");
+        for bucket in &buckets {
+            assert_eq!(bucket.resolution_ms, 10_000);
+            assert!((bucket.cpu_percent - 20.0).abs() < 1e-9, "{bucket:?}");
+            assert_eq!(
+                bucket.memory_bytes,
+                bucket.at_ms / 1000 * 1_000_000 + 2_500_000
+            );
+        }
+        let recent_bucket = buckets.last().expect("bucket");
+        assert_eq!(recent_bucket.gpu_utilization_percent, Some(50));
+        assert_eq!(buckets[0].gpu_utilization_percent, None);
+        assert!(
+            points.windows(2).all(|pair| pair[0].at_ms <= pair[1].at_ms),
+            "oldest first"
+        );
+        // Compacting again changes nothing.
+        stats_history::compact(&mut connection, now, retention)
+            .await
+            .expect("compact");
+        assert_eq!(
+            stats_history::since(&mut connection, service.id, 0)
+                .await
+                .expect("history"),
+            points
+        );
+        services::delete(&mut connection, service.id)
+            .await
+            .expect("delete");
+        assert!(
+            stats_history::since(&mut connection, service.id, 0)
+                .await
+                .expect("history")
+                .is_empty()
+        );
+    }
+}
