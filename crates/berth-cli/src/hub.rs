@@ -11,7 +11,7 @@ use berth_core::ConnectionStatus;
 use berth_hub::config::HubConfig;
 use berth_hub::reload::{self, ConfigWatcher, Reload};
 use berth_hub::state::HubSettings;
-use berth_hub::{HubState, api, bootstrap, gateway, monitor};
+use berth_hub::{HubState, api, bootstrap, gateway, monitor, stats_sampler};
 use berth_store::{SecretBox, Store, nodes, redact_url};
 use clap::Args;
 
@@ -244,6 +244,10 @@ pub async fn serve(launch: Launch) -> ExitCode {
         Arc::clone(&state),
         stopped(stop_receiver.clone()),
     ));
+    let sampler_task = tokio::spawn(stats_sampler::run(
+        Arc::clone(&state),
+        stopped(stop_receiver.clone()),
+    ));
     let gateway_task = tokio::spawn(
         Arc::new(gateway::Gateway::new(Arc::clone(&state)))
             .serve(gateway_listener, stopped(stop_receiver.clone())),
@@ -267,6 +271,7 @@ pub async fn serve(launch: Launch) -> ExitCode {
         .await;
     let _ = monitor_task.await;
     let _ = readiness_task.await;
+    let _ = sampler_task.await;
     let _ = gateway_task.await;
     if let Some(task) = reload_task {
         let _ = task.await;

@@ -51,6 +51,10 @@ fn three() -> u64 {
     3
 }
 
+fn ten() -> u64 {
+    10
+}
+
 fn three_checks() -> u32 {
     3
 }
@@ -87,6 +91,10 @@ pub struct HubConfig {
     /// (unloaded, or idle past their idle timeout), releasing their reservations.
     #[serde(default)]
     pub evict_idle_for_capacity: bool,
+    /// Seconds between two samples of every running service's resource use (kept 24 h for the
+    /// console's charts); 0 turns sampling off.
+    #[serde(default = "ten")]
+    pub stats_interval: u64,
 }
 
 impl Default for HubConfig {
@@ -101,6 +109,7 @@ impl Default for HubConfig {
             max_models_per_node: 0,
             service_domain: None,
             evict_idle_for_capacity: false,
+            stats_interval: ten(),
         }
     }
 }

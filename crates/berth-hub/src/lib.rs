@@ -22,5 +22,6 @@ pub mod service_definition;
 pub mod service_request;
 pub mod simulation;
 pub mod state;
+pub mod stats_sampler;
 
 pub use state::HubState;

@@ -407,10 +407,7 @@ impl NodeClient {
     /// One stats sample of the container.
     pub async fn stats(&self, id: &str) -> Result<Value, Problem> {
         match self {
-            NodeClient::Simulated { fleet, node } => {
-                fleet.state(*node, id)?;
-                Ok(json!({"simulated": true, "cpu_percent": 0.0, "memory_usage_bytes": 0}))
-            }
+            NodeClient::Simulated { fleet, node } => fleet.stats(*node, id),
             NodeClient::Docker(driver) => {
                 Ok(serde_json::to_value(driver.stats(id).await?).unwrap_or_default())
             }

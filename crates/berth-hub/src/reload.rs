@@ -39,6 +39,7 @@ pub fn settings_from(
         max_models_per_node: config.max_models_per_node,
         service_domain: config.service_domain.clone(),
         evict_idle_for_capacity: config.evict_idle_for_capacity,
+        stats_interval: Duration::from_secs(config.stats_interval),
         ..base.clone()
     }
 }
@@ -84,6 +85,7 @@ fn changed_keys(old: &HubConfig, new: &HubConfig) -> Vec<String> {
         "evict_idle_for_capacity",
         old.evict_idle_for_capacity != new.evict_idle_for_capacity,
     );
+    compare("stats_interval", old.stats_interval != new.stats_interval);
     changed
 }
 

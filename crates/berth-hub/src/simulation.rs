@@ -12,6 +12,9 @@ use berth_http::Problem;
 
 use crate::node_client::ContainerState;
 
+/// The memory a simulated container without a limit sees (16 GiB).
+const SIMULATED_HOST_MEMORY: u64 = 16 << 30;
+
 /// The driver name of a simulated node.
 pub const SIMULATED_DRIVER: &str = "simulated";
 
@@ -21,6 +24,8 @@ struct SimulatedContainer {
     status: String,
     labels: BTreeMap<String, String>,
     ports: BTreeMap<String, u16>,
+    memory_limit_bytes: u64,
+    uses_gpu: bool,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +123,10 @@ impl SimulatedFleet {
                     status: "created".to_owned(),
                     labels: spec.labels.clone(),
                     ports: BTreeMap::new(),
+                    memory_limit_bytes: spec
+                        .memory_limit
+                        .map_or(SIMULATED_HOST_MEMORY, |limit| limit.bytes()),
+                    uses_gpu: spec.gpus.is_some() || spec.gpu_share.is_some(),
                 },
             );
             Ok(id)
@@ -148,6 +157,28 @@ impl SimulatedFleet {
         self.with_node(node, |state| {
             state.containers.remove(id);
             Ok(())
+        })
+    }
+
+    /// A stats sample of a running container, in the shape the engine's and agents' samples
+    /// take: a quarter of its memory limit in use, a quarter of a core busy, and, when it asked
+    /// for a GPU, 1 GiB of GPU memory at 40 % utilization.
+    pub fn stats(&self, node: i64, id: &str) -> Result<serde_json::Value, Problem> {
+        self.with_node(node, |state| {
+            let container = state.containers.get(id).ok_or_else(|| missing(id))?;
+            let running = container.status == "running";
+            let mut sample = serde_json::json!({
+                "simulated": true,
+                "cpu_percent": if running { 25.0 } else { 0.0 },
+                "memory_used_bytes": if running { container.memory_limit_bytes / 4 } else { 0 },
+                "memory_limit_bytes": container.memory_limit_bytes,
+                "pids": u64::from(running),
+            });
+            if container.uses_gpu && running {
+                sample["gpu_memory_used_bytes"] = serde_json::json!(1u64 << 30);
+                sample["gpu_utilization_percent"] = serde_json::json!(40);
+            }
+            Ok(sample)
         })
     }
 

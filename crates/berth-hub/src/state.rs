@@ -36,6 +36,8 @@ pub struct HubSettings {
     pub service_domain: Option<String>,
     /// A placement that does not fit may evict the least recently used idle model services.
     pub evict_idle_for_capacity: bool,
+    /// Between two samples of every running service's resource use; zero: no sampling.
+    pub stats_interval: Duration,
 }
 
 impl Default for HubSettings {
@@ -49,6 +51,7 @@ impl Default for HubSettings {
             max_models_per_node: 0,
             service_domain: None,
             evict_idle_for_capacity: false,
+            stats_interval: Duration::from_secs(10),
         }
     }
 }

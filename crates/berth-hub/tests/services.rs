@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use support::{Hub, add_local_node, node, start, start_agent, with_cleanup};
 
 const IMAGE: &str = "berth-test/busybox:latest";
@@ -545,4 +545,105 @@ async fn the_catalog_is_read_by_all_and_changed_by_admins() {
         )
         .await;
     assert_eq!(status, 204);
+}
+
+#[tokio::test]
+async fn running_services_are_sampled_into_their_stats_history() {
+    let hub = start("service-stats").await;
+    add_local_node(&hub).await;
+    let mut gpu_node =
+        berth_store::nodes::NodeRecord::new("sim-gpu", berth_hub::simulation::SIMULATED_DRIVER);
+    gpu_node.docker_status = "connected".to_owned();
+    gpu_node.server_type = "gpu".to_owned();
+    gpu_node.cpu = "8".to_owned();
+    gpu_node.memory = "64g".to_owned();
+    gpu_node.gpu_count = 2;
+    gpu_node.gpu_memory_gb = 24;
+    {
+        let mut transaction = hub.state.store.begin().await.expect("tx");
+        berth_store::nodes::insert(&mut transaction, &gpu_node)
+            .await
+            .expect("node");
+        transaction.commit().await.expect("commit");
+    }
+    let (_, alice) = hub.new_user("alice").await;
+    let (_, bob) = hub.new_user("bob").await;
+    with_cleanup(&hub, async {
+        let create = |body: Value| {
+            let alice = alice.clone();
+            let hub = &hub;
+            async move {
+                let (status, created, _) = hub
+                    .call(
+                        Some(&alice),
+                        Method::POST,
+                        "/api/alice/demo/services",
+                        Some(body),
+                    )
+                    .await;
+                assert_eq!(status, 201, "{created}");
+                created["id"].as_i64().expect("id")
+            }
+        };
+        let engine_service = create(json!({"name": "sleeper", "image": IMAGE, "start": true,
+            "memory_limit": "64m", "command": ["sh", "-c", "while true; do sleep 1; done"]}))
+        .await;
+        let gpu_service = create(json!({"name": "gpu-model", "image": IMAGE, "start": true,
+            "gpu_required": true, "gpu_count": 1, "memory_limit": "1g"}))
+        .await;
+        let stopped_service = create(json!({"name": "idle", "image": IMAGE, "start": false,
+            "memory_limit": "64m", "command": ["sh", "-c", "sleep 60"]}))
+        .await;
+
+        for _ in 0..2 {
+            let sampled = berth_hub::stats_sampler::sample_all(&hub.state)
+                .await
+                .expect("sample");
+            assert_eq!(sampled, 2, "the two running services, not the stopped one");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let history = |id: i64, query: &'static str, token: String| {
+            let hub = &hub;
+            async move {
+                hub.call(
+                    Some(&token),
+                    Method::GET,
+                    &format!("/api/services/{id}/stats/history{query}"),
+                    None,
+                )
+                .await
+            }
+        };
+        let (status, engine, _) = history(engine_service, "", alice.clone()).await;
+        assert_eq!(status, 200, "{engine}");
+        let points = engine["points"].as_array().expect("points");
+        assert_eq!(points.len(), 2, "{engine}");
+        assert_eq!(points[0]["resolution_ms"], 0);
+        assert!(points[0]["at_ms"].as_i64() < points[1]["at_ms"].as_i64());
+        assert!(points[1]["memory_bytes"].as_i64() > Some(0), "{engine}");
+        assert_eq!(points[1]["memory_limit_bytes"], 64 << 20, "{engine}");
+        assert!(points[1]["pids"].as_i64() >= Some(1), "{engine}");
+        assert!(points[1]["gpu_memory_bytes"].is_null());
+
+        let (_, gpu, _) = history(gpu_service, "?minutes=5", alice.clone()).await;
+        assert_eq!(gpu["minutes"], 5);
+        let point = &gpu["points"][1];
+        assert_eq!(
+            (
+                point["gpu_utilization_percent"].as_i64(),
+                point["gpu_memory_bytes"].as_i64(),
+                point["cpu_percent"].as_f64()
+            ),
+            (Some(40), Some(1 << 30), Some(25.0)),
+            "{gpu}"
+        );
+        let (_, stopped, _) = history(stopped_service, "", alice.clone()).await;
+        assert_eq!(stopped["points"], json!([]));
+
+        let (status, problem, _) = history(engine_service, "?minutes=0", alice.clone()).await;
+        assert_eq!((status, problem["field"].as_str()), (422, Some("minutes")));
+        let (status, _, _) = history(engine_service, "", bob.clone()).await;
+        assert_eq!(status, 404, "another user's history is not found");
+    })
+    .await;
 }

@@ -72,6 +72,10 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/api/services/{id}/status", get(services::status))
         .route("/api/services/{id}/logs", get(services::logs))
         .route("/api/services/{id}/stats", get(services::stats))
+        .route(
+            "/api/services/{id}/stats/history",
+            get(services::stats_history),
+        )
         .route("/api/services/{id}/deployments", get(services::deployments))
         .route("/api/services/{id}/rollback", post(services::rollback))
         .route("/api/{username}/{repo}/services", post(services::create))

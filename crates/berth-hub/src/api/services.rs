@@ -689,6 +689,53 @@ pub async fn stats(
     ))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    #[serde(default = "an_hour")]
+    minutes: u32,
+}
+
+fn an_hour() -> u32 {
+    60
+}
+
+impl Default for HistoryQuery {
+    fn default() -> Self {
+        Self { minutes: an_hour() }
+    }
+}
+
+/// The longest history kept and served, in minutes.
+const HISTORY_MINUTES: u32 = 24 * 60;
+
+/// `GET /api/services/{id}/stats/history?minutes=60`: the sampled resource use of the last
+/// `minutes` (at most 1440), oldest first; recent points are raw samples, older ones averages.
+pub async fn stats_history(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, Problem> {
+    let query: HistoryQuery = parse_query(raw)?;
+    if query.minutes == 0 || query.minutes > HISTORY_MINUTES {
+        return Err(Problem::invalid_field(
+            "minutes",
+            format!("must be between 1 and {HISTORY_MINUTES}"),
+        ));
+    }
+    let service = owned(&state, &user.0, id).await?;
+    let since = berth_store::now_ms() - i64::from(query.minutes) * 60_000;
+    let mut connection = state.store.acquire().await?;
+    let points = berth_store::stats_history::since(&mut connection, service.id, since).await?;
+    Ok(Json(json!({
+        "service_id": service.id,
+        "minutes": query.minutes,
+        "interval_seconds": state.settings().stats_interval.as_secs(),
+        "points": points,
+    })))
+}
+
 /// `DELETE /api/services/{id}`: removes the container (and its data volume), then the service.
 pub async fn delete(
     State(state): Shared,

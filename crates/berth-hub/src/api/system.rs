@@ -137,6 +137,7 @@ mod tests {
             ("/api/services/{id}/status", "get"),
             ("/api/services/{id}/logs", "get"),
             ("/api/services/{id}/stats", "get"),
+            ("/api/services/{id}/stats/history", "get"),
             ("/api/services/{id}/deployments", "get"),
             ("/api/services/{id}/rollback", "post"),
         ];

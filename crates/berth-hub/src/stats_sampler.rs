@@ -1,0 +1,227 @@
+//! Samples every running service's resource use on an interval (`stats_interval`): each
+//! replica's container is asked for one stats sample through its node's client, the replicas
+//! are summed, and the point goes into the bounded history (`berth_store::stats_history`) that
+//! `GET /api/services/{id}/stats/history` and the console's charts read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_store::nodes::{self, NodeRecord};
+use berth_store::stats_history::{self, Retention, StatsSample};
+use berth_store::{StoreError, allocations, services};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::state::HubState;
+
+/// Services sampled at once.
+const CONCURRENCY: usize = 16;
+
+/// A whole sample read from one container's stats, whatever its source (engine, agent,
+/// simulation) called the fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct ContainerUse {
+    cpu_percent: f64,
+    memory_bytes: i64,
+    memory_limit_bytes: i64,
+    pids: i64,
+    gpu_memory_bytes: Option<i64>,
+    gpu_utilization_percent: Option<i64>,
+}
+
+fn read_use(stats: &Value) -> ContainerUse {
+    let integer = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|key| stats.get(*key).and_then(Value::as_i64))
+    };
+    ContainerUse {
+        cpu_percent: stats
+            .get("cpu_percent")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0),
+        memory_bytes: integer(&["memory_used_bytes", "memory_usage_bytes"]).unwrap_or(0),
+        memory_limit_bytes: integer(&["memory_limit_bytes"]).unwrap_or(0),
+        pids: integer(&["pids"]).unwrap_or(0),
+        gpu_memory_bytes: integer(&["gpu_memory_used_bytes"]),
+        gpu_utilization_percent: integer(&["gpu_utilization_percent"]),
+    }
+}
+
+/// Sums replicas: CPU, memory, limits and PIDs add up; GPU memory adds up and GPU utilization
+/// is the busiest replica's, each present when any replica reported it.
+fn summed(uses: &[ContainerUse], at_ms: i64) -> StatsSample {
+    let add_optional = |left: Option<i64>, right: Option<i64>| match (left, right) {
+        (Some(left), Some(right)) => Some(left + right),
+        (left, right) => left.or(right),
+    };
+    uses.iter().fold(
+        StatsSample {
+            at_ms,
+            resolution_ms: 0,
+            cpu_percent: 0.0,
+            memory_bytes: 0,
+            memory_limit_bytes: 0,
+            pids: 0,
+            gpu_memory_bytes: None,
+            gpu_utilization_percent: None,
+        },
+        |mut total, one| {
+            total.cpu_percent += one.cpu_percent;
+            total.memory_bytes += one.memory_bytes;
+            total.memory_limit_bytes += one.memory_limit_bytes;
+            total.pids += one.pids;
+            total.gpu_memory_bytes = add_optional(total.gpu_memory_bytes, one.gpu_memory_bytes);
+            total.gpu_utilization_percent = total
+                .gpu_utilization_percent
+                .max(one.gpu_utilization_percent);
+            total
+        },
+    )
+}
+
+/// The containers of one running service, with the nodes they are on.
+struct Job {
+    service_id: i64,
+    containers: Vec<(NodeRecord, String)>,
+}
+
+/// Reads every container of `job`; those that cannot be read are left out (and logged).
+async fn read_job(state: Arc<HubState>, job: Job) -> (i64, Vec<ContainerUse>) {
+    let mut uses = Vec::with_capacity(job.containers.len());
+    for (node, container) in job.containers {
+        let read = async {
+            let client = state.node_client(&node).await?;
+            client.stats(&container).await
+        };
+        match read.await {
+            Ok(stats) => uses.push(read_use(&stats)),
+            Err(problem) => tracing::debug!(
+                service = job.service_id,
+                container = %container,
+                error = problem.detail(),
+                "No stats sample from a replica."
+            ),
+        }
+    }
+    (job.service_id, uses)
+}
+
+/// The containers of every running service (each replica's, or the service's own where it has
+/// no replica rows).
+async fn jobs(state: &HubState) -> Result<Vec<Job>, StoreError> {
+    let mut connection = state.store.acquire().await?;
+    let node_records: HashMap<i64, NodeRecord> = nodes::list(&mut connection)
+        .await?
+        .into_iter()
+        .map(|node| (node.id, node))
+        .collect();
+    let mut jobs = Vec::new();
+    for service in services::list(&mut connection, None).await? {
+        if service.status != "running" {
+            continue;
+        }
+        let replicas = allocations::for_service(&mut connection, service.id).await?;
+        let placed: Vec<(i64, String)> = if replicas.is_empty() {
+            service
+                .node_id
+                .zip(service.container_id)
+                .into_iter()
+                .collect()
+        } else {
+            replicas
+                .into_iter()
+                .filter(|replica| !replica.container_id.is_empty())
+                .map(|replica| (replica.node_id, replica.container_id))
+                .collect()
+        };
+        let containers = placed
+            .into_iter()
+            .filter_map(|(node_id, container)| {
+                node_records
+                    .get(&node_id)
+                    .map(|node| (node.clone(), container))
+            })
+            .collect();
+        jobs.push(Job {
+            service_id: service.id,
+            containers,
+        });
+    }
+    Ok(jobs)
+}
+
+/// Samples every running service once and compacts the history; returns the services sampled.
+pub async fn sample_all(state: &Arc<HubState>) -> Result<usize, StoreError> {
+    let jobs = jobs(state).await?;
+    let at_ms = berth_store::now_ms();
+    let read: Vec<(i64, Vec<ContainerUse>)> = futures_util::stream::iter(jobs)
+        .map(|job| read_job(Arc::clone(state), job))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut transaction = state.store.begin().await?;
+    let mut sampled = 0;
+    for (service_id, uses) in read {
+        if uses.is_empty() {
+            continue;
+        }
+        stats_history::record(&mut transaction, service_id, &summed(&uses, at_ms)).await?;
+        sampled += 1;
+    }
+    stats_history::compact(&mut transaction, at_ms, Retention::default()).await?;
+    transaction.commit().await?;
+    Ok(sampled)
+}
+
+/// Samples every `stats_interval` (read again before each wait, so a reloaded configuration
+/// takes effect; zero pauses sampling) until `stop` completes.
+pub async fn run(state: Arc<HubState>, stop: impl Future<Output = ()>) {
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let interval = state.settings().stats_interval;
+        let period = if interval.is_zero() {
+            Duration::from_secs(5)
+        } else {
+            interval
+        };
+        tokio::select! {
+            () = tokio::time::sleep(period) => {
+                if interval.is_zero() {
+                    continue;
+                }
+                if let Err(err) = sample_all(&state).await {
+                    tracing::error!(error = %err, "Sampling services' resource use failed.");
+                }
+            }
+            () = &mut stop => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn every_source_is_read_and_replicas_add_up() {
+        let engine = read_use(&json!({"cpu_percent": 50.0, "memory_used_bytes": 100,
+            "memory_limit_bytes": 1000, "pids": 3}));
+        let first_engine_sample = read_use(&json!({"cpu_percent": null, "memory_used_bytes": 7}));
+        let simulated_gpu = read_use(&json!({"cpu_percent": 25.0, "memory_usage_bytes": 40,
+            "gpu_memory_used_bytes": 1024, "gpu_utilization_percent": 40}));
+        assert_eq!(first_engine_sample.cpu_percent, 0.0);
+        assert_eq!(first_engine_sample.memory_bytes, 7);
+        let total = summed(&[engine, simulated_gpu, first_engine_sample], 9);
+        assert_eq!(total.at_ms, 9);
+        assert_eq!(total.cpu_percent, 75.0);
+        assert_eq!(total.memory_bytes, 147);
+        assert_eq!(total.memory_limit_bytes, 1000);
+        assert_eq!(total.pids, 3);
+        assert_eq!(total.gpu_memory_bytes, Some(1024));
+        assert_eq!(total.gpu_utilization_percent, Some(40));
+        assert_eq!(summed(&[engine], 0).gpu_utilization_percent, None);
+    }
+}
