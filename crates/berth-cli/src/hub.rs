@@ -204,8 +204,11 @@ pub async fn serve(launch: Launch) -> ExitCode {
         .local_addr()
         .map(|addr| addr.to_string())
         .unwrap_or_default();
-    println!("Berth hub listening on http://{address} (API under /api, health at /health)");
+    println!(
+        "Berth hub listening on http://{address} (console at /, API under /api, health at /health)"
+    );
     if let Ok(gateway_address) = gateway_listener.local_addr() {
+        let _ = state.gateway_address.set(gateway_address);
         println!(
             "Gateway listening on http://{gateway_address} (model services at /s/{{user}}/{{service}}/)"
         );
@@ -261,7 +264,7 @@ pub async fn serve(launch: Launch) -> ExitCode {
             stopped(stop_receiver.clone()),
         ))
     });
-    let router = api::router(Arc::clone(&state));
+    let router = berth_hub::app(Arc::clone(&state));
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             crate::shutdown_signal().await;

@@ -46,6 +46,11 @@ impl Problem {
         &self.detail
     }
 
+    /// The input field that was wrong, when one was.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
     /// 404 for a container this agent does not manage.
     pub fn no_container(id: &str) -> Self {
         Self::new(

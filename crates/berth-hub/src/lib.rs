@@ -1,12 +1,14 @@
 //! `berth hub`: the control plane. Users and API tokens, compute nodes (Docker engines reached
 //! directly or through a `berth agent`) with their connection status, the node monitor, the
 //! catalog (images, product specs), services placed on nodes with their deployment history, and
-//! the operation log, and the gateway that routes requests to model services' replicas; `berth up`
-//! runs it embedded on SQLite with the local engine as node `local`.
+//! the operation log, the gateway that routes requests to model services' replicas, the stats
+//! history and the web console; `berth up` runs it embedded on SQLite with the local engine as
+//! node `local`.
 
 pub mod api;
 pub mod bootstrap;
 pub mod config;
+pub mod console;
 pub mod gateway;
 pub mod metrics;
 pub mod models;
@@ -25,3 +27,11 @@ pub mod state;
 pub mod stats_sampler;
 
 pub use state::HubState;
+
+use std::sync::Arc;
+
+/// Everything the hub serves on its main listener: the REST API (token auth) and the web
+/// console (session auth).
+pub fn app(state: Arc<HubState>) -> axum::Router {
+    api::router(Arc::clone(&state)).merge(console::router(state))
+}

@@ -88,6 +88,8 @@ pub struct HubState {
     retries: std::sync::Mutex<HashMap<i64, (u32, Instant)>>,
     /// The gateway's routable services and their replicas.
     pub routes: RouteTable,
+    /// Where the gateway listens, once it does (for the URLs the console shows).
+    pub gateway_address: std::sync::OnceLock<std::net::SocketAddr>,
     /// Simulated nodes (driver `simulated`), for scenarios; empty otherwise.
     pub fleet: Arc<SimulatedFleet>,
     /// One connection per node, kept until the node's record changes.
@@ -132,6 +134,7 @@ impl HubState {
             busy: Default::default(),
             retries: Default::default(),
             routes: RouteTable::default(),
+            gateway_address: Default::default(),
             fleet: Default::default(),
             node_clients: Default::default(),
         })

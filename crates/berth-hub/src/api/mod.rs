@@ -1,13 +1,13 @@
 //! The hub's REST API under `/api`, plus `/health` (open) and `/metrics`. Every route but
 //! `/health` needs `Authorization: Bearer <token>`; admin routes need the admin role.
 
-mod admin;
-mod catalog;
-mod nodes;
-mod placement;
-mod services;
-mod system;
-mod users;
+pub(crate) mod admin;
+pub(crate) mod catalog;
+pub(crate) mod nodes;
+pub(crate) mod placement;
+pub(crate) mod services;
+pub(crate) mod system;
+pub(crate) mod users;
 
 use std::sync::Arc;
 

@@ -1,0 +1,112 @@
+// Berth console: reads certificate files into their text boxes, follows a service's logs
+// (pause, search), and refreshes its charts. Every page works without this script.
+"use strict";
+
+document.addEventListener("DOMContentLoaded", () => {
+  for (const input of document.querySelectorAll("input.pem-file")) {
+    input.addEventListener("change", async () => {
+      const file = input.files && input.files[0];
+      const target = document.getElementById(input.dataset.target);
+      if (file && target) {
+        target.value = await file.text();
+      }
+    });
+  }
+  const logs = document.getElementById("logs");
+  if (logs) {
+    followLogs(logs);
+  }
+  const charts = document.getElementById("charts");
+  if (charts) {
+    setInterval(() => refreshCharts(charts), 15000);
+  }
+});
+
+const MAX_LINES = 5000;
+
+function followLogs(section) {
+  const pre = document.getElementById("log-lines");
+  const follow = document.getElementById("logs-follow");
+  const pause = document.getElementById("logs-pause");
+  const search = document.getElementById("logs-search");
+  const state = document.getElementById("logs-state");
+  let lines = pre.textContent.split("\n").filter((line) => line.length > 0);
+  let paused = false;
+  let reader = null;
+
+  const show = () => {
+    const needle = search.value.trim().toLowerCase();
+    const shown = needle ? lines.filter((line) => line.toLowerCase().includes(needle)) : lines;
+    pre.textContent = shown.join("\n");
+    if (!paused) {
+      pre.scrollTop = pre.scrollHeight;
+    }
+  };
+  const add = (text) => {
+    for (const line of text.split("\n")) {
+      if (line.length > 0) {
+        lines.push(line);
+      }
+    }
+    if (lines.length > MAX_LINES) {
+      lines = lines.slice(lines.length - MAX_LINES);
+    }
+    if (!paused) {
+      show();
+    }
+  };
+  const stop = () => {
+    if (reader) {
+      reader.cancel();
+      reader = null;
+    }
+    state.textContent = "";
+  };
+  const start = async () => {
+    stop();
+    const response = await fetch(section.dataset.source + "?follow=true&tail=0", {
+      credentials: "same-origin",
+    });
+    if (!response.ok || !response.body) {
+      state.textContent = response.status + " " + response.statusText;
+      follow.checked = false;
+      return;
+    }
+    state.textContent = "…";
+    reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    for (;;) {
+      const { value, done } = await reader.read().catch(() => ({ done: true }));
+      if (done) {
+        break;
+      }
+      add(decoder.decode(value, { stream: true }));
+    }
+    state.textContent = "";
+    follow.checked = false;
+    reader = null;
+  };
+  follow.addEventListener("change", () => (follow.checked ? start() : stop()));
+  pause.addEventListener("click", () => {
+    paused = !paused;
+    pause.setAttribute("aria-pressed", String(paused));
+    pause.textContent = paused ? pause.dataset.paused : pause.dataset.running;
+    if (!paused) {
+      show();
+    }
+  });
+  search.addEventListener("input", show);
+}
+
+async function refreshCharts(section) {
+  const response = await fetch(section.dataset.source, { credentials: "same-origin" });
+  if (!response.ok) {
+    return;
+  }
+  const html = await response.text();
+  const holder = section.querySelector(".charts");
+  const parsed = new DOMParser().parseFromString(html, "text/html").querySelector(".charts");
+  if (holder && parsed) {
+    holder.replaceWith(parsed);
+  }
+}

@@ -1,0 +1,404 @@
+//! Specs and images: everyone reads the catalog; admins create, edit and delete entries, through
+//! the API's handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use berth_http::Problem;
+use berth_store::catalog::{self, Image, Spec};
+
+use super::forms::{Field, FieldView, FormData, Kind, Refusal, field, required, to_json, views};
+use super::session::{Visitor, admin_only};
+use super::text::Tr;
+use super::{Chrome, human_bytes, problem_page, rendered, see_other, size_text};
+use crate::api::{self, CurrentUser};
+use crate::state::HubState;
+
+type Shared = State<Arc<HubState>>;
+
+const SPEC_FIELDS: &[Field] = &[
+    required("name", Kind::Text),
+    required("cpu_cores", Kind::Number),
+    required("memory", Kind::Size),
+    field("system_disk", Kind::Size),
+    field("data_disk", Kind::Size),
+    field("gpu_count", Kind::Integer),
+    field("memory_split", Kind::Flag),
+    field("gpu_memory_gb", Kind::Integer),
+];
+
+const IMAGE_FIELDS: &[Field] = &[
+    required("name", Kind::Text),
+    required("reference", Kind::Text),
+    field("description", Kind::Text),
+];
+
+/// A spec as a table row.
+#[derive(Debug, Clone)]
+pub struct SpecRow {
+    id: i64,
+    name: String,
+    cpu: String,
+    memory: String,
+    disks: String,
+    gpus: String,
+}
+
+fn spec_row(spec: &Spec) -> SpecRow {
+    let size = |bytes: Option<i64>| bytes.map_or_else(|| "—".to_owned(), human_bytes);
+    SpecRow {
+        id: spec.id,
+        name: spec.name.clone(),
+        cpu: format!("{:.2}", spec.cpu_millis as f64 / 1000.0),
+        memory: human_bytes(spec.memory_bytes),
+        disks: format!(
+            "{} / {}",
+            size(spec.system_disk_bytes),
+            size(spec.data_disk_bytes)
+        ),
+        gpus: if spec.memory_split {
+            format!("{} GB slice", spec.gpu_memory_gb)
+        } else {
+            spec.gpu_count.to_string()
+        },
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/catalog.html")]
+struct CatalogPage {
+    t: Tr,
+    chrome: Chrome,
+    specs: Vec<SpecRow>,
+    images: Vec<Image>,
+    spec_fields: Vec<FieldView>,
+    image_fields: Vec<FieldView>,
+    spec_error: Option<String>,
+    image_error: Option<String>,
+    spec_open: bool,
+    image_open: bool,
+}
+
+/// Which form of the catalog page was refused, with what was typed.
+enum Refused<'a> {
+    Nothing,
+    Spec(&'a FormData, &'a Refusal),
+    Image(&'a FormData, &'a Refusal),
+}
+
+async fn catalog_page(state: &HubState, visitor: &Visitor, refused: Refused<'_>) -> Response {
+    let loaded = async {
+        let mut connection = state.store.acquire().await?;
+        let specs = catalog::list_specs(&mut connection).await?;
+        let images = catalog::list_images(&mut connection).await?;
+        Ok::<_, Problem>((specs, images))
+    };
+    let (specs, images) = match loaded.await {
+        Ok(found) => found,
+        Err(problem) => return problem_page(visitor.t, visitor.chrome("catalog"), &problem),
+    };
+    let empty = FormData::default();
+    let (spec_values, spec_refusal, image_values, image_refusal) = match refused {
+        Refused::Nothing => (&empty, None, &empty, None),
+        Refused::Spec(values, refusal) => (values, Some(refusal), &empty, None),
+        Refused::Image(values, refusal) => (&empty, None, values, Some(refusal)),
+    };
+    let top = |refusal: Option<&Refusal>| {
+        refusal
+            .filter(|refusal| refusal.field.is_none())
+            .map(|refusal| refusal.message.clone())
+    };
+    let status = if spec_refusal.is_some() || image_refusal.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let none = HashMap::new();
+    rendered(
+        status,
+        &CatalogPage {
+            t: visitor.t,
+            chrome: visitor.chrome("catalog"),
+            specs: specs.iter().map(spec_row).collect(),
+            images,
+            spec_fields: views(
+                visitor.t,
+                SPEC_FIELDS,
+                spec_values,
+                &none,
+                &HashMap::new(),
+                spec_refusal,
+            ),
+            image_fields: views(
+                visitor.t,
+                IMAGE_FIELDS,
+                image_values,
+                &none,
+                &HashMap::new(),
+                image_refusal,
+            ),
+            spec_error: top(spec_refusal),
+            image_error: top(image_refusal),
+            spec_open: spec_refusal.is_some(),
+            image_open: image_refusal.is_some(),
+        },
+    )
+}
+
+/// `GET /catalog`.
+pub async fn page(State(state): Shared, visitor: Visitor) -> Response {
+    catalog_page(&state, &visitor, Refused::Nothing).await
+}
+
+fn as_user(visitor: &Visitor) -> CurrentUser {
+    CurrentUser(visitor.signed.user.clone())
+}
+
+/// `POST /catalog/specs`.
+pub async fn create_spec(State(state): Shared, visitor: Visitor, form: FormData) -> Response {
+    let refusal = match to_json(SPEC_FIELDS, &form) {
+        Ok(body) => {
+            let created = api::catalog::create_spec(
+                State(Arc::clone(&state)),
+                as_user(&visitor),
+                Bytes::from(body.to_string()),
+            )
+            .await;
+            match created {
+                Ok(_) => return see_other("/catalog"),
+                Err(problem) => Refusal::from_problem(&problem, SPEC_FIELDS),
+            }
+        }
+        Err(refusal) => refusal,
+    };
+    catalog_page(&state, &visitor, Refused::Spec(&form, &refusal)).await
+}
+
+/// `POST /catalog/images`.
+pub async fn create_image(State(state): Shared, visitor: Visitor, form: FormData) -> Response {
+    let refusal = match to_json(IMAGE_FIELDS, &form) {
+        Ok(body) => {
+            let created = api::catalog::create_image(
+                State(Arc::clone(&state)),
+                as_user(&visitor),
+                Bytes::from(body.to_string()),
+            )
+            .await;
+            match created {
+                Ok(_) => return see_other("/catalog"),
+                Err(problem) => Refusal::from_problem(&problem, IMAGE_FIELDS),
+            }
+        }
+        Err(refusal) => refusal,
+    };
+    catalog_page(&state, &visitor, Refused::Image(&form, &refusal)).await
+}
+
+#[derive(Template)]
+#[template(path = "console/catalog_edit.html")]
+struct EditPage {
+    t: Tr,
+    chrome: Chrome,
+    action: String,
+    heading: String,
+    fields: Vec<FieldView>,
+    form_error: Option<String>,
+}
+
+fn edit_page(
+    visitor: &Visitor,
+    action: String,
+    heading: String,
+    fields: &[Field],
+    values: &FormData,
+    refusal: Option<&Refusal>,
+) -> Response {
+    let status = if refusal.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    rendered(
+        status,
+        &EditPage {
+            t: visitor.t,
+            chrome: visitor.chrome("catalog"),
+            action,
+            heading,
+            fields: views(
+                visitor.t,
+                fields,
+                values,
+                &HashMap::new(),
+                &HashMap::new(),
+                refusal,
+            ),
+            form_error: refusal
+                .filter(|refusal| refusal.field.is_none())
+                .map(|refusal| refusal.message.clone()),
+        },
+    )
+}
+
+fn spec_values(spec: &Spec) -> FormData {
+    let bytes = |value: Option<i64>| value.map(size_text).unwrap_or_default();
+    FormData::from_pairs(vec![
+        ("name".into(), spec.name.clone()),
+        (
+            "cpu_cores".into(),
+            (spec.cpu_millis as f64 / 1000.0).to_string(),
+        ),
+        ("memory".into(), size_text(spec.memory_bytes)),
+        ("system_disk".into(), bytes(spec.system_disk_bytes)),
+        ("data_disk".into(), bytes(spec.data_disk_bytes)),
+        ("gpu_count".into(), spec.gpu_count.to_string()),
+        (
+            "memory_split".into(),
+            if spec.memory_split { "on" } else { "" }.into(),
+        ),
+        ("gpu_memory_gb".into(), spec.gpu_memory_gb.to_string()),
+    ])
+}
+
+/// `GET /catalog/specs/{id}` (admins): the edit form.
+pub async fn edit_spec_form(
+    State(state): Shared,
+    visitor: Visitor,
+    Path(id): Path<i64>,
+) -> Response {
+    if let Some(refused) = admin_only(&visitor, "catalog") {
+        return refused;
+    }
+    let spec = match state.store.acquire().await {
+        Ok(mut connection) => catalog::get_spec(&mut connection, id).await,
+        Err(err) => Err(err),
+    };
+    match spec {
+        Ok(spec) => edit_page(
+            &visitor,
+            format!("/catalog/specs/{id}"),
+            format!("{} {}", visitor.t.get("catalog.edit_spec"), spec.name),
+            SPEC_FIELDS,
+            &spec_values(&spec),
+            None,
+        ),
+        Err(err) => problem_page(visitor.t, visitor.chrome("catalog"), &err.into()),
+    }
+}
+
+/// `POST /catalog/specs/{id}`.
+pub async fn update_spec(
+    State(state): Shared,
+    visitor: Visitor,
+    Path(id): Path<i64>,
+    form: FormData,
+) -> Response {
+    let refusal = match to_json(SPEC_FIELDS, &form) {
+        Ok(body) => {
+            let updated = api::catalog::update_spec(
+                State(Arc::clone(&state)),
+                as_user(&visitor),
+                Path(id),
+                Bytes::from(body.to_string()),
+            )
+            .await;
+            match updated {
+                Ok(_) => return see_other("/catalog"),
+                Err(problem) => Refusal::from_problem(&problem, SPEC_FIELDS),
+            }
+        }
+        Err(refusal) => refusal,
+    };
+    edit_page(
+        &visitor,
+        format!("/catalog/specs/{id}"),
+        visitor.t.get("catalog.edit_spec").to_owned(),
+        SPEC_FIELDS,
+        &form,
+        Some(&refusal),
+    )
+}
+
+/// `POST /catalog/specs/{id}/delete`.
+pub async fn delete_spec(State(state): Shared, visitor: Visitor, Path(id): Path<i64>) -> Response {
+    match api::catalog::delete_spec(State(state), as_user(&visitor), Path(id)).await {
+        Ok(_) => see_other("/catalog"),
+        Err(problem) => problem_page(visitor.t, visitor.chrome("catalog"), &problem),
+    }
+}
+
+/// `GET /catalog/images/{id}` (admins): the edit form.
+pub async fn edit_image_form(
+    State(state): Shared,
+    visitor: Visitor,
+    Path(id): Path<i64>,
+) -> Response {
+    if let Some(refused) = admin_only(&visitor, "catalog") {
+        return refused;
+    }
+    let image = match state.store.acquire().await {
+        Ok(mut connection) => catalog::get_image(&mut connection, id).await,
+        Err(err) => Err(err),
+    };
+    match image {
+        Ok(image) => edit_page(
+            &visitor,
+            format!("/catalog/images/{id}"),
+            format!("{} {}", visitor.t.get("catalog.edit_image"), image.name),
+            IMAGE_FIELDS,
+            &FormData::from_pairs(vec![
+                ("name".into(), image.name.clone()),
+                ("reference".into(), image.reference.clone()),
+                ("description".into(), image.description.clone()),
+            ]),
+            None,
+        ),
+        Err(err) => problem_page(visitor.t, visitor.chrome("catalog"), &err.into()),
+    }
+}
+
+/// `POST /catalog/images/{id}`.
+pub async fn update_image(
+    State(state): Shared,
+    visitor: Visitor,
+    Path(id): Path<i64>,
+    form: FormData,
+) -> Response {
+    let refusal = match to_json(IMAGE_FIELDS, &form) {
+        Ok(body) => {
+            let updated = api::catalog::update_image(
+                State(Arc::clone(&state)),
+                as_user(&visitor),
+                Path(id),
+                Bytes::from(body.to_string()),
+            )
+            .await;
+            match updated {
+                Ok(_) => return see_other("/catalog"),
+                Err(problem) => Refusal::from_problem(&problem, IMAGE_FIELDS),
+            }
+        }
+        Err(refusal) => refusal,
+    };
+    edit_page(
+        &visitor,
+        format!("/catalog/images/{id}"),
+        visitor.t.get("catalog.edit_image").to_owned(),
+        IMAGE_FIELDS,
+        &form,
+        Some(&refusal),
+    )
+}
+
+/// `POST /catalog/images/{id}/delete`.
+pub async fn delete_image(State(state): Shared, visitor: Visitor, Path(id): Path<i64>) -> Response {
+    match api::catalog::delete_image(State(state), as_user(&visitor), Path(id)).await {
+        Ok(_) => see_other("/catalog"),
+        Err(problem) => problem_page(visitor.t, visitor.chrome("catalog"), &problem),
+    }
+}

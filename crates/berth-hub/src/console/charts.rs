@@ -1,0 +1,277 @@
+//! Line charts as inline SVG, drawn on the server from the stats history: one measure per
+//! chart, points marked with shapes and the axes labelled in text, so a chart reads without
+//! colour; each carries a text summary (latest, highest) for screen readers.
+
+use std::fmt::Write;
+
+use berth_store::stats_history::StatsSample;
+
+use super::human_bytes;
+use super::text::Tr;
+
+const WIDTH: f64 = 640.0;
+const HEIGHT: f64 = 180.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 10.0;
+const TOP: f64 = 12.0;
+const BOTTOM: f64 = 26.0;
+/// Points are marked one by one up to this many; beyond it the line alone is drawn.
+const MARKED_POINTS: usize = 90;
+
+/// One drawn chart.
+#[derive(Debug, Clone)]
+pub struct Chart {
+    /// The measure's name.
+    pub title: &'static str,
+    /// `latest … · highest …`, or that there is no data.
+    pub summary: String,
+    /// The SVG element.
+    pub svg: String,
+}
+
+/// How a measure's values read.
+#[derive(Debug, Clone, Copy)]
+enum Unit {
+    Percent,
+    Bytes,
+}
+
+impl Unit {
+    fn format(self, value: f64) -> String {
+        match self {
+            Unit::Percent => format!("{value:.1} %"),
+            Unit::Bytes => human_bytes(value.round() as i64),
+        }
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Hours and minutes (UTC) of Unix milliseconds.
+fn clock(ms: i64) -> String {
+    let minutes = ms.div_euclid(60_000);
+    format!(
+        "{:02}:{:02}",
+        minutes.div_euclid(60).rem_euclid(24),
+        minutes.rem_euclid(60)
+    )
+}
+
+/// A round top for the y axis at or above `max`.
+fn nice_ceiling(max: f64) -> f64 {
+    if max <= 0.0 {
+        return 1.0;
+    }
+    let magnitude = 10f64.powf(max.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|step| step * magnitude)
+        .find(|top| *top >= max)
+        .unwrap_or(10.0 * magnitude)
+}
+
+fn draw(
+    t: Tr,
+    title: &'static str,
+    unit: Unit,
+    points: &[(i64, f64)],
+    from_ms: i64,
+    to_ms: i64,
+) -> Chart {
+    let mut svg = String::new();
+    let label = match points.last() {
+        Some((_, latest)) => {
+            let highest = points.iter().map(|(_, value)| *value).fold(0.0, f64::max);
+            format!(
+                "{}: {} {} · {} {}",
+                title,
+                t.get("chart.latest"),
+                unit.format(*latest),
+                t.get("chart.highest"),
+                unit.format(highest)
+            )
+        }
+        None => format!("{title}: {}", t.get("chart.no_data")),
+    };
+    let _ = write!(
+        svg,
+        r#"<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg">"#,
+        escape(&label)
+    );
+    let plot_width = WIDTH - LEFT - RIGHT;
+    let plot_height = HEIGHT - TOP - BOTTOM;
+    let top = nice_ceiling(points.iter().map(|(_, value)| *value).fold(0.0, f64::max));
+    let span = (to_ms - from_ms).max(1) as f64;
+    let x = |at: i64| LEFT + (at - from_ms) as f64 / span * plot_width;
+    let y = |value: f64| TOP + plot_height - (value / top).clamp(0.0, 1.0) * plot_height;
+    for step in 0..=4 {
+        let value = top * f64::from(step) / 4.0;
+        let line_y = y(value);
+        let _ = write!(
+            svg,
+            r#"<line class="grid" x1="{LEFT}" y1="{line_y:.1}" x2="{:.1}" y2="{line_y:.1}"/><text class="axis" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            WIDTH - RIGHT,
+            LEFT - 6.0,
+            line_y + 4.0,
+            escape(&unit.format(value))
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text class="axis" x="{LEFT}" y="{:.1}">{}</text><text class="axis" x="{:.1}" y="{:.1}" text-anchor="end">{} UTC</text>"#,
+        HEIGHT - 6.0,
+        clock(from_ms),
+        WIDTH - RIGHT,
+        HEIGHT - 6.0,
+        clock(to_ms)
+    );
+    if !points.is_empty() {
+        let path: Vec<String> = points
+            .iter()
+            .map(|(at, value)| format!("{:.1},{:.1}", x(*at), y(*value)))
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polyline class="series" fill="none" points="{}"/>"#,
+            path.join(" ")
+        );
+        if points.len() <= MARKED_POINTS {
+            for (at, value) in points {
+                let _ = write!(
+                    svg,
+                    r#"<rect class="point" x="{:.1}" y="{:.1}" width="5" height="5"><title>{} {}</title></rect>"#,
+                    x(*at) - 2.5,
+                    y(*value) - 2.5,
+                    clock(*at),
+                    escape(&unit.format(*value))
+                );
+            }
+        }
+    } else {
+        let _ = write!(
+            svg,
+            r#"<text class="axis" x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            LEFT + plot_width / 2.0,
+            TOP + plot_height / 2.0,
+            escape(t.get("chart.no_data"))
+        );
+    }
+    svg.push_str("</svg>");
+    Chart {
+        title,
+        summary: label,
+        svg,
+    }
+}
+
+/// The four charts of a service over `from_ms..to_ms`: CPU, memory, GPU memory and GPU
+/// utilization (the GPU ones say when the node reports no GPU figures).
+pub fn service_charts(t: Tr, samples: &[StatsSample], from_ms: i64, to_ms: i64) -> Vec<Chart> {
+    let series = |value: &dyn Fn(&StatsSample) -> Option<f64>| -> Vec<(i64, f64)> {
+        samples
+            .iter()
+            .filter_map(|sample| value(sample).map(|value| (sample.at_ms, value)))
+            .collect()
+    };
+    vec![
+        draw(
+            t,
+            t.get("chart.cpu"),
+            Unit::Percent,
+            &series(&|sample| Some(sample.cpu_percent)),
+            from_ms,
+            to_ms,
+        ),
+        draw(
+            t,
+            t.get("chart.memory"),
+            Unit::Bytes,
+            &series(&|sample| Some(sample.memory_bytes as f64)),
+            from_ms,
+            to_ms,
+        ),
+        draw(
+            t,
+            t.get("chart.gpu_memory"),
+            Unit::Bytes,
+            &series(&|sample| sample.gpu_memory_bytes.map(|bytes| bytes as f64)),
+            from_ms,
+            to_ms,
+        ),
+        draw(
+            t,
+            t.get("chart.gpu_utilization"),
+            Unit::Percent,
+            &series(&|sample| sample.gpu_utilization_percent.map(|percent| percent as f64)),
+            from_ms,
+            to_ms,
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at_ms: i64, cpu: f64) -> StatsSample {
+        StatsSample {
+            at_ms,
+            resolution_ms: 0,
+            cpu_percent: cpu,
+            memory_bytes: 1 << 20,
+            memory_limit_bytes: 1 << 30,
+            pids: 1,
+            gpu_memory_bytes: None,
+            gpu_utilization_percent: None,
+        }
+    }
+
+    #[test]
+    fn charts_plot_every_point_inside_the_frame_and_say_what_they_show() {
+        let samples = [sample(0, 10.0), sample(30_000, 80.0), sample(60_000, 40.0)];
+        let charts = service_charts(Tr::default(), &samples, 0, 60_000);
+        assert_eq!(charts.len(), 4);
+        let cpu = &charts[0];
+        assert_eq!(cpu.svg.matches("<rect class=\"point\"").count(), 3);
+        assert!(
+            cpu.summary.contains("40.0 %") && cpu.summary.contains("80.0 %"),
+            "{}",
+            cpu.summary
+        );
+        assert!(
+            cpu.svg.contains("100.0 %"),
+            "the axis tops at a round 100: {}",
+            cpu.svg
+        );
+        let points = cpu
+            .svg
+            .split("points=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("polyline");
+        for pair in points.split(' ') {
+            let (x, y) = pair.split_once(',').expect("x,y");
+            let (x, y): (f64, f64) = (x.parse().expect("x"), y.parse().expect("y"));
+            assert!((LEFT..=WIDTH - RIGHT).contains(&x) && (TOP..=HEIGHT - BOTTOM).contains(&y));
+        }
+        assert!(charts[1].summary.contains("1.0 MiB"));
+        assert!(
+            !charts[2].svg.contains("polyline"),
+            "no GPU figures, no line"
+        );
+        assert!(
+            charts[2]
+                .summary
+                .contains(Tr::default().get("chart.no_data"))
+        );
+        assert_eq!(nice_ceiling(0.0), 1.0);
+        assert_eq!(nice_ceiling(3.2e9), 5e9);
+        assert_eq!(escape("<a&\"b\">"), "&lt;a&amp;&quot;b&quot;&gt;");
+        assert_eq!(clock(3_600_000 * 25 + 60_000 * 7), "01:07");
+    }
+}

@@ -1,0 +1,619 @@
+//! Compute nodes (seed 003), for admins: a paged, filterable list with the connection status and
+//! when it was last checked; create and edit forms with every field (certificates and keys
+//! pasted or read from a file, shown afterwards only as set or not set); "test connection" with
+//! its result on the page; the listed and enabled switches; delete behind a confirmation and
+//! the API's guard; and a detail page with hardware, each GPU's allocations, the containers on
+//! the node and its health history.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use berth_http::Problem;
+use berth_store::nodes::{self, NodeRecord};
+use berth_store::operations::OperationFilter;
+use berth_store::{allocations, services};
+use serde_json::{Value, json};
+
+use super::forms::{
+    Field, FieldView, FormData, Kind, Refusal, field, pairs_text, required, to_json, views,
+};
+use super::operations::{OperationRow, recent};
+use super::session::{Visitor, admin_only};
+use super::text::Tr;
+use super::{Chrome, human_bytes, problem_page, render, rendered, see_other, timestamp};
+use crate::api::{self, CurrentUser};
+use crate::state::HubState;
+
+type Shared = State<Arc<HubState>>;
+
+/// Every node field of seed 003 and seed 000's controller fields, in form order.
+const FIELDS: &[Field] = &[
+    required("name", Kind::Text),
+    field("region", Kind::Text),
+    field("server_type", Kind::Choice(&["cpu", "gpu", "edge"])),
+    field("cpu", Kind::Text),
+    field("memory", Kind::Text),
+    field("system_disk", Kind::Text),
+    field("data_disk", Kind::Text),
+    required("public_ip", Kind::Text),
+    required("private_ip", Kind::Text),
+    field("ssh_port", Kind::Integer),
+    field("ssh_user", Kind::Text),
+    field("ssh_password", Kind::Secret),
+    field("gpu_model", Kind::Text),
+    field("gpu_count", Kind::Integer),
+    field("gpu_memory_gb", Kind::Integer),
+    field("hami_core_dir", Kind::Text),
+    field("driver", Kind::Choice(&["docker", "agent"])),
+    field("docker_address", Kind::Text),
+    field("use_tls", Kind::Flag),
+    field("ca_cert", Kind::Pem),
+    field("client_cert", Kind::Pem),
+    field("client_key", Kind::Pem),
+    field("agent_url", Kind::Text),
+    field("agent_api_key", Kind::Secret),
+    field("enabled", Kind::Flag),
+    field("listed", Kind::Flag),
+    field("priority", Kind::Integer),
+    field("weight", Kind::Integer),
+    field("labels", Kind::Pairs),
+    field("remark", Kind::Text),
+];
+
+/// Rows per page of the list.
+const PAGE_SIZE: usize = 25;
+
+/// One row of the list.
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    id: i64,
+    name: String,
+    region: String,
+    server_type: String,
+    address: String,
+    status: String,
+    message: String,
+    checked: String,
+    enabled: bool,
+    listed: bool,
+    gpus: i64,
+}
+
+#[derive(Template)]
+#[template(path = "console/nodes.html")]
+struct ListPage {
+    t: Tr,
+    chrome: Chrome,
+    nodes: Vec<NodeRow>,
+    query: String,
+    status: String,
+    page: usize,
+    pages: usize,
+    total: usize,
+    filter_query: String,
+}
+
+fn row(node: &NodeRecord) -> NodeRow {
+    NodeRow {
+        id: node.id,
+        name: node.name.clone(),
+        region: node.region.clone(),
+        server_type: node.server_type.clone(),
+        address: if node.driver == "agent" {
+            node.agent_url.clone()
+        } else {
+            node.docker_address.clone()
+        },
+        status: node.docker_status.clone(),
+        message: node.status_message.clone(),
+        checked: node.last_checked_at.map(timestamp).unwrap_or_default(),
+        enabled: node.enabled,
+        listed: node.listed,
+        gpus: node.gpu_count,
+    }
+}
+
+fn as_admin(visitor: &Visitor) -> CurrentUser {
+    CurrentUser(visitor.signed.user.clone())
+}
+
+/// `GET /nodes?q=&status=&page=`: search by name, region or address; filter by status.
+pub async fn list(State(state): Shared, visitor: Visitor, RawQuery(raw): RawQuery) -> Response {
+    if let Some(refused) = admin_only(&visitor, "nodes") {
+        return refused;
+    }
+    let query = FormData::parse(raw.unwrap_or_default().as_bytes());
+    let needle = query.get("q").trim().to_lowercase();
+    let status = query.get("status");
+    let all = match state.store.acquire().await {
+        Ok(mut connection) => nodes::list(&mut connection).await,
+        Err(err) => Err(err),
+    };
+    let all = match all {
+        Ok(all) => all,
+        Err(err) => return problem_page(visitor.t, visitor.chrome("nodes"), &err.into()),
+    };
+    let matching: Vec<NodeRow> = all
+        .iter()
+        .filter(|node| status.is_empty() || node.docker_status == status)
+        .filter(|node| {
+            needle.is_empty()
+                || [
+                    &node.name,
+                    &node.region,
+                    &node.public_ip,
+                    &node.docker_address,
+                    &node.agent_url,
+                ]
+                .iter()
+                .any(|text| text.to_lowercase().contains(&needle))
+        })
+        .map(row)
+        .collect();
+    let total = matching.len();
+    let pages = total.div_ceil(PAGE_SIZE).max(1);
+    let page = query
+        .get("page")
+        .parse::<usize>()
+        .unwrap_or(1)
+        .clamp(1, pages);
+    let filter_query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("q", &query.get("q"))
+        .append_pair("status", &status)
+        .finish();
+    render(&ListPage {
+        t: visitor.t,
+        chrome: visitor.chrome("nodes"),
+        nodes: matching
+            .into_iter()
+            .skip((page - 1) * PAGE_SIZE)
+            .take(PAGE_SIZE)
+            .collect(),
+        query: query.get("q"),
+        status,
+        page,
+        pages,
+        total,
+        filter_query,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "console/node_form.html")]
+struct FormPage {
+    t: Tr,
+    chrome: Chrome,
+    node_id: Option<i64>,
+    node_name: String,
+    fields: Vec<FieldView>,
+    form_error: Option<String>,
+}
+
+fn form_page(
+    visitor: &Visitor,
+    node: Option<&NodeRecord>,
+    values: &FormData,
+    refusal: Option<&Refusal>,
+) -> Response {
+    let stored: HashMap<&str, bool> = node
+        .map(|node| {
+            HashMap::from([
+                ("ssh_password", node.ssh_password_sealed.is_some()),
+                ("ca_cert", node.ca_cert_sealed.is_some()),
+                ("client_cert", node.client_cert_sealed.is_some()),
+                ("client_key", node.client_key_sealed.is_some()),
+                ("agent_api_key", node.agent_key_sealed.is_some()),
+            ])
+        })
+        .unwrap_or_default();
+    let page = FormPage {
+        t: visitor.t,
+        chrome: visitor.chrome("nodes"),
+        node_id: node.map(|node| node.id),
+        node_name: node.map(|node| node.name.clone()).unwrap_or_default(),
+        fields: views(visitor.t, FIELDS, values, &HashMap::new(), &stored, refusal),
+        form_error: refusal
+            .filter(|refusal| refusal.field.is_none())
+            .map(|refusal| refusal.message.clone()),
+    };
+    let status = if refusal.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    rendered(status, &page)
+}
+
+/// The stored values of `node` as form values (never its secrets).
+fn stored_values(node: &NodeRecord) -> FormData {
+    let flag = |on: bool| if on { "on" } else { "" }.to_owned();
+    FormData::from_pairs(vec![
+        ("name".into(), node.name.clone()),
+        ("region".into(), node.region.clone()),
+        ("server_type".into(), node.server_type.clone()),
+        ("cpu".into(), node.cpu.clone()),
+        ("memory".into(), node.memory.clone()),
+        ("system_disk".into(), node.system_disk.clone()),
+        ("data_disk".into(), node.data_disk.clone()),
+        ("public_ip".into(), node.public_ip.clone()),
+        ("private_ip".into(), node.private_ip.clone()),
+        ("ssh_port".into(), node.ssh_port.to_string()),
+        ("ssh_user".into(), node.ssh_user.clone()),
+        ("gpu_model".into(), node.gpu_model.clone()),
+        ("gpu_count".into(), node.gpu_count.to_string()),
+        ("gpu_memory_gb".into(), node.gpu_memory_gb.to_string()),
+        ("hami_core_dir".into(), node.hami_core_dir.clone()),
+        ("driver".into(), node.driver.clone()),
+        ("docker_address".into(), node.docker_address.clone()),
+        ("use_tls".into(), flag(node.use_tls)),
+        ("agent_url".into(), node.agent_url.clone()),
+        ("enabled".into(), flag(node.enabled)),
+        ("listed".into(), flag(node.listed)),
+        ("priority".into(), node.priority.to_string()),
+        ("weight".into(), node.weight.to_string()),
+        ("labels".into(), pairs_text(&node.labels)),
+        ("remark".into(), node.remark.clone()),
+    ])
+}
+
+/// `GET /nodes/new`.
+pub async fn new_form(visitor: Visitor) -> Response {
+    if let Some(refused) = admin_only(&visitor, "nodes") {
+        return refused;
+    }
+    let defaults = FormData::from_pairs(vec![
+        ("server_type".into(), "cpu".into()),
+        ("driver".into(), "docker".into()),
+        (
+            "docker_address".into(),
+            "unix:///var/run/docker.sock".into(),
+        ),
+        ("ssh_port".into(), "22".into()),
+        ("enabled".into(), "on".into()),
+        ("listed".into(), "on".into()),
+        ("priority".into(), "100".into()),
+        ("weight".into(), "100".into()),
+    ]);
+    form_page(&visitor, None, &defaults, None)
+}
+
+/// `POST /nodes`: creates the node through the API (which tests its connection), then shows it.
+pub async fn create(State(state): Shared, visitor: Visitor, form: FormData) -> Response {
+    if let Some(refused) = admin_only(&visitor, "nodes") {
+        return refused;
+    }
+    let body = match to_json(FIELDS, &form) {
+        Ok(body) => body,
+        Err(refusal) => return form_page(&visitor, None, &form, Some(&refusal)),
+    };
+    match api::nodes::create(
+        State(state),
+        as_admin(&visitor),
+        Bytes::from(body.to_string()),
+    )
+    .await
+    {
+        Ok((_, Json(view))) => {
+            let id = serde_json::to_value(&view).unwrap_or_default()["id"]
+                .as_i64()
+                .unwrap_or_default();
+            see_other(&format!("/nodes/{id}"))
+        }
+        Err(problem) => form_page(
+            &visitor,
+            None,
+            &form,
+            Some(&Refusal::from_problem(&problem, FIELDS)),
+        ),
+    }
+}
+
+async fn load(state: &HubState, id: i64) -> Result<NodeRecord, Problem> {
+    let mut connection = state.store.acquire().await?;
+    Ok(nodes::get(&mut connection, id).await?)
+}
+
+/// `GET /nodes/{id}/edit`.
+pub async fn edit_form(State(state): Shared, visitor: Visitor, Path(id): Path<i64>) -> Response {
+    if let Some(refused) = admin_only(&visitor, "nodes") {
+        return refused;
+    }
+    match load(&state, id).await {
+        Ok(node) => form_page(&visitor, Some(&node), &stored_values(&node), None),
+        Err(problem) => problem_page(visitor.t, visitor.chrome("nodes"), &problem),
+    }
+}
+
+/// `POST /nodes/{id}`: saves the edit form through the API.
+pub async fn update(
+    State(state): Shared,
+    visitor: Visitor,
+    Path(id): Path<i64>,
+    form: FormData,
+) -> Response {
+    if let Some(refused) = admin_only(&visitor, "nodes") {
+        return refused;
+    }
+    let node = match load(&state, id).await {
+        Ok(node) => node,
+        Err(problem) => return problem_page(visitor.t, visitor.chrome("nodes"), &problem),
+    };
+    let body = match to_json(FIELDS, &form) {
+        Ok(body) => body,
+        Err(refusal) => return form_page(&visitor, Some(&node), &form, Some(&refusal)),
+    };
+    match api::nodes::update(
+        State(state),
+        as_admin(&visitor),
+        Path(id),
+        Bytes::from(body.to_string()),
+    )
+    .await
+    {
+        Ok(_) => see_other(&format!("/nodes/{id}")),
+        Err(problem) => form_page(
+            &visitor,
+            Some(&node),
+            &form,
+            Some(&Refusal::from_problem(&problem, FIELDS)),
+        ),
+    }
+}
+
+/// One GPU of a node and what is placed on it.
+#[derive(Debug, Clone)]
+pub struct GpuRow {
+    index: u32,
+    memory: String,
+    used: String,
+    holders: Vec<String>,
+}
+
+/// One container on the node.
+#[derive(Debug, Clone)]
+pub struct ContainerRow {
+    service_id: i64,
+    service: String,
+    replica: i64,
+    name: String,
+    status: String,
+    cpu: String,
+    memory: String,
+    gpus: String,
+}
+
+/// A connection test's result, shown on the detail page.
+#[derive(Debug, Clone)]
+pub struct TestResult {
+    status: String,
+    message: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/node.html")]
+struct DetailPage {
+    t: Tr,
+    chrome: Chrome,
+    node: NodeRecord,
+    checked: String,
+    observed: Vec<(String, String)>,
+    gpus: Vec<GpuRow>,
+    containers: Vec<ContainerRow>,
+    operations: Vec<OperationRow>,
+    test: Option<TestResult>,
+    labels: String,
+}
+
+async fn detail_page(
+    state: &HubState,
+    visitor: &Visitor,
+    id: i64,
+    test: Option<TestResult>,
+) -> Result<Response, Problem> {
+    let mut connection = state.store.acquire().await?;
+    let node = nodes::get(&mut connection, id).await?;
+    let placed = allocations::on_node(&mut connection, id).await?;
+    let names: HashMap<i64, String> = services::list(&mut connection, None)
+        .await?
+        .into_iter()
+        .map(|service| (service.id, service.name))
+        .collect();
+    let service_name = |id: i64| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+    let reported = node.observed["gpus"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let gpu_indices: Vec<(u32, i64, Option<i64>)> = if reported.is_empty() {
+        (0..u32::try_from(node.gpu_count).unwrap_or(0))
+            .map(|index| (index, node.gpu_memory_gb << 30, None))
+            .collect()
+    } else {
+        reported
+            .iter()
+            .enumerate()
+            .map(|(position, gpu)| {
+                (
+                    gpu["index"]
+                        .as_u64()
+                        .map_or(position as u32, |index| index as u32),
+                    gpu["memory_total_bytes"].as_i64().unwrap_or(0),
+                    gpu["memory_used_bytes"].as_i64(),
+                )
+            })
+            .collect()
+    };
+    let gpus = gpu_indices
+        .into_iter()
+        .map(|(index, memory, used)| GpuRow {
+            index,
+            memory: human_bytes(memory),
+            used: used.map(human_bytes).unwrap_or_else(|| "—".to_owned()),
+            holders: placed
+                .iter()
+                .filter(|allocation| allocation.gpu_indices.contains(&index))
+                .map(|allocation| {
+                    let who = format!(
+                        "{} r{}",
+                        service_name(allocation.service_id),
+                        allocation.replica
+                    );
+                    if allocation.gpu_memory_bytes > 0 {
+                        format!("{who}: {}", human_bytes(allocation.gpu_memory_bytes))
+                    } else {
+                        format!("{who}: {}", visitor.t.get("node.whole_gpu"))
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let containers = placed
+        .iter()
+        .map(|allocation| ContainerRow {
+            service_id: allocation.service_id,
+            service: service_name(allocation.service_id),
+            replica: allocation.replica,
+            name: allocation.name.clone(),
+            status: allocation.status.clone(),
+            cpu: format!("{:.2}", allocation.cpu_millis as f64 / 1000.0),
+            memory: human_bytes(allocation.memory_bytes),
+            gpus: allocation
+                .gpu_indices
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+        .collect();
+    let filter = OperationFilter {
+        node_id: Some(id),
+        ..OperationFilter::default()
+    };
+    let operations = recent(&mut connection, filter, 20).await?;
+    let observed = node
+        .observed
+        .as_object()
+        .map(|facts| {
+            facts
+                .iter()
+                .filter(|(key, value)| *key != "gpus" && !value.is_null())
+                .map(|(key, value)| {
+                    let shown = match value {
+                        Value::String(text) => text.clone(),
+                        other => other.to_string(),
+                    };
+                    (key.clone(), shown)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(render(&DetailPage {
+        t: visitor.t,
+        chrome: visitor.chrome("nodes"),
+        checked: node
+            .last_checked_at
+            .map(timestamp)
+            .unwrap_or_else(|| "—".to_owned()),
+        labels: pairs_text(&node.labels),
+        node,
+        observed,
+        gpus,
+        containers,
+        operations,
+        test,
+    }))
+}
+
+/// `GET /nodes/{id}`.
+pub async fn detail(State(state): Shared, visitor: Visitor, Path(id): Path<i64>) -> Response {
+    if let Some(refused) = admin_only(&visitor, "nodes") {
+        return refused;
+    }
+    detail_page(&state, &visitor, id, None)
+        .await
+        .unwrap_or_else(|problem| problem_page(visitor.t, visitor.chrome("nodes"), &problem))
+}
+
+/// `POST /nodes/{id}/test`: tests the connection and shows the node with the result.
+pub async fn test(State(state): Shared, visitor: Visitor, Path(id): Path<i64>) -> Response {
+    if let Some(refused) = admin_only(&visitor, "nodes") {
+        return refused;
+    }
+    let result =
+        match api::nodes::test(State(Arc::clone(&state)), as_admin(&visitor), Path(id)).await {
+            Ok(Json(report)) => TestResult {
+                status: report["status"].as_str().unwrap_or("unknown").to_owned(),
+                message: report["message"].as_str().unwrap_or_default().to_owned(),
+            },
+            Err(problem) => return problem_page(visitor.t, visitor.chrome("nodes"), &problem),
+        };
+    detail_page(&state, &visitor, id, Some(result))
+        .await
+        .unwrap_or_else(|problem| problem_page(visitor.t, visitor.chrome("nodes"), &problem))
+}
+
+/// `POST /nodes/{id}/toggle/{enabled|listed}`: flips the switch through the API.
+pub async fn toggle(
+    State(state): Shared,
+    visitor: Visitor,
+    Path((id, flag)): Path<(i64, String)>,
+) -> Response {
+    if let Some(refused) = admin_only(&visitor, "nodes") {
+        return refused;
+    }
+    let node = match load(&state, id).await {
+        Ok(node) => node,
+        Err(problem) => return problem_page(visitor.t, visitor.chrome("nodes"), &problem),
+    };
+    let body = match flag.as_str() {
+        "enabled" => json!({"enabled": !node.enabled}),
+        "listed" => json!({"listed": !node.listed}),
+        _ => {
+            return problem_page(
+                visitor.t,
+                visitor.chrome("nodes"),
+                &Problem::new(StatusCode::NOT_FOUND, format!("no switch {flag:?}")),
+            );
+        }
+    };
+    match api::nodes::update(
+        State(state),
+        as_admin(&visitor),
+        Path(id),
+        Bytes::from(body.to_string()),
+    )
+    .await
+    {
+        Ok(_) => see_other(&format!("/nodes/{id}")),
+        Err(problem) => problem_page(visitor.t, visitor.chrome("nodes"), &problem),
+    }
+}
+
+/// `POST /nodes/{id}/delete` with `confirm` ticked: deletes through the API, whose guard
+/// refuses a node that still has containers.
+pub async fn delete(
+    State(state): Shared,
+    visitor: Visitor,
+    Path(id): Path<i64>,
+    form: FormData,
+) -> Response {
+    if let Some(refused) = admin_only(&visitor, "nodes") {
+        return refused;
+    }
+    if form.find("confirm").is_none() {
+        return problem_page(
+            visitor.t,
+            visitor.chrome("nodes"),
+            &Problem::invalid_field("confirm", visitor.t.get("node.confirm_needed")),
+        );
+    }
+    match api::nodes::delete(State(state), as_admin(&visitor), Path(id)).await {
+        Ok(_) => see_other("/nodes"),
+        Err(problem) => problem_page(visitor.t, visitor.chrome("nodes"), &problem),
+    }
+}

@@ -1,0 +1,566 @@
+//! Services: the list (a user's own; an admin's everyone's), the create form (an image and a
+//! spec, each field explained), start, stop, load, unload and delete, and a detail page with
+//! status, node, ports, the gateway URL, live logs, resource charts of the last hour, the
+//! deployments with rollback, and the service's operations.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use askama::Template;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use berth_http::Problem;
+use berth_store::operations::OperationFilter;
+use berth_store::services::{self, ServiceRecord};
+use berth_store::users::Role;
+use berth_store::{StoreError, catalog, nodes, stats_history, users};
+use serde_json::{Value, json};
+
+use super::charts::{Chart, service_charts};
+use super::forms::{Field, FieldView, FormData, Kind, Refusal, field, required, to_json, views};
+use super::operations::{OperationRow, recent};
+use super::session::Visitor;
+use super::text::Tr;
+use super::{Chrome, human_bytes, problem_page, render, rendered, see_other, timestamp};
+use crate::api::{self, CurrentUser};
+use crate::state::HubState;
+
+type Shared = State<Arc<HubState>>;
+
+/// The create form, in order; `repo` is the path segment of the API's create route.
+const FIELDS: &[Field] = &[
+    required("name", Kind::Text),
+    field("repo", Kind::Text),
+    required("image", Kind::Text),
+    field("spec_id", Kind::Select),
+    field("cpu_limit", Kind::Number),
+    field("memory_limit", Kind::Size),
+    field("gpu_count", Kind::Integer),
+    field("port", Kind::Integer),
+    field("command", Kind::Text),
+    field("environment", Kind::Pairs),
+    field("replicas", Kind::Integer),
+    field("constraints", Kind::Pairs),
+    field("is_public", Kind::Flag),
+    field("start", Kind::Flag),
+];
+
+/// How long the detail page waits for the node's logs before showing the page without them.
+const LOG_WAIT: Duration = Duration::from_secs(3);
+/// The chart window.
+const CHART_WINDOW_MS: i64 = 3_600_000;
+
+/// One row of the list.
+#[derive(Debug, Clone)]
+pub struct ServiceRow {
+    id: i64,
+    name: String,
+    owner: String,
+    image: String,
+    status: String,
+    node: String,
+    replicas: i64,
+    version: i64,
+    updated: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/services.html")]
+struct ListPage {
+    t: Tr,
+    chrome: Chrome,
+    services: Vec<ServiceRow>,
+}
+
+fn as_user(visitor: &Visitor) -> CurrentUser {
+    CurrentUser(visitor.signed.user.clone())
+}
+
+/// `GET /services`.
+pub async fn list(State(state): Shared, visitor: Visitor) -> Response {
+    let admin = visitor.signed.user.role == Role::Admin;
+    let loaded = async {
+        let mut connection = state.store.acquire().await?;
+        let owner = (!admin).then_some(visitor.signed.user.id);
+        let found = services::list(&mut connection, owner).await?;
+        let owners: HashMap<i64, String> = users::list_users(&mut connection)
+            .await?
+            .into_iter()
+            .map(|user| (user.id, user.name))
+            .collect();
+        let node_names: HashMap<i64, String> = nodes::list(&mut connection)
+            .await?
+            .into_iter()
+            .map(|node| (node.id, node.name))
+            .collect();
+        Ok::<_, StoreError>(
+            found
+                .into_iter()
+                .map(|service| ServiceRow {
+                    id: service.id,
+                    owner: owners.get(&service.owner_id).cloned().unwrap_or_default(),
+                    node: service
+                        .node_id
+                        .and_then(|id| node_names.get(&id).cloned())
+                        .unwrap_or_else(|| "—".to_owned()),
+                    name: service.name,
+                    image: service.image,
+                    status: service.status,
+                    replicas: service.replicas,
+                    version: service.version,
+                    updated: timestamp(service.updated_at),
+                })
+                .collect(),
+        )
+    };
+    match loaded.await {
+        Ok(services) => render(&ListPage {
+            t: visitor.t,
+            chrome: visitor.chrome("services"),
+            services,
+        }),
+        Err(err) => problem_page(visitor.t, visitor.chrome("services"), &err.into()),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/service_form.html")]
+struct FormPage {
+    t: Tr,
+    chrome: Chrome,
+    fields: Vec<FieldView>,
+    form_error: Option<String>,
+    images: Vec<(String, String)>,
+}
+
+async fn form_page(
+    state: &HubState,
+    visitor: &Visitor,
+    values: &FormData,
+    refusal: Option<&Refusal>,
+) -> Response {
+    let catalog = async {
+        let mut connection = state.store.acquire().await?;
+        let specs = catalog::list_specs(&mut connection).await?;
+        let images = catalog::list_images(&mut connection).await?;
+        Ok::<_, StoreError>((specs, images))
+    };
+    let (specs, images) = match catalog.await {
+        Ok(found) => found,
+        Err(err) => return problem_page(visitor.t, visitor.chrome("services"), &err.into()),
+    };
+    let spec_choices = specs
+        .iter()
+        .map(|spec| {
+            let label = format!(
+                "{} — {:.2} CPU, {}{}",
+                spec.name,
+                spec.cpu_millis as f64 / 1000.0,
+                human_bytes(spec.memory_bytes),
+                if spec.gpu_count > 0 {
+                    format!(", {} GPU", spec.gpu_count)
+                } else {
+                    String::new()
+                }
+            );
+            (spec.id.to_string(), label)
+        })
+        .collect();
+    let choices = HashMap::from([("spec_id", spec_choices)]);
+    let page = FormPage {
+        t: visitor.t,
+        chrome: visitor.chrome("services"),
+        fields: views(
+            visitor.t,
+            FIELDS,
+            values,
+            &choices,
+            &HashMap::new(),
+            refusal,
+        ),
+        form_error: refusal
+            .filter(|refusal| refusal.field.is_none())
+            .map(|refusal| refusal.message.clone()),
+        images: images
+            .into_iter()
+            .map(|image| (image.reference, image.name))
+            .collect(),
+    };
+    let status = if refusal.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    rendered(status, &page)
+}
+
+/// `GET /services/new`.
+pub async fn new_form(State(state): Shared, visitor: Visitor) -> Response {
+    let defaults = FormData::from_pairs(vec![
+        ("repo".into(), "default".into()),
+        ("replicas".into(), "1".into()),
+        ("start".into(), "on".into()),
+    ]);
+    form_page(&state, &visitor, &defaults, None).await
+}
+
+/// `POST /services`: creates the service through the API, then shows it.
+pub async fn create(State(state): Shared, visitor: Visitor, form: FormData) -> Response {
+    let mut body = match to_json(FIELDS, &form) {
+        Ok(body) => body,
+        Err(refusal) => return form_page(&state, &visitor, &form, Some(&refusal)).await,
+    };
+    let repo = body
+        .as_object_mut()
+        .and_then(|body| body.remove("repo"))
+        .and_then(|repo| repo.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "default".to_owned());
+    if body["gpu_count"].as_i64().is_some_and(|count| count > 0) {
+        body["gpu_required"] = json!(true);
+    }
+    let created = api::services::create(
+        State(Arc::clone(&state)),
+        as_user(&visitor),
+        Path((visitor.signed.user.name.clone(), repo)),
+        Bytes::from(body.to_string()),
+    )
+    .await;
+    match created {
+        Ok((_, Json(service))) => see_other(&format!(
+            "/services/{}",
+            service["id"].as_i64().unwrap_or_default()
+        )),
+        Err(problem) => {
+            let refusal = Refusal::from_problem(&problem, FIELDS);
+            form_page(&state, &visitor, &form, Some(&refusal)).await
+        }
+    }
+}
+
+/// One deployment version.
+#[derive(Debug, Clone)]
+pub struct DeploymentRow {
+    version: i64,
+    at: String,
+    note: String,
+    image: String,
+    current: bool,
+}
+
+/// The gateway's view of a service.
+#[derive(Debug, Clone, Default)]
+pub struct Serving {
+    url: String,
+    ready: i64,
+    requests: i64,
+    in_flight: i64,
+    last_used: String,
+    loaded_at: String,
+    load_ms: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/service.html")]
+struct DetailPage {
+    t: Tr,
+    chrome: Chrome,
+    service: ServiceRecord,
+    owner: String,
+    node_name: String,
+    node_id: i64,
+    container_status: String,
+    service_url: String,
+    replicas: Vec<(i64, String, String)>,
+    serving: Option<Serving>,
+    resources: String,
+    logs: String,
+    logs_error: String,
+    charts: Vec<Chart>,
+    deployments: Vec<DeploymentRow>,
+    operations: Vec<OperationRow>,
+}
+
+/// The gateway's base URL as this browser reaches it: the gateway's own address, with the
+/// host the browser used when the gateway listens on every interface.
+fn gateway_base(state: &HubState, headers: &HeaderMap) -> Option<String> {
+    let listen = *state.gateway_address.get()?;
+    if !listen.ip().is_unspecified() {
+        return Some(format!("http://{listen}"));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("localhost");
+    let hostname = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    Some(format!("http://{hostname}:{}", listen.port()))
+}
+
+fn millis_text(value: &Value) -> String {
+    value
+        .as_i64()
+        .map(timestamp)
+        .unwrap_or_else(|| "—".to_owned())
+}
+
+async fn detail_page(
+    state: &Arc<HubState>,
+    visitor: &Visitor,
+    headers: &HeaderMap,
+    id: i64,
+) -> Result<Response, Problem> {
+    let user = as_user(visitor);
+    let Json(status) =
+        api::services::status(State(Arc::clone(state)), user.clone(), Path(id)).await?;
+    let mut connection = state.store.acquire().await?;
+    let service = services::get(&mut connection, id).await?;
+    let owner = users::get_user(&mut connection, service.owner_id)
+        .await?
+        .name;
+    let history = services::deployments(&mut connection, id).await?;
+    let now = berth_store::now_ms();
+    let samples = stats_history::since(&mut connection, id, now - CHART_WINDOW_MS).await?;
+    let operations = recent(
+        &mut connection,
+        OperationFilter {
+            service_id: Some(id),
+            ..OperationFilter::default()
+        },
+        20,
+    )
+    .await?;
+    drop(connection);
+    let (logs, logs_error) = if service.container_id.is_some() && service.node_id.is_some() {
+        let query = Some("tail=200".to_owned());
+        let fetched = tokio::time::timeout(
+            LOG_WAIT,
+            api::services::logs(State(Arc::clone(state)), user, Path(id), RawQuery(query)),
+        )
+        .await;
+        match fetched {
+            Ok(Ok(response)) => match axum::body::to_bytes(response.into_body(), 4 << 20).await {
+                Ok(bytes) => {
+                    let value: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                    (
+                        value["logs"].as_str().unwrap_or_default().to_owned(),
+                        String::new(),
+                    )
+                }
+                Err(err) => (String::new(), err.to_string()),
+            },
+            Ok(Err(problem)) => (String::new(), problem.detail().to_owned()),
+            Err(_) => (
+                String::new(),
+                visitor.t.get("services.logs_slow").to_owned(),
+            ),
+        }
+    } else {
+        (
+            String::new(),
+            visitor.t.get("services.not_placed").to_owned(),
+        )
+    };
+    let serving = status["serving"].as_object().map(|serving| Serving {
+        url: format!(
+            "{}{}",
+            gateway_base(state, headers).unwrap_or_default(),
+            serving["gateway_path"].as_str().unwrap_or_default()
+        ),
+        ready: serving["ready_replicas"].as_i64().unwrap_or(0),
+        requests: serving["requests"].as_i64().unwrap_or(0),
+        in_flight: serving["in_flight"].as_i64().unwrap_or(0),
+        last_used: millis_text(&serving["last_used_ms"]),
+        loaded_at: millis_text(&serving["loaded_at_ms"]),
+        load_ms: serving["load_duration_ms"]
+            .as_i64()
+            .map_or_else(|| "—".to_owned(), |ms| format!("{ms} ms")),
+    });
+    let resources = format!(
+        "{:.2} CPU · {}{}",
+        service.cpu_millis as f64 / 1000.0,
+        human_bytes(service.memory_bytes),
+        if service.gpu_count > 0 {
+            format!(" · {} GPU", service.gpu_count)
+        } else {
+            String::new()
+        }
+    );
+    let deployments = history
+        .iter()
+        .map(|deployment| DeploymentRow {
+            version: deployment.version,
+            at: timestamp(deployment.created_at),
+            note: deployment.note.clone(),
+            image: deployment.definition["image"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            current: deployment.version == service.version,
+        })
+        .collect();
+    let replicas = status["replicas"]
+        .as_array()
+        .map(|replicas| {
+            replicas
+                .iter()
+                .map(|replica| {
+                    let container: String = replica["container_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(12)
+                        .collect();
+                    let down = if replica["node_down"].as_bool() == Some(true) {
+                        visitor.t.get("services.node_down").to_owned()
+                    } else {
+                        String::new()
+                    };
+                    (replica["replica"].as_i64().unwrap_or(0), container, down)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(render(&DetailPage {
+        t: visitor.t,
+        chrome: visitor.chrome("services"),
+        owner,
+        node_name: status["node"]["name"].as_str().unwrap_or("—").to_owned(),
+        node_id: status["node"]["id"].as_i64().unwrap_or(0),
+        container_status: status["container_status"]
+            .as_str()
+            .unwrap_or("—")
+            .to_owned(),
+        service_url: status["service_url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        replicas,
+        serving,
+        resources,
+        logs,
+        logs_error,
+        charts: service_charts(visitor.t, &samples, now - CHART_WINDOW_MS, now),
+        deployments,
+        operations,
+        service,
+    }))
+}
+
+/// `GET /services/{id}`; another user's service is not found.
+pub async fn detail(
+    State(state): Shared,
+    visitor: Visitor,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    detail_page(&state, &visitor, &headers, id)
+        .await
+        .unwrap_or_else(|problem| problem_page(visitor.t, visitor.chrome("services"), &problem))
+}
+
+/// `POST /services/{id}/do/{start|stop|load|unload|delete}` through the API's handlers.
+pub async fn act(
+    State(state): Shared,
+    visitor: Visitor,
+    Path((id, verb)): Path<(i64, String)>,
+    form: FormData,
+) -> Response {
+    let user = as_user(&visitor);
+    let shared = State(Arc::clone(&state));
+    let done = match verb.as_str() {
+        "start" => api::services::start(shared, user, Path(id)).await.map(drop),
+        "stop" => api::services::stop(shared, user, Path(id), Bytes::new())
+            .await
+            .map(drop),
+        "load" => api::services::load(shared, user, Path(id)).await.map(drop),
+        "unload" => api::services::unload(shared, user, Path(id))
+            .await
+            .map(drop),
+        "delete" if form.find("confirm").is_some() => {
+            return match api::services::delete(shared, user, Path(id)).await {
+                Ok(_) => see_other("/services"),
+                Err(problem) => problem_page(visitor.t, visitor.chrome("services"), &problem),
+            };
+        }
+        "delete" => Err(Problem::invalid_field(
+            "confirm",
+            visitor.t.get("services.confirm_needed"),
+        )),
+        _ => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no action {verb:?}"),
+        )),
+    };
+    match done {
+        Ok(()) => see_other(&format!("/services/{id}")),
+        Err(problem) => problem_page(visitor.t, visitor.chrome("services"), &problem),
+    }
+}
+
+/// `POST /services/{id}/rollback` with `version`.
+pub async fn rollback(
+    State(state): Shared,
+    visitor: Visitor,
+    Path(id): Path<i64>,
+    form: FormData,
+) -> Response {
+    let Ok(version) = form.get("version").parse::<i64>() else {
+        return problem_page(
+            visitor.t,
+            visitor.chrome("services"),
+            &Problem::invalid_field("version", "is not a version number"),
+        );
+    };
+    let body = Bytes::from(json!({"version": version}).to_string());
+    match api::services::rollback(State(state), as_user(&visitor), Path(id), body).await {
+        Ok(_) => see_other(&format!("/services/{id}")),
+        Err(problem) => problem_page(visitor.t, visitor.chrome("services"), &problem),
+    }
+}
+
+/// `GET /services/{id}/logs?follow=true&tail=N`: the API's log stream, for the page's script.
+pub async fn logs(
+    State(state): Shared,
+    visitor: Visitor,
+    Path(id): Path<i64>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    match api::services::logs(State(state), as_user(&visitor), Path(id), RawQuery(raw)).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/service_charts.html")]
+struct ChartsFragment {
+    charts: Vec<Chart>,
+}
+
+/// `GET /services/{id}/charts`: the charts alone, which the page's script swaps in.
+pub async fn charts(State(state): Shared, visitor: Visitor, Path(id): Path<i64>) -> Response {
+    let loaded = async {
+        // The API's ownership check: another user's service is not found.
+        let Json(_) =
+            api::services::get_one(State(Arc::clone(&state)), as_user(&visitor), Path(id)).await?;
+        let mut connection = state.store.acquire().await?;
+        let now = berth_store::now_ms();
+        let samples = stats_history::since(&mut connection, id, now - CHART_WINDOW_MS).await?;
+        Ok::<_, Problem>(service_charts(
+            visitor.t,
+            &samples,
+            now - CHART_WINDOW_MS,
+            now,
+        ))
+    };
+    match loaded.await {
+        Ok(charts) => render(&ChartsFragment { charts }),
+        Err(problem) => problem.into_response(),
+    }
+}
