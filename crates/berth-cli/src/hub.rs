@@ -11,7 +11,7 @@ use berth_core::ConnectionStatus;
 use berth_hub::config::HubConfig;
 use berth_hub::reload::{self, ConfigWatcher, Reload};
 use berth_hub::state::HubSettings;
-use berth_hub::{HubState, api, bootstrap, gateway, monitor, stats_sampler};
+use berth_hub::{HubState, bootstrap, gateway, monitor, stats_sampler};
 use berth_store::{SecretBox, Store, nodes, redact_url};
 use clap::Args;
 
