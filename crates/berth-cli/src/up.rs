@@ -26,6 +26,10 @@ pub struct UpArgs {
     /// The local Docker engine.
     #[arg(long, env = "DOCKER_HOST", default_value = berth_docker::DEFAULT_DOCKER_HOST)]
     docker_host: String,
+    /// Seconds between samples of each running service's resource use (the console's charts);
+    /// 0 turns sampling off.
+    #[arg(long, env = "BERTH_STATS_INTERVAL", default_value_t = 10)]
+    stats_interval: u64,
 }
 
 /// Runs the embedded default until a shutdown signal.
@@ -34,7 +38,10 @@ pub async fn run(args: UpArgs) -> ExitCode {
         eprintln!("berth up: cannot set up logging: {err}");
     }
     let database = args.data_dir.join("berth.db");
-    let config = berth_hub::config::HubConfig::default();
+    let config = berth_hub::config::HubConfig {
+        stats_interval: args.stats_interval,
+        ..berth_hub::config::HubConfig::default()
+    };
     serve(Launch {
         listen: args.listen,
         gateway_listen: args.gateway_listen,

@@ -128,6 +128,7 @@ async fn catalog_page(state: &HubState, visitor: &Visitor, refused: Refused<'_>)
             images,
             spec_fields: views(
                 visitor.t,
+                "spec",
                 SPEC_FIELDS,
                 spec_values,
                 &none,
@@ -136,6 +137,7 @@ async fn catalog_page(state: &HubState, visitor: &Visitor, refused: Refused<'_>)
             ),
             image_fields: views(
                 visitor.t,
+                "image",
                 IMAGE_FIELDS,
                 image_values,
                 &none,
@@ -232,6 +234,7 @@ fn edit_page(
             heading,
             fields: views(
                 visitor.t,
+                "entry",
                 fields,
                 values,
                 &HashMap::new(),

@@ -112,8 +112,10 @@ pub const fn required(name: &'static str, kind: Kind) -> Field {
 /// An input as the template draws it.
 #[derive(Debug, Clone)]
 pub struct FieldView {
-    /// Input name and id.
+    /// Input name.
     pub name: &'static str,
+    /// Input id, unique on the page (`{form}-{name}`).
+    pub id: String,
     /// Label text.
     pub label: &'static str,
     /// Help text under the input, or empty.
@@ -163,10 +165,11 @@ impl Refusal {
     }
 }
 
-/// The inputs of `fields` with the values in `values` (what was typed, or what is stored),
+/// The inputs of form `form` for `fields`, with the values in `values` (what was typed, or what is stored),
 /// `choices` for [`Kind::Select`] fields, `stored` secrets, and `refusal`'s error.
 pub fn views(
     t: Tr,
+    form: &str,
     fields: &[Field],
     values: &FormData,
     choices: &HashMap<&str, Vec<(String, String)>>,
@@ -207,6 +210,7 @@ pub fn views(
             let secret = matches!(field.kind, Kind::Secret | Kind::Pem);
             FieldView {
                 name: field.name,
+                id: format!("{form}-{}", field.name),
                 label: t.get(&format!("field.{}", field.name)),
                 help: t.find(&format!("help.{}", field.name)).unwrap_or(""),
                 input,
@@ -350,13 +354,17 @@ mod tests {
         let stored = HashMap::from([("password", true)]);
         let views = views(
             Tr::default(),
+            "demo",
             FIELDS,
             &typed,
             &HashMap::new(),
             &stored,
             Some(&refusal),
         );
-        assert_eq!(views[0].value, "demo");
+        assert_eq!(
+            (views[0].id.as_str(), views[0].value.as_str()),
+            ("demo-name", "demo")
+        );
         assert_eq!(
             views[1].value, "x",
             "the refused value stays for correcting"

@@ -217,7 +217,15 @@ fn form_page(
         chrome: visitor.chrome("nodes"),
         node_id: node.map(|node| node.id),
         node_name: node.map(|node| node.name.clone()).unwrap_or_default(),
-        fields: views(visitor.t, FIELDS, values, &HashMap::new(), &stored, refusal),
+        fields: views(
+            visitor.t,
+            "node",
+            FIELDS,
+            values,
+            &HashMap::new(),
+            &stored,
+            refusal,
+        ),
         form_error: refusal
             .filter(|refusal| refusal.field.is_none())
             .map(|refusal| refusal.message.clone()),

@@ -176,6 +176,7 @@ async fn form_page(
         chrome: visitor.chrome("services"),
         fields: views(
             visitor.t,
+            "service",
             FIELDS,
             values,
             &choices,

@@ -121,6 +121,7 @@ async fn users_page(
             users: rows,
             fields: views(
                 visitor.t,
+                "user",
                 NEW_FIELDS,
                 values,
                 &HashMap::new(),

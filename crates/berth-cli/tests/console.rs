@@ -1,0 +1,511 @@
+//! The web console in a real browser: headless Chromium driven through chromedriver (Debian's
+//! `chromium` and `chromium-driver`) against `berth up` on the real engine. An admin signs in,
+//! adds a node and tests it, creates a spec and a service, starts it, reads its logs and a chart
+//! point, stops it, rolls it back, reads the operation log, switches the language, creates a
+//! user who cannot open the admin's service, and signs out. Screenshots of the main pages go to
+//! `target/tmp/console-screenshots/`.
+
+mod processes;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use processes::{IMAGE, LabelledContainers, Process, free_port, fresh_dir, wait_for};
+use serde_json::{Value, json};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// The browser session; the driver process goes with it.
+struct Browser {
+    client: Client,
+    _driver: Process,
+    base: String,
+    shots: PathBuf,
+}
+
+impl Browser {
+    async fn start(base: &str) -> Self {
+        let port = free_port();
+        let driver = Process(
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver starts"),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        wait_for(Duration::from_secs(20), "chromedriver answers", || {
+            let status = format!("{url}/status");
+            async move { reqwest::get(status).await.ok().map(|_| ()) }
+        })
+        .await;
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_owned(),
+            json!({
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                    "--disable-dev-shm-usage", "--window-size=1280,900", "--lang=en-US"],
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&url)
+            .await
+            .expect("a browser session");
+        let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+        std::fs::create_dir_all(&shots).expect("screenshot dir");
+        Self {
+            client,
+            _driver: driver,
+            base: base.to_owned(),
+            shots,
+        }
+    }
+
+    async fn open(&self, path: &str) {
+        self.client
+            .goto(&format!("{}{path}", self.base))
+            .await
+            .expect("navigate");
+    }
+
+    /// The element `#id`; a missing one fails the test with the page it was looked for on.
+    async fn element(&self, id: &str) -> fantoccini::elements::Element {
+        match self.client.find(Locator::Id(id)).await {
+            Ok(element) => element,
+            Err(err) => {
+                let path = self.path().await;
+                let source = self.source().await;
+                panic!("no #{id} on {path}: {err}\n{source}")
+            }
+        }
+    }
+
+    async fn text(&self, id: &str) -> String {
+        self.element(id).await.text().await.expect("text")
+    }
+
+    async fn fill(&self, id: &str, value: &str) {
+        let field = self.element(id).await;
+        field.clear().await.expect("clear");
+        field.send_keys(value).await.expect("type");
+    }
+
+    /// Clicks `#id` and waits until the page it leads to has loaded.
+    async fn click(&self, id: &str) {
+        self.client
+            .execute("window.berthPageBefore = true;", vec![])
+            .await
+            .expect("mark the page");
+        self.tick(id).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let loaded = self
+                .client
+                .execute(
+                    "return window.berthPageBefore === undefined && document.readyState === 'complete';",
+                    vec![],
+                )
+                .await
+                .unwrap_or(Value::Bool(false));
+            if loaded == Value::Bool(true) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "clicking #{id} led to no page");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Clicks `#id` where that changes nothing but the page itself (a checkbox, a disclosure).
+    async fn tick(&self, id: &str) {
+        self.element(id).await.click().await.expect("click");
+    }
+
+    async fn path(&self) -> String {
+        self.client
+            .current_url()
+            .await
+            .map(|url| url.path().to_owned())
+            .unwrap_or_default()
+    }
+
+    async fn source(&self) -> String {
+        self.client.source().await.expect("page source")
+    }
+
+    async fn shot(&self, name: &str) {
+        let png = self.client.screenshot().await.expect("screenshot");
+        std::fs::write(self.shots.join(format!("{name}.png")), png).expect("save screenshot");
+    }
+
+    /// Reloads until `id`'s text contains `needle`.
+    async fn reload_until(&self, id: &str, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = match self.client.find(Locator::Id(id)).await {
+                Ok(element) => element.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "#{id} never showed {needle:?}; last: {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.client.refresh().await.expect("reload");
+        }
+    }
+
+    async fn sign_in(&self, token: &str) {
+        self.open("/").await;
+        assert_eq!(
+            self.path().await,
+            "/sign-in",
+            "signed out: the sign-in page"
+        );
+        self.fill("token", token).await;
+        self.click("sign-in").await;
+    }
+}
+
+/// `berth up` on its own data dir and ports, with a fast stats sampler.
+fn berth_up(dir: &std::path::Path) -> (Process, String, u16) {
+    let port = free_port();
+    let gateway = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["up", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--gateway-listen", &format!("127.0.0.1:{gateway}")])
+        .args(["--stats-interval", "1"])
+        .env("BERTH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("berth up starts");
+    (Process(child), format!("http://127.0.0.1:{port}"), gateway)
+}
+
+async fn api(base: &str, token: &str, method: reqwest::Method, path: &str, body: Value) -> Value {
+    let request = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token);
+    let request = if body.is_null() {
+        request
+    } else {
+        request.json(&body)
+    };
+    let response = request.send().await.expect("API call");
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn the_console_in_a_real_browser() {
+    if !std::path::Path::new(CHROMEDRIVER).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromedriver is missing; scripts/test installs chromium and chromium-driver"
+        );
+        eprintln!("console browser test skipped: {CHROMEDRIVER} is missing");
+        return;
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = fresh_dir("console");
+    let (_hub, base, gateway) = berth_up(&dir);
+    let token_file = dir.join("admin-token");
+    let admin_token = wait_for(Duration::from_secs(30), "berth up answers", || {
+        let health = format!("{base}/health");
+        let token_file = token_file.clone();
+        async move {
+            reqwest::get(health)
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())?;
+            std::fs::read_to_string(&token_file)
+                .ok()
+                .map(|token| token.trim().to_owned())
+        }
+    })
+    .await;
+    let hub_id = {
+        let store =
+            berth_store::Store::connect(&format!("sqlite://{}", dir.join("berth.db").display()))
+                .await
+                .expect("the hub's database");
+        let id = berth_store::allocations::hub_id(&mut *store.acquire().await.expect("connection"))
+            .await
+            .expect("hub id");
+        store.close().await;
+        id
+    };
+    let _containers = LabelledContainers(vec![format!("berth.hub={hub_id}")]);
+    let browser = Browser::start(&base).await;
+
+    // Sign in; a wrong token is refused on the page.
+    browser.sign_in("berth_not-a-token").await;
+    assert!(browser.text("token-error").await.contains("not valid"));
+    browser.fill("token", &admin_token).await;
+    browser.click("sign-in").await;
+    assert!(
+        browser.text("signed-in-as").await.starts_with("admin"),
+        "signed in"
+    );
+    assert_eq!(browser.path().await, "/");
+    // The first key press reaches the skip link.
+    browser
+        .client
+        .find(Locator::Css("body"))
+        .await
+        .expect("body")
+        .send_keys("\u{e004}")
+        .await
+        .expect("tab");
+    let focused = browser
+        .client
+        .execute("return document.activeElement.className", vec![])
+        .await
+        .expect("script");
+    assert_eq!(
+        focused,
+        json!("skip"),
+        "keyboard users can skip to the content"
+    );
+    browser.shot("overview").await;
+
+    // A node: a refused value keeps what was typed, never the secret, and names the field.
+    browser.open("/nodes").await;
+    browser.click("new-node").await;
+    browser.fill("node-name", "edge-1").await;
+    browser.fill("node-public_ip", "203.0.113.7").await;
+    browser.fill("node-private_ip", "10.0.0.7").await;
+    browser.fill("node-ssh_port", "70000").await;
+    browser
+        .fill("node-docker_address", "unix:///run/berth-test-no-such.sock")
+        .await;
+    browser
+        .fill(
+            "node-client_key",
+            "-----BEGIN PRIVATE KEY-----\nSECRET-KEY-MATERIAL\n-----END PRIVATE KEY-----",
+        )
+        .await;
+    browser.click("save-node").await;
+    assert!(browser.text("node-ssh_port-error").await.contains("70000"));
+    let refused = browser.source().await;
+    assert!(refused.contains("edge-1"), "what was typed stays");
+    assert!(
+        !refused.contains("SECRET-KEY-MATERIAL"),
+        "a secret is never sent back"
+    );
+    browser.fill("node-ssh_port", "22").await;
+    browser
+        .fill(
+            "node-client_key",
+            "-----BEGIN PRIVATE KEY-----\nSECRET-KEY-MATERIAL\n-----END PRIVATE KEY-----",
+        )
+        .await;
+    browser.click("save-node").await;
+    assert!(browser.path().await.starts_with("/nodes/"), "saved");
+    assert_eq!(browser.text("node-status").await, "failed");
+    browser.click("test-node").await;
+    let result = browser.text("test-result").await;
+    assert!(result.contains("failed"), "{result}");
+    let node_page = browser.source().await;
+    assert!(!node_page.contains("SECRET-KEY-MATERIAL"));
+    assert!(
+        node_page.contains("Client key</dt><dd>set"),
+        "shown only as set"
+    );
+    browser.shot("node").await;
+    browser.click("toggle-enabled").await;
+    assert_eq!(browser.text("node-enabled").await, "no");
+    browser.tick("confirm-delete").await;
+    browser.click("delete-node").await;
+    assert_eq!(browser.path().await, "/nodes");
+    let nodes = browser.text("node-table").await;
+    assert!(
+        nodes.contains("local") && !nodes.contains("edge-1"),
+        "{nodes}"
+    );
+    browser.shot("nodes").await;
+
+    // A spec, then a service from it.
+    browser.open("/catalog").await;
+    browser.tick("new-spec").await;
+    browser.fill("spec-name", "small").await;
+    browser.fill("spec-cpu_cores", "0.5").await;
+    browser.fill("spec-memory", "64m").await;
+    browser.click("create-spec").await;
+    assert!(browser.text("spec-table").await.contains("small"));
+    browser.shot("catalog").await;
+    browser.open("/services/new").await;
+    browser.fill("service-name", "web").await;
+    browser.fill("service-image", IMAGE).await;
+    browser
+        .client
+        .execute(
+            "const s = document.getElementById('service-spec_id'); s.selectedIndex = 1;",
+            vec![],
+        )
+        .await
+        .expect("pick the spec");
+    browser.fill("service-port", "8080").await;
+    browser
+        .fill(
+            "service-command",
+            "sh -c \"echo hello-console; trap 'exit 0' TERM; httpd -f -p 8080 -h / & wait\"",
+        )
+        .await;
+    browser.click("create-service").await;
+    let service_path = browser.path().await;
+    let service_id: i64 = service_path
+        .strip_prefix("/services/")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("on the service page, not {service_path}"));
+    assert_eq!(browser.text("service-status").await, "running");
+    assert!(
+        browser
+            .text("gateway-url")
+            .await
+            .contains(&format!("127.0.0.1:{gateway}/s/admin/web/"))
+    );
+    browser
+        .reload_until("log-lines", "hello-console", Duration::from_secs(15))
+        .await;
+    let charts = browser
+        .reload_until("charts", "latest", Duration::from_secs(20))
+        .await;
+    assert!(
+        charts.contains("CPU") && charts.contains("Memory"),
+        "{charts}"
+    );
+    let points = browser
+        .client
+        .find_all(Locator::Css("#charts rect.point"))
+        .await
+        .expect("points");
+    assert!(!points.is_empty(), "a chart point is drawn");
+    browser.shot("service").await;
+
+    // Stop; version 2 through the API; roll back to 1 on the page.
+    browser.click("service-stop").await;
+    assert_eq!(browser.text("service-status").await, "stopped");
+    let specs = api(
+        &base,
+        &admin_token,
+        reqwest::Method::GET,
+        "/api/specs",
+        Value::Null,
+    )
+    .await;
+    let spec_id = specs["specs"][0]["id"].clone();
+    api(
+        &base,
+        &admin_token,
+        reqwest::Method::PUT,
+        &format!("/api/services/{service_id}"),
+        json!({"name": "web", "image": IMAGE, "spec_id": spec_id, "port": 8080,
+            "command": ["sh", "-c", "echo version-two; sleep 600"]}),
+    )
+    .await;
+    browser.open(&service_path).await;
+    assert_eq!(browser.text("service-version").await, "2");
+    browser.click("rollback-1").await;
+    assert_eq!(browser.text("service-version").await, "3");
+    assert!(
+        browser
+            .text("deployment-table")
+            .await
+            .contains("rollback to version 1")
+    );
+
+    // The operation log, filtered by action.
+    browser.open("/operations?action=service.rollback").await;
+    let log = browser.source().await;
+    assert!(log.contains("service.rollback") && !log.contains("service.create"));
+    browser.shot("operations").await;
+
+    // Chinese, then English again.
+    browser.click("lang-zh").await;
+    assert!(browser.source().await.contains("计算节点"));
+    assert_eq!(browser.path().await, "/operations");
+    browser.shot("operations-zh").await;
+    browser.click("lang-en").await;
+    assert!(browser.source().await.contains("Compute nodes"));
+
+    // A phone-width screen: no sideways scrolling on the service page.
+    browser
+        .client
+        .set_window_size(390, 844)
+        .await
+        .expect("resize");
+    browser.open(&service_path).await;
+    let overflow = browser
+        .client
+        .execute(
+            "return document.documentElement.scrollWidth - window.innerWidth",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert!(overflow.as_i64() <= Some(0), "overflow {overflow}");
+    browser.shot("service-phone").await;
+    browser
+        .client
+        .set_window_size(1280, 900)
+        .await
+        .expect("resize");
+
+    // A user, whose token is shown once; they cannot open the admin's service.
+    browser.open("/users").await;
+    browser.fill("user-name", "bob").await;
+    browser.click("create-user").await;
+    let issued = browser.text("issued-token").await;
+    let bob_token = issued
+        .split_whitespace()
+        .find(|word| word.starts_with("berth_"))
+        .expect("the new token")
+        .to_owned();
+    browser.shot("users").await;
+    browser.click("sign-out").await;
+    assert_eq!(browser.path().await, "/sign-in");
+    browser.open(&service_path).await;
+    assert_eq!(browser.path().await, "/sign-in", "signed out: no pages");
+    browser.fill("token", &bob_token).await;
+    browser.click("sign-in").await;
+    assert_eq!(
+        browser.path().await,
+        service_path,
+        "back where they were going"
+    );
+    assert!(browser.text("error-detail").await.contains("no service"));
+    assert!(!browser.source().await.contains("hello-console"));
+    browser.open("/services").await;
+    assert!(browser.source().await.contains("No service yet"));
+    browser.open("/nodes").await;
+    assert!(browser.text("error-detail").await.contains("admins"));
+    browser.click("sign-out").await;
+
+    api(
+        &base,
+        &admin_token,
+        reqwest::Method::DELETE,
+        &format!("/api/services/{service_id}"),
+        Value::Null,
+    )
+    .await;
+    browser.client.close().await.expect("close the browser");
+}
