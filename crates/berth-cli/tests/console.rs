@@ -246,7 +246,7 @@ async fn the_console_in_a_real_browser() {
             berth_store::Store::connect(&format!("sqlite://{}", dir.join("berth.db").display()))
                 .await
                 .expect("the hub's database");
-        let id = berth_store::allocations::hub_id(&mut *store.acquire().await.expect("connection"))
+        let id = berth_store::allocations::hub_id(&mut store.acquire().await.expect("connection"))
             .await
             .expect("hub id");
         store.close().await;
