@@ -588,3 +588,180 @@ async fn controllers_declared_in_the_config_are_kept_in_sync() {
         .await;
     assert_eq!(log["operations"][0]["detail"]["source"], "config");
 }
+
+/// A browser without a cookie jar: it carries the cookies it was given by hand.
+struct ConsoleVisitor {
+    base: String,
+    client: reqwest::Client,
+    cookies: HashMap<String, String>,
+}
+
+impl ConsoleVisitor {
+    fn new(hub: &support::Hub) -> Self {
+        Self {
+            base: format!("http://{}", hub.address),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            cookies: HashMap::new(),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (u16, String, String) {
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("cookie", cookie);
+        if !form.is_empty() {
+            let body = form
+                .iter()
+                .map(|(key, value)| format!("{key}={}", value.replace('/', "%2F")))
+                .collect::<Vec<_>>()
+                .join("&");
+            request = request
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body);
+        }
+        let response = request.send().await.expect("request");
+        for set in response.headers().get_all("set-cookie") {
+            let text = set.to_str().expect("cookie");
+            let pair = text.split(';').next().unwrap_or_default();
+            if let Some((name, value)) = pair.split_once('=') {
+                if value.is_empty() {
+                    self.cookies.remove(name);
+                } else {
+                    self.cookies.insert(name.to_owned(), value.to_owned());
+                }
+            }
+        }
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, location, response.text().await.unwrap_or_default())
+    }
+
+    /// The CSRF token a page's forms carry.
+    fn csrf(page: &str) -> String {
+        page.split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a form with a CSRF token")
+            .to_owned()
+    }
+
+    async fn sign_in(&mut self, token: &str) {
+        let (_, _, page) = self.send(Method::GET, "/sign-in", &[]).await;
+        let csrf = Self::csrf(&page);
+        let (status, location, _) = self
+            .send(
+                Method::POST,
+                "/sign-in",
+                &[("csrf", &csrf), ("token", token), ("next", "/")],
+            )
+            .await;
+        assert_eq!((status, location.as_str()), (303, "/"), "signed in");
+    }
+}
+
+#[tokio::test]
+async fn the_console_needs_a_session_and_every_form_its_csrf_token() {
+    let hub = start("console-guard").await;
+    let (_, alice) = hub.new_user("alice").await;
+    let mut stranger = ConsoleVisitor::new(&hub);
+    let (status, location, _) = stranger.send(Method::GET, "/services", &[]).await;
+    assert_eq!(
+        (status, location.as_str()),
+        (303, "/sign-in?next=%2Fservices")
+    );
+    let (status, location, _) = stranger
+        .send(
+            Method::POST,
+            "/users",
+            &[("csrf", "guess"), ("name", "mallory")],
+        )
+        .await;
+    assert_eq!(status, 303, "no session, no form: {location}");
+
+    let mut admin = ConsoleVisitor::new(&hub);
+    admin.sign_in(&hub.admin).await;
+    let session = admin.cookies["berth_session"].clone();
+    assert_eq!(session.len(), 64);
+    let (status, _, users_page) = admin.send(Method::GET, "/users", &[]).await;
+    assert_eq!(status, 200);
+    assert!(!users_page.contains(&hub.admin), "no token in the page");
+    let csrf = ConsoleVisitor::csrf(&users_page);
+    let (status, _, refused) = admin
+        .send(
+            Method::POST,
+            "/users",
+            &[("csrf", "not-the-token"), ("name", "mallory")],
+        )
+        .await;
+    assert_eq!(status, 403, "{refused}");
+    let (_, listed) = hub.admin(Method::GET, "/api/users", None).await;
+    assert!(
+        !listed.to_string().contains("mallory"),
+        "a refused form changes nothing"
+    );
+    let (status, _, page) = admin
+        .send(
+            Method::POST,
+            "/users",
+            &[("csrf", &csrf), ("name", "Bad Name")],
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(page.contains("value=\"Bad Name\""), "the typed value stays");
+    assert!(
+        page.contains("id=\"user-name-error\""),
+        "the error is next to its field"
+    );
+    let (status, _, _) = admin
+        .send(
+            Method::POST,
+            "/users",
+            &[("csrf", &csrf), ("name", "carol")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, listed) = hub.admin(Method::GET, "/api/users", None).await;
+    assert!(listed.to_string().contains("carol"));
+
+    // The session cookie opens the console, not the API.
+    let (status, _, _) = admin.send(Method::GET, "/api/users", &[]).await;
+    assert_eq!(status, 401);
+
+    // A user is no admin in the console either.
+    let mut user = ConsoleVisitor::new(&hub);
+    user.sign_in(&alice).await;
+    let (status, _, page) = user.send(Method::GET, "/nodes", &[]).await;
+    assert_eq!(status, 403, "{page}");
+    let (status, _, _) = user.send(Method::GET, "/services", &[]).await;
+    assert_eq!(status, 200);
+
+    // Signing out ends the session for good, even for a copied cookie.
+    let (status, location, _) = admin
+        .send(Method::POST, "/sign-out", &[("csrf", &csrf)])
+        .await;
+    assert_eq!((status, location.as_str()), (303, "/sign-in"));
+    let mut copy = ConsoleVisitor::new(&hub);
+    copy.cookies.insert("berth_session".into(), session);
+    let (status, location, _) = copy.send(Method::GET, "/", &[]).await;
+    assert_eq!((status, location.as_str()), (303, "/sign-in?next=%2F"));
+}

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use berth_hub::state::HubSettings;
-use berth_hub::{HubState, api, bootstrap};
+use berth_hub::{HubState, bootstrap};
 use berth_store::{SecretBox, Store};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -49,7 +49,7 @@ pub async fn start_with(test: &str, settings: HubSettings) -> Hub {
         .await
         .expect("bind");
     let address = listener.local_addr().expect("addr");
-    let router = api::router(Arc::clone(&state));
+    let router = berth_hub::app(Arc::clone(&state));
     tokio::spawn(async move { axum::serve(listener, router).await });
     Hub {
         address,
