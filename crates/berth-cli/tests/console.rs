@@ -366,7 +366,7 @@ async fn the_console_in_a_real_browser() {
     browser
         .fill(
             "service-command",
-            "sh -c \"echo hello-console; trap 'exit 0' TERM; httpd -f -p 8080 -h / & wait\"",
+            "sh -c \"echo hello-console; trap 'exit 0' TERM; httpd -f -v -p 8080 -h / & wait\"",
         )
         .await;
     browser.click("create-service").await;
@@ -385,6 +385,34 @@ async fn the_console_in_a_real_browser() {
     browser
         .reload_until("log-lines", "hello-console", Duration::from_secs(15))
         .await;
+    // Live logs: follow, and a request to the service shows up without a reload; search
+    // narrows the lines; pause holds them.
+    browser.tick("logs-follow").await;
+    let direct = browser.text("service-url").await;
+    wait_for(
+        Duration::from_secs(15),
+        "the followed log shows a request",
+        || {
+            let browser = &browser;
+            let direct = direct.clone();
+            async move {
+                let _ = reqwest::get(format!("{direct}/")).await;
+                let lines = browser.text("log-lines").await;
+                lines.contains("response:").then_some(())
+            }
+        },
+    )
+    .await;
+    browser.fill("logs-search", "hello").await;
+    let found = browser.text("log-lines").await;
+    assert!(
+        found.contains("hello-console") && !found.contains("response:"),
+        "{found}"
+    );
+    browser.fill("logs-search", "").await;
+    browser.tick("logs-pause").await;
+    assert_eq!(browser.text("logs-pause").await, "Resume");
+    browser.tick("logs-pause").await;
     let charts = browser
         .reload_until("charts", "latest", Duration::from_secs(20))
         .await;
