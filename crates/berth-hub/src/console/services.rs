@@ -74,14 +74,25 @@ struct ListPage {
     t: Tr,
     chrome: Chrome,
     services: Vec<ServiceRow>,
+    query: String,
+    state: String,
+    states: Vec<String>,
+    page: usize,
+    pages: usize,
+    total: usize,
+    filter_query: String,
 }
+
+/// Rows per page of the list.
+const PAGE_SIZE: usize = 50;
 
 fn as_user(visitor: &Visitor) -> CurrentUser {
     CurrentUser(visitor.signed.user.clone())
 }
 
-/// `GET /services`.
-pub async fn list(State(state): Shared, visitor: Visitor) -> Response {
+/// `GET /services?q=&state=&page=`: search by name, owner, image or node; filter by state.
+pub async fn list(State(state): Shared, visitor: Visitor, RawQuery(raw): RawQuery) -> Response {
+    let query = FormData::parse(raw.unwrap_or_default().as_bytes());
     let admin = visitor.signed.user.role == Role::Admin;
     let loaded = async {
         let mut connection = state.store.acquire().await?;
@@ -117,14 +128,52 @@ pub async fn list(State(state): Shared, visitor: Visitor) -> Response {
                 .collect(),
         )
     };
-    match loaded.await {
-        Ok(services) => render(&ListPage {
-            t: visitor.t,
-            chrome: visitor.chrome("services"),
-            services,
-        }),
-        Err(err) => problem_page(visitor.t, visitor.chrome("services"), &err.into()),
-    }
+    let all: Vec<ServiceRow> = match loaded.await {
+        Ok(services) => services,
+        Err(err) => return problem_page(visitor.t, visitor.chrome("services"), &err.into()),
+    };
+    let mut states: Vec<String> = all.iter().map(|row| row.status.clone()).collect();
+    states.sort();
+    states.dedup();
+    let needle = query.get("q").trim().to_lowercase();
+    let wanted_state = query.get("state");
+    let matching: Vec<ServiceRow> = all
+        .into_iter()
+        .filter(|row| wanted_state.is_empty() || row.status == wanted_state)
+        .filter(|row| {
+            needle.is_empty()
+                || [&row.name, &row.owner, &row.image, &row.node]
+                    .iter()
+                    .any(|text| text.to_lowercase().contains(&needle))
+        })
+        .collect();
+    let total = matching.len();
+    let pages = total.div_ceil(PAGE_SIZE).max(1);
+    let page = query
+        .get("page")
+        .parse::<usize>()
+        .unwrap_or(1)
+        .clamp(1, pages);
+    let filter_query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("q", &query.get("q"))
+        .append_pair("state", &wanted_state)
+        .finish();
+    render(&ListPage {
+        t: visitor.t,
+        chrome: visitor.chrome("services"),
+        services: matching
+            .into_iter()
+            .skip((page - 1) * PAGE_SIZE)
+            .take(PAGE_SIZE)
+            .collect(),
+        query: query.get("q"),
+        state: wanted_state,
+        states,
+        page,
+        pages,
+        total,
+        filter_query,
+    })
 }
 
 #[derive(Template)]
