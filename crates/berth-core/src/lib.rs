@@ -4,6 +4,7 @@
 //!
 //! Pure code: no async runtime, no I/O, no clock. Every other crate builds on these types.
 
+pub mod calendar;
 pub mod gpu;
 pub mod names;
 pub mod node;

@@ -5,14 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use berth_http::Problem;
 use berth_store::catalog::{self, Image, Spec};
 
-use super::forms::{Field, FieldView, FormData, Kind, Refusal, field, required, to_json, views};
+use super::forms::{Field, FieldView, FormData, Kind, Refusal, field, required, submit, views};
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
 use super::{Chrome, human_bytes, problem_page, rendered, see_other, size_text};
@@ -163,42 +162,26 @@ fn as_user(visitor: &Visitor) -> CurrentUser {
 
 /// `POST /catalog/specs`.
 pub async fn create_spec(State(state): Shared, visitor: Visitor, form: FormData) -> Response {
-    let refusal = match to_json(SPEC_FIELDS, &form) {
-        Ok(body) => {
-            let created = api::catalog::create_spec(
-                State(Arc::clone(&state)),
-                as_user(&visitor),
-                Bytes::from(body.to_string()),
-            )
-            .await;
-            match created {
-                Ok(_) => return see_other("/catalog"),
-                Err(problem) => Refusal::from_problem(&problem, SPEC_FIELDS),
-            }
-        }
-        Err(refusal) => refusal,
-    };
-    catalog_page(&state, &visitor, Refused::Spec(&form, &refusal)).await
+    let created = submit(SPEC_FIELDS, &form, |body| {
+        api::catalog::create_spec(State(Arc::clone(&state)), as_user(&visitor), body)
+    })
+    .await;
+    match created {
+        Ok(_) => see_other("/catalog"),
+        Err(refusal) => catalog_page(&state, &visitor, Refused::Spec(&form, &refusal)).await,
+    }
 }
 
 /// `POST /catalog/images`.
 pub async fn create_image(State(state): Shared, visitor: Visitor, form: FormData) -> Response {
-    let refusal = match to_json(IMAGE_FIELDS, &form) {
-        Ok(body) => {
-            let created = api::catalog::create_image(
-                State(Arc::clone(&state)),
-                as_user(&visitor),
-                Bytes::from(body.to_string()),
-            )
-            .await;
-            match created {
-                Ok(_) => return see_other("/catalog"),
-                Err(problem) => Refusal::from_problem(&problem, IMAGE_FIELDS),
-            }
-        }
-        Err(refusal) => refusal,
-    };
-    catalog_page(&state, &visitor, Refused::Image(&form, &refusal)).await
+    let created = submit(IMAGE_FIELDS, &form, |body| {
+        api::catalog::create_image(State(Arc::clone(&state)), as_user(&visitor), body)
+    })
+    .await;
+    match created {
+        Ok(_) => see_other("/catalog"),
+        Err(refusal) => catalog_page(&state, &visitor, Refused::Image(&form, &refusal)).await,
+    }
 }
 
 #[derive(Template)]
@@ -301,30 +284,21 @@ pub async fn update_spec(
     Path(id): Path<i64>,
     form: FormData,
 ) -> Response {
-    let refusal = match to_json(SPEC_FIELDS, &form) {
-        Ok(body) => {
-            let updated = api::catalog::update_spec(
-                State(Arc::clone(&state)),
-                as_user(&visitor),
-                Path(id),
-                Bytes::from(body.to_string()),
-            )
-            .await;
-            match updated {
-                Ok(_) => return see_other("/catalog"),
-                Err(problem) => Refusal::from_problem(&problem, SPEC_FIELDS),
-            }
-        }
-        Err(refusal) => refusal,
-    };
-    edit_page(
-        &visitor,
-        format!("/catalog/specs/{id}"),
-        visitor.t.get("catalog.edit_spec").to_owned(),
-        SPEC_FIELDS,
-        &form,
-        Some(&refusal),
-    )
+    let updated = submit(SPEC_FIELDS, &form, |body| {
+        api::catalog::update_spec(State(Arc::clone(&state)), as_user(&visitor), Path(id), body)
+    })
+    .await;
+    match updated {
+        Ok(_) => see_other("/catalog"),
+        Err(refusal) => edit_page(
+            &visitor,
+            format!("/catalog/specs/{id}"),
+            visitor.t.get("catalog.edit_spec").to_owned(),
+            SPEC_FIELDS,
+            &form,
+            Some(&refusal),
+        ),
+    }
 }
 
 /// `POST /catalog/specs/{id}/delete`.
@@ -372,30 +346,21 @@ pub async fn update_image(
     Path(id): Path<i64>,
     form: FormData,
 ) -> Response {
-    let refusal = match to_json(IMAGE_FIELDS, &form) {
-        Ok(body) => {
-            let updated = api::catalog::update_image(
-                State(Arc::clone(&state)),
-                as_user(&visitor),
-                Path(id),
-                Bytes::from(body.to_string()),
-            )
-            .await;
-            match updated {
-                Ok(_) => return see_other("/catalog"),
-                Err(problem) => Refusal::from_problem(&problem, IMAGE_FIELDS),
-            }
-        }
-        Err(refusal) => refusal,
-    };
-    edit_page(
-        &visitor,
-        format!("/catalog/images/{id}"),
-        visitor.t.get("catalog.edit_image").to_owned(),
-        IMAGE_FIELDS,
-        &form,
-        Some(&refusal),
-    )
+    let updated = submit(IMAGE_FIELDS, &form, |body| {
+        api::catalog::update_image(State(Arc::clone(&state)), as_user(&visitor), Path(id), body)
+    })
+    .await;
+    match updated {
+        Ok(_) => see_other("/catalog"),
+        Err(refusal) => edit_page(
+            &visitor,
+            format!("/catalog/images/{id}"),
+            visitor.t.get("catalog.edit_image").to_owned(),
+            IMAGE_FIELDS,
+            &form,
+            Some(&refusal),
+        ),
+    }
 }
 
 /// `POST /catalog/images/{id}/delete`.

@@ -295,6 +295,22 @@ pub fn to_json(fields: &[Field], form: &FormData) -> Result<Value, Refusal> {
     Ok(Value::Object(body))
 }
 
+/// Sends `form`, as the JSON `fields` describe, to an API handler (`call` gets the body); the
+/// refusal to show beside the form when the form or the handler refuses it.
+pub async fn submit<T, Answer>(
+    fields: &[Field],
+    form: &FormData,
+    call: impl FnOnce(Bytes) -> Answer,
+) -> Result<T, Refusal>
+where
+    Answer: Future<Output = Result<T, Problem>>,
+{
+    let body = to_json(fields, form)?;
+    call(Bytes::from(body.to_string()))
+        .await
+        .map_err(|problem| Refusal::from_problem(&problem, fields))
+}
+
 /// `KEY=VALUE` lines of a map, for pre-filling a [`Kind::Pairs`] field.
 pub fn pairs_text(map: &BTreeMap<String, String>) -> String {
     map.iter()

@@ -21,7 +21,7 @@ use berth_store::{allocations, services};
 use serde_json::{Value, json};
 
 use super::forms::{
-    Field, FieldView, FormData, Kind, Refusal, field, pairs_text, required, to_json, views,
+    Field, FieldView, FormData, Kind, Refusal, field, pairs_text, required, submit, views,
 };
 use super::operations::{OperationRow, recent};
 use super::session::{Visitor, admin_only};
@@ -296,29 +296,18 @@ pub async fn create(State(state): Shared, visitor: Visitor, form: FormData) -> R
     if let Some(refused) = admin_only(&visitor, "nodes") {
         return refused;
     }
-    let body = match to_json(FIELDS, &form) {
-        Ok(body) => body,
-        Err(refusal) => return form_page(&visitor, None, &form, Some(&refusal)),
-    };
-    match api::nodes::create(
-        State(state),
-        as_admin(&visitor),
-        Bytes::from(body.to_string()),
-    )
-    .await
-    {
+    let created = submit(FIELDS, &form, |body| {
+        api::nodes::create(State(state), as_admin(&visitor), body)
+    })
+    .await;
+    match created {
         Ok((_, Json(view))) => {
             let id = serde_json::to_value(&view).unwrap_or_default()["id"]
                 .as_i64()
                 .unwrap_or_default();
             see_other(&format!("/nodes/{id}"))
         }
-        Err(problem) => form_page(
-            &visitor,
-            None,
-            &form,
-            Some(&Refusal::from_problem(&problem, FIELDS)),
-        ),
+        Err(refusal) => form_page(&visitor, None, &form, Some(&refusal)),
     }
 }
 
@@ -352,25 +341,13 @@ pub async fn update(
         Ok(node) => node,
         Err(problem) => return problem_page(visitor.t, visitor.chrome("nodes"), &problem),
     };
-    let body = match to_json(FIELDS, &form) {
-        Ok(body) => body,
-        Err(refusal) => return form_page(&visitor, Some(&node), &form, Some(&refusal)),
-    };
-    match api::nodes::update(
-        State(state),
-        as_admin(&visitor),
-        Path(id),
-        Bytes::from(body.to_string()),
-    )
-    .await
-    {
+    let updated = submit(FIELDS, &form, |body| {
+        api::nodes::update(State(state), as_admin(&visitor), Path(id), body)
+    })
+    .await;
+    match updated {
         Ok(_) => see_other(&format!("/nodes/{id}")),
-        Err(problem) => form_page(
-            &visitor,
-            Some(&node),
-            &form,
-            Some(&Refusal::from_problem(&problem, FIELDS)),
-        ),
+        Err(refusal) => form_page(&visitor, Some(&node), &form, Some(&refusal)),
     }
 }
 

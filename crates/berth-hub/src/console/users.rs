@@ -14,7 +14,9 @@ use axum::response::Response;
 use berth_http::Problem;
 use berth_store::{services, users};
 
-use super::forms::{Field, FieldView, FormData, Kind, Refusal, field, required, to_json, views};
+use super::forms::{
+    Field, FieldView, FormData, Kind, Refusal, field, required, submit, to_json, views,
+};
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
 use super::{Chrome, problem_page, rendered, see_other, size_text, timestamp};
@@ -154,32 +156,24 @@ pub async fn create(State(state): Shared, visitor: Visitor, form: FormData) -> R
     if let Some(refused) = admin_only(&visitor, "users") {
         return refused;
     }
-    let refusal = match to_json(NEW_FIELDS, &form) {
-        Ok(body) => {
-            let created = api::users::create(
-                State(Arc::clone(&state)),
-                as_admin(&visitor),
-                Bytes::from(body.to_string()),
-            )
-            .await;
-            match created {
-                Ok((_, Json(answer))) => {
-                    let issued = (
-                        answer["user"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                        answer["token"].as_str().unwrap_or_default().to_owned(),
-                    );
-                    let defaults = FormData::from_pairs(vec![("role".into(), "user".into())]);
-                    return users_page(&state, &visitor, &defaults, None, Some(issued)).await;
-                }
-                Err(problem) => Refusal::from_problem(&problem, NEW_FIELDS),
-            }
+    let created = submit(NEW_FIELDS, &form, |body| {
+        api::users::create(State(Arc::clone(&state)), as_admin(&visitor), body)
+    })
+    .await;
+    match created {
+        Ok((_, Json(answer))) => {
+            let issued = (
+                answer["user"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                answer["token"].as_str().unwrap_or_default().to_owned(),
+            );
+            let defaults = FormData::from_pairs(vec![("role".into(), "user".into())]);
+            users_page(&state, &visitor, &defaults, None, Some(issued)).await
         }
-        Err(refusal) => refusal,
-    };
-    users_page(&state, &visitor, &form, Some(&refusal), None).await
+        Err(refusal) => users_page(&state, &visitor, &form, Some(&refusal), None).await,
+    }
 }
 
 /// `POST /users/{id}`: changes a user's role and quotas; empty limits mean the defaults.
