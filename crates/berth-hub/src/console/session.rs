@@ -101,7 +101,8 @@ pub async fn attach(State(state): State<Arc<HubState>>, request: Request, next: 
     let (mut parts, body) = request.into_parts();
     let t = Tr(preferred_language(&parts.headers));
     parts.extensions.insert(t);
-    let session = match cookie(&parts.headers, SESSION_COOKIE) {
+    let public_asset = parts.uri.path().starts_with("/console/assets/");
+    let session = match cookie(&parts.headers, SESSION_COOKIE).filter(|_| !public_asset) {
         Some(id) => match state.store.acquire().await {
             Ok(mut connection) => sessions::find(&mut connection, id).await.ok().flatten(),
             Err(_) => None,
