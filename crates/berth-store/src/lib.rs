@@ -173,6 +173,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0005_node_labels.sql"),
                 include_str!("../migrations/postgres/0005_node_labels.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0006_console.sql"),
+                include_str!("../migrations/postgres/0006_console.sql"),
+            ),
         ];
         for (sqlite, postgres) in pairs {
             let translated = sqlite.replace(

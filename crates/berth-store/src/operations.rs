@@ -63,6 +63,9 @@ pub struct OperationFilter {
     pub user_id: Option<i64>,
     /// Only this action.
     pub action: Option<String>,
+    /// Only what this user may see without being an admin: their own actions and anything
+    /// done to their services (a failover by the hub, say).
+    pub visible_to: Option<i64>,
     /// Page, from 1.
     pub page: i64,
     /// Rows per page.
@@ -132,6 +135,15 @@ pub async fn list(
             numbers.push(value);
             conditions.push(format!("{column} = ${}", numbers.len()));
         }
+    }
+    if let Some(user) = filter.visible_to {
+        numbers.push(user);
+        let by_them = numbers.len();
+        numbers.push(user);
+        conditions.push(format!(
+            "(user_id = ${by_them} OR service_id IN (SELECT id FROM services WHERE owner_id = ${}))",
+            numbers.len()
+        ));
     }
     if filter.action.is_some() {
         conditions.push(format!("action = ${}", numbers.len() + 1));

@@ -290,6 +290,7 @@ async fn a_change_and_its_operation_commit_together() {
             page: 1,
             size: 50,
             service_id: None,
+            visible_to: None,
         };
         let (only, total) = operations::list(&mut connection, &filtered)
             .await
@@ -517,42 +518,14 @@ async fn console_sessions_expire_end_and_follow_their_user() {
 
 #[tokio::test]
 async fn stats_history_keeps_raw_samples_then_buckets_then_nothing() {
-    use berth_store::services::{self, ServiceRecord};
+    use berth_store::services;
     use berth_store::stats_history::{self, Retention, StatsSample};
     for store in databases("stats").await {
         let mut connection = store.acquire().await.expect("connection");
         let owner = users::create_user(&mut connection, "ada", Role::User, &Quotas::default())
             .await
             .expect("user");
-        let service = services::insert(
-            &mut connection,
-            &ServiceRecord {
-                id: 0,
-                owner_id: owner.id,
-                repo: "demo".into(),
-                name: "svc".into(),
-                image: "berth-test".into(),
-                spec_id: None,
-                cpu_millis: 500,
-                memory_bytes: 1 << 30,
-                gpu_count: 0,
-                definition: json!({}),
-                is_public: false,
-                status: "running".into(),
-                node_id: None,
-                container_id: None,
-                container_name: None,
-                version: 1,
-                generation: 0,
-                pinned: false,
-                replicas: 1,
-                error: String::new(),
-                created_at: 0,
-                updated_at: 0,
-            },
-        )
-        .await
-        .expect("service");
+        let service = insert_service(&mut connection, owner.id, "svc").await;
         let retention = Retention {
             raw_ms: 60_000,
             bucket_ms: 10_000,
@@ -629,5 +602,107 @@ async fn stats_history_keeps_raw_samples_then_buckets_then_nothing() {
                 .expect("history")
                 .is_empty()
         );
+    }
+}
+
+/// A running service of `owner` named `name`.
+async fn insert_service(
+    connection: &mut berth_store::Conn,
+    owner: i64,
+    name: &str,
+) -> berth_store::services::ServiceRecord {
+    use berth_store::services::{self, ServiceRecord};
+    services::insert(
+        connection,
+        &ServiceRecord {
+            id: 0,
+            owner_id: owner,
+            repo: "demo".into(),
+            name: name.into(),
+            image: "berth-test".into(),
+            spec_id: None,
+            cpu_millis: 500,
+            memory_bytes: 1 << 30,
+            gpu_count: 0,
+            definition: json!({}),
+            is_public: false,
+            status: "running".into(),
+            node_id: None,
+            container_id: None,
+            container_name: None,
+            version: 1,
+            generation: 0,
+            pinned: false,
+            replicas: 1,
+            error: String::new(),
+            created_at: 0,
+            updated_at: 0,
+        },
+    )
+    .await
+    .expect("service")
+}
+
+#[tokio::test]
+async fn a_user_sees_their_own_operations_and_those_on_their_services() {
+    for store in databases("visible").await {
+        let mut connection = store.acquire().await.expect("connection");
+        let ada = users::create_user(&mut connection, "ada", Role::User, &Quotas::default())
+            .await
+            .expect("user");
+        let bob = users::create_user(&mut connection, "bob", Role::User, &Quotas::default())
+            .await
+            .expect("user");
+        let adas = insert_service(&mut connection, ada.id, "model").await;
+        let bobs = insert_service(&mut connection, bob.id, "other").await;
+        let on = |user: Option<i64>, action: &str, service: i64| NewOperation {
+            user_id: user,
+            action: action.to_owned(),
+            target_kind: "service".to_owned(),
+            target_id: service.to_string(),
+            node_id: None,
+            service_id: Some(service),
+            outcome: "ok".to_owned(),
+            detail: json!({}),
+        };
+        for operation in [
+            on(Some(ada.id), "service.start", adas.id),
+            on(None, "service.failover", adas.id),
+            on(Some(bob.id), "service.start", bobs.id),
+            on(None, "service.failover", bobs.id),
+        ] {
+            operations::record(&mut connection, &operation)
+                .await
+                .expect("record");
+        }
+        let (seen, total) = operations::list(
+            &mut connection,
+            &OperationFilter {
+                visible_to: Some(ada.id),
+                page: 1,
+                size: 50,
+                ..OperationFilter::default()
+            },
+        )
+        .await
+        .expect("list");
+        assert_eq!(total, 2);
+        assert!(
+            seen.iter()
+                .all(|operation| operation.service_id == Some(adas.id))
+        );
+        let (failovers, _) = operations::list(
+            &mut connection,
+            &OperationFilter {
+                visible_to: Some(ada.id),
+                action: Some("service.failover".into()),
+                page: 1,
+                size: 50,
+                ..OperationFilter::default()
+            },
+        )
+        .await
+        .expect("list");
+        assert_eq!(failovers.len(), 1, "the hub's failover of her service");
     }
 }

@@ -147,6 +147,7 @@ pub async fn operations(
         node_id: query.node_id,
         user_id: query.user_id,
         action: query.action,
+        visible_to: None,
         page: query.page,
         size: query.size,
     };

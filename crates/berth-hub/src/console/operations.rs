@@ -104,11 +104,8 @@ pub async fn page(
     let filter = OperationFilter {
         service_id: number(&query, "service"),
         node_id: number(&query, "node"),
-        user_id: if admin {
-            number(&query, "user")
-        } else {
-            Some(visitor.signed.user.id)
-        },
+        user_id: number(&query, "user").filter(|_| admin),
+        visible_to: (!admin).then_some(visitor.signed.user.id),
         action: Some(query.get("action").trim().to_owned()).filter(|action| !action.is_empty()),
         page: number(&query, "page").unwrap_or(1).max(1),
         size: PAGE_SIZE,

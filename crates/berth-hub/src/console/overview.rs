@@ -91,7 +91,7 @@ pub async fn page(State(state): State<Arc<HubState>>, visitor: Visitor) -> Respo
             *service_states.entry(service.status).or_insert(0) += 1;
         }
         let filter = OperationFilter {
-            user_id: owner,
+            visible_to: owner,
             ..OperationFilter::default()
         };
         let operations = recent(&mut connection, filter, 10).await?;

@@ -15,7 +15,7 @@ CREATE TABLE stats_samples (
     service_id BIGINT NOT NULL REFERENCES services(id) ON DELETE CASCADE,
     at_ms BIGINT NOT NULL,
     resolution_ms BIGINT NOT NULL,
-    cpu_percent REAL NOT NULL,
+    cpu_percent DOUBLE PRECISION NOT NULL,
     memory_bytes BIGINT NOT NULL,
     memory_limit_bytes BIGINT NOT NULL,
     pids BIGINT NOT NULL,
