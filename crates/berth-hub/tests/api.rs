@@ -743,6 +743,57 @@ async fn the_console_needs_a_session_and_every_form_its_csrf_token() {
     let (_, listed) = hub.admin(Method::GET, "/api/users", None).await;
     assert!(listed.to_string().contains("carol"));
 
+    // A catalog entry edited on its page: a refused value is marked, a good one saved.
+    let (status, spec) = hub
+        .admin(
+            Method::POST,
+            "/api/specs",
+            Some(json!({"name": "small", "cpu_cores": 0.5, "memory": "64m"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{spec}");
+    let edit = format!("/catalog/specs/{}", spec["id"]);
+    let (status, _, form) = admin.send(Method::GET, &edit, &[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        form.contains("value=\"64m\""),
+        "the stored memory, as typed"
+    );
+    let (status, _, refused) = admin
+        .send(
+            Method::POST,
+            &edit,
+            &[
+                ("csrf", &csrf),
+                ("name", "small"),
+                ("cpu_cores", "-1"),
+                ("memory", "64m"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        refused.contains("id=\"entry-cpu_cores-error\""),
+        "{refused}"
+    );
+    let (status, location, _) = admin
+        .send(
+            Method::POST,
+            &edit,
+            &[
+                ("csrf", &csrf),
+                ("name", "small"),
+                ("cpu_cores", "2"),
+                ("memory", "1g"),
+            ],
+        )
+        .await;
+    assert_eq!((status, location.as_str()), (303, "/catalog"));
+    let (_, specs) = hub.admin(Method::GET, "/api/specs", None).await;
+    assert_eq!(specs[0]["cpu_millis"], 2000, "{specs}");
+    let (status, _, _) = admin.send(Method::GET, "/catalog/flavours/1", &[]).await;
+    assert_eq!(status, 404);
+
     // The session cookie opens the console, not the API.
     let (status, _, _) = admin.send(Method::GET, "/api/users", &[]).await;
     assert_eq!(status, 401);

@@ -251,121 +251,142 @@ fn spec_values(spec: &Spec) -> FormData {
     ])
 }
 
-/// `GET /catalog/specs/{id}` (admins): the edit form.
-pub async fn edit_spec_form(
+/// The catalog entry a `/catalog/{kind}/{id}` path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Spec,
+    Image,
+}
+
+impl Entry {
+    fn parse(kind: &str) -> Result<Self, Problem> {
+        match kind {
+            "specs" => Ok(Self::Spec),
+            "images" => Ok(Self::Image),
+            _ => Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("the catalog has no {kind:?}"),
+            )),
+        }
+    }
+
+    fn fields(self) -> &'static [Field] {
+        match self {
+            Self::Spec => SPEC_FIELDS,
+            Self::Image => IMAGE_FIELDS,
+        }
+    }
+
+    fn path(self, id: i64) -> String {
+        match self {
+            Self::Spec => format!("/catalog/specs/{id}"),
+            Self::Image => format!("/catalog/images/{id}"),
+        }
+    }
+
+    fn heading(self, t: Tr) -> &'static str {
+        match self {
+            Self::Spec => t.get("catalog.edit_spec"),
+            Self::Image => t.get("catalog.edit_image"),
+        }
+    }
+
+    /// The stored entry's name and its values as form values.
+    async fn stored(self, state: &HubState, id: i64) -> Result<(String, FormData), Problem> {
+        let mut connection = state.store.acquire().await?;
+        Ok(match self {
+            Self::Spec => {
+                let spec = catalog::get_spec(&mut connection, id).await?;
+                (spec.name.clone(), spec_values(&spec))
+            }
+            Self::Image => {
+                let image = catalog::get_image(&mut connection, id).await?;
+                let values = FormData::from_pairs(vec![
+                    ("name".into(), image.name.clone()),
+                    ("reference".into(), image.reference),
+                    ("description".into(), image.description),
+                ]);
+                (image.name, values)
+            }
+        })
+    }
+}
+
+/// `GET /catalog/{specs|images}/{id}` (admins): the edit form.
+pub async fn edit_form(
     State(state): Shared,
     visitor: Visitor,
-    Path(id): Path<i64>,
+    Path((kind, id)): Path<(String, i64)>,
 ) -> Response {
     if let Some(refused) = admin_only(&visitor, "catalog") {
         return refused;
     }
-    let spec = match state.store.acquire().await {
-        Ok(mut connection) => catalog::get_spec(&mut connection, id).await,
-        Err(err) => Err(err),
+    let stored = match Entry::parse(&kind) {
+        Ok(entry) => entry.stored(&state, id).await.map(|stored| (entry, stored)),
+        Err(problem) => Err(problem),
     };
-    match spec {
-        Ok(spec) => edit_page(
+    match stored {
+        Ok((entry, (name, values))) => edit_page(
             &visitor,
-            format!("/catalog/specs/{id}"),
-            format!("{} {}", visitor.t.get("catalog.edit_spec"), spec.name),
-            SPEC_FIELDS,
-            &spec_values(&spec),
+            entry.path(id),
+            format!("{} {name}", entry.heading(visitor.t)),
+            entry.fields(),
+            &values,
             None,
         ),
-        Err(err) => problem_page(visitor.t, visitor.chrome("catalog"), &err.into()),
-    }
-}
-
-/// `POST /catalog/specs/{id}`.
-pub async fn update_spec(
-    State(state): Shared,
-    visitor: Visitor,
-    Path(id): Path<i64>,
-    form: FormData,
-) -> Response {
-    let updated = submit(SPEC_FIELDS, &form, |body| {
-        api::catalog::update_spec(State(Arc::clone(&state)), as_user(&visitor), Path(id), body)
-    })
-    .await;
-    match updated {
-        Ok(_) => see_other("/catalog"),
-        Err(refusal) => edit_page(
-            &visitor,
-            format!("/catalog/specs/{id}"),
-            visitor.t.get("catalog.edit_spec").to_owned(),
-            SPEC_FIELDS,
-            &form,
-            Some(&refusal),
-        ),
-    }
-}
-
-/// `POST /catalog/specs/{id}/delete`.
-pub async fn delete_spec(State(state): Shared, visitor: Visitor, Path(id): Path<i64>) -> Response {
-    match api::catalog::delete_spec(State(state), as_user(&visitor), Path(id)).await {
-        Ok(_) => see_other("/catalog"),
         Err(problem) => problem_page(visitor.t, visitor.chrome("catalog"), &problem),
     }
 }
 
-/// `GET /catalog/images/{id}` (admins): the edit form.
-pub async fn edit_image_form(
+/// `POST /catalog/{specs|images}/{id}`: saves the edit form through the API.
+pub async fn update(
     State(state): Shared,
     visitor: Visitor,
-    Path(id): Path<i64>,
-) -> Response {
-    if let Some(refused) = admin_only(&visitor, "catalog") {
-        return refused;
-    }
-    let image = match state.store.acquire().await {
-        Ok(mut connection) => catalog::get_image(&mut connection, id).await,
-        Err(err) => Err(err),
-    };
-    match image {
-        Ok(image) => edit_page(
-            &visitor,
-            format!("/catalog/images/{id}"),
-            format!("{} {}", visitor.t.get("catalog.edit_image"), image.name),
-            IMAGE_FIELDS,
-            &FormData::from_pairs(vec![
-                ("name".into(), image.name.clone()),
-                ("reference".into(), image.reference.clone()),
-                ("description".into(), image.description.clone()),
-            ]),
-            None,
-        ),
-        Err(err) => problem_page(visitor.t, visitor.chrome("catalog"), &err.into()),
-    }
-}
-
-/// `POST /catalog/images/{id}`.
-pub async fn update_image(
-    State(state): Shared,
-    visitor: Visitor,
-    Path(id): Path<i64>,
+    Path((kind, id)): Path<(String, i64)>,
     form: FormData,
 ) -> Response {
-    let updated = submit(IMAGE_FIELDS, &form, |body| {
-        api::catalog::update_image(State(Arc::clone(&state)), as_user(&visitor), Path(id), body)
+    let entry = match Entry::parse(&kind) {
+        Ok(entry) => entry,
+        Err(problem) => return problem_page(visitor.t, visitor.chrome("catalog"), &problem),
+    };
+    let (shared, user) = (State(Arc::clone(&state)), as_user(&visitor));
+    let updated = submit(entry.fields(), &form, |body| async move {
+        match entry {
+            Entry::Spec => api::catalog::update_spec(shared, user, Path(id), body)
+                .await
+                .map(drop),
+            Entry::Image => api::catalog::update_image(shared, user, Path(id), body)
+                .await
+                .map(drop),
+        }
     })
     .await;
     match updated {
-        Ok(_) => see_other("/catalog"),
+        Ok(()) => see_other("/catalog"),
         Err(refusal) => edit_page(
             &visitor,
-            format!("/catalog/images/{id}"),
-            visitor.t.get("catalog.edit_image").to_owned(),
-            IMAGE_FIELDS,
+            entry.path(id),
+            entry.heading(visitor.t).to_owned(),
+            entry.fields(),
             &form,
             Some(&refusal),
         ),
     }
 }
 
-/// `POST /catalog/images/{id}/delete`.
-pub async fn delete_image(State(state): Shared, visitor: Visitor, Path(id): Path<i64>) -> Response {
-    match api::catalog::delete_image(State(state), as_user(&visitor), Path(id)).await {
+/// `POST /catalog/{specs|images}/{id}/delete`: deletes through the API.
+pub async fn delete(
+    State(state): Shared,
+    visitor: Visitor,
+    Path((kind, id)): Path<(String, i64)>,
+) -> Response {
+    let (shared, user) = (State(state), as_user(&visitor));
+    let deleted = match Entry::parse(&kind) {
+        Ok(Entry::Spec) => api::catalog::delete_spec(shared, user, Path(id)).await,
+        Ok(Entry::Image) => api::catalog::delete_image(shared, user, Path(id)).await,
+        Err(problem) => Err(problem),
+    };
+    match deleted {
         Ok(_) => see_other("/catalog"),
         Err(problem) => problem_page(visitor.t, visitor.chrome("catalog"), &problem),
     }

@@ -51,17 +51,12 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/nodes/{id}/delete", post(nodes::delete))
         .route("/catalog", get(catalog::page))
         .route("/catalog/specs", post(catalog::create_spec))
-        .route(
-            "/catalog/specs/{id}",
-            get(catalog::edit_spec_form).post(catalog::update_spec),
-        )
-        .route("/catalog/specs/{id}/delete", post(catalog::delete_spec))
         .route("/catalog/images", post(catalog::create_image))
         .route(
-            "/catalog/images/{id}",
-            get(catalog::edit_image_form).post(catalog::update_image),
+            "/catalog/{kind}/{id}",
+            get(catalog::edit_form).post(catalog::update),
         )
-        .route("/catalog/images/{id}/delete", post(catalog::delete_image))
+        .route("/catalog/{kind}/{id}/delete", post(catalog::delete))
         .route("/services", get(services::list).post(services::create))
         .route("/services/new", get(services::new_form))
         .route("/services/{id}", get(services::detail))
