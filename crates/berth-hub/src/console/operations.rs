@@ -24,8 +24,8 @@ const PAGE_SIZE: i64 = 50;
 pub struct OperationRow {
     /// When, UTC.
     pub at: String,
-    /// Who (or `system`).
-    pub user: String,
+    /// Who, or `None` for the hub itself.
+    pub user: Option<String>,
     /// What.
     pub action: String,
     /// On what (`service 3`).
@@ -47,10 +47,9 @@ pub async fn rows(conn: &mut Conn, found: Vec<Operation>) -> Result<Vec<Operatio
         .into_iter()
         .map(|operation| OperationRow {
             at: timestamp(operation.at),
-            user: operation.user_id.map_or_else(
-                || "system".to_owned(),
-                |id| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}")),
-            ),
+            user: operation
+                .user_id
+                .map(|id| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"))),
             action: operation.action,
             target: format!("{} {}", operation.target_kind, operation.target_id),
             outcome: operation.outcome,

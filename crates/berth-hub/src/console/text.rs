@@ -311,6 +311,11 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("operations.detail", "Detail", "详情"),
     ("operations.node_id", "Node id", "节点 ID"),
     ("operations.service_id", "Service id", "服务 ID"),
+    ("operations.system", "the hub", "系统"),
+    ("outcome.ok", "ok", "成功"),
+    ("outcome.failed", "failed", "失败"),
+    ("outcome.refused", "refused", "被拒绝"),
+    ("outcome.rolled_back", "rolled back", "已回滚"),
     ("users.title", "Users and quotas", "用户与配额"),
     (
         "users.help",
