@@ -30,21 +30,63 @@ struct ContainerUse {
     gpu_utilization_percent: Option<i64>,
 }
 
+/// Bytes from a field in bytes, or from the agent's field in MiB.
+fn bytes(stats: &Value, in_bytes: &[&str], in_mib: &str) -> Option<i64> {
+    in_bytes
+        .iter()
+        .find_map(|key| stats.get(*key).and_then(Value::as_i64))
+        .or_else(|| {
+            stats
+                .get(in_mib)
+                .and_then(Value::as_f64)
+                .map(|mib| (mib * 1_048_576.0).round() as i64)
+        })
+}
+
+/// One sample in any of the shapes a node answers with: the engine driver's (`memory_used_bytes`,
+/// CPU in percent of one core), the agent's mManager shape (`memory_usage_mb`,
+/// `cpu_usage.percent_of_one_core`, `gpu.devices[]` in MiB) and the simulation's.
 fn read_use(stats: &Value) -> ContainerUse {
-    let integer = |keys: &[&str]| {
-        keys.iter()
-            .find_map(|key| stats.get(*key).and_then(Value::as_i64))
-    };
+    let devices = stats["gpu"]["devices"].as_array();
+    let gpu_memory_bytes = stats
+        .get("gpu_memory_used_bytes")
+        .and_then(Value::as_i64)
+        .or_else(|| {
+            devices.map(|devices| {
+                devices
+                    .iter()
+                    .filter_map(|device| device["memory_used_mib"].as_i64())
+                    .sum::<i64>()
+                    * 1_048_576
+            })
+        });
+    let gpu_utilization_percent = stats
+        .get("gpu_utilization_percent")
+        .and_then(Value::as_i64)
+        .or_else(|| {
+            devices.and_then(|devices| {
+                devices
+                    .iter()
+                    .filter_map(|device| device["utilization_percent"].as_f64())
+                    .map(|percent| percent.round() as i64)
+                    .max()
+            })
+        });
     ContainerUse {
-        cpu_percent: stats
-            .get("cpu_percent")
-            .and_then(Value::as_f64)
+        cpu_percent: stats["cpu_usage"]["percent_of_one_core"]
+            .as_f64()
+            .or_else(|| stats.get("cpu_percent").and_then(Value::as_f64))
             .unwrap_or(0.0),
-        memory_bytes: integer(&["memory_used_bytes", "memory_usage_bytes"]).unwrap_or(0),
-        memory_limit_bytes: integer(&["memory_limit_bytes"]).unwrap_or(0),
-        pids: integer(&["pids"]).unwrap_or(0),
-        gpu_memory_bytes: integer(&["gpu_memory_used_bytes"]),
-        gpu_utilization_percent: integer(&["gpu_utilization_percent"]),
+        memory_bytes: bytes(
+            stats,
+            &["memory_used_bytes", "memory_usage_bytes"],
+            "memory_usage_mb",
+        )
+        .unwrap_or(0),
+        memory_limit_bytes: bytes(stats, &["memory_limit_bytes"], "memory_limit_mb").unwrap_or(0),
+        pids: stats.get("pids").and_then(Value::as_i64).unwrap_or(0),
+        gpu_memory_bytes,
+        gpu_utilization_percent,
     }
 }
 
@@ -223,5 +265,23 @@ mod tests {
         assert_eq!(total.gpu_memory_bytes, Some(1024));
         assert_eq!(total.gpu_utilization_percent, Some(40));
         assert_eq!(summed(&[engine], 0).gpu_utilization_percent, None);
+
+        let agent = read_use(&json!({"cpu_percent": 12.5,
+            "cpu_usage": {"online_cpus": 4, "percent_of_one_core": 50.0},
+            "memory_usage_mb": 1.5, "memory_limit_mb": 64.0, "pids": 2,
+            "gpu": {"source": "nvidia-smi", "devices": [
+                {"index": 0, "memory_used_mib": 1024, "memory_total_mib": 24576, "utilization_percent": 30.4},
+                {"index": 1, "memory_used_mib": 512, "memory_total_mib": 24576, "utilization_percent": 71.6}]}}));
+        assert_eq!(
+            agent.cpu_percent, 50.0,
+            "percent of one core, as the engine's"
+        );
+        assert_eq!(agent.memory_bytes, 1_572_864);
+        assert_eq!(agent.memory_limit_bytes, 64 << 20);
+        assert_eq!(agent.pids, 2);
+        assert_eq!(agent.gpu_memory_bytes, Some(1536 << 20));
+        assert_eq!(agent.gpu_utilization_percent, Some(72));
+        let agent_without_gpu = read_use(&json!({"memory_usage_mb": 1.0, "gpu": null}));
+        assert_eq!(agent_without_gpu.gpu_memory_bytes, None);
     }
 }

@@ -476,6 +476,21 @@ async fn a_service_runs_through_an_agent_node() {
             stats["stats"]["memory_limit_mb"].as_f64().is_some(),
             "the agent's stats shape: {stats}"
         );
+        // The stats history reads the agent's shape too.
+        berth_hub::stats_sampler::sample_all(&hub.state)
+            .await
+            .expect("sample");
+        let (_, history) = hub
+            .admin(
+                Method::GET,
+                &format!("/api/services/{id}/stats/history"),
+                None,
+            )
+            .await;
+        let point = &history["points"][0];
+        assert_eq!(point["memory_limit_bytes"], 32 << 20, "{history}");
+        assert!(point["memory_bytes"].as_i64() > Some(0), "{history}");
+        assert!(point["pids"].as_i64() >= Some(1), "{history}");
         let (status, _) = hub
             .admin(Method::DELETE, &format!("/api/services/{id}"), None)
             .await;
