@@ -11,7 +11,10 @@ use axum::response::Response;
 use berth_http::Problem;
 use berth_store::catalog::{self, Image, Spec};
 
-use super::forms::{Field, FieldView, FormData, Kind, Refusal, field, required, submit, views};
+use super::forms::{
+    Field, FieldView, FormData, Kind, Refusal, field, form_error, form_status, required, submit,
+    views,
+};
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
 use super::{Chrome, human_bytes, problem_page, rendered, see_other, size_text};
@@ -203,11 +206,7 @@ fn edit_page(
     values: &FormData,
     refusal: Option<&Refusal>,
 ) -> Response {
-    let status = if refusal.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
+    let status = form_status(refusal);
     rendered(
         status,
         &EditPage {
@@ -224,9 +223,7 @@ fn edit_page(
                 &HashMap::new(),
                 refusal,
             ),
-            form_error: refusal
-                .filter(|refusal| refusal.field.is_none())
-                .map(|refusal| refusal.message.clone()),
+            form_error: form_error(refusal),
         },
     )
 }

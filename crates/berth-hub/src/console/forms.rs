@@ -165,6 +165,22 @@ impl Refusal {
     }
 }
 
+/// The error shown above the form: a refusal that names none of its fields.
+pub fn form_error(refusal: Option<&Refusal>) -> Option<String> {
+    refusal
+        .filter(|refusal| refusal.field.is_none())
+        .map(|refusal| refusal.message.clone())
+}
+
+/// 422 for a form shown again because it was refused, 200 otherwise.
+pub fn form_status(refusal: Option<&Refusal>) -> axum::http::StatusCode {
+    if refusal.is_some() {
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        axum::http::StatusCode::OK
+    }
+}
+
 /// The inputs of form `form` for `fields`, with the values in `values` (what was typed, or what is stored),
 /// `choices` for [`Kind::Select`] fields, `stored` secrets, and `refusal`'s error.
 pub fn views(

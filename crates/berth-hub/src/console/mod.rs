@@ -138,6 +138,37 @@ fn problem_page(t: Tr, chrome: Chrome, problem: &Problem) -> Response {
     )
 }
 
+/// One page of a list.
+#[derive(Debug, Clone)]
+pub struct Paged<T> {
+    /// The rows of this page.
+    pub rows: Vec<T>,
+    /// This page, from 1.
+    pub page: usize,
+    /// Pages in all (at least 1).
+    pub pages: usize,
+    /// Rows in all.
+    pub total: usize,
+}
+
+/// Page `requested` (a query value; anything else is page 1, past the end the last) of `rows`,
+/// `size` to a page.
+pub fn paged<T>(rows: Vec<T>, requested: &str, size: usize) -> Paged<T> {
+    let total = rows.len();
+    let pages = total.div_ceil(size).max(1);
+    let page = requested.parse::<usize>().unwrap_or(1).clamp(1, pages);
+    Paged {
+        rows: rows
+            .into_iter()
+            .skip((page - 1) * size)
+            .take(size)
+            .collect(),
+        page,
+        pages,
+        total,
+    }
+}
+
 /// After a change: back to `path` with a GET (post/redirect/get).
 fn see_other(path: &str) -> Response {
     Redirect::to(path).into_response()
@@ -190,5 +221,16 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 << 29), "1.5 GiB");
         assert_eq!(size_text(3 << 29), "1536m");
+        let third = paged((1..=7).collect::<Vec<_>>(), "3", 3);
+        assert_eq!(
+            (third.rows, third.page, third.pages, third.total),
+            (vec![7], 3, 3, 7)
+        );
+        assert_eq!(
+            paged((1..=7).collect::<Vec<_>>(), "9", 3).page,
+            3,
+            "past the end: the last"
+        );
+        assert_eq!(paged(Vec::<u8>::new(), "x", 3).pages, 1);
     }
 }

@@ -21,12 +21,13 @@ use berth_store::{allocations, services};
 use serde_json::{Value, json};
 
 use super::forms::{
-    Field, FieldView, FormData, Kind, Refusal, field, pairs_text, required, submit, views,
+    Field, FieldView, FormData, Kind, Refusal, field, form_error, form_status, pairs_text,
+    required, submit, views,
 };
 use super::operations::{OperationRow, recent};
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
-use super::{Chrome, human_bytes, problem_page, render, rendered, see_other, timestamp};
+use super::{Chrome, human_bytes, paged, problem_page, render, rendered, see_other, timestamp};
 use crate::api::{self, CurrentUser};
 use crate::state::HubState;
 
@@ -156,13 +157,7 @@ pub async fn list(State(state): Shared, visitor: Visitor, RawQuery(raw): RawQuer
         })
         .map(row)
         .collect();
-    let total = matching.len();
-    let pages = total.div_ceil(PAGE_SIZE).max(1);
-    let page = query
-        .get("page")
-        .parse::<usize>()
-        .unwrap_or(1)
-        .clamp(1, pages);
+    let shown = paged(matching, &query.get("page"), PAGE_SIZE);
     let filter_query = form_urlencoded::Serializer::new(String::new())
         .append_pair("q", &query.get("q"))
         .append_pair("status", &status)
@@ -170,16 +165,12 @@ pub async fn list(State(state): Shared, visitor: Visitor, RawQuery(raw): RawQuer
     render(&ListPage {
         t: visitor.t,
         chrome: visitor.chrome("nodes"),
-        nodes: matching
-            .into_iter()
-            .skip((page - 1) * PAGE_SIZE)
-            .take(PAGE_SIZE)
-            .collect(),
+        nodes: shown.rows,
         query: query.get("q"),
         status,
-        page,
-        pages,
-        total,
+        page: shown.page,
+        pages: shown.pages,
+        total: shown.total,
         filter_query,
     })
 }
@@ -226,15 +217,9 @@ fn form_page(
             &stored,
             refusal,
         ),
-        form_error: refusal
-            .filter(|refusal| refusal.field.is_none())
-            .map(|refusal| refusal.message.clone()),
+        form_error: form_error(refusal),
     };
-    let status = if refusal.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
+    let status = form_status(refusal);
     rendered(status, &page)
 }
 

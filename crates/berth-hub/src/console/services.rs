@@ -21,11 +21,14 @@ use berth_store::{StoreError, catalog, nodes, stats_history, users};
 use serde_json::{Value, json};
 
 use super::charts::{Chart, service_charts};
-use super::forms::{Field, FieldView, FormData, Kind, Refusal, field, required, to_json, views};
+use super::forms::{
+    Field, FieldView, FormData, Kind, Refusal, field, form_error, form_status, required, to_json,
+    views,
+};
 use super::operations::{OperationRow, recent};
 use super::session::Visitor;
 use super::text::Tr;
-use super::{Chrome, human_bytes, problem_page, render, rendered, see_other, timestamp};
+use super::{Chrome, human_bytes, paged, problem_page, render, rendered, see_other, timestamp};
 use crate::api::{self, CurrentUser};
 use crate::state::HubState;
 
@@ -147,13 +150,7 @@ pub async fn list(State(state): Shared, visitor: Visitor, RawQuery(raw): RawQuer
                     .any(|text| text.to_lowercase().contains(&needle))
         })
         .collect();
-    let total = matching.len();
-    let pages = total.div_ceil(PAGE_SIZE).max(1);
-    let page = query
-        .get("page")
-        .parse::<usize>()
-        .unwrap_or(1)
-        .clamp(1, pages);
+    let shown = paged(matching, &query.get("page"), PAGE_SIZE);
     let filter_query = form_urlencoded::Serializer::new(String::new())
         .append_pair("q", &query.get("q"))
         .append_pair("state", &wanted_state)
@@ -161,17 +158,13 @@ pub async fn list(State(state): Shared, visitor: Visitor, RawQuery(raw): RawQuer
     render(&ListPage {
         t: visitor.t,
         chrome: visitor.chrome("services"),
-        services: matching
-            .into_iter()
-            .skip((page - 1) * PAGE_SIZE)
-            .take(PAGE_SIZE)
-            .collect(),
+        services: shown.rows,
         query: query.get("q"),
         state: wanted_state,
         states,
-        page,
-        pages,
-        total,
+        page: shown.page,
+        pages: shown.pages,
+        total: shown.total,
         filter_query,
     })
 }
@@ -232,19 +225,13 @@ async fn form_page(
             &HashMap::new(),
             refusal,
         ),
-        form_error: refusal
-            .filter(|refusal| refusal.field.is_none())
-            .map(|refusal| refusal.message.clone()),
+        form_error: form_error(refusal),
         images: images
             .into_iter()
             .map(|image| (image.reference, image.name))
             .collect(),
     };
-    let status = if refusal.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
+    let status = form_status(refusal);
     rendered(status, &page)
 }
 

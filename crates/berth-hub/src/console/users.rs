@@ -9,13 +9,13 @@ use askama::Template;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use berth_http::Problem;
 use berth_store::{services, users};
 
 use super::forms::{
-    Field, FieldView, FormData, Kind, Refusal, field, required, submit, to_json, views,
+    Field, FieldView, FormData, Kind, Refusal, field, form_error, form_status, required, submit,
+    to_json, views,
 };
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
@@ -110,11 +110,7 @@ async fn users_page(
             name: user.name,
         })
         .collect();
-    let status = if refusal.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
+    let status = form_status(refusal);
     rendered(
         status,
         &UsersPage {
@@ -130,9 +126,7 @@ async fn users_page(
                 &HashMap::new(),
                 refusal,
             ),
-            form_error: refusal
-                .filter(|refusal| refusal.field.is_none())
-                .map(|refusal| refusal.message.clone()),
+            form_error: form_error(refusal),
             issued,
         },
     )
