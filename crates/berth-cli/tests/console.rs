@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
+/// A client key pasted into the node form; it must never come back in a page.
+const PASTED_KEY: &str =
+    "-----BEGIN PRIVATE KEY-----\nSECRET-KEY-MATERIAL\n-----END PRIVATE KEY-----";
 
 /// The browser session; the driver process goes with it.
 struct Browser {
@@ -296,12 +299,7 @@ async fn the_console_in_a_real_browser() {
     browser
         .fill("node-docker_address", "unix:///run/berth-test-no-such.sock")
         .await;
-    browser
-        .fill(
-            "node-client_key",
-            "-----BEGIN PRIVATE KEY-----\nSECRET-KEY-MATERIAL\n-----END PRIVATE KEY-----",
-        )
-        .await;
+    browser.fill("node-client_key", PASTED_KEY).await;
     browser.click("save-node").await;
     assert!(browser.text("node-ssh_port-error").await.contains("70000"));
     let refused = browser.source().await;
@@ -311,12 +309,7 @@ async fn the_console_in_a_real_browser() {
         "a secret is never sent back"
     );
     browser.fill("node-ssh_port", "22").await;
-    browser
-        .fill(
-            "node-client_key",
-            "-----BEGIN PRIVATE KEY-----\nSECRET-KEY-MATERIAL\n-----END PRIVATE KEY-----",
-        )
-        .await;
+    browser.fill("node-client_key", PASTED_KEY).await;
     browser.click("save-node").await;
     assert!(browser.path().await.starts_with("/nodes/"), "saved");
     assert_eq!(browser.text("node-status").await, "failed");

@@ -102,7 +102,7 @@ async fn catalog_page(state: &HubState, visitor: &Visitor, refused: Refused<'_>)
     };
     let (specs, images) = match loaded.await {
         Ok(found) => found,
-        Err(problem) => return problem_page(visitor.t, visitor.chrome("catalog"), &problem),
+        Err(problem) => return problem_page(visitor, "catalog", &problem),
     };
     let empty = FormData::default();
     let (spec_values, spec_refusal, image_values, image_refusal) = match refused {
@@ -331,7 +331,7 @@ pub async fn edit_form(
             &values,
             None,
         ),
-        Err(problem) => problem_page(visitor.t, visitor.chrome("catalog"), &problem),
+        Err(problem) => problem_page(&visitor, "catalog", &problem),
     }
 }
 
@@ -344,7 +344,7 @@ pub async fn update(
 ) -> Response {
     let entry = match Entry::parse(&kind) {
         Ok(entry) => entry,
-        Err(problem) => return problem_page(visitor.t, visitor.chrome("catalog"), &problem),
+        Err(problem) => return problem_page(&visitor, "catalog", &problem),
     };
     let (shared, user) = (State(Arc::clone(&state)), as_user(&visitor));
     let updated = submit(entry.fields(), &form, |body| async move {
@@ -385,6 +385,6 @@ pub async fn delete(
     };
     match deleted {
         Ok(_) => see_other("/catalog"),
-        Err(problem) => problem_page(visitor.t, visitor.chrome("catalog"), &problem),
+        Err(problem) => problem_page(&visitor, "catalog", &problem),
     }
 }

@@ -125,13 +125,13 @@ struct ErrorPage {
     detail: String,
 }
 
-/// An error page for `problem`, in the page's language.
-fn problem_page(t: Tr, chrome: Chrome, problem: &Problem) -> Response {
+/// An error page for `problem` in the visitor's language, within `section` of the console.
+fn problem_page(visitor: &session::Visitor, section: &'static str, problem: &Problem) -> Response {
     rendered(
         problem.status(),
         &ErrorPage {
-            t,
-            chrome,
+            t: visitor.t,
+            chrome: visitor.chrome(section),
             status: problem.status().as_u16(),
             detail: problem.detail().to_owned(),
         },

@@ -138,7 +138,7 @@ pub async fn list(State(state): Shared, visitor: Visitor, RawQuery(raw): RawQuer
     };
     let all = match all {
         Ok(all) => all,
-        Err(err) => return problem_page(visitor.t, visitor.chrome("nodes"), &err.into()),
+        Err(err) => return problem_page(&visitor, "nodes", &err.into()),
     };
     let matching: Vec<NodeRow> = all
         .iter()
@@ -308,7 +308,7 @@ pub async fn edit_form(State(state): Shared, visitor: Visitor, Path(id): Path<i6
     }
     match load(&state, id).await {
         Ok(node) => form_page(&visitor, Some(&node), &stored_values(&node), None),
-        Err(problem) => problem_page(visitor.t, visitor.chrome("nodes"), &problem),
+        Err(problem) => problem_page(&visitor, "nodes", &problem),
     }
 }
 
@@ -324,7 +324,7 @@ pub async fn update(
     }
     let node = match load(&state, id).await {
         Ok(node) => node,
-        Err(problem) => return problem_page(visitor.t, visitor.chrome("nodes"), &problem),
+        Err(problem) => return problem_page(&visitor, "nodes", &problem),
     };
     let updated = submit(FIELDS, &form, |body| {
         api::nodes::update(State(state), as_admin(&visitor), Path(id), body)
@@ -506,7 +506,7 @@ pub async fn detail(State(state): Shared, visitor: Visitor, Path(id): Path<i64>)
     }
     detail_page(&state, &visitor, id, None)
         .await
-        .unwrap_or_else(|problem| problem_page(visitor.t, visitor.chrome("nodes"), &problem))
+        .unwrap_or_else(|problem| problem_page(&visitor, "nodes", &problem))
 }
 
 /// `POST /nodes/{id}/test`: tests the connection and shows the node with the result.
@@ -520,11 +520,11 @@ pub async fn test(State(state): Shared, visitor: Visitor, Path(id): Path<i64>) -
                 status: report["status"].as_str().unwrap_or("unknown").to_owned(),
                 message: report["message"].as_str().unwrap_or_default().to_owned(),
             },
-            Err(problem) => return problem_page(visitor.t, visitor.chrome("nodes"), &problem),
+            Err(problem) => return problem_page(&visitor, "nodes", &problem),
         };
     detail_page(&state, &visitor, id, Some(result))
         .await
-        .unwrap_or_else(|problem| problem_page(visitor.t, visitor.chrome("nodes"), &problem))
+        .unwrap_or_else(|problem| problem_page(&visitor, "nodes", &problem))
 }
 
 /// `POST /nodes/{id}/toggle/{enabled|listed}`: flips the switch through the API.
@@ -538,15 +538,15 @@ pub async fn toggle(
     }
     let node = match load(&state, id).await {
         Ok(node) => node,
-        Err(problem) => return problem_page(visitor.t, visitor.chrome("nodes"), &problem),
+        Err(problem) => return problem_page(&visitor, "nodes", &problem),
     };
     let body = match flag.as_str() {
         "enabled" => json!({"enabled": !node.enabled}),
         "listed" => json!({"listed": !node.listed}),
         _ => {
             return problem_page(
-                visitor.t,
-                visitor.chrome("nodes"),
+                &visitor,
+                "nodes",
                 &Problem::new(StatusCode::NOT_FOUND, format!("no switch {flag:?}")),
             );
         }
@@ -560,7 +560,7 @@ pub async fn toggle(
     .await
     {
         Ok(_) => see_other(&format!("/nodes/{id}")),
-        Err(problem) => problem_page(visitor.t, visitor.chrome("nodes"), &problem),
+        Err(problem) => problem_page(&visitor, "nodes", &problem),
     }
 }
 
@@ -577,13 +577,13 @@ pub async fn delete(
     }
     if form.find("confirm").is_none() {
         return problem_page(
-            visitor.t,
-            visitor.chrome("nodes"),
+            &visitor,
+            "nodes",
             &Problem::invalid_field("confirm", visitor.t.get("node.confirm_needed")),
         );
     }
     match api::nodes::delete(State(state), as_admin(&visitor), Path(id)).await {
         Ok(_) => see_other("/nodes"),
-        Err(problem) => problem_page(visitor.t, visitor.chrome("nodes"), &problem),
+        Err(problem) => problem_page(&visitor, "nodes", &problem),
     }
 }

@@ -126,7 +126,7 @@ pub async fn page(
     let (operations, total, users) = match loaded.await {
         Ok(loaded) => loaded,
         Err(err) => {
-            return problem_page(visitor.t, visitor.chrome("operations"), &err.into());
+            return problem_page(&visitor, "operations", &err.into());
         }
     };
     let keep = |name: &str| query.get(name);

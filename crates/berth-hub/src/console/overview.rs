@@ -111,6 +111,6 @@ pub async fn page(State(state): State<Arc<HubState>>, visitor: Visitor) -> Respo
                 operations,
             })
         }
-        Err(err) => problem_page(visitor.t, visitor.chrome("overview"), &err.into()),
+        Err(err) => problem_page(&visitor, "overview", &err.into()),
     }
 }

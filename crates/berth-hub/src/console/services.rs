@@ -133,7 +133,7 @@ pub async fn list(State(state): Shared, visitor: Visitor, RawQuery(raw): RawQuer
     };
     let all: Vec<ServiceRow> = match loaded.await {
         Ok(services) => services,
-        Err(err) => return problem_page(visitor.t, visitor.chrome("services"), &err.into()),
+        Err(err) => return problem_page(&visitor, "services", &err.into()),
     };
     let mut states: Vec<String> = all.iter().map(|row| row.status.clone()).collect();
     states.sort();
@@ -193,7 +193,7 @@ async fn form_page(
     };
     let (specs, images) = match catalog.await {
         Ok(found) => found,
-        Err(err) => return problem_page(visitor.t, visitor.chrome("services"), &err.into()),
+        Err(err) => return problem_page(visitor, "services", &err.into()),
     };
     let spec_choices = specs
         .iter()
@@ -498,7 +498,7 @@ pub async fn detail(
 ) -> Response {
     detail_page(&state, &visitor, &headers, id)
         .await
-        .unwrap_or_else(|problem| problem_page(visitor.t, visitor.chrome("services"), &problem))
+        .unwrap_or_else(|problem| problem_page(&visitor, "services", &problem))
 }
 
 /// `POST /services/{id}/do/{start|stop|load|unload|delete}` through the API's handlers.
@@ -522,7 +522,7 @@ pub async fn act(
         "delete" if form.find("confirm").is_some() => {
             return match api::services::delete(shared, user, Path(id)).await {
                 Ok(_) => see_other("/services"),
-                Err(problem) => problem_page(visitor.t, visitor.chrome("services"), &problem),
+                Err(problem) => problem_page(&visitor, "services", &problem),
             };
         }
         "delete" => Err(Problem::invalid_field(
@@ -536,7 +536,7 @@ pub async fn act(
     };
     match done {
         Ok(()) => see_other(&format!("/services/{id}")),
-        Err(problem) => problem_page(visitor.t, visitor.chrome("services"), &problem),
+        Err(problem) => problem_page(&visitor, "services", &problem),
     }
 }
 
@@ -549,15 +549,15 @@ pub async fn rollback(
 ) -> Response {
     let Ok(version) = form.get("version").parse::<i64>() else {
         return problem_page(
-            visitor.t,
-            visitor.chrome("services"),
+            &visitor,
+            "services",
             &Problem::invalid_field("version", "is not a version number"),
         );
     };
     let body = Bytes::from(json!({"version": version}).to_string());
     match api::services::rollback(State(state), as_user(&visitor), Path(id), body).await {
         Ok(_) => see_other(&format!("/services/{id}")),
-        Err(problem) => problem_page(visitor.t, visitor.chrome("services"), &problem),
+        Err(problem) => problem_page(&visitor, "services", &problem),
     }
 }
 

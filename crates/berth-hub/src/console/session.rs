@@ -379,8 +379,8 @@ pub fn admin_only(visitor: &Visitor, section: &'static str) -> Option<Response> 
         return None;
     }
     Some(super::problem_page(
-        visitor.t,
-        visitor.chrome(section),
+        visitor,
+        section,
         &berth_http::Problem::new(StatusCode::FORBIDDEN, visitor.t.get("error.admin_only")),
     ))
 }

@@ -85,7 +85,7 @@ async fn users_page(
     };
     let (all, counts) = match loaded.await {
         Ok(found) => found,
-        Err(problem) => return problem_page(visitor.t, visitor.chrome("users"), &problem),
+        Err(problem) => return problem_page(visitor, "users", &problem),
     };
     let text = |value: Option<i64>| value.map(|value| value.to_string()).unwrap_or_default();
     let rows = all
@@ -184,8 +184,8 @@ pub async fn update(
         Ok(body) => body,
         Err(refusal) => {
             return problem_page(
-                visitor.t,
-                visitor.chrome("users"),
+                &visitor,
+                "users",
                 &Problem::invalid_field(refusal.field.unwrap_or_default(), refusal.message),
             );
         }
@@ -199,6 +199,6 @@ pub async fn update(
     .await
     {
         Ok(_) => see_other("/users"),
-        Err(problem) => problem_page(visitor.t, visitor.chrome("users"), &problem),
+        Err(problem) => problem_page(&visitor, "users", &problem),
     }
 }
