@@ -2,13 +2,16 @@
 //! policy's distribution, a streamed answer with least-loaded routing around it, warmup gating
 //! and a failing probe leaving the rotation, scale from zero with 50 concurrent first requests,
 //! idle unloading, LRU eviction at `max_models_per_node`, a WebSocket echo, HTTP/2, private
-//! services and timeouts; and gRPC passed through over HTTP/2 with its trailers, to an in-process
-//! HTTP/2 server published as a simulated node's container port.
+//! services and timeouts; gRPC passed through over HTTP/2 with its trailers, to an in-process
+//! HTTP/2 server published as a simulated node's container port; and, against a hand-written
+//! HTTP/1.1 replica, what the relay sends and keeps: rewritten heads, kept connections, bodies
+//! whole, chunked answers streamed with their trailers, pipelining, and the hand-over to hyper.
 
 mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_docker::DockerDriver;
@@ -419,10 +422,10 @@ async fn fifty_first_requests_to_an_unloaded_service_start_it_once_and_all_get_a
         );
         tokio::time::sleep(Duration::from_millis(1500)).await;
 
-        let caller = std::sync::Arc::new(Caller::new(gateway, &hub.admin));
+        let caller = Arc::new(Caller::new(gateway, &hub.admin));
         let path = format!("/s/{owner}/sleepy/");
         let answers = futures_util::future::join_all((0..50).map(|_| {
-            let caller = std::sync::Arc::clone(&caller);
+            let caller = Arc::clone(&caller);
             let path = path.clone();
             async move { caller.get(&path, &[]).await }
         }))
@@ -708,6 +711,47 @@ async fn websockets_http2_private_services_and_timeouts() {
     .await;
 }
 
+/// Creates the public model service `service` (a JSON body) of the admin on a new simulated
+/// node, publishes its container port at `upstream` (a server of the test's own) and waits until
+/// it is ready; its id.
+async fn serve_on_simulated_node(hub: &Hub, service: Value, upstream: u16) -> i64 {
+    let name = service["name"].as_str().expect("name").to_owned();
+    let port = service["port"].as_i64().expect("port");
+    let mut node = berth_store::nodes::NodeRecord::new(
+        &format!("sim-{name}"),
+        berth_hub::simulation::SIMULATED_DRIVER,
+    );
+    node.docker_status = "connected".to_owned();
+    node.cpu = "8".to_owned();
+    node.memory = "16g".to_owned();
+    let node = {
+        let mut transaction = hub.state.store.begin().await.expect("tx");
+        let node = berth_store::nodes::insert(&mut transaction, &node)
+            .await
+            .expect("node");
+        transaction.commit().await.expect("commit");
+        node
+    };
+    let owner = admin_name(hub).await;
+    let (status, created) = hub
+        .admin(
+            Method::POST,
+            &format!("/api/{owner}/models/services"),
+            Some(service),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().expect("id");
+    let container = container_of_replica(&status_of(hub, id).await, 0);
+    hub.state
+        .fleet
+        .publish(node.id, &container, &format!("{port}/tcp"), upstream)
+        .expect("publish");
+    hub.state.routes.changed.notify_one();
+    wait_ready(hub, id, 1).await;
+    id
+}
+
 /// An HTTP/2-only server, as a gRPC server is: it answers with the request's body, the version
 /// and path it saw, and a `grpc-status` trailer.
 async fn start_grpc_like_server() -> u16 {
@@ -761,39 +805,15 @@ async fn grpc_passes_through_over_http2_with_its_trailers() {
     use http_body_util::{BodyExt, Full};
     let hub = start_with("gateway-grpc", settings()).await;
     let gateway = start_gateway(&hub).await;
-    let mut node =
-        berth_store::nodes::NodeRecord::new("sim-grpc", berth_hub::simulation::SIMULATED_DRIVER);
-    node.docker_status = "connected".to_owned();
-    node.cpu = "8".to_owned();
-    node.memory = "16g".to_owned();
-    let node = {
-        let mut transaction = hub.state.store.begin().await.expect("tx");
-        let node = berth_store::nodes::insert(&mut transaction, &node)
-            .await
-            .expect("node");
-        transaction.commit().await.expect("commit");
-        node
-    };
     let owner = admin_name(&hub).await;
-    let (status, created) = hub
-        .admin(
-            Method::POST,
-            &format!("/api/{owner}/models/services"),
-            Some(json!({"name": "grpc", "image": IMAGE, "port": 50051, "start": true,
-                "is_public": true, "serving": {"http2": true, "probe_path": "/grpc.health.v1.Health/Check"}})),
-        )
-        .await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_i64().expect("id");
-    let status = status_of(&hub, id).await;
-    let container = container_of_replica(&status, 0);
     let upstream = start_grpc_like_server().await;
-    hub.state
-        .fleet
-        .publish(node.id, &container, "50051/tcp", upstream)
-        .expect("publish");
-    hub.state.routes.changed.notify_one();
-    wait_ready(&hub, id, 1).await;
+    serve_on_simulated_node(
+        &hub,
+        json!({"name": "grpc", "image": IMAGE, "port": 50051, "start": true, "is_public": true,
+            "serving": {"http2": true, "probe_path": "/grpc.health.v1.Health/Check"}}),
+        upstream,
+    )
+    .await;
 
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
@@ -947,4 +967,304 @@ async fn a_placement_that_does_not_fit_evicts_the_least_recently_used_idle_model
         assert_eq!(status_of(&hub, second).await["status"], "unloaded");
     })
     .await;
+}
+
+/// What a hand-written HTTP/1.1 replica saw: per request, its connection's number, its head and
+/// its body.
+#[derive(Default)]
+struct Seen {
+    requests: std::sync::Mutex<Vec<(usize, String, Vec<u8>)>>,
+}
+
+impl Seen {
+    /// The requests that came through the gateway (probes carry no `x-forwarded-for`).
+    fn forwarded(&self) -> Vec<(usize, String, Vec<u8>)> {
+        self.requests
+            .lock()
+            .expect("seen")
+            .iter()
+            .filter(|(_, head, _)| head.contains("x-forwarded-for"))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A keep-alive HTTP/1.1 replica written by hand, to see exactly what the gateway sends:
+/// `/echo` answers its own request head and body (with a length); `/chunked` sends a chunk,
+/// waits for `release`, then the last chunk and a trailer; `/close` answers without a length
+/// and closes; `/forget` answers and then closes without saying so.
+async fn start_http1_replica() -> (u16, Arc<Seen>, Arc<tokio::sync::Notify>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = Arc::new(Seen::default());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (seen_by_server, release_by_server) = (Arc::clone(&seen), Arc::clone(&release));
+    tokio::spawn(async move {
+        for number in 0.. {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (seen, release) = (Arc::clone(&seen_by_server), Arc::clone(&release_by_server));
+            tokio::spawn(replica_connection(number, stream, seen, release));
+        }
+    });
+    (port, seen, release)
+}
+
+async fn replica_connection(
+    number: usize,
+    mut stream: tokio::net::TcpStream,
+    seen: Arc<Seen>,
+    release: Arc<tokio::sync::Notify>,
+) {
+    let mut buffer = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        buffer.drain(..head_end);
+        let lower = head.to_ascii_lowercase();
+        let length = lower
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map(|value| value.trim().parse::<usize>().expect("length"));
+        let body = if let Some(length) = length {
+            while buffer.len() < length {
+                let mut chunk = [0u8; 65536];
+                let read = stream.read(&mut chunk).await.expect("body");
+                assert!(read > 0, "body cut short");
+                buffer.extend_from_slice(&chunk[..read]);
+            }
+            buffer.drain(..length).collect()
+        } else if lower.contains("transfer-encoding: chunked") {
+            while !buffer.ends_with(b"0\r\n\r\n") {
+                let mut chunk = [0u8; 4096];
+                let read = stream.read(&mut chunk).await.expect("chunks");
+                assert!(read > 0, "chunks cut short");
+                buffer.extend_from_slice(&chunk[..read]);
+            }
+            std::mem::take(&mut buffer)
+        } else {
+            Vec::new()
+        };
+        let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+        seen.requests
+            .lock()
+            .expect("seen")
+            .push((number, head.clone(), body.clone()));
+        if path.starts_with("/chunked") {
+            let first = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-done\r\n\r\n2\r\nab\r\n";
+            stream.write_all(first).await.expect("first chunk");
+            release.notified().await;
+            let rest = b"4\r\ncdef\r\n0\r\nx-done: yes\r\n\r\n";
+            stream.write_all(rest).await.expect("last chunk");
+        } else if path.starts_with("/close") {
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close";
+            let _ = stream.write_all(answer).await;
+            return;
+        } else {
+            let mut answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                head.len() + body.len()
+            )
+            .into_bytes();
+            answer.extend_from_slice(head.as_bytes());
+            answer.extend_from_slice(&body);
+            stream.write_all(&answer).await.expect("answer");
+            if path.starts_with("/forget") {
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one answer with a `Content-Length` from `stream`: its head and body.
+async fn read_answer(stream: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> (String, String) {
+    loop {
+        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end + 4]).into_owned();
+            let length = head
+                .to_ascii_lowercase()
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |value| value.trim().parse::<usize>().expect("length"));
+            if buffer.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&buffer[end + 4..end + 4 + length]).into_owned();
+                buffer.drain(..end + 4 + length);
+                return (head, body);
+            }
+        }
+        let mut chunk = [0u8; 65536];
+        let read = stream.read(&mut chunk).await.expect("answer");
+        assert!(
+            read > 0,
+            "the gateway closed the connection; so far: {buffer:?}"
+        );
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+#[tokio::test]
+async fn plain_http11_keeps_its_connections_streams_its_framing_and_hands_over_the_rest() {
+    use http_body_util::{BodyExt, Full};
+    let hub = start_with("gateway-relay", settings()).await;
+    let gateway = start_gateway(&hub).await;
+    let owner = admin_name(&hub).await;
+    let (upstream, seen, release) = start_http1_replica().await;
+    serve_on_simulated_node(
+        &hub,
+        json!({"name": "relay", "image": IMAGE, "port": 9000, "start": true, "is_public": true,
+            "serving": {"probe_path": "/probe"}}),
+        upstream,
+    )
+    .await;
+    let base = format!("/s/{owner}/relay");
+
+    // One client connection, several requests: one connection to the replica carries them.
+    let stream = tokio::net::TcpStream::connect(gateway)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let request = hyper::Request::get(format!("{base}/echo?x=1"))
+        .header("host", "models.test")
+        .header("x-forwarded-for", "10.1.1.1")
+        .header("connection", "keep-alive, x-drop")
+        .header("x-drop", "hop")
+        .header("x-keep", "end to end")
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let answer = sender.send_request(request).await.expect("echo");
+    assert_eq!(answer.status(), 200);
+    let echoed = answer.into_body().collect().await.expect("body").to_bytes();
+    let echoed = String::from_utf8_lossy(&echoed).into_owned();
+    assert!(echoed.starts_with("GET /echo?x=1 HTTP/1.1\r\n"), "{echoed}");
+    for line in [
+        format!("host: 127.0.0.1:{upstream}"),
+        "x-forwarded-for: 10.1.1.1, 127.0.0.1".to_owned(),
+        "x-forwarded-host: models.test".to_owned(),
+        format!("x-forwarded-prefix: {base}"),
+        "x-keep: end to end".to_owned(),
+    ] {
+        assert!(
+            echoed.contains(&format!("{line}\r\n")),
+            "{line} in {echoed}"
+        );
+    }
+    assert!(!echoed.to_ascii_lowercase().contains("x-drop"), "{echoed}");
+
+    // A request body with a length passes whole, whatever its size.
+    let large: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let request = hyper::Request::post(format!("{base}/echo"))
+        .body(Full::new(bytes::Bytes::from(large.clone())))
+        .expect("request");
+    let answer = sender.send_request(request).await.expect("post");
+    let echoed = answer.into_body().collect().await.expect("body").to_bytes();
+    assert!(echoed.ends_with(&large), "the body arrived whole");
+
+    // A chunked answer streams: its first chunk arrives before the replica writes the last.
+    let request = hyper::Request::get(format!("{base}/chunked"))
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let answer = sender.send_request(request).await.expect("chunked");
+    let mut body = answer.into_body();
+    let first = body
+        .frame()
+        .await
+        .expect("a frame")
+        .expect("first chunk")
+        .into_data()
+        .expect("data");
+    assert_eq!(&first[..], b"ab");
+    release.notify_one();
+    let rest = body.collect().await.expect("rest");
+    assert_eq!(
+        rest.trailers().and_then(|trailers| trailers.get("x-done")),
+        Some(&hyper::header::HeaderValue::from_static("yes")),
+        "the trailer passes"
+    );
+    assert_eq!(&rest.to_bytes()[..], b"cdef");
+
+    // The replica closing a kept connection unannounced costs the next request nothing.
+    let request = hyper::Request::get(format!("{base}/forget"))
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("request");
+    assert_eq!(
+        sender.send_request(request).await.expect("forget").status(),
+        200
+    );
+    let request = hyper::Request::get(format!("{base}/echo?after-forget"))
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("request");
+    assert_eq!(
+        sender.send_request(request).await.expect("after").status(),
+        200
+    );
+    let forwarded = seen.forwarded();
+    let connections: Vec<usize> = forwarded.iter().map(|(number, _, _)| *number).collect();
+    assert_eq!(forwarded.len(), 5, "{forwarded:?}");
+    assert!(
+        connections[..4]
+            .iter()
+            .all(|number| *number == connections[0]),
+        "one replica connection until it was closed: {connections:?}"
+    );
+    assert_ne!(connections[4], connections[0], "then a new one");
+
+    // An answer without a length ends with its connection: the client's closes after it.
+    let request = hyper::Request::get(format!("{base}/close"))
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let answer = sender.send_request(request).await.expect("close");
+    assert_eq!(answer.headers()["connection"], "close");
+    let body = answer.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"until close");
+
+    // Pipelined requests are answered in order; a refusal of a request with a body (read
+    // past) keeps the connection; a chunked request body goes to the general path, which
+    // serves the rest of the connection.
+    let mut raw = tokio::net::TcpStream::connect(gateway)
+        .await
+        .expect("connect");
+    raw.write_all(
+        format!(
+            "GET {base}/echo?first HTTP/1.1\r\nHost: g\r\n\r\n\
+             GET {base}/echo?second HTTP/1.1\r\nHost: g\r\n\r\n\
+             POST /s/{owner}/nothing/ HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\n\r\nhello\
+             POST {base}/echo?chunked HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n\
+             GET {base}/echo?after HTTP/1.1\r\nHost: g\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("pipeline");
+    let mut buffer = Vec::new();
+    let (_, first) = read_answer(&mut raw, &mut buffer).await;
+    let (_, second) = read_answer(&mut raw, &mut buffer).await;
+    assert!(first.starts_with("GET /echo?first "), "{first}");
+    assert!(second.starts_with("GET /echo?second "), "{second}");
+    let (head, problem) = read_answer(&mut raw, &mut buffer).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert!(head.contains("application/problem+json"), "{head}");
+    assert!(problem.contains("nothing"), "{problem}");
+    let (head, chunked) = read_answer(&mut raw, &mut buffer).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(chunked.starts_with("POST /echo?chunked "), "{chunked}");
+    assert!(chunked.contains("hello"), "{chunked}");
+    let (_, after) = read_answer(&mut raw, &mut buffer).await;
+    assert!(after.starts_with("GET /echo?after "), "{after}");
 }

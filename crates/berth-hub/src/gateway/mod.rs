@@ -4,9 +4,17 @@
 //! service needs a token of its owner (or an admin); a request to an unloaded service starts it
 //! and waits for it. Errors are problem+json and say whose fault they are: 502 the replica
 //! failed, 503 no replica is ready, 504 the replica was too slow.
+//!
+//! Every connection starts on the [`relay`], which forwards plain HTTP/1.1 requests itself; at
+//! the first request it does not handle (HTTP/2, an upgrade, a chunked request body, an HTTP/2
+//! replica, anything unusual) it hands the connection to hyper, which serves the rest of it
+//! through [`Gateway::handle`]. Both decide where a request goes the same way: [`Gateway::locate`],
+//! [`Gateway::authorize`], [`Gateway::pick`], with an [`Answer`] counting it.
 
 pub mod forward;
+mod head;
 pub mod readiness;
+mod relay;
 pub mod routes;
 
 use std::convert::Infallible;
@@ -25,9 +33,10 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::sync::watch;
 
 use self::forward::{AffineConnection, Destination, GatewayBody, Splice, Streamed, Upstreams};
+use self::head::{Head, Target, affinity_of, target_of};
 use self::routes::{Endpoint, ServiceRoutes, now_millis};
 use crate::metrics::AnswerLabels;
 use crate::models;
@@ -43,13 +52,42 @@ pub struct Gateway {
     rolls: AtomicU64,
 }
 
-/// Which service a request is for, and the path to pass on.
-#[derive(Debug, PartialEq, Eq)]
-struct Target {
-    owner: String,
-    service: String,
-    path_and_query: String,
-    prefix: String,
+/// An answer the gateway gives itself instead of a replica's.
+#[derive(Debug)]
+struct Refusal {
+    /// 4xx for the caller's mistakes, 502/503/504 for the replicas'.
+    status: StatusCode,
+    /// What went wrong, for people.
+    detail: String,
+}
+
+impl Refusal {
+    /// The problem+json body.
+    fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&Problem::new(self.status, self.detail.clone())).unwrap_or_default()
+    }
+
+    /// `WWW-Authenticate` to send with it, if any.
+    fn challenge(&self) -> Option<&'static str> {
+        (self.status == StatusCode::UNAUTHORIZED).then_some("Bearer realm=\"berth\"")
+    }
+
+    fn into_response(self) -> Response<GatewayBody> {
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(self.body()))));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(challenge) = self.challenge() {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
 }
 
 impl Gateway {
@@ -63,14 +101,14 @@ impl Gateway {
         }
     }
 
-    /// Serves `listener` (HTTP/1.1, and HTTP/2 with prior knowledge) until `shutdown` completes,
-    /// then lets open requests finish for a while.
+    /// Serves `listener` until `shutdown` completes, then lets open requests finish for a while:
+    /// idle connections close at once, busy ones after their answer.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()>,
     ) {
-        let graceful = GracefulShutdown::new();
+        let (stop, stopping) = watch::channel(false);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -85,111 +123,221 @@ impl Gateway {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let gateway = Arc::clone(&self);
-            let affine = Arc::new(AffineConnection::default());
-            let service = hyper::service::service_fn(move |request| {
-                let (gateway, affine) = (Arc::clone(&gateway), Arc::clone(&affine));
-                async move { Ok::<_, Infallible>(gateway.handle(request, peer, &affine).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(%peer, error = %err, "A gateway connection ended with an error.");
-                }
-            });
+            tokio::spawn(relay::serve(
+                Arc::clone(&self),
+                stream,
+                peer,
+                stopping.clone(),
+            ));
         }
+        let _ = stop.send(true);
+        drop(stopping);
         tokio::select! {
-            () = graceful.shutdown() => {}
+            () = stop.closed() => {}
             () = tokio::time::sleep(DRAIN_TIME) => {}
         }
     }
 
-    /// Answers one request from the client connection of `peer`, whose upstream connection is
-    /// `affine`.
-    pub async fn handle(
+    /// Serves the rest of a connection with hyper (HTTP/1.1 or HTTP/2, with upgrades) until it
+    /// closes, or gracefully once `stopping` turns true.
+    async fn serve_general<T>(
+        self: Arc<Self>,
+        io: T,
+        peer: SocketAddr,
+        mut stopping: watch::Receiver<bool>,
+    ) where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let affine = Arc::new(AffineConnection::default());
+        let service = hyper::service::service_fn(move |request| {
+            let (gateway, affine) = (Arc::clone(&self), Arc::clone(&affine));
+            async move { Ok::<_, Infallible>(gateway.handle(request, peer, &affine).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let mut connection = std::pin::pin!(connection);
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            () = stop_requested(&mut stopping) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(err) = ended {
+            tracing::debug!(%peer, error = %err, "A gateway connection ended with an error.");
+        }
+    }
+
+    /// Answers one request (read by hyper) from the client connection of `peer`, whose upstream
+    /// connection is `affine`.
+    async fn handle(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
         affine: &AffineConnection,
     ) -> Response<GatewayBody> {
         let started = Instant::now();
-        let metrics = &self.state.metrics.models;
         let settings = self.state.settings();
-        let Some(target) = target_of(&request, settings.service_domain.as_deref()) else {
-            metrics.gateway_error("no_route");
-            return problem(
-                StatusCode::NOT_FOUND,
-                "no service here: the gateway serves /s/{username}/{service}/…",
-            );
+        let located = self.locate(&request, settings.service_domain.as_deref());
+        let (routes, target) = match located {
+            Ok((routes, target)) => (routes, target),
+            Err(refusal) => return refusal.into_response(),
         };
-        let Some(routes) = self.state.routes.find(&target.owner, &target.service) else {
-            metrics.gateway_error("no_route");
-            return problem(
+        let (path_and_query, prefix) =
+            (target.path_and_query.into_owned(), target.prefix.to_owned());
+        if let Err(refusal) = self.authorize(&request, &routes).await {
+            return refusal.into_response();
+        }
+        let mut answer = Answer::begin(&self.state, &routes, started);
+        let endpoint = match self.pick(&request, &routes).await {
+            Ok(endpoint) => endpoint,
+            Err(refusal) => {
+                answer.status = refusal.status.as_u16();
+                return refusal.into_response();
+            }
+        };
+        answer.serve(&endpoint);
+        let profile = routes.profile();
+        let upgrade = forward::is_upgrade(&request);
+        let is_grpc = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+        let destination = Destination {
+            endpoint: &endpoint,
+            path_and_query: &path_and_query,
+            peer,
+            prefix: &prefix,
+            http2: !upgrade && (profile.settings.http2 || is_grpc),
+            drop_authorization: !profile.public,
+        };
+        let forwarded = match forward::upstream_request(request, &destination) {
+            Ok(upstream) => {
+                tokio::time::timeout(
+                    profile.settings.timeout(),
+                    self.upstreams
+                        .send(upstream, upgrade, affine, endpoint.address),
+                )
+                .await
+            }
+            Err(detail) => {
+                let refusal = self.refuse("bad_request", StatusCode::BAD_REQUEST, detail);
+                answer.status = refusal.status.as_u16();
+                return refusal.into_response();
+            }
+        };
+        let mut response = match forwarded {
+            Ok(Ok(response)) => response,
+            Ok(Err(forward::UpstreamError::Failed(reason))) => {
+                let refusal = self.upstream_failed(&routes, &endpoint, reason);
+                answer.status = refusal.status.as_u16();
+                return refusal.into_response();
+            }
+            Err(_) => {
+                let refusal = self.upstream_timed_out(&routes, &endpoint);
+                answer.status = refusal.status.as_u16();
+                return refusal.into_response();
+            }
+        };
+        answer.status = response.status().as_u16();
+        forward::downstream_response(&mut response);
+        // An upgraded connection (a WebSocket) is in flight until it closes.
+        let splice = response
+            .extensions_mut()
+            .remove::<Splice>()
+            .and_then(|splice| splice.take());
+        let until_done: Box<dyn Send + Sync> = match splice {
+            Some(splice) => {
+                tokio::spawn(async move {
+                    let _ = splice.await;
+                    drop(answer);
+                });
+                Box::new(())
+            }
+            None => Box::new(answer),
+        };
+        response.map(|body| Either::Left(Streamed::new(body, until_done)))
+    }
+
+    /// A refusal of kind `kind` (the `berth_gateway_errors_total` label), counted.
+    fn refuse(&self, kind: &str, status: StatusCode, detail: String) -> Refusal {
+        self.state.metrics.models.gateway_error(kind);
+        Refusal { status, detail }
+    }
+
+    /// The service `head` is for, and where in it: 404 when there is none.
+    fn locate<'a>(
+        &self,
+        head: &'a impl Head,
+        domain: Option<&str>,
+    ) -> Result<(Arc<ServiceRoutes>, Target<'a>), Refusal> {
+        let Some(target) = target_of(head, domain) else {
+            return Err(self.refuse(
+                "no_route",
+                StatusCode::NOT_FOUND,
+                "no service here: the gateway serves /s/{username}/{service}/…".to_owned(),
+            ));
+        };
+        match self.state.routes.find(target.owner, target.service) {
+            Some(routes) => Ok((routes, target)),
+            None => Err(self.refuse(
+                "no_route",
                 StatusCode::NOT_FOUND,
                 format!(
                     "no service {}/{} with a port to serve",
                     target.owner, target.service
                 ),
-            );
-        };
-        let profile = routes.profile();
-        if !profile.public
-            && let Err(refusal) = self.authorize(&request, &routes).await
-        {
-            metrics.gateway_error("unauthorized");
-            return refusal;
-        }
-        let mut answer = Answer::begin(&self.state, &routes, started);
-        let (status, response) = self
-            .route(request, peer, affine, &routes, &target, &mut answer)
-            .await;
-        answer.status = status;
-        match response {
-            Either::Left(mut response) => {
-                forward::downstream_response(&mut response);
-                // An upgraded connection (a WebSocket) is in flight until it closes.
-                let splice = response
-                    .extensions_mut()
-                    .remove::<Splice>()
-                    .and_then(|splice| splice.take());
-                let until_done: Box<dyn Send + Sync> = match splice {
-                    Some(splice) => {
-                        tokio::spawn(async move {
-                            let _ = splice.await;
-                            drop(answer);
-                        });
-                        Box::new(())
-                    }
-                    None => Box::new(answer),
-                };
-                response.map(|body| Either::Left(Streamed::new(body, until_done)))
-            }
-            Either::Right(response) => response,
+            )),
         }
     }
 
-    async fn route(
-        &self,
-        request: Request<Incoming>,
-        peer: SocketAddr,
-        affine: &AffineConnection,
-        routes: &Arc<ServiceRoutes>,
-        target: &Target,
-        answer: &mut Answer,
-    ) -> (u16, Either<Response<Incoming>, Response<GatewayBody>>) {
-        let metrics = &self.state.metrics.models;
-        let refuse = |kind: &str, status: StatusCode, detail: String| {
-            metrics.gateway_error(kind);
-            (status.as_u16(), Either::Right(problem(status, detail)))
+    /// Lets the request through to a public service, or with a token of the service's owner or
+    /// of an admin.
+    async fn authorize(&self, head: &impl Head, routes: &ServiceRoutes) -> Result<(), Refusal> {
+        if routes.profile().public {
+            return Ok(());
+        }
+        let Some(token) = head.bearer_token() else {
+            return Err(self.refuse(
+                "unauthorized",
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "service {}/{} is private: send Authorization: Bearer <a token of its owner>",
+                    routes.owner, routes.name
+                ),
+            ));
         };
+        let user = match self.state.store.acquire().await {
+            Ok(mut connection) => users::user_for_token(&mut connection, token).await,
+            Err(err) => Err(err),
+        };
+        match user {
+            Ok(Some(user)) if user.id == routes.owner_id || user.role == Role::Admin => Ok(()),
+            Ok(_) => Err(self.refuse(
+                "unauthorized",
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this token cannot call the private service {}/{}",
+                    routes.owner, routes.name
+                ),
+            )),
+            Err(err) => Err(self.refuse(
+                "unauthorized",
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the hub cannot check tokens now: {err}"),
+            )),
+        }
+    }
+
+    /// The ready replica that answers `head`, by the service's routing policy: an unloaded
+    /// service is started first, and a service that is starting is waited for.
+    async fn pick(
+        &self,
+        head: &impl Head,
+        routes: &Arc<ServiceRoutes>,
+    ) -> Result<Arc<Endpoint>, Refusal> {
         let profile = routes.profile();
         let settings = &profile.settings;
-        // A private service's Authorization carried the caller's hub token: not for the replica.
-        let drop_authorization = !profile.public;
         let mut may_wait = routes.usage.loaded_at_ms.load(Ordering::Relaxed)
             + u64::try_from(settings.start_timeout().as_millis()).unwrap_or(u64::MAX)
             > now_millis();
@@ -197,21 +345,21 @@ impl Gateway {
             match wake(&self.state, routes).await {
                 Ok(()) => may_wait = true,
                 Err(err) => {
-                    return refuse("load_failed", err.status(), err.detail().to_owned());
+                    return Err(self.refuse("load_failed", err.status(), err.detail().to_owned()));
                 }
             }
         } else if !routes.wanted_is("running") {
             let other = routes.wanted();
-            return refuse(
+            return Err(self.refuse(
                 "stopped",
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "service {}/{} is {other}; its owner can start or load it",
-                    target.owner, target.service
+                    routes.owner, routes.name
                 ),
-            );
+            ));
         }
-        let affinity = affinity_of(&request, settings);
+        let affinity = affinity_of(head, settings);
         let roll = mix(self.rolls.fetch_add(1, Ordering::Relaxed));
         let canary = settings
             .routing
@@ -220,120 +368,59 @@ impl Gateway {
             .and_then(|split| split.service.as_deref())
             .and_then(|name| self.state.routes.find(&routes.owner, name));
         let canary = canary.as_deref();
-        let mut chosen = routes.choose(roll, affinity.as_deref(), canary);
+        let mut chosen = routes.choose(roll, affinity, canary);
         if chosen.is_none() && may_wait {
-            chosen = wait_for_ready(
-                routes,
-                roll,
-                affinity.as_deref(),
-                canary,
-                settings.start_timeout(),
-            )
-            .await;
+            chosen = wait_for_ready(routes, roll, affinity, canary, settings.start_timeout()).await;
         }
-        let Some(endpoint) = chosen else {
+        chosen.ok_or_else(|| {
             let known = routes.endpoints().len();
-            return refuse(
+            self.refuse(
                 "no_ready_replica",
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "service {}/{} has no ready replica ({known} starting or failing their probe); try again shortly",
-                    target.owner, target.service
+                    routes.owner, routes.name
                 ),
-            );
-        };
-        answer.serve(&endpoint);
-        let upgrade = forward::is_upgrade(&request);
-        let is_grpc = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-        let destination = Destination {
-            endpoint: &endpoint,
-            path_and_query: &target.path_and_query,
-            peer,
-            prefix: &target.prefix,
-            http2: !upgrade && (settings.http2 || is_grpc),
-            drop_authorization,
-        };
-        let upstream = match forward::upstream_request(request, &destination) {
-            Ok(upstream) => upstream,
-            Err(detail) => {
-                return (400, Either::Right(problem(StatusCode::BAD_REQUEST, detail)));
-            }
-        };
-        match tokio::time::timeout(
-            settings.timeout(),
-            self.upstreams
-                .send(upstream, upgrade, affine, endpoint.address),
-        )
-        .await
-        {
-            Ok(Ok(response)) => (response.status().as_u16(), Either::Left(response)),
-            Ok(Err(forward::UpstreamError::Failed(reason))) => refuse(
-                "upstream",
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "replica {} of {}/{} failed: {reason}",
-                    endpoint.replica, target.owner, target.service
-                ),
-            ),
-            Err(_) => refuse(
-                "timeout",
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "replica {} of {}/{} did not answer within {} s (serving.timeout_seconds)",
-                    endpoint.replica, target.owner, target.service, settings.timeout_seconds
-                ),
-            ),
-        }
+            )
+        })
     }
 
-    /// Lets the request through with a token of the service's owner or of an admin.
-    async fn authorize(
+    /// 502: `endpoint` failed.
+    fn upstream_failed(
         &self,
-        request: &Request<Incoming>,
         routes: &ServiceRoutes,
-    ) -> Result<(), Response<GatewayBody>> {
-        let token = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
-        let Some(token) = token else {
-            let mut refusal = problem(
-                StatusCode::UNAUTHORIZED,
-                format!(
-                    "service {}/{} is private: send Authorization: Bearer <a token of its owner>",
-                    routes.owner, routes.name
-                ),
-            );
-            refusal.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"berth\""),
-            );
-            return Err(refusal);
-        };
-        let user = match self.state.store.acquire().await {
-            Ok(mut connection) => users::user_for_token(&mut connection, token).await,
-            Err(err) => Err(err),
-        };
-        match user {
-            Ok(Some(user)) if user.id == routes.owner_id || user.role == Role::Admin => Ok(()),
-            Ok(_) => Err(problem(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "this token cannot call the private service {}/{}",
-                    routes.owner, routes.name
-                ),
-            )),
-            Err(err) => Err(problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the hub cannot check tokens now: {err}"),
-            )),
-        }
+        endpoint: &Endpoint,
+        reason: String,
+    ) -> Refusal {
+        self.refuse(
+            "upstream",
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "replica {} of {}/{} failed: {reason}",
+                endpoint.replica, routes.owner, routes.name
+            ),
+        )
     }
+
+    /// 504: `endpoint` did not answer within the service's timeout.
+    fn upstream_timed_out(&self, routes: &ServiceRoutes, endpoint: &Endpoint) -> Refusal {
+        self.refuse(
+            "timeout",
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "replica {} of {}/{} did not answer within {} s (serving.timeout_seconds)",
+                endpoint.replica,
+                routes.owner,
+                routes.name,
+                routes.profile().settings.timeout_seconds
+            ),
+        )
+    }
+}
+
+/// Resolves once `stopping` turns true (at once if it is).
+async fn stop_requested(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
 /// How long after a failed start requests are refused with its reason before one tries again.
@@ -465,190 +552,5 @@ impl Drop for Answer {
                 })
                 .inc();
         }
-    }
-}
-
-/// The request's sticky key: the header or cookie the routing settings name.
-fn affinity_of<B>(
-    request: &Request<B>,
-    settings: &crate::service_definition::ServingSettings,
-) -> Option<String> {
-    let affinity = settings.routing.affinity.as_ref()?;
-    if let Some(name) = &affinity.header {
-        return request
-            .headers()
-            .get(name.as_str())
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-    }
-    let cookie = affinity.cookie.as_deref()?;
-    request
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == cookie)
-        .map(|(_, value)| value.to_owned())
-}
-
-/// The service a request is for: by host under `domain`, else by path.
-fn target_of<B>(request: &Request<B>, domain: Option<&str>) -> Option<Target> {
-    let path_and_query = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |path| path.as_str());
-    if let Some(domain) = domain {
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|value| value.to_str().ok())
-            .or_else(|| {
-                request
-                    .uri()
-                    .authority()
-                    .map(|authority| authority.as_str())
-            });
-        let hostname = host.map(|host| {
-            host.rsplit_once(':').map_or(host, |(name, port)| {
-                if port.chars().all(|c| c.is_ascii_digit()) {
-                    name
-                } else {
-                    host
-                }
-            })
-        });
-        if let Some(labels) = hostname
-            .and_then(|name| name.strip_suffix(domain))
-            .and_then(|rest| rest.strip_suffix('.'))
-            && let Some((service, owner)) = labels.rsplit_once('.')
-            && !service.is_empty()
-            && !owner.is_empty()
-        {
-            return Some(Target {
-                owner: owner.to_owned(),
-                service: service.to_owned(),
-                path_and_query: path_and_query.to_owned(),
-                prefix: String::new(),
-            });
-        }
-    }
-    let rest = path_and_query.strip_prefix("/s/")?;
-    let (owner, rest) = rest.split_once('/')?;
-    let split = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (service, tail) = rest.split_at(split);
-    if owner.is_empty() || service.is_empty() {
-        return None;
-    }
-    let path_and_query = if tail.starts_with('/') {
-        tail.to_owned()
-    } else {
-        format!("/{tail}")
-    };
-    Some(Target {
-        prefix: format!("/s/{owner}/{service}"),
-        owner: owner.to_owned(),
-        service: service.to_owned(),
-        path_and_query,
-    })
-}
-
-fn problem(status: StatusCode, detail: impl Into<String>) -> Response<GatewayBody> {
-    let problem = Problem::new(status, detail);
-    let body = serde_json::to_vec(&problem).unwrap_or_default();
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(uri: &str, host: &str) -> Request<()> {
-        Request::builder()
-            .uri(uri)
-            .header(header::HOST, host)
-            .body(())
-            .expect("request")
-    }
-
-    #[test]
-    fn paths_and_hosts_name_the_service() {
-        let by_path = target_of(&request("/s/alice/flood/predict?x=1", "hub:7701"), None)
-            .expect("path route");
-        assert_eq!(
-            by_path,
-            Target {
-                owner: "alice".into(),
-                service: "flood".into(),
-                path_and_query: "/predict?x=1".into(),
-                prefix: "/s/alice/flood".into(),
-            }
-        );
-        let bare = target_of(&request("/s/alice/flood?x=1", "hub"), None).expect("bare");
-        assert_eq!(bare.path_and_query, "/?x=1");
-        assert_eq!(
-            target_of(&request("/s/alice/flood", "hub"), None)
-                .expect("root")
-                .path_and_query,
-            "/"
-        );
-        for wrong in ["/", "/s/", "/s/alice", "/s//flood/", "/api/services"] {
-            assert_eq!(target_of(&request(wrong, "hub"), None), None, "{wrong}");
-        }
-        let by_host = target_of(
-            &request("/predict", "flood.v2.alice.models.example.org:8080"),
-            Some("models.example.org"),
-        )
-        .expect("host route");
-        assert_eq!(
-            (
-                by_host.owner.as_str(),
-                by_host.service.as_str(),
-                by_host.prefix.as_str()
-            ),
-            ("alice", "flood.v2", "")
-        );
-        let elsewhere = target_of(
-            &request("/s/bob/ocr/", "other.example.org"),
-            Some("models.example.org"),
-        )
-        .expect("falls back to the path");
-        assert_eq!(elsewhere.owner, "bob");
-    }
-
-    #[test]
-    fn the_sticky_key_comes_from_the_named_header_or_cookie() {
-        let mut settings = crate::service_definition::ServingSettings {
-            routing: serde_json::from_value(serde_json::json!({
-                "policy": "sticky", "affinity": {"cookie": "session"}
-            }))
-            .expect("routing"),
-            ..Default::default()
-        };
-        let with_cookie = Request::builder()
-            .header(header::COOKIE, "theme=dark; session=abc123")
-            .body(())
-            .expect("request");
-        assert_eq!(
-            affinity_of(&with_cookie, &settings).as_deref(),
-            Some("abc123")
-        );
-        settings.routing = serde_json::from_value(serde_json::json!({
-            "policy": "sticky", "affinity": {"header": "x-user"}
-        }))
-        .expect("routing");
-        let with_header = Request::builder()
-            .header("x-user", "u7")
-            .body(())
-            .expect("request");
-        assert_eq!(affinity_of(&with_header, &settings).as_deref(), Some("u7"));
-        assert_eq!(affinity_of(&with_cookie, &settings), None);
     }
 }
