@@ -338,12 +338,10 @@ impl Gateway {
     ) -> Result<Arc<Endpoint>, Refusal> {
         let profile = routes.profile();
         let settings = &profile.settings;
-        let mut may_wait = routes.usage.loaded_at_ms.load(Ordering::Relaxed)
-            + u64::try_from(settings.start_timeout().as_millis()).unwrap_or(u64::MAX)
-            > now_millis();
+        let mut woken = false;
         if routes.wanted_is(models::UNLOADED) {
             match wake(&self.state, routes).await {
-                Ok(()) => may_wait = true,
+                Ok(()) => woken = true,
                 Err(err) => {
                     return Err(self.refuse("load_failed", err.status(), err.detail().to_owned()));
                 }
@@ -369,7 +367,14 @@ impl Gateway {
             .and_then(|name| self.state.routes.find(&routes.owner, name));
         let canary = canary.as_deref();
         let mut chosen = routes.choose(roll, affinity, canary);
-        if chosen.is_none() && may_wait {
+        // Waiting is for a service being loaded (by this request or lately by anyone).
+        let may_wait = || {
+            woken
+                || routes.usage.loaded_at_ms.load(Ordering::Relaxed)
+                    + u64::try_from(settings.start_timeout().as_millis()).unwrap_or(u64::MAX)
+                    > now_millis()
+        };
+        if chosen.is_none() && may_wait() {
             chosen = wait_for_ready(routes, roll, affinity, canary, settings.start_timeout()).await;
         }
         chosen.ok_or_else(|| {

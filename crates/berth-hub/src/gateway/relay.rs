@@ -74,7 +74,7 @@ pub(super) async fn serve(
     gateway: Arc<Gateway>,
     stream: TcpStream,
     peer: SocketAddr,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
 ) {
     let mut connection = Connection {
         client: stream,
@@ -83,7 +83,7 @@ pub(super) async fn serve(
         out: Vec::new(),
         upstreams: Vec::new(),
     };
-    if connection.run(&gateway, &mut stopping).await == Ended::HandOver {
+    if connection.run(&gateway, &stopping).await == Ended::HandOver {
         let Connection {
             client, received, ..
         } = connection;
@@ -189,10 +189,17 @@ enum Failure {
 }
 
 impl Connection {
-    async fn run(&mut self, gateway: &Gateway, stopping: &mut watch::Receiver<bool>) -> Ended {
+    async fn run(&mut self, gateway: &Gateway, stopping: &watch::Receiver<bool>) -> Ended {
+        // Timers and the stop signal live as long as the connection: arming them once per
+        // request would cost more than the rest of the relay's work.
         let idle = tokio::time::sleep(KEEP_ALIVE);
         let mut idle = std::pin::pin!(idle);
         let mut last_active = Instant::now();
+        let deadline = tokio::time::sleep(KEEP_ALIVE);
+        let mut deadline = std::pin::pin!(deadline);
+        let mut stop_signal = stopping.clone();
+        let stop = async move { super::stop_requested(&mut stop_signal).await };
+        let mut stop = std::pin::pin!(stop);
         loop {
             let head_length = loop {
                 if !self.received.is_empty() {
@@ -210,7 +217,7 @@ impl Connection {
                         Ok(0) | Err(_) => return Ended::Closed,
                         Ok(_) => {}
                     },
-                    () = super::stop_requested(stopping), if self.received.is_empty() => {
+                    () = &mut stop, if self.received.is_empty() => {
                         return Ended::Closed;
                     }
                     () = &mut idle => {
@@ -222,7 +229,10 @@ impl Connection {
                 }
             };
             let head = self.received.split_to(head_length).freeze();
-            match self.exchange(gateway, &head, stopping).await {
+            match self
+                .exchange(gateway, &head, stopping, deadline.as_mut())
+                .await
+            {
                 After::KeepOpen => last_active = Instant::now(),
                 After::Close => return Ended::Closed,
                 After::HandOver => {
@@ -243,6 +253,7 @@ impl Connection {
         gateway: &Gateway,
         head: &[u8],
         stopping: &watch::Receiver<bool>,
+        mut deadline: Pin<&mut tokio::time::Sleep>,
     ) -> After {
         let started = Instant::now();
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -289,12 +300,14 @@ impl Connection {
         self.out.extend_from_slice(&self.received[..in_hand]);
         self.received.advance(in_hand);
         let mut body_left = plan.body_length - in_hand as u64;
-        let sent = tokio::time::timeout(
-            profile.settings.timeout(),
-            self.send(endpoint.address, &mut body_left),
-        )
-        .await
-        .unwrap_or(Err(Failure::TimedOut));
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + profile.settings.timeout());
+        let sent = tokio::select! {
+            biased;
+            sent = self.send(endpoint.address, &mut body_left) => sent,
+            () = deadline => Err(Failure::TimedOut),
+        };
         let (mut upstream, response_head) = match sent {
             Ok(sent) => sent,
             Err(Failure::Client) => return After::Close,
@@ -412,7 +425,7 @@ impl Connection {
             if (100..200).contains(&code) {
                 // An interim answer (103 Early Hints): passed on, and the final one follows.
                 self.out.clear();
-                downstream_head(&mut self.out, &response, false, false);
+                downstream_head(&mut self.out, &head, &response, false, false);
                 self.client
                     .write_all(&self.out)
                     .await
@@ -436,6 +449,7 @@ impl Connection {
             self.out.clear();
             downstream_head(
                 &mut self.out,
+                &head,
                 &response,
                 !client_stays,
                 matches!(framing, Framing::Chunked(_)),
@@ -762,6 +776,7 @@ fn upstream_head(
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(endpoint.host.as_bytes());
     out.extend_from_slice(b"\r\n");
+    let listed = connection_listed(request.headers);
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("te") && header.value.eq_ignore_ascii_case(b"trailers") {
@@ -773,7 +788,7 @@ fn upstream_head(
             .chain(REWRITTEN.iter())
             .any(|other| name.eq_ignore_ascii_case(other))
             || (drop_authorization && name.eq_ignore_ascii_case("authorization"))
-            || listed_in_connection(request.headers, name)
+            || is_listed(&listed, name)
         {
             continue;
         }
@@ -799,24 +814,34 @@ fn upstream_head(
 /// `Connection: close` when the client connection closes after it.
 fn downstream_head(
     out: &mut Vec<u8>,
+    head: &[u8],
     response: &httparse::Response<'_, '_>,
     close: bool,
     chunked: bool,
 ) {
     use std::io::Write as _;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\n",
-        response.code.unwrap_or(502),
-        response.reason.unwrap_or("")
-    );
+    // An HTTP/1.1 status line passes as it is.
+    match head.iter().position(|&byte| byte == b'\n') {
+        Some(end) if response.version == Some(1) && head[..end].ends_with(b"\r") => {
+            out.extend_from_slice(&head[..=end]);
+        }
+        _ => {
+            let _ = write!(
+                out,
+                "HTTP/1.1 {} {}\r\n",
+                response.code.unwrap_or(502),
+                response.reason.unwrap_or("")
+            );
+        }
+    }
+    let listed = connection_listed(response.headers);
     for header in response.headers.iter() {
         let name = header.name;
         if HOP_BY_HOP
             .iter()
             .any(|other| name.eq_ignore_ascii_case(other))
             || (chunked && name.eq_ignore_ascii_case("content-length"))
-            || listed_in_connection(response.headers, name)
+            || is_listed(&listed, name)
         {
             continue;
         }
@@ -865,12 +890,24 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|token| !token.is_empty())
 }
 
-/// Whether a `Connection` header names `name` (it is then hop-by-hop).
-fn listed_in_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+/// The headers `Connection` names besides the usual `keep-alive`, `close` and `upgrade`: they
+/// are hop-by-hop too. Usually none, and then nothing is allocated.
+fn connection_listed<'a>(headers: &[httparse::Header<'a>]) -> Vec<&'a [u8]> {
     headers
         .iter()
         .filter(|header| header.name.eq_ignore_ascii_case("connection"))
         .flat_map(|header| tokens(header.value))
+        .filter(|token| {
+            !(token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"upgrade"))
+        })
+        .collect()
+}
+
+fn is_listed(listed: &[&[u8]], name: &str) -> bool {
+    listed
+        .iter()
         .any(|token| token.eq_ignore_ascii_case(name.as_bytes()))
 }
 
@@ -1053,7 +1090,7 @@ mod tests {
             Ok(Framing::Length(0))
         ));
         let mut out = Vec::new();
-        downstream_head(&mut out, &response, true, true);
+        downstream_head(&mut out, raw, &response, true, true);
         assert_eq!(
             String::from_utf8(out).expect("text"),
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Model: v2\r\nconnection: close\r\n\r\n"
