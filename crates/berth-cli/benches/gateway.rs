@@ -5,8 +5,10 @@
 //! through Berth's gateway (this process, one Tokio worker, CPU 0). The gateway's route is a real
 //! service on a simulated node whose container port is published where the upstream listens, so
 //! routing, readiness and bookkeeping are the product's own. wrk runs 10 s at 64 connections
-//! (requests per second) and at 1 connection (latency percentiles), in the same run; then the
-//! 1-connection latency again with the proxies moved to CPU 1 beside wrk and the upstream.
+//! (requests per second) over the three paths in turn, three rounds (`GATEWAY_BENCH_ROUNDS`),
+//! reporting each round, the medians and the gateway's share of nginx's per round; then 10 s at
+//! 1 connection (latency percentiles), and again with the proxies moved to CPU 1 beside wrk and
+//! the upstream.
 //!
 //! Cold start: a `busybox httpd` model service on the local engine. The container's own start
 //! time is the engine's start call until the server answers on its published port; the cold
@@ -232,22 +234,47 @@ fn wrk(url: &str, connections: u32) -> Run {
     }
 }
 
-/// Prints one row per path: (with `loaded`) requests per second at 64 connections, then the
-/// 1-connection latency and what each path adds over the first.
-fn latency_table(header: &str, paths: &[(&str, &str)], loaded: bool) {
+/// Requests per second at 64 connections, `rounds` times over every path in turn (so that a
+/// slow spell of the machine hits every path alike): one row per path with each round and the
+/// median, then the gateway's share of nginx's per round.
+fn throughput_table(paths: &[(&str, &str)], rounds: usize) {
+    let mut runs = vec![Vec::new(); paths.len()];
+    for _ in 0..rounds {
+        for ((_, url), runs) in paths.iter().zip(&mut runs) {
+            runs.push(wrk(url, 64).requests_per_second);
+        }
+    }
+    let rounds_header: String = (1..=rounds)
+        .map(|round| format!(" round {round} |"))
+        .collect();
+    println!("| 64 connections, requests/s |{rounds_header} median |");
+    println!("|---|{}---|", "---|".repeat(rounds));
+    for ((name, _), runs) in paths.iter().zip(&runs) {
+        let cells: String = runs.iter().map(|rate| format!(" {rate:.0} |")).collect();
+        println!("| {name} |{cells} {:.0} |", median(runs.clone()));
+    }
+    let ratios: Vec<f64> = runs[2]
+        .iter()
+        .zip(&runs[1])
+        .map(|(gateway, nginx)| gateway / nginx)
+        .collect();
+    let cells: String = ratios
+        .iter()
+        .map(|ratio| format!(" {ratio:.2} |"))
+        .collect();
+    println!("| gateway ÷ nginx |{cells} {:.2} |", median(ratios));
+}
+
+/// Prints one row per path: the 1-connection latency and what each path adds over the first.
+fn latency_table(header: &str, paths: &[(&str, &str)]) {
     println!("{header}");
-    println!("|---|---|---|---|---|{}", if loaded { "---|" } else { "" });
+    println!("|---|---|---|---|---|");
     let mut direct_latency = None;
     for (name, url) in paths {
-        let throughput = if loaded {
-            format!(" {:.0} |", wrk(url, 64).requests_per_second)
-        } else {
-            String::new()
-        };
         let single = wrk(url, 1);
         let (base50, base99) = *direct_latency.get_or_insert((single.p50_us, single.p99_us));
         println!(
-            "| {name} |{throughput} {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs |",
+            "| {name} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs |",
             single.p50_us,
             single.p99_us,
             single.p50_us - base50,
@@ -314,10 +341,15 @@ async fn throughput(dir: &Path) {
         ("nginx proxy", nginx_url.as_str()),
         ("Berth gateway", gateway_url.as_str()),
     ];
+    let rounds = std::env::var("GATEWAY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(3);
+    throughput_table(&paths, rounds);
+    println!();
     latency_table(
-        "| path | 64 connections: requests/s | 1 connection: p50 | p99 | added p50 | added p99 |",
+        "| 1 connection, proxies on CPU 0 | p50 | p99 | added p50 | added p99 |",
         &paths,
-        true,
     );
     // The same 1-connection latency with everything on one CPU: no cross-CPU wake-ups, which on
     // this kind of virtual machine cost more than the proxying itself.
@@ -325,9 +357,8 @@ async fn throughput(dir: &Path) {
     repin(proxy.id(), "1");
     println!();
     latency_table(
-        "| all on CPU 1, 1 connection | p50 | p99 | added p50 | added p99 |",
+        "| 1 connection, all on CPU 1 | p50 | p99 | added p50 | added p99 |",
         &paths,
-        false,
     );
     repin(std::process::id(), "0");
     let _ = upstream.kill();
