@@ -202,13 +202,18 @@ impl Connection {
         let mut stop = std::pin::pin!(stop);
         loop {
             let head_length = loop {
-                if !self.received.is_empty() {
-                    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    match httparse::Request::new(&mut slots).parse(&self.received) {
-                        Ok(httparse::Status::Complete(length)) => break length,
-                        Ok(httparse::Status::Partial) if self.received.len() < MAX_HEAD => {}
-                        _ => return Ended::HandOver,
-                    }
+                if let Some(length) = head_end(&self.received) {
+                    break length;
+                }
+                // Not whole yet: already too large, or not HTTP/1.1 at all (HTTP/2's preface),
+                // is hyper's to answer.
+                if self.received.len() >= MAX_HEAD
+                    || (!self.received.is_empty()
+                        && httparse::Request::new(&mut [])
+                            .parse(&self.received)
+                            .is_err_and(|err| err != httparse::Error::TooManyHeaders))
+                {
+                    return Ended::HandOver;
                 }
                 self.received.reserve(READ_ROOM);
                 tokio::select! {
@@ -256,9 +261,12 @@ impl Connection {
         mut deadline: Pin<&mut tokio::time::Sleep>,
     ) -> After {
         let started = Instant::now();
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut slots);
-        if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
+        let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        if !matches!(
+            request.parse_with_uninit_headers(head, &mut slots),
+            Ok(httparse::Status::Complete(_))
+        ) {
             return After::HandOver;
         }
         let Some(plan) = Plan::of(&request) else {
@@ -413,8 +421,18 @@ impl Connection {
         loop {
             let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut response = httparse::Response::new(&mut slots);
-            if !matches!(response.parse(&head), Ok(httparse::Status::Complete(_))) {
-                return Err(Failure::Upstream("its answer does not parse".to_owned()));
+            match response.parse(&head) {
+                Ok(httparse::Status::Complete(_)) => {}
+                Ok(httparse::Status::Partial) => {
+                    return Err(Failure::Upstream(
+                        "its answer's head is cut short".to_owned(),
+                    ));
+                }
+                Err(err) => {
+                    return Err(Failure::Upstream(format!(
+                        "its answer does not parse: {err}"
+                    )));
+                }
             }
             let code = response.code.unwrap_or_default();
             if code == 101 {
@@ -559,25 +577,14 @@ struct PassedOn {
 /// Reads the head of the replica's next answer on `upstream`.
 async fn answer_head(upstream: &mut Upstream) -> Result<Bytes, Failure> {
     loop {
-        if !upstream.received.is_empty() {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            match httparse::Response::new(&mut slots).parse(&upstream.received) {
-                Ok(httparse::Status::Complete(length)) => {
-                    return Ok(upstream.received.split_to(length).freeze());
-                }
-                Ok(httparse::Status::Partial) if upstream.received.len() < MAX_HEAD => {}
-                Ok(httparse::Status::Partial) => {
-                    return Err(Failure::Upstream(format!(
-                        "its answer's head is larger than {} KiB",
-                        MAX_HEAD / 1024
-                    )));
-                }
-                Err(err) => {
-                    return Err(Failure::Upstream(format!(
-                        "its answer does not parse: {err}"
-                    )));
-                }
-            }
+        if let Some(length) = head_end(&upstream.received) {
+            return Ok(upstream.received.split_to(length).freeze());
+        }
+        if upstream.received.len() >= MAX_HEAD {
+            return Err(Failure::Upstream(format!(
+                "its answer's head is larger than {} KiB",
+                MAX_HEAD / 1024
+            )));
         }
         upstream.received.reserve(READ_ROOM);
         match upstream.stream.read_buf(&mut upstream.received).await {
@@ -590,6 +597,21 @@ async fn answer_head(upstream: &mut Upstream) -> Result<Bytes, Failure> {
             Err(err) => return Err(Failure::Upstream(format!("reading the answer: {err}"))),
         }
     }
+}
+
+/// Where a head ends in `bytes`: just past its empty line (CRLF or bare LF line endings), once
+/// it has arrived. Whether it parses is for the one parse that follows.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(offset) = bytes[from..].iter().position(|&byte| byte == b'\n') {
+        let at = from + offset;
+        match bytes.get(at + 1) {
+            Some(b'\n') => return Some(at + 2),
+            Some(b'\r') if bytes.get(at + 2) == Some(&b'\n') => return Some(at + 3),
+            _ => from = at + 1,
+        }
+    }
+    None
 }
 
 async fn connect(address: SocketAddr) -> Result<Upstream, Failure> {
@@ -1012,6 +1034,15 @@ mod tests {
             scan_in_pieces(b"ffffffffffffffffff\r\n", 64).is_err(),
             "overflow"
         );
+    }
+
+    #[test]
+    fn a_head_ends_at_its_empty_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nbody"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: h\n\nbody"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: h\r\n"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: h\r\n\r"), None);
+        assert_eq!(head_end(b""), None);
     }
 
     fn parsed<'h, 'b>(
