@@ -1129,6 +1129,11 @@ async fn plain_http11_keeps_its_connections_streams_its_framing_and_hands_over_t
     )
     .await;
     let base = format!("/s/{owner}/relay");
+    let get = |uri: &str| {
+        hyper::Request::get(uri)
+            .body(Full::new(bytes::Bytes::new()))
+            .expect("request")
+    };
 
     // One client connection, several requests: one connection to the replica carries them.
     let stream = tokio::net::TcpStream::connect(gateway)
@@ -1176,9 +1181,7 @@ async fn plain_http11_keeps_its_connections_streams_its_framing_and_hands_over_t
     assert!(echoed.ends_with(&large), "the body arrived whole");
 
     // A chunked answer streams: its first chunk arrives before the replica writes the last.
-    let request = hyper::Request::get(format!("{base}/chunked"))
-        .body(Full::new(bytes::Bytes::new()))
-        .expect("request");
+    let request = get(&format!("{base}/chunked"));
     let answer = sender.send_request(request).await.expect("chunked");
     let mut body = answer.into_body();
     let first = body
@@ -1199,16 +1202,12 @@ async fn plain_http11_keeps_its_connections_streams_its_framing_and_hands_over_t
     assert_eq!(&rest.to_bytes()[..], b"cdef");
 
     // The replica closing a kept connection unannounced costs the next request nothing.
-    let request = hyper::Request::get(format!("{base}/forget"))
-        .body(Full::new(bytes::Bytes::new()))
-        .expect("request");
+    let request = get(&format!("{base}/forget"));
     assert_eq!(
         sender.send_request(request).await.expect("forget").status(),
         200
     );
-    let request = hyper::Request::get(format!("{base}/echo?after-forget"))
-        .body(Full::new(bytes::Bytes::new()))
-        .expect("request");
+    let request = get(&format!("{base}/echo?after-forget"));
     assert_eq!(
         sender.send_request(request).await.expect("after").status(),
         200
@@ -1225,9 +1224,7 @@ async fn plain_http11_keeps_its_connections_streams_its_framing_and_hands_over_t
     assert_ne!(connections[4], connections[0], "then a new one");
 
     // An answer without a length ends with its connection: the client's closes after it.
-    let request = hyper::Request::get(format!("{base}/close"))
-        .body(Full::new(bytes::Bytes::new()))
-        .expect("request");
+    let request = get(&format!("{base}/close"));
     let answer = sender.send_request(request).await.expect("close");
     assert_eq!(answer.headers()["connection"], "close");
     let body = answer.into_body().collect().await.expect("body").to_bytes();

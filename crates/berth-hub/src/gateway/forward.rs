@@ -246,8 +246,10 @@ impl Splice {
     }
 }
 
-/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
+/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1), besides
+/// `transfer-encoding` and `upgrade`, which each path treats in its own way: hyper frames bodies
+/// anew, the relay passes an answer's framing on as it is.
+pub(super) const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -255,7 +257,6 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authorization",
     "te",
     "trailer",
-    "transfer-encoding",
 ];
 
 /// Whether `request` asks to switch protocols (a WebSocket handshake) over HTTP/1.1.
@@ -289,6 +290,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+    headers.remove(header::TRANSFER_ENCODING);
     if trailers {
         // gRPC needs `te: trailers` to reach the replica.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));

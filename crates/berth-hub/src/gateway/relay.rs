@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::forward::HOP_BY_HOP;
 use super::head::{Head, Target};
 use super::routes::Endpoint;
 use super::{Answer, Gateway, Refusal};
@@ -44,19 +45,6 @@ const DISCARD_LIMIT: u64 = 1024 * 1024;
 const DISCARD_TIME: Duration = Duration::from_secs(5);
 /// Most replicas one client connection keeps a connection to.
 const UPSTREAMS_KEPT: usize = 8;
-
-/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
-/// `transfer-encoding` is kept on answers, whose framing the relay passes on as it is.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
 
 /// Headers the gateway writes itself on the way to the replica.
 const REWRITTEN: [&str; 6] = [
@@ -805,10 +793,10 @@ fn upstream_head(
             out.extend_from_slice(b"te: trailers\r\n");
             continue;
         }
-        if HOP_BY_HOP
-            .iter()
-            .chain(REWRITTEN.iter())
-            .any(|other| name.eq_ignore_ascii_case(other))
+        if is_hop_by_hop(name)
+            || REWRITTEN
+                .iter()
+                .any(|other| name.eq_ignore_ascii_case(other))
             || (drop_authorization && name.eq_ignore_ascii_case("authorization"))
             || is_listed(&listed, name)
         {
@@ -859,9 +847,7 @@ fn downstream_head(
     let listed = connection_listed(response.headers);
     for header in response.headers.iter() {
         let name = header.name;
-        if HOP_BY_HOP
-            .iter()
-            .any(|other| name.eq_ignore_ascii_case(other))
+        if is_hop_by_hop(name)
             || (chunked && name.eq_ignore_ascii_case("content-length"))
             || is_listed(&listed, name)
         {
@@ -925,6 +911,15 @@ fn connection_listed<'a>(headers: &[httparse::Header<'a>]) -> Vec<&'a [u8]> {
                 || token.eq_ignore_ascii_case(b"upgrade"))
         })
         .collect()
+}
+
+/// Whether `name` belongs to one connection. `transfer-encoding` is not among them: the relay
+/// writes its own on requests ([`REWRITTEN`]) and passes an answer's on with its framing.
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .chain(&["upgrade"])
+        .any(|other| name.eq_ignore_ascii_case(other))
 }
 
 fn is_listed(listed: &[&[u8]], name: &str) -> bool {
