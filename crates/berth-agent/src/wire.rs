@@ -30,6 +30,9 @@ pub struct CreateContainerRequest {
     /// `"7860/tcp": 7860`.
     #[serde(default)]
     pub ports: BTreeMap<ContainerPort, Option<u16>>,
+    /// The host address to publish the ports on (a Berth extension); every address when omitted.
+    #[serde(default)]
+    pub ports_host_ip: Option<std::net::IpAddr>,
     /// Host path or volume name → container path.
     #[serde(default)]
     pub volumes: BTreeMap<String, VolumeTarget>,
@@ -136,6 +139,7 @@ impl CreateContainerRequest {
             working_dir: self.working_dir.filter(|dir| !dir.is_empty()),
             environment: self.environment,
             ports: self.ports,
+            ports_host_ip: self.ports_host_ip,
             volumes: self.volumes,
             memory_limit: Some(self.memory_limit),
             cpu_limit: Some(self.cpu_limit),

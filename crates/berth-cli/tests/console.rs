@@ -381,15 +381,20 @@ async fn the_console_in_a_real_browser() {
     // Live logs: follow, and a request to the service shows up without a reload; search
     // narrows the lines; pause holds them.
     browser.tick("logs-follow").await;
-    let direct = browser.text("service-url").await;
+    let through_gateway = browser.text("gateway-url").await;
     wait_for(
         Duration::from_secs(15),
         "the followed log shows a request",
         || {
             let browser = &browser;
-            let direct = direct.clone();
+            let through_gateway = through_gateway.clone();
+            let admin_token = admin_token.clone();
             async move {
-                let _ = reqwest::get(format!("{direct}/")).await;
+                let _ = reqwest::Client::new()
+                    .get(through_gateway)
+                    .bearer_auth(admin_token)
+                    .send()
+                    .await;
                 let lines = browser.text("log-lines").await;
                 lines.contains("response:").then_some(())
             }

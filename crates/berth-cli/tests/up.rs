@@ -66,15 +66,19 @@ fn get(port: u16, path: &str, token: &str) -> (u16, Value) {
     })
 }
 
-fn fetch_text(url: &str) -> String {
+/// The body of the first successful answer from `url`, sent with `token`.
+fn fetch_text(url: &str, token: &str) -> String {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        for _ in 0..50 {
-            if let Ok(response) = reqwest::get(url).await {
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if let Ok(response) = client.get(url).bearer_auth(token).send().await
+                && response.status().is_success()
+            {
                 return response.text().await.unwrap_or_default();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -229,7 +233,8 @@ fn berth_up_starts_serves_stops_and_resumes() {
     let status: Value =
         serde_json::from_str(&step(&["service", "status", &id, "-o", "json"])).expect("JSON");
     let url = status["service_url"].as_str().expect("a URL").to_owned();
-    let page = fetch_text(&url);
+    assert!(url.contains("/s/admin/web/"), "the gateway's URL: {url}");
+    let page = fetch_text(&url, &token);
     assert_eq!(page.trim(), "ok", "the service answers at {url}");
     assert!(step(&["service", "stats", &id]).contains("memory"));
     let nowhere = cli(&token, &["service", "migrate", &id]);

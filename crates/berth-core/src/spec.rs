@@ -46,6 +46,10 @@ pub struct ContainerSpec {
     /// Published ports: `"7860/tcp": 7860`; a null or 0 host port lets the engine choose one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ports: BTreeMap<ContainerPort, Option<u16>>,
+    /// The host address the ports are published on (`127.0.0.1`, a private address); every
+    /// address of the host when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports_host_ip: Option<std::net::IpAddr>,
     /// Volumes: host path or volume name → container path (`"/app/data"`, `"/app/data:ro"` or
     /// `{"target": "/app/data", "read_only": true}`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -104,7 +104,11 @@ pub fn create_body(
         port_bindings.insert(
             key,
             Some(vec![PortBinding {
-                host_ip: Some(String::new()),
+                host_ip: Some(
+                    spec.ports_host_ip
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_default(),
+                ),
                 host_port: Some(host_port),
             }]),
         );

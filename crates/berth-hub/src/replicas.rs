@@ -23,6 +23,7 @@ use berth_store::services::{self, ServiceRecord};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+use crate::gateway::readiness;
 use crate::node_client::NodeClient;
 use crate::scheduling;
 use crate::service_definition::{
@@ -149,6 +150,7 @@ pub async fn launch(
         request,
         start,
     } = plan;
+    let publish_on = readiness::node_address(node).await?;
     let spec = definition.container_spec(
         service.id,
         &service.name,
@@ -160,6 +162,7 @@ pub async fn launch(
             generation,
             hub_id: &state.hub_id,
             gpus: &placement.gpus,
+            publish_on: Some(publish_on),
         },
     )?;
     let reference = ReplicaRef {

@@ -242,6 +242,8 @@ pub struct Target<'a> {
     pub hub_id: &'a str,
     /// The GPUs the scheduler gave it.
     pub gpus: &'a GpuAssignment,
+    /// The node's address the gateway reaches it on: the only one its port is published on.
+    pub publish_on: Option<std::net::IpAddr>,
 }
 
 fn bytes(value: i64) -> ByteSize {
@@ -314,6 +316,7 @@ impl ServiceDefinition {
             working_dir: None,
             environment,
             ports,
+            ports_host_ip: target.publish_on,
             volumes: BTreeMap::new(),
             memory_limit: Some(bytes(self.memory_bytes)),
             cpu_limit: Some(self.cpu_millis as f64 / 1000.0),
@@ -365,6 +368,7 @@ mod tests {
             generation: 3,
             hub_id: "0123456789abcdef",
             gpus: &slice,
+            publish_on: Some(std::net::Ipv4Addr::LOCALHOST.into()),
         };
         let spec = definition
             .container_spec(42, "Flood Model", 2, "alice", &target)
@@ -378,6 +382,10 @@ mod tests {
             Some("7860")
         );
         assert_eq!(spec.ports.get(&ContainerPort::tcp(7860)), Some(&None));
+        assert_eq!(
+            spec.ports_host_ip,
+            Some(std::net::Ipv4Addr::LOCALHOST.into())
+        );
         assert_eq!(
             spec.labels.get(LABEL_SERVICE).map(String::as_str),
             Some("42")

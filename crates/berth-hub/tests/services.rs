@@ -96,12 +96,9 @@ async fn a_service_lives_and_every_step_is_logged() {
             .await;
         assert_eq!(live["container_status"], "running", "{live}");
         assert_eq!(live["node"]["name"], "local");
-        let host_port = live["host_port"]
-            .as_u64()
-            .expect("an engine-assigned host port");
-        assert_eq!(
-            live["service_url"],
-            format!("http://203.0.113.5:{host_port}")
+        assert!(
+            live["host_port"].as_u64().is_some(),
+            "an engine-assigned host port: {live}"
         );
         let (status, stats, _) = hub
             .call(

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_core::ByteSize;
 use berth_core::schedule::Placement;
@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::CurrentUser;
+use crate::gateway::readiness;
 use crate::gateway::routes::now_millis;
 use crate::models;
 use crate::node_client::NodeClient;
@@ -191,6 +192,47 @@ async fn definition_from(
     Ok((definition, spec_id))
 }
 
+/// Refuses a new service of `owner` with `replicas` replicas of `definition` that would take the
+/// owner past a quota.
+async fn check_create_quotas(
+    connection: &mut berth_store::Conn,
+    state: &HubState,
+    owner: &User,
+    definition: &ServiceDefinition,
+    replicas: i64,
+) -> Result<(), Problem> {
+    let usage = services::usage(connection, owner.id).await?;
+    let quotas = &owner.quotas;
+    check_quota(
+        "max_services_per_user",
+        Some(
+            quotas
+                .max_services
+                .unwrap_or(state.settings().max_services_per_user),
+        ),
+        usage.services,
+        1,
+    )?;
+    check_quota(
+        "max_cpu_millis",
+        quotas.max_cpu_millis,
+        usage.cpu_millis,
+        definition.cpu_millis * replicas,
+    )?;
+    check_quota(
+        "max_memory_bytes",
+        quotas.max_memory_bytes,
+        usage.memory_bytes,
+        definition.memory_bytes * replicas,
+    )?;
+    check_quota(
+        "max_gpus",
+        quotas.max_gpus,
+        usage.gpus,
+        definition.gpus_needed() * replicas,
+    )
+}
+
 /// `POST /api/{username}/{repo}/services`: creates a service — its containers, not started
 /// unless `start` is true, when each replica starts as soon as it is created.
 pub async fn create(
@@ -219,37 +261,10 @@ pub async fn create(
 
     let replica_count = request.replicas.unwrap_or(1);
     {
+        // A quick refusal before placing; the check that counts is made again, serialized per
+        // user, in the transaction that inserts the service.
         let mut connection = state.store.acquire().await?;
-        let usage = services::usage(&mut connection, owner.id).await?;
-        let quotas = &owner.quotas;
-        check_quota(
-            "max_services_per_user",
-            Some(
-                quotas
-                    .max_services
-                    .unwrap_or(state.settings().max_services_per_user),
-            ),
-            usage.services,
-            1,
-        )?;
-        check_quota(
-            "max_cpu_millis",
-            quotas.max_cpu_millis,
-            usage.cpu_millis,
-            definition.cpu_millis * replica_count,
-        )?;
-        check_quota(
-            "max_memory_bytes",
-            quotas.max_memory_bytes,
-            usage.memory_bytes,
-            definition.memory_bytes * replica_count,
-        )?;
-        check_quota(
-            "max_gpus",
-            quotas.max_gpus,
-            usage.gpus,
-            definition.gpus_needed() * replica_count,
-        )?;
+        check_create_quotas(&mut connection, &state, &owner, &definition, replica_count).await?;
     }
     let request_shape = scheduling::request_for(&definition);
     let placements = match models::place_replicas(&state, &request_shape, replica_count).await {
@@ -294,6 +309,16 @@ pub async fn create(
         updated_at: 0,
     };
     let mut transaction = state.store.begin().await?;
+    users::lock_for_change(&mut transaction, owner.id).await?;
+    let owner_now = users::get_user(&mut transaction, owner.id).await?;
+    check_create_quotas(
+        &mut transaction,
+        &state,
+        &owner_now,
+        &definition,
+        replica_count,
+    )
+    .await?;
     record = services::insert(&mut transaction, &record).await?;
     let deployment = Deployment {
         version,
@@ -493,10 +518,13 @@ pub async fn stop(
 }
 
 /// `GET /api/services/{id}/status`: the stored state, the container's live state and the node.
+/// `service_url` is the gateway's address of the service: replicas publish their port only on
+/// the address the gateway reaches their node on.
 pub async fn status(
     State(state): Shared,
     user: CurrentUser,
     Path(id): Path<i64>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, Problem> {
     let service = owned(&state, &user.0, id).await?;
     // An evicted service is on no node until it is loaded again.
@@ -512,13 +540,15 @@ pub async fn status(
     let host_port = live
         .as_ref()
         .and_then(|live| port.and_then(|port| live.ports.get(&format!("{port}/tcp")).copied()));
-    let address = placed.as_ref().map(|(node, _)| {
-        if node.public_ip.is_empty() {
-            node.private_ip.clone()
-        } else {
-            node.public_ip.clone()
-        }
-    });
+    let address = placed.as_ref().map(|(node, _)| readiness::node_host(node));
+    let service_url = match (port, gateway_base(&state, &headers)) {
+        (Some(_), Some(base)) => Some(format!(
+            "{base}/s/{}/{}/",
+            replicas::owner_name(&state, &service).await?,
+            service.name
+        )),
+        _ => None,
+    };
     Ok(Json(json!({
         "id": service.id,
         "service_name": service.name,
@@ -542,12 +572,28 @@ pub async fn status(
             }))
             .collect::<Vec<_>>(),
         "host_port": host_port,
-        "service_url": host_port
-            .zip(address.as_ref())
-            .map(|(port, address)| format!("http://{address}:{port}")),
+        "service_url": service_url,
         "serving": serving_view(&state, &service),
         "error_message": service.error,
     })))
+}
+
+/// The gateway's base URL as a client of this request sees it: its listen address, or the host
+/// the request named with the gateway's port when it listens on every address.
+pub fn gateway_base(state: &HubState, headers: &HeaderMap) -> Option<String> {
+    let listen = *state.gateway_address.get()?;
+    if !listen.ip().is_unspecified() {
+        return Some(format!("http://{listen}"));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("localhost");
+    let hostname = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    Some(format!("http://{hostname}:{}", listen.port()))
 }
 
 /// The gateway's view of a service with a port: its path, ready replicas and request counters.

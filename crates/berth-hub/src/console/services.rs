@@ -11,7 +11,7 @@ use askama::Template;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_http::Problem;
 use berth_store::operations::OperationFilter;
@@ -310,7 +310,6 @@ struct DetailPage {
     node_name: String,
     node_id: i64,
     container_status: String,
-    service_url: String,
     replicas: Vec<(i64, String, String)>,
     serving: Option<Serving>,
     resources: String,
@@ -323,22 +322,6 @@ struct DetailPage {
 
 /// The gateway's base URL as this browser reaches it: the gateway's own address, with the
 /// host the browser used when the gateway listens on every interface.
-fn gateway_base(state: &HubState, headers: &HeaderMap) -> Option<String> {
-    let listen = *state.gateway_address.get()?;
-    if !listen.ip().is_unspecified() {
-        return Some(format!("http://{listen}"));
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("localhost");
-    let hostname = match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-        _ => host,
-    };
-    Some(format!("http://{hostname}:{}", listen.port()))
-}
-
 fn millis_text(value: &Value) -> String {
     value
         .as_i64()
@@ -353,8 +336,13 @@ async fn detail_page(
     id: i64,
 ) -> Result<Response, Problem> {
     let user = as_user(visitor);
-    let Json(status) =
-        api::services::status(State(Arc::clone(state)), user.clone(), Path(id)).await?;
+    let Json(status) = api::services::status(
+        State(Arc::clone(state)),
+        user.clone(),
+        Path(id),
+        headers.clone(),
+    )
+    .await?;
     let mut connection = state.store.acquire().await?;
     let service = services::get(&mut connection, id).await?;
     let owner = users::get_user(&mut connection, service.owner_id)
@@ -406,7 +394,7 @@ async fn detail_page(
     let serving = status["serving"].as_object().map(|serving| Serving {
         url: format!(
             "{}{}",
-            gateway_base(state, headers).unwrap_or_default(),
+            api::services::gateway_base(state, headers).unwrap_or_default(),
             serving["gateway_path"].as_str().unwrap_or_default()
         ),
         ready: serving["ready_replicas"].as_i64().unwrap_or(0),
@@ -472,10 +460,6 @@ async fn detail_page(
         container_status: status["container_status"]
             .as_str()
             .unwrap_or("—")
-            .to_owned(),
-        service_url: status["service_url"]
-            .as_str()
-            .unwrap_or_default()
             .to_owned(),
         replicas,
         serving,

@@ -20,8 +20,10 @@ use super::text::{Lang, Tr};
 use super::{Chrome, rendered};
 use crate::state::HubState;
 
-/// The session cookie.
+/// The session cookie over plain HTTP.
 const SESSION_COOKIE: &str = "berth_session";
+/// The session cookie over HTTPS: `__Host-` makes browsers keep it Secure, host-only, `Path=/`.
+const SECURE_SESSION_COOKIE: &str = "__Host-berth_session";
 /// The sign-in form's own CSRF cookie.
 const SIGN_IN_COOKIE: &str = "berth_sign_in";
 /// The language cookie.
@@ -80,6 +82,20 @@ fn secure(headers: &HeaderMap) -> &'static str {
     }
 }
 
+/// The session cookie's name for this request's scheme.
+fn session_cookie_name(headers: &HeaderMap) -> &'static str {
+    if secure(headers).is_empty() {
+        SESSION_COOKIE
+    } else {
+        SECURE_SESSION_COOKIE
+    }
+}
+
+/// The session id the browser sent, under either name.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, SECURE_SESSION_COOKIE).or_else(|| cookie(headers, SESSION_COOKIE))
+}
+
 fn set_cookie(response: &mut Response, value: String) {
     if let Ok(value) = HeaderValue::from_str(&value) {
         response.headers_mut().append(header::SET_COOKIE, value);
@@ -102,7 +118,7 @@ pub async fn attach(State(state): State<Arc<HubState>>, request: Request, next: 
     let t = Tr(preferred_language(&parts.headers));
     parts.extensions.insert(t);
     let public_asset = parts.uri.path().starts_with("/console/assets/");
-    let session = match cookie(&parts.headers, SESSION_COOKIE).filter(|_| !public_asset) {
+    let session = match session_cookie(&parts.headers).filter(|_| !public_asset) {
         Some(id) => match state.store.acquire().await {
             Ok(mut connection) => sessions::find(&mut connection, id).await.ok().flatten(),
             Err(_) => None,
@@ -319,7 +335,8 @@ pub async fn sign_in(
             set_cookie(
                 &mut response,
                 format!(
-                    "{SESSION_COOKIE}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{}",
+                    "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{}",
+                    session_cookie_name(&headers),
                     started.id,
                     SESSION_LIFETIME_MS / 1000,
                     secure(&headers)
@@ -337,7 +354,7 @@ pub async fn sign_in(
 
 /// `POST /sign-out`: ends the session and forgets the cookie.
 pub async fn sign_out(State(state): State<Arc<HubState>>, headers: HeaderMap) -> Response {
-    if let Some(id) = cookie(&headers, SESSION_COOKIE)
+    if let Some(id) = session_cookie(&headers)
         && let Ok(mut connection) = state.store.acquire().await
         && let Err(err) = sessions::end(&mut connection, id).await
     {
@@ -346,7 +363,11 @@ pub async fn sign_out(State(state): State<Arc<HubState>>, headers: HeaderMap) ->
     let mut response = Redirect::to("/sign-in").into_response();
     set_cookie(
         &mut response,
-        format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"),
+        format!(
+            "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{}",
+            session_cookie_name(&headers),
+            secure(&headers)
+        ),
     );
     response
 }
@@ -411,5 +432,29 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn every_console_cookie_is_one_the_gateway_keeps_from_services() {
+        for name in [
+            SESSION_COOKIE,
+            SECURE_SESSION_COOKIE,
+            SIGN_IN_COOKIE,
+            LANG_COOKIE,
+        ] {
+            assert!(
+                crate::gateway::is_console_cookie(name.as_bytes()),
+                "{name} would reach services"
+            );
+        }
+        let mut behind_tls = HeaderMap::new();
+        behind_tls.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert_eq!(session_cookie_name(&behind_tls), "__Host-berth_session");
+        assert_eq!(session_cookie_name(&HeaderMap::new()), "berth_session");
+        behind_tls.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-berth_session=tls"),
+        );
+        assert_eq!(session_cookie(&behind_tls), Some("tls"));
     }
 }

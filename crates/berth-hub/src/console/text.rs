@@ -249,7 +249,6 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("services.facts", "Service", "服务信息"),
     ("services.resources", "Resources", "资源"),
     ("services.container", "Container", "容器"),
-    ("services.url", "Direct URL", "直连地址"),
     ("services.gateway", "Gateway", "网关"),
     ("services.gateway_url", "Gateway URL", "网关地址"),
     ("services.ready", "Ready replicas", "就绪副本"),

@@ -18,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use super::credentials;
 use super::routes::Endpoint;
 
 /// The body of a gateway answer: a replica's streamed body, or the gateway's own.
@@ -314,7 +315,8 @@ pub struct Destination<'a> {
     pub prefix: &'a str,
     /// Speak HTTP/2 to the replica.
     pub http2: bool,
-    /// Remove `Authorization`: it carried the caller's hub token, not something for the replica.
+    /// Remove `Authorization` whatever it holds: a private service's carried the caller's hub
+    /// token (a public service's is removed only when it is a Berth token).
     pub drop_authorization: bool,
 }
 
@@ -346,9 +348,7 @@ pub fn upstream_request(
     };
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, upgrade);
-    if to.drop_authorization {
-        headers.remove(header::AUTHORIZATION);
-    }
+    remove_credentials(headers, to.drop_authorization);
     let forwarded_for = match headers
         .get("x-forwarded-for")
         .and_then(|value| value.to_str().ok())
@@ -378,8 +378,44 @@ pub fn upstream_request(
     Ok(Request::from_parts(parts, body))
 }
 
-/// The replica's response made fit for the client: hop-by-hop headers dropped (kept for a 101).
+/// Takes Berth's credentials out of a request for a replica: `Authorization` when it carries a
+/// Berth token (or always, for a private service), and the console's cookies.
+fn remove_credentials(headers: &mut HeaderMap, drop_authorization: bool) {
+    if drop_authorization
+        || headers
+            .get(header::AUTHORIZATION)
+            .is_some_and(|value| credentials::is_hub_authorization(value.as_bytes()))
+    {
+        headers.remove(header::AUTHORIZATION);
+    }
+    rewrite_values(headers, header::COOKIE, |value| {
+        let cookies = credentials::cookies_for_service(value.as_bytes())?;
+        HeaderValue::from_bytes(&cookies).ok()
+    });
+}
+
+/// Replaces each value of header `name` by what `rewrite` makes of it (`None` drops it).
+fn rewrite_values(
+    headers: &mut HeaderMap,
+    name: HeaderName,
+    rewrite: impl FnMut(HeaderValue) -> Option<HeaderValue>,
+) {
+    if let header::Entry::Occupied(entry) = headers.entry(name.clone()) {
+        let (_, values) = entry.remove_entry_mult();
+        let kept: Vec<HeaderValue> = values.filter_map(rewrite).collect();
+        for value in kept {
+            headers.append(name.clone(), value);
+        }
+    }
+}
+
+/// The replica's response made fit for the client: hop-by-hop headers dropped (kept for a 101),
+/// and no `Set-Cookie` of a console cookie.
 pub fn downstream_response(response: &mut Response<Incoming>) {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    strip_hop_by_hop(response.headers_mut(), switching);
+    let headers = response.headers_mut();
+    strip_hop_by_hop(headers, switching);
+    rewrite_values(headers, header::SET_COOKIE, |value| {
+        (!credentials::sets_console_cookie(value.as_bytes())).then_some(value)
+    });
 }

@@ -11,6 +11,8 @@
 //! through [`Gateway::handle`]. Both decide where a request goes the same way: [`Gateway::locate`],
 //! [`Gateway::authorize`], [`Gateway::pick`], with an [`Answer`] counting it.
 
+mod credentials;
+pub use credentials::is_console_cookie;
 pub mod forward;
 mod head;
 pub mod readiness;

@@ -4,10 +4,12 @@
 //! a failed probe takes it out of the rotation until a probe passes again.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use axum::http::StatusCode;
+use berth_http::Problem;
 use berth_store::allocations::{self, Allocation};
 use berth_store::nodes::{self, NodeRecord};
 use berth_store::services::{self, ServiceRecord};
@@ -64,6 +66,30 @@ pub fn node_host(node: &NodeRecord) -> String {
         return "127.0.0.1".to_owned();
     }
     crate::config::url_host(address)
+}
+
+/// The address the gateway reaches `node`'s published ports on, resolved: replicas publish
+/// their ports on it alone, so a private service cannot be reached around the gateway.
+pub async fn node_address(node: &NodeRecord) -> Result<IpAddr, Problem> {
+    let host = node_host(node);
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let unresolved = |reason: String| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "node {}: its address {host:?} does not resolve ({reason}); use an IP address or fix DNS",
+                node.name
+            ),
+        )
+    };
+    tokio::net::lookup_host((host.as_str(), 0))
+        .await
+        .map_err(|err| unresolved(err.to_string()))?
+        .next()
+        .map(|address| address.ip())
+        .ok_or_else(|| unresolved("no address".to_owned()))
 }
 
 /// One comparison of the table with the database.

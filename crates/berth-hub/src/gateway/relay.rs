@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::credentials;
 use super::forward::HOP_BY_HOP;
 use super::head::{Head, Target};
 use super::routes::Endpoint;
@@ -770,7 +771,8 @@ impl Chunks {
 }
 
 /// The request head for the replica: the path without the gateway's prefix, `Host` naming the
-/// replica, hop-by-hop headers (and a private service's `Authorization`) left out, and
+/// replica, hop-by-hop headers and Berth's credentials (a private service's `Authorization`, any
+/// Berth token, the console's cookies) left out, and
 /// `X-Forwarded-For`/`-Proto`/`-Host`/`-Prefix` added.
 fn upstream_head(
     out: &mut Vec<u8>,
@@ -797,9 +799,16 @@ fn upstream_head(
             || REWRITTEN
                 .iter()
                 .any(|other| name.eq_ignore_ascii_case(other))
-            || (drop_authorization && name.eq_ignore_ascii_case("authorization"))
+            || (name.eq_ignore_ascii_case("authorization")
+                && (drop_authorization || credentials::is_hub_authorization(header.value)))
             || is_listed(&listed, name)
         {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("cookie") {
+            if let Some(cookies) = credentials::cookies_for_service(header.value) {
+                header_line(out, name, &cookies);
+            }
             continue;
         }
         header_line(out, name, header.value);
@@ -820,7 +829,8 @@ fn upstream_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// The answer head for the client: the replica's, without hop-by-hop headers, with
+/// The answer head for the client: the replica's, without hop-by-hop headers or a `Set-Cookie`
+/// of a console cookie, with
 /// `Connection: close` when the client connection closes after it.
 fn downstream_head(
     out: &mut Vec<u8>,
@@ -850,6 +860,8 @@ fn downstream_head(
         if is_hop_by_hop(name)
             || (chunked && name.eq_ignore_ascii_case("content-length"))
             || is_listed(&listed, name)
+            || (name.eq_ignore_ascii_case("set-cookie")
+                && credentials::sets_console_cookie(header.value))
         {
             continue;
         }

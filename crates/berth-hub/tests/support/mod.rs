@@ -237,6 +237,7 @@ pub async fn start_gateway(hub: &Hub) -> SocketAddr {
         .await
         .expect("bind");
     let address = listener.local_addr().expect("addr");
+    let _ = hub.state.gateway_address.set(address);
     tokio::spawn(berth_hub::gateway::readiness::run(
         Arc::clone(&hub.state),
         std::future::pending(),
