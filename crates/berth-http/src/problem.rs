@@ -21,6 +21,9 @@ pub struct Problem {
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<String>,
+    /// Seconds for `Retry-After`, when trying again later is the answer.
+    #[serde(skip)]
+    retry_after: Option<u32>,
 }
 
 impl Problem {
@@ -33,6 +36,7 @@ impl Problem {
             code: status.as_u16(),
             detail: detail.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -111,6 +115,15 @@ impl From<DriverError> for Problem {
 
 impl From<StoreError> for Problem {
     fn from(err: StoreError) -> Self {
+        if err.is_busy() {
+            return Problem {
+                retry_after: Some(1),
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is busy with other changes; nothing was changed, try again",
+                )
+            };
+        }
         let status = match &err {
             StoreError::Conflict(_) => StatusCode::CONFLICT,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -131,6 +144,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

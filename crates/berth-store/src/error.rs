@@ -25,6 +25,30 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
 }
 
+impl StoreError {
+    /// Whether the database was too busy to take the change now (SQLite's lock held past the
+    /// busy timeout; a PostgreSQL serialization failure, deadlock or lock timeout): the same
+    /// request may simply be made again.
+    pub fn is_busy(&self) -> bool {
+        let StoreError::Database(err) = self else {
+            return false;
+        };
+        match err {
+            sqlx::Error::PoolTimedOut => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code();
+                let code = code.as_deref().unwrap_or_default();
+                // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6) with their extended codes.
+                let sqlite_busy = code
+                    .parse::<i64>()
+                    .is_ok_and(|code| matches!(code & 0xff, 5 | 6));
+                sqlite_busy || matches!(code, "40001" | "40P01" | "55P03")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Turns a unique-constraint violation into `Conflict(message)`, other errors into `Database`.
 pub(crate) fn conflict_or(err: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
     let unique = err

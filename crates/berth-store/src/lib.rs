@@ -72,7 +72,7 @@ impl Store {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         connection
-                            .execute("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+                            .execute("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 15000;")
                             .await?;
                     }
                     Ok(())
@@ -104,9 +104,15 @@ impl Store {
         self.backend
     }
 
-    /// Starts a transaction.
+    /// Starts a write transaction. On SQLite it begins IMMEDIATE: it takes the write lock at
+    /// once (waiting up to the busy timeout for another writer), so a read followed by a write
+    /// inside it cannot fail with "database is locked" when another writer committed between
+    /// them.
     pub async fn begin(&self) -> Result<Tx<'static>, StoreError> {
-        Ok(self.pool.begin().await?)
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// A pooled connection for reads.

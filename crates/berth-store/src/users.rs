@@ -221,6 +221,23 @@ pub async fn delete_user(conn: &mut Conn, id: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Holds `user_id`'s row until the transaction ends, so that checks of that user's quotas and the
+/// changes they guard happen one at a time. PostgreSQL locks the row; a SQLite write transaction
+/// already holds the database's write lock (it begins IMMEDIATE).
+pub async fn lock_for_change(conn: &mut Conn, user_id: i64) -> Result<(), StoreError> {
+    let sql = if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+        "SELECT id FROM users WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT id FROM users WHERE id = $1"
+    };
+    sqlx::query(sql)
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no user {user_id}")))?;
+    Ok(())
+}
+
 /// Issues a new token for `user_id`; its text is returned here and never again.
 pub async fn issue_token(
     conn: &mut Conn,

@@ -1,0 +1,310 @@
+//! The hub as an attacker and a busy operator would try it, on the real engine: no Berth token
+//! or console cookie reaches a service through the gateway (relay and hyper paths) and a service
+//! cannot plant a console cookie; a private service's port answers only on the address the
+//! gateway uses; quotas hold against 30 parallel creates; parallel updates of one user and one
+//! node never answer 5xx.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_hub::state::HubSettings;
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{Hub, add_local_node, start_gateway, start_with, with_cleanup};
+
+const IMAGE: &str = "berth-test/busybox:latest";
+
+/// busybox httpd with `/cgi-bin/env`, which prints the request's headers as CGI sees them and
+/// tries to set the console's session cookie beside one of its own.
+const ENV_ECHO: &str = r#"mkdir -p /www/cgi-bin
+printf '#!/bin/sh\necho "Content-Type: text/plain"\necho "Set-Cookie: berth_session=planted; Path=/"\necho "Set-Cookie: __Host-berth_session=planted; Path=/; Secure"\necho "Set-Cookie: theme=dark; Path=/"\necho\nenv\n' > /www/cgi-bin/env
+chmod +x /www/cgi-bin/env
+trap 'exit 0' TERM
+httpd -f -p 8080 -h /www &
+wait"#;
+
+async fn hub_with_gateway(test: &str) -> (Hub, SocketAddr) {
+    let hub = start_with(
+        test,
+        HubSettings {
+            max_services_per_user: 50,
+            ..HubSettings::default()
+        },
+    )
+    .await;
+    add_local_node(&hub).await;
+    let gateway = start_gateway(&hub).await;
+    (hub, gateway)
+}
+
+/// Creates and starts the admin's service `name` running `script` on port 8080; its id.
+async fn create_started(hub: &Hub, name: &str, public: bool) -> i64 {
+    let (status, created) = hub
+        .admin(
+            Method::POST,
+            "/api/admin/sec/services",
+            Some(json!({
+                "name": name, "image": IMAGE, "memory_limit": "32m", "cpu_limit": 0.1,
+                "command": ["sh", "-c", ENV_ECHO], "port": 8080, "start": true,
+                "is_public": public,
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    created["id"].as_i64().expect("id")
+}
+
+async fn wait_ready(hub: &Hub, id: i64) -> Value {
+    for _ in 0..300 {
+        let (_, status) = hub
+            .admin(Method::GET, &format!("/api/services/{id}/status"), None)
+            .await;
+        if status["serving"]["ready_replicas"].as_u64() == Some(1) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("service {id} never became ready");
+}
+
+/// What the service saw and what the client got back: the CGI environment and the
+/// `Set-Cookie` values that reached the client.
+async fn visit(
+    client: &reqwest::Client,
+    url: &str,
+    authorization: &str,
+    cookie: &str,
+) -> (String, Vec<String>) {
+    let response = client
+        .get(url)
+        .header("authorization", authorization)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("the gateway answers");
+    assert_eq!(response.status(), 200, "{url}");
+    let set_cookies = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().expect("text").to_owned())
+        .collect();
+    (response.text().await.expect("body"), set_cookies)
+}
+
+#[tokio::test]
+async fn no_berth_credential_reaches_a_service_and_none_can_be_planted() {
+    let (hub, gateway) = hub_with_gateway("security-gateway").await;
+    with_cleanup(&hub, async {
+        let public = create_started(&hub, "open", true).await;
+        let private = create_started(&hub, "closed", false).await;
+        wait_ready(&hub, public).await;
+        wait_ready(&hub, private).await;
+        let admin_bearer = format!("Bearer {}", hub.admin);
+        let cookies = "theme=light; berth_session=0123abcd; berth_lang=zh; \
+                       __Host-berth_session=4567ef; cart=42";
+        let http1 = reqwest::Client::new();
+        let http2 = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .expect("client");
+        for (path, client) in [("relay", &http1), ("hyper", &http2)] {
+            for service in ["open", "closed"] {
+                let url = format!("http://{gateway}/s/admin/{service}/cgi-bin/env");
+                let (seen, set_cookies) = visit(client, &url, &admin_bearer, cookies).await;
+                let context = format!("{service} over the {path} path");
+                assert!(
+                    !seen.contains(&hub.admin),
+                    "{context}: the token leaked:\n{seen}"
+                );
+                assert!(!seen.contains("HTTP_AUTHORIZATION"), "{context}:\n{seen}");
+                assert!(
+                    !seen.contains("0123abcd"),
+                    "{context}: session leaked:\n{seen}"
+                );
+                assert!(
+                    !seen.contains("4567ef"),
+                    "{context}: session leaked:\n{seen}"
+                );
+                assert!(!seen.contains("berth_lang"), "{context}:\n{seen}");
+                let cookie_line = seen
+                    .lines()
+                    .find(|line| line.starts_with("HTTP_COOKIE="))
+                    .unwrap_or_else(|| panic!("{context}: other cookies pass:\n{seen}"));
+                assert_eq!(cookie_line, "HTTP_COOKIE=theme=light; cart=42", "{context}");
+                assert!(
+                    set_cookies
+                        .iter()
+                        .all(|value| !value.contains("berth_session")),
+                    "{context}: a service planted a console cookie: {set_cookies:?}"
+                );
+                assert!(
+                    set_cookies
+                        .iter()
+                        .any(|value| value.starts_with("theme=dark")),
+                    "{context}: the service's own cookie passes: {set_cookies:?}"
+                );
+            }
+        }
+        // A public service keeps an Authorization that is not a Berth token: its own API key.
+        let (seen, _) = visit(
+            &http1,
+            &format!("http://{gateway}/s/admin/open/cgi-bin/env"),
+            "Bearer sk-service-own-key",
+            "a=1",
+        )
+        .await;
+        assert!(
+            seen.contains("HTTP_AUTHORIZATION=Bearer sk-service-own-key"),
+            "{seen}"
+        );
+    })
+    .await;
+}
+
+/// An address of this host that is not loopback: the source address of its default route
+/// (a connected UDP socket sends nothing).
+fn external_address() -> IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    socket
+        .connect("198.51.100.1:9")
+        .expect("this host has a route off loopback");
+    let ip = socket.local_addr().expect("local address").ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
+#[tokio::test]
+async fn a_private_service_answers_only_on_the_gateways_address() {
+    let (hub, gateway) = hub_with_gateway("security-private").await;
+    with_cleanup(&hub, async {
+        let private = create_started(&hub, "hidden", false).await;
+        let status = wait_ready(&hub, private).await;
+        let host_port = status["host_port"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("a published port: {status}"));
+        let host_port = u16::try_from(host_port).expect("port");
+        // The gateway reaches it on loopback (the local engine's address)…
+        let through_gateway = reqwest::Client::new()
+            .get(format!("http://{gateway}/s/admin/hidden/"))
+            .bearer_auth(&hub.admin)
+            .send()
+            .await
+            .expect("gateway");
+        assert_eq!(through_gateway.status(), 200);
+        let url = status["service_url"].as_str().expect("a service URL");
+        assert!(
+            url.ends_with("/s/admin/hidden/"),
+            "the gateway's URL: {url}"
+        );
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", host_port))
+                .await
+                .is_ok()
+        );
+        // …and nothing else does.
+        let outside = external_address();
+        let reached = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect((outside, host_port)),
+        )
+        .await;
+        assert!(
+            !matches!(reached, Ok(Ok(_))),
+            "port {host_port} answers on {outside}, around the gateway"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn thirty_parallel_creates_against_a_quota_of_five_make_exactly_five() {
+    let hub = Arc::new(start_with("security-quota", HubSettings::default()).await);
+    add_local_node(&hub).await;
+    let (_, token) = hub.new_user("racer").await;
+    let token = Arc::new(token);
+    let attempts: Vec<_> = (0..30)
+        .map(|n| {
+            let (hub, token) = (Arc::clone(&hub), Arc::clone(&token));
+            tokio::spawn(async move {
+                let (status, body, _) = hub
+                    .call(
+                        Some(&token),
+                        Method::POST,
+                        "/api/racer/race/services",
+                        Some(json!({
+                            "name": format!("s{n}"), "image": IMAGE,
+                            "memory_limit": "16m", "cpu_limit": 0.05,
+                            "command": ["sleep", "600"],
+                        })),
+                    )
+                    .await;
+                (status, body)
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for attempt in attempts {
+        let (status, body) = attempt.await.expect("task");
+        match status {
+            201 => created += 1,
+            403 => assert!(
+                body["detail"]
+                    .as_str()
+                    .is_some_and(|detail| detail.contains("max_services_per_user")),
+                "{body}"
+            ),
+            other => panic!("a create answered {other}: {body}"),
+        }
+    }
+    let (_, listed) = hub.admin(Method::GET, "/api/services?all=true", None).await;
+    let hub_ref: &Hub = &hub;
+    with_cleanup(hub_ref, async {
+        assert_eq!(created, 5, "the quota of 5 held");
+        assert_eq!(listed["total"], 5, "{listed}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fifty_parallel_updates_of_one_user_and_one_node_are_all_applied() {
+    let hub = Arc::new(start_with("security-updates", HubSettings::default()).await);
+    let node = add_local_node(&hub).await;
+    let (user, _) = hub.new_user("busy").await;
+    let updates: Vec<_> = (0..50)
+        .map(|n| {
+            let hub = Arc::clone(&hub);
+            tokio::spawn(async move {
+                let (path, body) = if n % 2 == 0 {
+                    (format!("/api/users/{user}"), json!({"max_services": n}))
+                } else {
+                    (
+                        format!("/api/nodes/{node}"),
+                        json!({"remark": format!("r{n}")}),
+                    )
+                };
+                hub.admin(Method::PUT, &path, Some(body)).await
+            })
+        })
+        .collect();
+    for update in updates {
+        let (status, body) = update.await.expect("task");
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, log) = hub
+        .admin(Method::GET, "/api/admin/operations?size=500", None)
+        .await;
+    let logged = |action: &str| {
+        log["operations"]
+            .as_array()
+            .expect("operations")
+            .iter()
+            .filter(|operation| operation["action"] == action)
+            .count()
+    };
+    assert_eq!(logged("user.update"), 25, "every update is in the log");
+    assert_eq!(logged("node.update"), 25, "every update is in the log");
+}
