@@ -56,7 +56,7 @@ async fn main() {
     let admin = users::create_user(&mut transaction, "admin", Role::Admin, &Quotas::default())
         .await
         .expect("admin");
-    let token = users::issue_token(&mut transaction, admin.id, "bench")
+    let token = users::issue_token(&mut transaction, admin.id, "bench", None)
         .await
         .expect("token")
         .token;

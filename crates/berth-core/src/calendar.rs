@@ -1,5 +1,5 @@
 //! The civil calendar: the Gregorian date of a day count since the Unix epoch, for the UTC
-//! timestamps the agent answers with and the console shows.
+//! timestamps the agent answers with and the console and the CLI show.
 
 /// The proleptic Gregorian date (year, month, day) of a day count since 1970-01-01 (Howard
 /// Hinnant's algorithm).
@@ -19,6 +19,20 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
+}
+
+/// Unix milliseconds as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn utc_timestamp(ms: i64) -> String {
+    let seconds = ms.div_euclid(1000);
+    let days = seconds.div_euclid(86_400);
+    let time = seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        time / 3600,
+        time % 3600 / 60,
+        time % 60
+    )
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub async fn ensure(
     if users::count_users(&mut transaction).await? == 0 {
         let admin =
             users::create_user(&mut transaction, "admin", Role::Admin, &Quotas::default()).await?;
-        let issued = users::issue_token(&mut transaction, admin.id, "bootstrap").await?;
+        let issued = users::issue_token(&mut transaction, admin.id, "bootstrap", None).await?;
         if let Some(file) = token_file {
             secrets::write_private(file, &format!("{}\n", issued.token)).map_err(|err| {
                 StoreError::Invalid(format!("cannot write {}: {err}", file.display()))

@@ -308,3 +308,162 @@ async fn fifty_parallel_updates_of_one_user_and_one_node_are_all_applied() {
     assert_eq!(logged("user.update"), 25, "every update is in the log");
     assert_eq!(logged("node.update"), 25, "every update is in the log");
 }
+
+#[tokio::test]
+async fn tokens_are_listed_without_their_text_revoked_and_expired_everywhere_at_once() {
+    let (hub, gateway) = hub_with_gateway("security-tokens").await;
+    with_cleanup(&hub, async {
+        let (alice_id, alice) = hub.new_user("alice").await;
+        let (bob_id, bob) = hub.new_user("bob").await;
+        let tokens_path = format!("/api/users/{alice_id}/tokens");
+        // Alice issues a token for CI that expires in 30 days.
+        let (status, issued, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                &tokens_path,
+                Some(json!({"name": "ci", "expires_in_days": 30})),
+            )
+            .await;
+        assert_eq!(status, 201, "{issued}");
+        let ci = issued["token"].as_str().expect("token").to_owned();
+        let ci_id = issued["id"].as_i64().expect("id");
+        let month = issued["expires_at"].as_i64().expect("expiry") - berth_store::now_ms();
+        assert!(
+            (29 * 86_400_000..=30 * 86_400_000).contains(&month),
+            "{issued}"
+        );
+        for (body, field) in [
+            (json!({"expires_in_days": 0}), "expires_in_days"),
+            (json!({"expires_in_days": 100000}), "expires_in_days"),
+            (json!({"name": ""}), "name"),
+        ] {
+            let (status, problem, _) = hub
+                .call(Some(&alice), Method::POST, &tokens_path, Some(body))
+                .await;
+            assert_eq!((status, problem["field"].as_str()), (422, Some(field)));
+        }
+        let (status, me, _) = hub
+            .call(Some(&ci), Method::GET, "/api/users/me", None)
+            .await;
+        assert_eq!((status, me["id"].as_i64()), (200, Some(alice_id)));
+        // Listed with name and times, never with the text.
+        let (status, listed, text) = hub
+            .call(Some(&alice), Method::GET, &tokens_path, None)
+            .await;
+        assert_eq!(status, 200);
+        assert!(!text.contains(&ci) && !text.contains(&alice), "{text}");
+        let names: Vec<&str> = listed["tokens"]
+            .as_array()
+            .expect("tokens")
+            .iter()
+            .filter_map(|token| token["name"].as_str())
+            .collect();
+        assert_eq!(names, ["ci", "initial"]);
+        assert!(
+            listed["tokens"][0]["last_used_at"].as_i64().is_some(),
+            "{listed}"
+        );
+        // Bob can neither see nor revoke Alice's tokens; an admin can see them.
+        let revoke_ci = format!("{tokens_path}/{ci_id}");
+        for (method, path) in [(Method::GET, &tokens_path), (Method::DELETE, &revoke_ci)] {
+            let (status, _, _) = hub.call(Some(&bob), method, path, None).await;
+            assert_eq!(status, 403, "{path}");
+        }
+        let (status, _, _) = hub
+            .call(
+                Some(&bob),
+                Method::DELETE,
+                &format!("/api/users/{bob_id}/tokens/{ci_id}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404, "Alice's token is not Bob's to revoke");
+        assert_eq!(hub.admin(Method::GET, &tokens_path, None).await.0, 200);
+
+        // A private service of Alice's through the gateway, with the CI token; then revoked.
+        let (status, created, _) = hub
+            .call(
+                Some(&ci),
+                Method::POST,
+                "/api/alice/tok/services",
+                Some(json!({
+                    "name": "api", "image": IMAGE, "memory_limit": "32m", "cpu_limit": 0.1,
+                    "command": ["sh", "-c", ENV_ECHO], "port": 8080, "start": true,
+                })),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        wait_ready(&hub, created["id"].as_i64().expect("id")).await;
+        let through_gateway = |token: String| async move {
+            reqwest::Client::new()
+                .get(format!("http://{gateway}/s/alice/api/"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("gateway")
+                .status()
+                .as_u16()
+        };
+        assert_eq!(through_gateway(ci.clone()).await, 200);
+        let (status, _, _) = hub
+            .call(Some(&alice), Method::DELETE, &revoke_ci, None)
+            .await;
+        assert_eq!(status, 204);
+        let (status, _, _) = hub
+            .call(Some(&ci), Method::GET, "/api/users/me", None)
+            .await;
+        assert_eq!(status, 401, "revoked: refused by the API at once");
+        assert_eq!(through_gateway(ci.clone()).await, 401, "and by the gateway");
+        assert_eq!(through_gateway(alice.clone()).await, 200);
+        let (_, log) = hub
+            .admin(
+                Method::GET,
+                "/api/admin/operations?action=token.revoke",
+                None,
+            )
+            .await;
+        assert_eq!(log["total"], 1, "{log}");
+
+        // An expired token is refused too.
+        let expired = {
+            let mut connection = hub.state.store.acquire().await.expect("connection");
+            berth_store::users::issue_token(
+                &mut connection,
+                alice_id,
+                "old",
+                Some(berth_store::now_ms() - 1),
+            )
+            .await
+            .expect("token")
+        };
+        let (status, _, _) = hub
+            .call(Some(&expired.token), Method::GET, "/api/users/me", None)
+            .await;
+        assert_eq!(status, 401);
+        assert_eq!(through_gateway(expired.token.clone()).await, 401);
+
+        // `null` clears a quota; a quota left out keeps its value.
+        let user_path = format!("/api/users/{alice_id}");
+        let (_, set) = hub
+            .admin(
+                Method::PUT,
+                &user_path,
+                Some(json!({"max_services": 2, "max_gpus": 1})),
+            )
+            .await;
+        assert_eq!(
+            (
+                set["quotas"]["max_services"].as_i64(),
+                set["quotas"]["max_gpus"].as_i64()
+            ),
+            (Some(2), Some(1))
+        );
+        let (_, cleared) = hub
+            .admin(Method::PUT, &user_path, Some(json!({"max_services": null})))
+            .await;
+        assert_eq!(cleared["quotas"]["max_services"], Value::Null, "{cleared}");
+        assert_eq!(cleared["quotas"]["max_gpus"], 1, "{cleared}");
+    })
+    .await;
+}

@@ -183,6 +183,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0006_console.sql"),
                 include_str!("../migrations/postgres/0006_console.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0007_token_life.sql"),
+                include_str!("../migrations/postgres/0007_token_life.sql"),
+            ),
         ];
         for (sqlite, postgres) in pairs {
             let translated = sqlite.replace(

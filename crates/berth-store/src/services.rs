@@ -230,8 +230,10 @@ pub async fn count_by_status(conn: &mut Conn) -> Result<Vec<(String, i64)>, Stor
 /// What `owner`'s services take.
 pub async fn usage(conn: &mut Conn, owner: i64) -> Result<Usage, StoreError> {
     let row = sqlx::query(
-        "SELECT COUNT(*) AS n, COALESCE(SUM(cpu_millis * replicas), 0) AS cpu, \
-         COALESCE(SUM(memory_bytes * replicas), 0) AS memory, COALESCE(SUM(gpu_count * replicas), 0) AS gpus \
+        // PostgreSQL sums BIGINTs as NUMERIC, which the Any driver cannot read: cast back.
+        "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(cpu_millis * replicas), 0) AS BIGINT) AS cpu, \
+         CAST(COALESCE(SUM(memory_bytes * replicas), 0) AS BIGINT) AS memory, \
+         CAST(COALESCE(SUM(gpu_count * replicas), 0) AS BIGINT) AS gpus \
          FROM services WHERE owner_id = $1",
     )
     .bind(owner)

@@ -31,10 +31,12 @@ fn hash_id(id: &str) -> String {
     hex::encode(Sha256::digest(id.as_bytes()))
 }
 
-/// Starts a session for `user_id` lasting `lifetime_ms`, and drops expired sessions.
+/// Starts a session for `user_id`, opened with token `token_id`, lasting `lifetime_ms` (and no
+/// longer than the token: it ends when the token expires or is revoked); drops expired sessions.
 pub async fn start(
     conn: &mut Conn,
     user_id: i64,
+    token_id: i64,
     lifetime_ms: i64,
 ) -> Result<StartedSession, StoreError> {
     let now = now_ms();
@@ -48,11 +50,12 @@ pub async fn start(
         expires_at: now + lifetime_ms,
     };
     sqlx::query(
-        "INSERT INTO console_sessions (id_hash, user_id, csrf_token, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO console_sessions (id_hash, user_id, token_id, csrf_token, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(hash_id(&started.id))
     .bind(user_id)
+    .bind(token_id)
     .bind(&started.csrf_token)
     .bind(now)
     .bind(started.expires_at)
@@ -69,7 +72,8 @@ pub async fn find(conn: &mut Conn, id: &str) -> Result<Option<Session>, StoreErr
          u.max_memory_bytes AS u_max_memory_bytes, u.max_gpus AS u_max_gpus, \
          u.created_at AS u_created_at \
          FROM console_sessions s JOIN users u ON u.id = s.user_id \
-         WHERE s.id_hash = $1 AND s.expires_at > $2",
+         LEFT JOIN api_tokens t ON t.id = s.token_id \
+         WHERE s.id_hash = $1 AND s.expires_at > $2 AND (t.expires_at IS NULL OR t.expires_at > $2)",
     )
     .bind(hash_id(id))
     .bind(now_ms())

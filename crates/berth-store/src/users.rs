@@ -238,20 +238,24 @@ pub async fn lock_for_change(conn: &mut Conn, user_id: i64) -> Result<(), StoreE
     Ok(())
 }
 
-/// Issues a new token for `user_id`; its text is returned here and never again.
+/// Issues a new token for `user_id`, valid until `expires_at` (Unix ms; `None`: until revoked);
+/// its text is returned here and never again.
 pub async fn issue_token(
     conn: &mut Conn,
     user_id: i64,
     name: &str,
+    expires_at: Option<i64>,
 ) -> Result<IssuedToken, StoreError> {
     let token = format!("{TOKEN_PREFIX}{}", random_hex::<32>()?);
     let row = sqlx::query(
-        "INSERT INTO api_tokens (user_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        "INSERT INTO api_tokens (user_id, name, token_hash, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
     )
     .bind(user_id)
     .bind(name)
     .bind(hash_token(&token))
     .bind(now_ms())
+    .bind(expires_at)
     .fetch_one(&mut *conn)
     .await?;
     Ok(IssuedToken {
@@ -260,17 +264,103 @@ pub async fn issue_token(
     })
 }
 
-/// The user a bearer token belongs to, or `None`.
-pub async fn user_for_token(conn: &mut Conn, token: &str) -> Result<Option<User>, StoreError> {
+/// What is known of a token besides its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    /// Token id.
+    pub id: i64,
+    /// Whose.
+    pub user_id: i64,
+    /// What it is for.
+    pub name: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms of its last use (kept to the minute), if it was used.
+    pub last_used_at: Option<i64>,
+    /// Unix ms after which it is refused; `None`: until revoked.
+    pub expires_at: Option<i64>,
+}
+
+fn token_from(row: &AnyRow) -> Result<TokenInfo, sqlx::Error> {
+    Ok(TokenInfo {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+/// `user_id`'s tokens, newest first.
+pub async fn list_tokens(conn: &mut Conn, user_id: i64) -> Result<Vec<TokenInfo>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, user_id, name, created_at, last_used_at, expires_at FROM api_tokens \
+         WHERE user_id = $1 ORDER BY id DESC",
+    )
+    .bind(user_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.iter().map(token_from).collect::<Result<_, _>>()?)
+}
+
+/// Revokes `user_id`'s token `token_id` (and ends the console sessions opened with it).
+pub async fn revoke_token(conn: &mut Conn, user_id: i64, token_id: i64) -> Result<(), StoreError> {
+    let deleted = sqlx::query("DELETE FROM api_tokens WHERE id = $1 AND user_id = $2")
+        .bind(token_id)
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    if deleted.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!(
+            "user {user_id} has no token {token_id}"
+        )));
+    }
+    Ok(())
+}
+
+/// The holder of a valid bearer token, and which token it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bearer {
+    /// Whose token.
+    pub user: User,
+    /// The token's id.
+    pub token_id: i64,
+}
+
+/// How stale a token's `last_used_at` may get before a use writes it again.
+const LAST_USE_RESOLUTION_MS: i64 = 60_000;
+
+/// The holder of `token` if it is a token that exists and has not expired, else `None`. Its
+/// last use is written at most once a minute, so reads stay reads.
+pub async fn user_for_token(conn: &mut Conn, token: &str) -> Result<Option<Bearer>, StoreError> {
     if !token.starts_with(TOKEN_PREFIX) {
         return Ok(None);
     }
+    let now = now_ms();
     let row = sqlx::query(
         "SELECT u.id, u.name, u.role, u.max_services, u.max_cpu_millis, u.max_memory_bytes, u.max_gpus, \
-         u.created_at FROM users u JOIN api_tokens t ON t.user_id = u.id WHERE t.token_hash = $1",
+         u.created_at, t.id AS token_id, t.last_used_at FROM users u JOIN api_tokens t ON t.user_id = u.id \
+         WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > $2)",
     )
     .bind(hash_token(token))
+    .bind(now)
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(row.as_ref().map(user_from).transpose()?)
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let token_id: i64 = row.try_get("token_id")?;
+    let last_used: Option<i64> = row.try_get("last_used_at")?;
+    if last_used.is_none_or(|at| now - at >= LAST_USE_RESOLUTION_MS) {
+        sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(token_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Some(Bearer {
+        user: user_from(&row)?,
+        token_id,
+    }))
 }

@@ -72,14 +72,55 @@ async fn users_and_tokens() {
             users::create_user(&mut connection, "admin", Role::User, &Quotas::default()).await;
         assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
 
-        let issued = users::issue_token(&mut connection, admin.id, "cli")
+        let issued = users::issue_token(&mut connection, admin.id, "cli", None)
             .await
             .expect("token");
         assert!(issued.token.starts_with("berth_") && issued.token.len() > 40);
         let found = users::user_for_token(&mut connection, &issued.token)
             .await
             .expect("lookup");
-        assert_eq!(found.map(|user| user.id), Some(admin.id));
+        assert_eq!(
+            found.map(|bearer| (bearer.user.id, bearer.token_id)),
+            Some((admin.id, issued.id))
+        );
+        // Its use is recorded; an expired token and a revoked one are refused.
+        let listed = users::list_tokens(&mut connection, admin.id)
+            .await
+            .expect("tokens");
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].last_used_at.is_some(), "{listed:?}");
+        let past = berth_store::now_ms() - 1;
+        let expired = users::issue_token(&mut connection, admin.id, "old", Some(past))
+            .await
+            .expect("token");
+        assert_eq!(
+            users::user_for_token(&mut connection, &expired.token)
+                .await
+                .expect("lookup"),
+            None
+        );
+        let soon = users::issue_token(&mut connection, admin.id, "ci", Some(past + 3_600_000))
+            .await
+            .expect("token");
+        assert!(
+            users::user_for_token(&mut connection, &soon.token)
+                .await
+                .expect("lookup")
+                .is_some()
+        );
+        assert!(matches!(
+            users::revoke_token(&mut connection, admin.id + 1, soon.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+        users::revoke_token(&mut connection, admin.id, soon.id)
+            .await
+            .expect("revoke");
+        assert_eq!(
+            users::user_for_token(&mut connection, &soon.token)
+                .await
+                .expect("lookup"),
+            None
+        );
         let wrong = users::user_for_token(&mut connection, "berth_0000")
             .await
             .expect("lookup");
@@ -89,7 +130,7 @@ async fn users_and_tokens() {
             .await
             .expect("alice");
         assert_eq!(users::count_users(&mut connection).await.expect("count"), 2);
-        let token = users::issue_token(&mut connection, alice.id, "laptop")
+        let token = users::issue_token(&mut connection, alice.id, "laptop", None)
             .await
             .expect("token");
         users::delete_user(&mut connection, alice.id)
@@ -460,7 +501,10 @@ async fn console_sessions_expire_end_and_follow_their_user() {
         let user = users::create_user(&mut connection, "ada", Role::User, &Quotas::default())
             .await
             .expect("user");
-        let started = sessions::start(&mut connection, user.id, 60_000)
+        let token = users::issue_token(&mut connection, user.id, "console", None)
+            .await
+            .expect("token");
+        let started = sessions::start(&mut connection, user.id, token.id, 60_000)
             .await
             .expect("session");
         assert_eq!(started.id.len(), 64);
@@ -478,7 +522,7 @@ async fn console_sessions_expire_end_and_follow_their_user() {
                 .is_none(),
             "only the session id opens it"
         );
-        let expired = sessions::start(&mut connection, user.id, -1)
+        let expired = sessions::start(&mut connection, user.id, token.id, -1)
             .await
             .expect("session");
         assert!(
@@ -500,7 +544,24 @@ async fn console_sessions_expire_end_and_follow_their_user() {
                 .expect("find")
                 .is_none()
         );
-        let again = sessions::start(&mut connection, user.id, 60_000)
+        // A session ends with the token it was opened with.
+        let short = users::issue_token(&mut connection, user.id, "short", None)
+            .await
+            .expect("token");
+        let with_short = sessions::start(&mut connection, user.id, short.id, 60_000)
+            .await
+            .expect("session");
+        users::revoke_token(&mut connection, user.id, short.id)
+            .await
+            .expect("revoke");
+        assert!(
+            sessions::find(&mut connection, &with_short.id)
+                .await
+                .expect("find")
+                .is_none(),
+            "revoking the token ended its session"
+        );
+        let again = sessions::start(&mut connection, user.id, token.id, 60_000)
             .await
             .expect("session");
         users::delete_user(&mut connection, user.id)
@@ -704,5 +765,48 @@ async fn a_user_sees_their_own_operations_and_those_on_their_services() {
         .await
         .expect("list");
         assert_eq!(failovers.len(), 1, "the hub's failover of her service");
+    }
+}
+
+#[tokio::test]
+async fn a_locked_user_makes_thirty_parallel_quota_checks_one_at_a_time() {
+    for store in databases("quota_lock").await {
+        let owner = {
+            let mut connection = store.acquire().await.expect("connection");
+            users::create_user(&mut connection, "racer", Role::User, &Quotas::default())
+                .await
+                .expect("user")
+        };
+        let attempts: Vec<_> = (0..30)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut transaction = store.begin().await.expect("begin");
+                    users::lock_for_change(&mut transaction, owner.id)
+                        .await
+                        .expect("lock");
+                    let usage = berth_store::services::usage(&mut transaction, owner.id)
+                        .await
+                        .expect("usage");
+                    if usage.services >= 5 {
+                        return false;
+                    }
+                    // Give the others every chance to read the same count.
+                    tokio::task::yield_now().await;
+                    insert_service(&mut transaction, owner.id, &format!("s{n}")).await;
+                    transaction.commit().await.expect("commit");
+                    true
+                })
+            })
+            .collect();
+        let mut inserted = 0;
+        for attempt in attempts {
+            inserted += usize::from(attempt.await.expect("task"));
+        }
+        let mut connection = store.acquire().await.expect("connection");
+        let usage = berth_store::services::usage(&mut connection, owner.id)
+            .await
+            .expect("usage");
+        assert_eq!((inserted, usage.services), (5, 5), "{:?}", store.backend());
     }
 }

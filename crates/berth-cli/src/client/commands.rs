@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use berth_core::calendar::utc_timestamp;
 use clap::{Args, Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -358,6 +359,40 @@ pub enum UserCommand {
         #[arg(long)]
         max_services: Option<i64>,
     },
+    /// API tokens: list, create, revoke (your own; an admin names anyone's with --user).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `berth user token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// List the tokens (names, creation, last use, expiry; never their text).
+    List {
+        /// Whose (user id; default: you).
+        #[arg(long)]
+        user: Option<i64>,
+    },
+    /// Issue a token and print it once.
+    Create {
+        /// What it is for, e.g. ci or laptop.
+        #[arg(long, default_value = "api")]
+        name: String,
+        /// Days until it expires (1–3650); without it, it lasts until revoked.
+        #[arg(long)]
+        expires_in_days: Option<i64>,
+        /// Whose (user id; default: you).
+        #[arg(long)]
+        user: Option<i64>,
+    },
+    /// Revoke a token at once (the API, the gateway and console sessions opened with it).
+    Revoke {
+        /// The token's id (from `berth user token list`).
+        id: i64,
+        /// Whose (user id; default: you).
+        #[arg(long)]
+        user: Option<i64>,
+    },
 }
 
 /// `berth ops` filters.
@@ -427,6 +462,99 @@ pub async fn run(args: ClientArgs, resource: Resource) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The user a token command is about: `user`, or the caller.
+async fn user_or_me(client: &HubClient, user: Option<i64>) -> Result<i64, String> {
+    if let Some(user) = user {
+        return Ok(user);
+    }
+    let me = client.call(Method::GET, "/api/users/me", None).await?;
+    me["id"]
+        .as_i64()
+        .ok_or_else(|| "the hub did not say who you are".to_owned())
+}
+
+async fn token_command(
+    client: &HubClient,
+    output: Output,
+    command: TokenCommand,
+) -> Result<(), String> {
+    match command {
+        TokenCommand::List { user } => {
+            let user = user_or_me(client, user).await?;
+            let value = client
+                .call(Method::GET, &format!("/api/users/{user}/tokens"), None)
+                .await?;
+            let rows: Vec<Value> = value["tokens"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|token| {
+                    let mut row = token.clone();
+                    for key in ["created_at", "last_used_at", "expires_at"] {
+                        row[key] = token[key]
+                            .as_i64()
+                            .map_or(Value::Null, |ms| json!(utc_timestamp(ms)));
+                    }
+                    row
+                })
+                .collect();
+            print(
+                output,
+                &value,
+                Some(&rows),
+                &[
+                    ("ID", "id"),
+                    ("NAME", "name"),
+                    ("CREATED (UTC)", "created_at"),
+                    ("LAST USED", "last_used_at"),
+                    ("EXPIRES", "expires_at"),
+                ],
+            );
+        }
+        TokenCommand::Create {
+            name,
+            expires_in_days,
+            user,
+        } => {
+            let user = user_or_me(client, user).await?;
+            let body = json!({"name": name, "expires_in_days": expires_in_days});
+            let issued = client
+                .call(
+                    Method::POST,
+                    &format!("/api/users/{user}/tokens"),
+                    Some(&body),
+                )
+                .await?;
+            if output == Output::Json {
+                print(output, &issued, None, &[]);
+            } else {
+                let until = issued["expires_at"]
+                    .as_i64()
+                    .map_or("until revoked".to_owned(), |ms| {
+                        format!("until {} UTC", utc_timestamp(ms))
+                    });
+                println!(
+                    "token {} ({name}, valid {until}; shown once):\n{}",
+                    issued["id"],
+                    issued["token"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        TokenCommand::Revoke { id, user } => {
+            let user = user_or_me(client, user).await?;
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("/api/users/{user}/tokens/{id}"),
+                    None,
+                )
+                .await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 fn print(output: Output, value: &Value, rows: Option<&[Value]>, columns: &[(&str, &str)]) {
@@ -540,6 +668,9 @@ async fn execute(client: &HubClient, output: Output, resource: Resource) -> Resu
         Resource::Service(command) => service(client, output, command).await,
         Resource::User(command) => {
             let value = match command {
+                UserCommand::Token(command) => {
+                    return token_command(client, output, command).await;
+                }
                 UserCommand::Me => client.call(Method::GET, "/api/users/me", None).await?,
                 UserCommand::List => client.call(Method::GET, "/api/users", None).await?,
                 UserCommand::Create {

@@ -13,89 +13,180 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use berth_http::Problem;
 use berth_store::users::{Role, User};
 
 use crate::state::HubState;
 
-/// The whole API over `state`.
-pub fn router(state: Arc<HubState>) -> Router {
-    Router::new()
-        .route("/health", get(system::health))
-        .route("/metrics", get(system::metrics))
-        .route("/api/openapi.json", get(system::openapi))
-        .route("/api/users", get(users::list).post(users::create))
-        .route("/api/users/me", get(users::me))
-        .route(
-            "/api/users/{id}",
-            get(users::get_one).put(users::update).delete(users::delete),
-        )
-        .route("/api/users/{id}/tokens", post(users::issue_token))
-        .route("/api/nodes", get(nodes::list).post(nodes::create))
-        .route(
-            "/api/nodes/{id}",
-            get(nodes::get_one).put(nodes::update).delete(nodes::delete),
-        )
-        .route("/api/nodes/{id}/test", post(nodes::test))
-        .route("/api/nodes/{id}/drain", post(placement::drain))
-        .route(
-            "/api/images",
-            get(catalog::list_images).post(catalog::create_image),
-        )
-        .route(
+/// Every route of the API: method, path template and handler. The router is made from this
+/// table, and the tests that hold the OpenAPI document and the authorization matrix to the API
+/// read it, so a route cannot be added without them noticing.
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HubState>>)> {
+    vec![
+        (Method::GET, "/health", get(system::health)),
+        (Method::GET, "/metrics", get(system::metrics)),
+        (Method::GET, "/api/openapi.json", get(system::openapi)),
+        (Method::GET, "/api/users", get(users::list)),
+        (Method::POST, "/api/users", post(users::create)),
+        (Method::GET, "/api/users/me", get(users::me)),
+        (Method::GET, "/api/users/{id}", get(users::get_one)),
+        (Method::PUT, "/api/users/{id}", put(users::update)),
+        (Method::DELETE, "/api/users/{id}", delete(users::delete)),
+        (
+            Method::GET,
+            "/api/users/{id}/tokens",
+            get(users::list_tokens),
+        ),
+        (
+            Method::POST,
+            "/api/users/{id}/tokens",
+            post(users::issue_token),
+        ),
+        (
+            Method::DELETE,
+            "/api/users/{id}/tokens/{token_id}",
+            delete(users::revoke_token),
+        ),
+        (Method::GET, "/api/nodes", get(nodes::list)),
+        (Method::POST, "/api/nodes", post(nodes::create)),
+        (Method::GET, "/api/nodes/{id}", get(nodes::get_one)),
+        (Method::PUT, "/api/nodes/{id}", put(nodes::update)),
+        (Method::DELETE, "/api/nodes/{id}", delete(nodes::delete)),
+        (Method::POST, "/api/nodes/{id}/test", post(nodes::test)),
+        (
+            Method::POST,
+            "/api/nodes/{id}/drain",
+            post(placement::drain),
+        ),
+        (Method::GET, "/api/images", get(catalog::list_images)),
+        (Method::POST, "/api/images", post(catalog::create_image)),
+        (Method::PUT, "/api/images/{id}", put(catalog::update_image)),
+        (
+            Method::DELETE,
             "/api/images/{id}",
-            axum::routing::put(catalog::update_image).delete(catalog::delete_image),
-        )
-        .route(
-            "/api/specs",
-            get(catalog::list_specs).post(catalog::create_spec),
-        )
-        .route(
+            delete(catalog::delete_image),
+        ),
+        (Method::GET, "/api/specs", get(catalog::list_specs)),
+        (Method::POST, "/api/specs", post(catalog::create_spec)),
+        (Method::PUT, "/api/specs/{id}", put(catalog::update_spec)),
+        (
+            Method::DELETE,
             "/api/specs/{id}",
-            axum::routing::put(catalog::update_spec).delete(catalog::delete_spec),
-        )
-        .route("/api/services", get(services::list))
-        .route(
+            delete(catalog::delete_spec),
+        ),
+        (Method::GET, "/api/services", get(services::list)),
+        (Method::GET, "/api/services/{id}", get(services::get_one)),
+        (Method::PUT, "/api/services/{id}", put(services::update)),
+        (
+            Method::DELETE,
             "/api/services/{id}",
-            get(services::get_one)
-                .put(services::update)
-                .delete(services::delete),
-        )
-        .route("/api/services/{id}/start", post(services::start))
-        .route("/api/services/{id}/stop", post(services::stop))
-        .route("/api/services/{id}/load", post(services::load))
-        .route("/api/services/{id}/unload", post(services::unload))
-        .route("/api/services/{id}/status", get(services::status))
-        .route("/api/services/{id}/logs", get(services::logs))
-        .route("/api/services/{id}/stats", get(services::stats))
-        .route(
+            delete(services::delete),
+        ),
+        (
+            Method::POST,
+            "/api/services/{id}/start",
+            post(services::start),
+        ),
+        (
+            Method::POST,
+            "/api/services/{id}/stop",
+            post(services::stop),
+        ),
+        (
+            Method::POST,
+            "/api/services/{id}/load",
+            post(services::load),
+        ),
+        (
+            Method::POST,
+            "/api/services/{id}/unload",
+            post(services::unload),
+        ),
+        (
+            Method::GET,
+            "/api/services/{id}/status",
+            get(services::status),
+        ),
+        (Method::GET, "/api/services/{id}/logs", get(services::logs)),
+        (
+            Method::GET,
+            "/api/services/{id}/stats",
+            get(services::stats),
+        ),
+        (
+            Method::GET,
             "/api/services/{id}/stats/history",
             get(services::stats_history),
-        )
-        .route("/api/services/{id}/deployments", get(services::deployments))
-        .route("/api/services/{id}/rollback", post(services::rollback))
-        .route("/api/{username}/{repo}/services", post(services::create))
-        .route("/api/admin/controllers", get(admin::controllers))
-        .route(
+        ),
+        (
+            Method::GET,
+            "/api/services/{id}/deployments",
+            get(services::deployments),
+        ),
+        (
+            Method::POST,
+            "/api/services/{id}/rollback",
+            post(services::rollback),
+        ),
+        (
+            Method::POST,
+            "/api/{username}/{repo}/services",
+            post(services::create),
+        ),
+        (
+            Method::GET,
+            "/api/admin/controllers",
+            get(admin::controllers),
+        ),
+        (
+            Method::GET,
             "/api/admin/controllers/{id}/health",
             get(admin::controller_health),
-        )
-        .route("/api/admin/controllers/{id}/enable", post(admin::enable))
-        .route("/api/admin/controllers/{id}/disable", post(admin::disable))
-        .route("/api/admin/operations", get(admin::operations))
-        .route("/api/admin/containers", get(admin::containers))
-        .route(
+        ),
+        (
+            Method::POST,
+            "/api/admin/controllers/{id}/enable",
+            post(admin::enable),
+        ),
+        (
+            Method::POST,
+            "/api/admin/controllers/{id}/disable",
+            post(admin::disable),
+        ),
+        (Method::GET, "/api/admin/operations", get(admin::operations)),
+        (Method::GET, "/api/admin/containers", get(admin::containers)),
+        (
+            Method::POST,
             "/api/admin/containers/{id}/migrate",
             post(placement::migrate),
-        )
-        .route(
+        ),
+        (
+            Method::GET,
             "/api/admin/resources/usage",
             get(placement::resources_usage),
-        )
+        ),
+    ]
+}
+
+/// The API's routes as (method, path template), in [`routes`]' order.
+pub fn route_list() -> Vec<(Method, &'static str)> {
+    routes()
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect()
+}
+
+/// The whole API over `state`.
+pub fn router(state: Arc<HubState>) -> Router {
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (_, path, handler)| {
+            router.route(path, handler)
+        })
         .fallback(berth_http::no_route)
         .method_not_allowed_fallback(berth_http::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -161,8 +252,8 @@ async fn authenticate(
         Err(err) => Err(err),
     };
     match user {
-        Ok(Some(user)) => {
-            request.extensions_mut().insert(CurrentUser(user));
+        Ok(Some(bearer)) => {
+            request.extensions_mut().insert(CurrentUser(bearer.user));
             next.run(request).await
         }
         Ok(None) => Problem::unauthorized("Invalid token").into_response(),

@@ -37,19 +37,30 @@ fn user_role() -> Role {
     Role::User
 }
 
+/// A change of a user: a quota left out keeps its value, `null` clears it (the hub's default
+/// applies again).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UserChange {
     #[serde(default)]
     role: Option<Role>,
-    #[serde(default)]
-    max_services: Option<i64>,
-    #[serde(default)]
-    max_cpu_cores: Option<f64>,
-    #[serde(default)]
-    max_memory: Option<berth_core::ByteSize>,
-    #[serde(default)]
-    max_gpus: Option<i64>,
+    #[serde(default, deserialize_with = "sent")]
+    max_services: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "sent")]
+    max_cpu_cores: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "sent")]
+    max_memory: Option<Option<berth_core::ByteSize>>,
+    #[serde(default, deserialize_with = "sent")]
+    max_gpus: Option<Option<i64>>,
+}
+
+/// A field that was sent, `null` included (left out, it stays `None` through `default`).
+fn sent<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,7 +68,13 @@ struct UserChange {
 struct NewToken {
     #[serde(default)]
     name: Option<String>,
+    /// Days until it expires (1–3650); without it, it lasts until revoked.
+    #[serde(default)]
+    expires_in_days: Option<i64>,
 }
+
+/// The longest a token may be issued for, in days.
+const MAX_TOKEN_DAYS: i64 = 3650;
 
 fn user_operation(actor: &User, action: &str, target: i64, detail: Value) -> NewOperation {
     NewOperation {
@@ -90,9 +107,7 @@ pub async fn get_one(
     user: CurrentUser,
     Path(id): Path<i64>,
 ) -> Result<Json<User>, Problem> {
-    if user.0.id != id {
-        user.require_admin()?;
-    }
+    require_self_or_admin(&user, id)?;
     let mut connection = state.store.acquire().await?;
     Ok(Json(users::get_user(&mut connection, id).await?))
 }
@@ -122,7 +137,7 @@ pub async fn create(
     let mut transaction = state.store.begin().await?;
     let created =
         users::create_user(&mut transaction, &request.name, request.role, &quotas).await?;
-    let token = users::issue_token(&mut transaction, created.id, "initial").await?;
+    let token = users::issue_token(&mut transaction, created.id, "initial", None).await?;
     let detail = json!({"name": created.name, "role": created.role});
     operations::commit_with(
         transaction,
@@ -145,7 +160,11 @@ pub async fn update(
 ) -> Result<Json<User>, Problem> {
     user.require_admin()?;
     let change: UserChange = parse_body(&body)?;
-    check_limits(change.max_services, change.max_gpus, change.max_cpu_cores)?;
+    check_limits(
+        change.max_services.flatten(),
+        change.max_gpus.flatten(),
+        change.max_cpu_cores.flatten(),
+    )?;
     if id == user.0.id && change.role == Some(Role::User) {
         return Err(Problem::new(
             StatusCode::CONFLICT,
@@ -155,16 +174,18 @@ pub async fn update(
     let mut transaction = state.store.begin().await?;
     let current = users::get_user(&mut transaction, id).await?;
     let quotas = Quotas {
-        max_services: change.max_services.or(current.quotas.max_services),
+        max_services: change.max_services.unwrap_or(current.quotas.max_services),
         max_cpu_millis: change
             .max_cpu_cores
-            .map(|cores| (cores * 1000.0).round() as i64)
-            .or(current.quotas.max_cpu_millis),
+            .map_or(current.quotas.max_cpu_millis, |cores| {
+                cores.map(|cores| (cores * 1000.0).round() as i64)
+            }),
         max_memory_bytes: change
             .max_memory
-            .map(|size| size.bytes_i64())
-            .or(current.quotas.max_memory_bytes),
-        max_gpus: change.max_gpus.or(current.quotas.max_gpus),
+            .map_or(current.quotas.max_memory_bytes, |size| {
+                size.map(|size| size.bytes_i64())
+            }),
+        max_gpus: change.max_gpus.unwrap_or(current.quotas.max_gpus),
     };
     let updated = users::update_user(
         &mut transaction,
@@ -224,32 +245,97 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /api/users/{id}/tokens` (admin, or the user themself): a new token, shown once.
+/// Refuses unless `user` is user `id` or an admin.
+fn require_self_or_admin(user: &CurrentUser, id: i64) -> Result<(), Problem> {
+    if user.0.id == id {
+        Ok(())
+    } else {
+        user.require_admin()
+    }
+}
+
+/// `POST /api/users/{id}/tokens` (admin, or the user themself): a new token, shown once;
+/// `expires_in_days` gives it an end.
 pub async fn issue_token(
     State(state): Shared,
     user: CurrentUser,
     Path(id): Path<i64>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    if user.0.id != id {
-        user.require_admin()?;
-    }
+    require_self_or_admin(&user, id)?;
     let request: NewToken = if body.iter().all(u8::is_ascii_whitespace) {
         NewToken::default()
     } else {
         parse_body(&body)?
     };
     let name = request.name.unwrap_or_else(|| "api".to_owned());
+    if name.trim().is_empty() || name.len() > 100 {
+        return Err(Problem::invalid_field(
+            "name",
+            "must be 1 to 100 characters",
+        ));
+    }
+    let expires_at = match request.expires_in_days {
+        None => None,
+        Some(days) if (1..=MAX_TOKEN_DAYS).contains(&days) => {
+            Some(berth_store::now_ms() + days * 86_400_000)
+        }
+        Some(_) => {
+            return Err(Problem::invalid_field(
+                "expires_in_days",
+                format!(
+                    "must be 1 to {MAX_TOKEN_DAYS}; leave it out for a token that lasts until revoked"
+                ),
+            ));
+        }
+    };
     let mut transaction = state.store.begin().await?;
     users::get_user(&mut transaction, id).await?;
-    let token = users::issue_token(&mut transaction, id, &name).await?;
+    let token = users::issue_token(&mut transaction, id, &name, expires_at).await?;
     operations::commit_with(
         transaction,
-        &user_operation(&user.0, "token.issue", id, json!({"name": name})),
+        &user_operation(
+            &user.0,
+            "token.issue",
+            id,
+            json!({"name": name, "token_id": token.id, "expires_at": expires_at}),
+        ),
     )
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": token.id, "name": name, "token": token.token})),
+        Json(json!({"id": token.id, "name": name, "token": token.token, "expires_at": expires_at})),
     ))
+}
+
+/// `GET /api/users/{id}/tokens` (admin, or the user themself): the tokens without their text —
+/// name, creation, last use, expiry.
+pub async fn list_tokens(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, Problem> {
+    require_self_or_admin(&user, id)?;
+    let mut connection = state.store.acquire().await?;
+    users::get_user(&mut connection, id).await?;
+    let tokens = users::list_tokens(&mut connection, id).await?;
+    Ok(Json(json!({"tokens": tokens})))
+}
+
+/// `DELETE /api/users/{id}/tokens/{token_id}` (admin, or the user themself): revokes a token at
+/// once — the API, the gateway and the console sessions opened with it refuse it from now on.
+pub async fn revoke_token(
+    State(state): Shared,
+    user: CurrentUser,
+    Path((id, token_id)): Path<(i64, i64)>,
+) -> Result<StatusCode, Problem> {
+    require_self_or_admin(&user, id)?;
+    let mut transaction = state.store.begin().await?;
+    users::revoke_token(&mut transaction, id, token_id).await?;
+    operations::commit_with(
+        transaction,
+        &user_operation(&user.0, "token.revoke", id, json!({"token_id": token_id})),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -15,8 +15,10 @@ mod overview;
 mod services;
 mod session;
 mod text;
+mod tokens;
 mod users;
 
+pub use berth_core::calendar::utc_timestamp as timestamp;
 use std::sync::Arc;
 
 use askama::Template;
@@ -67,6 +69,8 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/operations", get(operations::page))
         .route("/users", get(users::page).post(users::create))
         .route("/users/{id}", post(users::update))
+        .route("/tokens", get(tokens::page).post(tokens::create))
+        .route("/tokens/{id}/revoke", post(tokens::revoke))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             session::attach,
@@ -172,20 +176,6 @@ pub fn paged<T>(rows: Vec<T>, requested: &str, size: usize) -> Paged<T> {
 /// After a change: back to `path` with a GET (post/redirect/get).
 fn see_other(path: &str) -> Response {
     Redirect::to(path).into_response()
-}
-
-/// Formats Unix milliseconds as UTC `YYYY-MM-DD HH:MM:SS`.
-pub fn timestamp(ms: i64) -> String {
-    let seconds = ms.div_euclid(1000);
-    let days = seconds.div_euclid(86_400);
-    let time = seconds.rem_euclid(86_400);
-    let (year, month, day) = berth_core::calendar::civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        time / 3600,
-        time % 3600 / 60,
-        time % 60
-    )
 }
 
 /// Bytes as a short human size (`1.5 GiB`).

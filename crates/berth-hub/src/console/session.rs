@@ -310,8 +310,8 @@ pub async fn sign_in(
         Ok(mut connection) => users::user_for_token(&mut connection, token.trim()).await,
         Err(err) => Err(err),
     };
-    let user = match user {
-        Ok(Some(user)) => user,
+    let bearer = match user {
+        Ok(Some(bearer)) => bearer,
         Ok(None) => {
             return sign_in_form(
                 &headers,
@@ -326,7 +326,15 @@ pub async fn sign_in(
         }
     };
     let started = match state.store.acquire().await {
-        Ok(mut connection) => sessions::start(&mut connection, user.id, SESSION_LIFETIME_MS).await,
+        Ok(mut connection) => {
+            sessions::start(
+                &mut connection,
+                bearer.user.id,
+                bearer.token_id,
+                SESSION_LIFETIME_MS,
+            )
+            .await
+        }
         Err(err) => Err(err),
     };
     match started {

@@ -314,8 +314,17 @@ impl Gateway {
             Err(err) => Err(err),
         };
         match user {
-            Ok(Some(user)) if user.id == routes.owner_id || user.role == Role::Admin => Ok(()),
-            Ok(_) => Err(self.refuse(
+            Ok(Some(bearer))
+                if bearer.user.id == routes.owner_id || bearer.user.role == Role::Admin =>
+            {
+                Ok(())
+            }
+            Ok(None) => Err(self.refuse(
+                "unauthorized",
+                StatusCode::UNAUTHORIZED,
+                "the token is not valid: revoked, expired or unknown".to_owned(),
+            )),
+            Ok(Some(_)) => Err(self.refuse(
                 "unauthorized",
                 StatusCode::FORBIDDEN,
                 format!(
