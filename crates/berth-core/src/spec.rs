@@ -19,6 +19,22 @@ use crate::units::ByteSize;
 pub const MIN_MEMORY_LIMIT: ByteSize = ByteSize::from_mib(6);
 /// Largest CPU limit accepted, in cores; anything above is surely a typo.
 pub const MAX_CPU_LIMIT: f64 = 1024.0;
+/// Docker's smallest CPU limit, in cores (10,000,000 NanoCPUs).
+pub const MIN_CPU_LIMIT: f64 = 0.01;
+
+/// Refuses a CPU limit (`field`, in cores) that Docker would refuse or that is surely a typo.
+pub fn check_cpu_cores(field: &str, cores: f64) -> Result<(), SpecError> {
+    if cores.is_finite() && (MIN_CPU_LIMIT..=MAX_CPU_LIMIT).contains(&cores) {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            field,
+            format!(
+                "{cores} is not a number of cores from {MIN_CPU_LIMIT} (Docker's minimum) to {MAX_CPU_LIMIT}"
+            ),
+        ))
+    }
+}
 /// Longest container name accepted.
 pub const MAX_NAME_LEN: usize = 128;
 /// Where the data disk volume is mounted inside the container.
@@ -554,13 +570,8 @@ impl ContainerSpec {
                 format!("{memory} is below Docker's minimum of {MIN_MEMORY_LIMIT}"),
             ));
         }
-        if let Some(cpus) = self.cpu_limit
-            && !(cpus.is_finite() && cpus > 0.0 && cpus <= MAX_CPU_LIMIT)
-        {
-            return Err(SpecError::new(
-                "cpu_limit",
-                format!("{cpus} is not a number of cores above 0 and at most {MAX_CPU_LIMIT}"),
-            ));
+        if let Some(cpus) = self.cpu_limit {
+            check_cpu_cores("cpu_limit", cpus)?;
         }
         for (field, size) in [
             ("system_disk", self.system_disk),

@@ -2,9 +2,11 @@
 //! `application/problem+json`, one mapping from driver and store errors to statuses, JSON body
 //! and query parsing whose errors name the offending field, and request metrics.
 
+mod extract;
 mod observe;
 mod problem;
 
+pub use extract::{Path, problems_only, require_json};
 pub use observe::{RequestMetrics, assert_documents_exactly, method_not_allowed, no_route};
 pub use problem::Problem;
 
@@ -17,7 +19,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Prob
         ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         let message = inner.to_string();
@@ -32,7 +34,11 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Prob
             path
         };
         Problem::invalid_field(field, message)
-    })
+    })?;
+    deserializer.end().map_err(|_| {
+        Problem::invalid_field("body", "has more after its JSON value; send exactly one")
+    })?;
+    Ok(value)
 }
 
 /// serde names an unknown field only in its message: "unknown field `x`, expected …".
@@ -80,6 +86,12 @@ mod tests {
         assert!(format!("{:?}", field("{\"colour\": 1}")).contains("\"colour\""));
         assert!(format!("{:?}", field("   ")).contains("\"body\""));
         assert_eq!(parse_body::<Body>(b"{\"size\": 3}").expect("valid").size, 3);
+        assert!(format!("{:?}", field("{\"size\": 3} trailing")).contains("\"body\""));
+        assert!(format!("{:?}", field("{\"size\": 3}{}")).contains("more after"));
+        assert_eq!(
+            parse_body::<Body>(b"{\"size\": 3}\n").expect("valid").size,
+            3
+        );
     }
 
     #[test]

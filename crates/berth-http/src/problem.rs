@@ -76,6 +76,20 @@ impl Problem {
         }
     }
 
+    /// `status` for a bad input `field` (a path parameter, a header).
+    pub fn bad_input(
+        status: StatusCode,
+        field: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        let field = field.into();
+        let detail = detail.into();
+        Self {
+            field: Some(field.clone()),
+            ..Self::new(status, format!("{field}: {detail}"))
+        }
+    }
+
     /// 401 for a missing or wrong key.
     pub fn unauthorized(detail: &str) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, detail)

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use berth_core::ByteSize;
-use berth_core::spec::{Command, MAX_CPU_LIMIT, MIN_MEMORY_LIMIT};
+use berth_core::spec::{Command, MIN_MEMORY_LIMIT, check_cpu_cores};
 use berth_http::Problem;
 use serde::{Deserialize, Serialize};
 
@@ -109,13 +109,8 @@ impl ServiceRequest {
                 }
             }
         }
-        if let Some(cores) = self.cpu_limit
-            && !(cores.is_finite() && cores > 0.0 && cores <= MAX_CPU_LIMIT)
-        {
-            return Err(Problem::invalid_field(
-                "cpu_limit",
-                format!("{cores} is not a number of cores above 0"),
-            ));
+        if let Some(cores) = self.cpu_limit {
+            check_cpu_cores("cpu_limit", cores)?;
         }
         if let Some(memory) = self.memory_limit
             && memory < MIN_MEMORY_LIMIT

@@ -467,3 +467,392 @@ async fn tokens_are_listed_without_their_text_revoked_and_expired_everywhere_at_
     })
     .await;
 }
+
+/// Sends `body` as raw bytes with `content_type`; status, content type and JSON body.
+async fn raw_call(
+    hub: &Hub,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, String, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", hub.address))
+        .bearer_auth(&hub.admin)
+        .body(body);
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    let response = request.send().await.expect("hub answers");
+    let status = response.status().as_u16();
+    let kind = response
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, kind, body)
+}
+
+/// A call that must be refused: method, path, content type, body; the status and the field
+/// the problem names.
+type RefusedCall = (
+    Method,
+    String,
+    Option<&'static str>,
+    Vec<u8>,
+    u16,
+    Option<&'static str>,
+);
+
+#[tokio::test]
+async fn every_refusal_is_problem_json_and_changes_nothing() {
+    let hub = start_with("security-errors", HubSettings::default()).await;
+    let json = Some("application/json");
+    let spec =
+        |cores: &str| format!(r#"{{"name": "small", "cpu_cores": {cores}, "memory": "64m"}}"#);
+    let cases: Vec<RefusedCall> = vec![
+        (
+            Method::GET,
+            "/api/services/abc".into(),
+            None,
+            vec![],
+            400,
+            Some("id"),
+        ),
+        (
+            Method::GET,
+            "/api/users/99999999999999999999".into(),
+            None,
+            vec![],
+            400,
+            Some("id"),
+        ),
+        (
+            Method::DELETE,
+            "/api/users/1/tokens/x".into(),
+            None,
+            vec![],
+            400,
+            Some("token_id"),
+        ),
+        (
+            Method::POST,
+            "/api/specs".into(),
+            Some("text/plain"),
+            spec("1").into_bytes(),
+            415,
+            Some("content-type"),
+        ),
+        (
+            Method::POST,
+            "/api/specs".into(),
+            Some("application/x-www-form-urlencoded"),
+            spec("1").into_bytes(),
+            415,
+            Some("content-type"),
+        ),
+        (
+            Method::POST,
+            "/api/specs".into(),
+            json,
+            format!("{} trailing", spec("1")).into_bytes(),
+            422,
+            Some("body"),
+        ),
+        (
+            Method::POST,
+            "/api/specs".into(),
+            json,
+            spec("0.005").into_bytes(),
+            422,
+            Some("cpu_cores"),
+        ),
+        (
+            Method::POST,
+            "/api/specs".into(),
+            json,
+            vec![b' '; 3 << 20],
+            413,
+            None,
+        ),
+        (Method::GET, "/api/nowhere".into(), None, vec![], 404, None),
+        (Method::PATCH, "/api/specs".into(), None, vec![], 405, None),
+    ];
+    for (method, path, content_type, body, status, field) in cases {
+        let (got, kind, problem) = raw_call(&hub, method.clone(), &path, content_type, body).await;
+        assert_eq!(
+            (got, kind.as_str(), problem["field"].as_str()),
+            (status, "application/problem+json", field),
+            "{method} {path}: {problem}"
+        );
+        assert_eq!(problem["status"], status, "{problem}");
+    }
+    let (_, specs) = hub.admin(Method::GET, "/api/specs", None).await;
+    assert_eq!(
+        specs.as_array().map(Vec::len),
+        Some(0),
+        "nothing was created: {specs}"
+    );
+    // A service's cpu_limit below Docker's minimum is refused before any engine sees it.
+    let (status, problem) = hub
+        .admin(
+            Method::POST,
+            "/api/admin/demo/services",
+            Some(
+                json!({"name": "tiny", "image": IMAGE, "cpu_limit": 0.005, "memory_limit": "16m"}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (422, Some("cpu_limit")),
+        "{problem}"
+    );
+    // No Content-Type at all is read as JSON (curl --data-binary without -H, scripts).
+    let (status, _, _) = raw_call(
+        &hub,
+        Method::POST,
+        "/api/specs",
+        None,
+        spec("1").into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201);
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone, without a token.
+    Open,
+    /// Any signed-in user; answers carry only their own data.
+    SignedIn,
+    /// Admins only.
+    Admin,
+    /// The user named by `{id}`, or an admin.
+    SelfOrAdmin,
+    /// The owner of the service `{id}`, or an admin.
+    Owner,
+    /// The user named by `{username}`, or an admin.
+    AsUser,
+}
+
+/// The access rule of every route of the API. A route without an entry fails the test.
+fn access_of(method: &Method, path: &str) -> Access {
+    match (method.as_str(), path) {
+        ("GET", "/health") => Access::Open,
+        (
+            "GET",
+            "/api/openapi.json" | "/api/users/me" | "/api/services" | "/api/images" | "/api/specs",
+        ) => Access::SignedIn,
+        (_, "/api/users/{id}" | "/api/users/{id}/tokens" | "/api/users/{id}/tokens/{token_id}")
+            if *method != Method::PUT && *method != Method::DELETE
+                || path.ends_with("{token_id}") =>
+        {
+            Access::SelfOrAdmin
+        }
+        (_, "/metrics" | "/api/users" | "/api/users/{id}") => Access::Admin,
+        (_, path) if path.starts_with("/api/nodes") || path.starts_with("/api/admin/") => {
+            Access::Admin
+        }
+        ("POST" | "PUT" | "DELETE", path)
+            if path.starts_with("/api/images") || path.starts_with("/api/specs") =>
+        {
+            Access::Admin
+        }
+        (_, path) if path.starts_with("/api/services/{id}") => Access::Owner,
+        ("POST", "/api/{username}/{repo}/services") => Access::AsUser,
+        _ => panic!("{method} {path} has no entry in the authorization matrix"),
+    }
+}
+
+#[tokio::test]
+async fn the_authorization_matrix_holds_for_every_route() {
+    let hub = start_with("security-matrix", HubSettings::default()).await;
+    let (alice_id, alice) = hub.new_user("alice").await;
+    let (_, bob) = hub.new_user("bob").await;
+    // Alice's service, on a simulated node, and a catalog entry of each kind.
+    let mut record =
+        berth_store::nodes::NodeRecord::new("sim", berth_hub::simulation::SIMULATED_DRIVER);
+    record.docker_status = "connected".to_owned();
+    record.cpu = "8".to_owned();
+    record.memory = "16g".to_owned();
+    let node = {
+        let mut transaction = hub.state.store.begin().await.expect("tx");
+        let node = berth_store::nodes::insert(&mut transaction, &record)
+            .await
+            .expect("node");
+        transaction.commit().await.expect("commit");
+        node
+    };
+    let (status, service, _) = hub
+        .call(
+            Some(&alice),
+            Method::POST,
+            "/api/alice/private/services",
+            Some(
+                json!({"name": "alice-private-svc", "image": IMAGE, "cpu_limit": 0.1,
+                        "memory_limit": "16m", "port": 8080,
+                        "environment": {"ALICE_SECRET": "s3cr3t-value"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{service}");
+    let service_id = service["id"].as_i64().expect("id");
+    let (_, issued, _) = hub
+        .call(
+            Some(&alice),
+            Method::POST,
+            &format!("/api/users/{alice_id}/tokens"),
+            Some(json!({"name": "ci"})),
+        )
+        .await;
+    let token_id = issued["id"].as_i64().expect("token id");
+    let (_, image) = hub
+        .admin(
+            Method::POST,
+            "/api/images",
+            Some(json!({"name": "busybox", "reference": IMAGE})),
+        )
+        .await;
+    let (_, spec) = hub
+        .admin(
+            Method::POST,
+            "/api/specs",
+            Some(json!({"name": "small", "cpu_cores": 1, "memory": "64m"})),
+        )
+        .await;
+    let secrets = ["alice-private-svc", "s3cr3t-value", alice.as_str()];
+
+    let routes = berth_hub::api::route_list();
+    assert!(routes.len() >= 50, "the route table: {routes:?}");
+    for (method, template) in routes {
+        let access = access_of(&method, template);
+        let id = if template.starts_with("/api/services/") {
+            service_id
+        } else if template.starts_with("/api/users/") {
+            alice_id
+        } else if template.starts_with("/api/images/") {
+            image["id"].as_i64().expect("image")
+        } else if template.starts_with("/api/specs/") {
+            spec["id"].as_i64().expect("spec")
+        } else {
+            node.id
+        };
+        let path = template
+            .replace("{id}", &id.to_string())
+            .replace("{token_id}", &token_id.to_string())
+            .replace("{username}", "alice")
+            .replace("{repo}", "r");
+        let body = matches!(method, Method::POST | Method::PUT).then(|| json!({}));
+        let call = |token: Option<String>| {
+            let (hub, method, path, body) = (&hub, method.clone(), path.clone(), body.clone());
+            async move { hub.call(token.as_deref(), method, &path, body).await }
+        };
+        let route = format!("{method} {template}");
+
+        let (status, problem, _) = call(None).await;
+        if access == Access::Open {
+            assert_eq!(status, 200, "{route}");
+            continue;
+        }
+        assert_eq!(
+            (status, problem["status"].as_u64()),
+            (401, Some(401)),
+            "{route} anonymous"
+        );
+
+        let (status, problem, text) = call(Some(bob.clone())).await;
+        for secret in secrets {
+            assert!(
+                !text.contains(secret),
+                "{route} showed Bob {secret:?}: {text}"
+            );
+        }
+        let refused_bob = match access {
+            Access::Admin | Access::SelfOrAdmin | Access::AsUser => vec![403],
+            Access::Owner => vec![404],
+            Access::SignedIn | Access::Open => vec![],
+        };
+        if refused_bob.is_empty() {
+            assert!(status < 400, "{route} as Bob: {status} {problem}");
+        } else {
+            assert!(
+                refused_bob.contains(&status),
+                "{route} as Bob: {status} {problem}"
+            );
+            assert_eq!(
+                problem["status"].as_u64(),
+                Some(u64::from(status)),
+                "{route}: a problem+json body"
+            );
+        }
+
+        // Reads by those allowed succeed; by Alice, admin routes are refused.
+        if method == Method::GET {
+            let (status, problem, _) = call(Some(alice.clone())).await;
+            if access == Access::Admin {
+                assert_eq!(status, 403, "{route} as Alice: {problem}");
+            } else {
+                assert!(status < 400, "{route} as Alice: {status} {problem}");
+            }
+            let (status, problem, _) = call(Some(hub.admin.clone())).await;
+            assert!(status < 400, "{route} as admin: {status} {problem}");
+        }
+    }
+    // Nothing Bob tried changed anything of Alice's.
+    let (status, still, _) = hub
+        .call(
+            Some(&alice),
+            Method::GET,
+            &format!("/api/services/{service_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, still["version"].as_i64()),
+        (200, Some(1)),
+        "{still}"
+    );
+    let (_, tokens, _) = hub
+        .call(
+            Some(&alice),
+            Method::GET,
+            &format!("/api/users/{alice_id}/tokens"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        tokens["tokens"].as_array().map(Vec::len),
+        Some(2),
+        "{tokens}"
+    );
+    let (_, log) = hub
+        .admin(Method::GET, "/api/admin/operations?size=500", None)
+        .await;
+    let bob_id = hub
+        .admin(Method::GET, "/api/users", None)
+        .await
+        .1
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|user| user["name"] == "bob")
+        .and_then(|user| user["id"].as_i64())
+        .expect("bob");
+    assert!(
+        log["operations"]
+            .as_array()
+            .expect("log")
+            .iter()
+            .all(|operation| operation["user_id"] != bob_id),
+        "Bob changed nothing: {log}"
+    );
+    let mut transaction = hub.state.store.begin().await.expect("tx");
+    berth_store::services::delete(&mut transaction, service_id)
+        .await
+        .expect("delete");
+    transaction.commit().await.expect("commit");
+}

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_docker::{ContainerStats, DriverError, LogQuery, RemoveOptions, Transition};
+use berth_http::Path;
 use bollard::models::ContainerInspectResponse;
 use futures_util::StreamExt;
 use serde::Deserialize;

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use base64::Engine as _;
 use berth_docker::DriverError;
+use berth_http::Path;
 
 use super::containers::resolve;
 use super::{Problem, parse_body};

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_docker::{DriverError, PullAuth};
+use berth_http::Path;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

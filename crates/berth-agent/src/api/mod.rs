@@ -68,6 +68,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(berth_http::problems_only))
         .with_state(state)
 }
 

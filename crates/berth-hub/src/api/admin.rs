@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
+use berth_http::Path;
 use berth_http::{Problem, parse_query};
 use berth_store::operations::{self, OperationFilter};
 use berth_store::{allocations, nodes};

@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use berth_core::ByteSize;
+use berth_http::Path;
 use berth_http::{Problem, parse_body};
 use berth_store::catalog::{self, Image, Spec};
 use berth_store::operations::{self, NewOperation};
@@ -62,15 +63,7 @@ impl NewSpec {
     /// The spec this request describes, every value checked.
     fn into_spec(self) -> Result<Spec, Problem> {
         berth_core::spec::validate_name("name", &self.name)?;
-        if !(self.cpu_cores.is_finite()
-            && self.cpu_cores > 0.0
-            && self.cpu_cores <= berth_core::spec::MAX_CPU_LIMIT)
-        {
-            return Err(Problem::invalid_field(
-                "cpu_cores",
-                format!("{} is not a number of cores above 0", self.cpu_cores),
-            ));
-        }
+        berth_core::spec::check_cpu_cores("cpu_cores", self.cpu_cores)?;
         if self.memory < berth_core::spec::MIN_MEMORY_LIMIT {
             return Err(Problem::invalid_field(
                 "memory",

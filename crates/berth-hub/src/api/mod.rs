@@ -1,5 +1,7 @@
 //! The hub's REST API under `/api`, plus `/health` (open) and `/metrics`. Every route but
-//! `/health` needs `Authorization: Bearer <token>`; admin routes need the admin role.
+//! `/health` needs `Authorization: Bearer <token>`; admin routes need the admin role. Every
+//! refusal is problem+json: a body that is not JSON is a 415 (once the caller is known), and an
+//! error from below in another form is rewritten.
 
 pub(crate) mod admin;
 pub(crate) mod catalog;
@@ -189,7 +191,9 @@ pub fn router(state: Arc<HubState>) -> Router {
         })
         .fallback(berth_http::no_route)
         .method_not_allowed_fallback(berth_http::method_not_allowed)
+        .layer(middleware::from_fn(berth_http::require_json))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn(berth_http::problems_only))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

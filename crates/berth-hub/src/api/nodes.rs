@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
+use berth_http::Path;
 use berth_http::{Problem, parse_body, parse_query};
 use berth_store::nodes::{self, NodeRecord};
 use berth_store::operations::{self, NewOperation};

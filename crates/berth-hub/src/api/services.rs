@@ -7,12 +7,13 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_core::ByteSize;
 use berth_core::schedule::Placement;
 use berth_core::spec::Command;
+use berth_http::Path;
 use berth_http::{Problem, parse_body, parse_query};
 use berth_store::nodes::{self, NodeRecord};
 use berth_store::operations::{self, NewOperation};
@@ -241,7 +242,6 @@ pub async fn create(
     Path((username, repo)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    let request: ServiceRequest = parse_body(&body)?;
     let owner = if username == user.0.name {
         user.0.clone()
     } else {
@@ -256,6 +256,7 @@ pub async fn create(
             .await?
             .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, format!("no user {username}")))?
     };
+    let request: ServiceRequest = parse_body(&body)?;
     berth_core::spec::validate_name("repo", &repo)?;
     let (definition, spec_id) = definition_from(&state, &request).await?;
 
@@ -485,6 +486,7 @@ pub async fn stop(
     Path(id): Path<i64>,
     body: Bytes,
 ) -> Result<Json<Value>, Problem> {
+    let mut service = owned(&state, &user.0, id).await?;
     let request: StopRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StopRequest::default()
     } else {
@@ -495,7 +497,6 @@ pub async fn stop(
     } else {
         request.timeout_seconds.unwrap_or(30)
     };
-    let mut service = owned(&state, &user.0, id).await?;
     let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
     replicas::on_every_replica(&state, &service, |client, container| async move {
         client.stop(&container, grace).await
@@ -702,11 +703,11 @@ pub async fn logs(
     Path(id): Path<i64>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
+    let service = owned(&state, &user.0, id).await?;
     let query: LogsQuery = parse_query(raw)?;
     if query.tail > 10_000 {
         return Err(Problem::invalid_field("tail", "must be at most 10000"));
     }
-    let service = owned(&state, &user.0, id).await?;
     let container = container_of(&service)?;
     let (_, client) = node_of(&state, &service).await?;
     if query.follow {
@@ -763,6 +764,7 @@ pub async fn stats_history(
     Path(id): Path<i64>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, Problem> {
+    let service = owned(&state, &user.0, id).await?;
     let query: HistoryQuery = parse_query(raw)?;
     if query.minutes == 0 || query.minutes > HISTORY_MINUTES {
         return Err(Problem::invalid_field(
@@ -770,7 +772,6 @@ pub async fn stats_history(
             format!("must be between 1 and {HISTORY_MINUTES}"),
         ));
     }
-    let service = owned(&state, &user.0, id).await?;
     let since = berth_store::now_ms() - i64::from(query.minutes) * 60_000;
     let mut connection = state.store.acquire().await?;
     let points = berth_store::stats_history::since(&mut connection, service.id, since).await?;
@@ -838,8 +839,8 @@ pub async fn rollback(
     Path(id): Path<i64>,
     body: Bytes,
 ) -> Result<Json<Value>, Problem> {
-    let request: RollbackRequest = parse_body(&body)?;
     let service = owned(&state, &user.0, id).await?;
+    let request: RollbackRequest = parse_body(&body)?;
     let target = {
         let mut connection = state.store.acquire().await?;
         services::deployments(&mut connection, service.id)
@@ -1017,9 +1018,9 @@ pub async fn update(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Json<Value>, Problem> {
+    let service = owned(&state, &user.0, id).await?;
     let query: UpdateQuery = parse_query(raw)?;
     let request: ServiceRequest = parse_body(&body)?;
-    let service = owned(&state, &user.0, id).await?;
     if request.name != service.name {
         return Err(Problem::invalid_field(
             "name",

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
+use berth_http::Path;
 use berth_http::{Problem, parse_body};
 use berth_store::operations::{self, NewOperation};
 use berth_store::users::{self, Quotas, Role, User};

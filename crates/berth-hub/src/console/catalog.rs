@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use berth_http::Path;
 use berth_http::Problem;
 use berth_store::catalog::{self, Image, Spec};
 

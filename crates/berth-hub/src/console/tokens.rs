@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
+use berth_http::Path;
 use berth_http::Problem;
 use berth_store::users;
 

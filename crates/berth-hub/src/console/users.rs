@@ -8,8 +8,9 @@ use std::sync::Arc;
 use askama::Template;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
+use berth_http::Path;
 use berth_http::Problem;
 use berth_store::{services, users};
 
