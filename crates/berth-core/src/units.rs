@@ -94,6 +94,9 @@ fn unit_factor(unit: &str) -> Option<u64> {
     Some(factor)
 }
 
+/// The largest size: Docker keeps sizes in a signed 64-bit integer.
+const MAX_BYTES: u64 = i64::MAX as u64;
+
 impl FromStr for ByteSize {
     type Err = ByteSizeError;
 
@@ -120,6 +123,7 @@ impl FromStr for ByteSize {
         if let Ok(whole) = number.parse::<u64>() {
             return whole
                 .checked_mul(factor)
+                .filter(|bytes| *bytes <= MAX_BYTES)
                 .map(ByteSize)
                 .ok_or_else(|| ByteSizeError::Overflow(text.to_owned()));
         }
@@ -127,7 +131,7 @@ impl FromStr for ByteSize {
             .parse()
             .map_err(|_| ByteSizeError::BadNumber(text.to_owned()))?;
         let bytes = fractional * factor as f64;
-        if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        if !bytes.is_finite() || bytes > MAX_BYTES as f64 {
             return Err(ByteSizeError::Overflow(text.to_owned()));
         }
         Ok(ByteSize(bytes.round() as u64))
@@ -164,6 +168,9 @@ impl<'de> Deserialize<'de> for ByteSize {
             }
 
             fn visit_u64<E: de::Error>(self, value: u64) -> Result<ByteSize, E> {
+                if value > MAX_BYTES {
+                    return Err(E::custom(ByteSizeError::Overflow(value.to_string())));
+                }
                 Ok(ByteSize(value))
             }
 
@@ -213,6 +220,11 @@ mod tests {
             parse("99999999999p"),
             Err(ByteSizeError::Overflow(_))
         ));
+        assert!(
+            matches!(parse("8192p"), Err(ByteSizeError::Overflow(_))),
+            "past i64"
+        );
+        assert_eq!(parse("8191p"), Ok(8191 << 50));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub use problem::Problem;
 
 /// Parses a JSON body with errors that name the field (`memory_limit: …`).
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    use serde::Deserialize as _;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Problem::invalid_field(
             "body",
@@ -19,7 +20,19 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Prob
         ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+    let mut json = serde_json::Value::deserialize(&mut deserializer).map_err(|err| {
+        let message = err.to_string();
+        let message = message.split(" at line ").next().unwrap_or(&message);
+        Problem::invalid_field("body", format!("is not JSON: {message}"))
+    })?;
+    deserializer.end().map_err(|_| {
+        Problem::invalid_field("body", "has more after its JSON value; send exactly one")
+    })?;
+    if !json.is_object() {
+        return Err(Problem::invalid_field("body", "must be a JSON object"));
+    }
+    whole_numbers_as_integers(&mut json);
+    serde_path_to_error::deserialize(json).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         let message = inner.to_string();
@@ -34,11 +47,29 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Prob
             path
         };
         Problem::invalid_field(field, message)
-    })?;
-    deserializer.end().map_err(|_| {
-        Problem::invalid_field("body", "has more after its JSON value; send exactly one")
-    })?;
-    Ok(value)
+    })
+}
+
+/// JSON has one kind of number: `3.0` is the integer 3 to JSON Schema and to most clients'
+/// encoders, so whole numbers written with a fraction are read as integers (fields that take
+/// fractions read integers as well).
+fn whole_numbers_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(number) => {
+            if let Some(float) = number
+                .as_f64()
+                .filter(|_| !number.is_i64() && !number.is_u64())
+                && float.fract() == 0.0
+                && float.abs() < 9.007_199_254_740_992e15
+            {
+                *value = Value::from(float as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
 }
 
 /// serde names an unknown field only in its message: "unknown field `x`, expected …".
@@ -92,6 +123,13 @@ mod tests {
             parse_body::<Body>(b"{\"size\": 3}\n").expect("valid").size,
             3
         );
+        assert_eq!(
+            parse_body::<Body>(b"{\"size\": 3.0}").expect("whole").size,
+            3
+        );
+        assert!(format!("{:?}", field("{\"size\": 3.5}")).contains("\"size\""));
+        assert!(format!("{:?}", field("{\"size\": ")).contains("not JSON"));
+        assert!(format!("{:?}", field("[3]")).contains("JSON object"));
     }
 
     #[test]

@@ -230,7 +230,7 @@ async fn make_room(state: &HubState, service: &ServiceRecord) -> Result<Vec<Stri
                 .cloned()
                 .ok_or_else(|| {
                     Problem::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
+                        StatusCode::CONFLICT,
                         format!(
                             "node {node} has max_models={max_models} model services loaded and every one is answering requests; try again when one is idle"
                         ),

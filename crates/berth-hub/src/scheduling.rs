@@ -202,7 +202,8 @@ pub async fn snapshot(state: &HubState) -> Result<(Vec<NodeRecord>, Cluster), St
 
 /// Places `request` on `cluster` — on `preferred` when it fits there — and commits it to the
 /// snapshot, so that the next placement sees it; the placement and its node's record. A refusal
-/// is a 503 whose detail starts with `which` (e.g. `replica 3 of 5: `).
+/// is a 409 (the cluster has no room now) whose detail starts with `which` (e.g.
+/// `replica 3 of 5: `).
 pub fn place_and_commit(
     cluster: &mut Cluster,
     nodes: &[NodeRecord],
@@ -211,9 +212,8 @@ pub fn place_and_commit(
     options: &Options,
     which: &str,
 ) -> Result<(Placement, NodeRecord), Problem> {
-    let unavailable = |refusal: Refusal| {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, format!("{which}{refusal}"))
-    };
+    let unavailable =
+        |refusal: Refusal| Problem::new(StatusCode::CONFLICT, format!("{which}{refusal}"));
     let on_preferred = preferred.and_then(|node| {
         let only_there = Request {
             only_node: Some(node),

@@ -724,7 +724,7 @@ async fn constraints_keep_replicas_on_nodes_with_the_labels() {
         assert_eq!(
             (status, refused["detail"].as_str()),
             (
-                503,
+                409,
                 Some("no node can run it: 2 nodes: labels do not match")
             )
         );

@@ -125,7 +125,7 @@ async fn a_service_lives_and_every_step_is_logged() {
         assert_eq!(
             (status, refused["detail"].as_str()),
             (
-                503,
+                409,
                 Some("no node can run it: 1 node: the node it moves away from")
             ),
             "one node: nowhere to move"
@@ -398,7 +398,7 @@ async fn quotas_ownership_and_bad_requests_are_refused() {
                 Some(gpu),
             )
             .await;
-        assert_eq!(status, 503, "{problem}");
+        assert_eq!(status, 409, "{problem}");
         assert!(
             problem["detail"]
                 .as_str()

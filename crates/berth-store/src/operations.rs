@@ -168,7 +168,7 @@ pub async fn list(
         .await?
         .try_get("n")?;
     let size = filter.size.clamp(1, 500);
-    let offset = (filter.page.max(1) - 1) * size;
+    let offset = (filter.page.max(1) - 1).saturating_mul(size);
     let rows = bind_all(format!(
         "SELECT * FROM operations{clause} ORDER BY id DESC LIMIT {size} OFFSET {offset}"
     ))

@@ -34,7 +34,11 @@ pub(crate) async fn resolve(
 ) -> Result<ContainerInspectResponse, Problem> {
     let inspected = match state.driver.inspect_raw(id).await {
         Ok(inspected) => inspected,
-        Err(DriverError::ContainerNotFound { .. }) => return Err(Problem::no_container(id)),
+        // The engine answers 400 for an id it cannot even read as a name: there is no such
+        // container either.
+        Err(DriverError::ContainerNotFound { .. } | DriverError::Engine { status: 400, .. }) => {
+            return Err(Problem::no_container(id));
+        }
         Err(err) => return Err(err.into()),
     };
     let ours = inspected

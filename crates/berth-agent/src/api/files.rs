@@ -24,7 +24,12 @@ const START_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 fn decode(field: &str, text: &str) -> Result<Vec<u8>, Problem> {
     let cleaned: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD
+    // Lenient about the unused bits of the last character, as Python's b64decode is.
+    const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+    );
+    LENIENT
         .decode(cleaned.as_bytes())
         .map_err(|err| Problem::invalid_field(field, format!("is not valid base64: {err}")))
 }

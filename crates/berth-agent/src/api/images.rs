@@ -99,7 +99,12 @@ pub async fn inspect(
     State(state): Shared,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    Ok(Json(match state.driver.inspect_image(&name).await? {
+    // The engine answers 400 for a name it cannot read as a reference: no such image either.
+    let found = match state.driver.inspect_image(&name).await {
+        Err(DriverError::Engine { status: 400, .. }) => None,
+        other => other?,
+    };
+    Ok(Json(match found {
         Some(image) => json!({
             "exists": true,
             "id": image.id,
@@ -221,6 +226,9 @@ pub async fn remove(
                 StatusCode::CONFLICT,
                 format!("image {name} is in use ({message}); pass force=true"),
             ),
+            DriverError::Engine { status: 400, .. } => {
+                Problem::new(StatusCode::NOT_FOUND, format!("no such image: {name}"))
+            }
             other => other.into(),
         })?;
     tracing::info!(image = %name, "Image removed.");

@@ -125,6 +125,9 @@ fn first_page() -> i64 {
     1
 }
 
+/// The last page number the operation log answers.
+const MAX_PAGE: i64 = 1_000_000;
+
 fn fifty() -> i64 {
     50
 }
@@ -137,8 +140,11 @@ pub async fn operations(
 ) -> Result<Json<Value>, Problem> {
     user.require_admin()?;
     let query: OperationsQuery = parse_query(raw)?;
-    if query.page < 1 {
-        return Err(Problem::invalid_field("page", "starts at 1"));
+    if !(1..=MAX_PAGE).contains(&query.page) {
+        return Err(Problem::invalid_field(
+            "page",
+            format!("must be between 1 and {MAX_PAGE}"),
+        ));
     }
     if !(1..=500).contains(&query.size) {
         return Err(Problem::invalid_field("size", "must be between 1 and 500"));

@@ -49,10 +49,15 @@ struct NewSpec {
 impl NewImage {
     fn check(&self) -> Result<(), Problem> {
         berth_core::spec::validate_name("name", &self.name)?;
-        if self.reference.trim().is_empty() || self.reference.chars().any(char::is_whitespace) {
+        // Image references are printable ASCII without spaces (registry/name:tag@digest).
+        let printable = self.reference.chars().all(|c| c.is_ascii_graphic());
+        if self.reference.is_empty() || self.reference.len() > 255 || !printable {
             return Err(Problem::invalid_field(
                 "reference",
-                format!("{:?} is not an image reference", self.reference),
+                format!(
+                    "{:?} is not an image reference: 1 to 255 printable ASCII characters, no spaces",
+                    self.reference
+                ),
             ));
         }
         Ok(())
@@ -70,8 +75,21 @@ impl NewSpec {
                 format!("{} is below Docker's minimum of 6m", self.memory),
             ));
         }
-        if self.gpu_count < 0 {
-            return Err(Problem::invalid_field("gpu_count", "must not be negative"));
+        for (field, size) in [
+            ("system_disk", self.system_disk),
+            ("data_disk", self.data_disk),
+        ] {
+            if size.is_some_and(|size| size.bytes() == 0) {
+                return Err(Problem::invalid_field(field, "is 0; leave it out for none"));
+            }
+        }
+        for (field, value) in [
+            ("gpu_count", self.gpu_count),
+            ("gpu_memory_gb", self.gpu_memory_gb),
+        ] {
+            if value < 0 {
+                return Err(Problem::invalid_field(field, "must not be negative"));
+            }
         }
         if self.memory_split && self.gpu_memory_gb <= 0 {
             return Err(Problem::invalid_field(

@@ -260,6 +260,23 @@ pub async fn list(
 ) -> Result<Json<Vec<NodeView>>, Problem> {
     user.require_admin()?;
     let filter: NodeFilter = parse_query(raw)?;
+    for (field, value, allowed) in [
+        (
+            "status",
+            &filter.status,
+            &["connected", "failed", "unknown"][..],
+        ),
+        ("driver", &filter.driver, &["docker", "agent"][..]),
+    ] {
+        if let Some(value) = value
+            && !allowed.contains(&value.as_str())
+        {
+            return Err(Problem::invalid_field(
+                field,
+                format!("{value:?} is not one of {}", allowed.join(", ")),
+            ));
+        }
+    }
     let mut connection = state.store.acquire().await?;
     let all = nodes::list(&mut connection).await?;
     Ok(Json(

@@ -477,7 +477,12 @@ async fn wake(state: &HubState, routes: &ServiceRoutes) -> Result<(), Problem> {
             .get_or_create(&routes.metrics(models).labels)
             .inc();
         *last_failure = Some((Instant::now(), problem.detail().to_owned()));
-        return Err(problem);
+        // No room (the API's 409) is, to a caller of the service, a service unavailable now.
+        return Err(if problem.status() == StatusCode::CONFLICT {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, problem.detail())
+        } else {
+            problem
+        });
     }
     *last_failure = None;
     routes.usage.cold_starts.fetch_add(1, Ordering::Relaxed);
