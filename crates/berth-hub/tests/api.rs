@@ -816,3 +816,114 @@ async fn the_console_needs_a_session_and_every_form_its_csrf_token() {
     let (status, location, _) = copy.send(Method::GET, "/", &[]).await;
     assert_eq!((status, location.as_str()), (303, "/sign-in?next=%2F"));
 }
+
+#[tokio::test]
+async fn console_tokens_are_issued_once_revoked_at_once_and_quotas_cleared() {
+    let hub = start("console-tokens").await;
+    let (alice_id, alice) = hub.new_user("alice").await;
+    // Alice signs in with a token she then issues a second one beside.
+    let (_, issued, _) = hub
+        .call(
+            Some(&alice),
+            Method::POST,
+            &format!("/api/users/{alice_id}/tokens"),
+            Some(json!({"name": "laptop"})),
+        )
+        .await;
+    let laptop = issued["token"].as_str().expect("token").to_owned();
+    let laptop_id = issued["id"].as_i64().expect("id");
+    let mut visitor = ConsoleVisitor::new(&hub);
+    visitor.sign_in(&laptop).await;
+    let (status, _, page) = visitor.send(Method::GET, "/tokens", &[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("laptop") && page.contains("initial"),
+        "{page}"
+    );
+    assert!(
+        !page.contains(&laptop) && !page.contains(&alice),
+        "no token text"
+    );
+    let csrf = ConsoleVisitor::csrf(&page);
+    let (status, _, refused) = visitor
+        .send(
+            Method::POST,
+            "/tokens",
+            &[("csrf", &csrf), ("name", "ci"), ("expires_in_days", "0")],
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        refused.contains("id=\"token-expires_in_days-error\""),
+        "{refused}"
+    );
+    let (status, _, shown) = visitor
+        .send(
+            Method::POST,
+            "/tokens",
+            &[("csrf", &csrf), ("name", "ci"), ("expires_in_days", "30")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let ci = shown
+        .split("<code>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("the new token, shown once");
+    assert!(ci.starts_with("berth_"), "{shown}");
+    let (status, me, _) = hub.call(Some(ci), Method::GET, "/api/users/me", None).await;
+    assert_eq!((status, me["name"].as_str()), (200, Some("alice")));
+    // Another user's tokens are not Alice's to see.
+    let (status, _, _) = visitor.send(Method::GET, "/tokens?user=1", &[]).await;
+    assert_eq!(status, 403);
+    // Revoking the token her session was opened with ends the session too.
+    let (status, location, _) = visitor
+        .send(
+            Method::POST,
+            &format!("/tokens/{laptop_id}/revoke"),
+            &[("csrf", &csrf), ("user", &alice_id.to_string())],
+        )
+        .await;
+    assert_eq!(status, 303, "{location}");
+    let (status, location, _) = visitor.send(Method::GET, "/tokens", &[]).await;
+    assert_eq!(
+        (status, location.as_str()),
+        (303, "/sign-in?next=%2Ftokens")
+    );
+    let (status, _, _) = hub
+        .call(Some(&laptop), Method::GET, "/api/users/me", None)
+        .await;
+    assert_eq!(status, 401);
+
+    // An admin empties a quota on the users page: it is cleared, the hub's default applies.
+    hub.admin(
+        Method::PUT,
+        &format!("/api/users/{alice_id}"),
+        Some(json!({"max_services": 3, "max_gpus": 2})),
+    )
+    .await;
+    let mut admin = ConsoleVisitor::new(&hub);
+    admin.sign_in(&hub.admin).await;
+    let (_, _, users_page) = admin.send(Method::GET, "/users", &[]).await;
+    let csrf = ConsoleVisitor::csrf(&users_page);
+    let (status, _, _) = admin
+        .send(
+            Method::POST,
+            &format!("/users/{alice_id}"),
+            &[
+                ("csrf", &csrf),
+                ("role", "user"),
+                ("max_services", ""),
+                ("max_cpu_cores", ""),
+                ("max_memory", ""),
+                ("max_gpus", "2"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303);
+    let (_, user) = hub
+        .admin(Method::GET, &format!("/api/users/{alice_id}"), None)
+        .await;
+    assert_eq!(user["quotas"]["max_services"], Value::Null, "{user}");
+    assert_eq!(user["quotas"]["max_gpus"], 2, "{user}");
+}

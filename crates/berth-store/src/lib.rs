@@ -24,6 +24,33 @@ pub use error::StoreError;
 pub use secrets::SecretBox;
 use secrets::random_hex;
 
+/// Creates the SQLite file of `url` readable by its owner only (0600) when it does not exist
+/// yet; SQLite gives its journal files the same mode.
+fn create_private_file(url: &str) -> Result<(), StoreError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path.starts_with(':') {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(StoreError::Invalid(format!(
+            "cannot create the database file {path}: {err}"
+        ))),
+    }
+}
+
 /// A connection or transaction any repository function accepts.
 pub type Conn = sqlx::AnyConnection;
 /// An open transaction.
@@ -61,6 +88,9 @@ impl Store {
                 redact_url(url)
             )));
         };
+        if backend == Backend::Sqlite {
+            create_private_file(url)?;
+        }
         let url = match backend {
             Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
             _ => url.to_owned(),

@@ -362,6 +362,16 @@ async fn migrations_apply_once_and_bad_urls_are_refused() {
     users::create_user(&mut connection, "kept", Role::User, &Quotas::default())
         .await
         .expect("user");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for file in ["berth.db", "berth.db-wal"] {
+            let mode = std::fs::metadata(dir.join(file))
+                .expect("the database's files")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file} is its owner's only");
+        }
+    }
     drop(connection);
     first.close().await;
     let second = Store::connect(&url).await.expect("reopened");

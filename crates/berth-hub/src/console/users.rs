@@ -182,7 +182,18 @@ pub async fn update(
         return refused;
     }
     let body = match to_json(CHANGE_FIELDS, &form) {
-        Ok(body) => body,
+        Ok(mut body) => {
+            // An emptied limit clears the quota: the hub's default applies again.
+            for field in CHANGE_FIELDS.iter().filter(|field| field.name != "role") {
+                if form
+                    .find(field.name)
+                    .is_some_and(|value| value.trim().is_empty())
+                {
+                    body[field.name] = serde_json::Value::Null;
+                }
+            }
+            body
+        }
         Err(refusal) => {
             return problem_page(
                 &visitor,
