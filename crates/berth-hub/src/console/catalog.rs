@@ -13,8 +13,8 @@ use berth_http::Problem;
 use berth_store::catalog::{self, Image, Spec};
 
 use super::forms::{
-    Field, FieldView, FormData, Kind, Refusal, field, form_error, form_status, required, submit,
-    views,
+    Field, FieldView, FormData, Kind, Refusal, field, form_error, form_status, required,
+    simple_views, submit, views,
 };
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
@@ -215,15 +215,7 @@ fn edit_page(
             chrome: visitor.chrome("catalog"),
             action,
             heading,
-            fields: views(
-                visitor.t,
-                "entry",
-                fields,
-                values,
-                &HashMap::new(),
-                &HashMap::new(),
-                refusal,
-            ),
+            fields: simple_views(visitor.t, "entry", fields, values, refusal),
             form_error: form_error(refusal),
         },
     )

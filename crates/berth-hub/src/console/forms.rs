@@ -181,6 +181,25 @@ pub fn form_status(refusal: Option<&Refusal>) -> axum::http::StatusCode {
     }
 }
 
+/// [`views`] of a form with neither [`Kind::Select`] fields nor secrets.
+pub fn simple_views(
+    t: Tr,
+    form: &str,
+    fields: &[Field],
+    values: &FormData,
+    refusal: Option<&Refusal>,
+) -> Vec<FieldView> {
+    views(
+        t,
+        form,
+        fields,
+        values,
+        &HashMap::new(),
+        &HashMap::new(),
+        refusal,
+    )
+}
+
 /// The inputs of form `form` for `fields`, with the values in `values` (what was typed, or what is stored),
 /// `choices` for [`Kind::Select`] fields, `stored` secrets, and `refusal`'s error.
 pub fn views(

@@ -2,7 +2,6 @@
 //! issue one (shown once, on the page that answers the form) and a revoke button per token.
 //! Everyone manages their own; admins reach anyone's with `?user=ID`, from the users page.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use askama::Template;
@@ -14,7 +13,7 @@ use berth_http::Problem;
 use berth_store::users;
 
 use super::forms::{
-    Field, FieldView, FormData, Kind, Refusal, field, form_error, form_status, submit, views,
+    Field, FieldView, FormData, Kind, Refusal, field, form_error, form_status, simple_views, submit,
 };
 use super::session::Visitor;
 use super::text::Tr;
@@ -103,15 +102,7 @@ async fn tokens_page(
             owner,
             owner_id: user_id,
             tokens,
-            fields: views(
-                visitor.t,
-                "token",
-                FIELDS,
-                values,
-                &HashMap::new(),
-                &HashMap::new(),
-                refusal,
-            ),
+            fields: simple_views(visitor.t, "token", FIELDS, values, refusal),
             form_error: form_error(refusal),
             issued,
         },

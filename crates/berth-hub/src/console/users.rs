@@ -15,8 +15,8 @@ use berth_http::Problem;
 use berth_store::{services, users};
 
 use super::forms::{
-    Field, FieldView, FormData, Kind, Refusal, field, form_error, form_status, required, submit,
-    to_json, views,
+    Field, FieldView, FormData, Kind, Refusal, field, form_error, form_status, required,
+    simple_views, submit, to_json,
 };
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
@@ -118,15 +118,7 @@ async fn users_page(
             t: visitor.t,
             chrome: visitor.chrome("users"),
             users: rows,
-            fields: views(
-                visitor.t,
-                "user",
-                NEW_FIELDS,
-                values,
-                &HashMap::new(),
-                &HashMap::new(),
-                refusal,
-            ),
+            fields: simple_views(visitor.t, "user", NEW_FIELDS, values, refusal),
             form_error: form_error(refusal),
             issued,
         },
