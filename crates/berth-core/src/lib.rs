@@ -12,6 +12,7 @@ pub mod routing;
 pub mod schedule;
 pub mod seeded;
 pub mod spec;
+pub mod timeouts;
 pub mod units;
 
 pub use node::{ConnectionReport, ConnectionStatus};

@@ -392,11 +392,18 @@ impl DockerDriver {
             t: Some(clamp_secs(grace_secs)),
             signal: None,
         };
-        self.docker
+        self.for_stop(grace_secs)
             .stop_container(container, Some(options))
             .await
             .map_err(|err| DriverError::for_container(&self.address, container, err))?;
         Ok(Transition::Changed)
+    }
+
+    /// The engine client for a stop with `grace_secs` of grace: its timeout outlasts the grace
+    /// (and is never shorter than the connection's own).
+    fn for_stop(&self, grace_secs: u32) -> Docker {
+        let timeout = berth_core::timeouts::stop(grace_secs).max(self.docker.timeout());
+        self.docker.clone().with_timeout(timeout)
     }
 
     /// Restarts a container, stopping it with `grace_secs` first.
@@ -405,7 +412,7 @@ impl DockerDriver {
             t: Some(clamp_secs(grace_secs)),
             signal: None,
         };
-        self.docker
+        self.for_stop(grace_secs)
             .restart_container(container, Some(options))
             .await
             .map_err(|err| DriverError::for_container(&self.address, container, err))

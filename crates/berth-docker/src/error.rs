@@ -47,6 +47,14 @@ pub enum DriverError {
         /// What went wrong.
         message: String,
     },
+    /// The engine took longer than the call's timeout: busy or slow, not unreachable.
+    #[error(
+        "the Docker engine at {address} did not answer within the call's timeout; it is slow or busy, not unreachable"
+    )]
+    EngineSlow {
+        /// The engine address.
+        address: String,
+    },
     /// TLS material was unusable or the TLS handshake was refused.
     #[error("TLS with the Docker engine at {address} failed: {message}")]
     Tls {
@@ -87,6 +95,9 @@ pub(crate) fn engine_failure(address: &str, err: bollard::errors::Error) -> Engi
             status_code,
             message,
         } => EngineFailure::Status(status_code, message),
+        Bollard::RequestTimeoutError => EngineFailure::Transport(DriverError::EngineSlow {
+            address: address.to_owned(),
+        }),
         other => EngineFailure::Transport(transport_error(address, &other)),
     }
 }

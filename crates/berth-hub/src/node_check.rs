@@ -65,7 +65,7 @@ pub fn docker_endpoint(node: &NodeRecord, secrets: &SecretBox) -> Result<DockerE
     Ok(DockerEndpoint {
         address: address.to_owned(),
         tls,
-        timeout_secs: 10,
+        timeout_secs: berth_core::timeouts::ENGINE_CALL.as_secs(),
     })
 }
 

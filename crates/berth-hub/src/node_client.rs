@@ -127,6 +127,18 @@ impl NodeClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, Problem> {
+        self.agent_call_within(method, path, body, berth_core::timeouts::AGENT_CALL)
+            .await
+    }
+
+    /// An agent call that may take up to `timeout`.
+    async fn agent_call_within(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: std::time::Duration,
+    ) -> Result<Value, Problem> {
         let NodeClient::Agent { base, key, http } = self else {
             return Err(Problem::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -135,15 +147,26 @@ impl NodeClient {
         };
         let mut request = http
             .request(method, format!("{base}{path}"))
+            .timeout(timeout)
             .bearer_auth(key);
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await.map_err(|err| {
-            Problem::new(
-                axum::http::StatusCode::BAD_GATEWAY,
-                format!("agent at {base} is unreachable: {err}"),
-            )
+            if err.is_timeout() {
+                Problem::new(
+                    axum::http::StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "agent at {base} did not answer within {} s; it is slow or busy, not unreachable",
+                        timeout.as_secs()
+                    ),
+                )
+            } else {
+                Problem::new(
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    format!("agent at {base} is unreachable: {err}"),
+                )
+            }
         })?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
@@ -216,10 +239,11 @@ impl NodeClient {
                 .map(|_| ())
                 .map_err(Problem::from),
             NodeClient::Agent { .. } => self
-                .agent_call(
+                .agent_call_within(
                     reqwest::Method::POST,
                     &format!("/containers/{id}/stop?timeout={grace_secs}"),
                     None,
+                    berth_core::timeouts::stop(grace_secs),
                 )
                 .await
                 .map(|_| ()),

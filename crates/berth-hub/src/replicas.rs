@@ -358,10 +358,7 @@ pub async fn move_replica(
                 &service_operation(cause.actor, cause.action, &service, "refused", detail),
             )
             .await?;
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                refusal.to_string(),
-            ));
+            return Err(Problem::new(StatusCode::CONFLICT, refusal.to_string()));
         }
     };
     let node = all

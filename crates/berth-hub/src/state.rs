@@ -119,8 +119,8 @@ impl HubState {
     ) -> Result<Self, StoreError> {
         let hub_id = allocations::hub_id(&mut *store.acquire().await?).await?;
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
+            .connect_timeout(berth_core::timeouts::AGENT_CONNECT)
+            .timeout(berth_core::timeouts::AGENT_CALL)
             .build()
             .unwrap_or_default();
         Ok(Self {
