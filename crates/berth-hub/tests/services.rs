@@ -659,3 +659,88 @@ async fn running_services_are_sampled_into_their_stats_history() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_server_that_ignores_sigterm_is_stopped_with_the_default_grace_and_stays_stopped() {
+    let hub = start("stubborn").await;
+    add_local_node(&hub).await;
+    with_cleanup(&hub, async {
+        // busybox httpd as PID 1 has no SIGTERM handler: only the engine's SIGKILL after the
+        // grace period ends it, as with most model servers.
+        let (status, created) = hub
+            .admin(
+                Method::POST,
+                "/api/admin/stubborn/services",
+                Some(json!({
+                    "name": "stubborn", "image": "berth-test/busybox:latest",
+                    "cpu_limit": 0.1, "memory_limit": "16m", "start": true,
+                    "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+                })),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_i64().expect("id");
+        let began = std::time::Instant::now();
+        let (status, stopped) = hub
+            .admin(Method::POST, &format!("/api/services/{id}/stop"), None)
+            .await;
+        let took = began.elapsed();
+        assert_eq!(
+            (status, stopped["status"].as_str()),
+            (200, Some("stopped")),
+            "{stopped}"
+        );
+        assert!(
+            took >= Duration::from_secs(25),
+            "the default 30 s grace was waited out, not cut short: {took:?}"
+        );
+        let (_, live) = hub
+            .admin(Method::GET, &format!("/api/services/{id}/status"), None)
+            .await;
+        assert_eq!(live["container_status"], "exited", "{live}");
+        // No later reconcile starts it again, and the stop is logged once.
+        for _ in 0..3 {
+            berth_hub::reconciler::round(&hub.state)
+                .await
+                .expect("round");
+        }
+        let (_, live) = hub
+            .admin(Method::GET, &format!("/api/services/{id}/status"), None)
+            .await;
+        assert_eq!(
+            (live["status"].as_str(), live["container_status"].as_str()),
+            (Some("stopped"), Some("exited")),
+            "{live}"
+        );
+        let (_, log) = hub
+            .admin(
+                Method::GET,
+                &format!("/api/admin/operations?service_id={id}"),
+                None,
+            )
+            .await;
+        let actions: Vec<&str> = log["operations"]
+            .as_array()
+            .expect("operations")
+            .iter()
+            .filter_map(|operation| operation["action"].as_str())
+            .collect();
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|action| **action == "service.stop")
+                .count(),
+            1,
+            "{actions:?}"
+        );
+        assert!(
+            !actions.iter().any(|action| action.contains("start")),
+            "{actions:?}"
+        );
+        assert!(
+            !actions.contains(&"container.stop"),
+            "no failed stop: {actions:?}"
+        );
+    })
+    .await;
+}

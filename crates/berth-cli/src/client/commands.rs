@@ -1099,6 +1099,9 @@ async fn service(
             return Ok(());
         }
     };
+    if let Some(pending) = value.get("pending").and_then(Value::as_str) {
+        eprintln!("berth: not finished yet: {pending}");
+    }
     let columns: &[(&str, &str)] = if value.get("container_status").is_some() {
         &[
             ("ID", "id"),

@@ -479,13 +479,17 @@ struct StopRequest {
     force_stop: bool,
 }
 
-/// `POST /api/services/{id}/stop` with `{timeout_seconds: 30}`.
+/// `POST /api/services/{id}/stop` with `{timeout_seconds: 30}`. The wanted state is committed
+/// first, with its operation row, then the containers are stopped (each call waits its grace
+/// plus a margin): 200 when they all stopped, 202 with `pending` when a node did not confirm —
+/// the service stays stopped whatever an engine answered, and the reconciler stops what still
+/// runs.
 pub async fn stop(
     State(state): Shared,
     user: CurrentUser,
     Path(id): Path<i64>,
     body: Bytes,
-) -> Result<Json<Value>, Problem> {
+) -> Result<(StatusCode, Json<Value>), Problem> {
     let mut service = owned(&state, &user.0, id).await?;
     let request: StopRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StopRequest::default()
@@ -498,10 +502,6 @@ pub async fn stop(
         request.timeout_seconds.unwrap_or(30)
     };
     let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
-    replicas::on_every_replica(&state, &service, |client, container| async move {
-        client.stop(&container, grace).await
-    })
-    .await?;
     service.status = "stopped".to_owned();
     let saved = save(
         &state,
@@ -515,7 +515,34 @@ pub async fn stop(
         ),
     )
     .await?;
-    Ok(Json(view(&saved)))
+    let stopped = replicas::on_every_replica(&state, &saved, |client, container| async move {
+        client.stop(&container, grace).await
+    })
+    .await;
+    match stopped {
+        Ok(_) => Ok((StatusCode::OK, Json(view(&saved)))),
+        Err(problem) => {
+            let pending = format!(
+                "{}; the service stays stopped and the hub stops its containers when their nodes answer",
+                problem.detail()
+            );
+            let transaction = state.store.begin().await?;
+            operations::commit_with(
+                transaction,
+                &replicas::service_operation(
+                    Some(user.0.id),
+                    "container.stop",
+                    &saved,
+                    "failed",
+                    json!({"error": problem.detail()}),
+                ),
+            )
+            .await?;
+            let mut answer = view(&saved);
+            answer["pending"] = json!(pending);
+            Ok((StatusCode::ACCEPTED, Json(answer)))
+        }
+    }
 }
 
 /// `GET /api/services/{id}/status`: the stored state, the container's live state and the node.
