@@ -570,11 +570,14 @@ pub async fn status(
         .and_then(|live| port.and_then(|port| live.ports.get(&format!("{port}/tcp")).copied()));
     let address = placed.as_ref().map(|(node, _)| readiness::node_host(node));
     let service_url = match (port, gateway_base(&state, &headers)) {
-        (Some(_), Some(base)) => Some(format!(
-            "{base}/s/{}/{}/",
-            replicas::owner_name(&state, &service).await?,
-            service.name
-        )),
+        (Some(_), Some(base)) => {
+            // The route table knows the owner's name; the database only before it has the service.
+            let owner = match state.routes.get(service.id) {
+                Some(routes) => routes.owner.clone(),
+                None => replicas::owner_name(&state, &service).await?,
+            };
+            Some(format!("{base}/s/{owner}/{}/", service.name))
+        }
         _ => None,
     };
     Ok(Json(json!({
