@@ -717,21 +717,7 @@ async fn websockets_http2_private_services_and_timeouts() {
 async fn serve_on_simulated_node(hub: &Hub, service: Value, upstream: u16) -> i64 {
     let name = service["name"].as_str().expect("name").to_owned();
     let port = service["port"].as_i64().expect("port");
-    let mut node = berth_store::nodes::NodeRecord::new(
-        &format!("sim-{name}"),
-        berth_hub::simulation::SIMULATED_DRIVER,
-    );
-    node.docker_status = "connected".to_owned();
-    node.cpu = "8".to_owned();
-    node.memory = "16g".to_owned();
-    let node = {
-        let mut transaction = hub.state.store.begin().await.expect("tx");
-        let node = berth_store::nodes::insert(&mut transaction, &node)
-            .await
-            .expect("node");
-        transaction.commit().await.expect("commit");
-        node
-    };
+    let node = support::add_simulated_node(hub, &format!("sim-{name}")).await;
     let owner = admin_name(hub).await;
     let (status, created) = hub
         .admin(

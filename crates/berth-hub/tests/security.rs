@@ -674,19 +674,7 @@ async fn the_authorization_matrix_holds_for_every_route() {
     let (alice_id, alice) = hub.new_user("alice").await;
     let (_, bob) = hub.new_user("bob").await;
     // Alice's service, on a simulated node, and a catalog entry of each kind.
-    let mut record =
-        berth_store::nodes::NodeRecord::new("sim", berth_hub::simulation::SIMULATED_DRIVER);
-    record.docker_status = "connected".to_owned();
-    record.cpu = "8".to_owned();
-    record.memory = "16g".to_owned();
-    let node = {
-        let mut transaction = hub.state.store.begin().await.expect("tx");
-        let node = berth_store::nodes::insert(&mut transaction, &record)
-            .await
-            .expect("node");
-        transaction.commit().await.expect("commit");
-        node
-    };
+    let node = support::add_simulated_node(&hub, "sim").await;
     let (status, service, _) = hub
         .call(
             Some(&alice),

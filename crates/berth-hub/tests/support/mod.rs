@@ -93,6 +93,23 @@ impl Hub {
         (status, value)
     }
 
+    /// The actions of the operation log's rows for service `id`, newest first.
+    pub async fn actions_of_service(&self, id: i64) -> Vec<String> {
+        let (_, log) = self
+            .admin(
+                Method::GET,
+                &format!("/api/admin/operations?service_id={id}&size=500"),
+                None,
+            )
+            .await;
+        log["operations"]
+            .as_array()
+            .expect("operations")
+            .iter()
+            .filter_map(|operation| operation["action"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Creates a user; their id and token.
     pub async fn new_user(&self, name: &str) -> (i64, String) {
         let (status, body) = self
@@ -138,6 +155,21 @@ pub fn node(name: &str, extra: Value) -> Value {
         body.extend(extra.clone());
     }
     body
+}
+
+/// Adds a connected simulated node `name` with 8 cores and 16 GiB straight to the database.
+pub async fn add_simulated_node(hub: &Hub, name: &str) -> berth_store::nodes::NodeRecord {
+    let mut record =
+        berth_store::nodes::NodeRecord::new(name, berth_hub::simulation::SIMULATED_DRIVER);
+    record.docker_status = "connected".to_owned();
+    record.cpu = "8".to_owned();
+    record.memory = "16g".to_owned();
+    let mut transaction = hub.state.store.begin().await.expect("tx");
+    let node = berth_store::nodes::insert(&mut transaction, &record)
+        .await
+        .expect("node");
+    transaction.commit().await.expect("commit");
+    node
 }
 
 /// Registers the local engine as node `local` (Docker driver); its id.
