@@ -120,6 +120,6 @@ async fn main() {
         times[ROUNDS - 1]
     );
     let _ = hub
-        .call(Method::DELETE, &format!("/api/services/{id}"), None)
+        .call(Method::DELETE, &format!("/api/services/{id}?wait=60"), None)
         .await;
 }

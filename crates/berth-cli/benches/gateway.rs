@@ -140,7 +140,7 @@ impl Hub {
     async fn create(&self, body: Value) -> i64 {
         self.call(
             Method::POST,
-            &format!("/api/{}/bench/services", self.user),
+            &format!("/api/{}/bench/services?wait=60", self.user),
             Some(body),
         )
         .await["id"]
@@ -432,7 +432,7 @@ async fn cold_start(dir: &Path) {
         let elapsed = first_byte(&client, &gateway_url).await.expect("answer");
         through.push(elapsed.as_secs_f64() * 1e3);
     }
-    hub.call(Method::DELETE, &format!("/api/services/{id}"), None)
+    hub.call(Method::DELETE, &format!("/api/services/{id}?wait=60"), None)
         .await;
     let (own, through) = (median(own), median(through));
     println!();

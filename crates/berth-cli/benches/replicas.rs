@@ -37,7 +37,7 @@ async fn berth_run() -> (f64, f64) {
     let (status, created) = hub
         .call(
             Method::POST,
-            &format!("/api/{user}/bench/services"),
+            &format!("/api/{user}/bench/services?wait=60"),
             Some(body),
         )
         .await;
@@ -67,7 +67,7 @@ async fn berth_run() -> (f64, f64) {
     let up = started.elapsed().as_secs_f64();
     let removing = Instant::now();
     let (status, _) = hub
-        .call(Method::DELETE, &format!("/api/services/{id}"), None)
+        .call(Method::DELETE, &format!("/api/services/{id}?wait=60"), None)
         .await;
     assert_eq!(status, 204);
     (up, removing.elapsed().as_secs_f64())

@@ -235,6 +235,14 @@ pub async fn serve(launch: Launch) -> ExitCode {
         token_file.display()
     );
 
+    match berth_hub::service_work::resume(&state).await {
+        Ok(0) => {}
+        Ok(resumed) => tracing::info!(
+            resumed,
+            "Carrying on operations the last run left unfinished."
+        ),
+        Err(err) => tracing::error!(error = %err, "Reading unfinished operations failed."),
+    }
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let stopped = move |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
         let _ = receiver.wait_for(|stop| *stop).await;

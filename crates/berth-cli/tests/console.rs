@@ -542,7 +542,7 @@ async fn the_console_in_a_real_browser() {
         &base,
         &admin_token,
         reqwest::Method::DELETE,
-        &format!("/api/services/{service_id}"),
+        &format!("/api/services/{service_id}?wait=60"),
         Value::Null,
     )
     .await;

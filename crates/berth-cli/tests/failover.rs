@@ -108,8 +108,8 @@ async fn a_killed_agents_service_runs_on_the_other_and_its_stale_replica_goes() 
         );
     }
     let (status, _) = hub
-        .call(Method::DELETE, &format!("/api/services/{id}"), None)
+        .call(Method::DELETE, &format!("/api/services/{id}?wait=60"), None)
         .await;
-    assert_eq!(status, 204);
+    assert_eq!(status, 200);
     drop(agents);
 }

@@ -14,7 +14,7 @@ async fn create(hub: &HubApi, owner: &str, name: &str) -> u16 {
     let (status, _) = hub
         .call(
             Method::POST,
-            &format!("/api/{owner}/quota/services"),
+            &format!("/api/{owner}/quota/services?wait=60"),
             Some(
                 json!({"name": name, "image": IMAGE, "cpu_limit": 0.05, "memory_limit": "8m",
                 "command": ["sleep", "60"]}),
@@ -33,13 +33,13 @@ async fn a_changed_quota_takes_effect_and_a_bad_file_is_refused() {
     let owner = me["name"].as_str().expect("name").to_owned();
     let config = dir.join("hub.yaml");
 
-    assert_eq!(create(&hub, &owner, "one").await, 201);
+    assert_eq!(create(&hub, &owner, "one").await, 200);
     assert_eq!(create(&hub, &owner, "two").await, 403, "quota of 1");
 
     std::fs::write(&config, "max_services_per_user: 3\n").expect("write");
     wait_for(Duration::from_secs(20), "the new quota is in force", || {
         let (hub, owner) = (&hub, owner.clone());
-        async move { (create(hub, &owner, "two").await == 201).then_some(()) }
+        async move { (create(hub, &owner, "two").await == 200).then_some(()) }
     })
     .await;
 
@@ -58,7 +58,7 @@ async fn a_changed_quota_takes_effect_and_a_bad_file_is_refused() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, _) = hub.call(Method::GET, "/health", None).await;
     assert_eq!(status, 200, "the hub runs on");
-    assert_eq!(create(&hub, &owner, "three").await, 201, "still 3");
+    assert_eq!(create(&hub, &owner, "three").await, 200, "still 3");
     assert_eq!(create(&hub, &owner, "four").await, 403, "and not more");
 
     hub.delete_all_services().await;

@@ -1,10 +1,13 @@
-//! A hub killed in the middle of a create, as a crash would: the create was never acknowledged,
-//! so on restart the reconciler rolls it back — the service and its allocations removed, every
-//! container it had made removed — and the same create then succeeds with each replica once.
+//! A hub killed (SIGKILL, as a crash would) while changes run. A change is acknowledged once its
+//! intent and operation are committed (202 with the operation), so a restarted hub carries on
+//! whatever it left unfinished: a create cut short ends with every replica once, a retried
+//! create with the same Idempotency-Key (also across the restart) makes no second service, and
+//! rounds of 30 concurrent changes killed at a random moment all end succeeded (or cancelled,
+//! overtaken by a later change of the same service) with every service as it is wanted.
 
 mod processes;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use processes::{HubApi, IMAGE, LabelledContainers, engine, fresh_dir, start_hub, wait_for};
@@ -13,9 +16,12 @@ use serde_json::{Value, json};
 
 const REPLICAS: usize = 24;
 
-fn create_body(name: &str) -> Value {
-    json!({"name": name, "image": IMAGE, "replicas": REPLICAS, "start": true,
-        "cpu_limit": 0.02, "memory_limit": "8m", "command": ["sleep", "3600"]})
+/// A server that ends on SIGTERM, so stops and restarts take no grace period.
+const POLITE: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+
+fn create_body(name: &str, replicas: usize) -> Value {
+    json!({"name": name, "image": IMAGE, "replicas": replicas, "start": true,
+        "cpu_limit": 0.02, "memory_limit": "8m", "command": ["sh", "-c", POLITE]})
 }
 
 async fn user(hub: &HubApi) -> String {
@@ -23,123 +29,351 @@ async fn user(hub: &HubApi) -> String {
     me["name"].as_str().expect("name").to_owned()
 }
 
-/// The containers whose names start with `prefix`: (replica label, state, hub label).
-async fn containers(prefix: &str) -> Vec<(String, String, String)> {
+/// One container of a hub on the engine.
+#[derive(Debug, Clone)]
+struct Found {
+    service: String,
+    replica: String,
+    state: String,
+    hub: String,
+}
+
+/// The containers carrying the label `label` (`berth.hub=…`), or whose names start with
+/// `prefix` when no label is given.
+async fn containers(label: Option<&str>, prefix: &str) -> Vec<Found> {
+    let filter = label.unwrap_or("berth.replica");
     engine()
         .await
-        .list(&["berth.replica"], true)
+        .list(&[filter], true)
         .await
         .unwrap_or_default()
         .into_iter()
         .filter(|container| container.name.starts_with(prefix))
         .map(|container| {
-            (
-                container
-                    .labels
-                    .get("berth.replica")
-                    .cloned()
-                    .unwrap_or_default(),
-                container.state,
-                container
-                    .labels
-                    .get("berth.hub")
-                    .cloned()
-                    .unwrap_or_default(),
-            )
+            let label = |key: &str| container.labels.get(key).cloned().unwrap_or_default();
+            Found {
+                service: label("berth.service"),
+                replica: label("berth.replica"),
+                hub: label("berth.hub"),
+                state: container.state.clone(),
+            }
         })
         .collect()
 }
 
+/// Waits until operation `id` ended; the operation.
+async fn ended(hub: &HubApi, id: i64) -> Value {
+    wait_for(
+        Duration::from_secs(180),
+        "the operation ends",
+        || async move {
+            let (status, operation) = hub
+                .call(Method::GET, &format!("/api/operations/{id}?wait=5"), None)
+                .await;
+            (status == 200).then_some(operation)
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_create_cut_short_by_a_killed_hub_is_rolled_back_and_can_be_made_again() {
+async fn a_create_cut_short_by_a_killed_hub_is_carried_on_after_the_restart() {
     let dir = fresh_dir("kill-mid-create");
     let config = "monitor_interval: 1\n";
     let (mut first_hub, hub) = start_hub(&dir, config).await;
     hub.add_local_node().await;
     let owner = user(&hub).await;
     let name = format!("wide{}", std::process::id());
+    let key = [("Idempotency-Key", "create-wide-once")];
 
-    let request = tokio::spawn({
-        let (base, token, owner, name) = (
-            hub.base().to_owned(),
-            hub.token().to_owned(),
-            owner.clone(),
-            name.clone(),
-        );
-        async move {
-            reqwest::Client::new()
-                .post(format!("{base}/api/{owner}/crash/services"))
-                .bearer_auth(token)
-                .json(&create_body(&name))
-                .send()
-                .await
-                .map(|response| response.status().as_u16())
-        }
-    });
+    let (status, accepted) = hub
+        .call_with(
+            Method::POST,
+            &format!("/api/{owner}/crash/services"),
+            Some(create_body(&name, REPLICAS)),
+            &key,
+        )
+        .await;
+    assert_eq!(
+        (status, accepted["state"].as_str()),
+        (202, Some("running")),
+        "acknowledged at once: {accepted}"
+    );
+    let operation = accepted["id"].as_i64().expect("operation");
+    let service = accepted["service_id"].as_i64().expect("service");
     let made = wait_for(Duration::from_secs(60), "some replicas exist", || {
         let prefix = name.clone();
         async move {
-            let found = containers(&prefix).await;
+            let found = containers(None, &prefix).await;
             (found.len() >= 4).then_some(found)
         }
     })
     .await;
     first_hub.kill();
-    let hub_label = format!("berth.hub={}", made[0].2);
-    let _leftovers = LabelledContainers(vec![hub_label]);
-    assert!(
-        matches!(request.await, Ok(Err(_))),
-        "the create was cut short, never acknowledged"
-    );
-    let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
-    assert_eq!(listed["total"], Value::Null, "the hub is gone");
+    let hub_label = format!("berth.hub={}", made[0].hub);
+    let _leftovers = LabelledContainers(vec![hub_label.clone()]);
 
     let (_second_hub, hub) = start_hub(&dir, config).await;
-    wait_for(Duration::from_secs(90), "the create is rolled back", || {
-        let (hub, prefix) = (&hub, name.clone());
-        async move {
-            let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
-            (listed["total"] == 0 && containers(&prefix).await.is_empty()).then_some(())
-        }
-    })
-    .await;
-    let (_, log) = hub
-        .call(
-            Method::GET,
-            "/api/admin/operations?action=service.create",
-            None,
-        )
-        .await;
-    let outcomes: Vec<&str> = log["operations"]
-        .as_array()
-        .expect("operations")
-        .iter()
-        .filter_map(|op| op["outcome"].as_str())
-        .collect();
-    assert!(outcomes.contains(&"rolled_back"), "{log}");
-
-    let (status, created) = hub
-        .call(
+    // The retry a client makes when its first answer is lost: the same key, the same operation.
+    let (status, retried) = hub
+        .call_with(
             Method::POST,
             &format!("/api/{owner}/crash/services"),
-            Some(create_body(&name)),
+            Some(create_body(&name, REPLICAS)),
+            &key,
         )
         .await;
-    assert_eq!(status, 201, "{created}");
+    assert!(status == 200 || status == 202, "{retried}");
+    assert_eq!(retried["id"].as_i64(), Some(operation), "{retried}");
+    let finished = ended(&hub, operation).await;
+    assert_eq!(finished["state"], "succeeded", "{finished}");
     let running = wait_for(Duration::from_secs(120), "every replica runs", || {
-        let prefix = name.clone();
+        let label = hub_label.clone();
         async move {
-            let found = containers(&prefix).await;
-            (found.len() == REPLICAS && found.iter().all(|(_, state, _)| state == "running"))
+            let found = containers(Some(&label), "").await;
+            (found.len() == REPLICAS && found.iter().all(|found| found.state == "running"))
                 .then_some(found)
         }
     })
     .await;
-    let replicas: BTreeSet<String> = running.into_iter().map(|(replica, _, _)| replica).collect();
+    let replicas: BTreeSet<String> = running.into_iter().map(|found| found.replica).collect();
     assert_eq!(replicas.len(), REPLICAS, "each replica once");
-    let id = created["id"].as_i64().expect("id");
-    let (status, _) = hub
-        .call(Method::DELETE, &format!("/api/services/{id}"), None)
+    let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
+    assert_eq!(listed["total"], 1, "one service: {listed}");
+
+    let (status, deleted) = hub
+        .call(
+            Method::DELETE,
+            &format!("/api/services/{service}?wait=60"),
+            None,
+        )
         .await;
-    assert_eq!(status, 204);
+    assert_eq!(
+        (status, deleted["state"].as_str()),
+        (200, Some("succeeded"))
+    );
+    assert!(containers(Some(&hub_label), "").await.is_empty());
+}
+
+/// SplitMix64: the test's only randomness, seeded per round so a failure can be replayed.
+struct Seeded(u64);
+
+impl Seeded {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % bound
+    }
+}
+
+/// One change the soak sends: method, path, body, idempotency key.
+fn change(random: &mut Seeded, owner: &str, services: &[i64], round: u64, n: u64) -> Request {
+    let pick = |random: &mut Seeded| services[random.below(services.len() as u64) as usize];
+    match random.below(6) {
+        0 if !services.is_empty() => Request {
+            method: Method::POST,
+            path: format!("/api/services/{}/stop", pick(random)),
+            key: None,
+            body: None,
+        },
+        1 if !services.is_empty() => Request {
+            method: Method::POST,
+            path: format!("/api/services/{}/restart", pick(random)),
+            key: None,
+            body: None,
+        },
+        2 if !services.is_empty() => Request {
+            method: Method::DELETE,
+            path: format!("/api/services/{}", pick(random)),
+            key: None,
+            body: None,
+        },
+        3..=4 if !services.is_empty() => Request {
+            method: Method::POST,
+            path: format!("/api/services/{}/start", pick(random)),
+            key: None,
+            body: None,
+        },
+        _ => Request {
+            method: Method::POST,
+            path: format!("/api/{owner}/soak/services"),
+            key: Some(format!("soak-{round}-{n}")),
+            body: Some(create_body(&format!("soak-{round}-{n}"), 2)),
+        },
+    }
+}
+
+struct Request {
+    method: Method,
+    path: String,
+    key: Option<String>,
+    body: Option<Value>,
+}
+
+/// How what runs differs from what is wanted: every service's replicas once each, running when
+/// it is wanted running, not running otherwise; no container of a service that is gone. `None`
+/// when they agree.
+async fn difference(hub: &HubApi, label: &str) -> Option<String> {
+    let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
+    let Some(services) = listed["services"].as_array() else {
+        return Some(format!("no list: {listed}"));
+    };
+    let wanted: BTreeMap<String, (String, u64)> = services
+        .iter()
+        .map(|service| {
+            (
+                service["id"].to_string(),
+                (
+                    service["status"].as_str().unwrap_or_default().to_owned(),
+                    service["replicas"].as_u64().unwrap_or_default(),
+                ),
+            )
+        })
+        .collect();
+    let found = containers(Some(label), "").await;
+    let mut per_replica = BTreeMap::new();
+    for container in &found {
+        let Some((status, _)) = wanted.get(&container.service) else {
+            return Some(format!(
+                "a container of service {} which is gone",
+                container.service
+            ));
+        };
+        if (status == "running") != (container.state == "running") {
+            return Some(format!(
+                "service {} is {status} and its replica {} is {}",
+                container.service, container.replica, container.state
+            ));
+        }
+        *per_replica
+            .entry((container.service.clone(), container.replica.clone()))
+            .or_insert(0) += 1;
+    }
+    for (id, (status, replicas)) in &wanted {
+        for replica in 0..*replicas {
+            let count = per_replica
+                .get(&(id.clone(), replica.to_string()))
+                .copied()
+                .unwrap_or(0);
+            if count != 1 {
+                let (_, live) = hub
+                    .call(Method::GET, &format!("/api/services/{id}/status"), None)
+                    .await;
+                let (_, log) = hub
+                    .call(Method::GET, &format!("/api/services/{id}/operations"), None)
+                    .await;
+                return Some(format!(
+                    "service {id} ({status}) has {count} containers of replica {replica}; its status: {live}; its operations: {log}"
+                ));
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_acknowledged_before_a_kill_all_finish_and_converge_after_restarts() {
+    let rounds: u64 = std::env::var("BERTH_SOAK_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(3);
+    let dir = fresh_dir("kill-soak");
+    let config = "monitor_interval: 1\nmax_services_per_user: 1000\n";
+    let (mut process, mut hub) = start_hub(&dir, config).await;
+    hub.add_local_node().await;
+    let owner = user(&hub).await;
+    let mut hub_label = None;
+    let mut guard = None;
+    for round in 0..rounds {
+        let mut random = Seeded(round * 7919 + 17);
+        let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
+        let services: Vec<i64> = listed["services"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|service| service["id"].as_i64())
+            .collect();
+        let requests: Vec<Request> = (0..30)
+            .map(|n| change(&mut random, &owner, &services, round, n))
+            .collect();
+        let kill_after = Duration::from_millis(100 + random.below(1400));
+        let hub_ref = &hub;
+        let sent = futures_util::future::join_all(requests.iter().map(|request| async move {
+            let headers: Vec<(&str, &str)> = request
+                .key
+                .as_deref()
+                .map(|key| vec![("Idempotency-Key", key)])
+                .unwrap_or_default();
+            let (status, answer) = hub_ref
+                .call_with(
+                    request.method.clone(),
+                    &request.path,
+                    request.body.clone(),
+                    &headers,
+                )
+                .await;
+            (status, answer)
+        }));
+        let killer = async {
+            tokio::time::sleep(kill_after).await;
+        };
+        let (answers, ()) = tokio::join!(sent, killer);
+        process.kill();
+        let acknowledged: Vec<i64> = answers
+            .iter()
+            .filter(|(status, _)| *status == 202 || *status == 200)
+            .filter_map(|(_, answer)| answer["id"].as_i64())
+            .collect();
+        for (status, answer) in &answers {
+            assert!(
+                matches!(status, 0 | 200 | 202 | 404 | 409),
+                "round {round}: an answer that is neither an acknowledgement nor a clear refusal: {status} {answer}"
+            );
+        }
+
+        (process, hub) = start_hub(&dir, config).await;
+        for id in &acknowledged {
+            let operation = ended(&hub, *id).await;
+            assert!(
+                matches!(operation["state"].as_str(), Some("succeeded" | "cancelled"))
+                    || (operation["state"] == "failed"
+                        && operation["error"]
+                            .as_str()
+                            .is_some_and(|error| !error.is_empty())),
+                "round {round}: operation {id} ended unclearly: {operation}"
+            );
+        }
+        let label = match &hub_label {
+            Some(label) => String::clone(label),
+            None => {
+                let found = containers(None, "soak-").await;
+                let Some(first) = found.first() else {
+                    continue;
+                };
+                let label = format!("berth.hub={}", first.hub);
+                guard = Some(LabelledContainers(vec![label.clone()]));
+                hub_label = Some(label.clone());
+                label
+            }
+        };
+        // Converged: every service's replicas once each, running when it is wanted running,
+        // not running when stopped; no container of a service that is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let difference = difference(&hub, &label).await;
+            let Some(difference) = difference else {
+                break;
+            };
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the services did not converge within 90 s: {difference}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    drop(process);
+    drop(guard);
 }

@@ -209,7 +209,8 @@ fn berth_up_starts_serves_stops_and_resumes() {
         String::from_utf8_lossy(&created.stderr)
     );
     let service: Value = serde_json::from_slice(&created.stdout).expect("JSON");
-    let id = service["id"].to_string();
+    assert_eq!(service["state"], "succeeded", "{service}");
+    let id = service["service_id"].to_string();
     let step = |args: &[&str]| {
         let output = cli(&token, args);
         assert!(

@@ -225,7 +225,8 @@ impl DockerDriver {
         }
     }
 
-    /// Pulls `image`, calling `progress` for each step the engine reports.
+    /// Pulls `image`, calling `progress` for each step the engine reports. The pull is bounded by
+    /// inactivity ([`berth_core::timeouts::PULL_INACTIVITY`] without a step), not by its length.
     pub async fn pull_image(
         &self,
         image: &str,
@@ -242,7 +243,15 @@ impl DockerDriver {
             ..Default::default()
         });
         let mut stream = self.docker.create_image(Some(options), None, credentials);
-        while let Some(step) = stream.next().await {
+        let quiet = berth_core::timeouts::PULL_INACTIVITY;
+        while let Some(step) = tokio::time::timeout(quiet, stream.next())
+            .await
+            .map_err(|_| DriverError::PullStalled {
+                address: self.address.clone(),
+                image: image.to_owned(),
+                seconds: quiet.as_secs(),
+            })?
+        {
             let step = step.map_err(|err| match engine_failure(&self.address, err) {
                 EngineFailure::Status(_, message) => DriverError::ImageNotFound {
                     image: image.to_owned(),
@@ -316,7 +325,7 @@ impl DockerDriver {
             name: Some(spec.name.clone()),
             ..Default::default()
         };
-        self.docker
+        self.for_setup()
             .create_container(Some(options), body)
             .await
             .map_err(|err| match engine_failure(&self.address, err) {
@@ -345,7 +354,7 @@ impl DockerDriver {
             labels: Some(labels),
             ..Default::default()
         };
-        self.docker
+        self.for_setup()
             .create_volume(request)
             .await
             .map_err(|err| DriverError::for_engine(&self.address, err))?;
@@ -358,7 +367,7 @@ impl DockerDriver {
         if self.inspect(container).await?.status == "running" {
             return Ok(Transition::AlreadyThere);
         }
-        match self.docker.start_container(container, None).await {
+        match self.for_setup().start_container(container, None).await {
             Ok(()) => Ok(Transition::Changed),
             Err(err) => match engine_failure(&self.address, err) {
                 EngineFailure::Status(404, message) => Err(DriverError::ContainerNotFound {
@@ -406,6 +415,13 @@ impl DockerDriver {
         self.docker.clone().with_timeout(timeout)
     }
 
+    /// The engine client for creating or starting a container: allowed
+    /// [`berth_core::timeouts::CONTAINER_SETUP`] (never less than the connection's own).
+    fn for_setup(&self) -> Docker {
+        let timeout = berth_core::timeouts::CONTAINER_SETUP.max(self.docker.timeout());
+        self.docker.clone().with_timeout(timeout)
+    }
+
     /// Restarts a container, stopping it with `grace_secs` first.
     pub async fn restart(&self, container: &str, grace_secs: u32) -> Result<(), DriverError> {
         let options = RestartContainerOptions {
@@ -434,10 +450,20 @@ impl DockerDriver {
             v: false,
             link: false,
         };
-        let container_removed = match self.docker.remove_container(container, Some(remove)).await {
+        let container_removed = match self
+            .for_setup()
+            .remove_container(container, Some(remove))
+            .await
+        {
             Ok(()) => true,
             Err(err) => match DriverError::for_container(&self.address, container, err) {
                 DriverError::ContainerNotFound { .. } => false,
+                // An earlier request (from a caller that was cut off) is removing it: wait
+                // until it is gone.
+                DriverError::Engine { message, .. } if message.contains("already in progress") => {
+                    self.until_gone(container).await?;
+                    true
+                }
                 err => return Err(err),
             },
         };
@@ -466,6 +492,24 @@ impl DockerDriver {
             container_removed,
             data_volume_removed,
         })
+    }
+
+    /// Waits until `container` no longer exists, for at most
+    /// [`berth_core::timeouts::CONTAINER_SETUP`].
+    async fn until_gone(&self, container: &str) -> Result<(), DriverError> {
+        let deadline = tokio::time::Instant::now() + berth_core::timeouts::CONTAINER_SETUP;
+        loop {
+            match self.inspect(container).await {
+                Err(DriverError::ContainerNotFound { .. }) => return Ok(()),
+                Err(err) => return Err(err),
+                Ok(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(DriverError::EngineSlow {
+                        address: self.address.clone(),
+                    });
+                }
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// The engine's view of a container.

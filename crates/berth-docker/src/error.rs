@@ -55,6 +55,18 @@ pub enum DriverError {
         /// The engine address.
         address: String,
     },
+    /// An image pull stopped making progress.
+    #[error(
+        "the pull of {image} from the Docker engine at {address} made no progress for {seconds} s; the registry or the engine is stalled — try again, or load the image on the node"
+    )]
+    PullStalled {
+        /// The engine address.
+        address: String,
+        /// The image.
+        image: String,
+        /// How long nothing came.
+        seconds: u64,
+    },
     /// TLS material was unusable or the TLS handshake was refused.
     #[error("TLS with the Docker engine at {address} failed: {message}")]
     Tls {

@@ -112,7 +112,9 @@ impl From<DriverError> for Problem {
                 StatusCode::CONFLICT
             }
             DriverError::InvalidSpec(spec) => return Problem::from(spec.clone()),
-            DriverError::EngineSlow { .. } => StatusCode::GATEWAY_TIMEOUT,
+            DriverError::EngineSlow { .. } | DriverError::PullStalled { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             DriverError::EngineUnreachable { .. } | DriverError::Tls { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

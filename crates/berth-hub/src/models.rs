@@ -294,6 +294,7 @@ async fn place_again(
                     placement: &placement,
                     request: request_ref,
                     start: true,
+                    tracker: None,
                 },
                 cause_ref,
             )

@@ -181,11 +181,17 @@ impl NodeClient {
         })
     }
 
-    /// Creates the container (not started); returns its id and any warnings.
-    pub async fn create(&self, spec: &ContainerSpec) -> Result<(String, Vec<String>), Problem> {
+    /// Creates the container (not started), pulling its image when the node lacks it and
+    /// reporting each step of the pull to `progress` (an agent pulls on its own, unreported);
+    /// returns its id and any warnings.
+    pub async fn create(
+        &self,
+        spec: &ContainerSpec,
+        progress: &mut (dyn FnMut(berth_docker::PullProgress) + Send),
+    ) -> Result<(String, Vec<String>), Problem> {
         match self {
             NodeClient::Docker(driver) => {
-                let created = driver.create(spec, &mut |_| {}).await?;
+                let created = driver.create(spec, progress).await?;
                 Ok((created.id, created.warnings))
             }
             NodeClient::Simulated { fleet, node } => Ok((fleet.create(*node, spec)?, Vec::new())),
@@ -193,7 +199,12 @@ impl NodeClient {
                 let mut body = serde_json::to_value(spec).unwrap_or_default();
                 body["working_dir"] = json!(spec.working_dir);
                 let created = self
-                    .agent_call(reqwest::Method::POST, "/containers/", Some(body))
+                    .agent_call_within(
+                        reqwest::Method::POST,
+                        "/containers/",
+                        Some(body),
+                        berth_core::timeouts::AGENT_CREATE,
+                    )
                     .await?;
                 let id = created["container_id"]
                     .as_str()
@@ -219,10 +230,11 @@ impl NodeClient {
             NodeClient::Docker(driver) => driver.start(id).await.map(|_| ()).map_err(Problem::from),
             NodeClient::Simulated { fleet, node } => fleet.set_status(*node, id, "running"),
             NodeClient::Agent { .. } => self
-                .agent_call(
+                .agent_call_within(
                     reqwest::Method::POST,
                     &format!("/containers/{id}/start"),
                     None,
+                    berth_core::timeouts::CONTAINER_SETUP,
                 )
                 .await
                 .map(|_| ()),

@@ -5,8 +5,9 @@
 //! a container an interrupted launch made is adopted, a missing one is created again, a stopped
 //! one of a running service is started and a running one of a stopped service is stopped, with
 //! backoff. Every change is an operation row.
-//! A create the hub was stopped in the middle of is rolled back: it was never acknowledged.
-//! Running it again changes nothing more, so a hub killed at any point converges on restart.
+//! A service being created or deleted is its operation's (resumed when the hub restarts), not
+//! the reconciler's. Running a round again changes nothing more, so a hub killed at any point
+//! converges on restart.
 
 use std::collections::HashMap;
 
@@ -34,8 +35,6 @@ pub struct RoundReport {
     pub removed: usize,
     /// Containers created again, adopted or restarted.
     pub repaired: usize,
-    /// Creates the hub stopped in the middle of, rolled back.
-    pub rolled_back: usize,
 }
 
 /// One reconciliation round over every node.
@@ -53,7 +52,7 @@ pub async fn round(state: &HubState) -> Result<RoundReport, StoreError> {
         .map(|service| (service.id, service))
         .collect();
     let mut report = RoundReport {
-        rolled_back: roll_back_abandoned_creates(state, &all_services).await?,
+        removed: finish_deletes(state, &all_services).await?,
         ..RoundReport::default()
     };
     for allocation in &placed {
@@ -107,44 +106,68 @@ pub async fn round(state: &HubState) -> Result<RoundReport, StoreError> {
     Ok(report)
 }
 
-/// A create the hub stopped in the middle of (killed, or its machine lost) was never
-/// acknowledged: after ten monitor intervals without a change and with no request holding it,
-/// the service is removed with its allocations. Its containers are then orphans, which the node
-/// pass removes. Returns how many were rolled back.
-async fn roll_back_abandoned_creates(
+/// Deletes that no operation carries any more (their operation failed, say, on a node that
+/// did not answer) are finished: the user's wanted state is that the service is gone. Returns
+/// how many services were removed.
+async fn finish_deletes(
     state: &HubState,
     all_services: &[ServiceRecord],
 ) -> Result<usize, StoreError> {
-    let quiet = i64::try_from(
-        state
-            .settings()
-            .monitor_interval
-            .as_millis()
-            .saturating_mul(10),
-    )
-    .unwrap_or(i64::MAX);
-    let now = berth_store::now_ms();
-    let mut rolled_back = 0;
-    for service in all_services {
-        if service.status != "creating" || now - service.updated_at < quiet {
+    let deleting: Vec<&ServiceRecord> = all_services
+        .iter()
+        .filter(|service| service.status == crate::api::services::DELETING)
+        .collect();
+    if deleting.is_empty() {
+        return Ok(0);
+    }
+    let carried: Vec<i64> = {
+        let mut connection = state.store.acquire().await?;
+        operations::unfinished(&mut connection)
+            .await?
+            .into_iter()
+            .filter_map(|operation| operation.service_id)
+            .collect()
+    };
+    let mut finished = 0;
+    for service in deleting {
+        if carried.contains(&service.id) || !state.may_retry(service.id) {
             continue;
         }
         let Some(_claim) = state.claim(service.id) else {
             continue;
         };
-        let mut transaction = state.store.begin().await?;
-        services::delete(&mut transaction, service.id).await?;
-        let record = replicas::service_operation(
-            None,
-            "service.create",
-            service,
-            "rolled_back",
-            json!({"reason": "the hub stopped before the create finished; it was never acknowledged"}),
-        );
-        operations::commit_with(transaction, &record).await?;
-        rolled_back += 1;
+        let removed = crate::service_work::remove_all(state, service).await;
+        state.repaired(service.id, removed.is_ok());
+        match removed {
+            Ok(()) => {
+                record(
+                    state,
+                    replicas::service_operation(
+                        None,
+                        "service.delete",
+                        service,
+                        "ok",
+                        json!({"name": service.name, "why": "the service was being deleted"}),
+                    ),
+                )
+                .await?;
+                finished += 1;
+            }
+            Err(problem) => {
+                tracing::warn!(service = service.id, error = %problem.detail(), "Finishing a delete failed.");
+            }
+        }
     }
-    Ok(rolled_back)
+    Ok(finished)
+}
+
+/// Whether `service` is being created or deleted: its operation launches or removes its
+/// containers (and is resumed after a restart), so the reconciler leaves its replicas alone.
+fn in_operation(service: &ServiceRecord) -> bool {
+    matches!(
+        service.status.as_str(),
+        "creating" | crate::api::services::DELETING
+    )
 }
 
 fn label_i64(container: &ContainerState, label: &str) -> Option<i64> {
@@ -250,7 +273,7 @@ async fn converge_node(
         let Some(service) = services_by_id.get(&allocation.service_id) else {
             continue;
         };
-        if !state.may_retry(service.id) {
+        if !state.may_retry(service.id) || in_operation(service) {
             continue;
         }
         let Some(_claim) = state.claim(service.id) else {
@@ -339,7 +362,7 @@ async fn repair(
             state
                 .node_client(node)
                 .await?
-                .stop(&container.id, 10)
+                .stop(&container.id, crate::service_work::DEFAULT_GRACE_SECS)
                 .await?;
             record(
                 state,
@@ -375,6 +398,7 @@ async fn repair(
                     placement: &placement,
                     request: &scheduling::request_of(allocation),
                     start: wants_running,
+                    tracker: None,
                 },
                 &Cause {
                     actor: None,

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 use crate::gateway::readiness;
 use crate::node_client::NodeClient;
+use crate::ops::Tracker;
 use crate::scheduling;
 use crate::service_definition::{
     LABEL_GENERATION, LABEL_HUB, LABEL_REPLICA, LABEL_SERVICE, ServiceDefinition, Target,
@@ -66,6 +67,8 @@ pub struct LaunchPlan<'a> {
     pub request: &'a Request,
     /// Start it, or only create it.
     pub start: bool,
+    /// Where an image pull reports its progress, if an operation follows it.
+    pub tracker: Option<&'a Tracker>,
 }
 
 /// Who launches it and why, for the operation row.
@@ -149,6 +152,7 @@ pub async fn launch(
         placement,
         request,
         start,
+        tracker,
     } = plan;
     let publish_on = readiness::node_address(node).await?;
     let spec = definition.container_spec(
@@ -184,7 +188,7 @@ pub async fn launch(
         }
         transaction.commit().await.map_err(StoreError::from)?;
     }
-    let outcome = create_and_start(state, node, &spec, start).await;
+    let outcome = create_and_start(state, node, &spec, start, tracker).await;
     let mut transaction = state.store.begin().await?;
     let (id, warnings) = match outcome {
         Ok(created) => created,
@@ -253,9 +257,14 @@ async fn create_and_start(
     node: &NodeRecord,
     spec: &ContainerSpec,
     start: bool,
+    tracker: Option<&Tracker>,
 ) -> Result<(String, Vec<String>), Problem> {
     let client = state.node_client(node).await?;
-    let (id, warnings) = match client.create(spec).await {
+    let created = match tracker {
+        Some(tracker) => client.create(spec, &mut tracker.pull_callback()).await,
+        None => client.create(spec, &mut |_| {}).await,
+    };
+    let (id, warnings) = match created {
         Ok(created) => created,
         Err(problem) if problem.status() == StatusCode::CONFLICT => {
             (adopt(&client, spec).await?, Vec::new())
@@ -382,6 +391,7 @@ pub async fn move_replica(
             placement: &placement,
             request: &request,
             start: service.status == "running",
+            tracker: None,
         },
         &cause,
     )

@@ -280,15 +280,15 @@ pub async fn run(
                 body["memory_limit"] = json!(format!("{}g", 1 + random.below(4)));
             }
         }
-        let (status, _) = call(
+        let (status, operation) = call(
             &router,
             &token,
             Method::POST,
-            &format!("/api/{user}/sim/services"),
+            &format!("/api/{user}/sim/services?wait=60"),
             body,
         )
         .await;
-        if status == 201 {
+        if status == 200 && operation["state"] == "succeeded" {
             outcome.services_created += 1;
         }
     }

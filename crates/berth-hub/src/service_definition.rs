@@ -226,6 +226,24 @@ pub const LABEL_GENERATION: &str = "berth.generation";
 pub const LABEL_NODE: &str = "berth.node";
 /// The hub that placed it.
 pub const LABEL_HUB: &str = "berth.hub";
+
+/// The container name of one replica of service `service_id` (named `name`) at `version` and
+/// `generation`, placed by hub `hub_id`: fixed by those, so an interrupted launch's container is
+/// found again.
+pub fn container_name(
+    hub_id: &str,
+    name: &str,
+    service_id: i64,
+    replica: i64,
+    version: i64,
+    generation: i64,
+) -> String {
+    let hub: String = hub_id.chars().take(6).collect();
+    instance_name(
+        name,
+        &format!("{hub}-s{service_id}-r{replica}-v{version}-g{generation}"),
+    )
+}
 /// Which replica of its service it is.
 pub const LABEL_REPLICA: &str = "berth.replica";
 
@@ -302,14 +320,14 @@ impl ServiceDefinition {
             GpuAssignment::None => (self.gpu_count > 0 && gpu_share.is_none())
                 .then(|| GpuRequest::Count(u32::try_from(self.gpu_count).unwrap_or(u32::MAX))),
         };
-        let hub: String = target.hub_id.chars().take(6).collect();
         let spec = ContainerSpec {
-            name: instance_name(
+            name: container_name(
+                target.hub_id,
                 name,
-                &format!(
-                    "{hub}-s{service_id}-r{}-v{version}-g{generation}",
-                    target.replica
-                ),
+                service_id,
+                target.replica,
+                version,
+                generation,
             ),
             image: self.image.clone(),
             command: self.command.clone().map(berth_core::spec::Command::Argv),

@@ -92,6 +92,13 @@ pub struct HubState {
     pub gateway_address: std::sync::OnceLock<std::net::SocketAddr>,
     /// Simulated nodes (driver `simulated`), for scenarios; empty otherwise.
     pub fleet: Arc<SimulatedFleet>,
+    /// The id of every operation whose row changed, for waiters and live streams.
+    pub operation_events: tokio::sync::broadcast::Sender<i64>,
+    /// Held while a create places its replicas and records them, so two creates never count
+    /// the same free capacity.
+    pub placing: tokio::sync::Mutex<()>,
+    /// The latest operation that changed each service's wanted state.
+    latest_changes: std::sync::Mutex<HashMap<i64, i64>>,
     /// One connection per node, kept until the node's record changes.
     node_clients: tokio::sync::Mutex<HashMap<i64, (i64, Arc<NodeClient>)>>,
 }
@@ -136,6 +143,9 @@ impl HubState {
             routes: RouteTable::default(),
             gateway_address: Default::default(),
             fleet: Default::default(),
+            operation_events: tokio::sync::broadcast::channel(1024).0,
+            placing: Default::default(),
+            latest_changes: Default::default(),
             node_clients: Default::default(),
         })
     }
@@ -163,6 +173,28 @@ impl HubState {
             state: self,
             service_id,
         })
+    }
+
+    /// Announces that operation `id`'s row changed.
+    pub fn operation_changed(&self, id: i64) {
+        // No receiver is fine: nobody waits.
+        let _ = self.operation_events.send(id);
+    }
+
+    /// Notes that operation `operation` changed `service_id`'s wanted state.
+    pub fn note_change(&self, service_id: i64, operation: i64) {
+        if let Ok(mut latest) = self.latest_changes.lock() {
+            let entry = latest.entry(service_id).or_insert(operation);
+            *entry = (*entry).max(operation);
+        }
+    }
+
+    /// The latest operation noted as changing `service_id`'s wanted state.
+    pub fn latest_change(&self, service_id: i64) -> Option<i64> {
+        self.latest_changes
+            .lock()
+            .ok()
+            .and_then(|latest| latest.get(&service_id).copied())
     }
 
     /// The scheduler's options from the settings.

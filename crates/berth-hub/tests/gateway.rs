@@ -99,7 +99,7 @@ async fn create_running(
     let (status, created) = hub
         .admin(
             Method::POST,
-            &format!("/api/{owner}/models/services"),
+            &format!("/api/{owner}/models/services?wait=60"),
             Some(json!({
                 "name": name, "image": IMAGE, "memory_limit": "32m", "cpu_limit": 0.1,
                 "command": ["sh", "-c", script], "port": 8080, "replicas": replicas,
@@ -107,8 +107,8 @@ async fn create_running(
             })),
         )
         .await;
-    assert_eq!(status, 201, "{created}");
-    created["id"].as_i64().expect("id")
+    assert_eq!(status, 200, "{created}");
+    created["service_id"].as_i64().expect("id")
 }
 
 async fn status_of(hub: &Hub, id: i64) -> Value {
@@ -570,7 +570,7 @@ async fn websockets_http2_private_services_and_timeouts() {
             let (status, problem) = hub
                 .admin(
                     Method::POST,
-                    &format!("/api/{owner}/models/services"),
+                    &format!("/api/{owner}/models/services?wait=60"),
                     Some(json!({"name": "bad", "image": IMAGE, "port": 8080, "serving": serving})),
                 )
                 .await;
@@ -722,12 +722,12 @@ async fn serve_on_simulated_node(hub: &Hub, service: Value, upstream: u16) -> i6
     let (status, created) = hub
         .admin(
             Method::POST,
-            &format!("/api/{owner}/models/services"),
+            &format!("/api/{owner}/models/services?wait=60"),
             Some(service),
         )
         .await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_i64().expect("id");
+    assert_eq!(status, 200, "{created}");
+    let id = created["service_id"].as_i64().expect("id");
     let container = container_of_replica(&status_of(hub, id).await, 0);
     hub.state
         .fleet
@@ -860,19 +860,19 @@ async fn a_placement_that_does_not_fit_evicts_the_least_recently_used_idle_model
         let (status, first) = hub
             .admin(
                 Method::POST,
-                &format!("/api/{owner}/models/services"),
+                &format!("/api/{owner}/models/services?wait=60"),
                 Some(body("first")),
             )
             .await;
-        assert_eq!(status, 201, "{first}");
-        let first = first["id"].as_i64().expect("id");
+        assert_eq!(status, 200, "{first}");
+        let first = first["service_id"].as_i64().expect("id");
         wait_ready(&hub, first, 1).await;
 
         // Running, with no idle timeout: not evictable, so the second does not fit.
         let (status, refused) = hub
             .admin(
                 Method::POST,
-                &format!("/api/{owner}/models/services"),
+                &format!("/api/{owner}/models/services?wait=60"),
                 Some(body("second")),
             )
             .await;
@@ -893,12 +893,12 @@ async fn a_placement_that_does_not_fit_evicts_the_least_recently_used_idle_model
         let (status, second) = hub
             .admin(
                 Method::POST,
-                &format!("/api/{owner}/models/services"),
+                &format!("/api/{owner}/models/services?wait=60"),
                 Some(body("second")),
             )
             .await;
-        assert_eq!(status, 201, "{second}");
-        let second = second["id"].as_i64().expect("id");
+        assert_eq!(status, 200, "{second}");
+        let second = second["service_id"].as_i64().expect("id");
         let evicted = status_of(&hub, first).await;
         assert_eq!(evicted["status"], "unloaded");
         assert_eq!(

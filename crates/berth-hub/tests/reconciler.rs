@@ -35,17 +35,25 @@ async fn create_and_start(hub: &Hub, user: &str, name: &str, pinned: bool) -> Va
     let (status, created) = hub
         .admin(
             Method::POST,
-            &format!("/api/{user}/ops/services"),
+            &format!("/api/{user}/ops/services?wait=60"),
             Some(service_body(name, pinned).await),
         )
         .await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_i64().expect("id");
+    assert_eq!(status, 200, "{created}");
+    let id = created["service_id"].as_i64().expect("id");
     let (status, started) = hub
-        .admin(Method::POST, &format!("/api/services/{id}/start"), None)
+        .admin(
+            Method::POST,
+            &format!("/api/services/{id}/start?wait=60"),
+            None,
+        )
         .await;
-    assert_eq!(status, 200, "{started}");
-    started
+    assert_eq!(
+        (status, started["state"].as_str()),
+        (200, Some("succeeded")),
+        "{started}"
+    );
+    started["service"].clone()
 }
 
 async fn service(hub: &Hub, id: i64) -> Value {
@@ -556,7 +564,7 @@ async fn replicas_spread_over_nodes_and_start_stop_and_go_together() {
             let (status, problem) = hub
                 .admin(
                     Method::POST,
-                    &format!("/api/{user}/ops/services"),
+                    &format!("/api/{user}/ops/services?wait=60"),
                     Some(body),
                 )
                 .await;
@@ -571,13 +579,13 @@ async fn replicas_spread_over_nodes_and_start_stop_and_go_together() {
         let (status, created) = hub
             .admin(
                 Method::POST,
-                &format!("/api/{user}/ops/services"),
+                &format!("/api/{user}/ops/services?wait=60"),
                 Some(body),
             )
             .await;
-        assert_eq!(status, 201, "{created}");
-        assert_eq!(created["replicas"], 4);
-        let id = created["id"].as_i64().expect("id");
+        assert_eq!(status, 200, "{created}");
+        assert_eq!(created["service"]["replicas"], 4);
+        let id = created["service_id"].as_i64().expect("id");
         let (_, live) = hub
             .admin(Method::GET, &format!("/api/services/{id}/status"), None)
             .await;
@@ -600,14 +608,18 @@ async fn replicas_spread_over_nodes_and_start_stop_and_go_together() {
         assert_eq!(containers_of(&hub, &engine, id).await, expect("created"));
 
         let (status, started) = hub
-            .admin(Method::POST, &format!("/api/services/{id}/start"), None)
+            .admin(
+                Method::POST,
+                &format!("/api/services/{id}/start?wait=60"),
+                None,
+            )
             .await;
         assert_eq!(status, 200, "{started}");
         assert_eq!(containers_of(&hub, &engine, id).await, expect("running"));
         let (status, _) = hub
             .admin(
                 Method::POST,
-                &format!("/api/services/{id}/stop"),
+                &format!("/api/services/{id}/stop?wait=60"),
                 Some(json!({"force_stop": true})),
             )
             .await;
@@ -619,9 +631,9 @@ async fn replicas_spread_over_nodes_and_start_stop_and_go_together() {
             "stopped replicas of a stopped service are as wanted"
         );
         let (status, _) = hub
-            .admin(Method::DELETE, &format!("/api/services/{id}"), None)
+            .admin(Method::DELETE, &format!("/api/services/{id}?wait=60"), None)
             .await;
-        assert_eq!(status, 204);
+        assert_eq!(status, 200);
         assert!(
             containers_of(&hub, &engine, id).await.is_empty(),
             "all replicas removed"
@@ -633,16 +645,16 @@ async fn replicas_spread_over_nodes_and_start_stop_and_go_together() {
         let (status, created) = hub
             .admin(
                 Method::POST,
-                &format!("/api/{user}/ops/services"),
+                &format!("/api/{user}/ops/services?wait=60"),
                 Some(body),
             )
             .await;
         assert_eq!(
-            (status, created["status"].as_str()),
-            (201, Some("running")),
+            (status, created["service"]["status"].as_str()),
+            (200, Some("running")),
             "{created}"
         );
-        let id = created["id"].as_i64().expect("id");
+        let id = created["service_id"].as_i64().expect("id");
         assert_eq!(
             containers_of(&hub, &engine, id).await,
             vec![
@@ -691,12 +703,12 @@ async fn constraints_keep_replicas_on_nodes_with_the_labels() {
         let (status, created) = hub
             .admin(
                 Method::POST,
-                &format!("/api/{user}/ops/services"),
+                &format!("/api/{user}/ops/services?wait=60"),
                 Some(body),
             )
             .await;
-        assert_eq!(status, 201, "{created}");
-        let id = created["id"].as_i64().expect("id");
+        assert_eq!(status, 200, "{created}");
+        let id = created["service_id"].as_i64().expect("id");
         let (_, live) = hub
             .admin(Method::GET, &format!("/api/services/{id}/status"), None)
             .await;
@@ -717,7 +729,7 @@ async fn constraints_keep_replicas_on_nodes_with_the_labels() {
         let (status, refused) = hub
             .admin(
                 Method::POST,
-                &format!("/api/{user}/ops/services"),
+                &format!("/api/{user}/ops/services?wait=60"),
                 Some(nowhere),
             )
             .await;
@@ -733,7 +745,7 @@ async fn constraints_keep_replicas_on_nodes_with_the_labels() {
         let (status, problem) = hub
             .admin(
                 Method::POST,
-                &format!("/api/{user}/ops/services"),
+                &format!("/api/{user}/ops/services?wait=60"),
                 Some(bad),
             )
             .await;

@@ -45,7 +45,7 @@ async fn create_started(hub: &Hub, name: &str, public: bool) -> i64 {
     let (status, created) = hub
         .admin(
             Method::POST,
-            "/api/admin/sec/services",
+            "/api/admin/sec/services?wait=60",
             Some(json!({
                 "name": name, "image": IMAGE, "memory_limit": "32m", "cpu_limit": 0.1,
                 "command": ["sh", "-c", ENV_ECHO], "port": 8080, "start": true,
@@ -53,8 +53,8 @@ async fn create_started(hub: &Hub, name: &str, public: bool) -> i64 {
             })),
         )
         .await;
-    assert_eq!(status, 201, "{created}");
-    created["id"].as_i64().expect("id")
+    assert_eq!(status, 200, "{created}");
+    created["service_id"].as_i64().expect("id")
 }
 
 async fn wait_ready(hub: &Hub, id: i64) -> Value {
@@ -234,7 +234,7 @@ async fn thirty_parallel_creates_against_a_quota_of_five_make_exactly_five() {
                     .call(
                         Some(&token),
                         Method::POST,
-                        "/api/racer/race/services",
+                        "/api/racer/race/services?wait=60",
                         Some(json!({
                             "name": format!("s{n}"), "image": IMAGE,
                             "memory_limit": "16m", "cpu_limit": 0.05,
@@ -250,7 +250,7 @@ async fn thirty_parallel_creates_against_a_quota_of_five_make_exactly_five() {
     for attempt in attempts {
         let (status, body) = attempt.await.expect("task");
         match status {
-            201 => created += 1,
+            200 => created += 1,
             403 => assert!(
                 body["detail"]
                     .as_str()
@@ -386,15 +386,15 @@ async fn tokens_are_listed_without_their_text_revoked_and_expired_everywhere_at_
             .call(
                 Some(&ci),
                 Method::POST,
-                "/api/alice/tok/services",
+                "/api/alice/tok/services?wait=60",
                 Some(json!({
                     "name": "api", "image": IMAGE, "memory_limit": "32m", "cpu_limit": 0.1,
                     "command": ["sh", "-c", ENV_ECHO], "port": 8080, "start": true,
                 })),
             )
             .await;
-        assert_eq!(status, 201, "{created}");
-        wait_ready(&hub, created["id"].as_i64().expect("id")).await;
+        assert_eq!(status, 200, "{created}");
+        wait_ready(&hub, created["service_id"].as_i64().expect("id")).await;
         let through_gateway = |token: String| async move {
             reqwest::Client::new()
                 .get(format!("http://{gateway}/s/alice/api/"))
@@ -662,7 +662,12 @@ fn access_of(method: &Method, path: &str) -> Access {
         {
             Access::Admin
         }
-        (_, path) if path.starts_with("/api/services/{id}") => Access::Owner,
+        (_, path)
+            if path.starts_with("/api/services/{id}")
+                || path.starts_with("/api/operations/{id}") =>
+        {
+            Access::Owner
+        }
         ("POST", "/api/{username}/{repo}/services") => Access::AsUser,
         _ => panic!("{method} {path} has no entry in the authorization matrix"),
     }
@@ -679,7 +684,7 @@ async fn the_authorization_matrix_holds_for_every_route() {
         .call(
             Some(&alice),
             Method::POST,
-            "/api/alice/private/services",
+            "/api/alice/private/services?wait=30",
             Some(
                 json!({"name": "alice-private-svc", "image": IMAGE, "cpu_limit": 0.1,
                         "memory_limit": "16m", "port": 8080,
@@ -687,8 +692,10 @@ async fn the_authorization_matrix_holds_for_every_route() {
             ),
         )
         .await;
-    assert_eq!(status, 201, "{service}");
-    let service_id = service["id"].as_i64().expect("id");
+    assert_eq!(status, 200, "{service}");
+    assert_eq!(service["state"], "succeeded", "{service}");
+    let operation_id = service["id"].as_i64().expect("operation id");
+    let service_id = service["service_id"].as_i64().expect("id");
     let (_, issued, _) = hub
         .call(
             Some(&alice),
@@ -720,6 +727,8 @@ async fn the_authorization_matrix_holds_for_every_route() {
         let access = access_of(&method, template);
         let id = if template.starts_with("/api/services/") {
             service_id
+        } else if template.starts_with("/api/operations/") {
+            operation_id
         } else if template.starts_with("/api/users/") {
             alice_id
         } else if template.starts_with("/api/images/") {

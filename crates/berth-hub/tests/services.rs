@@ -52,12 +52,17 @@ async fn a_service_lives_and_every_step_is_logged() {
             .call(
                 Some(&alice),
                 Method::POST,
-                "/api/alice/geo-models/services",
+                "/api/alice/geo-models/services?wait=60",
                 Some(body),
             )
             .await;
-        assert_eq!(status, 201, "{created}");
-        let id = created["id"].as_i64().expect("id");
+        assert_eq!(
+            (status, created["state"].as_str(), created["kind"].as_str()),
+            (200, Some("succeeded"), Some("service.create")),
+            "{created}"
+        );
+        let id = created["service_id"].as_i64().expect("id");
+        let created = &created["service"];
         assert_eq!(
             (created["status"].as_str(), created["node_id"].as_i64()),
             (Some("created"), Some(node_id))
@@ -72,12 +77,12 @@ async fn a_service_lives_and_every_step_is_logged() {
             .call(
                 Some(&alice),
                 Method::POST,
-                &format!("/api/services/{id}/start"),
+                &format!("/api/services/{id}/start?wait=60"),
                 None,
             )
             .await;
         assert_eq!(
-            (status, started["status"].as_str()),
+            (status, started["service"]["status"].as_str()),
             (200, Some("running")),
             "{started}"
         );
@@ -145,11 +150,14 @@ async fn a_service_lives_and_every_step_is_logged() {
             .call(
                 Some(&alice),
                 Method::POST,
-                &format!("/api/services/{id}/stop"),
+                &format!("/api/services/{id}/stop?wait=60"),
                 Some(json!({"timeout_seconds": 5})),
             )
             .await;
-        assert_eq!((status, stopped["status"].as_str()), (200, Some("stopped")));
+        assert_eq!(
+            (status, stopped["service"]["status"].as_str()),
+            (200, Some("stopped"))
+        );
         let (_, live, _) = hub
             .call(
                 Some(&alice),
@@ -209,11 +217,11 @@ async fn a_service_lives_and_every_step_is_logged() {
             .call(
                 Some(&alice),
                 Method::DELETE,
-                &format!("/api/services/{id}"),
+                &format!("/api/services/{id}?wait=60"),
                 None,
             )
             .await;
-        assert_eq!(status, 204);
+        assert_eq!(status, 200);
         let (status, _, _) = hub
             .call(
                 Some(&alice),
@@ -283,18 +291,18 @@ async fn quotas_ownership_and_bad_requests_are_refused() {
             .call(
                 Some(&bob),
                 Method::POST,
-                "/api/bob/repo/services",
+                "/api/bob/repo/services?wait=60",
                 Some(small.clone()),
             )
             .await;
-        assert_eq!(status, 201, "{first}");
-        let id = first["id"].as_i64().expect("id");
+        assert_eq!(status, 200, "{first}");
+        let id = first["service_id"].as_i64().expect("id");
         let second = json!({"name": "two", "image": IMAGE, "memory_limit": "32m"});
         let (status, refused, _) = hub
             .call(
                 Some(&bob),
                 Method::POST,
-                "/api/bob/repo/services",
+                "/api/bob/repo/services?wait=60",
                 Some(second),
             )
             .await;
@@ -320,7 +328,7 @@ async fn quotas_ownership_and_bad_requests_are_refused() {
             .call(
                 Some(&carol),
                 Method::POST,
-                &format!("/api/services/{id}/start"),
+                &format!("/api/services/{id}/start?wait=60"),
                 None,
             )
             .await;
@@ -329,7 +337,7 @@ async fn quotas_ownership_and_bad_requests_are_refused() {
             .call(
                 Some(&carol),
                 Method::POST,
-                "/api/bob/repo/services",
+                "/api/bob/repo/services?wait=60",
                 Some(small.clone()),
             )
             .await;
@@ -379,7 +387,7 @@ async fn quotas_ownership_and_bad_requests_are_refused() {
                 .call(
                     Some(&carol),
                     Method::POST,
-                    "/api/carol/repo/services",
+                    "/api/carol/repo/services?wait=60",
                     Some(body.clone()),
                 )
                 .await;
@@ -394,7 +402,7 @@ async fn quotas_ownership_and_bad_requests_are_refused() {
             .call(
                 Some(&carol),
                 Method::POST,
-                "/api/carol/repo/services",
+                "/api/carol/repo/services?wait=60",
                 Some(gpu),
             )
             .await;
@@ -443,14 +451,18 @@ async fn a_service_runs_through_an_agent_node() {
         let (status, created) = hub
             .admin(
                 Method::POST,
-                &format!("/api/{username}/tools/services"),
+                &format!("/api/{username}/tools/services?wait=60"),
                 Some(service),
             )
             .await;
-        assert_eq!(status, 201, "{created}");
-        let id = created["id"].as_i64().expect("id");
+        assert_eq!(status, 200, "{created}");
+        let id = created["service_id"].as_i64().expect("id");
         let (status, started) = hub
-            .admin(Method::POST, &format!("/api/services/{id}/start"), None)
+            .admin(
+                Method::POST,
+                &format!("/api/services/{id}/start?wait=60"),
+                None,
+            )
             .await;
         assert_eq!(status, 200, "{started}");
         let text = wait_for_logs(&hub, &hub.admin, id, "through-the-agent").await;
@@ -489,9 +501,9 @@ async fn a_service_runs_through_an_agent_node() {
         assert!(point["memory_bytes"].as_i64() > Some(0), "{history}");
         assert!(point["pids"].as_i64() >= Some(1), "{history}");
         let (status, _) = hub
-            .admin(Method::DELETE, &format!("/api/services/{id}"), None)
+            .admin(Method::DELETE, &format!("/api/services/{id}?wait=60"), None)
             .await;
-        assert_eq!(status, 204);
+        assert_eq!(status, 200);
     })
     .await;
 }
@@ -589,12 +601,12 @@ async fn running_services_are_sampled_into_their_stats_history() {
                     .call(
                         Some(&alice),
                         Method::POST,
-                        "/api/alice/demo/services",
+                        "/api/alice/demo/services?wait=60",
                         Some(body),
                     )
                     .await;
-                assert_eq!(status, 201, "{created}");
-                created["id"].as_i64().expect("id")
+                assert_eq!(status, 200, "{created}");
+                created["service_id"].as_i64().expect("id")
             }
         };
         let engine_service = create(json!({"name": "sleeper", "image": IMAGE, "start": true,
@@ -670,7 +682,7 @@ async fn a_server_that_ignores_sigterm_is_stopped_with_the_default_grace_and_sta
         let (status, created) = hub
             .admin(
                 Method::POST,
-                "/api/admin/stubborn/services",
+                "/api/admin/stubborn/services?wait=60",
                 Some(json!({
                     "name": "stubborn", "image": "berth-test/busybox:latest",
                     "cpu_limit": 0.1, "memory_limit": "16m", "start": true,
@@ -678,18 +690,23 @@ async fn a_server_that_ignores_sigterm_is_stopped_with_the_default_grace_and_sta
                 })),
             )
             .await;
-        assert_eq!(status, 201, "{created}");
-        let id = created["id"].as_i64().expect("id");
+        assert_eq!(status, 200, "{created}");
+        let id = created["service_id"].as_i64().expect("id");
         let began = std::time::Instant::now();
         let (status, stopped) = hub
-            .admin(Method::POST, &format!("/api/services/{id}/stop"), None)
+            .admin(
+                Method::POST,
+                &format!("/api/services/{id}/stop?wait=60"),
+                None,
+            )
             .await;
         let took = began.elapsed();
         assert_eq!(
-            (status, stopped["status"].as_str()),
-            (200, Some("stopped")),
+            (status, stopped["state"].as_str()),
+            (200, Some("succeeded")),
             "{stopped}"
         );
+        assert_eq!(stopped["service"]["status"], "stopped", "{stopped}");
         assert!(
             took >= Duration::from_secs(25),
             "the default 30 s grace was waited out, not cut short: {took:?}"

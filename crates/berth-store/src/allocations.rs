@@ -68,17 +68,16 @@ fn allocation_from(row: &AnyRow) -> Result<Allocation, sqlx::Error> {
     })
 }
 
-/// Records `allocation` as its replica's placement, replacing the earlier one.
+/// Records `allocation` as its replica's placement, replacing the earlier one in place (the
+/// row keeps its id through launches and moves).
 pub async fn record(conn: &mut Conn, allocation: &Allocation) -> Result<Allocation, StoreError> {
-    remove(conn, allocation.service_id, allocation.replica).await?;
     let indices: Vec<String> = allocation.gpu_indices.iter().map(u32::to_string).collect();
-    sqlx::query(
-        "INSERT INTO containers (node_id, service_id, container_id, name, status, created_at, generation, \
-         cpu_millis, memory_bytes, disk_bytes, gpu_indices, gpu_memory_bytes, replica) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    let updated = sqlx::query(
+        "UPDATE containers SET node_id = $1, container_id = $2, name = $3, status = $4, created_at = $5, \
+         generation = $6, cpu_millis = $7, memory_bytes = $8, disk_bytes = $9, gpu_indices = $10, \
+         gpu_memory_bytes = $11 WHERE service_id = $12 AND replica = $13",
     )
     .bind(allocation.node_id)
-    .bind(allocation.service_id)
     .bind(&allocation.container_id)
     .bind(&allocation.name)
     .bind(&allocation.status)
@@ -89,9 +88,32 @@ pub async fn record(conn: &mut Conn, allocation: &Allocation) -> Result<Allocati
     .bind(allocation.disk_bytes)
     .bind(indices.join(","))
     .bind(allocation.gpu_memory_bytes)
+    .bind(allocation.service_id)
     .bind(allocation.replica)
     .execute(&mut *conn)
     .await?;
+    if updated.rows_affected() == 0 {
+        sqlx::query(
+            "INSERT INTO containers (node_id, service_id, container_id, name, status, created_at, generation, \
+             cpu_millis, memory_bytes, disk_bytes, gpu_indices, gpu_memory_bytes, replica) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(allocation.node_id)
+        .bind(allocation.service_id)
+        .bind(&allocation.container_id)
+        .bind(&allocation.name)
+        .bind(&allocation.status)
+        .bind(now_ms())
+        .bind(allocation.generation)
+        .bind(allocation.cpu_millis)
+        .bind(allocation.memory_bytes)
+        .bind(allocation.disk_bytes)
+        .bind(indices.join(","))
+        .bind(allocation.gpu_memory_bytes)
+        .bind(allocation.replica)
+        .execute(&mut *conn)
+        .await?;
+    }
     for_replica(conn, allocation.service_id, allocation.replica)
         .await?
         .ok_or_else(|| {

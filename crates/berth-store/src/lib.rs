@@ -217,6 +217,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0007_token_life.sql"),
                 include_str!("../migrations/postgres/0007_token_life.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0008_operation_state.sql"),
+                include_str!("../migrations/postgres/0008_operation_state.sql"),
+            ),
         ];
         for (sqlite, postgres) in pairs {
             let translated = sqlite.replace(

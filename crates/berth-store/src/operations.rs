@@ -1,4 +1,8 @@
 //! The operation log (audit trail): who did what to which target, when, with what outcome.
+//! A change that takes time is an operation with a life: opened `running` in the transaction
+//! that commits its intent, its progress written as the work goes, then finished `succeeded`,
+//! `failed` (with the error in the user's terms) or `cancelled`. An instant change is recorded
+//! finished. A create may carry the client's idempotency key: one operation per user and key.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -27,6 +31,59 @@ pub struct NewOperation {
     pub detail: serde_json::Value,
 }
 
+/// Where an operation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Accepted, not started.
+    Pending,
+    /// Being carried out.
+    Running,
+    /// Done as asked.
+    Succeeded,
+    /// Ended without doing what was asked; `error` says why and what to do.
+    Failed,
+    /// Given up on purpose.
+    Cancelled,
+}
+
+impl State {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state a stored name stands for (an unknown one reads as failed).
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "pending" => Self::Pending,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "cancelled" => Self::Cancelled,
+            _ => Self::Failed,
+        }
+    }
+
+    /// Whether the operation has ended.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, Self::Pending | Self::Running)
+    }
+
+    /// The state an instant change with `outcome` ends in.
+    fn of_outcome(outcome: &str) -> Self {
+        match outcome {
+            "failed" | "refused" | "rolled_back" => Self::Failed,
+            _ => Self::Succeeded,
+        }
+    }
+}
+
 /// A recorded operation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Operation {
@@ -50,6 +107,16 @@ pub struct Operation {
     pub outcome: String,
     /// Details.
     pub detail: serde_json::Value,
+    /// Where it is in its life.
+    pub state: State,
+    /// How far the work got: steps and bytes.
+    pub progress: serde_json::Value,
+    /// What failed, in the user's terms, and what to do; empty unless failed.
+    pub error: String,
+    /// Last change, Unix ms.
+    pub updated_at: i64,
+    /// When it ended, Unix ms.
+    pub finished_at: Option<i64>,
 }
 
 /// Which operations to list.
@@ -72,13 +139,38 @@ pub struct OperationFilter {
     pub size: i64,
 }
 
-/// Writes one operation row.
+/// Writes one operation row of a change that is done: finished in the state its outcome says.
 pub async fn record(conn: &mut Conn, operation: &NewOperation) -> Result<i64, StoreError> {
+    insert(conn, operation, State::of_outcome(&operation.outcome), None).await
+}
+
+/// Opens an operation that is carried out after its intent commits: `running`, outcome
+/// `running`, with the client's idempotency key if it sent one.
+pub async fn open(
+    conn: &mut Conn,
+    operation: &NewOperation,
+    idempotency_key: Option<&str>,
+) -> Result<i64, StoreError> {
+    let running = NewOperation {
+        outcome: State::Running.as_str().to_owned(),
+        ..operation.clone()
+    };
+    insert(conn, &running, State::Running, idempotency_key).await
+}
+
+async fn insert(
+    conn: &mut Conn,
+    operation: &NewOperation,
+    state: State,
+    idempotency_key: Option<&str>,
+) -> Result<i64, StoreError> {
+    let now = now_ms();
     let row = sqlx::query(
-        "INSERT INTO operations (at, user_id, action, target_kind, target_id, node_id, service_id, outcome, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        "INSERT INTO operations (at, user_id, action, target_kind, target_id, node_id, service_id, outcome, detail, \
+         state, updated_at, finished_at, idempotency_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
     )
-    .bind(now_ms())
+    .bind(now)
     .bind(operation.user_id)
     .bind(&operation.action)
     .bind(&operation.target_kind)
@@ -87,9 +179,104 @@ pub async fn record(conn: &mut Conn, operation: &NewOperation) -> Result<i64, St
     .bind(operation.service_id)
     .bind(&operation.outcome)
     .bind(operation.detail.to_string())
+    .bind(state.as_str())
+    .bind(now)
+    .bind(state.is_finished().then_some(now))
+    .bind(idempotency_key)
     .fetch_one(&mut *conn)
     .await?;
     Ok(row.try_get("id")?)
+}
+
+/// Operation `id`.
+pub async fn get(conn: &mut Conn, id: i64) -> Result<Operation, StoreError> {
+    let row = sqlx::query("SELECT * FROM operations WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no operation {id}")))?;
+    Ok(operation_from(&row)?)
+}
+
+/// The operation `user_id` opened with `key`, if any.
+pub async fn find_by_key(
+    conn: &mut Conn,
+    user_id: i64,
+    key: &str,
+) -> Result<Option<Operation>, StoreError> {
+    let row = sqlx::query("SELECT * FROM operations WHERE user_id = $1 AND idempotency_key = $2")
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.as_ref().map(operation_from).transpose()?)
+}
+
+/// Writes how far operation `id` got; an ended operation is left as it is.
+pub async fn set_progress(
+    conn: &mut Conn,
+    id: i64,
+    progress: &serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE operations SET progress = $1, updated_at = $2 \
+         WHERE id = $3 AND state IN ('pending', 'running')",
+    )
+    .bind(progress.to_string())
+    .bind(now_ms())
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Ends operation `id` in `state` with `error` (empty unless it failed), merging `detail` into
+/// its details; returns false when it had ended already (it is left as it was).
+pub async fn finish(
+    conn: &mut Conn,
+    id: i64,
+    state: State,
+    error: &str,
+    detail: &serde_json::Value,
+) -> Result<bool, StoreError> {
+    let current = get(conn, id).await?;
+    if current.state.is_finished() {
+        return Ok(false);
+    }
+    let mut merged = current.detail;
+    if let (Some(into), Some(from)) = (merged.as_object_mut(), detail.as_object()) {
+        for (key, value) in from {
+            into.insert(key.clone(), value.clone());
+        }
+    }
+    let outcome = match state {
+        State::Succeeded => "ok",
+        other => other.as_str(),
+    };
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE operations SET state = $1, outcome = $2, error = $3, detail = $4, updated_at = $5, \
+         finished_at = $6 WHERE id = $7",
+    )
+    .bind(state.as_str())
+    .bind(outcome)
+    .bind(error)
+    .bind(merged.to_string())
+    .bind(now)
+    .bind(now)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+/// Operations not yet ended (a hub that stopped left them so), oldest first.
+pub async fn unfinished(conn: &mut Conn) -> Result<Vec<Operation>, StoreError> {
+    let rows =
+        sqlx::query("SELECT * FROM operations WHERE state IN ('pending', 'running') ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(rows.iter().map(operation_from).collect::<Result<_, _>>()?)
 }
 
 /// Records `operation` in `transaction` and commits both: the change and its row land together
@@ -105,6 +292,8 @@ pub async fn commit_with(
 
 fn operation_from(row: &AnyRow) -> Result<Operation, sqlx::Error> {
     let detail: String = row.try_get("detail")?;
+    let progress: String = row.try_get("progress")?;
+    let state: String = row.try_get("state")?;
     Ok(Operation {
         id: row.try_get("id")?,
         at: row.try_get("at")?,
@@ -116,6 +305,11 @@ fn operation_from(row: &AnyRow) -> Result<Operation, sqlx::Error> {
         service_id: row.try_get("service_id")?,
         outcome: row.try_get("outcome")?,
         detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+        state: State::parse(&state),
+        progress: serde_json::from_str(&progress).unwrap_or_default(),
+        error: row.try_get("error")?,
+        updated_at: row.try_get("updated_at")?,
+        finished_at: row.try_get("finished_at")?,
     })
 }
 

@@ -94,4 +94,52 @@ impl HubClient {
         }
         Ok(())
     }
+
+    /// Follows a Server-Sent Events stream, calling `each` with every event's data as JSON until
+    /// the stream ends or `each` says to stop (returns false).
+    pub async fn follow_events(
+        &self,
+        path: &str,
+        mut each: impl FnMut(Value) -> bool,
+    ) -> Result<(), String> {
+        use futures_util::StreamExt;
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|err| format!("cannot reach the hub at {}: {err}", self.base))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "GET {path} failed (HTTP {})",
+                response.status().as_u16()
+            ));
+        }
+        let mut body = response.bytes_stream();
+        let mut pending = String::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|err| format!("the event stream broke: {err}"))?;
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = pending.find("\n\n") {
+                let event: String = pending.drain(..end + 2).collect();
+                let data: String = event
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if data.is_empty() {
+                    continue;
+                }
+                let value: Value = serde_json::from_str(&data)
+                    .map_err(|err| format!("the hub sent an event that is not JSON: {err}"))?;
+                if !each(value) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -1,7 +1,6 @@
 //! The client subcommands and what each sends to the hub.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use berth_core::calendar::utc_timestamp;
 use clap::{Args, Subcommand, ValueEnum};
@@ -9,6 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::api::HubClient;
+use super::progress;
 use super::table;
 
 /// How answers are printed.
@@ -219,20 +219,38 @@ pub enum ServiceCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Create a service (its container is created, not started).
+    /// Create a service (its containers are created, and started with --start); waits for the
+    /// operation, showing its progress, unless --detach.
     Create(Box<NewService>),
-    /// Start and wait until the container runs.
+    /// Start every replica and wait until they run.
     Start {
         /// Service id.
         id: i64,
+        /// Do not wait: print the operation and return.
+        #[arg(long)]
+        detach: bool,
     },
-    /// Stop.
+    /// Stop every replica (SIGTERM, then SIGKILL after the grace period).
     Stop {
         /// Service id.
         id: i64,
         /// Grace period, seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u32,
+        /// Do not wait: print the operation and return.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Restart each replica in turn (stop with the grace period, then start).
+    Restart {
+        /// Service id.
+        id: i64,
+        /// Grace period, seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u32,
+        /// Do not wait: print the operation and return.
+        #[arg(long)]
+        detach: bool,
     },
     /// Load a model service (seed 004): start its replicas, making room at max_models, and wait
     /// until one is ready.
@@ -287,10 +305,13 @@ pub enum ServiceCommand {
         #[arg(long)]
         to: Option<i64>,
     },
-    /// Remove the service and its container.
+    /// Remove the service and its containers.
     Delete {
         /// Service id.
         id: i64,
+        /// Do not wait: print the operation and return.
+        #[arg(long)]
+        detach: bool,
     },
 }
 
@@ -336,6 +357,9 @@ pub struct NewService {
     /// Start each replica as soon as it is created.
     #[arg(long)]
     start: bool,
+    /// Do not wait for the create: print its operation and return.
+    #[arg(long)]
+    detach: bool,
     /// The command, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
@@ -395,9 +419,26 @@ pub enum TokenCommand {
     },
 }
 
+/// `berth ops show`.
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// One operation: its state, progress and error.
+    Show {
+        /// Operation id.
+        id: i64,
+        /// Wait until it ends, showing its progress.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
 /// `berth ops` filters.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct OpsFilter {
+    /// Show one operation instead of the list.
+    #[command(subcommand)]
+    command: Option<OpsCommand>,
     /// Only this service.
     #[arg(long)]
     service: Option<i64>,
@@ -700,6 +741,21 @@ async fn execute(client: &HubClient, output: Output, resource: Resource) -> Resu
             );
             Ok(())
         }
+        Resource::Ops(OpsFilter {
+            command: Some(OpsCommand::Show { id, wait }),
+            ..
+        }) => {
+            let operation = client
+                .call(Method::GET, &format!("/api/operations/{id}"), None)
+                .await?;
+            let operation = if wait {
+                progress::follow(client, operation, false).await?
+            } else {
+                operation
+            };
+            print(output, &operation, None, &OPERATION_COLUMNS);
+            Ok(())
+        }
         Resource::Ops(filter) => {
             let mut query = format!("page={}&size={}", filter.page, filter.size);
             for (key, value) in [("service_id", filter.service), ("node_id", filter.node)] {
@@ -908,6 +964,34 @@ async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Resul
     Ok(())
 }
 
+/// The columns of one operation.
+const OPERATION_COLUMNS: [(&str, &str); 6] = [
+    ("ID", "id"),
+    ("KIND", "kind"),
+    ("STATE", "state"),
+    ("SERVICE", "service_id"),
+    ("STEP", "progress.step"),
+    ("ERROR", "error"),
+];
+
+/// Prints what a change came to: the service as it stands once its operation ended (the
+/// operation itself with `--detach` or `-o json`).
+async fn changed(
+    client: &HubClient,
+    output: Output,
+    accepted: Value,
+    detach: bool,
+) -> Result<(), String> {
+    let operation = progress::follow(client, accepted, detach).await?;
+    match (&operation["service"], detach, output) {
+        (Value::Object(_), false, Output::Table) => {
+            print(output, &operation["service"], None, &SERVICE_COLUMNS)
+        }
+        _ => print(output, &operation, None, &OPERATION_COLUMNS),
+    }
+    Ok(())
+}
+
 async fn service(
     client: &HubClient,
     output: Output,
@@ -953,44 +1037,48 @@ async fn service(
                     body[key] = value;
                 }
             }
-            client
+            let accepted = client
                 .call(
                     Method::POST,
                     &format!("/api/{user}/{}/services", new.repo),
                     Some(&body),
                 )
-                .await?
+                .await?;
+            return changed(client, output, accepted, new.detach).await;
         }
-        ServiceCommand::Start { id } => {
-            client
+        ServiceCommand::Start { id, detach } => {
+            let accepted = client
                 .call(Method::POST, &format!("/api/services/{id}/start"), None)
                 .await?;
-            eprint!("starting service {id}");
-            let mut status = Value::Null;
-            for _ in 0..60 {
-                status = client
-                    .call(Method::GET, &format!("/api/services/{id}/status"), None)
-                    .await?;
-                if status["container_status"] == "running" {
-                    break;
-                }
-                eprint!(".");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            eprintln!(
-                " {}",
-                status["container_status"].as_str().unwrap_or("unknown")
-            );
-            status
+            return changed(client, output, accepted, detach).await;
         }
-        ServiceCommand::Stop { id, timeout } => {
-            client
+        ServiceCommand::Stop {
+            id,
+            timeout,
+            detach,
+        } => {
+            let accepted = client
                 .call(
                     Method::POST,
                     &format!("/api/services/{id}/stop"),
                     Some(&json!({"timeout_seconds": timeout})),
                 )
-                .await?
+                .await?;
+            return changed(client, output, accepted, detach).await;
+        }
+        ServiceCommand::Restart {
+            id,
+            timeout,
+            detach,
+        } => {
+            let accepted = client
+                .call(
+                    Method::POST,
+                    &format!("/api/services/{id}/restart"),
+                    Some(&json!({"timeout_seconds": timeout})),
+                )
+                .await?;
+            return changed(client, output, accepted, detach).await;
         }
         ServiceCommand::Load { id } => {
             client
@@ -1091,11 +1179,19 @@ async fn service(
                 )
                 .await?
         }
-        ServiceCommand::Delete { id } => {
-            client
+        ServiceCommand::Delete { id, detach } => {
+            let accepted = client
                 .call(Method::DELETE, &format!("/api/services/{id}"), None)
                 .await?;
-            println!("service {id} deleted");
+            let operation = progress::follow(client, accepted, detach).await?;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&operation).unwrap_or_default()
+                ),
+                Output::Table if detach => {}
+                Output::Table => println!("service {id} deleted"),
+            }
             return Ok(());
         }
     };

@@ -171,16 +171,18 @@ pub async fn apply(client: &HubClient, manifest: &Manifest, dry_run: bool) -> Re
         if dry_run {
             return Ok(());
         }
-        let created = client
+        let accepted = client
             .call(
                 Method::POST,
                 &format!("/api/{owner}/{}/services", manifest.repo),
                 Some(&body),
             )
             .await?;
+        let created = super::progress::follow(client, accepted, false).await?;
+        let service = &created["service"];
         println!(
             "created service {} (id {}, {})",
-            manifest.service.name, created["id"], created["status"]
+            manifest.service.name, service["id"], service["status"]
         );
         return Ok(());
     };

@@ -5,6 +5,7 @@
 mod api;
 mod commands;
 pub mod manifest;
+mod progress;
 mod table;
 
 pub use commands::{

@@ -84,10 +84,24 @@ impl HubApi {
 
     /// A call; status and JSON body (null when none).
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    /// A call with extra headers; status (0: no answer) and JSON body (null when none).
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -106,7 +120,7 @@ impl HubApi {
         for service in listed["services"].as_array().cloned().unwrap_or_default() {
             self.call(
                 Method::DELETE,
-                &format!("/api/services/{}", service["id"]),
+                &format!("/api/services/{}?wait=60", service["id"]),
                 None,
             )
             .await;
@@ -277,17 +291,25 @@ pub async fn running_service(hub: &HubApi, name: &str) -> Value {
     let (status, created) = hub
         .call(
             Method::POST,
-            &format!("/api/{user}/e2e/services"),
+            &format!("/api/{user}/e2e/services?wait=60"),
             Some(body),
         )
         .await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_i64().expect("id");
+    assert_eq!(status, 200, "{created}");
+    let id = created["service_id"].as_i64().expect("id");
     let (status, started) = hub
-        .call(Method::POST, &format!("/api/services/{id}/start"), None)
+        .call(
+            Method::POST,
+            &format!("/api/services/{id}/start?wait=60"),
+            None,
+        )
         .await;
-    assert_eq!(status, 200, "{started}");
-    started
+    assert_eq!(
+        (status, started["state"].as_str()),
+        (200, Some("succeeded")),
+        "{started}"
+    );
+    started["service"].clone()
 }
 
 /// Removes, when dropped (also when a test fails), every container carrying one of these labels

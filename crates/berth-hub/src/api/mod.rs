@@ -6,6 +6,7 @@
 pub(crate) mod admin;
 pub(crate) mod catalog;
 pub(crate) mod nodes;
+pub(crate) mod operations;
 pub(crate) mod placement;
 pub(crate) mod services;
 pub(crate) mod system;
@@ -97,6 +98,26 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HubState>>)> {
             Method::POST,
             "/api/services/{id}/stop",
             post(services::stop),
+        ),
+        (
+            Method::POST,
+            "/api/services/{id}/restart",
+            post(services::restart),
+        ),
+        (
+            Method::GET,
+            "/api/services/{id}/operations",
+            get(operations::of_service),
+        ),
+        (
+            Method::GET,
+            "/api/operations/{id}",
+            get(operations::get_one),
+        ),
+        (
+            Method::GET,
+            "/api/operations/{id}/events",
+            get(operations::events),
         ),
         (
             Method::POST,

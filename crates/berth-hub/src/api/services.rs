@@ -24,14 +24,16 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::CurrentUser;
+use super::operations::{WaitQuery, accepted};
 use crate::gateway::readiness;
 use crate::gateway::routes::now_millis;
 use crate::models;
 use crate::node_client::NodeClient;
 use crate::replicas::{self, Cause, LaunchPlan};
 use crate::scheduling;
-use crate::service_definition::ServiceDefinition;
+use crate::service_definition::{ServiceDefinition, container_name};
 use crate::service_request::ServiceRequest;
+use crate::service_work::{self, Change};
 use crate::state::HubState;
 
 type Shared = State<Arc<HubState>>;
@@ -46,14 +48,22 @@ fn operation(
     replicas::service_operation(Some(actor), action, service, outcome, detail)
 }
 
-fn view(service: &ServiceRecord) -> Value {
+/// The status of a service whose deletion is under way.
+pub const DELETING: &str = "deleting";
+
+/// A service as the API shows it.
+pub fn view(service: &ServiceRecord) -> Value {
     let mut value = serde_json::to_value(service).unwrap_or_default();
     value["service_name"] = json!(service.name);
     value
 }
 
 /// The service `id` if the caller owns it or is an admin; 404 otherwise, so others cannot probe.
-async fn owned(state: &HubState, user: &User, id: i64) -> Result<ServiceRecord, Problem> {
+pub(crate) async fn owned(
+    state: &HubState,
+    user: &User,
+    id: i64,
+) -> Result<ServiceRecord, Problem> {
     let mut connection = state.store.acquire().await?;
     let service = services::get(&mut connection, id).await?;
     if service.owner_id != user.id && user.role != Role::Admin {
@@ -90,25 +100,6 @@ fn container_of(service: &ServiceRecord) -> Result<String, Problem> {
             format!("service {} has no container", service.id),
         )
     })
-}
-
-async fn save(
-    state: &HubState,
-    service: &ServiceRecord,
-    record: NewOperation,
-) -> Result<ServiceRecord, Problem> {
-    let saved = replicas::save(state, service, record).await?;
-    if let Some(routes) = state.routes.get(saved.id) {
-        routes.set_wanted(&saved.status);
-        if saved.status == "running" {
-            routes
-                .usage
-                .loaded_at_ms
-                .store(now_millis(), Ordering::Relaxed);
-        }
-    }
-    state.routes.changed.notify_one();
-    Ok(saved)
 }
 
 fn check_quota(name: &str, limit: Option<i64>, used: i64, adding: i64) -> Result<(), Problem> {
@@ -234,14 +225,64 @@ async fn check_create_quotas(
     )
 }
 
-/// `POST /api/{username}/{repo}/services`: creates a service — its containers, not started
-/// unless `start` is true, when each replica starts as soon as it is created.
+/// The header a client sends to make a create safe to retry.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The client's `Idempotency-Key`, checked: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            Problem::invalid_field(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// The operation an earlier create with `key` opened, if any: the same service name answers
+/// with it, another is a 409.
+async fn earlier_create(
+    state: &HubState,
+    user: &User,
+    key: &str,
+    name: &str,
+) -> Result<Option<i64>, Problem> {
+    let mut connection = state.store.acquire().await?;
+    let Some(earlier) = operations::find_by_key(&mut connection, user.id, key).await? else {
+        return Ok(None);
+    };
+    if earlier.action != "service.create" || earlier.detail["name"].as_str() != Some(name) {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Idempotency-Key {key} was used for another request (operation {}); use a new key",
+                earlier.id
+            ),
+        ));
+    }
+    Ok(Some(earlier.id))
+}
+
+/// `POST /api/{username}/{repo}/services?wait=SECONDS`: creates a service. Its replicas are
+/// placed at once (no room is a 409 naming what each node lacks), then the service, its first
+/// deployment, every replica's allocation and the operation commit together; the containers
+/// are created (and with `start: true` started) by the hub after the answer: 202 with the
+/// operation. A retry with the same `Idempotency-Key` answers with the first one's operation.
 pub async fn create(
     State(state): Shared,
     user: CurrentUser,
     Path((username, repo)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), Problem> {
+) -> Result<Response, Problem> {
     let owner = if username == user.0.name {
         user.0.clone()
     } else {
@@ -256,8 +297,15 @@ pub async fn create(
             .await?
             .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, format!("no user {username}")))?
     };
+    let wait = WaitQuery::parse(raw)?;
+    let key = idempotency_key(&headers)?;
     let request: ServiceRequest = parse_body(&body)?;
     berth_core::spec::validate_name("repo", &repo)?;
+    if let Some(key) = &key
+        && let Some(earlier) = earlier_create(&state, &user.0, key, &request.name).await?
+    {
+        return accepted(&state, earlier, &wait).await;
+    }
     let (definition, spec_id) = definition_from(&state, &request).await?;
 
     let replica_count = request.replicas.unwrap_or(1);
@@ -268,6 +316,9 @@ pub async fn create(
         check_create_quotas(&mut connection, &state, &owner, &definition, replica_count).await?;
     }
     let request_shape = scheduling::request_for(&definition);
+    // Placing and recording the placements is one step among creates: two at once never count
+    // the same free capacity.
+    let placing = state.placing.lock().await;
     let placements = match models::place_replicas(&state, &request_shape, replica_count).await {
         Ok(placements) => placements,
         Err(refusal) => {
@@ -330,76 +381,50 @@ pub async fn create(
         created_at: 0,
     };
     services::add_deployment(&mut transaction, record.id, &deployment).await?;
+    for (replica, placement, _) in &placements {
+        let reference = allocations::ReplicaRef {
+            service_id: record.id,
+            replica: *replica,
+            generation: 1,
+        };
+        let name = container_name(&state.hub_id, &record.name, record.id, *replica, version, 1);
+        let allocation = scheduling::allocation_for(reference, &request_shape, placement, &name);
+        allocations::record(&mut transaction, &allocation).await?;
+    }
     let nodes: Vec<&str> = placements
         .iter()
         .map(|(_, _, node)| node.name.as_str())
         .collect();
-    let detail = json!({"name": record.name, "image": record.image, "replicas": replica_count, "nodes": nodes});
-    operations::commit_with(
-        transaction,
-        &operation(user.0.id, "service.create", &record, "ok", detail),
-    )
-    .await?;
-
-    let _claim = state.claim(record.id).ok_or_else(|| busy(record.id))?;
-    let cause = Cause {
-        actor: Some(user.0.id),
-        action: "container.create",
-        detail: json!({}),
+    let detail = json!({"name": record.name, "image": record.image, "replicas": replica_count,
+        "nodes": nodes, "start": request.start});
+    let change = Change::Create {
+        start: request.start,
     };
-    let (record_ref, definition_ref, cause_ref, state_ref) = (&record, &definition, &cause, &state);
-    let (owner_name, shape) = (owner.name.as_str(), &request_shape);
-    let start_now = request.start;
-    let launched = replicas::bounded(
-        placements.clone(),
-        |(replica, placement, node)| async move {
-            replicas::launch(
-                state_ref,
-                LaunchPlan {
-                    service: record_ref,
-                    replica,
-                    generation: 1,
-                    definition: definition_ref,
-                    owner: owner_name,
-                    node: &node,
-                    placement: &placement,
-                    request: shape,
-                    start: start_now,
-                },
-                cause_ref,
-            )
-            .await
-        },
+    let operation_id = match operations::open(
+        &mut transaction,
+        &operation(user.0.id, change.action(), &record, "running", detail),
+        key.as_deref(),
     )
-    .await;
-    let failure = launched
-        .iter()
-        .find_map(|outcome| outcome.as_ref().err().cloned());
-    if let Some(problem) = failure {
-        for (launched, (_, _, node)) in launched.iter().zip(&placements) {
-            if let Ok(launched) = launched {
-                let _ = replicas::retire(&state, node, &launched.container_id).await;
+    .await
+    {
+        Ok(id) => id,
+        Err(err) => {
+            drop(transaction);
+            // The same key sent twice at once: the other request's create stands.
+            if let Some(key) = &key
+                && let Some(earlier) = earlier_create(&state, &user.0, key, &request.name).await?
+            {
+                return accepted(&state, earlier, &wait).await;
             }
+            return Err(err.into());
         }
-        let mut transaction = state.store.begin().await?;
-        services::delete(&mut transaction, record.id).await?;
-        transaction.commit().await.map_err(StoreError::from)?;
-        return Err(problem);
-    }
-    let warnings: Vec<String> = launched
-        .into_iter()
-        .flatten()
-        .flat_map(|launched| launched.warnings)
-        .collect();
-    let mut transaction = state.store.begin().await?;
-    let mut created = services::get(&mut transaction, record.id).await?;
-    created.status = if request.start { "running" } else { "created" }.to_owned();
-    let created = services::update(&mut transaction, &created).await?;
+    };
     transaction.commit().await.map_err(StoreError::from)?;
+    drop(placing);
+    state.operation_changed(operation_id);
     state.routes.changed.notify_one();
-    let mut answer = view(&created);
-    answer["warnings"] = json!(warnings);
-    Ok((StatusCode::CREATED, Json(answer)))
+    service_work::spawn(&state, operation_id, record.id, Some(user.0.id), change);
+    accepted(&state, operation_id, &wait).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -436,38 +461,68 @@ pub async fn get_one(
     Ok(Json(view(&owned(&state, &user.0, id).await?)))
 }
 
-/// `POST /api/services/{id}/start`.
+/// Commits `service`'s new wanted `status` and the operation of `change` with `detail` in one
+/// transaction (the intent), then starts carrying it out; the operation's id.
+async fn intend(
+    state: &Arc<HubState>,
+    actor: i64,
+    service: &ServiceRecord,
+    status: &str,
+    change: Change,
+    detail: Value,
+) -> Result<i64, Problem> {
+    let mut transaction = state.store.begin().await?;
+    let mut wanted = services::get(&mut transaction, service.id).await?;
+    wanted.status = status.to_owned();
+    wanted.error.clear();
+    let saved = services::update(&mut transaction, &wanted).await?;
+    let id = operations::open(
+        &mut transaction,
+        &operation(actor, change.action(), &saved, "running", detail),
+        None,
+    )
+    .await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    if let Some(routes) = state.routes.get(saved.id) {
+        routes.set_wanted(&saved.status);
+        if saved.status == "running" {
+            routes
+                .usage
+                .loaded_at_ms
+                .store(now_millis(), Ordering::Relaxed);
+        }
+    }
+    state.routes.changed.notify_one();
+    state.operation_changed(id);
+    service_work::spawn(state, id, service.id, Some(actor), change);
+    Ok(id)
+}
+
+/// `POST /api/services/{id}/start?wait=SECONDS`: the service is wanted running (committed with
+/// its operation), then its replicas are started: 202 with the operation.
 pub async fn start(
     State(state): Shared,
     user: CurrentUser,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, Problem> {
-    let mut service = owned(&state, &user.0, id).await?;
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let service = owned(&state, &user.0, id).await?;
+    let wait = WaitQuery::parse(raw)?;
     if service.node_id.is_none() {
         // Evicted for capacity: starting it places it again.
         let loaded = models::load(&state, &service, Some(user.0.id), "started").await?;
-        return Ok(Json(view(&loaded)));
+        return Ok(Json(view(&loaded)).into_response());
     }
-    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
-    let touched = replicas::on_every_replica(&state, &service, |client, container| async move {
-        client.start(&container).await
-    })
-    .await?;
-    service.status = "running".to_owned();
-    service.error.clear();
-    let saved = save(
+    let operation = intend(
         &state,
+        user.0.id,
         &service,
-        operation(
-            user.0.id,
-            "service.start",
-            &service,
-            "ok",
-            json!({"replicas": touched}),
-        ),
+        "running",
+        Change::Start,
+        json!({}),
     )
     .await?;
-    Ok(Json(view(&saved)))
+    accepted(&state, operation, &wait).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -479,70 +534,83 @@ struct StopRequest {
     force_stop: bool,
 }
 
-/// `POST /api/services/{id}/stop` with `{timeout_seconds: 30}`. The wanted state is committed
-/// first, with its operation row, then the containers are stopped (each call waits its grace
-/// plus a margin): 200 when they all stopped, 202 with `pending` when a node did not confirm —
-/// the service stays stopped whatever an engine answered, and the reconciler stops what still
-/// runs.
+impl StopRequest {
+    /// The body of a stop or restart (none: the defaults); the grace it asks for.
+    fn grace(body: &Bytes) -> Result<u32, Problem> {
+        let request: Self = if body.iter().all(u8::is_ascii_whitespace) {
+            Self::default()
+        } else {
+            parse_body(body)?
+        };
+        Ok(if request.force_stop {
+            0
+        } else {
+            request
+                .timeout_seconds
+                .unwrap_or(service_work::DEFAULT_GRACE_SECS)
+        })
+    }
+}
+
+/// `POST /api/services/{id}/stop?wait=SECONDS` with `{timeout_seconds: 30}`: the service is
+/// wanted stopped (committed with its operation), then its containers are stopped, each call
+/// allowed its grace plus a margin: 202 with the operation. The service stays stopped whatever
+/// an engine answered; a node that did not confirm has its containers stopped by the reconciler
+/// when it answers.
 pub async fn stop(
     State(state): Shared,
     user: CurrentUser,
     Path(id): Path<i64>,
+    RawQuery(raw): RawQuery,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), Problem> {
-    let mut service = owned(&state, &user.0, id).await?;
-    let request: StopRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        StopRequest::default()
-    } else {
-        parse_body(&body)?
-    };
-    let grace = if request.force_stop {
-        0
-    } else {
-        request.timeout_seconds.unwrap_or(30)
-    };
-    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
-    service.status = "stopped".to_owned();
-    let saved = save(
+) -> Result<Response, Problem> {
+    let service = owned(&state, &user.0, id).await?;
+    let wait = WaitQuery::parse(raw)?;
+    let grace = StopRequest::grace(&body)?;
+    let operation = intend(
         &state,
+        user.0.id,
         &service,
-        operation(
-            user.0.id,
-            "service.stop",
-            &service,
-            "ok",
-            json!({"timeout_seconds": grace}),
-        ),
+        "stopped",
+        Change::Stop { grace },
+        json!({"timeout_seconds": grace}),
     )
     .await?;
-    let stopped = replicas::on_every_replica(&state, &saved, |client, container| async move {
-        client.stop(&container, grace).await
-    })
-    .await;
-    match stopped {
-        Ok(_) => Ok((StatusCode::OK, Json(view(&saved)))),
-        Err(problem) => {
-            let pending = format!(
-                "{}; the service stays stopped and the hub stops its containers when their nodes answer",
-                problem.detail()
-            );
-            let transaction = state.store.begin().await?;
-            operations::commit_with(
-                transaction,
-                &replicas::service_operation(
-                    Some(user.0.id),
-                    "container.stop",
-                    &saved,
-                    "failed",
-                    json!({"error": problem.detail()}),
-                ),
-            )
-            .await?;
-            let mut answer = view(&saved);
-            answer["pending"] = json!(pending);
-            Ok((StatusCode::ACCEPTED, Json(answer)))
-        }
+    accepted(&state, operation, &wait).await
+}
+
+/// `POST /api/services/{id}/restart?wait=SECONDS` with `{timeout_seconds: 30}`: the service is
+/// wanted running, then each replica is stopped (with the grace) and started in turn, so the
+/// others keep serving: 202 with the operation.
+pub async fn restart(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let service = owned(&state, &user.0, id).await?;
+    let wait = WaitQuery::parse(raw)?;
+    let grace = StopRequest::grace(&body)?;
+    if service.node_id.is_none() {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            format!(
+                "service {} is not placed on a node; start it instead",
+                service.id
+            ),
+        ));
     }
+    let operation = intend(
+        &state,
+        user.0.id,
+        &service,
+        "running",
+        Change::Restart { grace },
+        json!({"timeout_seconds": grace}),
+    )
+    .await?;
+    accepted(&state, operation, &wait).await
 }
 
 /// `GET /api/services/{id}/status`: the stored state, the container's live state and the node.
@@ -813,32 +881,27 @@ pub async fn stats_history(
     })))
 }
 
-/// `DELETE /api/services/{id}`: removes the container (and its data volume), then the service.
+/// `DELETE /api/services/{id}?wait=SECONDS`: the service is marked deleting (committed with
+/// its operation), then its containers (and data volumes) are removed and the service with
+/// them: 202 with the operation.
 pub async fn delete(
     State(state): Shared,
     user: CurrentUser,
     Path(id): Path<i64>,
-) -> Result<StatusCode, Problem> {
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
     let service = owned(&state, &user.0, id).await?;
-    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
-    replicas::on_every_replica(&state, &service, |client, container| async move {
-        client.remove(&container).await
-    })
-    .await?;
-    let mut transaction = state.store.begin().await?;
-    services::delete(&mut transaction, service.id).await?;
-    operations::commit_with(
-        transaction,
-        &operation(
-            user.0.id,
-            "service.delete",
-            &service,
-            "ok",
-            json!({"name": service.name}),
-        ),
+    let wait = WaitQuery::parse(raw)?;
+    let operation = intend(
+        &state,
+        user.0.id,
+        &service,
+        DELETING,
+        Change::Delete,
+        json!({"name": service.name}),
     )
     .await?;
-    Ok(StatusCode::NO_CONTENT)
+    accepted(&state, operation, &wait).await
 }
 
 /// `GET /api/services/{id}/deployments`, newest first.
@@ -1022,6 +1085,7 @@ async fn redeploy(
                     placement: &placement,
                     request: shape,
                     start: was_running,
+                    tracker: None,
                 },
                 cause_ref,
             )

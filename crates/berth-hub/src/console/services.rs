@@ -264,14 +264,19 @@ pub async fn create(State(state): Shared, visitor: Visitor, form: FormData) -> R
         State(Arc::clone(&state)),
         as_user(&visitor),
         Path((visitor.signed.user.name.clone(), repo)),
+        RawQuery(Some(CONSOLE_WAIT.to_owned())),
+        HeaderMap::new(),
         Bytes::from(body.to_string()),
     )
     .await;
     match created {
-        Ok((_, Json(service))) => see_other(&format!(
-            "/services/{}",
-            service["id"].as_i64().unwrap_or_default()
-        )),
+        Ok(answer) => {
+            let operation = operation_of(answer).await;
+            see_other(&format!(
+                "/services/{}",
+                operation["service_id"].as_i64().unwrap_or_default()
+            ))
+        }
         Err(problem) => {
             let refusal = Refusal::from_problem(&problem, FIELDS);
             form_page(&state, &visitor, &form, Some(&refusal)).await
@@ -319,6 +324,50 @@ struct DetailPage {
     charts: Vec<Chart>,
     deployments: Vec<DeploymentRow>,
     operations: Vec<OperationRow>,
+    working: Option<Working>,
+}
+
+/// The operation a service is going through now, shown with its progress; the page refreshes
+/// itself until it ended.
+#[derive(Debug, Clone)]
+pub struct Working {
+    kind: String,
+    step: String,
+    done: u64,
+    total: u64,
+    bytes: String,
+}
+
+impl Working {
+    /// The earliest unfinished operation of service `id`, if any.
+    async fn of(conn: &mut berth_store::Conn, id: i64) -> Result<Option<Self>, StoreError> {
+        let unfinished = berth_store::operations::unfinished(conn).await?;
+        Ok(unfinished
+            .into_iter()
+            .find(|operation| operation.service_id == Some(id))
+            .map(|operation| {
+                let progress = &operation.progress;
+                let (done, all) = (
+                    progress["bytes_done"].as_i64().unwrap_or(0),
+                    progress["bytes_total"].as_i64().unwrap_or(0),
+                );
+                Self {
+                    kind: operation
+                        .action
+                        .strip_prefix("service.")
+                        .unwrap_or(&operation.action)
+                        .to_owned(),
+                    step: progress["step"].as_str().unwrap_or_default().to_owned(),
+                    done: progress["steps_done"].as_u64().unwrap_or(0),
+                    total: progress["steps_total"].as_u64().unwrap_or(1).max(1),
+                    bytes: if all > 0 {
+                        format!("{} / {}", human_bytes(done), human_bytes(all))
+                    } else {
+                        String::new()
+                    },
+                }
+            }))
+    }
 }
 
 /// The gateway's base URL as this browser reaches it: the gateway's own address, with the
@@ -361,6 +410,7 @@ async fn detail_page(
         20,
     )
     .await?;
+    let working = Working::of(&mut connection, id).await?;
     drop(connection);
     let (logs, logs_error) = if service.container_id.is_some() && service.node_id.is_some() {
         let query = Some("tail=200".to_owned());
@@ -463,6 +513,7 @@ async fn detail_page(
             .unwrap_or("—")
             .to_owned(),
         replicas,
+        working,
         serving,
         resources,
         logs,
@@ -486,7 +537,23 @@ pub async fn detail(
         .unwrap_or_else(|problem| problem_page(&visitor, "services", &problem))
 }
 
-/// `POST /services/{id}/do/{start|stop|load|unload|delete}` through the API's handlers.
+/// How long a change from the console waits for its operation before showing the page (which
+/// then shows the operation's progress and refreshes itself until it ended).
+const CONSOLE_WAIT: &str = "wait=10";
+
+fn waiting() -> RawQuery {
+    RawQuery(Some(CONSOLE_WAIT.to_owned()))
+}
+
+/// The operation an API handler answered a change with.
+async fn operation_of(answer: Response) -> Value {
+    let bytes = axum::body::to_bytes(answer.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or_default()
+}
+
+/// `POST /services/{id}/do/{start|stop|restart|load|unload|delete}` through the API's handlers.
 pub async fn act(
     State(state): Shared,
     visitor: Visitor,
@@ -496,8 +563,13 @@ pub async fn act(
     let user = as_user(&visitor);
     let shared = State(Arc::clone(&state));
     let done = match verb.as_str() {
-        "start" => api::services::start(shared, user, Path(id)).await.map(drop),
-        "stop" => api::services::stop(shared, user, Path(id), Bytes::new())
+        "start" => api::services::start(shared, user, Path(id), waiting())
+            .await
+            .map(drop),
+        "stop" => api::services::stop(shared, user, Path(id), waiting(), Bytes::new())
+            .await
+            .map(drop),
+        "restart" => api::services::restart(shared, user, Path(id), waiting(), Bytes::new())
             .await
             .map(drop),
         "load" => api::services::load(shared, user, Path(id)).await.map(drop),
@@ -505,7 +577,7 @@ pub async fn act(
             .await
             .map(drop),
         "delete" if form.find("confirm").is_some() => {
-            return match api::services::delete(shared, user, Path(id)).await {
+            return match api::services::delete(shared, user, Path(id), waiting()).await {
                 Ok(_) => see_other("/services"),
                 Err(problem) => problem_page(&visitor, "services", &problem),
             };

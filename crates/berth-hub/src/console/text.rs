@@ -140,10 +140,14 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("state.stopped", "stopped", "已停止"),
     ("state.error", "error", "错误"),
     ("state.unloaded", "unloaded", "已卸载"),
+    ("state.deleting", "deleting", "删除中"),
     ("action.start", "Start", "启动"),
     ("action.stop", "Stop", "停止"),
+    ("action.restart", "Restart", "重启"),
     ("action.load", "Load", "加载"),
     ("action.unload", "Unload", "卸载"),
+    ("action.create", "Create", "创建"),
+    ("action.delete", "Delete", "删除"),
     ("overview.title", "Overview", "概览"),
     ("overview.nodes", "Compute nodes", "计算节点"),
     (
@@ -316,6 +320,8 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("outcome.failed", "failed", "失败"),
     ("outcome.refused", "refused", "被拒绝"),
     ("outcome.rolled_back", "rolled back", "已回滚"),
+    ("outcome.running", "running", "进行中"),
+    ("outcome.cancelled", "cancelled", "已取消"),
     ("users.title", "Users and quotas", "用户与配额"),
     (
         "users.help",
@@ -586,12 +592,21 @@ mod tests {
                 "state.running",
                 "state.stopped",
             ],
-            &["state.error", "state.unloaded", "role.user", "role.admin"],
+            &[
+                "state.error",
+                "state.unloaded",
+                "state.deleting",
+                "role.user",
+                "role.admin",
+            ],
             &[
                 "action.start",
                 "action.stop",
+                "action.restart",
                 "action.load",
                 "action.unload",
+                "action.create",
+                "action.delete",
             ],
         ] {
             used.extend(group.iter().map(|key| (*key).to_owned()));

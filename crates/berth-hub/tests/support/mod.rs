@@ -132,11 +132,11 @@ pub async fn with_cleanup<F: Future<Output = ()>>(hub: &Hub, body: F) {
         let (status, problem) = hub
             .admin(
                 Method::DELETE,
-                &format!("/api/services/{}", service["id"]),
+                &format!("/api/services/{}?wait=60", service["id"]),
                 None,
             )
             .await;
-        if status != 204 {
+        if status != 200 {
             eprintln!(
                 "cleanup could not delete service {}: {problem}",
                 service["id"]

@@ -1,0 +1,285 @@
+//! Operations carried out after their intent commits. A change commits the wanted state of a
+//! service and its operation row (opened `running`) in one transaction; [`spawn`] then does the
+//! work in a task that waits for the service's claim, reports progress through a [`Tracker`]
+//! (steps at once, pull bytes at most every half second) and ends the row `succeeded` or
+//! `failed` with the error in the user's terms. An operation that a later change of the same
+//! service overtook before it ran ends `cancelled`: the later one carries the service to its
+//! newer wanted state. Every change to a row is announced on [`HubState::operation_events`], for
+//! `?wait=` and the live stream. On start, [`resume`] carries on what a stopped hub left
+//! unfinished.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use berth_docker::PullProgress;
+use berth_http::Problem;
+use berth_store::StoreError;
+use berth_store::operations::{self, Operation, State};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::state::HubState;
+
+/// How often pull progress is written to an operation's row at most.
+const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a worker tries again for a service another change holds.
+const CLAIM_RETRY: Duration = Duration::from_millis(20);
+
+/// How far an operation got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    /// Steps done.
+    pub steps_done: u64,
+    /// Steps in all.
+    pub steps_total: u64,
+    /// What is being done now, in the user's terms.
+    pub step: String,
+    /// Image bytes pulled so far, over every layer seen.
+    pub bytes_done: u64,
+    /// Image bytes to pull, over every layer seen.
+    pub bytes_total: u64,
+}
+
+/// Reports one operation's progress.
+pub struct Tracker {
+    state: Arc<HubState>,
+    id: i64,
+    progress: std::sync::Mutex<Progress>,
+    layers: std::sync::Mutex<HashMap<String, (u64, u64)>>,
+    unwritten: AtomicBool,
+}
+
+impl Tracker {
+    fn new(state: Arc<HubState>, id: i64) -> Self {
+        Self {
+            state,
+            id,
+            progress: Default::default(),
+            layers: Default::default(),
+            unwritten: AtomicBool::new(false),
+        }
+    }
+
+    /// The operation's id.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Records that `done` of `total` steps are done and what comes next, and writes it.
+    pub async fn step(&self, done: u64, total: u64, what: impl Into<String>) {
+        if let Ok(mut progress) = self.progress.lock() {
+            progress.steps_done = done;
+            progress.steps_total = total;
+            progress.step = what.into();
+        }
+        self.unwritten.store(true, Ordering::Relaxed);
+        self.write().await;
+    }
+
+    /// Takes one step of an image pull into the byte counts; written by the next flush.
+    pub fn pulled(&self, step: &PullProgress) {
+        let (Some(layer), Some(total)) = (&step.layer, step.total) else {
+            return;
+        };
+        let Ok(mut layers) = self.layers.lock() else {
+            return;
+        };
+        let total = u64::try_from(total).unwrap_or(0);
+        let current = u64::try_from(step.current.unwrap_or(0)).unwrap_or(0);
+        let entry = layers.entry(layer.clone()).or_default();
+        *entry = (current.max(entry.0).min(total), total);
+        let (done, all) = layers
+            .values()
+            .fold((0, 0), |(done, all), (d, t)| (done + d, all + t));
+        if let Ok(mut progress) = self.progress.lock() {
+            progress.bytes_done = done;
+            progress.bytes_total = all;
+            if !step.status.is_empty() {
+                progress.step = format!("pulling the image: {}", step.status);
+            }
+        }
+        self.unwritten.store(true, Ordering::Relaxed);
+    }
+
+    /// A callback for a pull that reports into this tracker.
+    pub fn pull_callback(&self) -> impl FnMut(PullProgress) + Send + '_ {
+        move |step| self.pulled(&step)
+    }
+
+    /// Writes the progress if it changed since the last write.
+    async fn write(&self) {
+        if !self.unwritten.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let progress = self
+            .progress
+            .lock()
+            .map(|progress| progress.clone())
+            .unwrap_or_default();
+        let value = serde_json::to_value(progress).unwrap_or_default();
+        let written = async {
+            let mut connection = self.state.store.acquire().await?;
+            operations::set_progress(&mut connection, self.id, &value).await
+        }
+        .await;
+        match written {
+            Ok(()) => self.state.operation_changed(self.id),
+            Err(err) => {
+                tracing::warn!(operation = self.id, error = %err, "Writing progress failed.")
+            }
+        }
+    }
+}
+
+/// Waits until this task holds `service_id`'s claim (another change or a reconcile may hold it).
+async fn claim_when_free(state: &HubState, service_id: i64) -> crate::state::ServiceClaim<'_> {
+    loop {
+        if let Some(claim) = state.claim(service_id) {
+            return claim;
+        }
+        tokio::time::sleep(CLAIM_RETRY).await;
+    }
+}
+
+/// Ends operation `id` as `outcome` says and announces it.
+pub async fn finish(
+    state: &HubState,
+    id: i64,
+    outcome: Result<Value, Problem>,
+) -> Result<(), StoreError> {
+    let (end, error, detail) = match outcome {
+        Ok(detail) => (State::Succeeded, String::new(), detail),
+        Err(problem) => (
+            State::Failed,
+            problem.detail().to_owned(),
+            json!({"status": problem.status().as_u16()}),
+        ),
+    };
+    end_as(state, id, end, &error, &detail).await
+}
+
+async fn end_as(
+    state: &HubState,
+    id: i64,
+    end: State,
+    error: &str,
+    detail: &Value,
+) -> Result<(), StoreError> {
+    let mut connection = state.store.acquire().await?;
+    operations::finish(&mut connection, id, end, error, detail).await?;
+    drop(connection);
+    state.operation_changed(id);
+    Ok(())
+}
+
+/// Carries out operation `id` on `service_id`: waits for the service's claim, then runs `work`
+/// unless a later change of the service overtook it, writes its progress every half second
+/// while it runs, and ends the row with its outcome. The task outlives the request.
+pub fn spawn<F, Fut>(state: Arc<HubState>, id: i64, service_id: i64, work: F)
+where
+    F: FnOnce(Arc<HubState>, Arc<Tracker>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Value, Problem>> + Send + 'static,
+{
+    state.note_change(service_id, id);
+    tokio::spawn(async move {
+        let outcome = {
+            let _claim = claim_when_free(&state, service_id).await;
+            if let Some(later) = state.latest_change(service_id).filter(|later| *later > id) {
+                let reason = format!("operation {later} changed the service after this one");
+                if let Err(err) = end_as(&state, id, State::Cancelled, &reason, &json!({})).await {
+                    tracing::warn!(operation = id, error = %err, "Recording a cancel failed.");
+                }
+                return;
+            }
+            let tracker = Arc::new(Tracker::new(Arc::clone(&state), id));
+            let flusher = {
+                let tracker = Arc::clone(&tracker);
+                tokio::spawn(async move {
+                    let mut ticks = tokio::time::interval(PROGRESS_WRITE_INTERVAL);
+                    loop {
+                        ticks.tick().await;
+                        tracker.write().await;
+                    }
+                })
+            };
+            let outcome = work(Arc::clone(&state), Arc::clone(&tracker)).await;
+            flusher.abort();
+            tracker.write().await;
+            outcome
+        };
+        if let Err(problem) = &outcome {
+            tracing::warn!(operation = id, service = service_id, error = %problem.detail(), "Operation failed.");
+        }
+        if let Err(err) = finish(&state, id, outcome).await {
+            tracing::error!(operation = id, error = %err, "Recording an operation's end failed.");
+        }
+    });
+}
+
+/// Operation `id` once it ended, or as it is when `wait` runs out.
+pub async fn wait_for(state: &HubState, id: i64, wait: Duration) -> Result<Operation, StoreError> {
+    let mut events = state.operation_events.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let current = {
+            let mut connection = state.store.acquire().await?;
+            operations::get(&mut connection, id).await?
+        };
+        if current.state.is_finished() {
+            return Ok(current);
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) => return Ok(current),
+                Ok(Ok(changed)) if changed != id => continue,
+                Ok(_) => break,
+            }
+        }
+    }
+}
+
+/// What the hub does with an operation a stopped hub left unfinished.
+pub enum Resumption {
+    /// Carry it out again: its work is safe to repeat.
+    Again(Operation),
+    /// End it failed with this reason.
+    Abandon(Operation, String),
+}
+
+/// Sorts what a stopped hub left unfinished: the actions in `repeatable` are carried out again
+/// (through the caller), any other ends failed with what to do.
+pub async fn unfinished(
+    state: &HubState,
+    repeatable: &[&str],
+) -> Result<Vec<Resumption>, StoreError> {
+    let left = {
+        let mut connection = state.store.acquire().await?;
+        operations::unfinished(&mut connection).await?
+    };
+    Ok(left
+        .into_iter()
+        .map(|operation| {
+            if operation.service_id.is_some() && repeatable.contains(&operation.action.as_str()) {
+                Resumption::Again(operation)
+            } else {
+                let reason = format!(
+                    "the hub stopped before {} finished; the reconciler brings the {} to its wanted state — check it, and repeat the change if it is not there",
+                    operation.action, operation.target_kind
+                );
+                Resumption::Abandon(operation, reason)
+            }
+        })
+        .collect())
+}
+
+/// Ends `operation` failed with `reason` (a [`Resumption::Abandon`]).
+pub async fn abandon(
+    state: &HubState,
+    operation: &Operation,
+    reason: &str,
+) -> Result<(), StoreError> {
+    end_as(state, operation.id, State::Failed, reason, &json!({})).await
+}

@@ -1,0 +1,502 @@
+//! What a change of a service does once its intent is committed, carried out by
+//! [`ops::spawn`](crate::ops::spawn): bring the replicas up (a create launches every allocation
+//! the create recorded; a start starts them), stop them with their grace, restart them one at a
+//! time, or remove them and then the service. Each is safe to repeat — a launch adopts the
+//! container an interrupted one made, a start or stop of a container already there changes
+//! nothing, a removal of a missing container is done — so [`resume`] carries on after a restart
+//! whatever the hub left unfinished.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::http::StatusCode;
+use berth_core::schedule::Placement;
+use berth_http::Problem;
+use berth_store::StoreError;
+use berth_store::allocations::Allocation;
+use berth_store::nodes::{self, NodeRecord};
+use berth_store::operations::Operation;
+use berth_store::services::{self, ServiceRecord};
+use serde_json::{Value, json};
+
+use crate::ops::{self, Resumption, Tracker};
+use crate::replicas::{self, Cause, LaunchPlan};
+use crate::scheduling;
+use crate::service_definition::ServiceDefinition;
+use crate::state::HubState;
+
+/// The grace period of a stop or restart that does not name one.
+pub const DEFAULT_GRACE_SECS: u32 = 30;
+
+/// A change of a service's wanted state, carried out after its intent commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Launch the replicas the create placed, started when `start`; a create that fails keeps
+    /// nothing.
+    Create {
+        /// Start each replica once created.
+        start: bool,
+    },
+    /// Start every replica.
+    Start,
+    /// Stop every replica with this grace.
+    Stop {
+        /// Seconds between SIGTERM and SIGKILL.
+        grace: u32,
+    },
+    /// Stop and start each replica in turn.
+    Restart {
+        /// Seconds between SIGTERM and SIGKILL.
+        grace: u32,
+    },
+    /// Remove every replica's container, then the service.
+    Delete,
+}
+
+impl Change {
+    /// The operation's action.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::Create { .. } => "service.create",
+            Self::Start => "service.start",
+            Self::Stop { .. } => "service.stop",
+            Self::Restart { .. } => "service.restart",
+            Self::Delete => "service.delete",
+        }
+    }
+
+    /// The change an operation row records, if it is one of these.
+    fn of(operation: &Operation) -> Option<Self> {
+        let grace = operation.detail["timeout_seconds"]
+            .as_u64()
+            .and_then(|grace| u32::try_from(grace).ok())
+            .unwrap_or(DEFAULT_GRACE_SECS);
+        Some(match operation.action.as_str() {
+            "service.create" => Self::Create {
+                start: operation.detail["start"].as_bool().unwrap_or(false),
+            },
+            "service.start" => Self::Start,
+            "service.stop" => Self::Stop { grace },
+            "service.restart" => Self::Restart { grace },
+            "service.delete" => Self::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// Starts carrying out `change` of `service_id` as operation `operation` (its intent and row
+/// committed), by `actor`.
+pub fn spawn(
+    state: &Arc<HubState>,
+    operation: i64,
+    service_id: i64,
+    actor: Option<i64>,
+    change: Change,
+) {
+    ops::spawn(
+        Arc::clone(state),
+        operation,
+        service_id,
+        move |state, tracker| async move {
+            carry_out(&state, &tracker, service_id, actor, change).await
+        },
+    );
+}
+
+async fn carry_out(
+    state: &HubState,
+    tracker: &Tracker,
+    service_id: i64,
+    actor: Option<i64>,
+    change: Change,
+) -> Result<Value, Problem> {
+    let service = {
+        let mut connection = state.store.acquire().await?;
+        match services::get(&mut connection, service_id).await {
+            Ok(service) => service,
+            // Deleted meanwhile (by the reconciler finishing an earlier delete): done.
+            Err(StoreError::NotFound(_)) if change == Change::Delete => {
+                return Ok(json!({"already": "deleted"}));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    };
+    match change {
+        Change::Create { start } => {
+            let outcome = bring_up(state, tracker, &service, actor, start).await;
+            match outcome {
+                Ok(detail) => {
+                    let status = if start { "running" } else { "created" };
+                    set_status(state, service_id, status).await?;
+                    Ok(detail)
+                }
+                Err(problem) => {
+                    discard(state, &service).await?;
+                    Err(Problem::new(
+                        problem.status(),
+                        format!(
+                            "{}; the create kept nothing — fix this and create the service again",
+                            problem.detail()
+                        ),
+                    ))
+                }
+            }
+        }
+        Change::Start => bring_up(state, tracker, &service, actor, true)
+            .await
+            .map_err(|problem| {
+                Problem::new(
+                    problem.status(),
+                    format!(
+                        "{}; the service stays wanted running and the hub keeps trying (berth service status shows how far it got)",
+                        problem.detail()
+                    ),
+                )
+            }),
+        Change::Stop { grace } => {
+            tracker.step(0, 1, "stopping the replicas").await;
+            let stopped = replicas::on_every_replica(state, &service, |client, container| async move {
+                client.stop(&container, grace).await
+            })
+            .await
+            .map_err(|problem| {
+                Problem::new(
+                    problem.status(),
+                    format!(
+                        "{}; the service stays stopped and the hub stops its containers when their nodes answer",
+                        problem.detail()
+                    ),
+                )
+            })?;
+            tracker.step(1, 1, "stopped").await;
+            Ok(json!({"replicas": stopped}))
+        }
+        Change::Restart { grace } => restart(state, tracker, &service, grace).await,
+        Change::Delete => {
+            tracker.step(0, 2, "removing the containers").await;
+            let mut attempt = 1;
+            loop {
+                match remove_all(state, &service).await {
+                    Err(problem) if is_transient(&problem) && attempt < TRANSIENT_ATTEMPTS => {
+                        tokio::time::sleep(TRANSIENT_BACKOFF * attempt).await;
+                        attempt += 1;
+                    }
+                    other => break other?,
+                }
+            }
+            tracker.step(2, 2, "deleted").await;
+            Ok(json!({"name": service.name}))
+        }
+    }
+}
+
+/// Removes every replica's container (a node held down keeps an orphan, which the reconciler
+/// removes when it answers), then the service and its allocations.
+pub async fn remove_all(state: &HubState, service: &ServiceRecord) -> Result<(), Problem> {
+    replicas::on_every_replica(state, service, |client, container| async move {
+        client.remove(&container).await
+    })
+    .await?;
+    let mut transaction = state.store.begin().await?;
+    services::delete(&mut transaction, service.id).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    state.routes.changed.notify_one();
+    Ok(())
+}
+
+/// Nodes by id, read now.
+async fn nodes_by_id(state: &HubState) -> Result<HashMap<i64, NodeRecord>, StoreError> {
+    let mut connection = state.store.acquire().await?;
+    Ok(nodes::list(&mut connection)
+        .await?
+        .into_iter()
+        .map(|node| (node.id, node))
+        .collect())
+}
+
+fn node_for<'a>(
+    all: &'a HashMap<i64, NodeRecord>,
+    allocation: &Allocation,
+) -> Result<&'a NodeRecord, Problem> {
+    all.get(&allocation.node_id).ok_or_else(|| {
+        Problem::new(
+            StatusCode::CONFLICT,
+            format!(
+                "replica {}'s node {} was removed",
+                allocation.replica, allocation.node_id
+            ),
+        )
+    })
+}
+
+/// Launches every allocation without a container and (with `start`) starts the others; replicas
+/// on nodes held down are left to the reconciler.
+async fn bring_up(
+    state: &HubState,
+    tracker: &Tracker,
+    service: &ServiceRecord,
+    actor: Option<i64>,
+    start: bool,
+) -> Result<Value, Problem> {
+    let definition = replicas::definition_of(service)?;
+    let owner = replicas::owner_name(state, service).await?;
+    let placed = replicas::allocations_of(state, service.id).await?;
+    let all_nodes = nodes_by_id(state).await?;
+    let total = placed.len() as u64;
+    let verb = if start { "starting" } else { "creating" };
+    tracker
+        .step(0, total, format!("{verb} {total} replica(s)"))
+        .await;
+    let done = AtomicU64::new(0);
+    let (definition, owner, all_nodes, done) = (&definition, owner.as_str(), &all_nodes, &done);
+    let outcomes = replicas::bounded(placed, |allocation| async move {
+        let node = node_for(all_nodes, &allocation)?;
+        let mut attempt = 1;
+        let warnings = loop {
+            let tried = bring_up_replica(
+                state,
+                tracker,
+                Replica {
+                    service,
+                    definition,
+                    owner,
+                    node,
+                    allocation: &allocation,
+                },
+                actor,
+                start,
+            )
+            .await;
+            match tried {
+                Err(problem) if is_transient(&problem) && attempt < TRANSIENT_ATTEMPTS => {
+                    tracker
+                        .step(
+                            done.load(Ordering::Relaxed),
+                            total,
+                            format!(
+                                "replica {} on {}: {} — trying again ({attempt} of {TRANSIENT_ATTEMPTS})",
+                                allocation.replica,
+                                node.name,
+                                problem.detail()
+                            ),
+                        )
+                        .await;
+                    tokio::time::sleep(TRANSIENT_BACKOFF * attempt).await;
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
+        let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+        tracker
+            .step(
+                finished,
+                total,
+                format!("replica {} on {} ready", allocation.replica, node.name),
+            )
+            .await;
+        Ok::<_, Problem>(warnings)
+    })
+    .await;
+    let mut warnings = Vec::new();
+    for outcome in outcomes {
+        warnings.extend(outcome?);
+    }
+    state.routes.changed.notify_one();
+    Ok(json!({"replicas": total, "warnings": warnings}))
+}
+
+/// One replica to bring up.
+struct Replica<'a> {
+    service: &'a ServiceRecord,
+    definition: &'a ServiceDefinition,
+    owner: &'a str,
+    node: &'a NodeRecord,
+    allocation: &'a Allocation,
+}
+
+/// Tries of a replica whose node was slow or did not answer, before the change fails.
+const TRANSIENT_ATTEMPTS: u32 = 5;
+/// The wait after the first slow try; it grows by this much per try.
+const TRANSIENT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether `problem` may pass by itself: a node slow or out of reach, a database busy.
+fn is_transient(problem: &Problem) -> bool {
+    matches!(
+        problem.status(),
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// Launches the replica when it has no container yet (adopting one an interrupted launch
+/// made), else (with `start`) starts it; the engine's warnings.
+async fn bring_up_replica(
+    state: &HubState,
+    tracker: &Tracker,
+    replica: Replica<'_>,
+    actor: Option<i64>,
+    start: bool,
+) -> Result<Vec<String>, Problem> {
+    let Replica {
+        service,
+        definition,
+        owner,
+        node,
+        allocation,
+    } = replica;
+    // Read again: an earlier try may have launched it.
+    let allocation = replicas::allocations_of(state, service.id)
+        .await?
+        .into_iter()
+        .find(|current| current.replica == allocation.replica)
+        .unwrap_or_else(|| allocation.clone());
+    if allocation.container_id.is_empty() {
+        let launched = replicas::launch(
+            state,
+            LaunchPlan {
+                service,
+                replica: allocation.replica,
+                generation: allocation.generation,
+                definition,
+                owner,
+                node,
+                placement: &Placement {
+                    node_id: node.id,
+                    gpus: scheduling::assignment_of(&allocation),
+                },
+                request: &scheduling::request_of(&allocation),
+                start,
+                tracker: Some(tracker),
+            },
+            &Cause {
+                actor,
+                action: "container.create",
+                detail: json!({"operation": tracker.id()}),
+            },
+        )
+        .await?;
+        return Ok(launched.warnings);
+    }
+    if start && !state.is_down(node.id) {
+        state
+            .node_client(node)
+            .await?
+            .start(&allocation.container_id)
+            .await
+            .map_err(|problem| {
+                Problem::new(
+                    problem.status(),
+                    format!(
+                        "replica {} on node {} did not start: {}",
+                        allocation.replica,
+                        node.name,
+                        problem.detail()
+                    ),
+                )
+            })?;
+    }
+    Ok(Vec::new())
+}
+
+/// Stops and starts each replica in turn, so the others keep serving.
+async fn restart(
+    state: &HubState,
+    tracker: &Tracker,
+    service: &ServiceRecord,
+    grace: u32,
+) -> Result<Value, Problem> {
+    let placed = replicas::allocations_of(state, service.id).await?;
+    let all_nodes = nodes_by_id(state).await?;
+    let total = placed.len() as u64;
+    let mut restarted = 0;
+    for (index, allocation) in placed.iter().enumerate() {
+        let node = node_for(&all_nodes, allocation)?;
+        tracker
+            .step(
+                index as u64,
+                total,
+                format!("restarting replica {} on {}", allocation.replica, node.name),
+            )
+            .await;
+        if allocation.container_id.is_empty() || state.is_down(node.id) {
+            continue;
+        }
+        let client = state.node_client(node).await?;
+        client.stop(&allocation.container_id, grace).await?;
+        client.start(&allocation.container_id).await?;
+        restarted += 1;
+    }
+    state.routes.changed.notify_one();
+    tracker.step(total, total, "restarted").await;
+    Ok(json!({"replicas": restarted, "timeout_seconds": grace}))
+}
+
+async fn set_status(state: &HubState, service_id: i64, status: &str) -> Result<(), Problem> {
+    let mut transaction = state.store.begin().await?;
+    let mut service = services::get(&mut transaction, service_id).await?;
+    service.status = status.to_owned();
+    service.error.clear();
+    services::update(&mut transaction, &service).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    if let Some(routes) = state.routes.get(service_id) {
+        routes.set_wanted(status);
+    }
+    state.routes.changed.notify_one();
+    Ok(())
+}
+
+/// Removes what a failed create launched and the service with it (its quota comes back).
+async fn discard(state: &HubState, service: &ServiceRecord) -> Result<(), Problem> {
+    let placed = replicas::allocations_of(state, service.id).await?;
+    let all_nodes = nodes_by_id(state).await?;
+    for allocation in placed
+        .iter()
+        .filter(|allocation| !allocation.container_id.is_empty())
+    {
+        if let Some(node) = all_nodes.get(&allocation.node_id) {
+            // A node that does not answer keeps an orphan, which the reconciler removes later.
+            let _ = replicas::retire(state, node, &allocation.container_id).await;
+        }
+    }
+    let mut transaction = state.store.begin().await?;
+    services::delete(&mut transaction, service.id).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    state.routes.changed.notify_one();
+    Ok(())
+}
+
+/// Carries on, after a restart, what the hub left unfinished: the changes above again (they are
+/// safe to repeat), others ended failed with what to do. Returns how many were resumed.
+pub async fn resume(state: &Arc<HubState>) -> Result<usize, StoreError> {
+    let actions = [
+        Change::Create { start: false },
+        Change::Start,
+        Change::Stop { grace: 0 },
+        Change::Restart { grace: 0 },
+        Change::Delete,
+    ]
+    .map(Change::action);
+    let mut again = Vec::new();
+    for resumption in ops::unfinished(state, &actions).await? {
+        match resumption {
+            Resumption::Again(operation) => {
+                if let (Some(change), Some(service_id)) =
+                    (Change::of(&operation), operation.service_id)
+                {
+                    state.note_change(service_id, operation.id);
+                    again.push((operation, service_id, change));
+                }
+            }
+            Resumption::Abandon(operation, reason) => {
+                ops::abandon(state, &operation, &reason).await?;
+            }
+        }
+    }
+    let resumed = again.len();
+    for (operation, service_id, change) in again {
+        tracing::info!(operation = operation.id, action = %operation.action, service = service_id, "Resuming an unfinished operation.");
+        spawn(state, operation.id, service_id, operation.user_id, change);
+    }
+    Ok(resumed)
+}

@@ -1,0 +1,345 @@
+//! Operations as resources: a change answers 202 with its operation and `Location`; `?wait=`
+//! returns it ended; its progress counts replicas; its live stream (Server-Sent Events) ends with
+//! the end; a retried create with the same Idempotency-Key makes one service; a stop followed at
+//! once by a start leaves the service running (the later change wins, the earlier one ends
+//! succeeded or cancelled); a restart stops and starts every replica; bad input names its field
+//! and changes nothing; another user cannot see the operation.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{Hub, add_simulated_node, start, with_cleanup};
+
+async fn wait_for_end(hub: &Hub, token: &str, id: i64) -> Value {
+    let (status, operation, _) = hub
+        .call(
+            Some(token),
+            Method::GET,
+            &format!("/api/operations/{id}?wait=30"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "ended within the wait: {operation}");
+    operation
+}
+
+/// The simulated node's containers of service `id`: their statuses.
+fn simulated_statuses(hub: &Hub, node: i64, id: i64) -> Vec<String> {
+    let service = id.to_string();
+    hub.state
+        .fleet
+        .all_containers()
+        .into_iter()
+        .filter(|(on, container)| {
+            *on == node && container.labels.get("berth.service") == Some(&service)
+        })
+        .map(|(_, container)| container.status)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_change_is_an_operation_that_can_be_waited_for_streamed_and_retried() {
+    let hub = start("operations").await;
+    let node = add_simulated_node(&hub, "sim").await;
+    let (_, alice) = hub.new_user("alice").await;
+    let (_, bob) = hub.new_user("bob").await;
+    let body = json!({"name": "svc", "image": "sim/model:1", "replicas": 3, "start": true,
+        "cpu_limit": 0.5, "memory_limit": "64m"});
+    with_cleanup(&hub, async {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/api/alice/ops/services", hub.address))
+            .bearer_auth(&alice)
+            .header("Idempotency-Key", "first-create")
+            .json(&body)
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(response.status(), 202);
+        let location = response.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_owned();
+        let accepted: Value = response.json().await.expect("json");
+        let id = accepted["id"].as_i64().expect("operation id");
+        assert_eq!(location, format!("/api/operations/{id}"));
+        assert_eq!(accepted["kind"], "service.create", "{accepted}");
+        assert!(
+            matches!(accepted["state"].as_str(), Some("running" | "succeeded")),
+            "{accepted}"
+        );
+        let service = accepted["service_id"].as_i64().expect("service id");
+
+        let ended = wait_for_end(&hub, &alice, id).await;
+        assert_eq!(ended["state"], "succeeded", "{ended}");
+        assert_eq!(
+            (
+                ended["progress"]["steps_done"].as_u64(),
+                ended["progress"]["steps_total"].as_u64()
+            ),
+            (Some(3), Some(3)),
+            "{ended}"
+        );
+        assert!(ended["finished_at"].as_i64() >= ended["at"].as_i64());
+        assert_eq!(ended["service"]["status"], "running", "{ended}");
+        assert_eq!(
+            simulated_statuses(&hub, node.id, service),
+            vec!["running"; 3]
+        );
+
+        // The same create again with the same key: the first one's operation, no second service.
+        let (status, again, _) = hub
+            .call(Some(&alice), Method::GET, "/api/services", None)
+            .await;
+        assert_eq!((status, again["total"].as_i64()), (200, Some(1)));
+        let retried = reqwest::Client::new()
+            .post(format!("http://{}/api/alice/ops/services", hub.address))
+            .bearer_auth(&alice)
+            .header("Idempotency-Key", "first-create")
+            .json(&body)
+            .send()
+            .await
+            .expect("retry");
+        assert_eq!(retried.status(), 200, "the first one's operation, ended");
+        let retried: Value = retried.json().await.expect("json");
+        assert_eq!(retried["id"].as_i64(), Some(id), "{retried}");
+        let (_, listed, _) = hub
+            .call(Some(&alice), Method::GET, "/api/services", None)
+            .await;
+        assert_eq!(listed["total"], 1, "{listed}");
+        // The key with another request is refused, naming the first operation.
+        let other = reqwest::Client::new()
+            .post(format!("http://{}/api/alice/ops/services", hub.address))
+            .bearer_auth(&alice)
+            .header("Idempotency-Key", "first-create")
+            .json(&json!({"name": "other", "image": "sim/model:1"}))
+            .send()
+            .await
+            .expect("other");
+        assert_eq!(other.status(), 409);
+        let other: Value = other.json().await.expect("json");
+        assert!(
+            other["detail"]
+                .as_str()
+                .is_some_and(|detail| detail.contains(&format!("operation {id}"))),
+            "{other}"
+        );
+
+        // The live stream of a restart: events until the end, the last one succeeded.
+        let (status, restart, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                &format!("/api/services/{service}/restart"),
+                Some(json!({"timeout_seconds": 1})),
+            )
+            .await;
+        assert_eq!(
+            (status, restart["kind"].as_str()),
+            (202, Some("service.restart"))
+        );
+        let restart_id = restart["id"].as_i64().expect("id");
+        let stream = reqwest::Client::new()
+            .get(format!(
+                "http://{}/api/operations/{restart_id}/events",
+                hub.address
+            ))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .expect("stream");
+        assert_eq!(stream.status(), 200);
+        assert!(
+            stream.headers()["content-type"]
+                .to_str()
+                .is_ok_and(|kind| kind.starts_with("text/event-stream"))
+        );
+        let text = tokio::time::timeout(Duration::from_secs(30), stream.text())
+            .await
+            .expect("the stream ends with the operation")
+            .expect("text");
+        let events: Vec<Value> = text
+            .split("\n\n")
+            .filter_map(|event| {
+                event
+                    .lines()
+                    .find_map(|line| line.strip_prefix("data: "))
+                    .and_then(|data| serde_json::from_str(data).ok())
+            })
+            .collect();
+        assert!(!events.is_empty(), "{text}");
+        assert!(text.contains("event: operation"), "{text}");
+        let last = events.last().expect("last");
+        assert_eq!(
+            (last["id"].as_i64(), last["state"].as_str()),
+            (Some(restart_id), Some("succeeded")),
+            "{text}"
+        );
+        assert_eq!(last["detail"]["replicas"], 3, "{last}");
+
+        // Stop, then start at once without waiting: the later change wins.
+        let (status, stop, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                &format!("/api/services/{service}/stop"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 202, "{stop}");
+        let (status, start_again, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                &format!("/api/services/{service}/start"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 202, "{start_again}");
+        let stop_end = wait_for_end(&hub, &alice, stop["id"].as_i64().expect("id")).await;
+        let start_end = wait_for_end(&hub, &alice, start_again["id"].as_i64().expect("id")).await;
+        assert!(
+            matches!(stop_end["state"].as_str(), Some("succeeded" | "cancelled")),
+            "{stop_end}"
+        );
+        assert_eq!(start_end["state"], "succeeded", "{start_end}");
+        assert_eq!(start_end["service"]["status"], "running");
+        assert_eq!(
+            simulated_statuses(&hub, node.id, service),
+            vec!["running"; 3]
+        );
+
+        // The service's operations, newest first, with their kinds.
+        let (status, listed, _) = hub
+            .call(
+                Some(&alice),
+                Method::GET,
+                &format!("/api/services/{service}/operations"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        let kinds: Vec<&str> = listed["operations"]
+            .as_array()
+            .expect("operations")
+            .iter()
+            .filter_map(|operation| operation["kind"].as_str())
+            .filter(|kind| kind.starts_with("service."))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                "service.start",
+                "service.stop",
+                "service.restart",
+                "service.create"
+            ]
+        );
+
+        // Bob sees none of it.
+        for path in [
+            format!("/api/operations/{id}"),
+            format!("/api/operations/{id}/events"),
+            format!("/api/services/{service}/operations"),
+        ] {
+            let (status, problem, _) = hub.call(Some(&bob), Method::GET, &path, None).await;
+            assert_eq!(
+                (status, problem["status"].as_u64()),
+                (404, Some(404)),
+                "{path}"
+            );
+        }
+
+        // Bad input names its field and changes nothing.
+        let (status, problem, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                &format!("/api/services/{service}/stop?wait=601"),
+                None,
+            )
+            .await;
+        assert_eq!((status, problem["field"].as_str()), (422, Some("wait")));
+        let bad_key = reqwest::Client::new()
+            .post(format!("http://{}/api/alice/ops/services", hub.address))
+            .bearer_auth(&alice)
+            .header("Idempotency-Key", "has space")
+            .json(&json!({"name": "keyed", "image": "sim/model:1"}))
+            .send()
+            .await
+            .expect("bad key");
+        assert_eq!(bad_key.status(), 422);
+        let problem: Value = bad_key.json().await.expect("json");
+        assert_eq!(problem["field"], "Idempotency-Key");
+        let (_, status_now, _) = hub
+            .call(
+                Some(&alice),
+                Method::GET,
+                &format!("/api/services/{service}"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            status_now["status"], "running",
+            "the refused stop changed nothing"
+        );
+        let (_, listed, _) = hub
+            .call(Some(&alice), Method::GET, "/api/services", None)
+            .await;
+        assert_eq!(listed["total"], 1);
+
+        // A delete is an operation too; once it ended the service is gone.
+        let (status, deleted, _) = hub
+            .call(
+                Some(&alice),
+                Method::DELETE,
+                &format!("/api/services/{service}?wait=30"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, deleted["state"].as_str(), deleted["kind"].as_str()),
+            (200, Some("succeeded"), Some("service.delete"))
+        );
+        assert!(simulated_statuses(&hub, node.id, service).is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_create_whose_image_is_missing_fails_in_the_users_terms_and_keeps_nothing() {
+    let hub = start("operations-missing").await;
+    support::add_local_node(&hub).await;
+    let (_, alice) = hub.new_user("alice").await;
+    with_cleanup(&hub, async {
+        let (status, ended, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                "/api/alice/ops/services?wait=60",
+                Some(
+                    json!({"name": "ghost", "image": "berth-test/does-not-exist:1",
+                    "cpu_limit": 0.1, "memory_limit": "16m", "start": true}),
+                ),
+            )
+            .await;
+        assert_eq!(
+            (status, ended["state"].as_str()),
+            (200, Some("failed")),
+            "{ended}"
+        );
+        let error = ended["error"].as_str().expect("error");
+        assert!(
+            error.contains("berth-test/does-not-exist:1")
+                && error.contains("create the service again"),
+            "{error}"
+        );
+        let (_, listed, _) = hub
+            .call(Some(&alice), Method::GET, "/api/services", None)
+            .await;
+        assert_eq!(listed["total"], 0, "nothing kept: {listed}");
+    })
+    .await;
+}
