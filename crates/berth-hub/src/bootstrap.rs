@@ -194,5 +194,6 @@ pub async fn sync_controllers(
         }
     }
     transaction.commit().await?;
+    state.placements_changed();
     Ok(report)
 }

@@ -102,7 +102,10 @@ fn record_load(state: &HubState, service: &ServiceRecord) {
     state.routes.changed.notify_one();
 }
 
-/// Stops every replica of `service` and marks it unloaded; its next request starts it again.
+/// Marks `service` unloaded (the intent, committed with its operation), then stops every
+/// replica with a grace period; its next request starts it again. A node that does not confirm
+/// the stop leaves the service unloaded all the same: the failure is logged and the reconciler
+/// stops what still runs when the node answers.
 pub async fn unload(
     state: &HubState,
     service: &ServiceRecord,
@@ -113,10 +116,6 @@ pub async fn unload(
     if let Some(routes) = state.routes.get(service.id) {
         routes.set_wanted(UNLOADED);
     }
-    replicas::on_every_replica(state, service, |client, container| async move {
-        client.stop(&container, UNLOAD_GRACE_SECONDS).await
-    })
-    .await?;
     let mut unloaded = service.clone();
     unloaded.status = UNLOADED.to_owned();
     let record = replicas::service_operation(
@@ -124,7 +123,7 @@ pub async fn unload(
         "service.unload",
         &unloaded,
         "ok",
-        json!({"reason": reason}),
+        json!({"reason": reason, "timeout_seconds": UNLOAD_GRACE_SECONDS}),
     );
     let saved = replicas::save(state, &unloaded, record).await?;
     state
@@ -134,6 +133,24 @@ pub async fn unload(
         .get_or_create(&labels(state, service))
         .inc();
     state.routes.changed.notify_one();
+    let stopped = replicas::on_every_replica(state, &saved, |client, container| async move {
+        client.stop(&container, UNLOAD_GRACE_SECONDS).await
+    })
+    .await;
+    if let Err(problem) = stopped {
+        let transaction = state.store.begin().await?;
+        operations::commit_with(
+            transaction,
+            &replicas::service_operation(
+                actor,
+                "container.stop",
+                &saved,
+                "failed",
+                json!({"error": problem.detail(), "why": "unload"}),
+            ),
+        )
+        .await?;
+    }
     Ok(saved)
 }
 
@@ -508,6 +525,7 @@ pub async fn evict(state: &HubState, service: &ServiceRecord, reason: &str) -> R
     operations::commit_with(transaction, &record)
         .await
         .map_err(|err: StoreError| Problem::from(err))?;
+    state.placements_changed();
     state
         .metrics
         .models

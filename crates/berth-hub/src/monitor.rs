@@ -73,6 +73,9 @@ pub async fn check_and_record(
         record_transition(&mut transaction, state, node, up, &check.report.message).await?;
     }
     transaction.commit().await?;
+    if changed || transition.is_some() {
+        state.placements_changed();
+    }
     if check.report.status == ConnectionStatus::Failed {
         tracing::error!(node = %node.name, message = %check.report.message, "Node connection failed.");
     }

@@ -177,6 +177,20 @@ pub async fn launch(
     {
         let mut transaction = state.store.begin().await?;
         let allocation = scheduling::allocation_for(reference, request, placement, &spec.name);
+        let before = allocations::for_replica(&mut transaction, service.id, replica).await?;
+        let takes = |allocation: &Allocation| {
+            (
+                allocation.node_id,
+                allocation.generation,
+                allocation.cpu_millis,
+                allocation.memory_bytes,
+                allocation.disk_bytes,
+                allocation.gpu_indices.clone(),
+                allocation.gpu_memory_bytes,
+            )
+        };
+        // A create's own intent recorded this allocation already; anything else moves capacity.
+        let moved = before.as_ref().map(takes) != Some(takes(&allocation));
         allocations::record(&mut transaction, &allocation).await?;
         if replica == 0 {
             let mut primary = services::get(&mut transaction, service.id).await?;
@@ -187,6 +201,9 @@ pub async fn launch(
             services::update(&mut transaction, &primary).await?;
         }
         transaction.commit().await.map_err(StoreError::from)?;
+        if moved {
+            state.placements_changed();
+        }
     }
     let outcome = create_and_start(state, node, &spec, start, tracker).await;
     let mut transaction = state.store.begin().await?;

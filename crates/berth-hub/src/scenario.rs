@@ -148,7 +148,9 @@ impl Scenario {
     }
 }
 
-fn simulated_node(index: u32, kind: &str) -> NodeRecord {
+/// Simulated node `index` of `kind` (`gpu`: 64 cores, 512 GiB, 8 GPUs of 80 GiB; `cpu`: 32
+/// cores, 128 GiB; else an edge device of 8 cores and 16 GiB), connected.
+pub fn simulated_node(index: u32, kind: &str) -> NodeRecord {
     let mut node = NodeRecord::new(&format!("sim-{kind}-{index:04}"), SIMULATED_DRIVER);
     node.server_type = kind.to_owned();
     node.docker_status = "connected".to_owned();

@@ -1,8 +1,12 @@
 //! The scheduler's view of the hub: a cluster snapshot from the node table (declared and observed
 //! hardware, connection status, the failure detector) and the allocations, the request a service
-//! definition makes, and the allocation row a placement becomes.
+//! definition makes, and the allocation row a placement becomes. Creates place on a
+//! [`PlacementCache`]: the snapshot kept in memory and updated by each create's placements,
+//! read again from the database when something else changed placements or nodes, or when it is
+//! a second old (observed hardware moves on).
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use berth_core::ByteSize;
@@ -198,6 +202,82 @@ pub async fn snapshot(state: &HubState) -> Result<(Vec<NodeRecord>, Cluster), St
         state.settings().default_max_containers,
     );
     Ok((all, cluster))
+}
+
+/// How old the creates' snapshot may get before it is read again from the database.
+pub const PLACEMENT_CACHE_AGE: Duration = Duration::from_secs(1);
+
+/// The snapshot creates place on, between creates.
+pub struct PlacementCache {
+    /// The nodes it was read with.
+    pub nodes: Vec<NodeRecord>,
+    /// The cluster, with every create's placements since committed.
+    pub cluster: Cluster,
+    version: u64,
+    read_at: Instant,
+}
+
+impl PlacementCache {
+    /// The snapshot in `slot`, read again first when placements changed elsewhere since, or it
+    /// is older than [`PLACEMENT_CACHE_AGE`].
+    pub async fn current<'a>(
+        state: &HubState,
+        slot: &'a mut Option<PlacementCache>,
+    ) -> Result<&'a mut PlacementCache, StoreError> {
+        let version = state.placements_version();
+        let fresh = slot.as_ref().is_some_and(|cache| {
+            cache.version == version && cache.read_at.elapsed() < PLACEMENT_CACHE_AGE
+        });
+        if !fresh {
+            let (nodes, cluster) = snapshot(state).await?;
+            *slot = Some(PlacementCache {
+                nodes,
+                cluster,
+                version,
+                read_at: Instant::now(),
+            });
+        }
+        match slot {
+            Some(cache) => Ok(cache),
+            None => Err(StoreError::NotFound("no snapshot".to_owned())),
+        }
+    }
+}
+
+/// Places `count` replicas of `request` on the creates' snapshot in `slot` and commits them to
+/// it: replica number, placement, node. A refusal forgets the snapshot (the replicas placed
+/// before it are not to count).
+pub async fn place_cached(
+    state: &HubState,
+    slot: &mut Option<PlacementCache>,
+    request: &Request,
+    count: i64,
+) -> Result<Vec<(i64, Placement, NodeRecord)>, Problem> {
+    let options = state.scheduler_options();
+    let cache = PlacementCache::current(state, slot).await?;
+    let mut placements = Vec::new();
+    for replica in 0..count {
+        let which = if count > 1 {
+            format!("replica {replica} of {count}: ")
+        } else {
+            String::new()
+        };
+        match place_and_commit(
+            &mut cache.cluster,
+            &cache.nodes,
+            request,
+            None,
+            &options,
+            &which,
+        ) {
+            Ok((placement, node)) => placements.push((replica, placement, node)),
+            Err(refusal) => {
+                *slot = None;
+                return Err(refusal);
+            }
+        }
+    }
+    Ok(placements)
 }
 
 /// Places `request` on `cluster` — on `preferred` when it fits there — and commits it to the

@@ -201,6 +201,7 @@ pub async fn remove_all(state: &HubState, service: &ServiceRecord) -> Result<(),
     let mut transaction = state.store.begin().await?;
     services::delete(&mut transaction, service.id).await?;
     transaction.commit().await.map_err(StoreError::from)?;
+    state.placements_changed();
     state.routes.changed.notify_one();
     Ok(())
 }
@@ -462,6 +463,7 @@ async fn discard(state: &HubState, service: &ServiceRecord) -> Result<(), Proble
     let mut transaction = state.store.begin().await?;
     services::delete(&mut transaction, service.id).await?;
     transaction.commit().await.map_err(StoreError::from)?;
+    state.placements_changed();
     state.routes.changed.notify_one();
     Ok(())
 }

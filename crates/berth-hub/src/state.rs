@@ -94,9 +94,13 @@ pub struct HubState {
     pub fleet: Arc<SimulatedFleet>,
     /// The id of every operation whose row changed, for waiters and live streams.
     pub operation_events: tokio::sync::broadcast::Sender<i64>,
-    /// Held while a create places its replicas and records them, so two creates never count
-    /// the same free capacity.
-    pub placing: tokio::sync::Mutex<()>,
+    /// The scheduler's snapshot that creates place on, kept between creates; held while a
+    /// create places its replicas and records them, so two creates never count the same free
+    /// capacity.
+    pub placing: tokio::sync::Mutex<Option<crate::scheduling::PlacementCache>>,
+    /// Counts changes of placements or nodes made outside creates; a snapshot taken before the
+    /// latest is rebuilt.
+    placements_version: std::sync::atomic::AtomicU64,
     /// The latest operation that changed each service's wanted state.
     latest_changes: std::sync::Mutex<HashMap<i64, i64>>,
     /// One connection per node, kept until the node's record changes.
@@ -145,6 +149,7 @@ impl HubState {
             fleet: Default::default(),
             operation_events: tokio::sync::broadcast::channel(1024).0,
             placing: Default::default(),
+            placements_version: Default::default(),
             latest_changes: Default::default(),
             node_clients: Default::default(),
         })
@@ -173,6 +178,19 @@ impl HubState {
             state: self,
             service_id,
         })
+    }
+
+    /// Notes that placements or nodes changed outside a create (a move, a removal, a node
+    /// going down or coming back, a node's record): the next create rebuilds its snapshot.
+    pub fn placements_changed(&self) {
+        self.placements_version
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The count of [`Self::placements_changed`] so far.
+    pub fn placements_version(&self) -> u64 {
+        self.placements_version
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Announces that operation `id`'s row changed.

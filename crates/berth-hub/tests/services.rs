@@ -746,6 +746,61 @@ async fn a_server_that_ignores_sigterm_is_stopped_with_the_default_grace_and_sta
             !actions.iter().any(|action| action == "container.stop"),
             "no failed stop: {actions:?}"
         );
+
+        // Unloading it (seed 004's verb, its 10 s grace) is a stop that lasts too.
+        let (status, started) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/services/{id}/start?wait=60"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, started["state"].as_str()),
+            (200, Some("succeeded"))
+        );
+        let began = std::time::Instant::now();
+        let (status, unloaded) = hub
+            .admin(Method::POST, &format!("/api/services/{id}/unload"), None)
+            .await;
+        let took = began.elapsed();
+        assert_eq!(
+            (status, unloaded["status"].as_str()),
+            (200, Some("unloaded")),
+            "{unloaded}"
+        );
+        assert!(
+            took >= Duration::from_secs(8),
+            "the unload's grace was waited out: {took:?}"
+        );
+        for _ in 0..3 {
+            berth_hub::reconciler::round(&hub.state)
+                .await
+                .expect("round");
+        }
+        let (_, live) = hub
+            .admin(Method::GET, &format!("/api/services/{id}/status"), None)
+            .await;
+        assert_eq!(
+            (live["status"].as_str(), live["container_status"].as_str()),
+            (Some("unloaded"), Some("exited")),
+            "{live}"
+        );
+        let actions = hub.actions_of_service(id).await;
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|action| *action == "service.unload")
+                .count(),
+            1,
+            "{actions:?}"
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|action| action == "container.stop" || action == "container.restart"),
+            "no failed stop, no restart: {actions:?}"
+        );
     })
     .await;
 }

@@ -336,6 +336,7 @@ pub async fn create(
         &node_operation(user.0.id, "node.create", &stored, detail),
     )
     .await?;
+    state.placements_changed();
     let (view, _) = tested(&state, &stored, user.0.id).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -366,6 +367,7 @@ pub async fn update(
         ),
     )
     .await?;
+    state.placements_changed();
     Ok(Json(tested(&state, &stored, user.0.id).await?.0))
 }
 
@@ -389,6 +391,7 @@ pub async fn delete(
         ),
     )
     .await?;
+    state.placements_changed();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -430,5 +433,6 @@ pub(crate) async fn set_enabled(
         &node_operation(actor, action, &stored, json!({})),
     )
     .await?;
+    state.placements_changed();
     Ok(NodeView::from(stored))
 }

@@ -132,6 +132,7 @@ pub async fn drain(
             },
         )
         .await?;
+        state.placements_changed();
         (node, here)
     };
     let (mut moved, mut pinned, mut failed) = (Vec::new(), Vec::new(), Vec::new());

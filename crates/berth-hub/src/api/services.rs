@@ -318,8 +318,15 @@ pub async fn create(
     let request_shape = scheduling::request_for(&definition);
     // Placing and recording the placements is one step among creates: two at once never count
     // the same free capacity.
-    let placing = state.placing.lock().await;
-    let placements = match models::place_replicas(&state, &request_shape, replica_count).await {
+    let mut placing = state.placing.lock().await;
+    let placements = match scheduling::place_cached(
+        &state,
+        &mut placing,
+        &request_shape,
+        replica_count,
+    )
+    .await
+    {
         Ok(placements) => placements,
         Err(refusal) => {
             // With evict_idle_for_capacity, idle model services' reservations may make room.
@@ -330,13 +337,14 @@ pub async fn create(
                 return Err(refusal);
             }
             tracing::info!(?evicted, service = %request.name, "Evicted idle model services to make room.");
-            models::place_replicas(&state, &request_shape, replica_count).await?
+            *placing = None;
+            scheduling::place_cached(&state, &mut placing, &request_shape, replica_count).await?
         }
     };
     let first_node = placements.first().map(|(_, _, node)| node.clone());
 
     let version = 1;
-    let mut record = ServiceRecord {
+    let record = ServiceRecord {
         id: 0,
         owner_id: owner.id,
         repo,
@@ -360,67 +368,83 @@ pub async fn create(
         created_at: 0,
         updated_at: 0,
     };
-    let mut transaction = state.store.begin().await?;
-    users::lock_for_change(&mut transaction, owner.id).await?;
-    let owner_now = users::get_user(&mut transaction, owner.id).await?;
-    check_create_quotas(
-        &mut transaction,
-        &state,
-        &owner_now,
-        &definition,
-        replica_count,
-    )
-    .await?;
-    record = services::insert(&mut transaction, &record).await?;
-    let deployment = Deployment {
-        version,
-        definition: record.definition.clone(),
-        node_id: record.node_id,
-        user_id: Some(user.0.id),
-        note: "created".to_owned(),
-        created_at: 0,
-    };
-    services::add_deployment(&mut transaction, record.id, &deployment).await?;
-    for (replica, placement, _) in &placements {
-        let reference = allocations::ReplicaRef {
-            service_id: record.id,
-            replica: *replica,
-            generation: 1,
-        };
-        let name = container_name(&state.hub_id, &record.name, record.id, *replica, version, 1);
-        let allocation = scheduling::allocation_for(reference, &request_shape, placement, &name);
-        allocations::record(&mut transaction, &allocation).await?;
-    }
-    let nodes: Vec<&str> = placements
-        .iter()
-        .map(|(_, _, node)| node.name.as_str())
-        .collect();
-    let detail = json!({"name": record.name, "image": record.image, "replicas": replica_count,
-        "nodes": nodes, "start": request.start});
     let change = Change::Create {
         start: request.start,
     };
-    let operation_id = match operations::open(
-        &mut transaction,
-        &operation(user.0.id, change.action(), &record, "running", detail),
-        key.as_deref(),
-    )
-    .await
-    {
-        Ok(id) => id,
-        Err(err) => {
-            drop(transaction);
-            // The same key sent twice at once: the other request's create stands.
-            if let Some(key) = &key
-                && let Some(earlier) = earlier_create(&state, &user.0, key, &request.name).await?
-            {
-                return accepted(&state, earlier, &wait).await;
-            }
-            return Err(err.into());
+    // The intent, in one transaction: the service, its first deployment, every replica's
+    // allocation and the operation; or the operation of an earlier create with the same key.
+    let recorded: Result<Result<(ServiceRecord, i64), i64>, Problem> = async {
+        let mut transaction = state.store.begin().await?;
+        users::lock_for_change(&mut transaction, owner.id).await?;
+        let owner_now = users::get_user(&mut transaction, owner.id).await?;
+        check_create_quotas(
+            &mut transaction,
+            &state,
+            &owner_now,
+            &definition,
+            replica_count,
+        )
+        .await?;
+        let record = services::insert(&mut transaction, &record).await?;
+        let deployment = Deployment {
+            version,
+            definition: record.definition.clone(),
+            node_id: record.node_id,
+            user_id: Some(user.0.id),
+            note: "created".to_owned(),
+            created_at: 0,
+        };
+        services::add_deployment(&mut transaction, record.id, &deployment).await?;
+        for (replica, placement, _) in &placements {
+            let reference = allocations::ReplicaRef {
+                service_id: record.id,
+                replica: *replica,
+                generation: 1,
+            };
+            let name = container_name(&state.hub_id, &record.name, record.id, *replica, version, 1);
+            let allocation =
+                scheduling::allocation_for(reference, &request_shape, placement, &name);
+            allocations::record(&mut transaction, &allocation).await?;
         }
-    };
-    transaction.commit().await.map_err(StoreError::from)?;
+        let nodes: Vec<&str> = placements
+            .iter()
+            .map(|(_, _, node)| node.name.as_str())
+            .collect();
+        let detail = json!({"name": record.name, "image": record.image, "replicas": replica_count,
+            "nodes": nodes, "start": request.start});
+        let operation_id = match operations::open(
+            &mut transaction,
+            &operation(user.0.id, change.action(), &record, "running", detail),
+            key.as_deref(),
+        )
+        .await
+        {
+            Ok(id) => id,
+            Err(err) => {
+                drop(transaction);
+                // The same key sent twice at once: the other request's create stands.
+                if let Some(key) = &key
+                    && let Some(earlier) =
+                        earlier_create(&state, &user.0, key, &request.name).await?
+                {
+                    return Ok(Err(earlier));
+                }
+                return Err(err.into());
+            }
+        };
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(Ok((record, operation_id)))
+    }
+    .await;
+    if !matches!(recorded, Ok(Ok(_))) {
+        // The placements committed to the snapshot did not land.
+        *placing = None;
+    }
     drop(placing);
+    let (record, operation_id) = match recorded? {
+        Ok(new) => new,
+        Err(earlier) => return accepted(&state, earlier, &wait).await,
+    };
     state.operation_changed(operation_id);
     state.routes.changed.notify_one();
     service_work::spawn(&state, operation_id, record.id, Some(user.0.id), change);

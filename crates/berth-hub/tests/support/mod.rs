@@ -169,6 +169,7 @@ pub async fn add_simulated_node(hub: &Hub, name: &str) -> berth_store::nodes::No
         .await
         .expect("node");
     transaction.commit().await.expect("commit");
+    hub.state.placements_changed();
     node
 }
 
