@@ -34,6 +34,8 @@ pub struct DockerDriver {
     pub(crate) cgroups: Option<CgroupRoot>,
     /// CPUs of the host, for CPU percentages from cgroup readings.
     pub(crate) online_cpus: u32,
+    /// How long a pull may go without a step before it is given up.
+    pull_inactivity: std::time::Duration,
 }
 
 impl std::fmt::Debug for DockerDriver {
@@ -193,7 +195,15 @@ impl DockerDriver {
             online_cpus: std::thread::available_parallelism().map_or(1, |cpus| cpus.get() as u32),
             gpu_cache: GpuUsageCache::default(),
             host_gpus,
+            pull_inactivity: berth_core::timeouts::PULL_INACTIVITY,
         })
+    }
+
+    /// This driver with pulls given up after `quiet` without a step (instead of
+    /// [`berth_core::timeouts::PULL_INACTIVITY`]).
+    pub fn with_pull_inactivity(mut self, quiet: std::time::Duration) -> Self {
+        self.pull_inactivity = quiet;
+        self
     }
 
     /// The engine address this driver talks to.
@@ -243,13 +253,13 @@ impl DockerDriver {
             ..Default::default()
         });
         let mut stream = self.docker.create_image(Some(options), None, credentials);
-        let quiet = berth_core::timeouts::PULL_INACTIVITY;
+        let quiet = self.pull_inactivity;
         while let Some(step) = tokio::time::timeout(quiet, stream.next())
             .await
             .map_err(|_| DriverError::PullStalled {
                 address: self.address.clone(),
                 image: image.to_owned(),
-                seconds: quiet.as_secs(),
+                seconds: quiet.as_secs_f64(),
             })?
         {
             let step = step.map_err(|err| match engine_failure(&self.address, err) {

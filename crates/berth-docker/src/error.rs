@@ -64,8 +64,8 @@ pub enum DriverError {
         address: String,
         /// The image.
         image: String,
-        /// How long nothing came.
-        seconds: u64,
+        /// How long nothing came, seconds.
+        seconds: f64,
     },
     /// TLS material was unusable or the TLS handshake was refused.
     #[error("TLS with the Docker engine at {address} failed: {message}")]
