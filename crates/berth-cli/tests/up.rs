@@ -258,7 +258,14 @@ fn berth_up_starts_serves_stops_and_resumes() {
         "json",
     ]))
     .expect("JSON");
-    assert_eq!(rolled["version"], 2);
+    assert_eq!(
+        (
+            rolled["state"].as_str(),
+            rolled["service"]["version"].as_i64()
+        ),
+        (Some("succeeded"), Some(2)),
+        "{rolled}"
+    );
     step(&["service", "delete", &id]);
     let log: Value =
         serde_json::from_str(&step(&["ops", "--service", &id, "-o", "json"])).expect("JSON");
@@ -278,6 +285,7 @@ fn berth_up_starts_serves_stops_and_resumes() {
             "container.migrate",
             "service.stop",
             "service.rollback",
+            "container.create",
             "service.delete"
         ]
     );

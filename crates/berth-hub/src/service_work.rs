@@ -52,6 +52,9 @@ pub enum Change {
     },
     /// Remove every replica's container, then the service.
     Delete,
+    /// Retire the containers of the version before (listed in the operation) and launch the
+    /// new version's replicas, started when the service runs.
+    Redeploy,
 }
 
 impl Change {
@@ -63,6 +66,7 @@ impl Change {
             Self::Stop { .. } => "service.stop",
             Self::Restart { .. } => "service.restart",
             Self::Delete => "service.delete",
+            Self::Redeploy => "service.update",
         }
     }
 
@@ -80,6 +84,7 @@ impl Change {
             "service.stop" => Self::Stop { grace },
             "service.restart" => Self::Restart { grace },
             "service.delete" => Self::Delete,
+            "service.update" | "service.rollback" => Self::Redeploy,
             _ => return None,
         })
     }
@@ -173,6 +178,7 @@ async fn carry_out(
             Ok(json!({"replicas": stopped}))
         }
         Change::Restart { grace } => restart(state, tracker, &service, grace).await,
+        Change::Redeploy => redeploy(state, tracker, &service, actor).await,
         Change::Delete => {
             tracker.step(0, 2, "removing the containers").await;
             let mut attempt = 1;
@@ -400,6 +406,52 @@ async fn bring_up_replica(
     Ok(Vec::new())
 }
 
+/// Retires the previous version's containers the operation lists (a node that does not answer
+/// keeps one, which the reconciler removes as stale when it answers), then launches the new
+/// version's replicas, started when the operation says the service ran.
+async fn redeploy(
+    state: &HubState,
+    tracker: &Tracker,
+    service: &ServiceRecord,
+    actor: Option<i64>,
+) -> Result<Value, Problem> {
+    let detail = {
+        let mut connection = state.store.acquire().await?;
+        berth_store::operations::get(&mut connection, tracker.id())
+            .await?
+            .detail
+    };
+    let all_nodes = nodes_by_id(state).await?;
+    tracker.step(0, 1, "retiring the previous version").await;
+    for pair in detail["retire"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let (Some(node), Some(container)) = (pair[0].as_i64(), pair[1].as_str()) else {
+            continue;
+        };
+        if let Some(node) = all_nodes.get(&node).filter(|node| !state.is_down(node.id)) {
+            // A miss is the reconciler's to clean: the container is of a stale generation.
+            let _ = replicas::retire(state, node, container).await;
+        }
+    }
+    let start = detail["start"].as_bool().unwrap_or(false);
+    let launched = bring_up(state, tracker, service, actor, start)
+        .await
+        .map_err(|problem| {
+            Problem::new(
+                problem.status(),
+                format!(
+                    "{}; version {} stays the wanted one and the hub keeps trying to create its replicas",
+                    problem.detail(),
+                    service.version
+                ),
+            )
+        })?;
+    Ok(json!({"version": service.version, "launched": launched}))
+}
+
 /// Stops and starts each replica in turn, so the others keep serving.
 async fn restart(
     state: &HubState,
@@ -477,8 +529,12 @@ pub async fn resume(state: &Arc<HubState>) -> Result<usize, StoreError> {
         Change::Stop { grace: 0 },
         Change::Restart { grace: 0 },
         Change::Delete,
+        Change::Redeploy,
     ]
-    .map(Change::action);
+    .map(Change::action)
+    .into_iter()
+    .chain(["service.rollback"])
+    .collect::<Vec<_>>();
     let mut again = Vec::new();
     for resumption in ops::unfinished(state, &actions).await? {
         match resumption {

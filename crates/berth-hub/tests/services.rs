@@ -172,11 +172,16 @@ async fn a_service_lives_and_every_step_is_logged() {
             .call(
                 Some(&alice),
                 Method::POST,
-                &format!("/api/services/{id}/rollback"),
+                &format!("/api/services/{id}/rollback?wait=60"),
                 Some(json!({"version": 1})),
             )
             .await;
-        assert_eq!(status, 200, "{rolled}");
+        assert_eq!(
+            (status, rolled["state"].as_str(), rolled["kind"].as_str()),
+            (200, Some("succeeded"), Some("service.rollback")),
+            "{rolled}"
+        );
+        let rolled = &rolled["service"];
         assert_eq!(
             (rolled["version"].as_i64(), rolled["status"].as_str()),
             (Some(2), Some("stopped")),
@@ -255,6 +260,7 @@ async fn a_service_lives_and_every_step_is_logged() {
                 "container.migrate",
                 "service.stop",
                 "service.rollback",
+                "container.create",
                 "service.delete"
             ],
             "{log}"

@@ -1150,13 +1150,14 @@ async fn service(
             return Ok(());
         }
         ServiceCommand::Rollback { id, version } => {
-            client
+            let accepted = client
                 .call(
                     Method::POST,
                     &format!("/api/services/{id}/rollback"),
                     Some(&json!({"version": version})),
                 )
-                .await?
+                .await?;
+            return changed(client, output, accepted, false).await;
         }
         ServiceCommand::Migrate { id, to } => {
             let placed = client

@@ -219,10 +219,11 @@ pub async fn apply(client: &HubClient, manifest: &Manifest, dry_run: bool) -> Re
     if dry_run {
         return Ok(());
     }
-    let applied = client
+    let accepted = client
         .call(Method::PUT, &format!("/api/services/{id}"), Some(&body))
         .await?;
-    println!("applied: version {}", applied["version"]);
+    let applied = super::progress::follow(client, accepted, false).await?;
+    println!("applied: version {}", applied["service"]["version"]);
     Ok(())
 }
 

@@ -35,21 +35,27 @@ pub const MAX_WAIT_SECS: u64 = 600;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
+    /// Seconds to wait for the operation's end.
     #[serde(default)]
-    wait: Option<u64>,
+    pub wait: Option<u64>,
 }
 
 impl WaitQuery {
     /// Reads `?wait=` from a raw query, refusing anything else or a wait past the limit.
     pub fn parse(raw: Option<String>) -> Result<Self, Problem> {
         let query: Self = parse_query(raw)?;
-        if query.wait.is_some_and(|wait| wait > MAX_WAIT_SECS) {
+        query.checked()
+    }
+
+    /// This wait, refused past the limit.
+    pub fn checked(self) -> Result<Self, Problem> {
+        if self.wait.is_some_and(|wait| wait > MAX_WAIT_SECS) {
             return Err(Problem::invalid_field(
                 "wait",
                 format!("must be at most {MAX_WAIT_SECS} seconds"),
             ));
         }
-        Ok(query)
+        Ok(self)
     }
 
     fn duration(&self) -> Duration {

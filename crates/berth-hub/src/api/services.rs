@@ -29,7 +29,7 @@ use crate::gateway::readiness;
 use crate::gateway::routes::now_millis;
 use crate::models;
 use crate::node_client::NodeClient;
-use crate::replicas::{self, Cause, LaunchPlan};
+use crate::replicas;
 use crate::scheduling;
 use crate::service_definition::{ServiceDefinition, container_name};
 use crate::service_request::ServiceRequest;
@@ -948,15 +948,18 @@ struct RollbackRequest {
     version: i64,
 }
 
-/// `POST /api/services/{id}/rollback` with `{version}`: deploys that version's definition as a new
-/// version, replacing the container (started again if it was running).
+/// `POST /api/services/{id}/rollback?wait=SECONDS` with `{version}`: deploys that version's
+/// definition as a new version, replacing the containers (started again if it was running):
+/// 202 with the operation.
 pub async fn rollback(
     State(state): Shared,
     user: CurrentUser,
     Path(id): Path<i64>,
+    RawQuery(raw): RawQuery,
     body: Bytes,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     let service = owned(&state, &user.0, id).await?;
+    let wait = WaitQuery::parse(raw)?;
     let request: RollbackRequest = parse_body(&body)?;
     let target = {
         let mut connection = state.store.acquire().await?;
@@ -979,7 +982,7 @@ pub async fn rollback(
             )
         })?;
     let replica_count = service.replicas;
-    let deployed = redeploy(
+    let operation = redeploy(
         &state,
         user.0.id,
         service,
@@ -992,7 +995,7 @@ pub async fn rollback(
         },
     )
     .await?;
-    Ok(Json(view(&deployed)))
+    accepted(&state, operation, &wait).await
 }
 
 /// A new version of a service to deploy.
@@ -1004,21 +1007,24 @@ struct Redeploy {
     detail: Value,
 }
 
-/// Deploys `change` as the service's next version: every replica below the new count is placed
-/// again (on its node when the version fits there) and launched at its next generation, started
-/// if the service was running; replicas past the count are removed, new ones placed fresh. A
-/// replica that does not launch is created again by the reconciler from its allocation.
+/// Deploys `change` as the service's next version. The intent, in one transaction: the new
+/// version and its deployment, every replica below the new count placed again (on its node
+/// when the version fits there, else elsewhere; new replicas placed fresh) at its next
+/// generation, replicas past the count forgotten, and the operation, which lists the old
+/// containers to retire. Then the hub retires them and launches the new ones (started if the
+/// service was running); the operation's id.
 async fn redeploy(
-    state: &HubState,
+    state: &Arc<HubState>,
     actor: i64,
     mut service: ServiceRecord,
     change: Redeploy,
-) -> Result<ServiceRecord, Problem> {
+) -> Result<i64, Problem> {
     let definition = change.definition;
-    let owner = replicas::owner_name(state, &service).await?;
-    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
     let was_running = service.status == "running";
     let request_shape = scheduling::request_for(&definition);
+    // Placing and recording is one step among creates and redeploys.
+    let mut placing = state.placing.lock().await;
+    *placing = None;
     let (all, mut cluster) = scheduling::snapshot(state).await?;
     let current = replicas::allocations_of(state, service.id).await?;
     for allocation in &current {
@@ -1053,10 +1059,6 @@ async fn redeploy(
         let generation = previous.map_or(next_generation, |allocation| allocation.generation + 1);
         placements.push((replica, generation, placement, node));
     }
-    replicas::on_every_replica(state, &service, |client, container| async move {
-        client.remove(&container).await
-    })
-    .await?;
     let value = serde_json::to_value(&definition).unwrap_or_default();
     service.version += 1;
     service.definition = value.clone();
@@ -1065,79 +1067,82 @@ async fn redeploy(
     service.memory_bytes = definition.memory_bytes;
     service.gpu_count = definition.gpus_needed();
     service.replicas = change.replicas;
-    {
-        let mut transaction = state.store.begin().await?;
-        for allocation in current
-            .iter()
-            .filter(|allocation| allocation.replica >= change.replicas)
-        {
-            allocations::remove(&mut transaction, service.id, allocation.replica).await?;
-        }
-        let deployment = Deployment {
-            version: service.version,
-            definition: value,
-            node_id: placements.first().map(|(_, _, _, node)| node.id),
-            user_id: Some(actor),
-            note: change.note,
-            created_at: 0,
-        };
-        services::add_deployment(&mut transaction, service.id, &deployment).await?;
-        services::update(&mut transaction, &service).await?;
-        transaction.commit().await.map_err(StoreError::from)?;
-    }
+    service.node_id = placements.first().map(|(_, _, _, node)| node.id);
+    let retire: Vec<Value> = current
+        .iter()
+        .filter(|allocation| !allocation.container_id.is_empty())
+        .map(|allocation| json!([allocation.node_id, allocation.container_id]))
+        .collect();
     let mut detail = change.detail;
     detail["new_version"] = json!(service.version);
-    let cause = Cause {
-        actor: Some(actor),
-        action: change.action,
-        detail,
-    };
-    let (service_ref, definition_ref, cause_ref) = (&service, &definition, &cause);
-    let (owner_name, shape) = (owner.as_str(), &request_shape);
-    let launched = replicas::bounded(
-        placements,
-        |(replica, generation, placement, node)| async move {
-            replicas::launch(
-                state,
-                LaunchPlan {
-                    service: service_ref,
-                    replica,
-                    generation,
-                    definition: definition_ref,
-                    owner: owner_name,
-                    node: &node,
-                    placement: &placement,
-                    request: shape,
-                    start: was_running,
-                    tracker: None,
-                },
-                cause_ref,
-            )
-            .await
-        },
-    )
-    .await;
-    state.routes.changed.notify_one();
-    if let Some(problem) = launched.into_iter().find_map(Result::err) {
-        return Err(problem);
+    detail["start"] = json!(was_running);
+    detail["retire"] = json!(retire);
+    let redeploying = Change::Redeploy;
+    let mut transaction = state.store.begin().await?;
+    for allocation in current
+        .iter()
+        .filter(|allocation| allocation.replica >= change.replicas)
+    {
+        allocations::remove(&mut transaction, service.id, allocation.replica).await?;
     }
-    let mut connection = state.store.acquire().await?;
-    Ok(services::get(&mut connection, service.id).await?)
+    for (replica, generation, placement, _) in &placements {
+        let reference = allocations::ReplicaRef {
+            service_id: service.id,
+            replica: *replica,
+            generation: *generation,
+        };
+        let name = container_name(
+            &state.hub_id,
+            &service.name,
+            service.id,
+            *replica,
+            service.version,
+            *generation,
+        );
+        let allocation = scheduling::allocation_for(reference, &request_shape, placement, &name);
+        allocations::record(&mut transaction, &allocation).await?;
+    }
+    let deployment = Deployment {
+        version: service.version,
+        definition: value,
+        node_id: service.node_id,
+        user_id: Some(actor),
+        note: change.note,
+        created_at: 0,
+    };
+    services::add_deployment(&mut transaction, service.id, &deployment).await?;
+    service.container_id = None;
+    let saved = services::update(&mut transaction, &service).await?;
+    let id = operations::open(
+        &mut transaction,
+        &operation(actor, change.action, &saved, "running", detail),
+        None,
+    )
+    .await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    state.placements_changed();
+    drop(placing);
+    state.operation_changed(id);
+    state.routes.changed.notify_one();
+    service_work::spawn(state, id, service.id, Some(actor), redeploying);
+    Ok(id)
 }
 
-/// `PUT /api/services/{id}`: the create body again (same name), deployed as the next version when
-/// it differs — `berth apply`. A change of `serving` or `is_public` alone is recorded without
-/// touching the containers; anything else replaces them, started again if the service was
-/// running; `replicas` scales. An identical body changes nothing (`"changed": false`).
+/// `PUT /api/services/{id}?wait=SECONDS`: the create body again (same name), deployed as the
+/// next version when it differs — `berth apply`. A change of `serving` or `is_public` alone is
+/// recorded without touching the containers (an ended operation); anything else replaces them,
+/// started again if the service was running, and `replicas` scales (202 with the operation).
+/// An identical body, or `?dry_run=true`, changes nothing and answers with the changes.
 pub async fn update(
     State(state): Shared,
     user: CurrentUser,
     Path(id): Path<i64>,
     RawQuery(raw): RawQuery,
     body: Bytes,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     let service = owned(&state, &user.0, id).await?;
     let query: UpdateQuery = parse_query(raw)?;
+    let wait = WaitQuery { wait: query.wait }.checked()?;
     let request: ServiceRequest = parse_body(&body)?;
     if request.name != service.name {
         return Err(Problem::invalid_field(
@@ -1220,7 +1225,7 @@ pub async fn update(
         answer["changes"] = json!(changes);
         answer["containers_replaced"] = json!(!changes.is_empty() && replaces);
         answer["dry_run"] = json!(query.dry_run);
-        return Ok(Json(answer));
+        return Ok(Json(answer).into_response());
     }
     if !replaces {
         // Only how it is served changed: a new version, the same containers.
@@ -1240,27 +1245,24 @@ pub async fn update(
         };
         services::add_deployment(&mut transaction, changed.id, &deployment).await?;
         let saved = services::update(&mut transaction, &changed).await?;
-        operations::commit_with(
+        let operation_id = operations::commit_with(
             transaction,
             &operation(
                 user.0.id,
                 "service.update",
                 &saved,
                 "ok",
-                json!({"new_version": saved.version, "containers_replaced": false}),
+                json!({"new_version": saved.version, "containers_replaced": false,
+                    "changes": changes}),
             ),
         )
         .await?;
         state.routes.changed.notify_one();
-        let mut answer = view(&saved);
-        answer["changed"] = json!(true);
-        answer["changes"] = json!(changes);
-        answer["containers_replaced"] = json!(false);
-        return Ok(Json(answer));
+        return accepted(&state, operation_id, &wait).await;
     }
     let mut public = service.clone();
     public.is_public = request.is_public;
-    let deployed = redeploy(
+    let operation = redeploy(
         &state,
         user.0.id,
         public,
@@ -1269,15 +1271,12 @@ pub async fn update(
             replicas: replica_count,
             note: "updated".to_owned(),
             action: "service.update",
-            detail: json!({"containers_replaced": true, "replicas": replica_count}),
+            detail: json!({"containers_replaced": true, "replicas": replica_count,
+                "changes": changes}),
         },
     )
     .await?;
-    let mut answer = view(&deployed);
-    answer["changed"] = json!(true);
-    answer["changes"] = json!(changes);
-    answer["containers_replaced"] = json!(true);
-    Ok(Json(answer))
+    accepted(&state, operation, &wait).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1285,6 +1284,8 @@ pub async fn update(
 struct UpdateQuery {
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    wait: Option<u64>,
 }
 
 /// The fields (dotted paths) whose values differ between two JSON documents, with both values.

@@ -612,7 +612,8 @@ pub async fn rollback(
         );
     };
     let body = Bytes::from(json!({"version": version}).to_string());
-    match api::services::rollback(State(state), as_user(&visitor), Path(id), body).await {
+    match api::services::rollback(State(state), as_user(&visitor), Path(id), waiting(), body).await
+    {
         Ok(_) => see_other(&format!("/services/{id}")),
         Err(problem) => problem_page(&visitor, "services", &problem),
     }
