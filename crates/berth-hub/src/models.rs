@@ -346,19 +346,13 @@ pub async fn place_replicas(
     count: i64,
 ) -> Result<Vec<(i64, Placement, berth_store::nodes::NodeRecord)>, Problem> {
     let (all, mut cluster) = scheduling::snapshot(state).await?;
-    let options = state.scheduler_options();
-    let mut placements = Vec::new();
-    for replica in 0..count {
-        let which = if count > 1 {
-            format!("replica {replica} of {count}: ")
-        } else {
-            String::new()
-        };
-        let (placement, node) =
-            scheduling::place_and_commit(&mut cluster, &all, request, None, &options, &which)?;
-        placements.push((replica, placement, node));
-    }
-    Ok(placements)
+    scheduling::place_all(
+        &mut cluster,
+        &all,
+        request,
+        count,
+        &state.scheduler_options(),
+    )
 }
 
 /// Whether `count` replicas of `request` all fit on a copy of `cluster`.

@@ -255,29 +255,33 @@ pub async fn place_cached(
 ) -> Result<Vec<(i64, Placement, NodeRecord)>, Problem> {
     let options = state.scheduler_options();
     let cache = PlacementCache::current(state, slot).await?;
-    let mut placements = Vec::new();
-    for replica in 0..count {
-        let which = if count > 1 {
-            format!("replica {replica} of {count}: ")
-        } else {
-            String::new()
-        };
-        match place_and_commit(
-            &mut cache.cluster,
-            &cache.nodes,
-            request,
-            None,
-            &options,
-            &which,
-        ) {
-            Ok((placement, node)) => placements.push((replica, placement, node)),
-            Err(refusal) => {
-                *slot = None;
-                return Err(refusal);
-            }
-        }
+    let placed = place_all(&mut cache.cluster, &cache.nodes, request, count, &options);
+    if placed.is_err() {
+        *slot = None;
     }
-    Ok(placements)
+    placed
+}
+
+/// Places `count` replicas of `request` on `cluster`, committing each: replica number,
+/// placement, node. A refusal names the replica when there are several.
+pub fn place_all(
+    cluster: &mut Cluster,
+    nodes: &[NodeRecord],
+    request: &Request,
+    count: i64,
+    options: &Options,
+) -> Result<Vec<(i64, Placement, NodeRecord)>, Problem> {
+    (0..count)
+        .map(|replica| {
+            let which = if count > 1 {
+                format!("replica {replica} of {count}: ")
+            } else {
+                String::new()
+            };
+            place_and_commit(cluster, nodes, request, None, options, &which)
+                .map(|(placement, node)| (replica, placement, node))
+        })
+        .collect()
 }
 
 /// Places `request` on `cluster` — on `preferred` when it fits there — and commits it to the

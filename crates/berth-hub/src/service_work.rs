@@ -204,8 +204,13 @@ pub async fn remove_all(state: &HubState, service: &ServiceRecord) -> Result<(),
         client.remove(&container).await
     })
     .await?;
+    forget(state, service.id).await
+}
+
+/// Deletes service `id` with its allocations and tells the creates' snapshot and the gateway.
+async fn forget(state: &HubState, id: i64) -> Result<(), Problem> {
     let mut transaction = state.store.begin().await?;
-    services::delete(&mut transaction, service.id).await?;
+    services::delete(&mut transaction, id).await?;
     transaction.commit().await.map_err(StoreError::from)?;
     state.placements_changed();
     state.routes.changed.notify_one();
@@ -512,12 +517,7 @@ async fn discard(state: &HubState, service: &ServiceRecord) -> Result<(), Proble
             let _ = replicas::retire(state, node, &allocation.container_id).await;
         }
     }
-    let mut transaction = state.store.begin().await?;
-    services::delete(&mut transaction, service.id).await?;
-    transaction.commit().await.map_err(StoreError::from)?;
-    state.placements_changed();
-    state.routes.changed.notify_one();
-    Ok(())
+    forget(state, service.id).await
 }
 
 /// Carries on, after a restart, what the hub left unfinished: the changes above again (they are

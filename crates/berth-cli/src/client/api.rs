@@ -67,10 +67,11 @@ impl HubClient {
             .map_err(|err| format!("the hub answered {path} without JSON: {err}"))
     }
 
-    /// Streams a text answer to standard output (logs with `follow`).
-    pub async fn stream_to_stdout(&self, path: &str) -> Result<(), String> {
-        use futures_util::StreamExt;
-        use std::io::Write;
+    /// The body of `GET path` as a stream of chunks.
+    async fn stream(
+        &self,
+        path: &str,
+    ) -> Result<impl futures_util::Stream<Item = reqwest::Result<axum::body::Bytes>>, String> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
@@ -84,7 +85,14 @@ impl HubClient {
                 response.status().as_u16()
             ));
         }
-        let mut body = response.bytes_stream();
+        Ok(response.bytes_stream())
+    }
+
+    /// Streams a text answer to standard output (logs with `follow`).
+    pub async fn stream_to_stdout(&self, path: &str) -> Result<(), String> {
+        use futures_util::StreamExt;
+        use std::io::Write;
+        let mut body = self.stream(path).await?;
         let mut out = std::io::stdout();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|err| format!("the log stream broke: {err}"))?;
@@ -103,21 +111,7 @@ impl HubClient {
         mut each: impl FnMut(Value) -> bool,
     ) -> Result<(), String> {
         use futures_util::StreamExt;
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .map_err(|err| format!("cannot reach the hub at {}: {err}", self.base))?;
-        if !response.status().is_success() {
-            return Err(format!(
-                "GET {path} failed (HTTP {})",
-                response.status().as_u16()
-            ));
-        }
-        let mut body = response.bytes_stream();
+        let mut body = self.stream(path).await?;
         let mut pending = String::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|err| format!("the event stream broke: {err}"))?;

@@ -1081,9 +1081,20 @@ async fn service(
             return changed(client, output, accepted, detach).await;
         }
         ServiceCommand::Load { id } => {
-            client
+            let waiting = progress::spinner(&format!(
+                "loading service {id}: starting its replicas and waiting for a ready one"
+            ));
+            let loaded = client
                 .call(Method::POST, &format!("/api/services/{id}/load"), None)
-                .await?
+                .await;
+            waiting.finish_and_clear();
+            let loaded = loaded?;
+            if loaded["serving"]["ready_replicas"].as_u64() == Some(0) {
+                eprintln!(
+                    "berth: service {id} is loading but no replica is ready yet (its start timeout passed); see `berth service status {id}` and `berth service logs {id}`"
+                );
+            }
+            loaded
         }
         ServiceCommand::Unload { id } => {
             client

@@ -24,8 +24,7 @@ pub async fn follow(client: &HubClient, accepted: Value, detach: bool) -> Result
         }
         return ended(accepted);
     }
-    let bar = ProgressBar::new_spinner();
-    bar.enable_steady_tick(Duration::from_millis(120));
+    let bar = spinner("");
     let mut last = accepted.clone();
     draw(&bar, &last);
     client
@@ -48,6 +47,14 @@ pub async fn follow(client: &HubClient, accepted: Value, detach: bool) -> Result
             .await?;
     }
     ended(last)
+}
+
+/// A spinner with `message` on a terminal's standard error, for a call that takes time.
+pub fn spinner(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(message.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
 }
 
 fn is_finished(operation: &Value) -> bool {
