@@ -1,7 +1,7 @@
 //! Operations carried out after their intent commits. A change commits the wanted state of a
 //! service and its operation row (opened `running`) in one transaction; [`spawn`] then does the
 //! work in a task that waits for the service's claim, reports progress through a [`Tracker`]
-//! (steps at once, pull bytes at most every half second) and ends the row `succeeded` or
+//! (written at most every half second, and at the end) and ends the row `succeeded` or
 //! `failed` with the error in the user's terms. An operation that a later change of the same
 //! service overtook before it ran ends `cancelled`: the later one carries the service to its
 //! newer wanted state. Every change to a row is announced on [`HubState::operation_events`], for
@@ -68,7 +68,8 @@ impl Tracker {
         self.id
     }
 
-    /// Records that `done` of `total` steps are done and what comes next, and writes it.
+    /// Records that `done` of `total` steps are done and what comes next; written by the next
+    /// flush (at most half a second later, and at the end).
     pub async fn step(&self, done: u64, total: u64, what: impl Into<String>) {
         if let Ok(mut progress) = self.progress.lock() {
             progress.steps_done = done;
@@ -76,7 +77,6 @@ impl Tracker {
             progress.step = what.into();
         }
         self.unwritten.store(true, Ordering::Relaxed);
-        self.write().await;
     }
 
     /// Takes one step of an image pull into the byte counts; written by the next flush.

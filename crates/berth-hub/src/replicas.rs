@@ -174,22 +174,38 @@ pub async fn launch(
         replica,
         generation,
     };
-    {
-        let mut transaction = state.store.begin().await?;
-        let allocation = scheduling::allocation_for(reference, request, placement, &spec.name);
-        let before = allocations::for_replica(&mut transaction, service.id, replica).await?;
-        let takes = |allocation: &Allocation| {
-            (
-                allocation.node_id,
-                allocation.generation,
-                allocation.cpu_millis,
-                allocation.memory_bytes,
-                allocation.disk_bytes,
-                allocation.gpu_indices.clone(),
-                allocation.gpu_memory_bytes,
-            )
+    let allocation = scheduling::allocation_for(reference, request, placement, &spec.name);
+    let takes = |allocation: &Allocation| {
+        (
+            allocation.node_id,
+            allocation.generation,
+            allocation.cpu_millis,
+            allocation.memory_bytes,
+            allocation.disk_bytes,
+            allocation.gpu_indices.clone(),
+            allocation.gpu_memory_bytes,
+            allocation.name.clone(),
+        )
+    };
+    let recorded_already = {
+        let mut connection = state.store.acquire().await?;
+        let before = allocations::for_replica(&mut connection, service.id, replica).await?;
+        let primary_named = replica != 0 || {
+            let primary = services::get(&mut connection, service.id).await?;
+            primary.node_id == Some(node.id)
+                && primary.container_name.as_deref() == Some(spec.name.as_str())
+                && primary.generation == generation
         };
-        // A create's own intent recorded this allocation already; anything else moves capacity.
+        // A create's or a redeploy's intent recorded exactly this: nothing to write.
+        primary_named
+            && before.is_some_and(|before| {
+                before.container_id.is_empty() && takes(&before) == takes(&allocation)
+            })
+    };
+    if !recorded_already {
+        let mut transaction = state.store.begin().await?;
+        let before = allocations::for_replica(&mut transaction, service.id, replica).await?;
+        // Anything but the intent's own allocation moves capacity.
         let moved = before.as_ref().map(takes) != Some(takes(&allocation));
         allocations::record(&mut transaction, &allocation).await?;
         if replica == 0 {

@@ -385,7 +385,16 @@ pub async fn create(
             replica_count,
         )
         .await?;
-        let record = services::insert(&mut transaction, &record).await?;
+        let mut record = services::insert(&mut transaction, &record).await?;
+        record.container_name = Some(container_name(
+            &state.hub_id,
+            &record.name,
+            record.id,
+            0,
+            version,
+            1,
+        ));
+        let record = services::update(&mut transaction, &record).await?;
         let deployment = Deployment {
             version,
             definition: record.definition.clone(),
@@ -1112,6 +1121,17 @@ async fn redeploy(
     };
     services::add_deployment(&mut transaction, service.id, &deployment).await?;
     service.container_id = None;
+    if let Some((replica, generation, _, _)) = placements.first() {
+        service.generation = *generation;
+        service.container_name = Some(container_name(
+            &state.hub_id,
+            &service.name,
+            service.id,
+            *replica,
+            service.version,
+            *generation,
+        ));
+    }
     let saved = services::update(&mut transaction, &service).await?;
     let id = operations::open(
         &mut transaction,
