@@ -453,6 +453,28 @@ pub async fn move_replica(
     Ok(launched)
 }
 
+/// The nodes with these ids that exist, by id, read now.
+pub async fn nodes_of(
+    state: &HubState,
+    ids: impl IntoIterator<Item = i64>,
+) -> Result<HashMap<i64, NodeRecord>, StoreError> {
+    let mut wanted: Vec<i64> = ids.into_iter().collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut connection = state.store.acquire().await?;
+    let mut found = HashMap::with_capacity(wanted.len());
+    for id in wanted {
+        match nodes::get(&mut connection, id).await {
+            Ok(node) => {
+                found.insert(id, node);
+            }
+            Err(StoreError::NotFound(_)) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(found)
+}
+
 /// The allocations of a service, read now.
 pub async fn allocations_of(
     state: &HubState,
@@ -475,14 +497,7 @@ where
     Fut: Future<Output = Result<(), Problem>>,
 {
     let placed = allocations_of(state, service.id).await?;
-    let all_nodes: HashMap<i64, NodeRecord> = {
-        let mut connection = state.store.acquire().await?;
-        nodes::list(&mut connection)
-            .await?
-            .into_iter()
-            .map(|node| (node.id, node))
-            .collect()
-    };
+    let all_nodes = nodes_of(state, placed.iter().map(|allocation| allocation.node_id)).await?;
     let jobs: Vec<(String, Option<NodeRecord>)> = placed
         .into_iter()
         .filter(|allocation| {

@@ -15,7 +15,7 @@ use berth_core::schedule::Placement;
 use berth_http::Problem;
 use berth_store::StoreError;
 use berth_store::allocations::Allocation;
-use berth_store::nodes::{self, NodeRecord};
+use berth_store::nodes::NodeRecord;
 use berth_store::operations::Operation;
 use berth_store::services::{self, ServiceRecord};
 use serde_json::{Value, json};
@@ -217,16 +217,6 @@ async fn forget(state: &HubState, id: i64) -> Result<(), Problem> {
     Ok(())
 }
 
-/// Nodes by id, read now.
-async fn nodes_by_id(state: &HubState) -> Result<HashMap<i64, NodeRecord>, StoreError> {
-    let mut connection = state.store.acquire().await?;
-    Ok(nodes::list(&mut connection)
-        .await?
-        .into_iter()
-        .map(|node| (node.id, node))
-        .collect())
-}
-
 fn node_for<'a>(
     all: &'a HashMap<i64, NodeRecord>,
     allocation: &Allocation,
@@ -254,7 +244,7 @@ async fn bring_up(
     let definition = replicas::definition_of(service)?;
     let owner = replicas::owner_name(state, service).await?;
     let placed = replicas::allocations_of(state, service.id).await?;
-    let all_nodes = nodes_by_id(state).await?;
+    let all_nodes = replicas::nodes_of(state, placed.iter().map(|a| a.node_id)).await?;
     let total = placed.len() as u64;
     let verb = if start { "starting" } else { "creating" };
     tracker
@@ -426,7 +416,9 @@ async fn redeploy(
             .await?
             .detail
     };
-    let all_nodes = nodes_by_id(state).await?;
+    let retire = detail["retire"].as_array().cloned().unwrap_or_default();
+    let all_nodes =
+        replicas::nodes_of(state, retire.iter().filter_map(|pair| pair[0].as_i64())).await?;
     tracker.step(0, 1, "retiring the previous version").await;
     for pair in detail["retire"]
         .as_array()
@@ -465,7 +457,7 @@ async fn restart(
     grace: u32,
 ) -> Result<Value, Problem> {
     let placed = replicas::allocations_of(state, service.id).await?;
-    let all_nodes = nodes_by_id(state).await?;
+    let all_nodes = replicas::nodes_of(state, placed.iter().map(|a| a.node_id)).await?;
     let total = placed.len() as u64;
     let mut restarted = 0;
     for (index, allocation) in placed.iter().enumerate() {
@@ -507,7 +499,7 @@ async fn set_status(state: &HubState, service_id: i64, status: &str) -> Result<(
 /// Removes what a failed create launched and the service with it (its quota comes back).
 async fn discard(state: &HubState, service: &ServiceRecord) -> Result<(), Problem> {
     let placed = replicas::allocations_of(state, service.id).await?;
-    let all_nodes = nodes_by_id(state).await?;
+    let all_nodes = replicas::nodes_of(state, placed.iter().map(|a| a.node_id)).await?;
     for allocation in placed
         .iter()
         .filter(|allocation| !allocation.container_id.is_empty())
