@@ -85,7 +85,7 @@ async fn main() {
     let mut service_ids = Vec::with_capacity(SERVICES);
     for index in 0..SERVICES {
         let created: serde_json::Value = client
-            .post(format!("{base}/api/admin/bench/services"))
+            .post(format!("{base}/api/admin/bench/services?wait=60"))
             .bearer_auth(&token)
             .json(
                 &json!({"name": format!("svc-{index:03}"), "image": "bench/model:1",
@@ -97,7 +97,8 @@ async fn main() {
             .json()
             .await
             .expect("json");
-        service_ids.push(created["id"].as_i64().expect("service id"));
+        assert_eq!(created["state"], "succeeded", "{created}");
+        service_ids.push(created["service_id"].as_i64().expect("service id"));
     }
     println!(
         "setup: {NODES} simulated nodes, {SERVICES} running services in {:.1} s",

@@ -143,7 +143,7 @@ impl Hub {
             &format!("/api/{}/bench/services?wait=60", self.user),
             Some(body),
         )
-        .await["id"]
+        .await["service_id"]
             .as_i64()
             .expect("id")
     }
