@@ -992,6 +992,25 @@ async fn changed(
     Ok(())
 }
 
+/// `berth service stop|restart`: the verb with its grace period, followed like any change.
+async fn with_grace(
+    client: &HubClient,
+    output: Output,
+    id: i64,
+    verb: &str,
+    timeout: u32,
+    detach: bool,
+) -> Result<(), String> {
+    let accepted = client
+        .call(
+            Method::POST,
+            &format!("/api/services/{id}/{verb}"),
+            Some(&json!({"timeout_seconds": timeout})),
+        )
+        .await?;
+    changed(client, output, accepted, detach).await
+}
+
 async fn service(
     client: &HubClient,
     output: Output,
@@ -1056,30 +1075,12 @@ async fn service(
             id,
             timeout,
             detach,
-        } => {
-            let accepted = client
-                .call(
-                    Method::POST,
-                    &format!("/api/services/{id}/stop"),
-                    Some(&json!({"timeout_seconds": timeout})),
-                )
-                .await?;
-            return changed(client, output, accepted, detach).await;
-        }
+        } => return with_grace(client, output, id, "stop", timeout, detach).await,
         ServiceCommand::Restart {
             id,
             timeout,
             detach,
-        } => {
-            let accepted = client
-                .call(
-                    Method::POST,
-                    &format!("/api/services/{id}/restart"),
-                    Some(&json!({"timeout_seconds": timeout})),
-                )
-                .await?;
-            return changed(client, output, accepted, detach).await;
-        }
+        } => return with_grace(client, output, id, "restart", timeout, detach).await,
         ServiceCommand::Load { id } => {
             let waiting = progress::spinner(&format!(
                 "loading service {id}: starting its replicas and waiting for a ready one"

@@ -600,16 +600,16 @@ pub async fn stop(
     let service = owned(&state, &user.0, id).await?;
     let wait = WaitQuery::parse(raw)?;
     let grace = StopRequest::grace(&body)?;
-    let operation = intend(
+    with_grace(
         &state,
-        user.0.id,
+        &user,
         &service,
         "stopped",
         Change::Stop { grace },
-        json!({"timeout_seconds": grace}),
+        grace,
+        &wait,
     )
-    .await?;
-    accepted(&state, operation, &wait).await
+    .await
 }
 
 /// `POST /api/services/{id}/restart?wait=SECONDS` with `{timeout_seconds: 30}`: the service is
@@ -634,16 +634,23 @@ pub async fn restart(
             ),
         ));
     }
-    let operation = intend(
-        &state,
-        user.0.id,
-        &service,
-        "running",
-        Change::Restart { grace },
-        json!({"timeout_seconds": grace}),
-    )
-    .await?;
-    accepted(&state, operation, &wait).await
+    let change = Change::Restart { grace };
+    with_grace(&state, &user, &service, "running", change, grace, &wait).await
+}
+
+/// Commits a stop's or restart's intent with its grace, and answers with its operation.
+async fn with_grace(
+    state: &Arc<HubState>,
+    user: &CurrentUser,
+    service: &ServiceRecord,
+    status: &str,
+    change: Change,
+    grace: u32,
+    wait: &WaitQuery,
+) -> Result<Response, Problem> {
+    let detail = json!({"timeout_seconds": grace});
+    let operation = intend(state, user.0.id, service, status, change, detail).await?;
+    accepted(state, operation, wait).await
 }
 
 /// `GET /api/services/{id}/status`: the stored state, the container's live state and the node.
