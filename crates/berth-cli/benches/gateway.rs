@@ -414,8 +414,12 @@ async fn cold_start(dir: &Path) {
     let gateway_url = format!("http://{}/s/{}/cold/", hub.gateway, hub.user);
     let (mut own, mut through) = (Vec::new(), Vec::new());
     for _ in 0..7 {
-        hub.call(Method::POST, &format!("/api/services/{id}/unload"), None)
-            .await;
+        hub.call(
+            Method::POST,
+            &format!("/api/services/{id}/unload?wait=60"),
+            None,
+        )
+        .await;
         // The container's own start: engine start until its server answers.
         let started = Instant::now();
         engine.start(&container).await.expect("start");

@@ -15,6 +15,7 @@ pub mod models;
 pub mod monitor;
 pub mod node_check;
 pub mod node_client;
+pub mod node_work;
 pub mod ops;
 pub mod reconciler;
 pub mod reload;

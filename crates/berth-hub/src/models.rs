@@ -4,7 +4,9 @@
 //! containers (stopped) and its allocations, so a request or `load` starts it where it was.
 //! With `evict_idle_for_capacity`, a placement that does not fit may take the reservations of
 //! the least recently used idle model services instead: they are evicted — containers removed,
-//! allocations released, unloaded — and placed again when next loaded.
+//! allocations released, unloaded — and placed again when next loaded. Loads and unloads are
+//! operations: the wanted state commits with the operation, then [`bring_in`] or
+//! [`stop_replicas`] does the work under the service's claim.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,12 +19,14 @@ use berth_store::StoreError;
 use berth_store::allocations::{self, Allocation};
 use berth_store::operations;
 use berth_store::services::{self, ServiceRecord};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::gateway::routes::{ServiceRoutes, now_millis};
 use crate::metrics::ServiceLabels;
+use crate::ops::{self, Tracker};
 use crate::replicas::{self, Cause, LaunchPlan};
 use crate::scheduling;
+use crate::service_work::{self, Change};
 use crate::state::HubState;
 
 /// The wanted state of an unloaded service: stopped, and started again by the next request.
@@ -30,6 +34,10 @@ pub const UNLOADED: &str = "unloaded";
 
 /// Seconds a replica gets to stop when its service is unloaded.
 const UNLOAD_GRACE_SECONDS: u32 = 10;
+
+/// How long a load waits for the unload of a model service it evicts (its grace and a margin).
+const UNLOAD_WAIT: std::time::Duration =
+    std::time::Duration::from_secs(UNLOAD_GRACE_SECONDS as u64 + 30);
 
 fn labels(state: &HubState, service: &ServiceRecord) -> ServiceLabels {
     let owner = state
@@ -49,40 +57,110 @@ fn busy(id: i64) -> Problem {
     )
 }
 
-/// Starts every replica of `service` and marks it running, first unloading the least recently
-/// used idle model services on its nodes when they hold `max_models` already.
+/// Loads `service`: commits its intent (wanted running, with the operation) and starts the
+/// work ([`bring_in`]); the operation's id.
 pub async fn load(
-    state: &HubState,
+    state: &Arc<HubState>,
     service: &ServiceRecord,
     actor: Option<i64>,
     reason: &str,
-) -> Result<ServiceRecord, Problem> {
-    if replicas::allocations_of(state, service.id)
-        .await?
-        .is_empty()
-    {
-        return place_again(state, service, actor, reason).await;
-    }
-    let evicted = make_room(state, service).await?;
-    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
-    replicas::on_every_replica(state, service, |client, container| async move {
-        client.start(&container).await
-    })
-    .await?;
-    let mut loaded = service.clone();
-    loaded.status = "running".to_owned();
-    loaded.error.clear();
-    let record = replicas::service_operation(
+) -> Result<i64, Problem> {
+    service_work::intend(
+        state,
         actor,
-        "service.load",
-        &loaded,
-        "ok",
-        json!({"reason": reason, "evicted": evicted}),
-    );
-    let saved = replicas::save(state, &loaded, record).await?;
-    record_load(state, service);
-    Ok(saved)
+        service.id,
+        Some("running"),
+        Change::Load,
+        json!({"reason": reason}),
+    )
+    .await
 }
+
+/// A load's work, under the service's claim: its replicas started — placed again when it was
+/// evicted, after unloading the least recently used idle model services on its nodes when they
+/// hold `max_models` already — then, for a service with a port, a wait of up to its start
+/// timeout for a ready replica. A load that cannot start the replicas leaves the service
+/// unloaded; one whose replicas do not become ready in time leaves it loaded (the gateway keeps
+/// probing) and says so.
+pub async fn bring_in(
+    state: &Arc<HubState>,
+    tracker: &Tracker,
+    service: &ServiceRecord,
+    actor: Option<i64>,
+) -> Result<Value, Problem> {
+    tracker.step(0, 2, "starting the replicas").await;
+    let started = async {
+        if replicas::allocations_of(state, service.id)
+            .await?
+            .is_empty()
+        {
+            return place_again(state, service, actor).await;
+        }
+        let evicted = make_room(state, service).await?;
+        replicas::on_every_replica(state, service, |client, container| async move {
+            client.start(&container).await
+        })
+        .await?;
+        Ok(json!({"evicted": evicted}))
+    }
+    .await;
+    let mut detail = match started {
+        Ok(detail) => detail,
+        Err(problem) => {
+            service_work::set_status(state, service.id, UNLOADED).await?;
+            return Err(Problem::new(
+                problem.status(),
+                format!(
+                    "{}; the service stays unloaded — its next request or `berth service load` tries again",
+                    problem.detail()
+                ),
+            ));
+        }
+    };
+    record_load(state, service);
+    let definition = replicas::definition_of(service)?;
+    if definition.port.is_some() {
+        let limit = definition.serving.start_timeout();
+        tracker.step(1, 2, "waiting for a ready replica").await;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if state
+                .routes
+                .get(service.id)
+                .is_some_and(|routes| routes.ready_count() > 0)
+            {
+                break;
+            }
+            if state
+                .latest_change(service.id)
+                .is_some_and(|later| later > tracker.id())
+            {
+                detail["ready"] = json!(false);
+                detail["note"] =
+                    json!("a later change of the service came before a replica was ready");
+                return Ok(detail);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Problem::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "no replica of {} passed its readiness probe within {} s (its start_timeout_seconds); the service stays loaded and the gateway keeps probing it — see `berth service logs {}`",
+                        service.name,
+                        limit.as_secs(),
+                        service.id
+                    ),
+                ));
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+        detail["ready"] = json!(true);
+    }
+    tracker.step(2, 2, "loaded").await;
+    Ok(detail)
+}
+
+/// How often a load looks for a ready replica.
+const READY_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Tells the gateway and the metrics that `service` was just loaded.
 fn record_load(state: &HubState, service: &ServiceRecord) {
@@ -102,56 +180,60 @@ fn record_load(state: &HubState, service: &ServiceRecord) {
     state.routes.changed.notify_one();
 }
 
-/// Marks `service` unloaded (the intent, committed with its operation), then stops every
-/// replica with a grace period; its next request starts it again. A node that does not confirm
-/// the stop leaves the service unloaded all the same: the failure is logged and the reconciler
-/// stops what still runs when the node answers.
+/// Unloads `service`: commits its intent (wanted unloaded, with the operation), after which its
+/// replicas are stopped with a grace period ([`stop_replicas`]); its next request starts it
+/// again. The operation's id.
 pub async fn unload(
-    state: &HubState,
+    state: &Arc<HubState>,
     service: &ServiceRecord,
     actor: Option<i64>,
     reason: &str,
-) -> Result<ServiceRecord, Problem> {
-    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
-    if let Some(routes) = state.routes.get(service.id) {
-        routes.set_wanted(UNLOADED);
-    }
-    let mut unloaded = service.clone();
-    unloaded.status = UNLOADED.to_owned();
-    let record = replicas::service_operation(
+) -> Result<i64, Problem> {
+    let id = service_work::intend(
+        state,
         actor,
-        "service.unload",
-        &unloaded,
-        "ok",
+        service.id,
+        Some(UNLOADED),
+        Change::Unload {
+            grace: UNLOAD_GRACE_SECONDS,
+        },
         json!({"reason": reason, "timeout_seconds": UNLOAD_GRACE_SECONDS}),
-    );
-    let saved = replicas::save(state, &unloaded, record).await?;
+    )
+    .await?;
     state
         .metrics
         .models
         .unload_total
         .get_or_create(&labels(state, service))
         .inc();
-    state.routes.changed.notify_one();
-    let stopped = replicas::on_every_replica(state, &saved, |client, container| async move {
-        client.stop(&container, UNLOAD_GRACE_SECONDS).await
+    Ok(id)
+}
+
+/// An unload's work: every replica stopped with `grace`. A node that does not confirm the stop
+/// leaves the service unloaded all the same: the reconciler stops what still runs when the
+/// node answers.
+pub async fn stop_replicas(
+    state: &HubState,
+    tracker: &Tracker,
+    service: &ServiceRecord,
+    grace: u32,
+) -> Result<Value, Problem> {
+    tracker.step(0, 1, "stopping the replicas").await;
+    let stopped = replicas::on_every_replica(state, service, |client, container| async move {
+        client.stop(&container, grace).await
     })
-    .await;
-    if let Err(problem) = stopped {
-        let transaction = state.store.begin().await?;
-        operations::commit_with(
-            transaction,
-            &replicas::service_operation(
-                actor,
-                "container.stop",
-                &saved,
-                "failed",
-                json!({"error": problem.detail(), "why": "unload"}),
+    .await
+    .map_err(|problem| {
+        Problem::new(
+            problem.status(),
+            format!(
+                "{}; the service stays unloaded and the hub stops its containers when their nodes answer",
+                problem.detail()
             ),
         )
-        .await?;
-    }
-    Ok(saved)
+    })?;
+    tracker.step(1, 1, "unloaded").await;
+    Ok(json!({"replicas": stopped, "timeout_seconds": grace}))
 }
 
 /// When the service was last used: its last request, else its load, else when the hub started
@@ -165,8 +247,9 @@ fn last_used(routes: &ServiceRoutes) -> u64 {
         .max(usage.watched_since_ms)
 }
 
-/// Unloads every running model service idle past its `idle_timeout`; their names.
-pub async fn reclaim_idle(state: &HubState) -> Vec<String> {
+/// Unloads every running model service idle past its `idle_timeout` (each an operation, not
+/// waited for); their names.
+pub async fn reclaim_idle(state: &Arc<HubState>) -> Vec<String> {
     let now = now_millis();
     let mut unloaded = Vec::new();
     for routes in state.routes.all() {
@@ -202,7 +285,7 @@ pub async fn reclaim_idle(state: &HubState) -> Vec<String> {
 /// On each node of `service`, unloads least recently used idle model services until fewer than
 /// `max_models` other model services are loaded there. Their names; a conflict when a node is
 /// full of busy ones.
-async fn make_room(state: &HubState, service: &ServiceRecord) -> Result<Vec<String>, Problem> {
+async fn make_room(state: &Arc<HubState>, service: &ServiceRecord) -> Result<Vec<String>, Problem> {
     let max_models = state.settings().max_models_per_node;
     if max_models == 0 {
         return Ok(Vec::new());
@@ -258,7 +341,7 @@ async fn make_room(state: &HubState, service: &ServiceRecord) -> Result<Vec<Stri
                 services::get(&mut connection, victim.id).await?
             };
             let name = format!("{}/{}", victim.owner, victim.name);
-            unload(
+            let unloading = unload(
                 state,
                 &record,
                 None,
@@ -268,6 +351,9 @@ async fn make_room(state: &HubState, service: &ServiceRecord) -> Result<Vec<Stri
                 ),
             )
             .await?;
+            // Its memory is free once its replicas stopped; a stop that does not end in time
+            // is the reconciler's to finish, and the service counts as unloaded already.
+            let _ = ops::wait_for(state, unloading, UNLOAD_WAIT).await;
             evicted.push(name);
         }
     }
@@ -280,14 +366,12 @@ async fn place_again(
     state: &HubState,
     service: &ServiceRecord,
     actor: Option<i64>,
-    reason: &str,
-) -> Result<ServiceRecord, Problem> {
+) -> Result<Value, Problem> {
     let definition = replicas::definition_of(service)?;
     let request = scheduling::request_for(&definition);
     let evicted =
         make_room_for(state, &request, service.replicas, &service.name, service.id).await?;
     let owner = replicas::owner_name(state, service).await?;
-    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
     let placements = place_replicas(state, &request, service.replicas).await?;
     let generation = service.generation + 1;
     let cause = Cause {
@@ -323,20 +407,7 @@ async fn place_again(
     if let Some(problem) = launched.into_iter().find_map(Result::err) {
         return Err(problem);
     }
-    // The launches recorded the new placement in the service row: build on that.
-    let mut loaded = services::get(&mut *state.store.acquire().await?, service.id).await?;
-    loaded.status = "running".to_owned();
-    loaded.error.clear();
-    let record = replicas::service_operation(
-        actor,
-        "service.load",
-        &loaded,
-        "ok",
-        json!({"reason": reason, "placed_again": true, "evicted": evicted}),
-    );
-    let saved = replicas::save(state, &loaded, record).await?;
-    record_load(state, service);
-    Ok(saved)
+    Ok(json!({"placed_again": true, "evicted": evicted}))
 }
 
 /// Places `count` replicas of `request` on a fresh snapshot: replica number, placement, node.

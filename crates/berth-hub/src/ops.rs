@@ -135,7 +135,7 @@ impl Tracker {
 }
 
 /// Waits until this task holds `service_id`'s claim (another change or a reconcile may hold it).
-async fn claim_when_free(state: &HubState, service_id: i64) -> crate::state::ServiceClaim<'_> {
+pub async fn claim_when_free(state: &HubState, service_id: i64) -> crate::state::ServiceClaim<'_> {
     loop {
         if let Some(claim) = state.claim(service_id) {
             return claim;
@@ -175,19 +175,37 @@ async fn end_as(
     Ok(())
 }
 
-/// Carries out operation `id` on `service_id`: waits for the service's claim, then runs `work`
-/// unless a later change of the service overtook it, writes its progress every half second
-/// while it runs, and ends the row with its outcome. The task outlives the request.
-pub fn spawn<F, Fut>(state: Arc<HubState>, id: i64, service_id: i64, work: F)
+/// What an operation changes: one service, whose claim its work holds, or more than one (a
+/// node's drain), whose work claims each service it touches itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One service.
+    Service(i64),
+    /// Several services, claimed one at a time by the work.
+    Several,
+}
+
+/// Carries out operation `id`: for a [`Scope::Service`], waits for the service's claim and
+/// ends the operation cancelled if a later change of the service overtook it; then runs `work`,
+/// writes its progress every half second while it runs, and ends the row with its outcome. The
+/// task outlives the request.
+pub fn spawn<F, Fut>(state: Arc<HubState>, id: i64, scope: Scope, work: F)
 where
     F: FnOnce(Arc<HubState>, Arc<Tracker>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Value, Problem>> + Send + 'static,
 {
-    state.note_change(service_id, id);
+    if let Scope::Service(service_id) = scope {
+        state.note_change(service_id, id);
+    }
     tokio::spawn(async move {
         let outcome = {
-            let _claim = claim_when_free(&state, service_id).await;
-            if let Some(later) = state.latest_change(service_id).filter(|later| *later > id) {
+            let _claim = match scope {
+                Scope::Service(service_id) => Some(claim_when_free(&state, service_id).await),
+                Scope::Several => None,
+            };
+            if let Scope::Service(service_id) = scope
+                && let Some(later) = state.latest_change(service_id).filter(|later| *later > id)
+            {
                 let reason = format!("operation {later} changed the service after this one");
                 if let Err(err) = end_as(&state, id, State::Cancelled, &reason, &json!({})).await {
                     tracing::warn!(operation = id, error = %err, "Recording a cancel failed.");
@@ -211,7 +229,7 @@ where
             outcome
         };
         if let Err(problem) = &outcome {
-            tracing::warn!(operation = id, service = service_id, error = %problem.detail(), "Operation failed.");
+            tracing::warn!(operation = id, ?scope, error = %problem.detail(), "Operation failed.");
         }
         if let Err(err) = finish(&state, id, outcome).await {
             tracing::error!(operation = id, error = %err, "Recording an operation's end failed.");
@@ -262,7 +280,7 @@ pub async fn unfinished(
     Ok(left
         .into_iter()
         .map(|operation| {
-            if operation.service_id.is_some() && repeatable.contains(&operation.action.as_str()) {
+            if repeatable.contains(&operation.action.as_str()) {
                 Resumption::Again(operation)
             } else {
                 let reason = format!(

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use axum::http::StatusCode;
 use berth_store::StoreError;
 use berth_store::allocations::{self, Allocation, ReplicaRef};
 use berth_store::nodes::{self, NodeRecord};
@@ -86,6 +87,22 @@ pub async fn round(state: &HubState) -> Result<RoundReport, StoreError> {
             Ok(_) => report.moved += 1,
             Err(problem) => {
                 tracing::warn!(service = service.id, error = %problem.detail(), "Failover did not place the service.");
+                if problem.status() == StatusCode::CONFLICT {
+                    let transaction = state.store.begin().await?;
+                    let detail = json!({"from_node": allocation.node_id, "replica": allocation.replica,
+                        "reason": problem.detail()});
+                    operations::commit_with(
+                        transaction,
+                        &replicas::service_operation(
+                            None,
+                            "service.failover",
+                            service,
+                            "refused",
+                            detail,
+                        ),
+                    )
+                    .await?;
+                }
             }
         }
     }

@@ -351,7 +351,8 @@ pub enum Destination {
 /// Moves one replica of a service to another node at the next generation: the replacement is
 /// launched (and started if the service runs), then the old container is retired when its node
 /// answers; a node that does not is cleaned by the reconciler when it returns. The data volume
-/// stays behind on the old node. The caller holds the service's claim.
+/// stays behind on the old node. The caller holds the service's claim and records a refusal
+/// (a 409 naming why no node fits) where it belongs.
 pub async fn move_replica(
     state: &HubState,
     service_id: i64,
@@ -389,20 +390,9 @@ pub async fn move_replica(
         }
         Destination::Node(node) => request.only_node = Some(node),
     }
-    let placement = match cluster.place(&request, &state.scheduler_options()) {
-        Ok(placement) => placement,
-        Err(refusal) => {
-            let transaction = state.store.begin().await?;
-            let detail =
-                json!({"replica": replica, "reason": refusal.to_string(), "cause": cause.detail});
-            operations::commit_with(
-                transaction,
-                &service_operation(cause.actor, cause.action, &service, "refused", detail),
-            )
-            .await?;
-            return Err(Problem::new(StatusCode::CONFLICT, refusal.to_string()));
-        }
-    };
+    let placement = cluster
+        .place(&request, &state.scheduler_options())
+        .map_err(|refusal| Problem::new(StatusCode::CONFLICT, refusal.to_string()))?;
     let node = all
         .iter()
         .find(|node| node.id == placement.node_id)

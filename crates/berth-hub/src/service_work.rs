@@ -16,12 +16,15 @@ use berth_http::Problem;
 use berth_store::StoreError;
 use berth_store::allocations::Allocation;
 use berth_store::nodes::NodeRecord;
-use berth_store::operations::Operation;
+use berth_store::operations::{self, Operation};
 use berth_store::services::{self, ServiceRecord};
 use serde_json::{Value, json};
 
-use crate::ops::{self, Resumption, Tracker};
-use crate::replicas::{self, Cause, LaunchPlan};
+use crate::gateway::routes::now_millis;
+use crate::models;
+use crate::node_work;
+use crate::ops::{self, Resumption, Scope, Tracker};
+use crate::replicas::{self, Cause, Destination, LaunchPlan};
 use crate::scheduling;
 use crate::service_definition::ServiceDefinition;
 use crate::state::HubState;
@@ -55,6 +58,16 @@ pub enum Change {
     /// Retire the containers of the version before (listed in the operation) and launch the
     /// new version's replicas, started when the service runs.
     Redeploy,
+    /// Start a model service (placing it again if it was evicted), making room on its nodes,
+    /// and wait for a ready replica.
+    Load,
+    /// Stop every replica of a model service with this grace; its next request loads it.
+    Unload {
+        /// Seconds between SIGTERM and SIGKILL.
+        grace: u32,
+    },
+    /// Move the replica the operation names to another node at the next generation.
+    Migrate,
 }
 
 impl Change {
@@ -67,6 +80,9 @@ impl Change {
             Self::Restart { .. } => "service.restart",
             Self::Delete => "service.delete",
             Self::Redeploy => "service.update",
+            Self::Load => "service.load",
+            Self::Unload { .. } => "service.unload",
+            Self::Migrate => "container.migrate",
         }
     }
 
@@ -85,9 +101,54 @@ impl Change {
             "service.restart" => Self::Restart { grace },
             "service.delete" => Self::Delete,
             "service.update" | "service.rollback" => Self::Redeploy,
+            "service.load" => Self::Load,
+            "service.unload" => Self::Unload { grace },
+            "container.migrate" => Self::Migrate,
             _ => return None,
         })
     }
+}
+
+/// Commits the intent of `change` of service `service_id` by `actor` — its new wanted `status`
+/// (none: it stays) and the operation with `detail`, in one transaction — then starts carrying
+/// it out; the operation's id.
+pub async fn intend(
+    state: &Arc<HubState>,
+    actor: Option<i64>,
+    service_id: i64,
+    status: Option<&str>,
+    change: Change,
+    detail: Value,
+) -> Result<i64, Problem> {
+    let mut transaction = state.store.begin().await?;
+    let mut wanted = services::get(&mut transaction, service_id).await?;
+    if let Some(status) = status {
+        wanted.status = status.to_owned();
+        wanted.error.clear();
+        wanted = services::update(&mut transaction, &wanted).await?;
+    }
+    let id = operations::open(
+        &mut transaction,
+        &replicas::service_operation(actor, change.action(), &wanted, "running", detail),
+        None,
+    )
+    .await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    if status.is_some()
+        && let Some(routes) = state.routes.get(service_id)
+    {
+        routes.set_wanted(&wanted.status);
+        if wanted.status == "running" {
+            routes
+                .usage
+                .loaded_at_ms
+                .store(now_millis(), Ordering::Relaxed);
+        }
+    }
+    state.routes.changed.notify_one();
+    state.operation_changed(id);
+    spawn(state, id, service_id, actor, change);
+    Ok(id)
 }
 
 /// Starts carrying out `change` of `service_id` as operation `operation` (its intent and row
@@ -102,7 +163,7 @@ pub fn spawn(
     ops::spawn(
         Arc::clone(state),
         operation,
-        service_id,
+        Scope::Service(service_id),
         move |state, tracker| async move {
             carry_out(&state, &tracker, service_id, actor, change).await
         },
@@ -110,7 +171,7 @@ pub fn spawn(
 }
 
 async fn carry_out(
-    state: &HubState,
+    state: &Arc<HubState>,
     tracker: &Tracker,
     service_id: i64,
     actor: Option<i64>,
@@ -179,6 +240,9 @@ async fn carry_out(
         }
         Change::Restart { grace } => restart(state, tracker, &service, grace).await,
         Change::Redeploy => redeploy(state, tracker, &service, actor).await,
+        Change::Load => models::bring_in(state, tracker, &service, actor).await,
+        Change::Unload { grace } => models::stop_replicas(state, tracker, &service, grace).await,
+        Change::Migrate => migrate(state, tracker, &service, actor).await,
         Change::Delete => {
             tracker.step(0, 2, "removing the containers").await;
             let mut attempt = 1;
@@ -410,12 +474,7 @@ async fn redeploy(
     service: &ServiceRecord,
     actor: Option<i64>,
 ) -> Result<Value, Problem> {
-    let detail = {
-        let mut connection = state.store.acquire().await?;
-        berth_store::operations::get(&mut connection, tracker.id())
-            .await?
-            .detail
-    };
+    let detail = intent_of(state, tracker.id()).await?;
     let retire = detail["retire"].as_array().cloned().unwrap_or_default();
     let all_nodes =
         replicas::nodes_of(state, retire.iter().filter_map(|pair| pair[0].as_i64())).await?;
@@ -447,6 +506,57 @@ async fn redeploy(
             )
         })?;
     Ok(json!({"version": service.version, "launched": launched}))
+}
+
+/// The detail operation `id` was opened with (what its intent named).
+async fn intent_of(state: &HubState, id: i64) -> Result<Value, Problem> {
+    let mut connection = state.store.acquire().await?;
+    Ok(operations::get(&mut connection, id).await?.detail)
+}
+
+/// Moves the replica the operation names (`replica`, `from_generation`, and `to_node` unless
+/// the scheduler chooses) to another node. A replica already past `from_generation` was moved
+/// before a restart of the hub: that is the outcome.
+async fn migrate(
+    state: &HubState,
+    tracker: &Tracker,
+    service: &ServiceRecord,
+    actor: Option<i64>,
+) -> Result<Value, Problem> {
+    let intent = intent_of(state, tracker.id()).await?;
+    let replica = intent["replica"].as_i64().unwrap_or_default();
+    let from_generation = intent["from_generation"].as_i64().unwrap_or_default();
+    let current = replicas::allocations_of(state, service.id)
+        .await?
+        .into_iter()
+        .find(|allocation| allocation.replica == replica);
+    if let Some(current) = current.filter(|current| current.generation > from_generation) {
+        return Ok(json!({"replica": replica, "node_id": current.node_id,
+            "generation": current.generation, "container_id": current.container_id}));
+    }
+    let destination = intent["to_node"]
+        .as_i64()
+        .map_or(Destination::Scheduled, Destination::Node);
+    tracker
+        .step(0, 1, format!("moving replica {replica}"))
+        .await;
+    let moved = replicas::move_replica(
+        state,
+        service.id,
+        replica,
+        destination,
+        Cause {
+            actor,
+            action: "container.create",
+            detail: json!({"operation": tracker.id(), "reason": "migrate"}),
+        },
+    )
+    .await?;
+    tracker.step(1, 1, "moved").await;
+    state.routes.changed.notify_one();
+    Ok(json!({"replica": moved.replica, "node_id": moved.node_id,
+        "generation": moved.generation, "container_id": moved.container_id,
+        "note": "the data volume stays on the old node"}))
 }
 
 /// Stops and starts each replica in turn, so the others keep serving.
@@ -482,7 +592,8 @@ async fn restart(
     Ok(json!({"replicas": restarted, "timeout_seconds": grace}))
 }
 
-async fn set_status(state: &HubState, service_id: i64, status: &str) -> Result<(), Problem> {
+/// Sets service `service_id`'s wanted `status` and tells the gateway.
+pub async fn set_status(state: &HubState, service_id: i64, status: &str) -> Result<(), Problem> {
     let mut transaction = state.store.begin().await?;
     let mut service = services::get(&mut transaction, service_id).await?;
     service.status = status.to_owned();
@@ -522,28 +633,42 @@ pub async fn resume(state: &Arc<HubState>) -> Result<usize, StoreError> {
         Change::Restart { grace: 0 },
         Change::Delete,
         Change::Redeploy,
+        Change::Load,
+        Change::Unload { grace: 0 },
+        Change::Migrate,
     ]
     .map(Change::action)
     .into_iter()
-    .chain(["service.rollback"])
+    .chain(["service.rollback", node_work::DRAIN])
     .collect::<Vec<_>>();
     let mut again = Vec::new();
+    let mut drains = 0;
     for resumption in ops::unfinished(state, &actions).await? {
         match resumption {
-            Resumption::Again(operation) => {
-                if let (Some(change), Some(service_id)) =
-                    (Change::of(&operation), operation.service_id)
-                {
+            Resumption::Again(operation) if operation.action == node_work::DRAIN => match operation
+                .target_id
+                .parse()
+            {
+                Ok(node) => {
+                    tracing::info!(operation = operation.id, node, "Resuming a drain.");
+                    node_work::spawn_drain(state, operation.id, node, operation.user_id);
+                    drains += 1;
+                }
+                Err(_) => ops::abandon(state, &operation, "the drained node is unknown").await?,
+            },
+            Resumption::Again(operation) => match (Change::of(&operation), operation.service_id) {
+                (Some(change), Some(service_id)) => {
                     state.note_change(service_id, operation.id);
                     again.push((operation, service_id, change));
                 }
-            }
+                _ => ops::abandon(state, &operation, "the operation names no service").await?,
+            },
             Resumption::Abandon(operation, reason) => {
                 ops::abandon(state, &operation, &reason).await?;
             }
         }
     }
-    let resumed = again.len();
+    let resumed = again.len() + drains;
     for (operation, service_id, change) in again {
         tracing::info!(operation = operation.id, action = %operation.action, service = service_id, "Resuming an unfinished operation.");
         spawn(state, operation.id, service_id, operation.user_id, change);

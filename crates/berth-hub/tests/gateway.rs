@@ -414,11 +414,16 @@ async fn fifty_first_requests_to_an_unloaded_service_start_it_once_and_all_get_a
         let owner = admin_name(&hub).await;
         let id = create(&hub, "sleepy", 1, json!({"idle_timeout_seconds": 2}), false).await;
         let (status, unloaded) = hub
-            .admin(Method::POST, &format!("/api/services/{id}/unload"), None)
+            .admin(
+                Method::POST,
+                &format!("/api/services/{id}/unload?wait=60"),
+                None,
+            )
             .await;
         assert_eq!(
-            (status, unloaded["status"].as_str()),
-            (200, Some("unloaded"))
+            (status, unloaded["service"]["status"].as_str()),
+            (200, Some("unloaded")),
+            "{unloaded}"
         );
         tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -491,9 +496,21 @@ async fn loading_past_max_models_unloads_the_least_recently_used_idle_service() 
             let hub = &hub;
             async move {
                 let (status, body) = hub
-                    .admin(Method::POST, &format!("/api/services/{id}/load"), None)
+                    .admin(
+                        Method::POST,
+                        &format!("/api/services/{id}/load?wait=60"),
+                        None,
+                    )
                     .await;
-                assert_eq!(status, 200, "{body}");
+                assert_eq!(
+                    (
+                        status,
+                        body["state"].as_str(),
+                        body["detail"]["ready"].as_bool()
+                    ),
+                    (200, Some("succeeded"), Some(true)),
+                    "{body}"
+                );
             }
         };
         let wanted = |name: &str| {
@@ -887,7 +904,11 @@ async fn a_placement_that_does_not_fit_evicts_the_least_recently_used_idle_model
 
         // Unloaded, it keeps its reservation until a placement needs it: then it is evicted.
         let (status, _) = hub
-            .admin(Method::POST, &format!("/api/services/{first}/unload"), None)
+            .admin(
+                Method::POST,
+                &format!("/api/services/{first}/unload?wait=60"),
+                None,
+            )
             .await;
         assert_eq!(status, 200);
         let (status, second) = hub
@@ -937,7 +958,7 @@ async fn a_placement_that_does_not_fit_evicts_the_least_recently_used_idle_model
         let (status, _) = hub
             .admin(
                 Method::POST,
-                &format!("/api/services/{second}/unload"),
+                &format!("/api/services/{second}/unload?wait=60"),
                 None,
             )
             .await;

@@ -343,3 +343,155 @@ async fn a_create_whose_image_is_missing_fails_in_the_users_terms_and_keeps_noth
     })
     .await;
 }
+
+/// Opens a `running` operation row as an interrupted hub would have left it.
+async fn leave_unfinished(
+    hub: &Hub,
+    action: &str,
+    target: (&str, i64),
+    service: Option<i64>,
+    detail: Value,
+) -> i64 {
+    let mut transaction = hub.state.store.begin().await.expect("tx");
+    let id = berth_store::operations::open(
+        &mut transaction,
+        &berth_store::operations::NewOperation {
+            user_id: None,
+            action: action.to_owned(),
+            target_kind: target.0.to_owned(),
+            target_id: target.1.to_string(),
+            node_id: None,
+            service_id: service,
+            outcome: "running".to_owned(),
+            detail,
+        },
+        None,
+    )
+    .await
+    .expect("operation");
+    transaction.commit().await.expect("commit");
+    id
+}
+
+/// Replica 0 of `service`: its node and generation.
+async fn replica_zero(hub: &Hub, service: i64) -> (i64, i64) {
+    let mut connection = hub.state.store.acquire().await.expect("connection");
+    let allocation = berth_store::allocations::for_replica(&mut connection, service, 0)
+        .await
+        .expect("read")
+        .expect("placed");
+    (allocation.node_id, allocation.generation)
+}
+
+#[tokio::test]
+async fn migrates_and_drains_are_operations_that_a_restarted_hub_carries_on() {
+    let hub = start("operations-moves").await;
+    let first = add_simulated_node(&hub, "sim-a").await;
+    let second = add_simulated_node(&hub, "sim-b").await;
+    let (_, alice) = hub.new_user("alice").await;
+    with_cleanup(&hub, async {
+        let (status, created, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                "/api/alice/ops/services?wait=30",
+                Some(
+                    json!({"name": "mover", "image": "sim/model:1", "start": true,
+                    "cpu_limit": 0.5, "memory_limit": "64m"}),
+                ),
+            )
+            .await;
+        assert_eq!(
+            (status, created["state"].as_str()),
+            (200, Some("succeeded"))
+        );
+        let service = created["service_id"].as_i64().expect("service");
+        let (on, generation) = replica_zero(&hub, service).await;
+        let other = if on == first.id { second.id } else { first.id };
+
+        // A migrate answers with its operation at once; waited for, it moved the replica.
+        let (_, placed) = hub.admin(Method::GET, "/api/admin/containers", None).await;
+        let row = placed["containers"][0]["id"].as_i64().expect("row");
+        let (status, accepted) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/admin/containers/{row}/migrate"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, accepted["kind"].as_str()),
+            (202, Some("container.migrate")),
+            "{accepted}"
+        );
+        let moved = wait_for_end(&hub, &hub.admin, accepted["id"].as_i64().expect("id")).await;
+        assert_eq!(moved["state"], "succeeded", "{moved}");
+        assert_eq!(replica_zero(&hub, service).await, (other, generation + 1));
+        assert_eq!(simulated_statuses(&hub, other, service), vec!["running"]);
+        assert!(
+            simulated_statuses(&hub, on, service).is_empty(),
+            "old one removed"
+        );
+
+        // A migrate the hub stopped during, after the move landed: resumed, it moves nothing.
+        let done_before = leave_unfinished(
+            &hub,
+            "container.migrate",
+            ("service", service),
+            Some(service),
+            json!({"replica": 0, "from_generation": generation}),
+        )
+        .await;
+        // One the hub stopped before it moved anything, and a drain of the node it is on.
+        let (now_on, now_generation) = replica_zero(&hub, service).await;
+        let drain = leave_unfinished(&hub, "node.drain", ("node", now_on), None, json!({})).await;
+        let resumed = berth_hub::service_work::resume(&hub.state)
+            .await
+            .expect("resume");
+        assert_eq!(resumed, 2);
+        let carried = wait_for_end(&hub, &hub.admin, done_before).await;
+        assert_eq!(
+            (
+                carried["state"].as_str(),
+                carried["detail"]["generation"].as_i64()
+            ),
+            (Some("succeeded"), Some(now_generation)),
+            "{carried}"
+        );
+        let drained = wait_for_end(&hub, &hub.admin, drain).await;
+        assert_eq!(drained["state"], "succeeded", "{drained}");
+        assert_eq!(drained["detail"]["moved"].as_array().map(Vec::len), Some(1));
+        assert_eq!(replica_zero(&hub, service).await, (on, now_generation + 1));
+        assert!(simulated_statuses(&hub, now_on, service).is_empty());
+        assert_eq!(simulated_statuses(&hub, on, service), vec!["running"]);
+
+        // A drain through the API: the node is unlisted with the operation, and the replica
+        // leaves; pinned services stay.
+        let (status, accepted) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/nodes/{on}/drain?wait=30"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (
+                status,
+                accepted["state"].as_str(),
+                accepted["kind"].as_str()
+            ),
+            (200, Some("succeeded"), Some("node.drain")),
+            "{accepted}"
+        );
+        assert_eq!(replica_zero(&hub, service).await.0, now_on);
+        let (_, node) = hub
+            .admin(Method::GET, &format!("/api/nodes/{on}"), None)
+            .await;
+        assert_eq!(node["listed"], false, "{node}");
+        let (status, problem) = hub
+            .admin(Method::POST, "/api/nodes/99999/drain", None)
+            .await;
+        assert_eq!(status, 404, "{problem}");
+    })
+    .await;
+}

@@ -452,11 +452,16 @@ async fn migrate_moves_a_container_and_drain_empties_a_node() {
         let (status, migrated) = hub
             .admin(
                 Method::POST,
-                &format!("/api/admin/containers/{row}/migrate"),
+                &format!("/api/admin/containers/{row}/migrate?wait=60"),
                 Some(json!({"node_id": other})),
             )
             .await;
-        assert_eq!(status, 200, "{migrated}");
+        assert_eq!(
+            (status, migrated["state"].as_str()),
+            (200, Some("succeeded")),
+            "{migrated}"
+        );
+        let migrated = &migrated["detail"];
         assert_eq!(migrated["node_id"].as_i64(), Some(other));
         assert_eq!(migrated["generation"], 2);
         let moved_container = migrated["container_id"]
@@ -474,9 +479,18 @@ async fn migrate_moves_a_container_and_drain_empties_a_node() {
         );
 
         let (status, drained) = hub
-            .admin(Method::POST, &format!("/api/nodes/{other}/drain"), None)
+            .admin(
+                Method::POST,
+                &format!("/api/nodes/{other}/drain?wait=60"),
+                None,
+            )
             .await;
-        assert_eq!(status, 200, "{drained}");
+        assert_eq!(
+            (status, drained["state"].as_str()),
+            (200, Some("succeeded")),
+            "{drained}"
+        );
+        let drained = &drained["detail"];
         assert_eq!(drained["listed"], false);
         assert_eq!(
             drained["moved"][0]["node_id"].as_i64(),

@@ -125,12 +125,17 @@ async fn a_service_lives_and_every_step_is_logged() {
         assert_eq!(usage["nodes"][0]["allocated"]["cpu_millis"], 500);
         assert_eq!(usage["nodes"][0]["containers"], 1);
         let (status, refused) = hub
-            .admin(Method::POST, "/api/admin/containers/1/migrate", None)
+            .admin(
+                Method::POST,
+                "/api/admin/containers/1/migrate?wait=30",
+                None,
+            )
             .await;
         assert_eq!(
-            (status, refused["detail"].as_str()),
+            (status, refused["state"].as_str(), refused["error"].as_str()),
             (
-                409,
+                200,
+                Some("failed"),
                 Some("no node can run it: 1 node: the node it moves away from")
             ),
             "one node: nowhere to move"
@@ -767,12 +772,20 @@ async fn a_server_that_ignores_sigterm_is_stopped_with_the_default_grace_and_sta
         );
         let began = std::time::Instant::now();
         let (status, unloaded) = hub
-            .admin(Method::POST, &format!("/api/services/{id}/unload"), None)
+            .admin(
+                Method::POST,
+                &format!("/api/services/{id}/unload?wait=60"),
+                None,
+            )
             .await;
         let took = began.elapsed();
         assert_eq!(
-            (status, unloaded["status"].as_str()),
-            (200, Some("unloaded")),
+            (
+                status,
+                unloaded["state"].as_str(),
+                unloaded["service"]["status"].as_str()
+            ),
+            (200, Some("succeeded"), Some("unloaded")),
             "{unloaded}"
         );
         assert!(

@@ -98,10 +98,13 @@ pub enum NodeCommand {
     /// Per node and per GPU: what allocations take, what the node has and what it last
     /// observed free (admin).
     Usage,
-    /// Unlist a node and move every unpinned service off it (admin).
+    /// Unlist a node and move every unpinned service off it (admin), following the drain.
     Drain {
         /// Node id.
         id: i64,
+        /// Do not wait: print the operation and return.
+        #[arg(long)]
+        detach: bool,
     },
     /// Replace a node's labels (none given: no labels) (admin).
     Label {
@@ -257,11 +260,17 @@ pub enum ServiceCommand {
     Load {
         /// Service id.
         id: i64,
+        /// Do not wait: print the operation and return.
+        #[arg(long)]
+        detach: bool,
     },
     /// Unload a model service: stop its replicas; its next gateway request starts it again.
     Unload {
         /// Service id.
         id: i64,
+        /// Do not wait: print the operation and return.
+        #[arg(long)]
+        detach: bool,
     },
     /// Live status, node and URL.
     Status {
@@ -304,6 +313,9 @@ pub enum ServiceCommand {
         /// The node to move to; the scheduler chooses when not given.
         #[arg(long)]
         to: Option<i64>,
+        /// Do not wait: print the operation and return.
+        #[arg(long)]
+        detach: bool,
     },
     /// Remove the service and its containers.
     Delete {
@@ -874,10 +886,20 @@ async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Resul
             print(output, &nodes, rows.as_deref(), &NODE_USAGE_COLUMNS);
             return Ok(());
         }
-        NodeCommand::Drain { id } => {
-            client
+        NodeCommand::Drain { id, detach } => {
+            let accepted = client
                 .call(Method::POST, &format!("/api/nodes/{id}/drain"), None)
-                .await?
+                .await?;
+            let operation = progress::follow(client, accepted, detach).await?;
+            print(output, &operation, None, &OPERATION_COLUMNS);
+            if !detach && output == Output::Table {
+                let moved = operation["detail"]["moved"].as_array().map_or(0, Vec::len);
+                let pinned = operation["detail"]["pinned"].as_array().map_or(0, Vec::len);
+                println!(
+                    "node {id} drained: {moved} replica(s) moved, {pinned} pinned left in place"
+                );
+            }
+            return Ok(());
         }
         NodeCommand::Show { id } => {
             client
@@ -1081,26 +1103,17 @@ async fn service(
             timeout,
             detach,
         } => return with_grace(client, output, id, "restart", timeout, detach).await,
-        ServiceCommand::Load { id } => {
-            let waiting = progress::spinner(&format!(
-                "loading service {id}: starting its replicas and waiting for a ready one"
-            ));
-            let loaded = client
+        ServiceCommand::Load { id, detach } => {
+            let accepted = client
                 .call(Method::POST, &format!("/api/services/{id}/load"), None)
-                .await;
-            waiting.finish_and_clear();
-            let loaded = loaded?;
-            if loaded["serving"]["ready_replicas"].as_u64() == Some(0) {
-                eprintln!(
-                    "berth: service {id} is loading but no replica is ready yet (its start timeout passed); see `berth service status {id}` and `berth service logs {id}`"
-                );
-            }
-            loaded
+                .await?;
+            return changed(client, output, accepted, detach).await;
         }
-        ServiceCommand::Unload { id } => {
-            client
+        ServiceCommand::Unload { id, detach } => {
+            let accepted = client
                 .call(Method::POST, &format!("/api/services/{id}/unload"), None)
-                .await?
+                .await?;
+            return changed(client, output, accepted, detach).await;
         }
         ServiceCommand::Status { id } => {
             client
@@ -1171,7 +1184,7 @@ async fn service(
                 .await?;
             return changed(client, output, accepted, false).await;
         }
-        ServiceCommand::Migrate { id, to } => {
+        ServiceCommand::Migrate { id, to, detach } => {
             let placed = client
                 .call(Method::GET, "/api/admin/containers", None)
                 .await?;
@@ -1184,13 +1197,14 @@ async fn service(
                 .and_then(|container| container["id"].as_i64())
                 .ok_or_else(|| format!("service {id} has no placed container to move"))?;
             let body = to.map_or_else(|| json!({}), |node| json!({"node_id": node}));
-            client
+            let accepted = client
                 .call(
                     Method::POST,
                     &format!("/api/admin/containers/{row}/migrate"),
                     Some(&body),
                 )
-                .await?
+                .await?;
+            return changed(client, output, accepted, detach).await;
         }
         ServiceCommand::Delete { id, detach } => {
             let accepted = client

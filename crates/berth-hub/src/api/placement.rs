@@ -7,20 +7,20 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
 use berth_http::Path;
 use berth_http::{Problem, parse_body};
-use berth_store::allocations::{self, Allocation};
+use berth_store::allocations;
 use berth_store::nodes;
-use berth_store::operations::{self, NewOperation};
-use berth_store::services;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::CurrentUser;
-use crate::replicas::{self, Cause, Destination};
+use super::operations::{WaitQuery, accepted};
+use crate::node_work;
 use crate::scheduling;
+use crate::service_work::{self, Change};
 use crate::state::HubState;
 
 type Shared = State<Arc<HubState>>;
@@ -32,32 +32,27 @@ struct MigrateRequest {
     node_id: Option<i64>,
 }
 
-fn busy(id: i64) -> Problem {
-    Problem::new(
-        StatusCode::CONFLICT,
-        format!("service {id} is being changed by another request; try again"),
-    )
-}
-
-/// `POST /api/admin/containers/{id}/migrate` with `{node_id}` (optional: the scheduler chooses,
-/// never the current node). The replacement starts on the new node at the next generation, then
-/// the old container is removed. The data volume does not move.
+/// `POST /api/admin/containers/{id}/migrate?wait=SECONDS` with `{node_id}` (optional: the
+/// scheduler chooses, never the current node): the move is committed as an operation, then the
+/// replacement starts on the new node at the next generation and the old container is removed.
+/// The data volume does not move. 202 with the operation (200 once ended, with `?wait=`).
 pub async fn migrate(
     State(state): Shared,
     user: CurrentUser,
     Path(id): Path<i64>,
+    RawQuery(raw): RawQuery,
     body: Bytes,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     user.require_admin()?;
+    let wait = WaitQuery::parse(raw)?;
     let request: MigrateRequest = if body.iter().all(u8::is_ascii_whitespace) {
         MigrateRequest::default()
     } else {
         parse_body(&body)?
     };
-    let (allocation, service) = {
+    let allocation = {
         let mut connection = state.store.acquire().await?;
         let allocation = allocations::get(&mut connection, id).await?;
-        let service = services::get(&mut connection, allocation.service_id).await?;
         if let Some(node) = request.node_id {
             nodes::get(&mut connection, node)
                 .await
@@ -69,124 +64,36 @@ pub async fn migrate(
                 ));
             }
         }
-        (allocation, service)
+        allocation
     };
-    let _claim = state.claim(service.id).ok_or_else(|| busy(service.id))?;
-    let destination = request
-        .node_id
-        .map_or(Destination::Scheduled, Destination::Node);
-    let moved = replicas::move_replica(
+    let operation = service_work::intend(
         &state,
-        service.id,
-        allocation.replica,
-        destination,
-        Cause {
-            actor: Some(user.0.id),
-            action: "container.migrate",
-            detail: json!({"container": id, "from_node": allocation.node_id}),
-        },
+        Some(user.0.id),
+        allocation.service_id,
+        None,
+        Change::Migrate,
+        json!({"container": id, "replica": allocation.replica,
+            "from_node_id": allocation.node_id, "from_generation": allocation.generation,
+            "to_node": request.node_id}),
     )
     .await?;
-    Ok(Json(json!({
-        "service_id": service.id,
-        "replica": moved.replica,
-        "from_node_id": allocation.node_id,
-        "node_id": moved.node_id,
-        "generation": moved.generation,
-        "container_id": moved.container_id,
-        "status": service.status,
-        "note": "the data volume stays on the old node",
-    })))
+    accepted(&state, operation, &wait).await
 }
 
-/// `POST /api/nodes/{id}/drain`: unlists the node so nothing new lands there, then moves every
-/// service off it (pinned ones stay and are reported). Repeating it moves what is left.
+/// `POST /api/nodes/{id}/drain?wait=SECONDS`: the node is unlisted so nothing new lands there
+/// (committed with the operation), then every service is moved off it (pinned ones stay and
+/// are reported). Repeating it moves what is left. 202 with the operation (200 once ended,
+/// with `?wait=`).
 pub async fn drain(
     State(state): Shared,
     user: CurrentUser,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, Problem> {
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
     user.require_admin()?;
-    let (node, here) = {
-        let mut transaction = state.store.begin().await?;
-        let mut node = nodes::get(&mut transaction, id).await?;
-        let was_listed = node.listed;
-        node.listed = false;
-        let node = nodes::update(&mut transaction, &node).await?;
-        let here: Vec<Allocation> = allocations::list(&mut transaction)
-            .await?
-            .into_iter()
-            .filter(|allocation| allocation.node_id == id)
-            .collect();
-        operations::commit_with(
-            transaction,
-            &NewOperation {
-                user_id: Some(user.0.id),
-                action: "node.drain".to_owned(),
-                target_kind: "node".to_owned(),
-                target_id: id.to_string(),
-                node_id: Some(id),
-                service_id: None,
-                outcome: "ok".to_owned(),
-                detail: json!({"was_listed": was_listed, "services": here.len()}),
-            },
-        )
-        .await?;
-        state.placements_changed();
-        (node, here)
-    };
-    let (mut moved, mut pinned, mut failed) = (Vec::new(), Vec::new(), Vec::new());
-    for allocation in here {
-        let service = {
-            let mut connection = state.store.acquire().await?;
-            services::get(&mut connection, allocation.service_id).await?
-        };
-        let entry =
-            json!({"service_id": service.id, "replica": allocation.replica, "name": service.name});
-        if service.pinned {
-            pinned.push(entry);
-            continue;
-        }
-        let Some(_claim) = state.claim(service.id) else {
-            failed.push(
-                json!({"service_id": service.id, "replica": allocation.replica,
-                "reason": "being changed by another request"}),
-            );
-            continue;
-        };
-        let cause = Cause {
-            actor: Some(user.0.id),
-            action: "service.drain",
-            detail: json!({"from_node": node.name}),
-        };
-        match replicas::move_replica(
-            &state,
-            service.id,
-            allocation.replica,
-            Destination::Scheduled,
-            cause,
-        )
-        .await
-        {
-            Ok(launched) => moved.push(json!({
-                "service_id": service.id,
-                "replica": launched.replica,
-                "node_id": launched.node_id,
-                "generation": launched.generation,
-            })),
-            Err(problem) => failed.push(
-                json!({"service_id": service.id, "replica": allocation.replica,
-                "reason": problem.detail()}),
-            ),
-        }
-    }
-    Ok(Json(json!({
-        "node_id": node.id,
-        "listed": node.listed,
-        "moved": moved,
-        "pinned": pinned,
-        "failed": failed,
-    })))
+    let wait = WaitQuery::parse(raw)?;
+    let operation = node_work::intend_drain(&state, user.0.id, id).await?;
+    accepted(&state, operation, &wait).await
 }
 
 /// `GET /api/admin/resources/usage`: per node and per GPU, allocated against capacity and what

@@ -26,7 +26,6 @@ use serde_json::{Value, json};
 use super::CurrentUser;
 use super::operations::{WaitQuery, accepted};
 use crate::gateway::readiness;
-use crate::gateway::routes::now_millis;
 use crate::models;
 use crate::node_client::NodeClient;
 use crate::replicas;
@@ -494,8 +493,8 @@ pub async fn get_one(
     Ok(Json(view(&owned(&state, &user.0, id).await?)))
 }
 
-/// Commits `service`'s new wanted `status` and the operation of `change` with `detail` in one
-/// transaction (the intent), then starts carrying it out; the operation's id.
+/// Commits `service`'s new wanted `status` and the operation of `change` by `actor` (see
+/// [`service_work::intend`]); the operation's id.
 async fn intend(
     state: &Arc<HubState>,
     actor: i64,
@@ -504,31 +503,7 @@ async fn intend(
     change: Change,
     detail: Value,
 ) -> Result<i64, Problem> {
-    let mut transaction = state.store.begin().await?;
-    let mut wanted = services::get(&mut transaction, service.id).await?;
-    wanted.status = status.to_owned();
-    wanted.error.clear();
-    let saved = services::update(&mut transaction, &wanted).await?;
-    let id = operations::open(
-        &mut transaction,
-        &operation(actor, change.action(), &saved, "running", detail),
-        None,
-    )
-    .await?;
-    transaction.commit().await.map_err(StoreError::from)?;
-    if let Some(routes) = state.routes.get(saved.id) {
-        routes.set_wanted(&saved.status);
-        if saved.status == "running" {
-            routes
-                .usage
-                .loaded_at_ms
-                .store(now_millis(), Ordering::Relaxed);
-        }
-    }
-    state.routes.changed.notify_one();
-    state.operation_changed(id);
-    service_work::spawn(state, id, service.id, Some(actor), change);
-    Ok(id)
+    service_work::intend(state, Some(actor), service.id, Some(status), change, detail).await
 }
 
 /// `POST /api/services/{id}/start?wait=SECONDS`: the service is wanted running (committed with
@@ -543,8 +518,8 @@ pub async fn start(
     let wait = WaitQuery::parse(raw)?;
     if service.node_id.is_none() {
         // Evicted for capacity: starting it places it again.
-        let loaded = models::load(&state, &service, Some(user.0.id), "started").await?;
-        return Ok(Json(view(&loaded)).into_response());
+        let operation = models::load(&state, &service, Some(user.0.id), "started").await?;
+        return accepted(&state, operation, &wait).await;
     }
     let operation = intend(
         &state,
@@ -761,55 +736,35 @@ fn serving_view(state: &HubState, service: &ServiceRecord) -> Value {
     })
 }
 
-/// `POST /api/services/{id}/load` (seed 004): starts the service's replicas — unloading the least
-/// recently used idle model services on its nodes when they hold `max_models` — and waits up to
-/// its `start_timeout_seconds` for a ready replica: 200 when one is ready, 202 while still
-/// starting.
+/// `POST /api/services/{id}/load?wait=SECONDS` (seed 004): the service is wanted running
+/// (committed with its operation); then its replicas start — after unloading the least recently
+/// used idle model services on its nodes when they hold `max_models` — and the operation ends
+/// once a replica is ready, or fails when none is within its `start_timeout_seconds`.
 pub async fn load(
     State(state): Shared,
     user: CurrentUser,
     Path(id): Path<i64>,
-) -> Result<(StatusCode, Json<Value>), Problem> {
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
     let service = owned(&state, &user.0, id).await?;
-    let saved = models::load(&state, &service, Some(user.0.id), "requested").await?;
-    let definition = replicas::definition_of(&saved)?;
-    let mut ready = true;
-    if definition.port.is_some() {
-        let deadline = tokio::time::Instant::now() + definition.serving.start_timeout();
-        ready = loop {
-            if state
-                .routes
-                .get(saved.id)
-                .is_some_and(|routes| routes.ready_count() > 0)
-            {
-                break true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        };
-    }
-    let mut answer = view(&saved);
-    answer["serving"] = serving_view(&state, &saved);
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
-    Ok((status, Json(answer)))
+    let wait = WaitQuery::parse(raw)?;
+    let operation = models::load(&state, &service, Some(user.0.id), "requested").await?;
+    accepted(&state, operation, &wait).await
 }
 
-/// `POST /api/services/{id}/unload` (seed 004): stops the replicas; the service keeps its
-/// containers and its place, and its next gateway request (or `load`) starts it again.
+/// `POST /api/services/{id}/unload?wait=SECONDS` (seed 004): the service is wanted unloaded
+/// (committed with its operation), then its replicas stop; it keeps its containers and its
+/// place, and its next gateway request (or `load`) starts it again.
 pub async fn unload(
     State(state): Shared,
     user: CurrentUser,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, Problem> {
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
     let service = owned(&state, &user.0, id).await?;
-    let saved = models::unload(&state, &service, Some(user.0.id), "requested").await?;
-    Ok(Json(view(&saved)))
+    let wait = WaitQuery::parse(raw)?;
+    let operation = models::unload(&state, &service, Some(user.0.id), "requested").await?;
+    accepted(&state, operation, &wait).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -572,8 +572,10 @@ pub async fn act(
         "restart" => api::services::restart(shared, user, Path(id), waiting(), Bytes::new())
             .await
             .map(drop),
-        "load" => api::services::load(shared, user, Path(id)).await.map(drop),
-        "unload" => api::services::unload(shared, user, Path(id))
+        "load" => api::services::load(shared, user, Path(id), waiting())
+            .await
+            .map(drop),
+        "unload" => api::services::unload(shared, user, Path(id), waiting())
             .await
             .map(drop),
         "delete" if form.find("confirm").is_some() => {

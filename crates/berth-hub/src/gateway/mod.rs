@@ -42,6 +42,7 @@ use self::head::{Head, Target, affinity_of, target_of};
 use self::routes::{Endpoint, ServiceRoutes, now_millis};
 use crate::metrics::AnswerLabels;
 use crate::models;
+use crate::ops;
 use crate::state::HubState;
 
 /// How long open connections may finish after a shutdown begins.
@@ -439,12 +440,15 @@ async fn stop_requested(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
+/// Beyond a service's start timeout, how long a request waits for its load to end.
+const LOAD_MARGIN: Duration = Duration::from_secs(5);
+
 /// How long after a failed start requests are refused with its reason before one tries again.
 const START_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Starts an unloaded service once, however many requests find it unloaded together; right
 /// after a failed start, refuses with its reason instead of trying again.
-async fn wake(state: &HubState, routes: &ServiceRoutes) -> Result<(), Problem> {
+async fn wake(state: &Arc<HubState>, routes: &ServiceRoutes) -> Result<(), Problem> {
     let mut last_failure = routes.waking.lock().await;
     if !routes.wanted_is(models::UNLOADED) {
         return Ok(());
@@ -471,7 +475,24 @@ async fn wake(state: &HubState, routes: &ServiceRoutes) -> Result<(), Problem> {
         return Ok(());
     }
     let models = &state.metrics.models;
-    if let Err(problem) = models::load(state, &service, None, "a request arrived").await {
+    let loaded = match models::load(state, &service, None, "a request arrived").await {
+        // The load's operation ends once a replica is ready, or fails saying why.
+        Ok(operation) => match ops::wait_for(
+            state,
+            operation,
+            routes.profile().settings.start_timeout() + LOAD_MARGIN,
+        )
+        .await
+        {
+            Ok(ended) if ended.state == berth_store::operations::State::Failed => {
+                Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, ended.error))
+            }
+            Ok(_) => Ok(()),
+            Err(err) => Err(err.into()),
+        },
+        Err(problem) => Err(problem),
+    };
+    if let Err(problem) = loaded {
         models
             .load_failures
             .get_or_create(&routes.metrics(models).labels)
