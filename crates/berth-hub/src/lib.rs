@@ -9,6 +9,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod config;
 pub mod console;
+pub mod create_commit;
 pub mod gateway;
 pub mod metrics;
 pub mod models;

@@ -98,6 +98,8 @@ pub struct HubState {
     /// create places its replicas and records them, so two creates never count the same free
     /// capacity.
     pub placing: tokio::sync::Mutex<Option<crate::scheduling::PlacementCache>>,
+    /// Creates waiting to be committed together, by whoever holds `placing` next.
+    pub create_queue: crate::create_commit::CreateQueue,
     /// Counts changes of placements or nodes made outside creates; a snapshot taken before the
     /// latest is rebuilt.
     placements_version: std::sync::atomic::AtomicU64,
@@ -149,6 +151,7 @@ impl HubState {
             fleet: Default::default(),
             operation_events: tokio::sync::broadcast::channel(1024).0,
             placing: Default::default(),
+            create_queue: Default::default(),
             placements_version: Default::default(),
             latest_changes: Default::default(),
             node_clients: Default::default(),

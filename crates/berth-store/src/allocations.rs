@@ -93,26 +93,7 @@ pub async fn record(conn: &mut Conn, allocation: &Allocation) -> Result<Allocati
     .execute(&mut *conn)
     .await?;
     if updated.rows_affected() == 0 {
-        sqlx::query(
-            "INSERT INTO containers (node_id, service_id, container_id, name, status, created_at, generation, \
-             cpu_millis, memory_bytes, disk_bytes, gpu_indices, gpu_memory_bytes, replica) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(allocation.node_id)
-        .bind(allocation.service_id)
-        .bind(&allocation.container_id)
-        .bind(&allocation.name)
-        .bind(&allocation.status)
-        .bind(now_ms())
-        .bind(allocation.generation)
-        .bind(allocation.cpu_millis)
-        .bind(allocation.memory_bytes)
-        .bind(allocation.disk_bytes)
-        .bind(indices.join(","))
-        .bind(allocation.gpu_memory_bytes)
-        .bind(allocation.replica)
-        .execute(&mut *conn)
-        .await?;
+        insert_new(conn, allocation).await?;
     }
     for_replica(conn, allocation.service_id, allocation.replica)
         .await?
@@ -122,6 +103,32 @@ pub async fn record(conn: &mut Conn, allocation: &Allocation) -> Result<Allocati
                 allocation.replica, allocation.service_id
             ))
         })
+}
+
+/// Inserts the first allocation of a replica that has none yet (a create's).
+pub async fn insert_new(conn: &mut Conn, allocation: &Allocation) -> Result<(), StoreError> {
+    let indices: Vec<String> = allocation.gpu_indices.iter().map(u32::to_string).collect();
+    sqlx::query(
+        "INSERT INTO containers (node_id, service_id, container_id, name, status, created_at, generation, \
+         cpu_millis, memory_bytes, disk_bytes, gpu_indices, gpu_memory_bytes, replica) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(allocation.node_id)
+    .bind(allocation.service_id)
+    .bind(&allocation.container_id)
+    .bind(&allocation.name)
+    .bind(&allocation.status)
+    .bind(now_ms())
+    .bind(allocation.generation)
+    .bind(allocation.cpu_millis)
+    .bind(allocation.memory_bytes)
+    .bind(allocation.disk_bytes)
+    .bind(indices.join(","))
+    .bind(allocation.gpu_memory_bytes)
+    .bind(allocation.replica)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Forgets a replica's allocation (the replica was removed); a missing one is fine.

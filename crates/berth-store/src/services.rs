@@ -150,6 +150,16 @@ pub async fn insert(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceR
     get(conn, row.try_get("id")?).await
 }
 
+/// Sets the container name of service `id` (known once its id is).
+pub async fn set_container_name(conn: &mut Conn, id: i64, name: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE services SET container_name = $1 WHERE id = $2")
+        .bind(name)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Writes the mutable fields of `service` (by id).
 pub async fn update(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceRecord, StoreError> {
     let updated = sqlx::query(

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 
 use super::CurrentUser;
 use super::operations::{WaitQuery, accepted};
+use crate::create_commit::{self, Committed, CreateIntent};
 use crate::gateway::readiness;
 use crate::models;
 use crate::node_client::NodeClient;
@@ -193,6 +194,18 @@ async fn check_create_quotas(
     replicas: i64,
 ) -> Result<(), Problem> {
     let usage = services::usage(connection, owner.id).await?;
+    quota_check(state, owner, &usage, definition, replicas)
+}
+
+/// Whether one more service of `definition` with `replicas` fits `owner`'s quotas beside what
+/// `usage` says the owner's services take.
+pub(crate) fn quota_check(
+    state: &HubState,
+    owner: &User,
+    usage: &services::Usage,
+    definition: &ServiceDefinition,
+    replicas: i64,
+) -> Result<(), Problem> {
     let quotas = &owner.quotas;
     check_quota(
         "max_services_per_user",
@@ -257,6 +270,16 @@ async fn earlier_create(
     let Some(earlier) = operations::find_by_key(&mut connection, user.id, key).await? else {
         return Ok(None);
     };
+    earlier_answer(&earlier, key, name).map(Some)
+}
+
+/// The operation of the `earlier` create that used `key`, if it created `name` too; a conflict
+/// naming it otherwise.
+pub(crate) fn earlier_answer(
+    earlier: &operations::Operation,
+    key: &str,
+    name: &str,
+) -> Result<i64, Problem> {
     if earlier.action != "service.create" || earlier.detail["name"].as_str() != Some(name) {
         return Err(Problem::new(
             StatusCode::CONFLICT,
@@ -266,7 +289,7 @@ async fn earlier_create(
             ),
         ));
     }
-    Ok(Some(earlier.id))
+    Ok(earlier.id)
 }
 
 /// `POST /api/{username}/{repo}/services?wait=SECONDS`: creates a service. Its replicas are
@@ -314,35 +337,6 @@ pub async fn create(
         let mut connection = state.store.acquire().await?;
         check_create_quotas(&mut connection, &state, &owner, &definition, replica_count).await?;
     }
-    let request_shape = scheduling::request_for(&definition);
-    // Placing and recording the placements is one step among creates: two at once never count
-    // the same free capacity.
-    let mut placing = state.placing.lock().await;
-    let placements = match scheduling::place_cached(
-        &state,
-        &mut placing,
-        &request_shape,
-        replica_count,
-    )
-    .await
-    {
-        Ok(placements) => placements,
-        Err(refusal) => {
-            // With evict_idle_for_capacity, idle model services' reservations may make room.
-            let evicted =
-                models::make_room_for(&state, &request_shape, replica_count, &request.name, 0)
-                    .await?;
-            if evicted.is_empty() {
-                return Err(refusal);
-            }
-            tracing::info!(?evicted, service = %request.name, "Evicted idle model services to make room.");
-            *placing = None;
-            scheduling::place_cached(&state, &mut placing, &request_shape, replica_count).await?
-        }
-    };
-    let first_node = placements.first().map(|(_, _, node)| node.clone());
-
-    let version = 1;
     let record = ServiceRecord {
         id: 0,
         owner_id: owner.id,
@@ -356,10 +350,10 @@ pub async fn create(
         definition: serde_json::to_value(&definition).unwrap_or_default(),
         is_public: request.is_public,
         status: "creating".to_owned(),
-        node_id: first_node.as_ref().map(|node| node.id),
+        node_id: None,
         container_id: None,
         container_name: None,
-        version,
+        version: 1,
         generation: 1,
         pinned: request.pinned,
         replicas: replica_count,
@@ -367,96 +361,19 @@ pub async fn create(
         created_at: 0,
         updated_at: 0,
     };
-    let change = Change::Create {
+    // Placed and committed with the creates queued beside it, in one transaction.
+    let intent = CreateIntent {
+        actor: user.0.id,
+        record,
+        shape: scheduling::request_for(&definition),
+        definition,
         start: request.start,
+        key,
     };
-    // The intent, in one transaction: the service, its first deployment, every replica's
-    // allocation and the operation; or the operation of an earlier create with the same key.
-    let recorded: Result<Result<(ServiceRecord, i64), i64>, Problem> = async {
-        let mut transaction = state.store.begin().await?;
-        users::lock_for_change(&mut transaction, owner.id).await?;
-        let owner_now = users::get_user(&mut transaction, owner.id).await?;
-        check_create_quotas(
-            &mut transaction,
-            &state,
-            &owner_now,
-            &definition,
-            replica_count,
-        )
-        .await?;
-        let mut record = services::insert(&mut transaction, &record).await?;
-        record.container_name = Some(container_name(
-            &state.hub_id,
-            &record.name,
-            record.id,
-            0,
-            version,
-            1,
-        ));
-        let record = services::update(&mut transaction, &record).await?;
-        let deployment = Deployment {
-            version,
-            definition: record.definition.clone(),
-            node_id: record.node_id,
-            user_id: Some(user.0.id),
-            note: "created".to_owned(),
-            created_at: 0,
-        };
-        services::add_deployment(&mut transaction, record.id, &deployment).await?;
-        for (replica, placement, _) in &placements {
-            let reference = allocations::ReplicaRef {
-                service_id: record.id,
-                replica: *replica,
-                generation: 1,
-            };
-            let name = container_name(&state.hub_id, &record.name, record.id, *replica, version, 1);
-            let allocation =
-                scheduling::allocation_for(reference, &request_shape, placement, &name);
-            allocations::record(&mut transaction, &allocation).await?;
-        }
-        let nodes: Vec<&str> = placements
-            .iter()
-            .map(|(_, _, node)| node.name.as_str())
-            .collect();
-        let detail = json!({"name": record.name, "image": record.image, "replicas": replica_count,
-            "nodes": nodes, "start": request.start});
-        let operation_id = match operations::open(
-            &mut transaction,
-            &operation(user.0.id, change.action(), &record, "running", detail),
-            key.as_deref(),
-        )
-        .await
-        {
-            Ok(id) => id,
-            Err(err) => {
-                drop(transaction);
-                // The same key sent twice at once: the other request's create stands.
-                if let Some(key) = &key
-                    && let Some(earlier) =
-                        earlier_create(&state, &user.0, key, &request.name).await?
-                {
-                    return Ok(Err(earlier));
-                }
-                return Err(err.into());
-            }
-        };
-        transaction.commit().await.map_err(StoreError::from)?;
-        Ok(Ok((record, operation_id)))
-    }
-    .await;
-    if !matches!(recorded, Ok(Ok(_))) {
-        // The placements committed to the snapshot did not land.
-        *placing = None;
-    }
-    drop(placing);
-    let (record, operation_id) = match recorded? {
-        Ok(new) => new,
-        Err(earlier) => return accepted(&state, earlier, &wait).await,
+    let operation = match create_commit::commit(&state, intent).await? {
+        Committed::New { operation, .. } | Committed::Earlier(operation) => operation,
     };
-    state.operation_changed(operation_id);
-    state.routes.changed.notify_one();
-    service_work::spawn(&state, operation_id, record.id, Some(user.0.id), change);
-    accepted(&state, operation_id, &wait).await
+    accepted(&state, operation, &wait).await
 }
 
 #[derive(Debug, Default, Deserialize)]
