@@ -9,6 +9,7 @@
 //! earlier create its key names, or why not.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -49,8 +50,8 @@ pub struct CreateIntent {
 pub enum Committed {
     /// The service and its operation committed.
     New {
-        /// The service as stored.
-        service: ServiceRecord,
+        /// The service's id.
+        service_id: i64,
         /// Its create's operation.
         operation: i64,
     },
@@ -139,12 +140,16 @@ async fn commit_batch(
         *placing = None;
     }
     for ((pending, _), result) in placed.into_iter().zip(results) {
-        if let Ok(Committed::New { service, operation }) = &result {
+        if let Ok(Committed::New {
+            service_id,
+            operation,
+        }) = &result
+        {
             state.operation_changed(*operation);
             service_work::spawn(
                 state,
                 *operation,
-                service.id,
+                *service_id,
                 Some(pending.intent.actor),
                 Change::Create {
                     start: pending.intent.start,
@@ -201,11 +206,11 @@ async fn write(
             continue;
         }
         let owner_id = intent.record.owner_id;
-        if !owners.contains_key(&owner_id) {
+        if let Entry::Vacant(slot) = owners.entry(owner_id) {
             users::lock_for_change(&mut transaction, owner_id).await?;
             let owner = users::get_user(&mut transaction, owner_id).await?;
             let used = services::usage(&mut transaction, owner_id).await?;
-            owners.insert(owner_id, (owner, used));
+            slot.insert((owner, used));
         }
         let Some((owner, used)) = owners.get_mut(&owner_id) else {
             continue;
@@ -289,5 +294,8 @@ async fn insert(
         intent.key.as_deref(),
     )
     .await?;
-    Ok(Committed::New { service, operation })
+    Ok(Committed::New {
+        service_id: service.id,
+        operation,
+    })
 }
