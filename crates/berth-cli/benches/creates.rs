@@ -84,7 +84,10 @@ async fn main() {
         .env("BERTH_DATA_DIR", &dir)
         .env("BERTH_LISTEN", format!("127.0.0.1:{port}"))
         .env("BERTH_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("BERTH_LOG", "warn")
+        .env(
+            "BERTH_LOG",
+            std::env::var("BERTH_BENCH_HUB_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .arg("--config")
         .arg(&config)
         .stdout(Stdio::null())

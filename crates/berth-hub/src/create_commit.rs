@@ -109,6 +109,8 @@ async fn commit_batch(
     placing: &mut Option<PlacementCache>,
     batch: Vec<Pending>,
 ) {
+    let began = std::time::Instant::now();
+    let size = batch.len();
     let mut placed = Vec::with_capacity(batch.len());
     for pending in batch {
         match place(state, placing, &pending.intent).await {
@@ -121,7 +123,9 @@ async fn commit_batch(
     if placed.is_empty() {
         return;
     }
+    let placed_in = began.elapsed();
     let written = write(state, &placed).await;
+    tracing::debug!(size, ?placed_in, took = ?began.elapsed(), "Committed a batch of creates.");
     let results = match written {
         Ok(results) => results,
         Err(err) => {

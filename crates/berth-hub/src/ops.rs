@@ -121,7 +121,7 @@ impl Tracker {
             .unwrap_or_default();
         let value = serde_json::to_value(progress).unwrap_or_default();
         let written = async {
-            let mut connection = self.state.store.acquire().await?;
+            let mut connection = self.state.store.writer().await?;
             operations::set_progress(&mut connection, self.id, &value).await
         }
         .await;
@@ -168,7 +168,7 @@ async fn end_as(
     error: &str,
     detail: &Value,
 ) -> Result<(), StoreError> {
-    let mut connection = state.store.acquire().await?;
+    let mut connection = state.store.writer().await?;
     operations::finish(&mut connection, id, end, error, detail).await?;
     drop(connection);
     state.operation_changed(id);

@@ -253,9 +253,7 @@ pub async fn launch(
         ));
     }
     if replica == 0 {
-        let mut primary = services::get(&mut transaction, service.id).await?;
-        primary.container_id = Some(id.clone());
-        services::update(&mut transaction, &primary).await?;
+        services::set_container_id(&mut transaction, service.id, &id).await?;
     }
     let detail = json!({
         "node": node.name,

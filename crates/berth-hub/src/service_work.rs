@@ -332,6 +332,7 @@ async fn bring_up(
                 },
                 actor,
                 start,
+                attempt,
             )
             .await;
             match tried {
@@ -396,13 +397,14 @@ fn is_transient(problem: &Problem) -> bool {
 }
 
 /// Launches the replica when it has no container yet (adopting one an interrupted launch
-/// made), else (with `start`) starts it; the engine's warnings.
+/// made), else (with `start`) starts it; the engine's warnings. `attempt` counts the tries.
 async fn bring_up_replica(
     state: &HubState,
     tracker: &Tracker,
     replica: Replica<'_>,
     actor: Option<i64>,
     start: bool,
+    attempt: u32,
 ) -> Result<Vec<String>, Problem> {
     let Replica {
         service,
@@ -411,12 +413,16 @@ async fn bring_up_replica(
         node,
         allocation,
     } = replica;
-    // Read again: an earlier try may have launched it.
-    let allocation = replicas::allocations_of(state, service.id)
-        .await?
-        .into_iter()
-        .find(|current| current.replica == allocation.replica)
-        .unwrap_or_else(|| allocation.clone());
+    // After a failed try, read again: that try may have launched it.
+    let allocation = if attempt > 1 {
+        replicas::allocations_of(state, service.id)
+            .await?
+            .into_iter()
+            .find(|current| current.replica == allocation.replica)
+            .unwrap_or_else(|| allocation.clone())
+    } else {
+        allocation.clone()
+    };
     if allocation.container_id.is_empty() {
         let launched = replicas::launch(
             state,
@@ -594,12 +600,9 @@ async fn restart(
 
 /// Sets service `service_id`'s wanted `status` and tells the gateway.
 pub async fn set_status(state: &HubState, service_id: i64, status: &str) -> Result<(), Problem> {
-    let mut transaction = state.store.begin().await?;
-    let mut service = services::get(&mut transaction, service_id).await?;
-    service.status = status.to_owned();
-    service.error.clear();
-    services::update(&mut transaction, &service).await?;
-    transaction.commit().await.map_err(StoreError::from)?;
+    let mut connection = state.store.writer().await?;
+    services::set_status(&mut connection, service_id, status).await?;
+    drop(connection);
     if let Some(routes) = state.routes.get(service_id) {
         routes.set_wanted(status);
     }

@@ -53,8 +53,58 @@ fn create_private_file(url: &str) -> Result<(), StoreError> {
 
 /// A connection or transaction any repository function accepts.
 pub type Conn = sqlx::AnyConnection;
-/// An open transaction.
-pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+/// An open write transaction: a database transaction and, on SQLite, the store's writer turn,
+/// held until it commits or is dropped. It reads and writes as the connection it derefs to.
+pub struct Tx<'a> {
+    inner: sqlx::Transaction<'a, sqlx::Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<'a> Tx<'a> {
+    /// Commits the transaction.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.inner.commit().await
+    }
+
+    /// Rolls the transaction back.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.inner.rollback().await
+    }
+}
+
+/// A connection for single writes, holding the writer turn on SQLite ([`Store::writer`]).
+pub struct Writer {
+    connection: sqlx::pool::PoolConnection<sqlx::Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for Writer {
+    type Target = sqlx::pool::PoolConnection<sqlx::Any>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.connection
+    }
+}
+
+impl std::ops::DerefMut for Writer {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.connection
+    }
+}
+
+impl<'a> std::ops::Deref for Tx<'a> {
+    type Target = sqlx::Transaction<'a, sqlx::Any>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +120,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite's writers take turns here rather than in SQLite's busy handler, which sleeps for
+    /// milliseconds whenever two connections want the write lock at once.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 static DRIVERS: Once = Once::new();
@@ -97,7 +150,7 @@ impl Store {
         };
         let options: AnyConnectOptions = url.parse().map_err(StoreError::from)?;
         let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .max_connections(if backend == Backend::Sqlite { 12 } else { 16 })
             .after_connect(move |connection, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -113,7 +166,11 @@ impl Store {
         if backend == Backend::Sqlite {
             pool.execute("PRAGMA journal_mode = WAL;").await?;
         }
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            writer: Default::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -134,14 +191,38 @@ impl Store {
         self.backend
     }
 
-    /// Starts a write transaction. On SQLite it begins IMMEDIATE: it takes the write lock at
-    /// once (waiting up to the busy timeout for another writer), so a read followed by a write
-    /// inside it cannot fail with "database is locked" when another writer committed between
-    /// them.
+    /// Starts a write transaction. On SQLite it waits for the store's writer turn (one write
+    /// transaction of this process at a time), then begins IMMEDIATE: it takes the write lock
+    /// at once (waiting up to the busy timeout for another process), so a read followed by a
+    /// write inside it cannot fail with "database is locked" when another writer committed
+    /// between them.
     pub async fn begin(&self) -> Result<Tx<'static>, StoreError> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => {
+                let turn = std::sync::Arc::clone(&self.writer).lock_owned().await;
+                Tx {
+                    inner: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    _turn: Some(turn),
+                }
+            }
+            Backend::Postgres => Tx {
+                inner: self.pool.begin().await?,
+                _turn: None,
+            },
+        })
+    }
+
+    /// A pooled connection for single writes outside a transaction: on SQLite it holds the
+    /// store's writer turn like [`Store::begin`], so it never waits in SQLite's busy handler
+    /// behind this process's own transactions.
+    pub async fn writer(&self) -> Result<Writer, StoreError> {
+        let turn = match self.backend {
+            Backend::Sqlite => Some(std::sync::Arc::clone(&self.writer).lock_owned().await),
+            Backend::Postgres => None,
+        };
+        Ok(Writer {
+            connection: self.pool.acquire().await?,
+            _turn: turn,
         })
     }
 

@@ -150,6 +150,36 @@ pub async fn insert(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceR
     get(conn, row.try_get("id")?).await
 }
 
+/// Sets service `id`'s wanted `status` and clears its error.
+pub async fn set_status(conn: &mut Conn, id: i64, status: &str) -> Result<(), StoreError> {
+    let updated =
+        sqlx::query("UPDATE services SET status = $1, error = '', updated_at = $2 WHERE id = $3")
+            .bind(status)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("no service {id}")));
+    }
+    Ok(())
+}
+
+/// Sets the container of service `id`'s first replica.
+pub async fn set_container_id(
+    conn: &mut Conn,
+    id: i64,
+    container_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE services SET container_id = $1, updated_at = $2 WHERE id = $3")
+        .bind(container_id)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Sets the container name of service `id` (known once its id is).
 pub async fn set_container_name(conn: &mut Conn, id: i64, name: &str) -> Result<(), StoreError> {
     sqlx::query("UPDATE services SET container_name = $1 WHERE id = $2")
