@@ -450,12 +450,15 @@ async fn migrates_and_drains_are_operations_that_a_restarted_hub_carries_on() {
             .expect("resume");
         assert_eq!(resumed, 2);
         let carried = wait_for_end(&hub, &hub.admin, done_before).await;
-        assert_eq!(
-            (
-                carried["state"].as_str(),
-                carried["detail"]["generation"].as_i64()
-            ),
-            (Some("succeeded"), Some(now_generation)),
+        assert_eq!(carried["state"], "succeeded", "{carried}");
+        // It reports where the replica is: where the first migrate put it, or where the
+        // resumed drain (running beside it) moved it; it moved nothing itself (checked below:
+        // one generation past the first migrate, not two).
+        let reported = carried["detail"]["generation"]
+            .as_i64()
+            .expect("generation");
+        assert!(
+            reported == now_generation || reported == now_generation + 1,
             "{carried}"
         );
         let drained = wait_for_end(&hub, &hub.admin, drain).await;
