@@ -210,14 +210,14 @@ async fn write(
             continue;
         }
         let owner_id = intent.record.owner_id;
-        if let Entry::Vacant(slot) = owners.entry(owner_id) {
-            users::lock_for_change(&mut transaction, owner_id).await?;
-            let owner = users::get_user(&mut transaction, owner_id).await?;
-            let used = services::usage(&mut transaction, owner_id).await?;
-            slot.insert((owner, used));
-        }
-        let Some((owner, used)) = owners.get_mut(&owner_id) else {
-            continue;
+        let (owner, used) = match owners.entry(owner_id) {
+            Entry::Occupied(slot) => slot.into_mut(),
+            Entry::Vacant(slot) => {
+                users::lock_for_change(&mut transaction, owner_id).await?;
+                let owner = users::get_user(&mut transaction, owner_id).await?;
+                let used = services::usage(&mut transaction, owner_id).await?;
+                slot.insert((owner, used))
+            }
         };
         let replicas = intent.record.replicas;
         if let Err(problem) = quota_check(state, owner, used, &intent.definition, replicas) {
