@@ -5,8 +5,8 @@
 //! With `evict_idle_for_capacity`, a placement that does not fit may take the reservations of
 //! the least recently used idle model services instead: they are evicted — containers removed,
 //! allocations released, unloaded — and placed again when next loaded. Loads and unloads are
-//! operations: the wanted state commits with the operation, then [`bring_in`] or
-//! [`stop_replicas`] does the work under the service's claim.
+//! operations: the wanted state commits with the operation, then [`bring_in`] (or the
+//! stop of every replica, for an unload) does the work under the service's claim.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -181,8 +181,8 @@ fn record_load(state: &HubState, service: &ServiceRecord) {
 }
 
 /// Unloads `service`: commits its intent (wanted unloaded, with the operation), after which its
-/// replicas are stopped with a grace period ([`stop_replicas`]); its next request starts it
-/// again. The operation's id.
+/// replicas are stopped with a grace period; its next request starts it again. The operation's
+/// id.
 pub async fn unload(
     state: &Arc<HubState>,
     service: &ServiceRecord,
@@ -207,33 +207,6 @@ pub async fn unload(
         .get_or_create(&labels(state, service))
         .inc();
     Ok(id)
-}
-
-/// An unload's work: every replica stopped with `grace`. A node that does not confirm the stop
-/// leaves the service unloaded all the same: the reconciler stops what still runs when the
-/// node answers.
-pub async fn stop_replicas(
-    state: &HubState,
-    tracker: &Tracker,
-    service: &ServiceRecord,
-    grace: u32,
-) -> Result<Value, Problem> {
-    tracker.step(0, 1, "stopping the replicas").await;
-    let stopped = replicas::on_every_replica(state, service, |client, container| async move {
-        client.stop(&container, grace).await
-    })
-    .await
-    .map_err(|problem| {
-        Problem::new(
-            problem.status(),
-            format!(
-                "{}; the service stays unloaded and the hub stops its containers when their nodes answer",
-                problem.detail()
-            ),
-        )
-    })?;
-    tracker.step(1, 1, "unloaded").await;
-    Ok(json!({"replicas": stopped, "timeout_seconds": grace}))
 }
 
 /// When the service was last used: its last request, else its load, else when the hub started

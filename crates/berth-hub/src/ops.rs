@@ -175,18 +175,22 @@ async fn end_as(
     Ok(())
 }
 
-/// What an operation changes: one service, whose claim its work holds, or more than one (a
-/// node's drain), whose work claims each service it touches itself.
+/// What an operation changes: one service's wanted state, one service without changing what
+/// is wanted of it (a move), or more than one service (a node's drain), whose work claims each
+/// service it touches itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// One service.
+    /// One service's wanted state: a later change of it overtakes this one.
     Service(i64),
+    /// One service, its wanted state kept: it overtakes nothing and nothing overtakes it.
+    Beside(i64),
     /// Several services, claimed one at a time by the work.
     Several,
 }
 
-/// Carries out operation `id`: for a [`Scope::Service`], waits for the service's claim and
-/// ends the operation cancelled if a later change of the service overtook it; then runs `work`,
+/// Carries out operation `id`: for a [`Scope::Service`] or [`Scope::Beside`], waits for the
+/// service's claim, and for a [`Scope::Service`] ends the operation cancelled if a later change
+/// of the service overtook it; then runs `work`,
 /// writes its progress every half second while it runs, and ends the row with its outcome. The
 /// task outlives the request.
 pub fn spawn<F, Fut>(state: Arc<HubState>, id: i64, scope: Scope, work: F)
@@ -200,7 +204,9 @@ where
     tokio::spawn(async move {
         let outcome = {
             let _claim = match scope {
-                Scope::Service(service_id) => Some(claim_when_free(&state, service_id).await),
+                Scope::Service(service_id) | Scope::Beside(service_id) => {
+                    Some(claim_when_free(&state, service_id).await)
+                }
                 Scope::Several => None,
             };
             if let Scope::Service(service_id) = scope

@@ -86,6 +86,12 @@ impl Change {
         }
     }
 
+    /// Whether the change leaves the service's wanted state as it is (a move): it neither
+    /// overtakes an earlier change nor is overtaken by a later one.
+    fn keeps_wanted_state(self) -> bool {
+        self == Self::Migrate
+    }
+
     /// The change an operation row records, if it is one of these.
     fn of(operation: &Operation) -> Option<Self> {
         let grace = operation.detail["timeout_seconds"]
@@ -160,10 +166,15 @@ pub fn spawn(
     actor: Option<i64>,
     change: Change,
 ) {
+    let scope = if change.keeps_wanted_state() {
+        Scope::Beside(service_id)
+    } else {
+        Scope::Service(service_id)
+    };
     ops::spawn(
         Arc::clone(state),
         operation,
-        Scope::Service(service_id),
+        scope,
         move |state, tracker| async move {
             carry_out(&state, &tracker, service_id, actor, change).await
         },
@@ -220,28 +231,13 @@ async fn carry_out(
                     ),
                 )
             }),
-        Change::Stop { grace } => {
-            tracker.step(0, 1, "stopping the replicas").await;
-            let stopped = replicas::on_every_replica(state, &service, |client, container| async move {
-                client.stop(&container, grace).await
-            })
-            .await
-            .map_err(|problem| {
-                Problem::new(
-                    problem.status(),
-                    format!(
-                        "{}; the service stays stopped and the hub stops its containers when their nodes answer",
-                        problem.detail()
-                    ),
-                )
-            })?;
-            tracker.step(1, 1, "stopped").await;
-            Ok(json!({"replicas": stopped}))
-        }
+        Change::Stop { grace } => stop_all(state, tracker, &service, grace, "stopped").await,
         Change::Restart { grace } => restart(state, tracker, &service, grace).await,
         Change::Redeploy => redeploy(state, tracker, &service, actor).await,
         Change::Load => models::bring_in(state, tracker, &service, actor).await,
-        Change::Unload { grace } => models::stop_replicas(state, tracker, &service, grace).await,
+        Change::Unload { grace } => {
+            stop_all(state, tracker, &service, grace, models::UNLOADED).await
+        }
         Change::Migrate => migrate(state, tracker, &service, actor).await,
         Change::Delete => {
             tracker.step(0, 2, "removing the containers").await;
@@ -259,6 +255,34 @@ async fn carry_out(
             Ok(json!({"name": service.name}))
         }
     }
+}
+
+/// Stops every replica with `grace` (a stop's or an unload's work). A node that does not confirm
+/// leaves the service as wanted all the same (`stays`, in the error): the reconciler stops what
+/// still runs when the node answers.
+async fn stop_all(
+    state: &HubState,
+    tracker: &Tracker,
+    service: &ServiceRecord,
+    grace: u32,
+    stays: &str,
+) -> Result<Value, Problem> {
+    tracker.step(0, 1, "stopping the replicas").await;
+    let stopped = replicas::on_every_replica(state, service, |client, container| async move {
+        client.stop(&container, grace).await
+    })
+    .await
+    .map_err(|problem| {
+        Problem::new(
+            problem.status(),
+            format!(
+                "{}; the service stays {stays} and the hub stops its containers when their nodes answer",
+                problem.detail()
+            ),
+        )
+    })?;
+    tracker.step(1, 1, stays).await;
+    Ok(json!({"replicas": stopped, "timeout_seconds": grace}))
 }
 
 /// Removes every replica's container (a node held down keeps an orphan, which the reconciler
@@ -661,7 +685,9 @@ pub async fn resume(state: &Arc<HubState>) -> Result<usize, StoreError> {
             },
             Resumption::Again(operation) => match (Change::of(&operation), operation.service_id) {
                 (Some(change), Some(service_id)) => {
-                    state.note_change(service_id, operation.id);
+                    if !change.keeps_wanted_state() {
+                        state.note_change(service_id, operation.id);
+                    }
                     again.push((operation, service_id, change));
                 }
                 _ => ops::abandon(state, &operation, "the operation names no service").await?,

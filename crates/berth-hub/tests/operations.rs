@@ -498,3 +498,50 @@ async fn migrates_and_drains_are_operations_that_a_restarted_hub_carries_on() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_move_queued_after_a_start_neither_cancels_it_nor_is_cancelled() {
+    let hub = start("operations-move-beside").await;
+    add_simulated_node(&hub, "sim-a").await;
+    add_simulated_node(&hub, "sim-b").await;
+    let (_, alice) = hub.new_user("alice").await;
+    with_cleanup(&hub, async {
+        let (_, created, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                "/api/alice/ops/services?wait=30",
+                Some(json!({"name": "queued", "image": "sim/model:1",
+                    "cpu_limit": 0.5, "memory_limit": "64m"})),
+            )
+            .await;
+        let service = created["service_id"].as_i64().expect("service");
+        let (_, placed) = hub.admin(Method::GET, "/api/admin/containers", None).await;
+        let row = placed["containers"][0]["id"].as_i64().expect("row");
+        // Both queue behind a change that holds the service.
+        let held = hub.state.claim(service).expect("free");
+        let (_, start, _) = hub
+            .call(
+                Some(&alice),
+                Method::POST,
+                &format!("/api/services/{service}/start"),
+                None,
+            )
+            .await;
+        let (_, migrate) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/admin/containers/{row}/migrate"),
+                None,
+            )
+            .await;
+        drop(held);
+        let start = wait_for_end(&hub, &alice, start["id"].as_i64().expect("id")).await;
+        let migrate = wait_for_end(&hub, &hub.admin, migrate["id"].as_i64().expect("id")).await;
+        assert_eq!(start["state"], "succeeded", "{start}");
+        assert_eq!(migrate["state"], "succeeded", "{migrate}");
+        assert_eq!(migrate["service"]["status"], "running", "{migrate}");
+        assert_eq!(replica_zero(&hub, service).await.1, 2, "moved once");
+    })
+    .await;
+}
