@@ -25,6 +25,7 @@ use crate::scheduling;
 use crate::service_definition::{
     LABEL_GENERATION, LABEL_HUB, LABEL_NODE, LABEL_REPLICA, LABEL_SERVICE,
 };
+use crate::service_work;
 use crate::state::HubState;
 
 /// What one round did.
@@ -153,7 +154,7 @@ async fn finish_deletes(
         let Some(_claim) = state.claim(service.id) else {
             continue;
         };
-        let removed = crate::service_work::remove_all(state, service).await;
+        let removed = service_work::remove_all(state, service).await;
         state.repaired(service.id, removed.is_ok());
         match removed {
             Ok(()) => {
@@ -262,8 +263,14 @@ async fn converge_node(
         if claimed_by(container, allocation, node.id) {
             continue;
         }
-        client.remove(&container.id).await?;
-        removed += 1;
+        match client.remove(&container.id).await {
+            Ok(()) => removed += 1,
+            Err(problem) if service_work::is_transient(&problem) => return Err(problem),
+            Err(problem) => {
+                tracing::warn!(node = %node.name, container = %container.id, error = %problem.detail(), "Removing a stale container failed.");
+                continue;
+            }
+        }
         record(
             state,
             NewOperation {
@@ -296,16 +303,53 @@ async fn converge_node(
         let Some(_claim) = state.claim(service.id) else {
             continue;
         };
+        // What was read before the claim may be stale: an operation that held the service
+        // meanwhile may have launched, stopped or moved it. Act only on what still holds.
+        let Some((service, allocation)) = still_as_seen(state, service, allocation).await? else {
+            continue;
+        };
         let found = running
             .iter()
-            .find(|container| claimed_by(container, Some(allocation), node.id));
-        let outcome = repair(state, node, service, allocation, found).await;
+            .find(|container| claimed_by(container, Some(&allocation), node.id));
+        let outcome = repair(state, node, &service, &allocation, found).await;
         state.repaired(service.id, outcome.is_ok());
-        if outcome? {
-            repaired += 1;
+        match outcome {
+            Ok(changed) => repaired += usize::from(changed),
+            Err(problem) if service_work::is_transient(&problem) => return Err(problem),
+            Err(problem) => {
+                tracing::warn!(node = %node.name, service = service.id, replica = allocation.replica, error = %problem.detail(), "Repairing a replica failed.");
+            }
         }
     }
     Ok((removed, repaired))
+}
+
+/// The service and allocation read again under the service's claim, if the service still
+/// wants what it wanted and the allocation is still the one seen (same node, generation and
+/// container); `None` when either changed, which the next round sees.
+async fn still_as_seen(
+    state: &HubState,
+    seen_service: &ServiceRecord,
+    seen: &Allocation,
+) -> Result<Option<(ServiceRecord, Allocation)>, StoreError> {
+    let mut connection = state.store.acquire().await?;
+    let service = match services::get(&mut connection, seen_service.id).await {
+        Ok(service) => service,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let Some(allocation) =
+        allocations::for_replica(&mut connection, seen.service_id, seen.replica).await?
+    else {
+        return Ok(None);
+    };
+    let same = service.status == seen_service.status
+        && (
+            allocation.node_id,
+            allocation.generation,
+            &allocation.container_id,
+        ) == (seen.node_id, seen.generation, &seen.container_id);
+    Ok(same.then_some((service, allocation)))
 }
 
 /// Brings one allocation's container to what its service wants; returns whether it changed
@@ -335,10 +379,13 @@ async fn repair(
                 replica: allocation.replica,
                 generation: allocation.generation,
             };
-            if allocations::set_container(&mut transaction, reference, &container.id, status)
+            if !allocations::adopt_container(&mut transaction, reference, &container.id, status)
                 .await?
-                && allocation.replica == 0
             {
+                // Its launch recorded a container meanwhile: nothing to adopt.
+                return Ok(false);
+            }
+            if allocation.replica == 0 {
                 let mut adopted = services::get(&mut transaction, service.id).await?;
                 adopted.container_id = Some(container.id.clone());
                 adopted.container_name = Some(container.name.clone());
@@ -379,7 +426,7 @@ async fn repair(
             state
                 .node_client(node)
                 .await?
-                .stop(&container.id, crate::service_work::DEFAULT_GRACE_SECS)
+                .stop(&container.id, service_work::DEFAULT_GRACE_SECS)
                 .await?;
             record(
                 state,

@@ -282,6 +282,9 @@ pub async fn launch(
     })
 }
 
+/// Creates of a name that was taken and then free again, before the launch fails.
+const NAME_ATTEMPTS: u32 = 3;
+
 /// Creates the container (or adopts the one an interrupted attempt made) and starts it.
 async fn create_and_start(
     state: &HubState,
@@ -291,16 +294,29 @@ async fn create_and_start(
     tracker: Option<&Tracker>,
 ) -> Result<(String, Vec<String>), Problem> {
     let client = state.node_client(node).await?;
-    let created = match tracker {
-        Some(tracker) => client.create(spec, &mut tracker.pull_callback()).await,
-        None => client.create(spec, &mut |_| {}).await,
-    };
-    let (id, warnings) = match created {
-        Ok(created) => created,
-        Err(problem) if problem.status() == StatusCode::CONFLICT => {
-            (adopt(&client, spec).await?, Vec::new())
+    let mut attempt = 1;
+    let (id, warnings) = loop {
+        let created = match tracker {
+            Some(tracker) => client.create(spec, &mut tracker.pull_callback()).await,
+            None => client.create(spec, &mut |_| {}).await,
+        };
+        match created {
+            Ok(created) => break created,
+            Err(problem) if problem.status() == StatusCode::CONFLICT => {
+                match adopt(&client, spec).await {
+                    Ok(id) => break (id, Vec::new()),
+                    // The name's holder went between the two calls (removed, or a create that
+                    // was being undone): the name is free again.
+                    Err(gone)
+                        if gone.status() == StatusCode::NOT_FOUND && attempt < NAME_ATTEMPTS =>
+                    {
+                        attempt += 1;
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+            Err(problem) => return Err(problem),
         }
-        Err(problem) => return Err(problem),
     };
     if start {
         client.start(&id).await?;

@@ -413,7 +413,7 @@ const TRANSIENT_ATTEMPTS: u32 = 5;
 const TRANSIENT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Whether `problem` may pass by itself: a node slow or out of reach, a database busy.
-fn is_transient(problem: &Problem) -> bool {
+pub fn is_transient(problem: &Problem) -> bool {
     matches!(
         problem.status(),
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT

@@ -174,6 +174,29 @@ pub async fn set_container(
     Ok(updated.rows_affected() == 1)
 }
 
+/// Records `container_id` as the container of a replica's allocation that has none yet, only
+/// if it is still at `replica.generation`; returns whether it was. A container recorded
+/// meanwhile (by the launch that made it) is never replaced by one adopted from an older view.
+pub async fn adopt_container(
+    conn: &mut Conn,
+    replica: ReplicaRef,
+    container_id: &str,
+    status: &str,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE containers SET container_id = $1, status = $2 \
+         WHERE service_id = $3 AND replica = $4 AND generation = $5 AND container_id = ''",
+    )
+    .bind(container_id)
+    .bind(status)
+    .bind(replica.service_id)
+    .bind(replica.replica)
+    .bind(replica.generation)
+    .execute(&mut *conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
 /// The allocations of a service's replicas, by replica.
 pub async fn for_service(conn: &mut Conn, service_id: i64) -> Result<Vec<Allocation>, StoreError> {
     let rows = sqlx::query("SELECT * FROM containers WHERE service_id = $1 ORDER BY replica")

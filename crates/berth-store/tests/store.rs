@@ -457,6 +457,29 @@ async fn allocations_are_per_replica_and_fenced_by_generation() {
                 .expect("update"),
             "the old generation cannot come back"
         );
+        // Replica 1 has no container yet: the first adopter wins, a later (stale) one does not.
+        let second = ReplicaRef {
+            replica: 1,
+            ..at(1)
+        };
+        assert!(
+            allocations::adopt_container(&mut connection, second, "launched", "running")
+                .await
+                .expect("adopt")
+        );
+        assert!(
+            !allocations::adopt_container(&mut connection, second, "seen-earlier", "running")
+                .await
+                .expect("adopt"),
+            "a recorded container is not replaced"
+        );
+        assert_eq!(
+            allocations::for_replica(&mut connection, 42, 1)
+                .await
+                .expect("read")
+                .map(|allocation| allocation.container_id),
+            Some("launched".to_owned())
+        );
         let both = allocations::for_service(&mut connection, 42)
             .await
             .expect("list");
