@@ -35,7 +35,6 @@ struct Found {
     service: String,
     replica: String,
     state: String,
-    hub: String,
 }
 
 /// The containers carrying the label `label` (`berth.hub=…`), or whose names start with
@@ -54,7 +53,6 @@ async fn containers(label: Option<&str>, prefix: &str) -> Vec<Found> {
             Found {
                 service: label("berth.service"),
                 replica: label("berth.replica"),
-                hub: label("berth.hub"),
                 state: container.state.clone(),
             }
         })
@@ -81,6 +79,8 @@ async fn a_create_cut_short_by_a_killed_hub_is_carried_on_after_the_restart() {
     let dir = fresh_dir("kill-mid-create");
     let config = "monitor_interval: 1\n";
     let (mut first_hub, hub) = start_hub(&dir, config).await;
+    let hub_label = processes::hub_label(&dir).await;
+    let _leftovers = LabelledContainers(vec![hub_label.clone()]);
     hub.add_local_node().await;
     let owner = user(&hub).await;
     let name = format!("wide{}", std::process::id());
@@ -101,7 +101,7 @@ async fn a_create_cut_short_by_a_killed_hub_is_carried_on_after_the_restart() {
     );
     let operation = accepted["id"].as_i64().expect("operation");
     let service = accepted["service_id"].as_i64().expect("service");
-    let made = wait_for(Duration::from_secs(60), "some replicas exist", || {
+    wait_for(Duration::from_secs(60), "some replicas exist", || {
         let prefix = name.clone();
         async move {
             let found = containers(None, &prefix).await;
@@ -110,8 +110,6 @@ async fn a_create_cut_short_by_a_killed_hub_is_carried_on_after_the_restart() {
     })
     .await;
     first_hub.kill();
-    let hub_label = format!("berth.hub={}", made[0].hub);
-    let _leftovers = LabelledContainers(vec![hub_label.clone()]);
 
     let (_second_hub, hub) = start_hub(&dir, config).await;
     // The retry a client makes when its first answer is lost: the same key, the same operation.
@@ -243,8 +241,11 @@ async fn difference(hub: &HubApi, label: &str) -> Option<String> {
         };
         if (status == "running") != (container.state == "running") {
             return Some(format!(
-                "service {} is {status} and its replica {} is {}",
-                container.service, container.replica, container.state
+                "service {} is {status} and its replica {} is {}; {}",
+                container.service,
+                container.replica,
+                container.state,
+                about(hub, &container.service).await
             ));
         }
         *per_replica
@@ -258,19 +259,25 @@ async fn difference(hub: &HubApi, label: &str) -> Option<String> {
                 .copied()
                 .unwrap_or(0);
             if count != 1 {
-                let (_, live) = hub
-                    .call(Method::GET, &format!("/api/services/{id}/status"), None)
-                    .await;
-                let (_, log) = hub
-                    .call(Method::GET, &format!("/api/services/{id}/operations"), None)
-                    .await;
                 return Some(format!(
-                    "service {id} ({status}) has {count} containers of replica {replica}; its status: {live}; its operations: {log}"
+                    "service {id} ({status}) has {count} containers of replica {replica}; {}",
+                    about(hub, id).await
                 ));
             }
         }
     }
     None
+}
+
+/// Service `id`'s status and operations as the hub reports them, for a failure's message.
+async fn about(hub: &HubApi, id: &str) -> String {
+    let (_, live) = hub
+        .call(Method::GET, &format!("/api/services/{id}/status"), None)
+        .await;
+    let (_, log) = hub
+        .call(Method::GET, &format!("/api/services/{id}/operations"), None)
+        .await;
+    format!("its status: {live}; its operations: {log}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,8 +291,8 @@ async fn changes_acknowledged_before_a_kill_all_finish_and_converge_after_restar
     let (mut process, mut hub) = start_hub(&dir, config).await;
     hub.add_local_node().await;
     let owner = user(&hub).await;
-    let mut hub_label = None;
-    let mut guard = None;
+    let label = processes::hub_label(&dir).await;
+    let guard = LabelledContainers(vec![label.clone()]);
     for round in 0..rounds {
         let mut random = Seeded(round * 7919 + 17);
         let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
@@ -346,19 +353,6 @@ async fn changes_acknowledged_before_a_kill_all_finish_and_converge_after_restar
                 "round {round}: operation {id} ended unclearly: {operation}"
             );
         }
-        let label = match &hub_label {
-            Some(label) => String::clone(label),
-            None => {
-                let found = containers(None, "soak-").await;
-                let Some(first) = found.first() else {
-                    continue;
-                };
-                let label = format!("berth.hub={}", first.hub);
-                guard = Some(LabelledContainers(vec![label.clone()]));
-                hub_label = Some(label.clone());
-                label
-            }
-        };
         // Converged: every service's replicas once each, running when it is wanted running,
         // not running when stopped; no container of a service that is gone.
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
@@ -369,7 +363,8 @@ async fn changes_acknowledged_before_a_kill_all_finish_and_converge_after_restar
             };
             assert!(
                 std::time::Instant::now() < deadline,
-                "round {round}: the services did not converge within 90 s: {difference}"
+                "round {round}: the services did not converge within 90 s: {difference}\nthe hub's log ends: {}",
+                processes::log_tail(&dir, 40)
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -843,3 +843,67 @@ async fn a_locked_user_makes_thirty_parallel_quota_checks_one_at_a_time() {
         assert_eq!((inserted, usage.services), (5, 5), "{:?}", store.backend());
     }
 }
+
+#[tokio::test]
+async fn writes_made_together_commit_together_and_fail_alone() {
+    for store in databases("together").await {
+        let writers = (0..30).map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write_together(move |conn| {
+                        Box::pin(async move {
+                            let id = operations::record(
+                                conn,
+                                &NewOperation {
+                                    user_id: None,
+                                    action: format!("batch.{n}"),
+                                    target_kind: "test".to_owned(),
+                                    target_id: n.to_string(),
+                                    node_id: None,
+                                    service_id: None,
+                                    outcome: "ok".to_owned(),
+                                    detail: json!({}),
+                                },
+                            )
+                            .await?;
+                            // Every tenth write fails after it wrote: its row must go with it.
+                            if n % 10 == 3 {
+                                return Err(StoreError::Invalid(format!("write {n} refused")));
+                            }
+                            Ok(id)
+                        })
+                    })
+                    .await
+            })
+        });
+        let answers = futures_util::future::join_all(writers).await;
+        let mut kept = Vec::new();
+        for (n, answer) in answers.into_iter().enumerate() {
+            match answer.expect("task") {
+                Ok(id) => kept.push(id),
+                Err(err) => {
+                    assert_eq!(n % 10, 3, "only the refused writes fail: {err}");
+                    assert!(err.to_string().contains(&format!("write {n} refused")));
+                }
+            }
+        }
+        assert_eq!(kept.len(), 27);
+        let mut connection = store.acquire().await.expect("connection");
+        let (rows, total) = operations::list(
+            &mut connection,
+            &OperationFilter {
+                page: 1,
+                size: 100,
+                ..OperationFilter::default()
+            },
+        )
+        .await
+        .expect("list");
+        assert_eq!(total, 27, "the refused writes left nothing");
+        let mut ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        ids.sort_unstable();
+        kept.sort_unstable();
+        assert_eq!(ids, kept, "each answer names its own row");
+    }
+}

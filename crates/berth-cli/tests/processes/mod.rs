@@ -187,6 +187,35 @@ impl HubApi {
     }
 }
 
+/// The hub's log in `dir`, which every hub started there appends to.
+fn hub_log(dir: &Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("hub.log"))
+        .map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
+/// The last `lines` lines the hubs started in `dir` logged, for a failure's message.
+pub fn log_tail(dir: &Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(dir.join("hub.log")).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The label (`berth.hub=…`) on every container of the hub whose data is in `dir`.
+pub async fn hub_label(dir: &Path) -> String {
+    let url = format!("sqlite://{}", dir.join("berth.db").display());
+    let store = berth_store::Store::connect(&url)
+        .await
+        .expect("the hub's database");
+    let mut connection = store.acquire().await.expect("connection");
+    let id = berth_store::allocations::hub_id(&mut connection)
+        .await
+        .expect("the hub's identity");
+    format!("berth.hub={id}")
+}
+
 /// Starts `berth hub` on SQLite in `dir` with `config` (YAML) and waits until it answers.
 pub async fn start_hub(dir: &Path, config: &str) -> (Process, HubApi) {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -205,7 +234,7 @@ pub async fn start_hub(dir: &Path, config: &str) -> (Process, HubApi) {
         .arg(&config_path)
         .env("BERTH_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(hub_log(dir))
         .spawn()
         .expect("berth hub starts");
     let process = Process(child);
