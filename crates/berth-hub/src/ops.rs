@@ -120,14 +120,11 @@ impl Tracker {
             .map(|progress| progress.clone())
             .unwrap_or_default();
         let value = serde_json::to_value(progress).unwrap_or_default();
-        let id = self.id;
-        let written = self
-            .state
-            .store
-            .write_together(move |conn| {
-                Box::pin(async move { operations::set_progress(conn, id, &value).await })
-            })
-            .await;
+        let written = async {
+            let mut connection = self.state.store.writer().await?;
+            operations::set_progress(&mut connection, self.id, &value).await
+        }
+        .await;
         match written {
             Ok(()) => self.state.operation_changed(self.id),
             Err(err) => {
@@ -171,13 +168,9 @@ async fn end_as(
     error: &str,
     detail: &Value,
 ) -> Result<(), StoreError> {
-    let (error, detail) = (error.to_owned(), detail.clone());
-    state
-        .store
-        .write_together(move |conn| {
-            Box::pin(async move { operations::finish(conn, id, end, &error, &detail).await })
-        })
-        .await?;
+    let mut connection = state.store.writer().await?;
+    operations::finish(&mut connection, id, end, error, detail).await?;
+    drop(connection);
     state.operation_changed(id);
     Ok(())
 }

@@ -222,56 +222,25 @@ pub async fn launch(
         }
     }
     let outcome = create_and_start(state, node, &spec, start, tracker).await;
+    let mut transaction = state.store.begin().await?;
     let (id, warnings) = match outcome {
         Ok(created) => created,
         Err(problem) => {
             let detail = json!({"node": node.name, "replica": replica, "error": problem.detail(), "cause": cause.detail});
-            let failed = NewOperation {
-                node_id: Some(node.id),
-                ..service_operation(cause.actor, cause.action, service, "failed", detail)
-            };
-            state
-                .store
-                .write_together(move |conn| {
-                    Box::pin(async move { operations::record(conn, &failed).await.map(|_| ()) })
-                })
-                .await?;
+            operations::commit_with(
+                transaction,
+                &NewOperation {
+                    node_id: Some(node.id),
+                    ..service_operation(cause.actor, cause.action, service, "failed", detail)
+                },
+            )
+            .await?;
             return Err(problem);
         }
     };
     let status = if start { "running" } else { "created" };
-    let detail = json!({
-        "node": node.name,
-        "replica": replica,
-        "container_id": id,
-        "name": spec.name,
-        "generation": generation,
-        "gpus": placement.gpus,
-        "warnings": warnings,
-        "cause": cause.detail,
-    });
-    let launched = NewOperation {
-        node_id: Some(node.id),
-        ..service_operation(cause.actor, cause.action, service, "ok", detail)
-    };
-    let container = id.clone();
-    // Fenced by the generation: a replica placed elsewhere meanwhile keeps its new place.
-    let recorded = state
-        .store
-        .write_together(move |conn| {
-            Box::pin(async move {
-                if !allocations::set_container(conn, reference, &container, status).await? {
-                    return Ok(false);
-                }
-                if reference.replica == 0 {
-                    services::set_container_id(conn, reference.service_id, &container).await?;
-                }
-                operations::record(conn, &launched).await?;
-                Ok(true)
-            })
-        })
-        .await?;
-    if !recorded {
+    if !allocations::set_container(&mut transaction, reference, &id, status).await? {
+        drop(transaction);
         if let Ok(client) = state.node_client(node).await {
             let _ = client.remove(&id).await;
         }
@@ -283,6 +252,27 @@ pub async fn launch(
             ),
         ));
     }
+    if replica == 0 {
+        services::set_container_id(&mut transaction, service.id, &id).await?;
+    }
+    let detail = json!({
+        "node": node.name,
+        "replica": replica,
+        "container_id": id,
+        "name": spec.name,
+        "generation": generation,
+        "gpus": placement.gpus,
+        "warnings": warnings,
+        "cause": cause.detail,
+    });
+    operations::commit_with(
+        transaction,
+        &NewOperation {
+            node_id: Some(node.id),
+            ..service_operation(cause.actor, cause.action, service, "ok", detail)
+        },
+    )
+    .await?;
     Ok(Launched {
         replica,
         node_id: node.id,

@@ -624,13 +624,9 @@ async fn restart(
 
 /// Sets service `service_id`'s wanted `status` and tells the gateway.
 pub async fn set_status(state: &HubState, service_id: i64, status: &str) -> Result<(), Problem> {
-    let wanted = status.to_owned();
-    state
-        .store
-        .write_together(move |conn| {
-            Box::pin(async move { services::set_status(conn, service_id, &wanted).await })
-        })
-        .await?;
+    let mut connection = state.store.writer().await?;
+    services::set_status(&mut connection, service_id, status).await?;
+    drop(connection);
     if let Some(routes) = state.routes.get(service_id) {
         routes.set_wanted(status);
     }

@@ -6,7 +6,6 @@
 pub mod allocations;
 pub mod catalog;
 mod error;
-mod group_commit;
 pub mod nodes;
 pub mod operations;
 pub mod secrets;
@@ -22,7 +21,6 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use error::StoreError;
-pub use group_commit::WriteFuture;
 pub use secrets::SecretBox;
 use secrets::random_hex;
 
@@ -125,8 +123,6 @@ pub struct Store {
     /// SQLite's writers take turns here rather than in SQLite's busy handler, which sleeps for
     /// milliseconds whenever two connections want the write lock at once.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
-    /// Writes waiting to be committed together ([`Store::write_together`]).
-    together: std::sync::Arc<group_commit::CommitQueue>,
 }
 
 static DRIVERS: Once = Once::new();
@@ -174,7 +170,6 @@ impl Store {
             pool,
             backend,
             writer: Default::default(),
-            together: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
