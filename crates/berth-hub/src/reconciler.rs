@@ -300,6 +300,12 @@ async fn converge_node(
         if !state.may_retry(service.id) || in_operation(service) {
             continue;
         }
+        let found = running
+            .iter()
+            .find(|container| claimed_by(container, Some(allocation), node.id));
+        let Some(remedy) = remedy_for(service, allocation, found) else {
+            continue;
+        };
         let Some(_claim) = state.claim(service.id) else {
             continue;
         };
@@ -308,10 +314,7 @@ async fn converge_node(
         let Some((service, allocation)) = still_as_seen(state, service, allocation).await? else {
             continue;
         };
-        let found = running
-            .iter()
-            .find(|container| claimed_by(container, Some(&allocation), node.id));
-        let outcome = repair(state, node, &service, &allocation, found).await;
+        let outcome = repair(state, node, &service, &allocation, remedy).await;
         state.repaired(service.id, outcome.is_ok());
         match outcome {
             Ok(changed) => repaired += usize::from(changed),
@@ -352,18 +355,53 @@ async fn still_as_seen(
     Ok(same.then_some((service, allocation)))
 }
 
-/// Brings one allocation's container to what its service wants; returns whether it changed
-/// anything.
+/// What one allocation's container needs to be what its service wants.
+enum Remedy<'a> {
+    /// An interrupted launch made it: record it (and start it if the service runs).
+    Adopt(&'a ContainerState),
+    /// The service runs and this container does not.
+    Start(&'a ContainerState),
+    /// The service is stopped or unloaded and this container runs.
+    Stop(&'a ContainerState),
+    /// The container is missing: launch it again.
+    Recreate,
+}
+
+/// The remedy `allocation` needs, given the container `found` for it; `None` when it is as
+/// wanted.
+fn remedy_for<'a>(
+    service: &ServiceRecord,
+    allocation: &Allocation,
+    found: Option<&'a ContainerState>,
+) -> Option<Remedy<'a>> {
+    let wants_running = service.status == "running";
+    match found {
+        Some(container) if allocation.container_id.is_empty() => Some(Remedy::Adopt(container)),
+        Some(container) if wants_running && container.status != "running" => {
+            Some(Remedy::Start(container))
+        }
+        Some(container)
+            if matches!(service.status.as_str(), "stopped" | crate::models::UNLOADED)
+                && container.status == "running" =>
+        {
+            Some(Remedy::Stop(container))
+        }
+        Some(_) => None,
+        None => Some(Remedy::Recreate),
+    }
+}
+
+/// Applies `remedy` to one allocation's container; returns whether it changed anything.
 async fn repair(
     state: &HubState,
     node: &NodeRecord,
     service: &ServiceRecord,
     allocation: &Allocation,
-    found: Option<&ContainerState>,
+    remedy: Remedy<'_>,
 ) -> Result<bool, berth_http::Problem> {
     let wants_running = service.status == "running";
-    match found {
-        Some(container) if allocation.container_id.is_empty() => {
+    match remedy {
+        Remedy::Adopt(container) => {
             let client = state.node_client(node).await?;
             if wants_running && container.status != "running" {
                 client.start(&container.id).await?;
@@ -404,7 +442,7 @@ async fn repair(
             .await?;
             Ok(true)
         }
-        Some(container) if wants_running && container.status != "running" => {
+        Remedy::Start(container) => {
             state.node_client(node).await?.start(&container.id).await?;
             record(
                 state,
@@ -419,10 +457,7 @@ async fn repair(
             .await?;
             Ok(true)
         }
-        Some(container)
-            if matches!(service.status.as_str(), "stopped" | crate::models::UNLOADED)
-                && container.status == "running" =>
-        {
+        Remedy::Stop(container) => {
             state
                 .node_client(node)
                 .await?
@@ -442,8 +477,7 @@ async fn repair(
             .await?;
             Ok(true)
         }
-        Some(_) => Ok(false),
-        None => {
+        Remedy::Recreate => {
             let definition = replicas::definition_of(service)?;
             let owner = replicas::owner_name(state, service).await?;
             let placement = berth_core::schedule::Placement {

@@ -160,18 +160,7 @@ pub async fn set_container(
     container_id: &str,
     status: &str,
 ) -> Result<bool, StoreError> {
-    let updated = sqlx::query(
-        "UPDATE containers SET container_id = $1, status = $2 \
-         WHERE service_id = $3 AND replica = $4 AND generation = $5",
-    )
-    .bind(container_id)
-    .bind(status)
-    .bind(replica.service_id)
-    .bind(replica.replica)
-    .bind(replica.generation)
-    .execute(&mut *conn)
-    .await?;
-    Ok(updated.rows_affected() == 1)
+    update_container(conn, replica, container_id, status, "").await
 }
 
 /// Records `container_id` as the container of a replica's allocation that has none yet, only
@@ -183,17 +172,37 @@ pub async fn adopt_container(
     container_id: &str,
     status: &str,
 ) -> Result<bool, StoreError> {
-    let updated = sqlx::query(
-        "UPDATE containers SET container_id = $1, status = $2 \
-         WHERE service_id = $3 AND replica = $4 AND generation = $5 AND container_id = ''",
+    update_container(
+        conn,
+        replica,
+        container_id,
+        status,
+        " AND container_id = ''",
     )
-    .bind(container_id)
-    .bind(status)
-    .bind(replica.service_id)
-    .bind(replica.replica)
-    .bind(replica.generation)
-    .execute(&mut *conn)
-    .await?;
+    .await
+}
+
+/// Sets the container and status of `replica`'s allocation at its generation, where `also`
+/// (an extra SQL condition, a constant) holds.
+async fn update_container(
+    conn: &mut Conn,
+    replica: ReplicaRef,
+    container_id: &str,
+    status: &str,
+    also: &'static str,
+) -> Result<bool, StoreError> {
+    let statement = format!(
+        "UPDATE containers SET container_id = $1, status = $2 \
+         WHERE service_id = $3 AND replica = $4 AND generation = $5{also}"
+    );
+    let updated = sqlx::query(sqlx::AssertSqlSafe(statement))
+        .bind(container_id)
+        .bind(status)
+        .bind(replica.service_id)
+        .bind(replica.replica)
+        .bind(replica.generation)
+        .execute(&mut *conn)
+        .await?;
     Ok(updated.rows_affected() == 1)
 }
 
