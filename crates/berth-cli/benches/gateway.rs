@@ -330,7 +330,7 @@ async fn throughput(dir: &Path) {
         .fleet
         .publish(node.id, container, "8080/tcp", UPSTREAM_PORT)
         .expect("publish");
-    hub.state.routes.changed.notify_one();
+    hub.state.routes.touch(id);
     hub.wait_ready(id).await;
 
     let direct_url = format!("http://127.0.0.1:{UPSTREAM_PORT}/");

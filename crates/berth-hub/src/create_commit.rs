@@ -149,6 +149,7 @@ async fn commit_batch(
             operation,
         }) = &result
         {
+            state.routes.touch(*service_id);
             state.operation_changed(*operation);
             service_work::spawn(
                 state,
@@ -162,7 +163,6 @@ async fn commit_batch(
         }
         let _ = pending.reply.send(result);
     }
-    state.routes.changed.notify_one();
 }
 
 /// One replica's placement: replica number, placement, node.
@@ -191,22 +191,58 @@ async fn place(
     }
 }
 
-/// Writes the placed intents in one transaction: the answer of each, in order.
+/// What a batch decided for one intent before writing.
+enum Slot {
+    /// Answered without a write of its own.
+    Answered(Result<Committed, Problem>),
+    /// Written as the n-th accepted create.
+    Accepted(usize),
+    /// The same `Idempotency-Key` as the n-th accepted create of this batch: its answer if
+    /// it is for the same service name, else refused.
+    SameKey { first: usize, same_name: bool },
+}
+
+/// Writes the placed intents in one transaction: the answer of each, in order. A name its
+/// owner has (or another create of the batch takes first), an exceeded quota or a reused key is
+/// that create's own answer; the others commit.
 async fn write(
     state: &HubState,
     placed: &[(Pending, Vec<Placed>)],
 ) -> Result<Vec<Result<Committed, Problem>>, StoreError> {
     let mut transaction = state.store.begin().await?;
+    let wanted: Vec<(i64, String)> = placed
+        .iter()
+        .map(|(pending, _)| {
+            let record = &pending.intent.record;
+            (record.owner_id, record.name.clone())
+        })
+        .collect();
+    let mut names_used = services::names_taken(&mut transaction, &wanted).await?;
     let mut owners: HashMap<i64, (User, Usage)> = HashMap::new();
-    let mut results = Vec::with_capacity(placed.len());
-    for (pending, placements) in placed {
+    let mut keys: HashMap<(i64, &str), (usize, &str)> = HashMap::new();
+    let mut slots = Vec::with_capacity(placed.len());
+    let mut accepted = Vec::with_capacity(placed.len());
+    for ((pending, placements), name) in placed.iter().zip(wanted) {
         let intent = &pending.intent;
-        if let Some(key) = &intent.key
-            && let Some(earlier) =
+        if let Some(key) = intent.key.as_deref() {
+            if let Some(&(first, first_name)) = keys.get(&(intent.actor, key)) {
+                let same_name = first_name == intent.record.name;
+                slots.push(Slot::SameKey { first, same_name });
+                continue;
+            }
+            if let Some(earlier) =
                 operations::find_by_key(&mut transaction, intent.actor, key).await?
-        {
-            results
-                .push(earlier_answer(&earlier, key, &intent.record.name).map(Committed::Earlier));
+            {
+                let answer = earlier_answer(&earlier, key, &intent.record.name);
+                slots.push(Slot::Answered(answer.map(Committed::Earlier)));
+                continue;
+            }
+        }
+        if names_used.contains(&name) {
+            slots.push(Slot::Answered(Err(Problem::new(
+                StatusCode::CONFLICT,
+                format!("you already have a service named {:?}", intent.record.name),
+            ))));
             continue;
         }
         let owner_id = intent.record.owner_id;
@@ -221,85 +257,142 @@ async fn write(
         };
         let replicas = intent.record.replicas;
         if let Err(problem) = quota_check(state, owner, used, &intent.definition, replicas) {
-            results.push(Err(problem));
+            slots.push(Slot::Answered(Err(problem)));
             continue;
         }
-        results.push(Ok(
-            insert(state, &mut transaction, intent, placements).await?
-        ));
         used.services += 1;
         used.cpu_millis += intent.definition.cpu_millis * replicas;
         used.memory_bytes += intent.definition.memory_bytes * replicas;
         used.gpus += intent.definition.gpus_needed() * replicas;
+        names_used.insert(name);
+        if let Some(key) = intent.key.as_deref() {
+            keys.insert((intent.actor, key), (accepted.len(), &intent.record.name));
+        }
+        slots.push(Slot::Accepted(accepted.len()));
+        accepted.push((intent, placements.as_slice()));
     }
+    let written = insert(state, &mut transaction, &accepted).await?;
     transaction.commit().await?;
-    Ok(results)
+    Ok(placed
+        .iter()
+        .zip(slots)
+        .map(|((pending, _), slot)| match slot {
+            Slot::Answered(answer) => answer,
+            Slot::Accepted(at) => {
+                let (service_id, operation) = written[at];
+                Ok(Committed::New {
+                    service_id,
+                    operation,
+                })
+            }
+            Slot::SameKey {
+                first,
+                same_name: true,
+            } => Ok(Committed::Earlier(written[first].1)),
+            Slot::SameKey { first, .. } => Err(Problem::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "Idempotency-Key {} was used for another request (operation {}); use a new key",
+                    pending.intent.key.as_deref().unwrap_or_default(),
+                    written[first].1
+                ),
+            )),
+        })
+        .collect())
 }
 
-/// Inserts one create: the service, its first deployment, its allocations and its operation.
+/// Inserts the accepted creates, a few statements for all: the services, their first
+/// deployments, every replica's allocation and each one's operation; (service, operation) ids,
+/// in order.
 async fn insert(
     state: &HubState,
     transaction: &mut berth_store::Conn,
-    intent: &CreateIntent,
-    placements: &[Placed],
-) -> Result<Committed, StoreError> {
-    let mut service = intent.record.clone();
-    service.node_id = placements.first().map(|(_, _, node)| node.id);
-    let mut service = services::insert(transaction, &service).await?;
-    let name = |replica| {
-        container_name(
-            &state.hub_id,
-            &service.name,
-            service.id,
-            replica,
-            service.version,
-            1,
-        )
-    };
-    service.container_name = Some(name(0));
-    services::set_container_name(transaction, service.id, &name(0)).await?;
-    let deployment = Deployment {
-        version: service.version,
-        definition: service.definition.clone(),
-        node_id: service.node_id,
-        user_id: Some(intent.actor),
-        note: "created".to_owned(),
-        created_at: 0,
-    };
-    services::add_deployment(transaction, service.id, &deployment).await?;
-    for (replica, placement, _) in placements {
-        let reference = allocations::ReplicaRef {
-            service_id: service.id,
-            replica: *replica,
-            generation: 1,
-        };
-        let allocation =
-            scheduling::allocation_for(reference, &intent.shape, placement, &name(*replica));
-        allocations::insert_new(transaction, &allocation).await?;
+    accepted: &[(&CreateIntent, &[Placed])],
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    if accepted.is_empty() {
+        return Ok(Vec::new());
     }
-    let nodes: Vec<&str> = placements
+    let records: Vec<ServiceRecord> = accepted
         .iter()
-        .map(|(_, _, node)| node.name.as_str())
+        .map(|(intent, placements)| ServiceRecord {
+            node_id: placements.first().map(|(_, _, node)| node.id),
+            ..intent.record.clone()
+        })
         .collect();
-    let detail = json!({"name": service.name, "image": service.image, "replicas": service.replicas,
-        "nodes": nodes, "start": intent.start});
-    let operation = operations::open(
-        transaction,
-        &replicas::service_operation(
-            Some(intent.actor),
-            Change::Create {
-                start: intent.start,
-            }
-            .action(),
-            &service,
-            "running",
-            detail,
-        ),
-        intent.key.as_deref(),
-    )
-    .await?;
-    Ok(Committed::New {
-        service_id: service.id,
-        operation,
-    })
+    let ids = services::insert_all(transaction, &records).await?;
+    let mut named = Vec::with_capacity(accepted.len());
+    let mut deployments = Vec::with_capacity(accepted.len());
+    let mut placed = Vec::new();
+    let mut opened = Vec::with_capacity(accepted.len());
+    for (((intent, placements), record), &id) in accepted.iter().zip(&mut records.iter()).zip(&ids)
+    {
+        let service = ServiceRecord {
+            id,
+            container_name: Some(container_name(
+                &state.hub_id,
+                &record.name,
+                id,
+                0,
+                record.version,
+                1,
+            )),
+            ..record.clone()
+        };
+        named.push((id, service.container_name.clone().unwrap_or_default()));
+        deployments.push((
+            id,
+            Deployment {
+                version: service.version,
+                definition: service.definition.clone(),
+                node_id: service.node_id,
+                user_id: Some(intent.actor),
+                note: "created".to_owned(),
+                created_at: 0,
+            },
+        ));
+        for (replica, placement, _) in placements.iter() {
+            let reference = allocations::ReplicaRef {
+                service_id: id,
+                replica: *replica,
+                generation: 1,
+            };
+            let name = container_name(
+                &state.hub_id,
+                &service.name,
+                id,
+                *replica,
+                service.version,
+                1,
+            );
+            placed.push(scheduling::allocation_for(
+                reference,
+                &intent.shape,
+                placement,
+                &name,
+            ));
+        }
+        let nodes: Vec<&str> = placements
+            .iter()
+            .map(|(_, _, node)| node.name.as_str())
+            .collect();
+        let detail = json!({"name": service.name, "image": service.image, "replicas": service.replicas,
+            "nodes": nodes, "start": intent.start});
+        let action = Change::Create {
+            start: intent.start,
+        }
+        .action();
+        opened.push((
+            replicas::service_operation(Some(intent.actor), action, &service, "running", detail),
+            intent.key.as_deref(),
+        ));
+    }
+    services::set_container_names(transaction, &named).await?;
+    let deployments: Vec<(i64, &Deployment)> = deployments
+        .iter()
+        .map(|(id, deployment)| (*id, deployment))
+        .collect();
+    services::add_deployments(transaction, &deployments).await?;
+    allocations::insert_all_new(transaction, &placed).await?;
+    let operations = operations::open_all(transaction, &opened).await?;
+    Ok(ids.into_iter().zip(operations).collect())
 }

@@ -177,7 +177,7 @@ fn record_load(state: &HubState, service: &ServiceRecord) {
         .load_total
         .get_or_create(&labels(state, service))
         .inc();
-    state.routes.changed.notify_one();
+    state.routes.touch(service.id);
 }
 
 /// Unloads `service`: commits its intent (wanted unloaded, with the operation), after which its
@@ -570,6 +570,6 @@ pub async fn evict(state: &HubState, service: &ServiceRecord, reason: &str) -> R
         .unload_total
         .get_or_create(&labels(state, service))
         .inc();
-    state.routes.changed.notify_one();
+    state.routes.touch(service.id);
     Ok(())
 }

@@ -167,7 +167,7 @@ async fn move_off(
         },
     )
     .await?;
-    state.routes.changed.notify_one();
+    state.routes.touch(service.id);
     Ok(Outcome::Moved(json!({
         "service_id": service.id,
         "replica": launched.replica,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use berth_docker::PullProgress;
 use berth_http::Problem;
 use berth_store::StoreError;
-use berth_store::operations::{self, Operation, State};
+use berth_store::operations::{self, End, Operation, State};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -109,17 +109,27 @@ impl Tracker {
         move |step| self.pulled(&step)
     }
 
+    /// The progress as it is now.
+    fn current(&self) -> Progress {
+        self.progress
+            .lock()
+            .map(|progress| progress.clone())
+            .unwrap_or_default()
+    }
+
+    /// The last progress, for the operation's end; none if it never made any.
+    fn last(&self) -> Option<Value> {
+        let progress = self.current();
+        (progress != Progress::default())
+            .then(|| serde_json::to_value(progress).unwrap_or_default())
+    }
+
     /// Writes the progress if it changed since the last write.
     async fn write(&self) {
         if !self.unwritten.swap(false, Ordering::Relaxed) {
             return;
         }
-        let progress = self
-            .progress
-            .lock()
-            .map(|progress| progress.clone())
-            .unwrap_or_default();
-        let value = serde_json::to_value(progress).unwrap_or_default();
+        let value = serde_json::to_value(self.current()).unwrap_or_default();
         let written = async {
             let mut connection = self.state.store.writer().await?;
             operations::set_progress(&mut connection, self.id, &value).await
@@ -149,6 +159,7 @@ pub async fn finish(
     state: &HubState,
     id: i64,
     outcome: Result<Value, Problem>,
+    progress: Option<Value>,
 ) -> Result<(), StoreError> {
     let (end, error, detail) = match outcome {
         Ok(detail) => (State::Succeeded, String::new(), detail),
@@ -158,18 +169,22 @@ pub async fn finish(
             json!({"status": problem.status().as_u16()}),
         ),
     };
-    end_as(state, id, end, &error, &detail).await
+    end_as(
+        state,
+        id,
+        End {
+            state: end,
+            error: &error,
+            detail: &detail,
+            progress: progress.as_ref(),
+        },
+    )
+    .await
 }
 
-async fn end_as(
-    state: &HubState,
-    id: i64,
-    end: State,
-    error: &str,
-    detail: &Value,
-) -> Result<(), StoreError> {
+async fn end_as(state: &HubState, id: i64, end: End<'_>) -> Result<(), StoreError> {
     let mut connection = state.store.writer().await?;
-    operations::finish(&mut connection, id, end, error, detail).await?;
+    operations::finish(&mut connection, id, end).await?;
     drop(connection);
     state.operation_changed(id);
     Ok(())
@@ -202,7 +217,7 @@ where
         state.note_change(service_id, id);
     }
     tokio::spawn(async move {
-        let outcome = {
+        let (outcome, progress) = {
             let _claim = match scope {
                 Scope::Service(service_id) | Scope::Beside(service_id) => {
                     Some(claim_when_free(&state, service_id).await)
@@ -213,7 +228,13 @@ where
                 && let Some(later) = state.latest_change(service_id).filter(|later| *later > id)
             {
                 let reason = format!("operation {later} changed the service after this one");
-                if let Err(err) = end_as(&state, id, State::Cancelled, &reason, &json!({})).await {
+                let cancelled = End {
+                    state: State::Cancelled,
+                    error: &reason,
+                    detail: &json!({}),
+                    progress: None,
+                };
+                if let Err(err) = end_as(&state, id, cancelled).await {
                     tracing::warn!(operation = id, error = %err, "Recording a cancel failed.");
                 }
                 return;
@@ -222,7 +243,10 @@ where
             let flusher = {
                 let tracker = Arc::clone(&tracker);
                 tokio::spawn(async move {
-                    let mut ticks = tokio::time::interval(PROGRESS_WRITE_INTERVAL);
+                    // Work that ends within the first interval writes its progress once, with
+                    // its end.
+                    let first = tokio::time::Instant::now() + PROGRESS_WRITE_INTERVAL;
+                    let mut ticks = tokio::time::interval_at(first, PROGRESS_WRITE_INTERVAL);
                     loop {
                         ticks.tick().await;
                         tracker.write().await;
@@ -231,13 +255,13 @@ where
             };
             let outcome = work(Arc::clone(&state), Arc::clone(&tracker)).await;
             flusher.abort();
-            tracker.write().await;
-            outcome
+            // The last progress is written with the end.
+            (outcome, tracker.last())
         };
         if let Err(problem) = &outcome {
             tracing::warn!(operation = id, ?scope, error = %problem.detail(), "Operation failed.");
         }
-        if let Err(err) = finish(&state, id, outcome).await {
+        if let Err(err) = finish(&state, id, outcome, progress).await {
             tracing::error!(operation = id, error = %err, "Recording an operation's end failed.");
         }
     });
@@ -305,5 +329,11 @@ pub async fn abandon(
     operation: &Operation,
     reason: &str,
 ) -> Result<(), StoreError> {
-    end_as(state, operation.id, State::Failed, reason, &json!({})).await
+    let abandoned = End {
+        state: State::Failed,
+        error: reason,
+        detail: &json!({}),
+        progress: None,
+    };
+    end_as(state, operation.id, abandoned).await
 }

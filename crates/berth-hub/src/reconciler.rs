@@ -317,7 +317,12 @@ async fn converge_node(
         let outcome = repair(state, node, &service, &allocation, remedy).await;
         state.repaired(service.id, outcome.is_ok());
         match outcome {
-            Ok(changed) => repaired += usize::from(changed),
+            Ok(changed) => {
+                if changed {
+                    state.routes.touch(service.id);
+                }
+                repaired += usize::from(changed);
+            }
             Err(problem) if service_work::is_transient(&problem) => return Err(problem),
             Err(problem) => {
                 tracing::warn!(node = %node.name, service = service.id, replica = allocation.replica, error = %problem.detail(), "Repairing a replica failed.");

@@ -151,7 +151,7 @@ pub async fn intend(
                 .store(now_millis(), Ordering::Relaxed);
         }
     }
-    state.routes.changed.notify_one();
+    state.routes.touch(service_id);
     state.operation_changed(id);
     spawn(state, id, service_id, actor, change);
     Ok(id)
@@ -301,7 +301,7 @@ async fn forget(state: &HubState, id: i64) -> Result<(), Problem> {
     services::delete(&mut transaction, id).await?;
     transaction.commit().await.map_err(StoreError::from)?;
     state.placements_changed();
-    state.routes.changed.notify_one();
+    state.routes.touch(id);
     Ok(())
 }
 
@@ -394,7 +394,7 @@ async fn bring_up(
     for outcome in outcomes {
         warnings.extend(outcome?);
     }
-    state.routes.changed.notify_one();
+    state.routes.touch(service.id);
     Ok(json!({"replicas": total, "warnings": warnings}))
 }
 
@@ -583,7 +583,7 @@ async fn migrate(
     )
     .await?;
     tracker.step(1, 1, "moved").await;
-    state.routes.changed.notify_one();
+    state.routes.touch(service.id);
     Ok(json!({"replica": moved.replica, "node_id": moved.node_id,
         "generation": moved.generation, "container_id": moved.container_id,
         "note": "the data volume stays on the old node"}))
@@ -617,7 +617,7 @@ async fn restart(
         client.start(&allocation.container_id).await?;
         restarted += 1;
     }
-    state.routes.changed.notify_one();
+    state.routes.touch(service.id);
     tracker.step(total, total, "restarted").await;
     Ok(json!({"replicas": restarted, "timeout_seconds": grace}))
 }
@@ -630,7 +630,7 @@ pub async fn set_status(state: &HubState, service_id: i64, status: &str) -> Resu
     if let Some(routes) = state.routes.get(service_id) {
         routes.set_wanted(status);
     }
-    state.routes.changed.notify_one();
+    state.routes.touch(service_id);
     Ok(())
 }
 

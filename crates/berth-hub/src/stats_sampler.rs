@@ -158,12 +158,20 @@ async fn jobs(state: &HubState) -> Result<Vec<Job>, StoreError> {
         .into_iter()
         .map(|node| (node.id, node))
         .collect();
+    // One read of every allocation, not one per service.
+    let mut replicas_of: HashMap<i64, Vec<allocations::Allocation>> = HashMap::new();
+    for allocation in allocations::list(&mut connection).await? {
+        replicas_of
+            .entry(allocation.service_id)
+            .or_default()
+            .push(allocation);
+    }
     let mut jobs = Vec::new();
     for service in services::list(&mut connection, None).await? {
         if service.status != "running" {
             continue;
         }
-        let replicas = allocations::for_service(&mut connection, service.id).await?;
+        let replicas = replicas_of.remove(&service.id).unwrap_or_default();
         let placed: Vec<(i64, String)> = if replicas.is_empty() {
             service
                 .node_id

@@ -750,7 +750,7 @@ async fn serve_on_simulated_node(hub: &Hub, service: Value, upstream: u16) -> i6
         .fleet
         .publish(node.id, &container, &format!("{port}/tcp"), upstream)
         .expect("publish");
-    hub.state.routes.changed.notify_one();
+    hub.state.routes.touch(id);
     wait_ready(hub, id, 1).await;
     id
 }

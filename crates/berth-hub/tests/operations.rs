@@ -188,7 +188,11 @@ async fn a_change_is_an_operation_that_can_be_waited_for_streamed_and_retried() 
                 None,
             )
             .await;
-        assert_eq!(status, 202, "{stop}");
+        // 202, or 200 when the stop on the simulated node ended before the answer was made.
+        assert!(
+            status == 202 || (status == 200 && stop["state"] == "succeeded"),
+            "{status} {stop}"
+        );
         let (status, start_again, _) = hub
             .call(
                 Some(&alice),
@@ -197,7 +201,10 @@ async fn a_change_is_an_operation_that_can_be_waited_for_streamed_and_retried() 
                 None,
             )
             .await;
-        assert_eq!(status, 202, "{start_again}");
+        assert!(
+            status == 202 || (status == 200 && start_again["state"] == "succeeded"),
+            "{status} {start_again}"
+        );
         let stop_end = wait_for_end(&hub, &alice, stop["id"].as_i64().expect("id")).await;
         let start_end = wait_for_end(&hub, &alice, start_again["id"].as_i64().expect("id")).await;
         assert!(
@@ -542,6 +549,93 @@ async fn a_move_queued_after_a_start_neither_cancels_it_nor_is_cancelled() {
         assert_eq!(migrate["state"], "succeeded", "{migrate}");
         assert_eq!(migrate["service"]["status"], "running", "{migrate}");
         assert_eq!(replica_zero(&hub, service).await.1, 2, "moved once");
+    })
+    .await;
+}
+
+/// 30 clients create the same service name at once, 3 others create their own names in the
+/// same moments, and 30 more send one create with one `Idempotency-Key`: creates committed
+/// together answer each on its own.
+#[tokio::test]
+async fn thirty_clients_on_one_name_or_one_key_get_one_service_and_the_others_are_untouched() {
+    let hub = start("operations-one-name").await;
+    add_simulated_node(&hub, "sim").await;
+    let (_, alice) = hub.new_user("alice").await;
+    with_cleanup(&hub, async {
+        let client = reqwest::Client::new();
+        let create = |name: String, key: Option<&'static str>| {
+            let mut request = client
+                .post(format!("http://{}/api/alice/race/services", hub.address))
+                .bearer_auth(&alice)
+                .json(
+                    &json!({"name": name, "image": "sim/model:1", "cpu_limit": 0.1,
+                    "memory_limit": "16m"}),
+                );
+            if let Some(key) = key {
+                request = request.header("Idempotency-Key", key);
+            }
+            async move {
+                let response = request.send().await.expect("create");
+                let status = response.status().as_u16();
+                (status, response.json::<Value>().await.expect("json"))
+            }
+        };
+        let same_name = (0..30).map(|_| create("contested".to_owned(), None));
+        // The default quota is 5 services: the contested one, the keyed one and 3 more.
+        let own_names = (0..3).map(|at| create(format!("own-{at}"), None));
+        let same_key = (0..30).map(|_| create("keyed".to_owned(), Some("one-key")));
+        let (same_name, own_names, same_key) = tokio::join!(
+            futures_util::future::join_all(same_name),
+            futures_util::future::join_all(own_names),
+            futures_util::future::join_all(same_key),
+        );
+
+        let accepted: Vec<&Value> = same_name
+            .iter()
+            .filter(|(status, _)| *status == 202)
+            .map(|(_, body)| body)
+            .collect();
+        assert_eq!(accepted.len(), 1, "{same_name:?}");
+        for (status, body) in &same_name {
+            if *status != 202 {
+                assert_eq!(*status, 409, "{body}");
+                assert!(
+                    body["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("contested")),
+                    "{body}"
+                );
+            }
+        }
+        for (status, body) in &own_names {
+            assert_eq!(*status, 202, "a create beside the contested ones: {body}");
+        }
+        let operations: std::collections::HashSet<i64> = same_key
+            .iter()
+            .map(|(status, body)| {
+                assert!(matches!(status, 200 | 202), "{status} {body}");
+                body["id"].as_i64().expect("operation id")
+            })
+            .collect();
+        assert_eq!(operations.len(), 1, "one key, one operation: {same_key:?}");
+
+        let (status, listed, _) = hub
+            .call(Some(&alice), Method::GET, "/api/services", None)
+            .await;
+        assert_eq!(status, 200);
+        let mut names: Vec<&str> = listed["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .filter_map(|service| service["name"].as_str())
+            .collect();
+        names.sort_unstable();
+        let mut expected: Vec<String> = (0..3).map(|at| format!("own-{at}")).collect();
+        expected.extend(["contested".to_owned(), "keyed".to_owned()]);
+        expected.sort_unstable();
+        assert_eq!(names, expected, "{listed}");
+        let ended = wait_for_end(&hub, &alice, accepted[0]["id"].as_i64().expect("id")).await;
+        assert_eq!(ended["state"], "succeeded", "{ended}");
     })
     .await;
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Conn, StoreError, now_ms, secrets};
+use crate::{Conn, ROWS_PER_STATEMENT, StoreError, now_ms, secrets, value_rows};
 
 /// One replica's placement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -107,27 +107,40 @@ pub async fn record(conn: &mut Conn, allocation: &Allocation) -> Result<Allocati
 
 /// Inserts the first allocation of a replica that has none yet (a create's).
 pub async fn insert_new(conn: &mut Conn, allocation: &Allocation) -> Result<(), StoreError> {
-    let indices: Vec<String> = allocation.gpu_indices.iter().map(u32::to_string).collect();
-    sqlx::query(
-        "INSERT INTO containers (node_id, service_id, container_id, name, status, created_at, generation, \
-         cpu_millis, memory_bytes, disk_bytes, gpu_indices, gpu_memory_bytes, replica) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(allocation.node_id)
-    .bind(allocation.service_id)
-    .bind(&allocation.container_id)
-    .bind(&allocation.name)
-    .bind(&allocation.status)
-    .bind(now_ms())
-    .bind(allocation.generation)
-    .bind(allocation.cpu_millis)
-    .bind(allocation.memory_bytes)
-    .bind(allocation.disk_bytes)
-    .bind(indices.join(","))
-    .bind(allocation.gpu_memory_bytes)
-    .bind(allocation.replica)
-    .execute(&mut *conn)
-    .await?;
+    insert_all_new(conn, std::slice::from_ref(allocation)).await
+}
+
+/// Inserts the first allocations of replicas that have none yet (creates'), in as few
+/// statements as the rows allow.
+pub async fn insert_all_new(conn: &mut Conn, allocations: &[Allocation]) -> Result<(), StoreError> {
+    const COLUMNS: usize = 13;
+    let now = now_ms();
+    for chunk in allocations.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO containers (node_id, service_id, container_id, name, status, created_at, generation, \
+             cpu_millis, memory_bytes, disk_bytes, gpu_indices, gpu_memory_bytes, replica) VALUES {}",
+            value_rows(chunk.len(), COLUMNS)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for allocation in chunk {
+            let indices: Vec<String> = allocation.gpu_indices.iter().map(u32::to_string).collect();
+            query = query
+                .bind(allocation.node_id)
+                .bind(allocation.service_id)
+                .bind(allocation.container_id.clone())
+                .bind(allocation.name.clone())
+                .bind(allocation.status.clone())
+                .bind(now)
+                .bind(allocation.generation)
+                .bind(allocation.cpu_millis)
+                .bind(allocation.memory_bytes)
+                .bind(allocation.disk_bytes)
+                .bind(indices.join(","))
+                .bind(allocation.gpu_memory_bytes)
+                .bind(allocation.replica);
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

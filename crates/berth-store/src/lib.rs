@@ -53,11 +53,10 @@ fn create_private_file(url: &str) -> Result<(), StoreError> {
 
 /// A connection or transaction any repository function accepts.
 pub type Conn = sqlx::AnyConnection;
-/// An open write transaction: a database transaction and, on SQLite, the store's writer turn,
-/// held until it commits or is dropped. It reads and writes as the connection it derefs to.
+/// An open write transaction; on SQLite it holds the store's one write connection until it
+/// commits or is dropped. It reads and writes as the connection it derefs to.
 pub struct Tx<'a> {
     inner: sqlx::Transaction<'a, sqlx::Any>,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl<'a> Tx<'a> {
@@ -72,10 +71,10 @@ impl<'a> Tx<'a> {
     }
 }
 
-/// A connection for single writes, holding the writer turn on SQLite ([`Store::writer`]).
+/// A connection for single writes: on SQLite the store's one write connection
+/// ([`Store::writer`]).
 pub struct Writer {
     connection: sqlx::pool::PoolConnection<sqlx::Any>,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl std::ops::Deref for Writer {
@@ -120,9 +119,11 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// SQLite's writers take turns here rather than in SQLite's busy handler, which sleeps for
-    /// milliseconds whenever two connections want the write lock at once.
-    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The connections writes take: on SQLite a pool of one, so writers take turns for it
+    /// (first come, first served) rather than in SQLite's busy handler, which sleeps for
+    /// milliseconds whenever two connections want the write lock at once, and a writer never
+    /// waits for a connection that readers hold; on PostgreSQL the one pool.
+    writes: AnyPool,
 }
 
 static DRIVERS: Once = Once::new();
@@ -149,27 +150,25 @@ impl Store {
             _ => url.to_owned(),
         };
         let options: AnyConnectOptions = url.parse().map_err(StoreError::from)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 12 } else { 16 })
-            .after_connect(move |connection, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        connection
-                            .execute("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 15000;")
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await?;
-        if backend == Backend::Sqlite {
-            pool.execute("PRAGMA journal_mode = WAL;").await?;
-        }
+        let (pool, writes) = match backend {
+            Backend::Sqlite => {
+                let pool = sqlite_pool(12).connect_with(options.clone()).await?;
+                pool.execute("PRAGMA journal_mode = WAL;").await?;
+                let writes = sqlite_pool(1).connect_with(options).await?;
+                (pool, writes)
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .connect_with(options)
+                    .await?;
+                (pool.clone(), pool)
+            }
+        };
         let store = Self {
             pool,
             backend,
-            writer: Default::default(),
+            writes,
         };
         store.migrate().await?;
         Ok(store)
@@ -191,38 +190,25 @@ impl Store {
         self.backend
     }
 
-    /// Starts a write transaction. On SQLite it waits for the store's writer turn (one write
-    /// transaction of this process at a time), then begins IMMEDIATE: it takes the write lock
-    /// at once (waiting up to the busy timeout for another process), so a read followed by a
-    /// write inside it cannot fail with "database is locked" when another writer committed
+    /// Starts a write transaction. On SQLite it waits for the store's write connection (one
+    /// write transaction of this process at a time), then begins IMMEDIATE: it takes the write
+    /// lock at once (waiting up to the busy timeout for another process), so a read followed by
+    /// a write inside it cannot fail with "database is locked" when another writer committed
     /// between them.
     pub async fn begin(&self) -> Result<Tx<'static>, StoreError> {
-        Ok(match self.backend {
-            Backend::Sqlite => {
-                let turn = std::sync::Arc::clone(&self.writer).lock_owned().await;
-                Tx {
-                    inner: self.pool.begin_with("BEGIN IMMEDIATE").await?,
-                    _turn: Some(turn),
-                }
-            }
-            Backend::Postgres => Tx {
-                inner: self.pool.begin().await?,
-                _turn: None,
-            },
-        })
+        let inner = match self.backend {
+            Backend::Sqlite => self.writes.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writes.begin().await?,
+        };
+        Ok(Tx { inner })
     }
 
-    /// A pooled connection for single writes outside a transaction: on SQLite it holds the
-    /// store's writer turn like [`Store::begin`], so it never waits in SQLite's busy handler
+    /// A connection for single writes outside a transaction: on SQLite the store's write
+    /// connection, as [`Store::begin`] takes it, so it never waits in SQLite's busy handler
     /// behind this process's own transactions.
     pub async fn writer(&self) -> Result<Writer, StoreError> {
-        let turn = match self.backend {
-            Backend::Sqlite => Some(std::sync::Arc::clone(&self.writer).lock_owned().await),
-            Backend::Postgres => None,
-        };
         Ok(Writer {
-            connection: self.pool.acquire().await?,
-            _turn: turn,
+            connection: self.writes.acquire().await?,
         })
     }
 
@@ -239,7 +225,41 @@ impl Store {
     /// Closes every connection, waiting for those in use.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writes.close().await;
     }
+}
+
+/// Rows a multi-row statement carries at most (well under both databases' limits on bound
+/// values, at 21 columns a row).
+pub(crate) const ROWS_PER_STATEMENT: usize = 100;
+
+/// The VALUES of a multi-row insert: `($1, …, $columns), ($columns+1, …)` for `rows` rows.
+pub(crate) fn value_rows(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let numbers: Vec<String> = (1..=columns)
+                .map(|column| format!("${}", row * columns + column))
+                .collect();
+            format!("({})", numbers.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A pool of `size` SQLite connections, each with foreign keys on and a busy timeout (for
+/// another process's writes). A local file is not pinged before each use.
+fn sqlite_pool(size: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(size)
+        .test_before_acquire(false)
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                connection
+                    .execute("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 15000;")
+                    .await?;
+                Ok(())
+            })
+        })
 }
 
 /// Milliseconds since the Unix epoch.
@@ -302,6 +322,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0008_operation_state.sql"),
                 include_str!("../migrations/postgres/0008_operation_state.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0009_usage_index.sql"),
+                include_str!("../migrations/postgres/0009_usage_index.sql"),
+            ),
         ];
         for (sqlite, postgres) in pairs {
             let translated = sqlite.replace(
@@ -323,6 +347,12 @@ mod tests {
             (pairs.len(), pairs.len()),
             "every migration is in both sets and listed here"
         );
+    }
+
+    #[test]
+    fn value_rows_number_every_value_once() {
+        assert_eq!(value_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(value_rows(1, 1), "($1)");
     }
 
     #[test]

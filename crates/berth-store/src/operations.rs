@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Conn, StoreError, now_ms};
+use crate::{Conn, ROWS_PER_STATEMENT, StoreError, now_ms, value_rows};
 
 /// An operation to record.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,28 +164,97 @@ async fn insert(
     state: State,
     idempotency_key: Option<&str>,
 ) -> Result<i64, StoreError> {
+    let ids = insert_all(conn, &[(operation, idempotency_key)], state).await?;
+    Ok(ids[0])
+}
+
+/// Opens the operations of creates committed together, as [`open`] does one; each is of a
+/// different service. Their ids, in order.
+pub async fn open_all(
+    conn: &mut Conn,
+    operations: &[(NewOperation, Option<&str>)],
+) -> Result<Vec<i64>, StoreError> {
+    let running: Vec<NewOperation> = operations
+        .iter()
+        .map(|(operation, _)| NewOperation {
+            outcome: State::Running.as_str().to_owned(),
+            ..operation.clone()
+        })
+        .collect();
+    let rows: Vec<(&NewOperation, Option<&str>)> = running
+        .iter()
+        .zip(operations)
+        .map(|(operation, (_, key))| (operation, *key))
+        .collect();
+    if rows.len() > 1 {
+        let mut services: Vec<Option<i64>> = rows.iter().map(|(op, _)| op.service_id).collect();
+        services.sort_unstable();
+        services.dedup();
+        if services.len() != rows.len() || services.contains(&None) {
+            return Err(StoreError::Invalid(
+                "operations opened together must each be of a different service".to_owned(),
+            ));
+        }
+    }
+    insert_all(conn, &rows, State::Running).await
+}
+
+/// Inserts `operations` in `state`, in as few statements as the rows allow; their ids, in order
+/// (one row alone, or rows each of a different service).
+async fn insert_all(
+    conn: &mut Conn,
+    operations: &[(&NewOperation, Option<&str>)],
+    state: State,
+) -> Result<Vec<i64>, StoreError> {
+    const COLUMNS: usize = 13;
     let now = now_ms();
-    let row = sqlx::query(
-        "INSERT INTO operations (at, user_id, action, target_kind, target_id, node_id, service_id, outcome, detail, \
-         state, updated_at, finished_at, idempotency_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-    )
-    .bind(now)
-    .bind(operation.user_id)
-    .bind(&operation.action)
-    .bind(&operation.target_kind)
-    .bind(&operation.target_id)
-    .bind(operation.node_id)
-    .bind(operation.service_id)
-    .bind(&operation.outcome)
-    .bind(operation.detail.to_string())
-    .bind(state.as_str())
-    .bind(now)
-    .bind(state.is_finished().then_some(now))
-    .bind(idempotency_key)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(row.try_get("id")?)
+    let mut ids = Vec::with_capacity(operations.len());
+    for chunk in operations.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO operations (at, user_id, action, target_kind, target_id, node_id, service_id, outcome, detail, \
+             state, updated_at, finished_at, idempotency_key) VALUES {} RETURNING id, service_id",
+            value_rows(chunk.len(), COLUMNS)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (operation, key) in chunk {
+            query = query
+                .bind(now)
+                .bind(operation.user_id)
+                .bind(operation.action.clone())
+                .bind(operation.target_kind.clone())
+                .bind(operation.target_id.clone())
+                .bind(operation.node_id)
+                .bind(operation.service_id)
+                .bind(operation.outcome.clone())
+                .bind(operation.detail.to_string())
+                .bind(state.as_str())
+                .bind(now)
+                .bind(state.is_finished().then_some(now))
+                .bind(key.map(str::to_owned));
+        }
+        let rows = query.fetch_all(&mut *conn).await?;
+        if let [row] = rows.as_slice() {
+            ids.push(row.try_get("id")?);
+            continue;
+        }
+        let by_service: std::collections::HashMap<Option<i64>, i64> = rows
+            .iter()
+            .map(|row| Ok((row.try_get("service_id")?, row.try_get("id")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        for (operation, _) in chunk {
+            ids.push(
+                by_service
+                    .get(&operation.service_id)
+                    .copied()
+                    .ok_or_else(|| {
+                        StoreError::Invalid(
+                            "an operation opened together was not inserted".to_owned(),
+                        )
+                    })?,
+            );
+        }
+    }
+    Ok(ids)
 }
 
 /// Operation `id`.
@@ -230,15 +299,28 @@ pub async fn set_progress(
     Ok(())
 }
 
-/// Ends operation `id` in `state` with `error` (empty unless it failed), merging `detail` into
-/// its details; returns false when it had ended already (it is left as it was).
-pub async fn finish(
-    conn: &mut Conn,
-    id: i64,
-    state: State,
-    error: &str,
-    detail: &serde_json::Value,
-) -> Result<bool, StoreError> {
+/// How an operation ended.
+pub struct End<'a> {
+    /// Succeeded, failed or cancelled.
+    pub state: State,
+    /// Why it failed, in the user's terms; empty otherwise.
+    pub error: &'a str,
+    /// Merged into the operation's detail.
+    pub detail: &'a serde_json::Value,
+    /// Its last progress, if it changed since it was last written.
+    pub progress: Option<&'a serde_json::Value>,
+}
+
+/// Ends operation `id` as `end` says (its error empty unless it failed, its detail merged into
+/// the operation's, its last progress written with it); returns false when it had ended already
+/// (it is left as it was).
+pub async fn finish(conn: &mut Conn, id: i64, end: End<'_>) -> Result<bool, StoreError> {
+    let End {
+        state,
+        error,
+        detail,
+        progress,
+    } = end;
     let current = get(conn, id).await?;
     if current.state.is_finished() {
         return Ok(false);
@@ -256,7 +338,7 @@ pub async fn finish(
     let now = now_ms();
     sqlx::query(
         "UPDATE operations SET state = $1, outcome = $2, error = $3, detail = $4, updated_at = $5, \
-         finished_at = $6 WHERE id = $7",
+         finished_at = $6, progress = COALESCE($7, progress) WHERE id = $8",
     )
     .bind(state.as_str())
     .bind(outcome)
@@ -264,6 +346,7 @@ pub async fn finish(
     .bind(merged.to_string())
     .bind(now)
     .bind(now)
+    .bind(progress.map(|progress| progress.to_string()))
     .bind(id)
     .execute(&mut *conn)
     .await?;

@@ -6,7 +6,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::error::conflict_or;
-use crate::{Conn, StoreError, now_ms};
+use crate::{Conn, ROWS_PER_STATEMENT, StoreError, now_ms, value_rows};
 
 /// A service as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -117,37 +117,126 @@ fn service_from(row: &AnyRow) -> Result<ServiceRecord, sqlx::Error> {
 
 /// Inserts a service; a name the owner already uses is a conflict.
 pub async fn insert(conn: &mut Conn, service: &ServiceRecord) -> Result<ServiceRecord, StoreError> {
+    let ids = insert_all(conn, std::slice::from_ref(service)).await?;
+    get(conn, ids[0]).await
+}
+
+/// Inserts `services` (in as few statements as the rows allow); their ids, in order. A name an
+/// owner already uses, or uses twice among them, is a conflict and inserts none.
+pub async fn insert_all(
+    conn: &mut Conn,
+    services: &[ServiceRecord],
+) -> Result<Vec<i64>, StoreError> {
+    const COLUMNS: usize = 21;
     let now = now_ms();
-    let row = sqlx::query(
-        "INSERT INTO services (owner_id, repo, name, image, spec_id, cpu_millis, memory_bytes, gpu_count, definition, \
-         is_public, status, node_id, container_id, container_name, version, error, created_at, updated_at, generation, pinned, replicas) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) RETURNING id",
-    )
-    .bind(service.owner_id)
-    .bind(&service.repo)
-    .bind(&service.name)
-    .bind(&service.image)
-    .bind(service.spec_id)
-    .bind(service.cpu_millis)
-    .bind(service.memory_bytes)
-    .bind(service.gpu_count)
-    .bind(service.definition.to_string())
-    .bind(i64::from(service.is_public))
-    .bind(&service.status)
-    .bind(service.node_id)
-    .bind(service.container_id.clone())
-    .bind(service.container_name.clone())
-    .bind(service.version)
-    .bind(&service.error)
-    .bind(now)
-    .bind(now)
-    .bind(service.generation)
-    .bind(i64::from(service.pinned))
-    .bind(service.replicas)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|err| conflict_or(err, || format!("you already have a service named {:?}", service.name)))?;
-    get(conn, row.try_get("id")?).await
+    let mut ids = std::collections::HashMap::with_capacity(services.len());
+    for chunk in services.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO services (owner_id, repo, name, image, spec_id, cpu_millis, memory_bytes, gpu_count, definition, \
+             is_public, status, node_id, container_id, container_name, version, error, created_at, updated_at, generation, pinned, replicas) \
+             VALUES {} RETURNING id, owner_id, name",
+            value_rows(chunk.len(), COLUMNS)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for service in chunk {
+            query = query
+                .bind(service.owner_id)
+                .bind(service.repo.clone())
+                .bind(service.name.clone())
+                .bind(service.image.clone())
+                .bind(service.spec_id)
+                .bind(service.cpu_millis)
+                .bind(service.memory_bytes)
+                .bind(service.gpu_count)
+                .bind(service.definition.to_string())
+                .bind(i64::from(service.is_public))
+                .bind(service.status.clone())
+                .bind(service.node_id)
+                .bind(service.container_id.clone())
+                .bind(service.container_name.clone())
+                .bind(service.version)
+                .bind(service.error.clone())
+                .bind(now)
+                .bind(now)
+                .bind(service.generation)
+                .bind(i64::from(service.pinned))
+                .bind(service.replicas);
+        }
+        let rows = query.fetch_all(&mut *conn).await.map_err(|err| {
+            conflict_or(err, || match chunk {
+                [one] => format!("you already have a service named {:?}", one.name),
+                _ => {
+                    let names: Vec<&str> =
+                        chunk.iter().map(|service| service.name.as_str()).collect();
+                    format!("a service named one of {names:?} exists already")
+                }
+            })
+        })?;
+        for row in rows {
+            let key: (i64, String) = (row.try_get("owner_id")?, row.try_get("name")?);
+            ids.insert(key, row.try_get::<i64, _>("id")?);
+        }
+    }
+    services
+        .iter()
+        .map(|service| {
+            ids.get(&(service.owner_id, service.name.clone()))
+                .copied()
+                .ok_or_else(|| {
+                    StoreError::Invalid(format!("service {:?} was not inserted", service.name))
+                })
+        })
+        .collect()
+}
+
+/// Which of `wanted` (owner, name) are taken by existing services.
+pub async fn names_taken(
+    conn: &mut Conn,
+    wanted: &[(i64, String)],
+) -> Result<std::collections::HashSet<(i64, String)>, StoreError> {
+    let mut taken = std::collections::HashSet::new();
+    for chunk in wanted.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT owner_id, name FROM services WHERE name IN {}",
+            value_rows(1, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (_, name) in chunk {
+            query = query.bind(name.clone());
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let key: (i64, String) = (row.try_get("owner_id")?, row.try_get("name")?);
+            if chunk.contains(&key) {
+                taken.insert(key);
+            }
+        }
+    }
+    Ok(taken)
+}
+
+/// Sets the container name of each (service id, name) in `named`.
+pub async fn set_container_names(
+    conn: &mut Conn,
+    named: &[(i64, String)],
+) -> Result<(), StoreError> {
+    for chunk in named.chunks(ROWS_PER_STATEMENT) {
+        let cases: String = (0..chunk.len())
+            .map(|at| format!(" WHEN ${} THEN ${}", 2 * at + 1, 2 * at + 2))
+            .collect();
+        let ids: Vec<String> = (0..chunk.len())
+            .map(|at| format!("${}", 2 * at + 1))
+            .collect();
+        let sql = format!(
+            "UPDATE services SET container_name = CASE id{cases} END WHERE id IN ({})",
+            ids.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, name) in chunk {
+            query = query.bind(*id).bind(name.clone());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// Sets service `id`'s wanted `status` and clears its error.
@@ -174,16 +263,6 @@ pub async fn set_container_id(
     sqlx::query("UPDATE services SET container_id = $1, updated_at = $2 WHERE id = $3")
         .bind(container_id)
         .bind(now_ms())
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Sets the container name of service `id` (known once its id is).
-pub async fn set_container_name(conn: &mut Conn, id: i64, name: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE services SET container_name = $1 WHERE id = $2")
-        .bind(name)
         .bind(id)
         .execute(&mut *conn)
         .await?;
@@ -311,26 +390,52 @@ pub async fn delete(conn: &mut Conn, id: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Records a deployment version; a version recorded twice is a conflict.
+/// Records a deployment of a service; a version it has already is a conflict.
 pub async fn add_deployment(
     conn: &mut Conn,
     service_id: i64,
     deployment: &Deployment,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO deployments (service_id, version, definition, node_id, user_id, note, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(service_id)
-    .bind(deployment.version)
-    .bind(deployment.definition.to_string())
-    .bind(deployment.node_id)
-    .bind(deployment.user_id)
-    .bind(&deployment.note)
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await
-    .map_err(|err| conflict_or(err, || format!("version {} of service {service_id} exists", deployment.version)))?;
+    add_deployments(conn, &[(service_id, deployment)]).await
+}
+
+/// Records each (service id, deployment) of `deployments`, in as few statements as the rows
+/// allow; a version a service has already is a conflict and records none.
+pub async fn add_deployments(
+    conn: &mut Conn,
+    deployments: &[(i64, &Deployment)],
+) -> Result<(), StoreError> {
+    const COLUMNS: usize = 7;
+    let now = now_ms();
+    for chunk in deployments.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO deployments (service_id, version, definition, node_id, user_id, note, created_at) VALUES {}",
+            value_rows(chunk.len(), COLUMNS)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (service_id, deployment) in chunk {
+            query = query
+                .bind(*service_id)
+                .bind(deployment.version)
+                .bind(deployment.definition.to_string())
+                .bind(deployment.node_id)
+                .bind(deployment.user_id)
+                .bind(deployment.note.clone())
+                .bind(now);
+        }
+        query.execute(&mut *conn).await.map_err(|err| {
+            conflict_or(err, || match chunk {
+                [(id, one)] => format!("version {} of service {id} exists", one.version),
+                _ => {
+                    let versions: Vec<(i64, i64)> = chunk
+                        .iter()
+                        .map(|(id, deployment)| (*id, deployment.version))
+                        .collect();
+                    format!("one of the (service, version) pairs {versions:?} exists")
+                }
+            })
+        })?;
+    }
     Ok(())
 }
 

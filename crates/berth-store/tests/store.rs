@@ -843,3 +843,194 @@ async fn a_locked_user_makes_thirty_parallel_quota_checks_one_at_a_time() {
         assert_eq!((inserted, usage.services), (5, 5), "{:?}", store.backend());
     }
 }
+
+#[tokio::test]
+async fn creates_written_together_keep_their_order_names_and_keys() {
+    use berth_store::allocations::{self, Allocation};
+    use berth_store::services::{self, Deployment};
+    for store in databases("batch").await {
+        let mut connection = store.acquire().await.expect("connection");
+        let owner = users::create_user(&mut connection, "ann", Role::User, &Quotas::default())
+            .await
+            .expect("user")
+            .id;
+        let other = users::create_user(&mut connection, "bob", Role::User, &Quotas::default())
+            .await
+            .expect("user")
+            .id;
+        let existing = insert_service(&mut connection, owner, "taken").await;
+        let template = services::get(&mut connection, existing.id)
+            .await
+            .expect("get");
+        // 250 services: more than one statement's worth of rows.
+        let records: Vec<_> = (0..250)
+            .map(|at| services::ServiceRecord {
+                id: 0,
+                name: format!("svc-{at}"),
+                replicas: 1 + at % 3,
+                cpu_millis: 100 + at,
+                ..template.clone()
+            })
+            .collect();
+        let ids = services::insert_all(&mut connection, &records)
+            .await
+            .expect("insert all");
+        assert_eq!(ids.len(), 250);
+        for (record, id) in records.iter().zip(&ids) {
+            let stored = services::get(&mut connection, *id).await.expect("get");
+            assert_eq!(
+                (stored.name.as_str(), stored.cpu_millis, stored.replicas),
+                (record.name.as_str(), record.cpu_millis, record.replicas),
+                "ids come back in the order of the records"
+            );
+        }
+
+        let taken = services::names_taken(
+            &mut connection,
+            &[
+                (owner, "taken".to_owned()),
+                (other, "taken".to_owned()),
+                (owner, "svc-7".to_owned()),
+                (owner, "free".to_owned()),
+            ],
+        )
+        .await
+        .expect("names");
+        assert_eq!(
+            taken,
+            [(owner, "taken".to_owned()), (owner, "svc-7".to_owned())]
+                .into_iter()
+                .collect(),
+            "a name is taken per owner"
+        );
+        let twice = services::insert_all(
+            &mut connection,
+            &[services::ServiceRecord {
+                name: "svc-3".into(),
+                ..template.clone()
+            }],
+        )
+        .await;
+        assert!(
+            matches!(&twice, Err(StoreError::Conflict(message)) if message.contains("svc-3")),
+            "{twice:?}"
+        );
+
+        let named: Vec<(i64, String)> = ids.iter().map(|id| (*id, format!("c-{id}"))).collect();
+        services::set_container_names(&mut connection, &named)
+            .await
+            .expect("names");
+        let last = services::get(&mut connection, ids[249]).await.expect("get");
+        assert_eq!(last.container_name, Some(format!("c-{}", ids[249])));
+        assert_eq!(
+            services::get(&mut connection, existing.id)
+                .await
+                .expect("get")
+                .container_name,
+            None,
+            "only the named services change"
+        );
+
+        let deployment = Deployment {
+            version: 1,
+            definition: json!({"image": "x"}),
+            node_id: None,
+            user_id: Some(owner),
+            note: "created".into(),
+            created_at: 0,
+        };
+        let deployments: Vec<(i64, &Deployment)> =
+            ids.iter().map(|id| (*id, &deployment)).collect();
+        services::add_deployments(&mut connection, &deployments)
+            .await
+            .expect("deployments");
+        assert_eq!(
+            services::deployments(&mut connection, ids[120])
+                .await
+                .expect("history")
+                .len(),
+            1
+        );
+
+        let node = nodes::insert(&mut connection, &NodeRecord::new("n-1", "agent"))
+            .await
+            .expect("node")
+            .id;
+        let placed: Vec<Allocation> = ids
+            .iter()
+            .map(|id| Allocation {
+                id: 0,
+                service_id: *id,
+                replica: 0,
+                node_id: node,
+                generation: 1,
+                container_id: String::new(),
+                name: format!("c-{id}"),
+                status: "creating".to_owned(),
+                cpu_millis: 100,
+                memory_bytes: 1 << 20,
+                disk_bytes: 0,
+                gpu_indices: vec![2],
+                gpu_memory_bytes: 0,
+                created_at: 0,
+            })
+            .collect();
+        allocations::insert_all_new(&mut connection, &placed)
+            .await
+            .expect("allocations");
+        assert_eq!(
+            allocations::on_node(&mut connection, node)
+                .await
+                .expect("on node")
+                .len(),
+            250
+        );
+
+        let opened: Vec<(NewOperation, Option<&str>)> = ids
+            .iter()
+            .enumerate()
+            .map(|(at, id)| {
+                (
+                    NewOperation {
+                        user_id: Some(owner),
+                        action: "service.create".into(),
+                        target_kind: "service".into(),
+                        target_id: id.to_string(),
+                        node_id: Some(node),
+                        service_id: Some(*id),
+                        outcome: "running".into(),
+                        detail: json!({"at": at}),
+                    },
+                    (at % 2 == 0).then_some("key-even"),
+                )
+            })
+            .collect();
+        let clash = operations::open_all(&mut connection, &opened).await;
+        assert!(
+            matches!(
+                clash,
+                Err(StoreError::Conflict(_) | StoreError::Database(_))
+            ),
+            "one key used twice by one user is refused: {clash:?}"
+        );
+        let keyed: Vec<(NewOperation, Option<&str>)> = opened
+            .into_iter()
+            .map(|(operation, key)| (operation, key.filter(|_| false)))
+            .collect();
+        let operation_ids = operations::open_all(&mut connection, &keyed)
+            .await
+            .expect("operations");
+        for (at, id) in operation_ids.iter().enumerate().step_by(37) {
+            let operation = operations::get(&mut connection, *id).await.expect("get");
+            assert_eq!(operation.service_id, Some(ids[at]));
+            assert_eq!(operation.detail["at"], json!(at));
+            assert_eq!(operation.state, operations::State::Running);
+        }
+        let same_service =
+            operations::open_all(&mut connection, &[keyed[0].clone(), keyed[0].clone()]).await;
+        assert!(
+            matches!(same_service, Err(StoreError::Invalid(_))),
+            "{same_service:?}"
+        );
+    }
+}

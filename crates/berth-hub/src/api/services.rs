@@ -1022,7 +1022,7 @@ async fn redeploy(
     state.placements_changed();
     drop(placing);
     state.operation_changed(id);
-    state.routes.changed.notify_one();
+    state.routes.touch(service.id);
     service_work::spawn(state, id, service.id, Some(actor), redeploying);
     Ok(id)
 }
@@ -1156,7 +1156,7 @@ pub async fn update(
             ),
         )
         .await?;
-        state.routes.changed.notify_one();
+        state.routes.touch(service.id);
         return accepted(&state, operation_id, &wait).await;
     }
     let mut public = service.clone();

@@ -3,6 +3,7 @@
 //! per replica. A replica takes traffic once its probe passes and its warmup requests succeed;
 //! a failed probe takes it out of the rotation until a probe passes again.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Weak};
@@ -28,23 +29,26 @@ const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 const STARTING_PROBE_FIRST: Duration = Duration::from_millis(2);
 const STARTING_PROBE_MAX: Duration = Duration::from_millis(250);
 
-/// A refresh reads every service, so under a stream of changes (hundreds of creates a second)
-/// the next one waits this many times as long as the last one took: refreshing takes at most a
-/// fifth of the time, and a small table (a refresh of a millisecond) is refreshed at once.
+/// A full refresh reads every service, so with a large table the next one waits this many
+/// times as long as the last one took: full reads take at most a fifth of the time. Changes made
+/// through this hub do not wait for it: each is read alone as soon as it is touched.
 const REFRESH_SPACING: u32 = 4;
 
-/// Refreshes the table every second, or when [`super::routes::RouteTable::changed`] is
-/// notified (at once, or after [`REFRESH_SPACING`] times the last refresh's length when the
-/// last one was that recent), and unloads idle services, until `stop` completes.
+/// Compares the whole table with the database every [`REFRESH_INTERVAL`] (or
+/// [`REFRESH_SPACING`] times the last full read's length, if longer), reads each service
+/// touched in between ([`super::routes::RouteTable::touch`]) at once, and unloads idle
+/// services, until `stop` completes.
 pub async fn run(state: Arc<HubState>, stop: impl Future<Output = ()>) {
     let mut stop = std::pin::pin!(stop);
     let mut reclaiming: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let began = tokio::time::Instant::now();
+        // The full read covers what was touched before it began.
+        state.routes.take_touched();
         if let Err(err) = refresh(&state).await {
             tracing::warn!(error = %err, "Refreshing the gateway's routes failed.");
         }
-        let next_at = tokio::time::Instant::now() + began.elapsed() * REFRESH_SPACING;
+        let next_full = began + REFRESH_INTERVAL.max(began.elapsed() * REFRESH_SPACING);
         if reclaiming.as_ref().is_none_or(|task| task.is_finished()) {
             let state = Arc::clone(&state);
             reclaiming = Some(tokio::spawn(async move {
@@ -54,13 +58,15 @@ pub async fn run(state: Arc<HubState>, stop: impl Future<Output = ()>) {
                 }
             }));
         }
-        tokio::select! {
-            () = &mut stop => return,
-            () = tokio::time::sleep(REFRESH_INTERVAL) => {}
-            () = state.routes.changed.notified() => {
-                tokio::select! {
-                    () = &mut stop => return,
-                    () = tokio::time::sleep_until(next_at) => {}
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep_until(next_full) => break,
+                () = state.routes.touched() => {
+                    let touched = state.routes.take_touched();
+                    if let Err(err) = refresh_services(&state, &touched).await {
+                        tracing::warn!(error = %err, "Refreshing changed services' routes failed.");
+                    }
                 }
             }
         }
@@ -105,7 +111,7 @@ pub async fn node_address(node: &NodeRecord) -> Result<IpAddr, Problem> {
         .ok_or_else(|| unresolved("no address".to_owned()))
 }
 
-/// One comparison of the table with the database.
+/// One comparison of the whole table with the database.
 pub async fn refresh(state: &Arc<HubState>) -> Result<(), StoreError> {
     let (all_services, all_allocations, owners, all_nodes) = {
         let mut connection = state.store.acquire().await?;
@@ -132,30 +138,96 @@ pub async fn refresh(state: &Arc<HubState>) -> Result<(), StoreError> {
     }
     let mut keep = HashSet::new();
     for service in &all_services {
-        let Ok(definition) = replicas::definition_of(service) else {
-            continue;
-        };
-        let Some(port) = definition.port else {
-            continue;
-        };
-        keep.insert(service.id);
-        let routes = upsert(state, service, &owners, port, definition.serving);
-        let models = &state.metrics.models;
-        models
-            .loaded
-            .get_or_create(&routes.metrics(models).labels)
-            .set(i64::from(service.status == "running"));
         let placed = by_service.remove(&service.id).unwrap_or_default();
-        resolve_endpoints(state, &routes, service, port, placed, &all_nodes).await;
+        if apply(state, service, placed, &owners, &all_nodes).await {
+            keep.insert(service.id);
+        }
     }
     for gone in state.routes.all() {
         if !keep.contains(&gone.id) {
-            let models = &state.metrics.models;
-            models.loaded.remove(&gone.metrics(models).labels);
+            forget(state, gone.id);
         }
     }
-    state.routes.retain(&keep);
     Ok(())
+}
+
+/// Reads services `ids` alone (each just changed) and brings their entries in step.
+pub async fn refresh_services(state: &Arc<HubState>, ids: &[i64]) -> Result<(), StoreError> {
+    let mut found = Vec::with_capacity(ids.len());
+    let mut placed = HashMap::with_capacity(ids.len());
+    let mut owners = HashMap::new();
+    {
+        let mut connection = state.store.acquire().await?;
+        for &id in ids {
+            let service = match services::get(&mut connection, id).await {
+                Ok(service) => service,
+                Err(StoreError::NotFound(_)) => {
+                    forget(state, id);
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let routable = replicas::definition_of(&service).is_ok_and(|d| d.port.is_some());
+            if !routable {
+                forget(state, id);
+                continue;
+            }
+            if let Entry::Vacant(owner) = owners.entry(service.owner_id) {
+                owner.insert(
+                    users::get_user(&mut connection, service.owner_id)
+                        .await?
+                        .name,
+                );
+            }
+            placed.insert(id, allocations::for_service(&mut connection, id).await?);
+            found.push(service);
+        }
+    }
+    let node_ids = placed
+        .values()
+        .flatten()
+        .map(|allocation| allocation.node_id);
+    let nodes = replicas::nodes_of(state, node_ids).await?;
+    for service in &found {
+        let replicas = placed.remove(&service.id).unwrap_or_default();
+        if !apply(state, service, replicas, &owners, &nodes).await {
+            forget(state, service.id);
+        }
+    }
+    Ok(())
+}
+
+/// Brings `service`'s entry in step with its record and `placed` allocations; false when it has
+/// no port (nothing to route).
+async fn apply(
+    state: &Arc<HubState>,
+    service: &ServiceRecord,
+    placed: Vec<Allocation>,
+    owners: &HashMap<i64, String>,
+    nodes: &HashMap<i64, NodeRecord>,
+) -> bool {
+    let Ok(definition) = replicas::definition_of(service) else {
+        return false;
+    };
+    let Some(port) = definition.port else {
+        return false;
+    };
+    let routes = upsert(state, service, owners, port, definition.serving);
+    let models = &state.metrics.models;
+    models
+        .loaded
+        .get_or_create(&routes.metrics(models).labels)
+        .set(i64::from(service.status == "running"));
+    resolve_endpoints(state, &routes, service, port, placed, nodes).await;
+    true
+}
+
+/// Takes service `id` out of the table and its gauge out of the metrics.
+fn forget(state: &HubState, id: i64) {
+    if let Some(gone) = state.routes.remove(id) {
+        let models = &state.metrics.models;
+        models.loaded.remove(&gone.metrics(models).labels);
+    }
 }
 
 fn upsert(

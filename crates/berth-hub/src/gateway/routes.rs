@@ -2,7 +2,7 @@
 //! is served, and its replicas' addresses with their readiness and requests in flight. The
 //! readiness loop ([`super::readiness`]) keeps it in step with the database; requests only read it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -352,7 +352,9 @@ pub struct RouteTable {
     services: RwLock<HashMap<i64, Arc<ServiceRoutes>>>,
     names: RwLock<HashMap<String, HashMap<String, i64>>>,
     /// Wakes the readiness loop before its next tick (a service was loaded or changed).
-    pub changed: tokio::sync::Notify,
+    changed: tokio::sync::Notify,
+    /// The services changed since the readiness loop last looked: it reads these alone.
+    touched: std::sync::Mutex<HashSet<i64>>,
     /// Probes and warms replicas that speak HTTP/2 only (gRPC servers).
     pub http2_probes: reqwest::Client,
 }
@@ -363,6 +365,7 @@ impl Default for RouteTable {
             services: RwLock::default(),
             names: RwLock::default(),
             changed: tokio::sync::Notify::new(),
+            touched: std::sync::Mutex::default(),
             http2_probes: reqwest::Client::builder()
                 .http2_prior_knowledge()
                 .connect_timeout(std::time::Duration::from_secs(5))
@@ -406,16 +409,38 @@ impl RouteTable {
         entry
     }
 
-    /// Keeps only the services in `keep`.
-    pub fn retain(&self, keep: &std::collections::HashSet<i64>) {
-        if let Ok(mut services) = self.services.write() {
-            services.retain(|id, _| keep.contains(id));
+    /// Marks service `id` changed (committed) and wakes the readiness loop to read it again.
+    pub fn touch(&self, id: i64) {
+        if let Ok(mut touched) = self.touched.lock() {
+            touched.insert(id);
         }
-        if let Ok(mut names) = self.names.write() {
-            for services in names.values_mut() {
-                services.retain(|_, id| keep.contains(id));
+        self.changed.notify_one();
+    }
+
+    /// Waits until a service is touched.
+    pub async fn touched(&self) {
+        self.changed.notified().await;
+    }
+
+    /// The services touched since the last call.
+    pub fn take_touched(&self) -> Vec<i64> {
+        self.touched
+            .lock()
+            .map(|mut touched| touched.drain().collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes service `id` out; the entry, if it was there.
+    pub fn remove(&self, id: i64) -> Option<Arc<ServiceRoutes>> {
+        let removed = self.services.write().ok()?.remove(&id)?;
+        if let Ok(mut names) = self.names.write()
+            && let Some(services) = names.get_mut(&removed.owner)
+        {
+            services.retain(|_, named| *named != id);
+            if services.is_empty() {
+                names.remove(&removed.owner);
             }
-            names.retain(|_, services| !services.is_empty());
         }
+        Some(removed)
     }
 }
