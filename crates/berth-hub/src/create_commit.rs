@@ -326,19 +326,15 @@ async fn insert(
     let mut opened = Vec::with_capacity(accepted.len());
     for (((intent, placements), record), &id) in accepted.iter().zip(&mut records.iter()).zip(&ids)
     {
+        let name =
+            |replica| container_name(&state.hub_id, &record.name, id, replica, record.version, 1);
+        let first = name(0);
         let service = ServiceRecord {
             id,
-            container_name: Some(container_name(
-                &state.hub_id,
-                &record.name,
-                id,
-                0,
-                record.version,
-                1,
-            )),
+            container_name: Some(first.clone()),
             ..record.clone()
         };
-        named.push((id, service.container_name.clone().unwrap_or_default()));
+        named.push((id, first.clone()));
         deployments.push((
             id,
             Deployment {
@@ -356,19 +352,16 @@ async fn insert(
                 replica: *replica,
                 generation: 1,
             };
-            let name = container_name(
-                &state.hub_id,
-                &service.name,
-                id,
-                *replica,
-                service.version,
-                1,
-            );
+            let replica_name = if *replica == 0 {
+                first.clone()
+            } else {
+                name(*replica)
+            };
             placed.push(scheduling::allocation_for(
                 reference,
                 &intent.shape,
                 placement,
-                &name,
+                &replica_name,
             ));
         }
         let nodes: Vec<&str> = placements

@@ -222,19 +222,16 @@ pub async fn launch(
         }
     }
     let outcome = create_and_start(state, node, &spec, start, tracker).await;
+    let logged = |outcome: &str, detail: Value| NewOperation {
+        node_id: Some(node.id),
+        ..service_operation(cause.actor, cause.action, service, outcome, detail)
+    };
     let mut transaction = state.store.begin().await?;
     let (id, warnings) = match outcome {
         Ok(created) => created,
         Err(problem) => {
             let detail = json!({"node": node.name, "replica": replica, "error": problem.detail(), "cause": cause.detail});
-            operations::commit_with(
-                transaction,
-                &NewOperation {
-                    node_id: Some(node.id),
-                    ..service_operation(cause.actor, cause.action, service, "failed", detail)
-                },
-            )
-            .await?;
+            operations::commit_with(transaction, &logged("failed", detail)).await?;
             return Err(problem);
         }
     };
@@ -265,14 +262,7 @@ pub async fn launch(
         "warnings": warnings,
         "cause": cause.detail,
     });
-    operations::commit_with(
-        transaction,
-        &NewOperation {
-            node_id: Some(node.id),
-            ..service_operation(cause.actor, cause.action, service, "ok", detail)
-        },
-    )
-    .await?;
+    operations::commit_with(transaction, &logged("ok", detail)).await?;
     Ok(Launched {
         replica,
         node_id: node.id,

@@ -71,25 +71,15 @@ fn allocation_from(row: &AnyRow) -> Result<Allocation, sqlx::Error> {
 /// Records `allocation` as its replica's placement, replacing the earlier one in place (the
 /// row keeps its id through launches and moves).
 pub async fn record(conn: &mut Conn, allocation: &Allocation) -> Result<Allocation, StoreError> {
-    let indices: Vec<String> = allocation.gpu_indices.iter().map(u32::to_string).collect();
-    let updated = sqlx::query(
-        "UPDATE containers SET node_id = $1, container_id = $2, name = $3, status = $4, created_at = $5, \
-         generation = $6, cpu_millis = $7, memory_bytes = $8, disk_bytes = $9, gpu_indices = $10, \
-         gpu_memory_bytes = $11 WHERE service_id = $12 AND replica = $13",
+    let updated = bind_columns(
+        sqlx::query(
+            "UPDATE containers SET node_id = $1, container_id = $2, name = $3, status = $4, created_at = $5, \
+             generation = $6, cpu_millis = $7, memory_bytes = $8, disk_bytes = $9, gpu_indices = $10, \
+             gpu_memory_bytes = $11 WHERE service_id = $12 AND replica = $13",
+        ),
+        allocation,
+        now_ms(),
     )
-    .bind(allocation.node_id)
-    .bind(&allocation.container_id)
-    .bind(&allocation.name)
-    .bind(&allocation.status)
-    .bind(now_ms())
-    .bind(allocation.generation)
-    .bind(allocation.cpu_millis)
-    .bind(allocation.memory_bytes)
-    .bind(allocation.disk_bytes)
-    .bind(indices.join(","))
-    .bind(allocation.gpu_memory_bytes)
-    .bind(allocation.service_id)
-    .bind(allocation.replica)
     .execute(&mut *conn)
     .await?;
     if updated.rows_affected() == 0 {
@@ -105,6 +95,33 @@ pub async fn record(conn: &mut Conn, allocation: &Allocation) -> Result<Allocati
         })
 }
 
+/// The columns [`bind_columns`] binds, in its order.
+const COLUMN_NAMES: &str = "node_id, container_id, name, status, created_at, generation, cpu_millis, \
+     memory_bytes, disk_bytes, gpu_indices, gpu_memory_bytes, service_id, replica";
+
+/// Binds `allocation`'s columns in the order of [`COLUMN_NAMES`], written at `now`.
+fn bind_columns<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    allocation: &Allocation,
+    now: i64,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let indices: Vec<String> = allocation.gpu_indices.iter().map(u32::to_string).collect();
+    query
+        .bind(allocation.node_id)
+        .bind(allocation.container_id.clone())
+        .bind(allocation.name.clone())
+        .bind(allocation.status.clone())
+        .bind(now)
+        .bind(allocation.generation)
+        .bind(allocation.cpu_millis)
+        .bind(allocation.memory_bytes)
+        .bind(allocation.disk_bytes)
+        .bind(indices.join(","))
+        .bind(allocation.gpu_memory_bytes)
+        .bind(allocation.service_id)
+        .bind(allocation.replica)
+}
+
 /// Inserts the first allocation of a replica that has none yet (a create's).
 pub async fn insert_new(conn: &mut Conn, allocation: &Allocation) -> Result<(), StoreError> {
     insert_all_new(conn, std::slice::from_ref(allocation)).await
@@ -117,27 +134,12 @@ pub async fn insert_all_new(conn: &mut Conn, allocations: &[Allocation]) -> Resu
     let now = now_ms();
     for chunk in allocations.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO containers (node_id, service_id, container_id, name, status, created_at, generation, \
-             cpu_millis, memory_bytes, disk_bytes, gpu_indices, gpu_memory_bytes, replica) VALUES {}",
+            "INSERT INTO containers ({COLUMN_NAMES}) VALUES {}",
             value_rows(chunk.len(), COLUMNS)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for allocation in chunk {
-            let indices: Vec<String> = allocation.gpu_indices.iter().map(u32::to_string).collect();
-            query = query
-                .bind(allocation.node_id)
-                .bind(allocation.service_id)
-                .bind(allocation.container_id.clone())
-                .bind(allocation.name.clone())
-                .bind(allocation.status.clone())
-                .bind(now)
-                .bind(allocation.generation)
-                .bind(allocation.cpu_millis)
-                .bind(allocation.memory_bytes)
-                .bind(allocation.disk_bytes)
-                .bind(indices.join(","))
-                .bind(allocation.gpu_memory_bytes)
-                .bind(allocation.replica);
+            query = bind_columns(query, allocation, now);
         }
         query.execute(&mut *conn).await?;
     }

@@ -139,8 +139,9 @@ pub async fn refresh(state: &Arc<HubState>) -> Result<(), StoreError> {
     let mut keep = HashSet::new();
     for service in &all_services {
         let placed = by_service.remove(&service.id).unwrap_or_default();
-        if apply(state, service, placed, &owners, &all_nodes).await {
+        if let Some((port, serving)) = routing_of(service) {
             keep.insert(service.id);
+            apply(state, service, (port, serving), placed, &owners, &all_nodes).await;
         }
     }
     for gone in state.routes.all() {
@@ -167,11 +168,10 @@ pub async fn refresh_services(state: &Arc<HubState>, ids: &[i64]) -> Result<(), 
                 }
                 Err(err) => return Err(err),
             };
-            let routable = replicas::definition_of(&service).is_ok_and(|d| d.port.is_some());
-            if !routable {
+            let Some(routing) = routing_of(&service) else {
                 forget(state, id);
                 continue;
-            }
+            };
             if let Entry::Vacant(owner) = owners.entry(service.owner_id) {
                 owner.insert(
                     users::get_user(&mut connection, service.owner_id)
@@ -180,7 +180,7 @@ pub async fn refresh_services(state: &Arc<HubState>, ids: &[i64]) -> Result<(), 
                 );
             }
             placed.insert(id, allocations::for_service(&mut connection, id).await?);
-            found.push(service);
+            found.push((service, routing));
         }
     }
     let node_ids = placed
@@ -188,38 +188,36 @@ pub async fn refresh_services(state: &Arc<HubState>, ids: &[i64]) -> Result<(), 
         .flatten()
         .map(|allocation| allocation.node_id);
     let nodes = replicas::nodes_of(state, node_ids).await?;
-    for service in &found {
+    for (service, routing) in found {
         let replicas = placed.remove(&service.id).unwrap_or_default();
-        if !apply(state, service, replicas, &owners, &nodes).await {
-            forget(state, service.id);
-        }
+        apply(state, &service, routing, replicas, &owners, &nodes).await;
     }
     Ok(())
 }
 
-/// Brings `service`'s entry in step with its record and `placed` allocations; false when it has
-/// no port (nothing to route).
+/// The port and serving settings of a service the gateway routes to; none for one without a
+/// port (or with an unreadable definition).
+fn routing_of(service: &ServiceRecord) -> Option<(u16, ServingSettings)> {
+    let definition = replicas::definition_of(service).ok()?;
+    Some((definition.port?, definition.serving))
+}
+
+/// Brings routable `service`'s entry in step with its record and `placed` allocations.
 async fn apply(
     state: &Arc<HubState>,
     service: &ServiceRecord,
+    (port, serving): (u16, ServingSettings),
     placed: Vec<Allocation>,
     owners: &HashMap<i64, String>,
     nodes: &HashMap<i64, NodeRecord>,
-) -> bool {
-    let Ok(definition) = replicas::definition_of(service) else {
-        return false;
-    };
-    let Some(port) = definition.port else {
-        return false;
-    };
-    let routes = upsert(state, service, owners, port, definition.serving);
+) {
+    let routes = upsert(state, service, owners, port, serving);
     let models = &state.metrics.models;
     models
         .loaded
         .get_or_create(&routes.metrics(models).labels)
         .set(i64::from(service.status == "running"));
     resolve_endpoints(state, &routes, service, port, placed, nodes).await;
-    true
 }
 
 /// Takes service `id` out of the table and its gauge out of the metrics.
