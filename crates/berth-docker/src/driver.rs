@@ -221,6 +221,25 @@ impl DockerDriver {
         Ok(version.version.unwrap_or_default())
     }
 
+    /// The engine's clock now, in Unix seconds (its `/info` time; this host's clock when the
+    /// engine does not say).
+    pub async fn engine_now(&self) -> Result<i64, DriverError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|err| DriverError::for_engine(&self.address, err))?;
+        Ok(info
+            .system_time
+            .as_deref()
+            .and_then(berth_core::calendar::unix_seconds_of_rfc3339)
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs() as i64)
+            }))
+    }
+
     /// True when the image is present on the node.
     pub async fn image_exists(&self, image: &str) -> Result<bool, DriverError> {
         match self.docker.inspect_image(image).await {

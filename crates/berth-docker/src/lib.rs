@@ -4,7 +4,8 @@
 //! held in memory) and tests the connection; [`DockerDriver`] is a connected engine: create (with
 //! image pull and the system-disk fallback), start, stop, restart, remove (with the data volume),
 //! inspect, list by label, logs, one-shot stats, exec and GPU usage. [`translate`] turns a
-//! `ContainerSpec` into the engine's create request.
+//! `ContainerSpec` into the engine's create request; [`mirror`] keeps an in-memory copy of an
+//! engine's labelled containers from its event stream.
 
 mod cgroup;
 mod driver;
@@ -13,6 +14,7 @@ mod error;
 mod gpu_usage;
 mod images;
 mod logs;
+pub mod mirror;
 mod stats;
 pub mod translate;
 
