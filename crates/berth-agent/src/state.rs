@@ -1,8 +1,12 @@
-//! The agent's shared state: configuration, the Docker driver, GPU and host probes, metrics.
+//! The agent's shared state: configuration, the Docker driver, the mirror of its containers,
+//! GPU and host probes, metrics.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use berth_docker::mirror::{self, ContainerMirror};
 use berth_docker::{DockerDriver, DockerEndpoint, GpuMode};
+use bollard::models::ContainerInspectResponse;
 
 use crate::api::Problem;
 use crate::config::AgentConfig;
@@ -12,12 +16,21 @@ use crate::metrics::AgentMetrics;
 use crate::node::NodeSnapshot;
 use crate::wire::LABEL_AGENT;
 
+/// How often the mirror lists the engine's containers to check it missed nothing.
+const MIRROR_RESYNC: Duration = Duration::from_secs(60);
+/// How long the mirror waits before it lists again after its event stream broke.
+const MIRROR_RETRY: Duration = Duration::from_millis(500);
+
 /// What every request handler can reach.
 pub struct AgentState {
     /// The configuration the agent started with.
     pub config: AgentConfig,
     /// The local Docker engine.
-    pub driver: DockerDriver,
+    pub driver: Arc<DockerDriver>,
+    /// This agent's containers as the engine's events last described them.
+    pub mirror: Arc<ContainerMirror>,
+    /// Keeps the mirror following the engine while the state lives.
+    follower: tokio::task::JoinHandle<()>,
     /// The host's GPUs.
     pub gpus: Arc<GpuProbe>,
     /// The host's facts.
@@ -45,10 +58,20 @@ impl AgentState {
         let driver = DockerDriver::connect_with(&endpoint, gpu_mode, Some(gpus.clone()))
             .await
             .map_err(|err| err.to_string())?;
+        let driver = Arc::new(driver);
         let host = HostProbe::new()?;
+        let mirror = ContainerMirror::new(format!("{LABEL_AGENT}={}", config.server_id));
+        let follower = tokio::spawn(mirror::follow(
+            Arc::clone(&driver),
+            Arc::clone(&mirror),
+            MIRROR_RESYNC,
+            MIRROR_RETRY,
+        ));
         Ok(Arc::new(Self {
             config,
             driver,
+            mirror,
+            follower,
             gpus,
             host,
             metrics: AgentMetrics::new(),
@@ -61,13 +84,42 @@ impl AgentState {
         format!("{LABEL_AGENT}={}", self.config.server_id)
     }
 
+    /// This agent's containers: from the mirror while it follows the engine, else listed and
+    /// inspected now.
+    pub async fn containers(&self) -> Result<Vec<Arc<ContainerInspectResponse>>, Problem> {
+        if self.mirror.is_synced() {
+            return Ok(self.mirror.containers());
+        }
+        let mut containers = Vec::new();
+        for summary in self.driver.list(&[&self.scope_label()], true).await? {
+            match self.driver.inspect_raw(&summary.id).await {
+                Ok(inspected) => containers.push(Arc::new(inspected)),
+                Err(berth_docker::DriverError::ContainerNotFound { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(containers)
+    }
+
+    /// Puts the container's state after this agent's own change into the mirror at once, so a
+    /// read right after the change sees it (the engine's event follows).
+    pub async fn refresh(&self, id: &str) {
+        match self.driver.inspect_raw(id).await {
+            Ok(inspected) => self.mirror.remember(inspected),
+            Err(berth_docker::DriverError::ContainerNotFound { .. }) => self.mirror.forget(id),
+            Err(err) => {
+                tracing::debug!(container = %id, error = %err, "Could not refresh the mirror.")
+            }
+        }
+    }
+
     /// Reads the node now: engine, host, GPUs and the managed containers.
     pub async fn snapshot(self: &Arc<Self>) -> Result<NodeSnapshot, Problem> {
         let engine = self.driver.engine_info().await?;
-        let managed = self.driver.list(&[&self.scope_label()], true).await?;
+        let managed = self.containers().await?;
         let running = managed
             .iter()
-            .filter(|container| container.state == "running")
+            .filter(|container| status_of(container) == "running")
             .count();
         let probe = Arc::clone(self);
         let root = engine.docker_root_dir.clone();
@@ -92,4 +144,20 @@ impl AgentState {
             hami_core_dir: self.config.hami_core_dir.clone(),
         })
     }
+}
+
+impl Drop for AgentState {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+/// The Docker status of an inspected container (`running`, `exited`, …).
+pub fn status_of(inspected: &ContainerInspectResponse) -> String {
+    inspected
+        .state
+        .as_ref()
+        .and_then(|state| state.status)
+        .map(|status| status.to_string())
+        .unwrap_or_default()
 }

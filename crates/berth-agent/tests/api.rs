@@ -876,3 +876,212 @@ async fn the_api_can_be_served_over_tls() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// One Server-Sent Event: its name, id and JSON data.
+#[derive(Debug)]
+struct StreamEvent {
+    event: String,
+    id: u64,
+    data: Value,
+}
+
+/// Reads Server-Sent Events from `response` until `done` says so (or 20 s pass).
+async fn read_events(
+    response: reqwest::Response,
+    mut done: impl FnMut(&[StreamEvent]) -> bool,
+) -> Vec<StreamEvent> {
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done(&events) {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no more events after {events:?}"))
+            .expect("stream open")
+            .expect("chunk");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut event, mut id, mut data) = (String::new(), 0, Value::Null);
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("event: ") {
+                    event = value.to_owned();
+                } else if let Some(value) = line.strip_prefix("id: ") {
+                    id = value.parse().expect("numeric id");
+                } else if let Some(value) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(value).expect("JSON data");
+                }
+            }
+            if !event.is_empty() {
+                events.push(StreamEvent { event, id, data });
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn the_event_stream_shows_api_and_engine_changes_in_order_and_resumes() {
+    let agent = start("events", &[]).await;
+    let name = format!("{}-e", server_id("events"));
+    agent
+        .with_cleanup(async {
+            for _ in 0..100 {
+                if agent.state.mirror.is_synced() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let opened = agent
+                .request(Method::GET, "/events")
+                .send()
+                .await
+                .expect("events");
+            assert_eq!(opened.status(), 200);
+            assert!(
+                opened.headers()["content-type"]
+                    .to_str()
+                    .expect("type")
+                    .starts_with("text/event-stream")
+            );
+            let reader = tokio::spawn(read_events(opened, |events| {
+                events.iter().any(|event| event.data["action"] == "destroy")
+            }));
+
+            let (status, created) = agent
+                .call(
+                    Method::POST,
+                    "/containers/",
+                    Some(container(&name, json!({"ports": {"8080/tcp": null}}))),
+                )
+                .await;
+            assert_eq!(status, 200, "{created}");
+            let id = created["container_id"].as_str().expect("id").to_owned();
+            // A read right after the agent's own write sees it.
+            let (_, listed) = agent.call(Method::GET, "/containers/?all=true", None).await;
+            let item = listed["containers"]
+                .as_array()
+                .expect("list")
+                .iter()
+                .find(|item| item["id"] == id.as_str())
+                .cloned()
+                .expect("listed after create");
+            assert_eq!(item["status"], "created");
+            assert!(
+                item["created_at"]
+                    .as_str()
+                    .is_some_and(|at| at.starts_with("20")),
+                "{item}"
+            );
+            agent
+                .call(Method::POST, &format!("/containers/{name}/start"), None)
+                .await;
+            let (_, listed) = agent.call(Method::GET, "/containers/", None).await;
+            let item = &listed["containers"][0];
+            assert_eq!(
+                (item["id"].as_str(), item["status"].as_str()),
+                (Some(id.as_str()), Some("running"))
+            );
+            assert!(
+                item["ports"]["8080/tcp"]
+                    .as_u64()
+                    .is_some_and(|port| port > 0),
+                "{item}"
+            );
+            // Behind the agent's back: the engine kills it.
+            agent.state.driver.stop(&id, 0).await.expect("engine stop");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let (_, listed) = agent.call(Method::GET, "/containers/?all=true", None).await;
+                if listed["containers"][0]["status"] == "exited" {
+                    assert_eq!(listed["running"], 0);
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the list never showed the kill: {listed}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let (status, _) = agent
+                .call(
+                    Method::DELETE,
+                    &format!("/containers/{name}?force=true"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200);
+            let (_, listed) = agent.call(Method::GET, "/containers/?all=true", None).await;
+            assert_eq!(listed["total"], 0, "gone from the list at once: {listed}");
+
+            let events = reader.await.expect("reader");
+            assert_eq!(events[0].event, "snapshot");
+            assert_eq!(events[0].data["containers"], json!([]));
+            let changes: Vec<&StreamEvent> = events[1..].iter().collect();
+            assert!(
+                changes
+                    .iter()
+                    .all(|event| event.event == "container" && event.data["id"] == id.as_str())
+            );
+            assert!(
+                changes.windows(2).all(|pair| pair[1].id == pair[0].id + 1),
+                "numbered in order"
+            );
+            let actions: Vec<&str> = changes
+                .iter()
+                .map(|event| event.data["action"].as_str().unwrap_or_default())
+                .collect();
+            let at = |action: &str| {
+                actions
+                    .iter()
+                    .position(|seen| *seen == action)
+                    .unwrap_or_else(|| panic!("no {action} in {actions:?}"))
+            };
+            assert!(
+                at("create") < at("start") && at("start") < at("die") && at("die") < at("destroy"),
+                "{actions:?}"
+            );
+            let started = changes[at("start")];
+            assert_eq!(started.data["container"]["status"], "running");
+            assert!(changes[at("destroy")].data["container"].is_null());
+
+            // Resuming after the start gets exactly what followed it, by query or by header.
+            let last = changes.last().expect("changes").id;
+            for request in [
+                agent.request(Method::GET, &format!("/events?since={}", started.id)),
+                agent
+                    .request(Method::GET, "/events")
+                    .header("last-event-id", started.id.to_string()),
+            ] {
+                let resumed = read_events(request.send().await.expect("resume"), |events| {
+                    events.last().is_some_and(|event| event.id == last)
+                })
+                .await;
+                assert_eq!(resumed[0].id, started.id + 1);
+                assert!(resumed.iter().all(|event| event.event == "container"));
+            }
+            // A number the agent never gave starts over from a snapshot.
+            let fresh = read_events(
+                agent
+                    .request(Method::GET, &format!("/events?since={}", last + 1000))
+                    .send()
+                    .await
+                    .expect("events"),
+                |events| !events.is_empty(),
+            )
+            .await;
+            assert_eq!((fresh[0].event.as_str(), fresh[0].id), ("snapshot", last));
+            let (status, problem) = agent
+                .call(Method::GET, "/events?since=yesterday", None)
+                .await;
+            assert!(status == 400 || status == 422, "{status} {problem}");
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .is_some_and(|detail| detail.contains("since")),
+                "{problem}"
+            );
+        })
+        .await;
+}

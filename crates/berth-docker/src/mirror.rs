@@ -129,10 +129,10 @@ impl ContainerMirror {
     /// The last change's number and every container, ordered by name, as of that change.
     pub fn snapshot(&self) -> (u64, Vec<Inspected>) {
         let view = self.read();
+        let seq = view.seq;
         let mut containers: Vec<Inspected> = view.containers.values().cloned().collect();
         drop(view);
         containers.sort_by(|a, b| a.name.cmp(&b.name));
-        let seq = self.seq();
         (seq, containers)
     }
 

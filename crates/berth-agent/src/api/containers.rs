@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Problem, parse_body, parse_query};
-use crate::state::AgentState;
+use crate::state::{AgentState, status_of};
 use crate::timestamp::utc_now;
 use crate::wire::{
     AgentLabels, ContainerInfo, ContainerList, CreateContainerRequest, LABEL_AGENT,
@@ -80,15 +80,6 @@ fn name_of(inspected: &ContainerInspectResponse) -> String {
         .to_owned()
 }
 
-fn status_of(inspected: &ContainerInspectResponse) -> String {
-    inspected
-        .state
-        .as_ref()
-        .and_then(|state| state.status)
-        .map(|status| status.to_string())
-        .unwrap_or_default()
-}
-
 /// `POST /containers/`.
 pub async fn create(State(state): Shared, body: Bytes) -> Result<Json<OperationResponse>, Problem> {
     let request: CreateContainerRequest = parse_body(&body)?;
@@ -133,6 +124,7 @@ pub async fn create(State(state): Shared, body: Bytes) -> Result<Json<OperationR
             warnings.push(format!("not connected to network {network}: {err}"));
         }
     }
+    state.refresh(&created.id).await;
     tracing::info!(container = %created.id, name = %spec.name, "Container created.");
     let details = json!({"name": spec.name, "image": spec.image, "status": "created"});
     let mut response = operation(
@@ -152,35 +144,19 @@ struct ListQuery {
     all: QueryBool,
 }
 
-/// `GET /containers/?all=`.
+/// `GET /containers/?all=`: from the mirror of this agent's containers (listed from the engine
+/// only while the mirror does not follow it).
 pub async fn list(
     State(state): Shared,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<ContainerList>, Problem> {
     let query: ListQuery = parse_query(raw)?;
-    let summaries = state
-        .driver
-        .list(&[&state.scope_label()], query.all.0)
-        .await?;
-    let containers: Vec<ContainerInfo> = summaries
-        .into_iter()
-        .map(|summary| ContainerInfo {
-            id: summary.id,
-            name: summary.name,
-            image: summary.image,
-            status: summary.state,
-            created_at: String::new(),
-            started_at: None,
-            finished_at: None,
-            ports: BTreeMap::new(),
-            networks: json!({}),
-            ip_address: None,
-            resource_limits: json!({}),
-            resource_usage: None,
-            labels: summary.labels,
-            environment: BTreeMap::new(),
-            mounts: Vec::new(),
-        })
+    let containers: Vec<ContainerInfo> = state
+        .containers()
+        .await?
+        .iter()
+        .map(|inspected| list_item(inspected))
+        .filter(|item| query.all.0 || item.status == "running")
         .collect();
     let running = containers
         .iter()
@@ -192,6 +168,65 @@ pub async fn list(
         stopped: containers.len() - running,
         containers,
     }))
+}
+
+/// A container as a list item: what mManager's list carries (id, name, image, status,
+/// creation time, labels), plus its times and published ports; the rest empty, as in
+/// mManager's list.
+pub(crate) fn list_item(inspected: &ContainerInspectResponse) -> ContainerInfo {
+    let state = inspected.state.as_ref();
+    let real_time = |time: Option<&String>| {
+        time.filter(|time| !time.is_empty() && !time.starts_with("0001-"))
+            .cloned()
+    };
+    ContainerInfo {
+        id: inspected.id.clone().unwrap_or_default(),
+        name: name_of(inspected),
+        image: inspected
+            .config
+            .as_ref()
+            .and_then(|config| config.image.clone())
+            .unwrap_or_default(),
+        status: status_of(inspected),
+        created_at: inspected.created.clone().unwrap_or_default(),
+        started_at: real_time(state.and_then(|state| state.started_at.as_ref())),
+        finished_at: real_time(state.and_then(|state| state.finished_at.as_ref())),
+        ports: published_ports(inspected),
+        networks: json!({}),
+        ip_address: None,
+        resource_limits: json!({}),
+        resource_usage: None,
+        labels: inspected
+            .config
+            .as_ref()
+            .and_then(|config| config.labels.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        environment: BTreeMap::new(),
+        mounts: Vec::new(),
+    }
+}
+
+/// `"7860/tcp"` → the first binding's host port.
+fn published_ports(inspected: &ContainerInspectResponse) -> BTreeMap<String, u16> {
+    inspected
+        .network_settings
+        .as_ref()
+        .and_then(|settings| settings.ports.as_ref())
+        .map(|ports| {
+            ports
+                .iter()
+                .filter_map(|(key, bindings)| {
+                    let port = bindings
+                        .as_ref()?
+                        .iter()
+                        .find_map(|binding| binding.host_port.as_ref()?.parse::<u16>().ok())?;
+                    Some((key.clone(), port))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `GET /containers/{id}`.
@@ -220,21 +255,11 @@ fn container_info(
     resource_usage: Option<ResourceUsage>,
 ) -> ContainerInfo {
     let name = name_of(&inspected);
+    let ports = published_ports(&inspected);
     let config = inspected.config.unwrap_or_default();
     let state = inspected.state.unwrap_or_default();
     let host = inspected.host_config.unwrap_or_default();
     let settings = inspected.network_settings.unwrap_or_default();
-    let ports = settings
-        .ports
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(key, bindings)| {
-            let port = bindings?
-                .into_iter()
-                .find_map(|binding| binding.host_port?.parse::<u16>().ok())?;
-            Some((key, port))
-        })
-        .collect();
     let networks = settings.networks.unwrap_or_default();
     let ip_address = networks
         .values()
@@ -306,7 +331,9 @@ pub async fn start(
     let inspected = resolve(&state, &id).await?;
     let name = name_of(&inspected);
     let full_id = inspected.id.unwrap_or_default();
-    Ok(Json(match state.driver.start(&full_id).await? {
+    let transition = state.driver.start(&full_id).await?;
+    state.refresh(&full_id).await;
+    Ok(Json(match transition {
         Transition::AlreadyThere => operation(
             &id,
             "start",
@@ -355,25 +382,25 @@ pub async fn stop(
     let name = name_of(&inspected);
     let status = status_of(&inspected);
     let full_id = inspected.id.unwrap_or_default();
-    Ok(Json(
-        match state.driver.stop(&full_id, query.timeout).await? {
-            Transition::AlreadyThere => operation(
+    let transition = state.driver.stop(&full_id, query.timeout).await?;
+    state.refresh(&full_id).await;
+    Ok(Json(match transition {
+        Transition::AlreadyThere => operation(
+            &id,
+            "stop",
+            format!("container {name} is already stopped, current status: {status}"),
+            None,
+        ),
+        Transition::Changed => {
+            tracing::info!(container = %full_id, "Container stopped.");
+            operation(
                 &id,
                 "stop",
-                format!("container {name} is already stopped, current status: {status}"),
-                None,
-            ),
-            Transition::Changed => {
-                tracing::info!(container = %full_id, "Container stopped.");
-                operation(
-                    &id,
-                    "stop",
-                    format!("container {name} stopped"),
-                    Some(json!({"name": name, "status": "exited"})),
-                )
-            }
-        },
-    ))
+                format!("container {name} stopped"),
+                Some(json!({"name": name, "status": "exited"})),
+            )
+        }
+    }))
 }
 
 /// `POST /containers/{id}/restart?timeout=10`.
@@ -388,6 +415,7 @@ pub async fn restart(
     let full_id = inspected.id.unwrap_or_default();
     state.driver.stop(&full_id, query.timeout).await?;
     state.driver.start(&full_id).await?;
+    state.refresh(&full_id).await;
     tracing::info!(container = %full_id, "Container restarted.");
     Ok(Json(operation(
         &id,
@@ -447,6 +475,7 @@ pub async fn remove(
             ),
             other => other.into(),
         })?;
+    state.mirror.forget(&full_id);
     tracing::info!(container = %full_id, "Container removed.");
     let details = json!({"name": name, "force": query.force.0, "data_volume_removed": outcome.data_volume_removed});
     Ok(Json(operation(

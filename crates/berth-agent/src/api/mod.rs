@@ -1,7 +1,8 @@
 //! The agent's HTTP API: mManager's routes and Bearer authentication, JSON on every answer,
-//! problem+json on every error. `router` builds it; `main` only binds and serves.
+//! problem+json on every error, and `GET /events`, the stream of its containers' changes. `router` builds it; `main` only binds and serves.
 
 mod containers;
+mod events;
 mod files;
 mod images;
 mod node_routes;
@@ -36,6 +37,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/capabilities", get(node_routes::capabilities))
         .route("/metrics", get(node_routes::metrics))
         .route("/openapi.json", get(node_routes::openapi))
+        .route("/events", get(events::stream))
         .route(
             "/containers/",
             get(containers::list).post(containers::create),

@@ -113,6 +113,7 @@ mod tests {
             ("/capabilities", "get"),
             ("/metrics", "get"),
             ("/openapi.json", "get"),
+            ("/events", "get"),
             ("/containers/", "get"),
             ("/containers/", "post"),
             ("/containers/{id}", "get"),
