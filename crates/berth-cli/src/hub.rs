@@ -11,7 +11,7 @@ use berth_core::ConnectionStatus;
 use berth_hub::config::HubConfig;
 use berth_hub::reload::{self, ConfigWatcher, Reload};
 use berth_hub::state::HubSettings;
-use berth_hub::{HubState, bootstrap, gateway, monitor, stats_sampler};
+use berth_hub::{HubState, bootstrap, gateway, monitor, node_watch, stats_sampler};
 use berth_store::{SecretBox, Store, nodes, redact_url};
 use clap::Args;
 
@@ -255,6 +255,10 @@ pub async fn serve(launch: Launch) -> ExitCode {
         Arc::clone(&state),
         stopped(stop_receiver.clone()),
     ));
+    let watch_task = tokio::spawn(node_watch::run(
+        Arc::clone(&state),
+        stopped(stop_receiver.clone()),
+    ));
     let sampler_task = tokio::spawn(stats_sampler::run(
         Arc::clone(&state),
         stopped(stop_receiver.clone()),
@@ -283,6 +287,7 @@ pub async fn serve(launch: Launch) -> ExitCode {
     let _ = monitor_task.await;
     let _ = readiness_task.await;
     let _ = sampler_task.await;
+    let _ = watch_task.await;
     let _ = gateway_task.await;
     if let Some(task) = reload_task {
         let _ = task.await;

@@ -548,7 +548,7 @@ impl DockerDriver {
             .inspect_container(container, None)
             .await
             .map_err(|err| DriverError::for_container(&self.address, container, err))?;
-        Ok(details_from(response))
+        Ok(ContainerDetails::from(&response))
     }
 
     /// The raw inspect document, for callers that need fields the summary leaves out.
@@ -648,40 +648,44 @@ fn real_time(value: Option<String>) -> Option<String> {
     value.filter(|time| !time.is_empty() && time != ZERO_TIME)
 }
 
-fn details_from(response: ContainerInspectResponse) -> ContainerDetails {
-    let state = response.state.unwrap_or_default();
-    let config = response.config.unwrap_or_default();
-    let ports = response
-        .network_settings
-        .and_then(|settings| settings.ports)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(key, bindings)| {
-            let port = bindings?
-                .into_iter()
-                .find_map(|binding| binding.host_port?.parse::<u16>().ok())?;
-            Some((key, port))
-        })
-        .collect();
-    ContainerDetails {
-        id: response.id.unwrap_or_default(),
-        name: response
-            .name
+impl From<&ContainerInspectResponse> for ContainerDetails {
+    fn from(response: &ContainerInspectResponse) -> Self {
+        let state = response.state.clone().unwrap_or_default();
+        let config = response.config.clone().unwrap_or_default();
+        let ports = response
+            .network_settings
+            .as_ref()
+            .and_then(|settings| settings.ports.clone())
             .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_owned(),
-        image: config.image.unwrap_or_default(),
-        status: state
-            .status
-            .map(|status| status.to_string())
-            .unwrap_or_default(),
-        exit_code: state.exit_code,
-        oom_killed: state.oom_killed.unwrap_or(false),
-        started_at: real_time(state.started_at),
-        finished_at: real_time(state.finished_at),
-        ports,
-        labels: config.labels.unwrap_or_default().into_iter().collect(),
-        env: config.env.unwrap_or_default(),
-        restart_count: response.restart_count.unwrap_or(0),
+            .into_iter()
+            .filter_map(|(key, bindings)| {
+                let port = bindings?
+                    .into_iter()
+                    .find_map(|binding| binding.host_port?.parse::<u16>().ok())?;
+                Some((key, port))
+            })
+            .collect();
+        ContainerDetails {
+            id: response.id.clone().unwrap_or_default(),
+            name: response
+                .name
+                .clone()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_owned(),
+            image: config.image.unwrap_or_default(),
+            status: state
+                .status
+                .map(|status| status.to_string())
+                .unwrap_or_default(),
+            exit_code: state.exit_code,
+            oom_killed: state.oom_killed.unwrap_or(false),
+            started_at: real_time(state.started_at),
+            finished_at: real_time(state.finished_at),
+            ports,
+            labels: config.labels.unwrap_or_default().into_iter().collect(),
+            env: config.env.unwrap_or_default(),
+            restart_count: response.restart_count.unwrap_or(0),
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod models;
 pub mod monitor;
 pub mod node_check;
 pub mod node_client;
+pub mod node_watch;
 pub mod node_work;
 pub mod ops;
 pub mod reconciler;

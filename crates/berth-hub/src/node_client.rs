@@ -36,6 +36,18 @@ pub struct ContainerState {
     pub labels: BTreeMap<String, String>,
 }
 
+impl From<berth_docker::ContainerDetails> for ContainerState {
+    fn from(details: berth_docker::ContainerDetails) -> Self {
+        Self {
+            id: details.id,
+            name: details.name,
+            status: details.status,
+            ports: details.ports,
+            labels: details.labels,
+        }
+    }
+}
+
 fn string_map(value: &Value) -> BTreeMap<String, String> {
     value
         .as_object()
@@ -292,16 +304,7 @@ impl NodeClient {
     pub async fn state(&self, id: &str) -> Result<ContainerState, Problem> {
         match self {
             NodeClient::Simulated { fleet, node } => fleet.state(*node, id),
-            NodeClient::Docker(driver) => {
-                let details = driver.inspect(id).await?;
-                Ok(ContainerState {
-                    id: details.id,
-                    name: details.name,
-                    status: details.status,
-                    ports: details.ports,
-                    labels: details.labels,
-                })
-            }
+            NodeClient::Docker(driver) => Ok(ContainerState::from(driver.inspect(id).await?)),
             NodeClient::Agent { .. } => {
                 let info = self
                     .agent_call(reqwest::Method::GET, &format!("/containers/{id}"), None)

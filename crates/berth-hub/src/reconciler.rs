@@ -5,6 +5,8 @@
 //! a container an interrupted launch made is adopted, a missing one is created again, a stopped
 //! one of a running service is started and a running one of a stopped service is stopped, with
 //! backoff. Every change is an operation row.
+//! Besides its rounds, a node is converged as soon as its container events show a change
+//! ([`converge_now`], from [`crate::node_watch`]).
 //! A service being created or deleted is its operation's (resumed when the hub restarts), not
 //! the reconciler's. Running a round again changes nothing more, so a hub killed at any point
 //! converges on restart.
@@ -122,6 +124,27 @@ pub async fn round(state: &HubState) -> Result<RoundReport, StoreError> {
         }
     }
     Ok(report)
+}
+
+/// Converges node `node_id` now, if it answers and is not held down (a change on it was
+/// seen); `Ok` without doing anything otherwise.
+pub async fn converge_now(state: &HubState, node_id: i64) -> Result<(), berth_http::Problem> {
+    let node = {
+        let mut connection = state.store.acquire().await?;
+        match nodes::get(&mut connection, node_id).await {
+            Ok(node) => node,
+            Err(StoreError::NotFound(_)) => return Ok(()),
+            Err(err) => return Err(err.into()),
+        }
+    };
+    if node.docker_status != "connected" || state.is_down(node.id) {
+        return Ok(());
+    }
+    let (removed, repaired) = converge_node(state, &node).await?;
+    if removed + repaired > 0 {
+        tracing::info!(node = %node.name, removed, repaired, "Reconciled the node after its events.");
+    }
+    Ok(())
 }
 
 /// Deletes that no operation carries any more (their operation failed, say, on a node that

@@ -1,5 +1,5 @@
 //! The hub's shared state: the store, secrets, metrics, settings, one connection per node, each
-//! node's failure-detector record, the gateway's route table, and the services a handler or loop
+//! watched node's container mirror, each node's failure-detector record, the gateway's route table, and the services a handler or loop
 //! is changing right now.
 
 use std::collections::{HashMap, HashSet};
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_core::schedule::{Options, Policy};
+use berth_docker::mirror::ContainerMirror;
 use berth_http::Problem;
 use berth_store::nodes::NodeRecord;
 use berth_store::{SecretBox, Store, StoreError, allocations};
@@ -107,6 +108,8 @@ pub struct HubState {
     latest_changes: std::sync::Mutex<HashMap<i64, i64>>,
     /// One connection per node, kept until the node's record changes.
     node_clients: tokio::sync::Mutex<HashMap<i64, (i64, Arc<NodeClient>)>>,
+    /// Each watched node's copy of this hub's containers ([`crate::node_watch`]).
+    mirrors: std::sync::RwLock<HashMap<i64, Arc<ContainerMirror>>>,
 }
 
 /// Holds a service for one change; released when dropped.
@@ -155,6 +158,7 @@ impl HubState {
             placements_version: Default::default(),
             latest_changes: Default::default(),
             node_clients: Default::default(),
+            mirrors: Default::default(),
         })
     }
 
@@ -289,6 +293,34 @@ impl HubState {
             .lock()
             .map(|health| health.get(&node_id).is_some_and(|record| record.down))
             .unwrap_or(false)
+    }
+
+    /// The copy of this hub's containers on `node`, while it follows the node's engine.
+    pub fn mirror_of(&self, node: i64) -> Option<Arc<ContainerMirror>> {
+        let mirrors = self
+            .mirrors
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        mirrors
+            .get(&node)
+            .filter(|mirror| mirror.is_synced())
+            .cloned()
+    }
+
+    /// Keeps `mirror` as node `node`'s copy.
+    pub fn keep_mirror(&self, node: i64, mirror: Arc<ContainerMirror>) {
+        self.mirrors
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(node, mirror);
+    }
+
+    /// Drops node `node`'s copy.
+    pub fn forget_mirror(&self, node: i64) {
+        self.mirrors
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&node);
     }
 
     /// The connection to `node`: the kept one while the node's record is unchanged, else a new one.

@@ -1275,3 +1275,84 @@ async fn plain_http11_keeps_its_connections_streams_its_framing_and_hands_over_t
     let (_, after) = read_answer(&mut raw, &mut buffer).await;
     assert!(after.starts_with("GET /echo?after "), "{after}");
 }
+
+/// Polls `check` every 50 ms for at most `seconds`; whether it held.
+async fn within(seconds: u64, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn the_gateway_and_the_reconciler_follow_the_engines_events() {
+    let (hub, gateway) = hub_with_gateway("gateway-events", settings()).await;
+    // No monitor runs here: only the node's events can bring a killed replica back.
+    tokio::spawn(berth_hub::node_watch::run(
+        Arc::clone(&hub.state),
+        std::future::pending(),
+    ));
+    let engine = engine().await;
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let path = format!("/s/{owner}/evented/");
+        let id = create(
+            &hub,
+            "evented",
+            1,
+            json!({"probe_interval_seconds": 1}),
+            true,
+        )
+        .await;
+        wait_ready(&hub, id, 1).await;
+        let caller = Caller::new(gateway, &hub.admin);
+        assert_eq!(caller.get(&path, &[]).await.0, 200);
+        let container = container_of_replica(&status_of(&hub, id).await, 0);
+        let published = async |container: &str| {
+            engine
+                .inspect(container)
+                .await
+                .expect("inspect")
+                .ports
+                .get("8080/tcp")
+                .copied()
+        };
+        let before = published(&container).await.expect("published");
+
+        // The engine restarts the replica, which comes back on another port.
+        engine.restart(&container, 0).await.expect("restart");
+        let after = published(&container).await.expect("published again");
+        assert_ne!(before, after, "a restart publishes on a new port");
+        assert!(
+            within(10, async || caller.get(&path, &[]).await.0 == 200).await,
+            "the gateway routes to the new port: {}",
+            status_of(&hub, id).await
+        );
+
+        // Killed behind Berth's back: started again from the node's events.
+        engine.stop(&container, 0).await.expect("kill");
+        assert!(
+            within(15, async || engine
+                .inspect(&container)
+                .await
+                .is_ok_and(|details| details.status == "running"))
+            .await,
+            "the replica was started again"
+        );
+        assert!(
+            hub.actions_of_service(id)
+                .await
+                .iter()
+                .any(|action| action == "container.restart")
+        );
+        assert!(
+            within(10, async || caller.get(&path, &[]).await.0 == 200).await,
+            "served again after the restart"
+        );
+    })
+    .await;
+}

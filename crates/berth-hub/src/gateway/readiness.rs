@@ -1,7 +1,9 @@
 //! Readiness: keeps the route table in step with the database — every service with a port, its
 //! wanted state, and the published address of each replica's container — and runs one probe task
 //! per replica. A replica takes traffic once its probe passes and its warmup requests succeed;
-//! a failed probe takes it out of the rotation until a probe passes again.
+//! a failed probe takes it out of the rotation until a probe passes again. Where a node is
+//! mirrored ([`crate::node_watch`]), addresses come from its mirror, and a replica the engine
+//! restarted on another port is resolved and probed again as soon as its service is touched.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -10,6 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use berth_docker::ContainerDetails;
 use berth_http::Problem;
 use berth_store::allocations::{self, Allocation};
 use berth_store::nodes::{self, NodeRecord};
@@ -17,6 +20,7 @@ use berth_store::services::{self, ServiceRecord};
 use berth_store::{StoreError, users};
 
 use super::routes::{Endpoint, Profile, ServiceRoutes, now_millis};
+use crate::node_client::ContainerState;
 use crate::replicas;
 use crate::service_definition::{ServingSettings, Warmup};
 use crate::simulation::SIMULATED_DRIVER;
@@ -289,8 +293,14 @@ async fn resolve_endpoints(
             .iter()
             .find(|endpoint| endpoint.container_id == allocation.container_id)
         {
-            next.push(Arc::clone(known));
-            continue;
+            // Kept unless the node's mirror shows the container publishing elsewhere now (the
+            // engine restarted it on a new port): then it is resolved and probed anew.
+            let moved = mirrored_port(state, &allocation, port)
+                .is_some_and(|host_port| host_port != known.address.port());
+            if !moved {
+                next.push(Arc::clone(known));
+                continue;
+            }
         }
         let Some(node) = all_nodes.get(&allocation.node_id) else {
             continue;
@@ -330,8 +340,16 @@ async fn published_address(
     allocation: &Allocation,
     port: u16,
 ) -> Option<SocketAddr> {
-    let client = state.node_client(node).await.ok()?;
-    let container = client.state(&allocation.container_id).await.ok()?;
+    let mirrored = state
+        .mirror_of(node.id)
+        .and_then(|mirror| mirror.get(&allocation.container_id));
+    let container = match mirrored {
+        Some(inspected) => ContainerState::from(ContainerDetails::from(&*inspected)),
+        None => {
+            let client = state.node_client(node).await.ok()?;
+            client.state(&allocation.container_id).await.ok()?
+        }
+    };
     if container.status != "running" {
         return None;
     }
@@ -341,6 +359,31 @@ async fn published_address(
         .await
         .ok()?
         .next()
+}
+
+/// The host port a running replica publishes `port` on, by its node's mirror; `None` when
+/// the node is not mirrored, or the mirror does not show it running with that port.
+fn mirrored_port(state: &HubState, allocation: &Allocation, port: u16) -> Option<u16> {
+    let container = state
+        .mirror_of(allocation.node_id)?
+        .get(&allocation.container_id)?;
+    let running = container
+        .state
+        .as_ref()
+        .and_then(|state| state.running)
+        .unwrap_or(false);
+    if !running {
+        return None;
+    }
+    container
+        .network_settings
+        .as_ref()?
+        .ports
+        .as_ref()?
+        .get(&format!("{port}/tcp"))?
+        .as_ref()?
+        .iter()
+        .find_map(|binding| binding.host_port.as_ref()?.parse().ok())
 }
 
 /// Probes one replica for as long as its endpoint lives.
