@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_core::schedule::{Options, Policy};
+use berth_docker::ContainerDetails;
 use berth_docker::mirror::ContainerMirror;
 use berth_http::Problem;
 use berth_store::nodes::NodeRecord;
@@ -14,7 +15,7 @@ use berth_store::{SecretBox, Store, StoreError, allocations};
 
 use crate::gateway::routes::RouteTable;
 use crate::metrics::HubMetrics;
-use crate::node_client::NodeClient;
+use crate::node_client::{ContainerState, NodeClient};
 use crate::simulation::{SIMULATED_DRIVER, SimulatedFleet};
 
 /// Settings the hub runs with.
@@ -321,6 +322,19 @@ impl HubState {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&node);
+    }
+
+    /// Container `id` on `node` as its mirror shows it, or as the node answers when the mirror
+    /// does not hold it (or the node is not mirrored).
+    pub async fn container_state(
+        &self,
+        node: &NodeRecord,
+        id: &str,
+    ) -> Result<ContainerState, Problem> {
+        if let Some(inspected) = self.mirror_of(node.id).and_then(|mirror| mirror.get(id)) {
+            return Ok(ContainerState::from(ContainerDetails::from(&*inspected)));
+        }
+        self.node_client(node).await?.state(id).await
     }
 
     /// The connection to `node`: the kept one while the node's record is unchanged, else a new one.

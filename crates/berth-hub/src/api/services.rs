@@ -557,18 +557,18 @@ pub async fn status(
     let service = owned(&state, &user.0, id).await?;
     // An evicted service is on no node until it is loaded again.
     let placed = match service.node_id {
-        Some(_) => Some(node_of(&state, &service).await?),
+        Some(node_id) => Some(nodes::get(&mut *state.store.acquire().await?, node_id).await?),
         None => None,
     };
     let live = match (&service.container_id, &placed) {
-        (Some(container), Some((_, client))) => client.state(container).await.ok(),
+        (Some(container), Some(node)) => state.container_state(node, container).await.ok(),
         _ => None,
     };
     let port = service.definition["port"].as_u64();
     let host_port = live
         .as_ref()
         .and_then(|live| port.and_then(|port| live.ports.get(&format!("{port}/tcp")).copied()));
-    let address = placed.as_ref().map(|(node, _)| readiness::node_host(node));
+    let address = placed.as_ref().map(readiness::node_host);
     let service_url = match (port, gateway_base(&state, &headers)) {
         (Some(_), Some(base)) => {
             // The route table knows the owner's name; the database only before it has the service.
@@ -588,7 +588,7 @@ pub async fn status(
         "is_healthy": live.as_ref().is_some_and(|live| live.status == "running"),
         "container_id": service.container_id,
         "version": service.version,
-        "node": placed.as_ref().map(|(node, _)| json!({
+        "node": placed.as_ref().map(|node| json!({
             "id": node.id, "name": node.name, "address": address, "driver": node.driver,
         })),
         "replicas": replicas::allocations_of(&state, service.id)

@@ -12,7 +12,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use berth_docker::ContainerDetails;
 use berth_http::Problem;
 use berth_store::allocations::{self, Allocation};
 use berth_store::nodes::{self, NodeRecord};
@@ -20,7 +19,6 @@ use berth_store::services::{self, ServiceRecord};
 use berth_store::{StoreError, users};
 
 use super::routes::{Endpoint, Profile, ServiceRoutes, now_millis};
-use crate::node_client::ContainerState;
 use crate::replicas;
 use crate::service_definition::{ServingSettings, Warmup};
 use crate::simulation::SIMULATED_DRIVER;
@@ -340,16 +338,10 @@ async fn published_address(
     allocation: &Allocation,
     port: u16,
 ) -> Option<SocketAddr> {
-    let mirrored = state
-        .mirror_of(node.id)
-        .and_then(|mirror| mirror.get(&allocation.container_id));
-    let container = match mirrored {
-        Some(inspected) => ContainerState::from(ContainerDetails::from(&*inspected)),
-        None => {
-            let client = state.node_client(node).await.ok()?;
-            client.state(&allocation.container_id).await.ok()?
-        }
-    };
+    let container = state
+        .container_state(node, &allocation.container_id)
+        .await
+        .ok()?;
     if container.status != "running" {
         return None;
     }
