@@ -225,6 +225,30 @@ impl ContainerMirror {
         self.write().containers.remove(id);
     }
 
+    /// Applies a change reported by another source than [`follow`] (an agent's event
+    /// stream): journals and broadcasts it.
+    pub fn apply(&self, action: &str, id: &str, container: Option<ContainerInspectResponse>) {
+        self.record(action, id, container.map(Arc::new));
+    }
+
+    /// Replaces the copy with a full list from another source than [`follow`], recording a
+    /// `resync` change for each container that differs, and marks the copy as following;
+    /// how many differed.
+    pub fn replace_with(&self, listed: Vec<ContainerInspectResponse>) -> usize {
+        let listed: HashMap<String, Inspected> = listed
+            .into_iter()
+            .filter_map(|container| Some((container.id.clone()?, Arc::new(container))))
+            .collect();
+        let found = self.replace(&listed);
+        self.synced.store(true, Ordering::Release);
+        found
+    }
+
+    /// Marks the copy as no longer following its source (its stream broke).
+    pub fn lost(&self) {
+        self.synced.store(false, Ordering::Release);
+    }
+
     /// Applies one change under the lock, journals and broadcasts it.
     fn record(&self, action: &str, id: &str, container: Option<Inspected>) {
         let mut view = self.write();
@@ -483,4 +507,71 @@ async fn list_inspected(
         .flatten()
         .filter_map(|container| Some((container.id.clone()?, container)))
         .collect())
+}
+
+/// What a list item of another source (an agent's `GET /containers/` or its event stream) says
+/// about a container, to hold in a mirror as an inspect would.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerFacts {
+    /// Full id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// Image.
+    pub image: String,
+    /// Docker status: `created`, `running`, `exited`, …
+    pub status: String,
+    /// Creation time (RFC 3339).
+    pub created_at: Option<String>,
+    /// Last start (RFC 3339).
+    pub started_at: Option<String>,
+    /// Last end (RFC 3339).
+    pub finished_at: Option<String>,
+    /// `"7860/tcp"` → host port.
+    pub ports: std::collections::BTreeMap<String, u16>,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+}
+
+impl From<ContainerFacts> for ContainerInspectResponse {
+    fn from(facts: ContainerFacts) -> Self {
+        use bollard::models::{
+            ContainerConfig, ContainerState, ContainerStateStatusEnum, NetworkSettings, PortBinding,
+        };
+        let status = facts.status.parse::<ContainerStateStatusEnum>().ok();
+        ContainerInspectResponse {
+            id: Some(facts.id),
+            name: Some(format!("/{}", facts.name)),
+            created: facts.created_at,
+            state: Some(ContainerState {
+                running: Some(facts.status == "running"),
+                status,
+                started_at: facts.started_at,
+                finished_at: facts.finished_at,
+                ..Default::default()
+            }),
+            config: Some(ContainerConfig {
+                image: Some(facts.image),
+                labels: Some(facts.labels),
+                ..Default::default()
+            }),
+            network_settings: Some(NetworkSettings {
+                ports: Some(
+                    facts
+                        .ports
+                        .into_iter()
+                        .map(|(key, port)| {
+                            let binding = PortBinding {
+                                host_ip: Some("0.0.0.0".to_owned()),
+                                host_port: Some(port.to_string()),
+                            };
+                            (key, Some(vec![binding]))
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
 }

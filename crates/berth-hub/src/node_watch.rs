@@ -1,5 +1,6 @@
-//! Node mirrors: for every node reached directly over the Docker API, an in-memory copy of this
-//! hub's containers kept from the engine's event stream ([`berth_docker::mirror`]), and the
+//! Node mirrors: for every node, an in-memory copy of this hub's containers kept from an event
+//! stream — the engine's own `/events` for a node reached over the Docker API
+//! ([`berth_docker::mirror`]), the agent's `GET /events` for a `berth agent` node — and the
 //! reactions to each change: the gateway's entry of the container's service is refreshed at
 //! once (a replica restarted by the engine is routed to its new port), and the node is
 //! reconciled at once (a container killed behind Berth's back is started again without waiting
@@ -8,17 +9,19 @@
 //! hub busy.
 //!
 //! [`run`] keeps one watch per node in step with the node records. Readers ask
-//! [`HubState::mirror_of`] for a node's copy while it follows its engine. Agent nodes and
-//! simulated ones are not watched here: the periodic passes serve them.
+//! [`HubState::mirror_of`] for a node's copy while it follows its node. An original mManager
+//! has no event stream (its `/events` answers 404): its node is not mirrored, and the periodic
+//! passes serve it, as they serve simulated nodes.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use berth_docker::mirror::{self, ContainerMirror, MirrorChange};
+use berth_docker::mirror::{self, ContainerFacts, ContainerMirror, MirrorChange};
 use berth_docker::{DockerDriver, GpuMode};
 use berth_store::nodes::{self, NodeRecord};
+use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
@@ -31,6 +34,11 @@ use crate::state::HubState;
 const RESYNC: Duration = Duration::from_secs(60);
 /// How long a mirror waits before it connects again after its event stream broke.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long an agent's event stream may stay silent (it sends a keep-alive every 15 s)
+/// before it counts as broken.
+const STREAM_SILENCE: Duration = Duration::from_secs(40);
+/// How long to wait before asking an agent without an event stream again.
+const NO_STREAM_RETRY: Duration = Duration::from_secs(60);
 /// How often the set of watches is compared with the node records.
 const NODES_PASS: Duration = Duration::from_secs(2);
 /// Changes that arrive within this much of each other are reacted to together.
@@ -90,7 +98,7 @@ async fn nodes_to_watch(state: &HubState) -> Result<Vec<NodeRecord>, berth_store
     Ok(nodes::list(&mut connection)
         .await?
         .into_iter()
-        .filter(|node| node.driver == "docker")
+        .filter(|node| matches!(node.driver.as_str(), "docker" | "agent"))
         .collect())
 }
 
@@ -99,11 +107,19 @@ async fn nodes_to_watch(state: &HubState) -> Result<Vec<NodeRecord>, berth_store
 fn start(state: &Arc<HubState>, node: NodeRecord) -> (i64, Watch) {
     let mirror = ContainerMirror::new(format!("{LABEL_HUB}={}", state.hub_id));
     state.keep_mirror(node.id, Arc::clone(&mirror));
-    let follower = tokio::spawn(follow(
-        Arc::downgrade(state),
-        node.clone(),
-        Arc::clone(&mirror),
-    ));
+    let follower = if node.driver == "agent" {
+        tokio::spawn(follow_agent(
+            Arc::downgrade(state),
+            node.clone(),
+            Arc::clone(&mirror),
+        ))
+    } else {
+        tokio::spawn(follow(
+            Arc::downgrade(state),
+            node.clone(),
+            Arc::clone(&mirror),
+        ))
+    };
     let reactor = tokio::spawn(react(Arc::downgrade(state), node.id, mirror));
     (
         node.id,
@@ -137,6 +153,150 @@ async fn follow(state: Weak<HubState>, node: NodeRecord, mirror: Arc<ContainerMi
             }
         }
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Follows an agent's `GET /events` into `mirror`: its snapshot replaces the copy, each change
+/// is applied; after a break, it resumes from the last number it saw. An agent without the
+/// stream (an original mManager) is asked again after [`NO_STREAM_RETRY`].
+async fn follow_agent(state: Weak<HubState>, node: NodeRecord, mirror: Arc<ContainerMirror>) {
+    let http = reqwest::Client::builder()
+        .connect_timeout(berth_core::timeouts::AGENT_CONNECT)
+        .read_timeout(STREAM_SILENCE)
+        .build()
+        .unwrap_or_default();
+    let base = node.agent_url.trim_end_matches('/').to_owned();
+    let mut last: Option<u64> = None;
+    loop {
+        let key = {
+            let Some(state) = state.upgrade() else { return };
+            node.agent_key_sealed
+                .as_deref()
+                .and_then(|sealed| state.secrets.open(sealed).ok())
+        };
+        let wait = match key {
+            Some(key) => match stream_agent(&http, &base, &key, &mirror, &mut last).await {
+                Ok(()) => RETRY,
+                Err(StreamEnd::NoStream) => NO_STREAM_RETRY,
+                Err(StreamEnd::Broken(reason)) => {
+                    tracing::debug!(node = %node.name, %reason, "The agent's event stream broke.");
+                    RETRY
+                }
+            },
+            None => NO_STREAM_RETRY,
+        };
+        mirror.lost();
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Why an agent's stream ended.
+enum StreamEnd {
+    /// The agent has no `GET /events`.
+    NoStream,
+    /// The connection failed or broke.
+    Broken(String),
+}
+
+/// One connection to an agent's event stream, until it ends.
+async fn stream_agent(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    mirror: &ContainerMirror,
+    last: &mut Option<u64>,
+) -> Result<(), StreamEnd> {
+    let url = match *last {
+        Some(seq) => format!("{base}/events?since={seq}"),
+        None => format!("{base}/events"),
+    };
+    let response = http
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .map_err(|err| StreamEnd::Broken(err.to_string()))?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Err(StreamEnd::NoStream);
+    }
+    if !response.status().is_success() {
+        return Err(StreamEnd::Broken(format!(
+            "the agent answered {}",
+            response.status()
+        )));
+    }
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+        let chunk = chunk.map_err(|err| StreamEnd::Broken(err.to_string()))?;
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut event, mut data) = ("", None);
+            for line in block.lines() {
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = if name.trim() == "snapshot" {
+                        "snapshot"
+                    } else {
+                        "container"
+                    };
+                } else if let Some(text) = line.strip_prefix("data:") {
+                    data = serde_json::from_str::<Value>(text.trim()).ok();
+                }
+            }
+            let Some(data) = data else { continue };
+            if event == "snapshot" {
+                let listed = data["containers"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|item| facts_of(item).into())
+                    .collect();
+                mirror.replace_with(listed);
+            } else {
+                let id = data["id"].as_str().unwrap_or_default();
+                let container =
+                    (!data["container"].is_null()).then(|| facts_of(&data["container"]).into());
+                mirror.apply(data["action"].as_str().unwrap_or_default(), id, container);
+            }
+            *last = data["seq"].as_u64().or(*last);
+        }
+    }
+    Ok(())
+}
+
+/// What an agent's list item says about a container.
+fn facts_of(item: &Value) -> ContainerFacts {
+    let text = |key: &str| item[key].as_str().map(str::to_owned);
+    ContainerFacts {
+        id: text("id").unwrap_or_default(),
+        name: text("name").unwrap_or_default(),
+        image: text("image").unwrap_or_default(),
+        status: text("status").unwrap_or_default(),
+        created_at: text("created_at").filter(|at| !at.is_empty()),
+        started_at: text("started_at"),
+        finished_at: text("finished_at"),
+        ports: item["ports"]
+            .as_object()
+            .map(|ports| {
+                ports
+                    .iter()
+                    .filter_map(|(key, port)| {
+                        Some((key.clone(), u16::try_from(port.as_u64()?).ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        labels: item["labels"]
+            .as_object()
+            .map(|labels| {
+                labels
+                    .iter()
+                    .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

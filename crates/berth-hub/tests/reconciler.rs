@@ -772,3 +772,61 @@ async fn constraints_keep_replicas_on_nodes_with_the_labels() {
     .await;
     agents.kill().await;
 }
+
+#[tokio::test]
+async fn an_agent_nodes_event_stream_restarts_a_replica_killed_behind_berths_back() {
+    let hub = start("agent-events").await;
+    // No monitor runs here: only the agent's event stream can bring the replica back.
+    tokio::spawn(berth_hub::node_watch::run(
+        std::sync::Arc::clone(&hub.state),
+        std::future::pending(),
+    ));
+    let engine = engine().await;
+    let user = admin_name(&hub).await;
+    let pid = std::process::id();
+    let agent = start_agent(&format!("agent-events-{pid}"), "key-e", "127.0.0.1:0").await;
+    let node_id = add_agent_node(&hub, "agent-e", &agent.url(), "key-e").await;
+    with_cleanup(&hub, async {
+        let service = create_and_start(&hub, &user, "watched", false).await;
+        let id = service["id"].as_i64().expect("id");
+        let container = service["container_id"]
+            .as_str()
+            .expect("container")
+            .to_owned();
+        let mut mirrored = false;
+        for _ in 0..200 {
+            mirrored = hub
+                .state
+                .mirror_of(node_id)
+                .and_then(|mirror| mirror.get(&container))
+                .is_some();
+            if mirrored {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(
+            mirrored,
+            "the hub mirrors the agent's containers from its event stream"
+        );
+
+        engine.stop(&container, 0).await.expect("kill");
+        let mut running = false;
+        for _ in 0..300 {
+            running = status_of(&engine, &container).await.as_deref() == Some("running");
+            if running {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(running, "started again from the agent's events");
+        assert!(
+            hub.actions_of_service(id)
+                .await
+                .iter()
+                .any(|action| action == "container.restart")
+        );
+    })
+    .await;
+    agent.kill().await;
+}
