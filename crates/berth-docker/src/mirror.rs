@@ -11,14 +11,14 @@
 //! can resume from the last number it saw — or learns it must take a snapshot.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bollard::models::{ContainerInspectResponse, EventMessage};
 use bollard::query_parameters::{EventsOptions, InspectContainerOptions, ListContainersOptions};
 use futures_util::{StreamExt, TryStreamExt};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::{DockerDriver, DriverError};
 
@@ -76,7 +76,7 @@ pub struct ContainerMirror {
     label: String,
     view: RwLock<View>,
     changes: broadcast::Sender<MirrorChange>,
-    synced: AtomicBool,
+    synced: watch::Sender<bool>,
     differences: AtomicU64,
 }
 
@@ -99,7 +99,7 @@ impl ContainerMirror {
             label: label.into(),
             view: RwLock::new(View::default()),
             changes: broadcast::channel(JOURNAL).0,
-            synced: AtomicBool::new(false),
+            synced: watch::Sender::new(false),
             differences: AtomicU64::new(0),
         })
     }
@@ -175,7 +175,20 @@ impl ContainerMirror {
 
     /// Whether the copy follows the engine now (listed and its event stream open).
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        *self.synced.borrow()
+    }
+
+    /// Follows whether the copy follows its source: `false` as soon as its stream breaks.
+    pub fn sync_changes(&self) -> watch::Receiver<bool> {
+        self.synced.subscribe()
+    }
+
+    fn set_synced(&self, synced: bool) {
+        self.synced.send_if_modified(|current| {
+            let changed = *current != synced;
+            *current = synced;
+            changed
+        });
     }
 
     /// How many differences the periodic re-lists found between the copy and the engine.
@@ -240,13 +253,13 @@ impl ContainerMirror {
             .filter_map(|container| Some((container.id.clone()?, Arc::new(container))))
             .collect();
         let found = self.replace(&listed);
-        self.synced.store(true, Ordering::Release);
+        self.set_synced(true);
         found
     }
 
     /// Marks the copy as no longer following its source (its stream broke).
     pub fn lost(&self) {
-        self.synced.store(false, Ordering::Release);
+        self.set_synced(false);
     }
 
     /// Applies one change under the lock, journals and broadcasts it.
@@ -366,7 +379,7 @@ pub async fn follow(
         if let Err(err) = follow_once(&driver, &mirror, resync_every, &mut first).await {
             tracing::warn!(engine = %driver.address, error = %err, "The container event stream broke; listing again.");
         }
-        mirror.synced.store(false, Ordering::Release);
+        mirror.set_synced(false);
         tokio::time::sleep(retry).await;
     }
 }
@@ -396,7 +409,7 @@ async fn follow_once(
         tracing::info!(engine = %driver.address, found, "The re-list after a broken event stream found changes.");
     }
     *first = false;
-    mirror.synced.store(true, Ordering::Release);
+    mirror.set_synced(true);
     let mut resync = tokio::time::interval(resync_every);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;

@@ -51,6 +51,10 @@ fn three() -> u64 {
     3
 }
 
+fn two() -> u64 {
+    2
+}
+
 fn ten() -> u64 {
     10
 }
@@ -75,9 +79,16 @@ pub struct HubConfig {
     /// Seconds between two node checks (and reconciler rounds).
     #[serde(default = "three")]
     pub monitor_interval: u64,
-    /// Failed checks in a row after which a node is down and its services move.
+    /// Failed checks in a row after which a node may be declared down.
     #[serde(default = "three_checks")]
     pub failure_threshold: u32,
+    /// Seconds a node's checks must keep failing before it is down and its services move (a
+    /// failed check or a broken event stream starts probes every 0.5 s); 0: on the threshold.
+    #[serde(default = "three")]
+    pub failure_window: u64,
+    /// Seconds a down node's checks must keep passing before it is up again; 0: on one pass.
+    #[serde(default = "two")]
+    pub recovery_window: u64,
     /// `spread` (least load per weight) or `binpack` (fullest node per weight).
     #[serde(default)]
     pub placement_policy: Policy,
@@ -105,6 +116,8 @@ impl Default for HubConfig {
             max_services_per_user: five(),
             monitor_interval: three(),
             failure_threshold: three_checks(),
+            failure_window: three(),
+            recovery_window: two(),
             placement_policy: Policy::Spread,
             max_models_per_node: 0,
             service_domain: None,

@@ -1,11 +1,17 @@
 //! The node monitor: tests every node's connection concurrently at a fixed interval, stores the
-//! status and the hardware learned, feeds the failure detector (a node is down after
-//! `failure_threshold` failed checks in a row, not on one slow answer), records status changes
-//! and down/up transitions in the operation log, logs only the failures, and after every round
-//! runs the reconciler.
+//! status and the hardware learned, feeds the failure detector, records status changes and
+//! down/up transitions in the operation log, logs only the failures, and after every round runs
+//! the reconciler.
+//!
+//! A failed check, or a node's event stream breaking ([`crate::node_watch`]), makes the node a
+//! suspect: it is probed every [`CONFIRM_INTERVAL`] until it passes again or is declared down —
+//! which takes `failure_threshold` failures in a row lasting `failure_window`, so a blip shorter
+//! than the window moves nothing — and a node declared down is failed over at once, not at the
+//! next round. A down node is up again after its checks pass for `recovery_window`.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use berth_core::ConnectionStatus;
 use berth_store::StoreError;
@@ -131,6 +137,55 @@ async fn record_transition(
     Ok(())
 }
 
+/// Between two probes of a suspect node.
+pub const CONFIRM_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Probes node `node_id` every [`CONFIRM_INTERVAL`] until it passes (and, if it was down, is up
+/// again) or is declared down — then fails its services over at once. One probe loop per node.
+pub fn suspect(state: &Arc<HubState>, node_id: i64) {
+    if !state.start_confirming(node_id) {
+        return;
+    }
+    let state = Arc::clone(state);
+    tokio::spawn(async move {
+        let outcome = confirm(&state, node_id).await;
+        state.stop_confirming(node_id);
+        match outcome {
+            Ok(true) => {
+                if let Err(err) = reconciler::round(&state).await {
+                    tracing::error!(error = %err, "Reconciler round after a node went down failed.");
+                }
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::error!(node = node_id, error = %err, "Confirming a node's failure failed.")
+            }
+        }
+    });
+}
+
+/// The probes of [`suspect`], the first at once; whether they declared the node down.
+async fn confirm(state: &HubState, node_id: i64) -> Result<bool, StoreError> {
+    loop {
+        let node = {
+            let mut connection = state.store.acquire().await?;
+            match nodes::get(&mut connection, node_id).await {
+                Ok(node) => node,
+                Err(StoreError::NotFound(_)) => return Ok(false),
+                Err(err) => return Err(err),
+            }
+        };
+        let was_down = state.is_down(node_id);
+        check_and_record(state, &node, None).await?;
+        let down = state.is_down(node_id);
+        if down || !state.is_failing(node_id) {
+            // Declared down now, down already (the rounds bring it back), or passing.
+            return Ok(down && !was_down);
+        }
+        tokio::time::sleep(CONFIRM_INTERVAL).await;
+    }
+}
+
 /// One round: every node, concurrently.
 pub async fn check_all(state: &HubState) -> Result<usize, StoreError> {
     let all = {
@@ -156,6 +211,9 @@ pub async fn run(state: Arc<HubState>, shutdown: impl Future<Output = ()>) {
             () = tokio::time::sleep(period) => {
                 if let Err(err) = check_all(&state).await {
                     tracing::error!(error = %err, "Node monitor round failed.");
+                }
+                for node in state.failing_nodes() {
+                    suspect(&state, node);
                 }
                 if let Err(err) = reconciler::round(&state).await {
                     tracing::error!(error = %err, "Reconciler round failed.");

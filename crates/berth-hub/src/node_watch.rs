@@ -6,7 +6,8 @@
 //! reconciled at once (a container killed behind Berth's back is started again without waiting
 //! for the monitor's next round). Reconciles a node's changes trigger are coalesced and at most
 //! one per [`RECONCILE_SPACING`], so a container that dies as soon as it starts cannot keep the
-//! hub busy.
+//! hub busy. A stream that breaks makes its node a suspect of the failure detector
+//! ([`monitor::suspect`]), so a dead node is confirmed in seconds, not at the next rounds.
 //!
 //! [`run`] keeps one watch per node in step with the node records. Readers ask
 //! [`HubState::mirror_of`] for a node's copy while it follows its node. An original mManager
@@ -26,9 +27,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use crate::node_check::docker_endpoint;
-use crate::reconciler;
 use crate::service_definition::{LABEL_HUB, LABEL_SERVICE};
 use crate::state::HubState;
+use crate::{monitor, reconciler};
 
 /// How often a mirror lists its engine again to check that its events missed nothing.
 const RESYNC: Duration = Duration::from_secs(60);
@@ -50,7 +51,7 @@ pub const RECONCILE_SPACING: Duration = Duration::from_secs(1);
 struct Watch {
     /// The node record's `updated_at` when the watch started: a changed record restarts it.
     version: i64,
-    tasks: [JoinHandle<()>; 2],
+    tasks: [JoinHandle<()>; 3],
 }
 
 impl Drop for Watch {
@@ -120,12 +121,17 @@ fn start(state: &Arc<HubState>, node: NodeRecord) -> (i64, Watch) {
             Arc::clone(&mirror),
         ))
     };
+    let breaks = tokio::spawn(suspect_on_break(
+        Arc::downgrade(state),
+        node.id,
+        mirror.sync_changes(),
+    ));
     let reactor = tokio::spawn(react(Arc::downgrade(state), node.id, mirror));
     (
         node.id,
         Watch {
             version: node.updated_at,
-            tasks: [follower, reactor],
+            tasks: [follower, reactor, breaks],
         },
     )
 }
@@ -297,6 +303,24 @@ fn facts_of(item: &Value) -> ContainerFacts {
                     .collect()
             })
             .unwrap_or_default(),
+    }
+}
+
+/// Makes the node a suspect of the failure detector whenever its stream breaks: the monitor
+/// probes it at once and every half second until it passes or is down.
+async fn suspect_on_break(
+    state: Weak<HubState>,
+    node_id: i64,
+    mut synced: tokio::sync::watch::Receiver<bool>,
+) {
+    while synced.changed().await.is_ok() {
+        if *synced.borrow_and_update() {
+            continue;
+        }
+        let Some(state) = state.upgrade() else { return };
+        if !state.is_down(node_id) {
+            monitor::suspect(&state, node_id);
+        }
     }
 }
 

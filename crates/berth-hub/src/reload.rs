@@ -35,6 +35,8 @@ pub fn settings_from(
         ),
         max_services_per_user: config.max_services_per_user,
         failure_threshold: config.failure_threshold,
+        failure_window: Duration::from_secs(config.failure_window),
+        recovery_window: Duration::from_secs(config.recovery_window),
         placement_policy: config.placement_policy,
         max_models_per_node: config.max_models_per_node,
         service_domain: config.service_domain.clone(),
@@ -71,6 +73,11 @@ fn changed_keys(old: &HubConfig, new: &HubConfig) -> Vec<String> {
     compare(
         "failure_threshold",
         old.failure_threshold != new.failure_threshold,
+    );
+    compare("failure_window", old.failure_window != new.failure_window);
+    compare(
+        "recovery_window",
+        old.recovery_window != new.recovery_window,
     );
     compare(
         "placement_policy",

@@ -212,6 +212,9 @@ pub async fn run(
         SecretBox::load_or_create(None, &dir.join("secret.key")).map_err(|err| err.to_string())?;
     let settings = HubSettings {
         failure_threshold: scenario.failure_threshold,
+        // A scenario's rounds are logical: the threshold alone decides.
+        failure_window: std::time::Duration::ZERO,
+        recovery_window: std::time::Duration::ZERO,
         max_services_per_user: i64::MAX,
         ..HubSettings::default()
     };

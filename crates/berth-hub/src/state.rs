@@ -25,8 +25,14 @@ pub struct HubSettings {
     pub monitor_interval: Duration,
     /// Services a user may own unless their quota says otherwise.
     pub max_services_per_user: i64,
-    /// Consecutive failed checks after which a node is down and its services move.
+    /// Consecutive failed checks after which a node may be declared down.
     pub failure_threshold: u32,
+    /// How long a node's checks must keep failing before it is down and its services move
+    /// (and at least `failure_threshold` of them): a shorter blip moves nothing.
+    pub failure_window: Duration,
+    /// How long a down node's checks must keep passing before it is up again: a node that
+    /// flaps is not declared back on one good answer.
+    pub recovery_window: Duration,
     /// How the scheduler chooses among feasible nodes.
     pub placement_policy: Policy,
     /// Containers a node takes when it does not say (`MAX_CONTAINERS` of an agent).
@@ -48,6 +54,8 @@ impl Default for HubSettings {
             monitor_interval: Duration::from_secs(3),
             max_services_per_user: 5,
             failure_threshold: 3,
+            failure_window: Duration::from_secs(3),
+            recovery_window: Duration::from_secs(2),
             placement_policy: Policy::Spread,
             default_max_containers: 100,
             max_models_per_node: 0,
@@ -63,7 +71,11 @@ impl Default for HubSettings {
 pub struct NodeHealth {
     /// Checks failed in a row.
     pub consecutive_failures: u32,
-    /// Declared down (after `failure_threshold` failures) and not yet back.
+    /// When the current run of failed checks began.
+    pub failing_since: Option<Instant>,
+    /// When the current run of passed checks of a down node began.
+    pub passing_since: Option<Instant>,
+    /// Declared down and not yet back.
     pub down: bool,
 }
 
@@ -109,6 +121,8 @@ pub struct HubState {
     latest_changes: std::sync::Mutex<HashMap<i64, i64>>,
     /// One connection per node, kept until the node's record changes.
     node_clients: tokio::sync::Mutex<HashMap<i64, (i64, Arc<NodeClient>)>>,
+    /// Nodes the monitor is probing to confirm a failure.
+    confirming: std::sync::Mutex<HashSet<i64>>,
     /// Each watched node's copy of this hub's containers ([`crate::node_watch`]).
     mirrors: std::sync::RwLock<HashMap<i64, Arc<ContainerMirror>>>,
 }
@@ -160,6 +174,7 @@ impl HubState {
             latest_changes: Default::default(),
             node_clients: Default::default(),
             mirrors: Default::default(),
+            confirming: Default::default(),
         })
     }
 
@@ -271,21 +286,86 @@ impl HubState {
     }
 
     /// Feeds one check of `node_id` to the failure detector. Returns `Some(false)` when this
-    /// failure makes the node down (`failure_threshold` in a row), `Some(true)` when this pass
-    /// brings a down node back, `None` otherwise: one slow answer changes nothing.
+    /// failure makes the node down (`failure_threshold` failures in a row, failing for
+    /// `failure_window`), `Some(true)` when this pass brings a down node back (passing for
+    /// `recovery_window`), `None` otherwise: a short blip changes nothing either way.
     pub fn record_check(&self, node_id: i64, passed: bool) -> Option<bool> {
+        self.record_check_at(node_id, passed, Instant::now())
+    }
+
+    /// [`record_check`](Self::record_check) of a check that ended at `now`.
+    pub fn record_check_at(&self, node_id: i64, passed: bool, now: Instant) -> Option<bool> {
+        let settings = self.settings();
         let mut health = self.health.lock().ok()?;
         let record = health.entry(node_id).or_default();
         if passed {
             record.consecutive_failures = 0;
-            return std::mem::take(&mut record.down).then_some(true);
+            record.failing_since = None;
+            if !record.down {
+                return None;
+            }
+            let since = *record.passing_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < settings.recovery_window {
+                return None;
+            }
+            record.down = false;
+            record.passing_since = None;
+            return Some(true);
         }
+        record.passing_since = None;
         record.consecutive_failures = record.consecutive_failures.saturating_add(1);
-        if !record.down && record.consecutive_failures >= self.settings().failure_threshold.max(1) {
+        let since = *record.failing_since.get_or_insert(now);
+        let persisted = now.saturating_duration_since(since) >= settings.failure_window;
+        if !record.down
+            && persisted
+            && record.consecutive_failures >= settings.failure_threshold.max(1)
+        {
             record.down = true;
             return Some(false);
         }
         None
+    }
+
+    /// Whether `node_id` failed its last check and is not (yet) held down: the failure
+    /// detector is confirming it.
+    pub fn is_failing(&self, node_id: i64) -> bool {
+        self.health
+            .lock()
+            .map(|health| {
+                health
+                    .get(&node_id)
+                    .is_some_and(|record| record.consecutive_failures > 0 && !record.down)
+            })
+            .unwrap_or(false)
+    }
+
+    /// Nodes that failed their last check and are not held down yet.
+    pub fn failing_nodes(&self) -> Vec<i64> {
+        self.health
+            .lock()
+            .map(|health| {
+                health
+                    .iter()
+                    .filter(|(_, record)| record.consecutive_failures > 0 && !record.down)
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Marks `node_id` as being confirmed; false when it already is.
+    pub fn start_confirming(&self, node_id: i64) -> bool {
+        self.confirming
+            .lock()
+            .map(|mut confirming| confirming.insert(node_id))
+            .unwrap_or(false)
+    }
+
+    /// Ends the confirmation of `node_id`.
+    pub fn stop_confirming(&self, node_id: i64) {
+        if let Ok(mut confirming) = self.confirming.lock() {
+            confirming.remove(&node_id);
+        }
     }
 
     /// Whether the failure detector holds `node_id` down.
@@ -377,6 +457,8 @@ mod tests {
         let secrets = SecretBox::load_or_create(None, &dir.join("secret.key")).expect("key");
         let settings = HubSettings {
             failure_threshold: threshold,
+            failure_window: Duration::ZERO,
+            recovery_window: Duration::ZERO,
             ..HubSettings::default()
         };
         HubState::new(store, secrets, settings)
@@ -403,6 +485,44 @@ mod tests {
         assert_eq!(state.record_check(7, true), Some(true), "back");
         assert!(!state.is_down(7));
         assert!(!state.is_down(8), "never checked is not down");
+    }
+
+    #[tokio::test]
+    async fn a_node_is_down_only_after_failing_for_the_window_and_up_after_passing_for_one() {
+        let state = state(3).await;
+        state.replace_settings(HubSettings {
+            failure_window: Duration::from_secs(3),
+            recovery_window: Duration::from_secs(2),
+            ..(*state.settings()).clone()
+        });
+        let start = Instant::now();
+        let at = |millis: u64| start + Duration::from_millis(millis);
+        // A 2 s blip: five failed probes, then a pass. Nothing moves.
+        for millis in [0, 500, 1000, 1500, 2000] {
+            assert_eq!(state.record_check_at(4, false, at(millis)), None);
+        }
+        assert!(state.is_failing(4));
+        assert_eq!(state.record_check_at(4, true, at(2500)), None);
+        assert!(!state.is_failing(4) && !state.is_down(4));
+        // Failing for 3 s: down at the first failure past the window.
+        for millis in [3000, 3500, 4000, 4500, 5000, 5500] {
+            assert_eq!(
+                state.record_check_at(4, false, at(millis)),
+                None,
+                "{millis}"
+            );
+        }
+        assert_eq!(state.record_check_at(4, false, at(6000)), Some(false));
+        assert!(state.is_down(4));
+        // Back only after passing for 2 s; a failure in between starts the count again.
+        assert_eq!(state.record_check_at(4, true, at(7000)), None);
+        assert_eq!(state.record_check_at(4, true, at(8000)), None);
+        assert_eq!(state.record_check_at(4, false, at(8500)), None);
+        assert_eq!(state.record_check_at(4, true, at(9000)), None);
+        assert_eq!(state.record_check_at(4, true, at(10_500)), None);
+        assert!(state.is_down(4), "still down after 1.5 s of passes");
+        assert_eq!(state.record_check_at(4, true, at(11_000)), Some(true));
+        assert!(!state.is_down(4));
     }
 
     #[tokio::test]

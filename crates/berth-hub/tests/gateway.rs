@@ -1333,21 +1333,22 @@ async fn the_gateway_and_the_reconciler_follow_the_engines_events() {
             status_of(&hub, id).await
         );
 
-        // Killed behind Berth's back: started again from the node's events.
+        // Killed behind Berth's back: started again from the node's events, and recorded.
         engine.stop(&container, 0).await.expect("kill");
         assert!(
-            within(15, async || engine
-                .inspect(&container)
-                .await
-                .is_ok_and(|details| details.status == "running"))
+            within(15, async || {
+                engine
+                    .inspect(&container)
+                    .await
+                    .is_ok_and(|details| details.status == "running")
+                    && hub
+                        .actions_of_service(id)
+                        .await
+                        .iter()
+                        .any(|action| action == "container.restart")
+            })
             .await,
             "the replica was started again"
-        );
-        assert!(
-            hub.actions_of_service(id)
-                .await
-                .iter()
-                .any(|action| action == "container.restart")
         );
         assert!(
             within(10, async || caller.get(&path, &[]).await.0 == 200).await,
