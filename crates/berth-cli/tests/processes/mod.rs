@@ -25,6 +25,24 @@ impl Process {
     }
 }
 
+impl Process {
+    /// Pauses it (SIGSTOP) for `pause`, then lets it go on (SIGCONT): a network blip as the
+    /// hub sees it — connections stay open, nothing answers meanwhile.
+    pub async fn pause_for(&self, pause: Duration) {
+        let pid = self.0.id().to_string();
+        let signal = |name: &str| {
+            let sent = Command::new("kill")
+                .args([name, &pid])
+                .status()
+                .expect("kill(1)");
+            assert!(sent.success(), "kill {name} {pid}");
+        };
+        signal("-STOP");
+        tokio::time::sleep(pause).await;
+        signal("-CONT");
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
