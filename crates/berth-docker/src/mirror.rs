@@ -28,6 +28,9 @@ pub type Inspected = Arc<ContainerInspectResponse>;
 /// How many changes the journal keeps for subscribers that resume.
 const JOURNAL: usize = 4096;
 
+/// The longest wait between attempts to reach an engine that does not answer, in `retry`s.
+pub const MAX_RETRY_FACTOR: u32 = 32;
+
 /// How long a difference a periodic list found may wait for the events on their way before
 /// it counts.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -366,8 +369,9 @@ fn same_state(a: &ContainerInspectResponse, b: &ContainerInspectResponse) -> boo
 }
 
 /// Keeps `mirror` following the engine of `driver` until the task is dropped: list, then the
-/// event stream; on a break, list again after `retry`; every `resync_every`, list and count
-/// differences.
+/// event stream; on a break, list again after `retry` (doubled after each attempt that did not
+/// get as far as a list, up to [`MAX_RETRY_FACTOR`] times); every `resync_every`, list and
+/// count differences.
 pub async fn follow(
     driver: Arc<DockerDriver>,
     mirror: Arc<ContainerMirror>,
@@ -375,12 +379,22 @@ pub async fn follow(
     retry: Duration,
 ) {
     let mut first = true;
+    let mut wait = retry;
     loop {
         if let Err(err) = follow_once(&driver, &mirror, resync_every, &mut first).await {
-            tracing::warn!(engine = %driver.address, error = %err, "The container event stream broke; listing again.");
+            if mirror.is_synced() {
+                tracing::warn!(engine = %driver.address, error = %err, "The container event stream broke; listing again.");
+            } else {
+                tracing::debug!(engine = %driver.address, error = %err, "The engine cannot be followed yet.");
+            }
         }
+        wait = if mirror.is_synced() {
+            retry
+        } else {
+            (wait * 2).min(retry * MAX_RETRY_FACTOR)
+        };
         mirror.set_synced(false);
-        tokio::time::sleep(retry).await;
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -136,8 +136,10 @@ fn start(state: &Arc<HubState>, node: NodeRecord) -> (i64, Watch) {
     )
 }
 
-/// Connects to the node's engine (again after each failure) and follows it.
+/// Connects to the node's engine (again after each failure, waiting longer after each one in a
+/// row) and follows it.
 async fn follow(state: Weak<HubState>, node: NodeRecord, mirror: Arc<ContainerMirror>) {
+    let mut wait = RETRY;
     loop {
         let endpoint = {
             let Some(state) = state.upgrade() else { return };
@@ -158,7 +160,8 @@ async fn follow(state: Weak<HubState>, node: NodeRecord, mirror: Arc<ContainerMi
                 tracing::debug!(node = %node.name, %reason, "The node's engine cannot be watched.");
             }
         }
-        tokio::time::sleep(RETRY).await;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY * mirror::MAX_RETRY_FACTOR);
     }
 }
 
@@ -173,6 +176,7 @@ async fn follow_agent(state: Weak<HubState>, node: NodeRecord, mirror: Arc<Conta
         .unwrap_or_default();
     let base = node.agent_url.trim_end_matches('/').to_owned();
     let mut last: Option<u64> = None;
+    let mut wait = RETRY;
     loop {
         let key = {
             let Some(state) = state.upgrade() else { return };
@@ -180,13 +184,17 @@ async fn follow_agent(state: Weak<HubState>, node: NodeRecord, mirror: Arc<Conta
                 .as_deref()
                 .and_then(|sealed| state.secrets.open(sealed).ok())
         };
-        let wait = match key {
+        wait = match key {
             Some(key) => match stream_agent(&http, &base, &key, &mirror, &mut last).await {
                 Ok(()) => RETRY,
                 Err(StreamEnd::NoStream) => NO_STREAM_RETRY,
                 Err(StreamEnd::Broken(reason)) => {
                     tracing::debug!(node = %node.name, %reason, "The agent's event stream broke.");
-                    RETRY
+                    if mirror.is_synced() {
+                        RETRY
+                    } else {
+                        (wait * 2).min(RETRY * mirror::MAX_RETRY_FACTOR)
+                    }
                 }
             },
             None => NO_STREAM_RETRY,
