@@ -1,5 +1,5 @@
-//! The hub's Prometheus metrics: nodes by connection status, API requests and latency, and the
-//! gateway's: seed 004's model metrics labelled by service, and the gateway's own errors.
+//! The hub's Prometheus metrics: nodes by connection status, node mirrors, API requests and
+//! latency, and the gateway's: seed 004's model metrics labelled by service, and the gateway's own errors.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -143,6 +143,8 @@ pub struct HubMetrics {
     pub models: ModelMetrics,
     nodes: Family<StatusLabels, Gauge>,
     services: Family<StatusLabels, Gauge>,
+    mirrors: Family<StatusLabels, Gauge>,
+    mirror_differences: Gauge,
 }
 
 impl Default for HubMetrics {
@@ -164,6 +166,18 @@ impl HubMetrics {
         );
         let services = Family::<StatusLabels, Gauge>::default();
         registry.register("berth_hub_services", "Services by state", services.clone());
+        let mirrors = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "berth_hub_node_mirrors",
+            "Node mirrors by state: following their node's event stream, or not (lost)",
+            mirrors.clone(),
+        );
+        let mirror_differences = Gauge::default();
+        registry.register(
+            "berth_hub_node_mirror_differences",
+            "Containers the mirrors' periodic re-lists found that the event streams had not reported (should stay 0)",
+            mirror_differences.clone(),
+        );
         let models = ModelMetrics::register(&mut registry);
         Self {
             registry,
@@ -171,7 +185,22 @@ impl HubMetrics {
             models,
             nodes,
             services,
+            mirrors,
+            mirror_differences,
         }
+    }
+
+    /// Sets the node mirrors' gauges: how many follow their node, how many do not, and the
+    /// differences their re-lists found.
+    pub fn set_mirrors(&self, following: i64, lost: i64, differences: i64) {
+        for (status, count) in [("following", following), ("lost", lost)] {
+            self.mirrors
+                .get_or_create(&StatusLabels {
+                    status: status.to_owned(),
+                })
+                .set(count);
+        }
+        self.mirror_differences.set(differences);
     }
 
     /// Sets the node and service gauges from `(status, count)` pairs and renders everything as

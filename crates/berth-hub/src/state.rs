@@ -388,6 +388,25 @@ impl HubState {
             .cloned()
     }
 
+    /// How many node mirrors follow their node, how many do not, and the differences their
+    /// periodic re-lists found.
+    pub fn mirror_counts(&self) -> (i64, i64, i64) {
+        let mirrors = self
+            .mirrors
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        mirrors
+            .values()
+            .fold((0, 0, 0), |(following, lost, differences), mirror| {
+                let found = i64::try_from(mirror.differences_found()).unwrap_or(i64::MAX);
+                if mirror.is_synced() {
+                    (following + 1, lost, differences + found)
+                } else {
+                    (following, lost + 1, differences + found)
+                }
+            })
+    }
+
     /// Keeps `mirror` as node `node`'s copy.
     pub fn keep_mirror(&self, node: i64, mirror: Arc<ContainerMirror>) {
         self.mirrors

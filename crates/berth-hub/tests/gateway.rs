@@ -1354,6 +1354,18 @@ async fn the_gateway_and_the_reconciler_follow_the_engines_events() {
             within(10, async || caller.get(&path, &[]).await.0 == 200).await,
             "served again after the restart"
         );
+        let (_, _, metrics) = hub
+            .call(Some(&hub.admin), Method::GET, "/metrics", None)
+            .await;
+        for line in [
+            "berth_hub_node_mirrors{status=\"following\"} 1",
+            "berth_hub_node_mirror_differences 0",
+        ] {
+            assert!(
+                metrics.lines().any(|seen| seen == line),
+                "{line} in\n{metrics}"
+            );
+        }
     })
     .await;
 }

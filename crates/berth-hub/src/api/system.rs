@@ -69,6 +69,8 @@ pub async fn metrics(
         let mut connection = state.store.acquire().await?;
         berth_store::services::count_by_status(&mut connection).await?
     };
+    let (following, lost, differences) = state.mirror_counts();
+    state.metrics.set_mirrors(following, lost, differences);
     Ok((
         [(
             header::CONTENT_TYPE,
