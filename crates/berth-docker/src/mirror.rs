@@ -26,7 +26,10 @@ use crate::{DockerDriver, DriverError};
 pub type Inspected = Arc<ContainerInspectResponse>;
 
 /// How many changes the journal keeps for subscribers that resume.
-const JOURNAL: usize = 4096;
+const JOURNAL: usize = 1024;
+/// How many changes a live subscriber may fall behind before it is told it lagged (and must
+/// take a snapshot). Each slot is allocated up front, so it stays small.
+const BROADCAST: usize = 256;
 
 /// The longest wait between attempts to reach an engine that does not answer, in `retry`s.
 pub const MAX_RETRY_FACTOR: u32 = 32;
@@ -101,7 +104,7 @@ impl ContainerMirror {
         Arc::new(Self {
             label: label.into(),
             view: RwLock::new(View::default()),
-            changes: broadcast::channel(JOURNAL).0,
+            changes: broadcast::channel(BROADCAST).0,
             synced: watch::Sender::new(false),
             differences: AtomicU64::new(0),
         })

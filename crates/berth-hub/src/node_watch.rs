@@ -99,7 +99,11 @@ async fn nodes_to_watch(state: &HubState) -> Result<Vec<NodeRecord>, berth_store
     Ok(nodes::list(&mut connection)
         .await?
         .into_iter()
-        .filter(|node| matches!(node.driver.as_str(), "docker" | "agent"))
+        .filter(|node| match node.driver.as_str() {
+            "docker" => !node.docker_address.trim().is_empty(),
+            "agent" => !node.agent_url.trim().is_empty(),
+            _ => false,
+        })
         .collect())
 }
 
@@ -355,6 +359,7 @@ async fn react(state: Weak<HubState>, node_id: i64, mirror: Arc<ContainerMirror>
     let mut last_reconcile: Option<tokio::time::Instant> = None;
     loop {
         let mut touched = Vec::new();
+        let mut lagged = false;
         let mut first = true;
         loop {
             let next = if first {
@@ -380,7 +385,9 @@ async fn react(state: Weak<HubState>, node_id: i64, mirror: Arc<ContainerMirror>
                     }
                     touched.extend(service);
                 }
-                Err(RecvError::Lagged(_)) => {}
+                // Fell behind: which services changed is lost, so the node is reconciled
+                // and the gateway's full refresh catches the routes.
+                Err(RecvError::Lagged(_)) => lagged = true,
                 Err(RecvError::Closed) => return,
             }
         }
@@ -388,7 +395,7 @@ async fn react(state: Weak<HubState>, node_id: i64, mirror: Arc<ContainerMirror>
         for service in &touched {
             state.routes.touch(*service);
         }
-        if touched.is_empty() {
+        if touched.is_empty() && !lagged {
             continue;
         }
         if let Some(last) = last_reconcile {
