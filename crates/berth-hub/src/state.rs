@@ -430,10 +430,22 @@ impl HubState {
         node: &NodeRecord,
         id: &str,
     ) -> Result<ContainerState, Problem> {
-        if let Some(inspected) = self.mirror_of(node.id).and_then(|mirror| mirror.get(id)) {
-            return Ok(ContainerState::from(ContainerDetails::from(&*inspected)));
+        match self.mirrored_state(node.id, id) {
+            Some(Some(container)) => Ok(container),
+            _ => self.node_client(node).await?.state(id).await,
         }
-        self.node_client(node).await?.state(id).await
+    }
+
+    /// Container `id` on node `node_id` by the node's mirror alone: `None` when the node is not
+    /// mirrored (or its mirror does not follow it now), `Some(None)` when the mirror has no
+    /// such container.
+    pub fn mirrored_state(&self, node_id: i64, id: &str) -> Option<Option<ContainerState>> {
+        let mirror = self.mirror_of(node_id)?;
+        Some(
+            mirror
+                .get(id)
+                .map(|inspected| ContainerState::from(ContainerDetails::from(&*inspected))),
+        )
     }
 
     /// The connection to `node`: the kept one while the node's record is unchanged, else a new one.

@@ -560,8 +560,13 @@ pub async fn status(
         Some(node_id) => Some(nodes::get(&mut *state.store.acquire().await?, node_id).await?),
         None => None,
     };
+    // From the node's mirror when it follows the node (a container it does not hold is not
+    // there); else the node is asked.
     let live = match (&service.container_id, &placed) {
-        (Some(container), Some(node)) => state.container_state(node, container).await.ok(),
+        (Some(container), Some(node)) => match state.mirrored_state(node.id, container) {
+            Some(mirrored) => mirrored,
+            None => state.container_state(node, container).await.ok(),
+        },
         _ => None,
     };
     let port = service.definition["port"].as_u64();
