@@ -359,7 +359,9 @@ async fn react(state: Weak<HubState>, node_id: i64, mirror: Arc<ContainerMirror>
     let mut last_reconcile: Option<tokio::time::Instant> = None;
     loop {
         let mut touched = Vec::new();
-        let mut lagged = false;
+        // Whether a change may call for a repair: not a mere signal sent (`kill`), which the
+        // `die` it causes follows.
+        let mut due = false;
         let mut first = true;
         loop {
             let next = if first {
@@ -383,11 +385,12 @@ async fn react(state: Weak<HubState>, node_id: i64, mirror: Arc<ContainerMirror>
                         }
                         _ => {}
                     }
+                    due |= service.is_some() && change.action != "kill";
                     touched.extend(service);
                 }
                 // Fell behind: which services changed is lost, so the node is reconciled
                 // and the gateway's full refresh catches the routes.
-                Err(RecvError::Lagged(_)) => lagged = true,
+                Err(RecvError::Lagged(_)) => due = true,
                 Err(RecvError::Closed) => return,
             }
         }
@@ -395,7 +398,7 @@ async fn react(state: Weak<HubState>, node_id: i64, mirror: Arc<ContainerMirror>
         for service in &touched {
             state.routes.touch(*service);
         }
-        if touched.is_empty() && !lagged {
+        if !due {
             continue;
         }
         if let Some(last) = last_reconcile {
