@@ -62,7 +62,7 @@ impl Drop for Watch {
     }
 }
 
-/// Keeps a watch on every Docker node until `shutdown` completes.
+/// Keeps a watch on every Docker or agent node with an address until `shutdown` completes.
 pub async fn run(state: Arc<HubState>, shutdown: impl Future<Output = ()>) {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut watches: HashMap<i64, Watch> = HashMap::new();
@@ -107,8 +107,8 @@ async fn nodes_to_watch(state: &HubState) -> Result<Vec<NodeRecord>, berth_store
         .collect())
 }
 
-/// Starts watching `node`: a task that connects and keeps the mirror following the engine,
-/// and one that reacts to its changes.
+/// Starts watching `node`: a task that keeps the mirror following the node, one that reacts to
+/// its changes, and one that reports its stream's breaks to the failure detector.
 fn start(state: &Arc<HubState>, node: NodeRecord) -> (i64, Watch) {
     let mirror = ContainerMirror::new(format!("{LABEL_HUB}={}", state.hub_id));
     state.keep_mirror(node.id, Arc::clone(&mirror));
@@ -263,20 +263,30 @@ async fn stream_agent(
                 }
             }
             let Some(data) = data else { continue };
+            // The agent streams every container it manages; the mirror holds this hub's.
+            let ours = |item: &Value| {
+                let (key, value) = mirror.label().split_once('=').unwrap_or_default();
+                item["labels"][key].as_str() == Some(value)
+            };
             if event == "snapshot" {
                 let listed = data["containers"]
                     .as_array()
                     .map(Vec::as_slice)
                     .unwrap_or_default()
                     .iter()
+                    .filter(|item| ours(item))
                     .map(|item| facts_of(item).into())
                     .collect();
                 mirror.replace_with(listed);
             } else {
                 let id = data["id"].as_str().unwrap_or_default();
-                let container =
-                    (!data["container"].is_null()).then(|| facts_of(&data["container"]).into());
-                mirror.apply(data["action"].as_str().unwrap_or_default(), id, container);
+                let action = data["action"].as_str().unwrap_or_default();
+                let item = &data["container"];
+                if item.is_null() {
+                    mirror.apply(action, id, None);
+                } else if ours(item) {
+                    mirror.apply(action, id, Some(facts_of(item).into()));
+                }
             }
             *last = data["seq"].as_u64().or(*last);
         }
