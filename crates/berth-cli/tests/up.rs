@@ -231,8 +231,17 @@ fn berth_up_starts_serves_stops_and_resumes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(logs.contains("hello-e2e"), "{logs}");
+    // A service is named by its name as well as its id.
     let status: Value =
-        serde_json::from_str(&step(&["service", "status", &id, "-o", "json"])).expect("JSON");
+        serde_json::from_str(&step(&["service", "status", "web", "-o", "json"])).expect("JSON");
+    assert_eq!(status["id"].to_string(), id, "{status}");
+    let unknown = cli(&token, &["service", "status", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no service named \"nope\""),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
     let url = status["service_url"].as_str().expect("a URL").to_owned();
     assert!(url.contains("/s/admin/web/"), "the gateway's URL: {url}");
     let page = fetch_text(&url, &token);
@@ -247,7 +256,7 @@ fn berth_up_starts_serves_stops_and_resumes() {
     );
     let usage = step(&["node", "usage"]);
     assert!(usage.contains("1/100"), "one container on local: {usage}");
-    step(&["service", "stop", &id, "--timeout", "5"]);
+    step(&["service", "stop", "web", "--timeout", "5"]);
     let rolled: Value = serde_json::from_str(&step(&[
         "service",
         "rollback",

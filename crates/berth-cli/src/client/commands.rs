@@ -227,16 +227,16 @@ pub enum ServiceCommand {
     Create(Box<NewService>),
     /// Start every replica and wait until they run.
     Start {
-        /// Service id.
-        id: i64,
+        /// Service id or name.
+        id: String,
         /// Do not wait: print the operation and return.
         #[arg(long)]
         detach: bool,
     },
     /// Stop every replica (SIGTERM, then SIGKILL after the grace period).
     Stop {
-        /// Service id.
-        id: i64,
+        /// Service id or name.
+        id: String,
         /// Grace period, seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u32,
@@ -246,8 +246,8 @@ pub enum ServiceCommand {
     },
     /// Restart each replica in turn (stop with the grace period, then start).
     Restart {
-        /// Service id.
-        id: i64,
+        /// Service id or name.
+        id: String,
         /// Grace period, seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u32,
@@ -258,29 +258,29 @@ pub enum ServiceCommand {
     /// Load a model service (seed 004): start its replicas, making room at max_models, and wait
     /// until one is ready.
     Load {
-        /// Service id.
-        id: i64,
+        /// Service id or name.
+        id: String,
         /// Do not wait: print the operation and return.
         #[arg(long)]
         detach: bool,
     },
     /// Unload a model service: stop its replicas; its next gateway request starts it again.
     Unload {
-        /// Service id.
-        id: i64,
+        /// Service id or name.
+        id: String,
         /// Do not wait: print the operation and return.
         #[arg(long)]
         detach: bool,
     },
     /// Live status, node and URL.
     Status {
-        /// Service id.
-        id: i64,
+        /// Service id or name.
+        id: String,
     },
     /// Container output.
     Logs {
-        /// Service id.
-        id: i64,
+        /// Service id or name.
+        id: String,
         /// Last lines.
         #[arg(long, default_value_t = 100)]
         tail: u32,
@@ -290,26 +290,26 @@ pub enum ServiceCommand {
     },
     /// One resource sample (CPU, memory, I/O) from the node.
     Stats {
-        /// Service id.
-        id: i64,
+        /// Service id or name.
+        id: String,
     },
     /// Deployment history.
     Deployments {
-        /// Service id.
-        id: i64,
+        /// Service id or name.
+        id: String,
     },
     /// Deploy an earlier version again.
     Rollback {
-        /// Service id.
-        id: i64,
+        /// Service id or name.
+        id: String,
         /// The version to go back to.
         #[arg(long)]
         version: i64,
     },
     /// Move the service's container to another node (admin); its data volume stays behind.
     Migrate {
-        /// Service id.
-        id: i64,
+        /// Service id or name.
+        id: String,
         /// The node to move to; the scheduler chooses when not given.
         #[arg(long)]
         to: Option<i64>,
@@ -319,8 +319,8 @@ pub enum ServiceCommand {
     },
     /// Remove the service and its containers.
     Delete {
-        /// Service id.
-        id: i64,
+        /// Service id or name.
+        id: String,
         /// Do not wait: print the operation and return.
         #[arg(long)]
         detach: bool,
@@ -1033,6 +1033,27 @@ async fn with_grace(
     changed(client, output, accepted, detach).await
 }
 
+/// The id of the service `reference` names: an id as it is, else the name of one of the
+/// caller's own services.
+async fn service_id(client: &HubClient, reference: &str) -> Result<i64, String> {
+    if let Ok(id) = reference.parse::<i64>() {
+        return Ok(id);
+    }
+    let listed = client.call(Method::GET, "/api/services", None).await?;
+    listed["services"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .find(|service| service["name"].as_str() == Some(reference))
+        .and_then(|service| service["id"].as_i64())
+        .ok_or_else(|| {
+            format!(
+                "you have no service named {reference:?}; `berth service list` shows your services (an admin names another user's service by its id)"
+            )
+        })
+}
+
 async fn service(
     client: &HubClient,
     output: Output,
@@ -1088,6 +1109,7 @@ async fn service(
             return changed(client, output, accepted, new.detach).await;
         }
         ServiceCommand::Start { id, detach } => {
+            let id = service_id(client, &id).await?;
             let accepted = client
                 .call(Method::POST, &format!("/api/services/{id}/start"), None)
                 .await?;
@@ -1097,30 +1119,40 @@ async fn service(
             id,
             timeout,
             detach,
-        } => return with_grace(client, output, id, "stop", timeout, detach).await,
+        } => {
+            let id = service_id(client, &id).await?;
+            return with_grace(client, output, id, "stop", timeout, detach).await;
+        }
         ServiceCommand::Restart {
             id,
             timeout,
             detach,
-        } => return with_grace(client, output, id, "restart", timeout, detach).await,
+        } => {
+            let id = service_id(client, &id).await?;
+            return with_grace(client, output, id, "restart", timeout, detach).await;
+        }
         ServiceCommand::Load { id, detach } => {
+            let id = service_id(client, &id).await?;
             let accepted = client
                 .call(Method::POST, &format!("/api/services/{id}/load"), None)
                 .await?;
             return changed(client, output, accepted, detach).await;
         }
         ServiceCommand::Unload { id, detach } => {
+            let id = service_id(client, &id).await?;
             let accepted = client
                 .call(Method::POST, &format!("/api/services/{id}/unload"), None)
                 .await?;
             return changed(client, output, accepted, detach).await;
         }
         ServiceCommand::Status { id } => {
+            let id = service_id(client, &id).await?;
             client
                 .call(Method::GET, &format!("/api/services/{id}/status"), None)
                 .await?
         }
         ServiceCommand::Logs { id, tail, follow } => {
+            let id = service_id(client, &id).await?;
             if follow {
                 return client
                     .stream_to_stdout(&format!("/api/services/{id}/logs?tail={tail}&follow=true"))
@@ -1143,6 +1175,7 @@ async fn service(
             return Ok(());
         }
         ServiceCommand::Stats { id } => {
+            let id = service_id(client, &id).await?;
             let value = client
                 .call(Method::GET, &format!("/api/services/{id}/stats"), None)
                 .await?;
@@ -1153,6 +1186,7 @@ async fn service(
             return Ok(());
         }
         ServiceCommand::Deployments { id } => {
+            let id = service_id(client, &id).await?;
             let value = client
                 .call(
                     Method::GET,
@@ -1175,6 +1209,7 @@ async fn service(
             return Ok(());
         }
         ServiceCommand::Rollback { id, version } => {
+            let id = service_id(client, &id).await?;
             let accepted = client
                 .call(
                     Method::POST,
@@ -1185,6 +1220,7 @@ async fn service(
             return changed(client, output, accepted, false).await;
         }
         ServiceCommand::Migrate { id, to, detach } => {
+            let id = service_id(client, &id).await?;
             let placed = client
                 .call(Method::GET, "/api/admin/containers", None)
                 .await?;
@@ -1207,6 +1243,7 @@ async fn service(
             return changed(client, output, accepted, detach).await;
         }
         ServiceCommand::Delete { id, detach } => {
+            let id = service_id(client, &id).await?;
             let accepted = client
                 .call(Method::DELETE, &format!("/api/services/{id}"), None)
                 .await?;
