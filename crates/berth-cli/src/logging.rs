@@ -1,6 +1,8 @@
-//! Log output: human-readable lines on stderr, and also to a file when one is configured.
+//! Log output: human-readable lines on stderr (coloured only on a terminal), and also to a
+//! file when one is configured.
 
 use std::fs::OpenOptions;
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -26,7 +28,11 @@ pub fn init(level: &str, file: Option<&Path>) -> std::io::Result<()> {
                 .with_ansi(false)
                 .init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        // Colours only for a terminal: stderr redirected to a file gets plain text.
+        None => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
     }
     Ok(())
 }

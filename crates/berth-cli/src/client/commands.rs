@@ -1,5 +1,6 @@
 //! The client subcommands and what each sends to the hub.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 
 use berth_core::calendar::utc_timestamp;
@@ -781,10 +782,21 @@ async fn execute(client: &HubClient, output: Output, resource: Resource) -> Resu
             let value = client
                 .call(Method::GET, &format!("/api/admin/operations?{query}"), None)
                 .await?;
-            let rows = value["operations"].as_array().cloned().unwrap_or_default();
+            let rows: Vec<Value> = value["operations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut row| {
+                    if let Some(ms) = row["at"].as_i64() {
+                        row["at"] = json!(utc_timestamp(ms));
+                    }
+                    row
+                })
+                .collect();
             let columns = [
                 ("ID", "id"),
-                ("AT", "at"),
+                ("AT (UTC)", "at"),
                 ("USER", "user_id"),
                 ("ACTION", "action"),
                 ("TARGET", "target_id"),
@@ -840,7 +852,7 @@ async fn with_usage(client: &HubClient, mut nodes: Value) -> Value {
     else {
         return nodes;
     };
-    let by_id: std::collections::HashMap<i64, Value> = usage["nodes"]
+    let by_id: HashMap<i64, Value> = usage["nodes"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
@@ -1068,7 +1080,36 @@ async fn service(
                     None,
                 )
                 .await?;
-            let rows = value["services"].as_array().cloned().unwrap_or_default();
+            // Nodes by name for an admin (who may read them); by id otherwise.
+            let nodes = match output {
+                Output::Table => client.call(Method::GET, "/api/nodes", None).await,
+                Output::Json => Ok(Value::Null),
+            };
+            let names: HashMap<i64, String> = nodes
+                .map(|nodes| {
+                    nodes
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|node| {
+                            Some((node["id"].as_i64()?, node["name"].as_str()?.to_owned()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let rows: Vec<Value> = value["services"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut row| {
+                    if let Some(name) = row["node_id"].as_i64().and_then(|id| names.get(&id)) {
+                        row["node_id"] = json!(name);
+                    }
+                    row
+                })
+                .collect();
             print(output, &value, Some(&rows), &SERVICE_COLUMNS);
             return Ok(());
         }
