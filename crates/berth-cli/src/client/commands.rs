@@ -1019,11 +1019,40 @@ async fn changed(
     let operation = progress::follow(client, accepted, detach).await?;
     match (&operation["service"], detach, output) {
         (Value::Object(_), false, Output::Table) => {
-            print(output, &operation["service"], None, &SERVICE_COLUMNS)
+            let rows = with_node_names(client, output, vec![operation["service"].clone()]).await;
+            print(output, &operation, Some(&rows), &SERVICE_COLUMNS)
         }
         _ => print(output, &operation, None, &OPERATION_COLUMNS),
     }
     Ok(())
+}
+
+/// Service rows with their node's name in place of its id, for a table read by an admin (who
+/// may read the nodes); as they are otherwise.
+async fn with_node_names(client: &HubClient, output: Output, rows: Vec<Value>) -> Vec<Value> {
+    let nodes = match output {
+        Output::Table => client.call(Method::GET, "/api/nodes", None).await,
+        Output::Json => return rows,
+    };
+    let names: HashMap<i64, String> = nodes
+        .map(|nodes| {
+            nodes
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|node| Some((node["id"].as_i64()?, node["name"].as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    rows.into_iter()
+        .map(|mut row| {
+            if let Some(name) = row["node_id"].as_i64().and_then(|id| names.get(&id)) {
+                row["node_id"] = json!(name);
+            }
+            row
+        })
+        .collect()
 }
 
 /// `berth service stop|restart`: the verb with its grace period, followed like any change.
@@ -1080,36 +1109,12 @@ async fn service(
                     None,
                 )
                 .await?;
-            // Nodes by name for an admin (who may read them); by id otherwise.
-            let nodes = match output {
-                Output::Table => client.call(Method::GET, "/api/nodes", None).await,
-                Output::Json => Ok(Value::Null),
-            };
-            let names: HashMap<i64, String> = nodes
-                .map(|nodes| {
-                    nodes
-                        .as_array()
-                        .map(Vec::as_slice)
-                        .unwrap_or_default()
-                        .iter()
-                        .filter_map(|node| {
-                            Some((node["id"].as_i64()?, node["name"].as_str()?.to_owned()))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let rows: Vec<Value> = value["services"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|mut row| {
-                    if let Some(name) = row["node_id"].as_i64().and_then(|id| names.get(&id)) {
-                        row["node_id"] = json!(name);
-                    }
-                    row
-                })
-                .collect();
+            let rows = with_node_names(
+                client,
+                output,
+                value["services"].as_array().cloned().unwrap_or_default(),
+            )
+            .await;
             print(output, &value, Some(&rows), &SERVICE_COLUMNS);
             return Ok(());
         }
