@@ -644,47 +644,71 @@ fn clamp_secs(secs: u32) -> i32 {
 /// Docker's "never" timestamp.
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
-fn real_time(value: Option<String>) -> Option<String> {
-    value.filter(|time| !time.is_empty() && time != ZERO_TIME)
+/// The published ports of an inspected container: `"7860/tcp"` → the first binding's host
+/// port (none while it is not running).
+pub fn published_ports(response: &ContainerInspectResponse) -> BTreeMap<String, u16> {
+    response
+        .network_settings
+        .as_ref()
+        .and_then(|settings| settings.ports.as_ref())
+        .map(|ports| {
+            ports
+                .iter()
+                .filter_map(|(key, bindings)| {
+                    let port = bindings
+                        .as_ref()?
+                        .iter()
+                        .find_map(|binding| binding.host_port.as_ref()?.parse::<u16>().ok())?;
+                    Some((key.clone(), port))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A start or end time the engine reports, `None` for its "never".
+pub fn real_time(value: Option<&String>) -> Option<String> {
+    value
+        .filter(|time| !time.is_empty() && *time != ZERO_TIME)
+        .cloned()
 }
 
 impl From<&ContainerInspectResponse> for ContainerDetails {
     fn from(response: &ContainerInspectResponse) -> Self {
-        let state = response.state.clone().unwrap_or_default();
-        let config = response.config.clone().unwrap_or_default();
-        let ports = response
-            .network_settings
-            .as_ref()
-            .and_then(|settings| settings.ports.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(key, bindings)| {
-                let port = bindings?
-                    .into_iter()
-                    .find_map(|binding| binding.host_port?.parse::<u16>().ok())?;
-                Some((key, port))
-            })
-            .collect();
+        let state = response.state.as_ref();
+        let config = response.config.as_ref();
         ContainerDetails {
             id: response.id.clone().unwrap_or_default(),
             name: response
                 .name
-                .clone()
+                .as_deref()
                 .unwrap_or_default()
                 .trim_start_matches('/')
                 .to_owned(),
-            image: config.image.unwrap_or_default(),
+            image: config
+                .and_then(|config| config.image.clone())
+                .unwrap_or_default(),
             status: state
-                .status
+                .and_then(|state| state.status)
                 .map(|status| status.to_string())
                 .unwrap_or_default(),
-            exit_code: state.exit_code,
-            oom_killed: state.oom_killed.unwrap_or(false),
-            started_at: real_time(state.started_at),
-            finished_at: real_time(state.finished_at),
-            ports,
-            labels: config.labels.unwrap_or_default().into_iter().collect(),
-            env: config.env.unwrap_or_default(),
+            exit_code: state.and_then(|state| state.exit_code),
+            oom_killed: state.and_then(|state| state.oom_killed).unwrap_or(false),
+            started_at: real_time(state.and_then(|state| state.started_at.as_ref())),
+            finished_at: real_time(state.and_then(|state| state.finished_at.as_ref())),
+            ports: published_ports(response),
+            labels: config
+                .and_then(|config| config.labels.as_ref())
+                .map(|labels| {
+                    labels
+                        .iter()
+                        .map(|(key, value)| (key.clone(), value.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            env: config
+                .and_then(|config| config.env.clone())
+                .unwrap_or_default(),
             restart_count: response.restart_count.unwrap_or(0),
         }
     }

@@ -20,7 +20,7 @@ pub mod translate;
 
 pub use driver::{
     ContainerDetails, ContainerSummary, CreatedContainer, DockerDriver, PullAuth, PullProgress,
-    RemoveOptions, RemoveOutcome, Transition,
+    RemoveOptions, RemoveOutcome, Transition, published_ports, real_time,
 };
 pub use endpoint::{DEFAULT_DOCKER_HOST, DockerEndpoint, TlsMaterial, tls_client_config};
 pub use error::DriverError;

@@ -148,6 +148,10 @@ impl ContainerMirror {
         if let Some(container) = view.containers.get(reference) {
             return Some(Arc::clone(container));
         }
+        // A full id the copy does not hold names nothing else: no scan.
+        if reference.len() == 64 && reference.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            return None;
+        }
         let name = reference.trim_start_matches('/');
         let mut by_prefix = None;
         for container in view.containers.values() {
@@ -560,7 +564,7 @@ pub struct ContainerFacts {
     /// `"7860/tcp"` → host port.
     pub ports: std::collections::BTreeMap<String, u16>,
     /// Labels.
-    pub labels: HashMap<String, String>,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl From<ContainerFacts> for ContainerInspectResponse {
@@ -582,7 +586,7 @@ impl From<ContainerFacts> for ContainerInspectResponse {
             }),
             config: Some(ContainerConfig {
                 image: Some(facts.image),
-                labels: Some(facts.labels),
+                labels: Some(facts.labels.into_iter().collect()),
                 ..Default::default()
             }),
             network_settings: Some(NetworkSettings {

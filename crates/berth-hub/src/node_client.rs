@@ -48,7 +48,21 @@ impl From<berth_docker::ContainerDetails> for ContainerState {
     }
 }
 
-fn string_map(value: &Value) -> BTreeMap<String, String> {
+/// An agent's `{"7860/tcp": 32768}` as a map (entries that are not ports are skipped).
+pub(crate) fn port_map(value: &Value) -> BTreeMap<String, u16> {
+    value
+        .as_object()
+        .map(|ports| {
+            ports
+                .iter()
+                .filter_map(|(key, port)| Some((key.clone(), u16::try_from(port.as_u64()?).ok()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An agent's `{"key": "value"}` as a map (entries that are not strings are skipped).
+pub(crate) fn string_map(value: &Value) -> BTreeMap<String, String> {
     value
         .as_object()
         .map(|map| {
@@ -309,22 +323,11 @@ impl NodeClient {
                 let info = self
                     .agent_call(reqwest::Method::GET, &format!("/containers/{id}"), None)
                     .await?;
-                let ports = info["ports"]
-                    .as_object()
-                    .map(|ports| {
-                        ports
-                            .iter()
-                            .filter_map(|(key, port)| {
-                                Some((key.clone(), u16::try_from(port.as_u64()?).ok()?))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 Ok(ContainerState {
                     id: info["id"].as_str().unwrap_or_default().to_owned(),
                     name: info["name"].as_str().unwrap_or_default().to_owned(),
                     status: info["status"].as_str().unwrap_or_default().to_owned(),
-                    ports,
+                    ports: port_map(&info["ports"]),
                     labels: string_map(&info["labels"]),
                 })
             }

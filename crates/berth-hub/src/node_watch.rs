@@ -27,6 +27,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use crate::node_check::docker_endpoint;
+use crate::node_client::{port_map, string_map};
 use crate::service_definition::{LABEL_HUB, LABEL_SERVICE};
 use crate::state::HubState;
 use crate::{monitor, reconciler};
@@ -305,26 +306,8 @@ fn facts_of(item: &Value) -> ContainerFacts {
         created_at: text("created_at").filter(|at| !at.is_empty()),
         started_at: text("started_at"),
         finished_at: text("finished_at"),
-        ports: item["ports"]
-            .as_object()
-            .map(|ports| {
-                ports
-                    .iter()
-                    .filter_map(|(key, port)| {
-                        Some((key.clone(), u16::try_from(port.as_u64()?).ok()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        labels: item["labels"]
-            .as_object()
-            .map(|labels| {
-                labels
-                    .iter()
-                    .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        ports: port_map(&item["ports"]),
+        labels: string_map(&item["labels"]),
     }
 }
 

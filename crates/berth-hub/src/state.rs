@@ -79,6 +79,13 @@ pub struct NodeHealth {
     pub down: bool,
 }
 
+impl NodeHealth {
+    /// Failed its last check and not (yet) declared down: being confirmed.
+    pub fn is_failing(&self) -> bool {
+        self.consecutive_failures > 0 && !self.down
+    }
+}
+
 /// What every handler and background loop can reach.
 pub struct HubState {
     /// The database.
@@ -331,11 +338,7 @@ impl HubState {
     pub fn is_failing(&self, node_id: i64) -> bool {
         self.health
             .lock()
-            .map(|health| {
-                health
-                    .get(&node_id)
-                    .is_some_and(|record| record.consecutive_failures > 0 && !record.down)
-            })
+            .map(|health| health.get(&node_id).is_some_and(NodeHealth::is_failing))
             .unwrap_or(false)
     }
 
@@ -346,7 +349,7 @@ impl HubState {
             .map(|health| {
                 health
                     .iter()
-                    .filter(|(_, record)| record.consecutive_failures > 0 && !record.down)
+                    .filter(|(_, record)| record.is_failing())
                     .map(|(id, _)| *id)
                     .collect()
             })

@@ -10,7 +10,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use berth_docker::{ContainerStats, DriverError, LogQuery, RemoveOptions, Transition};
+use berth_docker::{
+    ContainerStats, DriverError, LogQuery, RemoveOptions, Transition, published_ports, real_time,
+};
 use berth_http::Path;
 use bollard::models::ContainerInspectResponse;
 use futures_util::StreamExt;
@@ -175,10 +177,6 @@ pub async fn list(
 /// mManager's list.
 pub(crate) fn list_item(inspected: &ContainerInspectResponse) -> ContainerInfo {
     let state = inspected.state.as_ref();
-    let real_time = |time: Option<&String>| {
-        time.filter(|time| !time.is_empty() && !time.starts_with("0001-"))
-            .cloned()
-    };
     ContainerInfo {
         id: inspected.id.clone().unwrap_or_default(),
         name: name_of(inspected),
@@ -206,27 +204,6 @@ pub(crate) fn list_item(inspected: &ContainerInspectResponse) -> ContainerInfo {
         environment: BTreeMap::new(),
         mounts: Vec::new(),
     }
-}
-
-/// `"7860/tcp"` → the first binding's host port.
-fn published_ports(inspected: &ContainerInspectResponse) -> BTreeMap<String, u16> {
-    inspected
-        .network_settings
-        .as_ref()
-        .and_then(|settings| settings.ports.as_ref())
-        .map(|ports| {
-            ports
-                .iter()
-                .filter_map(|(key, bindings)| {
-                    let port = bindings
-                        .as_ref()?
-                        .iter()
-                        .find_map(|binding| binding.host_port.as_ref()?.parse::<u16>().ok())?;
-                    Some((key.clone(), port))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// `GET /containers/{id}`.

@@ -367,15 +367,9 @@ fn mirrored_port(state: &HubState, allocation: &Allocation, port: u16) -> Option
     if !running {
         return None;
     }
-    container
-        .network_settings
-        .as_ref()?
-        .ports
-        .as_ref()?
-        .get(&format!("{port}/tcp"))?
-        .as_ref()?
-        .iter()
-        .find_map(|binding| binding.host_port.as_ref()?.parse().ok())
+    berth_docker::published_ports(&container)
+        .get(&format!("{port}/tcp"))
+        .copied()
 }
 
 /// Probes one replica for as long as its endpoint lives.
