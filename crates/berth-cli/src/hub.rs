@@ -64,6 +64,29 @@ pub struct Launch {
     pub config_file: Option<PathBuf>,
     /// `--monitor-interval`, which wins over the file's.
     pub monitor_interval_flag: Option<u64>,
+    /// Save a CLI context of this name for the hub and make it current (`berth up`).
+    pub cli_context: Option<String>,
+}
+
+/// Prints how a shell reaches the hub at `address` with the token in `token_file`, and saves
+/// that as the CLI context `context` when given (a failure to save is said, not fatal).
+fn announce_cli(context: &Option<String>, address: &str, token_file: &std::path::Path) {
+    let url = format!("http://{address}");
+    let token_file = std::path::absolute(token_file).unwrap_or_else(|_| token_file.to_owned());
+    println!(
+        "for the CLI in another shell:\n  export BERTH_URL={url}\n  export BERTH_TOKEN=$(cat {})",
+        token_file.display()
+    );
+    let Some(name) = context else { return };
+    let saved =
+        crate::client::context::remember(name, crate::client::context::Context { url, token_file });
+    match saved {
+        Ok(path) => println!(
+            "CLI context {name:?} saved in {} and made current: `berth service list` works from any directory",
+            path.display()
+        ),
+        Err(err) => println!("CLI context not saved ({err}); use the export lines above"),
+    }
 }
 
 /// Runs `berth hub`.
@@ -96,6 +119,7 @@ pub async fn run(args: HubArgs) -> ExitCode {
         config,
         config_file: args.config.clone(),
         monitor_interval_flag: args.monitor_interval,
+        cli_context: None,
     })
     .await
 }
@@ -230,6 +254,7 @@ pub async fn serve(launch: Launch) -> ExitCode {
             println!("admin token: issued on the first start; create another with the admin API")
         }
     }
+    announce_cli(&launch.cli_context, &address, &token_file);
     println!(
         "try: curl -H \"Authorization: Bearer $(cat {})\" http://{address}/api/nodes",
         token_file.display()

@@ -92,6 +92,14 @@ pub enum Command {
         #[arg(long, default_value = "berth-sim")]
         data_dir: std::path::PathBuf,
     },
+    /// Save a hub's address and a token as a context and make it current.
+    Login(client::context::LoginArgs),
+    /// The saved hubs (contexts) the CLI talks to.
+    Context {
+        /// What to do.
+        #[command(subcommand)]
+        command: client::context::ContextCommand,
+    },
     /// Benchmarks that print their figures.
     Bench {
         /// Which one.
@@ -189,6 +197,17 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Exit 0, or print the message and exit 1.
+fn report(outcome: Result<(), String>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("berth: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs one parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
@@ -211,6 +230,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             client::run(client, client::Resource::User(command)).await
         }
         Command::Ops { client, filter } => client::run(client, client::Resource::Ops(filter)).await,
+        Command::Login(args) => report(client::context::login(args).await),
+        Command::Context { command } => report(client::context::manage(command)),
         Command::Sim { scenario, data_dir } => simulate(&scenario, &data_dir).await,
         Command::Bench {
             command: BenchCommand::Scheduler(args),

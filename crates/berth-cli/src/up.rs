@@ -30,6 +30,10 @@ pub struct UpArgs {
     /// 0 turns sampling off.
     #[arg(long, env = "BERTH_STATS_INTERVAL", default_value_t = 10)]
     stats_interval: u64,
+    /// The CLI context saved for this hub and made current, so the next `berth` command finds
+    /// it from any directory.
+    #[arg(long, default_value = "local")]
+    context: String,
 }
 
 /// Runs the embedded default until a shutdown signal.
@@ -52,6 +56,7 @@ pub async fn run(args: UpArgs) -> ExitCode {
         config,
         config_file: None,
         monitor_interval_flag: None,
+        cli_context: Some(args.context),
     })
     .await
 }

@@ -23,6 +23,7 @@ fn start(dir: &std::path::Path, port: u16) -> (Running, Vec<String>) {
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--gateway-listen", "127.0.0.1:0"])
+        .env("BERTH_CONFIG", cli_config(dir))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -38,6 +39,75 @@ fn start(dir: &std::path::Path, port: u16) -> (Running, Vec<String>) {
         }
     }
     (Running(child), lines)
+}
+
+/// The CLI configuration the test's `berth up` and `berth` commands share.
+fn cli_config(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.with_extension("cli").join("config.toml")
+}
+
+/// Runs `berth args` the way a new shell would: no BERTH_URL or BERTH_TOKEN, from a directory
+/// without `berth-data`, with the test's CLI configuration.
+fn bare_cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .env_remove("BERTH_URL")
+        .env_remove("BERTH_TOKEN")
+        .env_remove("BERTH_CONTEXT")
+        .env("BERTH_CONFIG", cli_config(dir))
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("berth client")
+}
+
+/// `berth up` saved a context the next command finds by itself; `berth login` adds another,
+/// `berth context use` switches, and a refused token or an unknown context saves nothing.
+fn contexts_lead_the_cli_to_the_hub(dir: &std::path::Path, port: u16, token: &str, text: &str) {
+    assert!(
+        text.contains(&format!("export BERTH_URL=http://127.0.0.1:{port}"))
+            && text.contains("CLI context \"local\" saved"),
+        "{text}"
+    );
+    let listed = bare_cli(dir, &["node", "list", "-o", "json"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let nodes: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    assert_eq!(nodes[0]["name"], "local");
+    let url = format!("http://127.0.0.1:{port}");
+    let refused = bare_cli(
+        dir,
+        &["login", &url, "--name", "other", "--token", "berth_wrong"],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(said.contains("refused the token"), "{said}");
+    let logged = bare_cli(dir, &["login", &url, "--name", "second", "--token", token]);
+    let said = String::from_utf8_lossy(&logged.stdout).into_owned();
+    assert!(said.contains("as admin (admin)"), "{said}");
+    let contexts = bare_cli(dir, &["context", "list"]);
+    let table = String::from_utf8_lossy(&contexts.stdout).into_owned();
+    assert!(
+        table.contains("*        second") && table.contains("local") && !table.contains("other"),
+        "{table}"
+    );
+    assert!(bare_cli(dir, &["context", "use", "local"]).status.success());
+    let unknown = bare_cli(dir, &["node", "list", "--context", "nope"]);
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no context named \"nope\""),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    let listed = bare_cli(dir, &["context", "list", "-o", "json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    assert_eq!(listed["current"], "local", "{listed}");
+    assert!(
+        bare_cli(dir, &["context", "remove", "second"])
+            .status
+            .success()
+    );
 }
 
 fn free_port() -> u16 {
@@ -135,6 +205,7 @@ fn berth_up_starts_serves_stops_and_resumes() {
     assert_eq!(status, 200);
     assert_eq!(nodes[0]["name"], "local");
     assert_eq!(nodes[0]["docker_status"], "connected");
+    contexts_lead_the_cli_to_the_hub(&dir, port, &token, &text);
 
     let cli = |token: &str, args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_berth"))
@@ -300,7 +371,7 @@ fn berth_up_starts_serves_stops_and_resumes() {
     );
     let denied = cli("berth_wrong", &["node", "list"]);
     assert_eq!(denied.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&denied.stderr).contains("Set BERTH_TOKEN"));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("berth login"));
     terminate(running);
 
     let (running, lines) = start(&dir, port);
@@ -325,4 +396,5 @@ fn berth_up_starts_serves_stops_and_resumes() {
     assert_eq!(creates, 1);
     terminate(running);
     std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir.with_extension("cli")).ok();
 }

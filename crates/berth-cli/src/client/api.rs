@@ -44,7 +44,10 @@ impl HubClient {
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         if status.as_u16() == 401 {
-            return Err("the hub refused the token. Set BERTH_TOKEN (berth up writes the admin token to berth-data/admin-token).".to_owned());
+            return Err(format!(
+                "the hub at {} refused the token (revoked, expired, or from another hub): `berth login {}` saves a new one, or set BERTH_TOKEN",
+                self.base, self.base
+            ));
         }
         if !status.is_success() {
             let problem: Value = serde_json::from_str(&text).unwrap_or(Value::Null);

@@ -24,17 +24,15 @@ pub enum Output {
 /// Where the hub is and who is asking.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The hub's address.
-    #[arg(
-        long,
-        env = "BERTH_URL",
-        default_value = "http://127.0.0.1:7700",
-        global = true
-    )]
-    url: String,
-    /// An API token (default: the one `berth up` wrote to berth-data/admin-token).
+    /// The hub's address (default: the current context's, else http://127.0.0.1:7700).
+    #[arg(long, env = "BERTH_URL", global = true)]
+    url: Option<String>,
+    /// An API token (default: the current context's; `berth up` and `berth login` save one).
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// Use this saved context instead of the current one (`berth context list`).
+    #[arg(long, env = "BERTH_CONTEXT", global = true)]
+    context: Option<String>,
     /// table or json.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -469,18 +467,6 @@ pub struct OpsFilter {
     size: i64,
 }
 
-fn token(args: &ClientArgs) -> Result<String, String> {
-    if let Some(token) = args.token.as_ref().filter(|token| !token.trim().is_empty()) {
-        return Ok(token.trim().to_owned());
-    }
-    std::fs::read_to_string("berth-data/admin-token")
-        .map(|token| token.trim().to_owned())
-        .map_err(|_| {
-            "no token: set BERTH_TOKEN or --token (berth up writes one to berth-data/admin-token)"
-                .to_owned()
-        })
-}
-
 /// `KEY=VALUE` arguments of `flag` as a JSON object.
 fn pairs(flag: &str, values: &[String]) -> Result<serde_json::Map<String, Value>, String> {
     values
@@ -505,7 +491,12 @@ fn read_pem(path: &Option<std::path::PathBuf>, what: &str) -> Result<Option<Stri
 /// Runs one client command and prints its answer.
 pub async fn run(args: ClientArgs, resource: Resource) -> ExitCode {
     let outcome = async {
-        let client = HubClient::new(&args.url, token(&args)?);
+        let (url, token) = super::context::resolve(super::context::Asked {
+            url: args.url,
+            token: args.token,
+            context: args.context,
+        })?;
+        let client = HubClient::new(&url, token);
         execute(&client, args.output, resource).await
     }
     .await;

@@ -4,6 +4,7 @@
 
 mod api;
 mod commands;
+pub mod context;
 pub mod manifest;
 mod progress;
 mod table;

@@ -105,8 +105,8 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("sign_in.token", "API token", "API 令牌"),
     (
         "sign_in.help",
-        "The admin token is in berth-data/admin-token after `berth up`; an admin can issue tokens to users.",
-        "运行 `berth up` 后，管理员令牌保存在 berth-data/admin-token；管理员可以为用户签发令牌。",
+        "`berth up` prints the admin token at start and keeps it in admin-token in its data directory (./berth-data unless --data-dir says otherwise); an admin can issue tokens to users.",
+        "`berth up` 启动时会打印管理员令牌，并保存在其数据目录下的 admin-token 文件中（默认 ./berth-data，可用 --data-dir 指定）；管理员可以为用户签发令牌。",
     ),
     ("sign_in.submit", "Sign in", "登录"),
     ("sign_in.refused", "That token is not valid.", "令牌无效。"),
