@@ -100,6 +100,13 @@ pub enum Command {
         #[command(subcommand)]
         command: client::context::ContextCommand,
     },
+    /// Print a shell completion script, e.g. `berth completions bash > /etc/bash_completion.d/berth`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `berth man | man -l -`.
+    Man,
     /// Benchmarks that print their figures.
     Bench {
         /// Which one.
@@ -197,6 +204,17 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Writes `bytes` to standard output; a reader that stopped early (`| head`) is no error.
+fn to_stdout(bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write to standard output: {err}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Exit 0, or print the message and exit 1.
 fn report(outcome: Result<(), String>) -> ExitCode {
     match outcome {
@@ -230,6 +248,21 @@ pub async fn run(cli: Cli) -> ExitCode {
             client::run(client, client::Resource::User(command)).await
         }
         Command::Ops { client, filter } => client::run(client, client::Resource::Ops(filter)).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "berth", &mut script);
+            report(to_stdout(&script))
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            let mut roff = Vec::new();
+            report(
+                page.render(&mut roff)
+                    .map_err(|err| format!("cannot render the manual page: {err}"))
+                    .and_then(|()| to_stdout(&roff)),
+            )
+        }
         Command::Login(args) => report(client::context::login(args).await),
         Command::Context { command } => report(client::context::manage(command)),
         Command::Sim { scenario, data_dir } => simulate(&scenario, &data_dir).await,

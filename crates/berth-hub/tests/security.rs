@@ -653,6 +653,7 @@ fn access_of(method: &Method, path: &str) -> Access {
         {
             Access::SelfOrAdmin
         }
+        ("POST", "/api/users/{id}/tokens/{token_id}/reissue") => Access::SelfOrAdmin,
         (_, "/metrics" | "/api/users" | "/api/users/{id}") => Access::Admin,
         (_, path) if path.starts_with("/api/nodes") || path.starts_with("/api/admin/") => {
             Access::Admin

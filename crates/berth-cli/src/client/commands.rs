@@ -9,6 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::api::HubClient;
+use super::names;
 use super::progress;
 use super::table;
 
@@ -17,8 +18,19 @@ use super::table;
 pub enum Output {
     /// Aligned columns.
     Table,
+    /// Aligned columns, with the ones a terminal has no room for.
+    Wide,
     /// The hub's JSON, unchanged.
     Json,
+    /// The hub's answer as YAML.
+    Yaml,
+}
+
+impl Output {
+    /// Whether this prints a table (and so names and units in place of ids and numbers).
+    pub fn is_table(self) -> bool {
+        matches!(self, Self::Table | Self::Wide)
+    }
 }
 
 /// Where the hub is and who is asking.
@@ -33,7 +45,7 @@ pub struct ClientArgs {
     /// Use this saved context instead of the current one (`berth context list`).
     #[arg(long, env = "BERTH_CONTEXT", global = true)]
     context: Option<String>,
-    /// table or json.
+    /// table, wide, json or yaml.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
 }
@@ -48,7 +60,7 @@ pub enum Resource {
     /// Product specs.
     Spec(SpecCommand),
     /// Services.
-    Service(ServiceCommand),
+    Service(super::service::ServiceCommand),
     /// Users.
     User(UserCommand),
     /// The operation log.
@@ -69,46 +81,46 @@ pub enum NodeCommand {
     List,
     /// Show one node.
     Show {
-        /// Node id.
-        id: i64,
+        /// Node name or id.
+        node: String,
     },
     /// Register a node; its connection is tested.
     Create(Box<NewNode>),
     /// Test a node's connection now.
     Test {
-        /// Node id.
-        id: i64,
+        /// Node name or id.
+        node: String,
     },
     /// Take new work on this node.
     Enable {
-        /// Node id.
-        id: i64,
+        /// Node name or id.
+        node: String,
     },
     /// Take no new work on this node.
     Disable {
-        /// Node id.
-        id: i64,
+        /// Node name or id.
+        node: String,
     },
     /// Delete a node (refused while services run there).
     Delete {
-        /// Node id.
-        id: i64,
+        /// Node name or id.
+        node: String,
     },
     /// Per node and per GPU: what allocations take, what the node has and what it last
     /// observed free (admin).
     Usage,
     /// Unlist a node and move every unpinned service off it (admin), following the drain.
     Drain {
-        /// Node id.
-        id: i64,
+        /// Node name or id.
+        node: String,
         /// Do not wait: print the operation and return.
         #[arg(long)]
         detach: bool,
     },
     /// Replace a node's labels (none given: no labels) (admin).
     Label {
-        /// Node id.
-        id: i64,
+        /// Node name or id.
+        node: String,
         /// KEY=VALUE pairs.
         labels: Vec<String>,
     },
@@ -178,8 +190,8 @@ pub enum ImageCommand {
     },
     /// Remove an image from the catalog.
     Delete {
-        /// Image id.
-        id: i64,
+        /// Image name or id.
+        image: String,
     },
 }
 
@@ -207,173 +219,9 @@ pub enum SpecCommand {
     },
     /// Remove a spec.
     Delete {
-        /// Spec id.
-        id: i64,
+        /// Spec name or id.
+        spec: String,
     },
-}
-
-/// `berth service …`
-#[derive(Debug, Subcommand)]
-pub enum ServiceCommand {
-    /// My services (everyone's with --all, for admins).
-    List {
-        /// Everyone's.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Create a service (its containers are created, and started with --start); waits for the
-    /// operation, showing its progress, unless --detach.
-    Create(Box<NewService>),
-    /// Start every replica and wait until they run.
-    Start {
-        /// Service id or name.
-        id: String,
-        /// Do not wait: print the operation and return.
-        #[arg(long)]
-        detach: bool,
-    },
-    /// Stop every replica (SIGTERM, then SIGKILL after the grace period).
-    Stop {
-        /// Service id or name.
-        id: String,
-        /// Grace period, seconds.
-        #[arg(long, default_value_t = 30)]
-        timeout: u32,
-        /// Do not wait: print the operation and return.
-        #[arg(long)]
-        detach: bool,
-    },
-    /// Restart each replica in turn (stop with the grace period, then start).
-    Restart {
-        /// Service id or name.
-        id: String,
-        /// Grace period, seconds.
-        #[arg(long, default_value_t = 30)]
-        timeout: u32,
-        /// Do not wait: print the operation and return.
-        #[arg(long)]
-        detach: bool,
-    },
-    /// Load a model service (seed 004): start its replicas, making room at max_models, and wait
-    /// until one is ready.
-    Load {
-        /// Service id or name.
-        id: String,
-        /// Do not wait: print the operation and return.
-        #[arg(long)]
-        detach: bool,
-    },
-    /// Unload a model service: stop its replicas; its next gateway request starts it again.
-    Unload {
-        /// Service id or name.
-        id: String,
-        /// Do not wait: print the operation and return.
-        #[arg(long)]
-        detach: bool,
-    },
-    /// Live status, node and URL.
-    Status {
-        /// Service id or name.
-        id: String,
-    },
-    /// Container output.
-    Logs {
-        /// Service id or name.
-        id: String,
-        /// Last lines.
-        #[arg(long, default_value_t = 100)]
-        tail: u32,
-        /// Keep following.
-        #[arg(long, short = 'f')]
-        follow: bool,
-    },
-    /// One resource sample (CPU, memory, I/O) from the node.
-    Stats {
-        /// Service id or name.
-        id: String,
-    },
-    /// Deployment history.
-    Deployments {
-        /// Service id or name.
-        id: String,
-    },
-    /// Deploy an earlier version again.
-    Rollback {
-        /// Service id or name.
-        id: String,
-        /// The version to go back to.
-        #[arg(long)]
-        version: i64,
-    },
-    /// Move the service's container to another node (admin); its data volume stays behind.
-    Migrate {
-        /// Service id or name.
-        id: String,
-        /// The node to move to; the scheduler chooses when not given.
-        #[arg(long)]
-        to: Option<i64>,
-        /// Do not wait: print the operation and return.
-        #[arg(long)]
-        detach: bool,
-    },
-    /// Remove the service and its containers.
-    Delete {
-        /// Service id or name.
-        id: String,
-        /// Do not wait: print the operation and return.
-        #[arg(long)]
-        detach: bool,
-    },
-}
-
-/// Fields of `berth service create`.
-#[derive(Debug, Args)]
-pub struct NewService {
-    /// Owner (default: you).
-    #[arg(long)]
-    user: Option<String>,
-    /// Repository the service belongs to.
-    #[arg(long, default_value = "default")]
-    repo: String,
-    /// Service name.
-    #[arg(long)]
-    name: String,
-    /// Image reference.
-    #[arg(long)]
-    image: String,
-    /// Size from this product spec.
-    #[arg(long)]
-    spec_id: Option<i64>,
-    /// CPU cores (instead of a spec).
-    #[arg(long)]
-    cpu: Option<f64>,
-    /// Memory, e.g. 2g (instead of a spec).
-    #[arg(long)]
-    memory: Option<String>,
-    /// The HTTP port the service listens on.
-    #[arg(long)]
-    port: Option<u16>,
-    /// Environment, KEY=VALUE, repeatable.
-    #[arg(long = "env", short = 'e')]
-    environment: Vec<String>,
-    /// A node label every replica's node must carry, KEY=VALUE, repeatable.
-    #[arg(long = "constraint")]
-    constraints: Vec<String>,
-    /// How many replicas.
-    #[arg(long)]
-    replicas: Option<i64>,
-    /// Reachable through the gateway without a token.
-    #[arg(long)]
-    public: bool,
-    /// Start each replica as soon as it is created.
-    #[arg(long)]
-    start: bool,
-    /// Do not wait for the create: print its operation and return.
-    #[arg(long)]
-    detach: bool,
-    /// The command, after `--`.
-    #[arg(last = true)]
-    command: Vec<String>,
 }
 
 /// `berth user …`
@@ -394,9 +242,39 @@ pub enum UserCommand {
         #[arg(long)]
         max_services: Option<i64>,
     },
-    /// API tokens: list, create, revoke (your own; an admin names anyone's with --user).
+    /// Delete a user (admin; refused while they own services).
+    Delete {
+        /// User name or id.
+        user: String,
+    },
+    /// Quotas: how much a user may own (admin).
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// API tokens: list, create, reissue, revoke (your own; an admin names anyone's with --user).
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+/// `berth user quota …`
+#[derive(Debug, Subcommand)]
+pub enum QuotaCommand {
+    /// Set a user's limits; those not given stay as they are, `none` lifts one.
+    Set {
+        /// User name or id.
+        user: String,
+        /// Most services they may own.
+        #[arg(long)]
+        services: Option<String>,
+        /// Most CPU cores over all their services.
+        #[arg(long)]
+        cpu: Option<String>,
+        /// Most memory over all their services, e.g. 64g.
+        #[arg(long)]
+        memory: Option<String>,
+        /// Most GPUs over all their services.
+        #[arg(long)]
+        gpus: Option<String>,
+    },
 }
 
 /// `berth user token …`
@@ -404,9 +282,9 @@ pub enum UserCommand {
 pub enum TokenCommand {
     /// List the tokens (names, creation, last use, expiry; never their text).
     List {
-        /// Whose (user id; default: you).
+        /// Whose (user name or id; default: you).
         #[arg(long)]
-        user: Option<i64>,
+        user: Option<String>,
     },
     /// Issue a token and print it once.
     Create {
@@ -416,17 +294,25 @@ pub enum TokenCommand {
         /// Days until it expires (1–3650); without it, it lasts until revoked.
         #[arg(long)]
         expires_in_days: Option<i64>,
-        /// Whose (user id; default: you).
+        /// Whose (user name or id; default: you).
         #[arg(long)]
-        user: Option<i64>,
+        user: Option<String>,
+    },
+    /// Revoke a token and issue its successor (same name and lifetime), printed once.
+    Reissue {
+        /// The token's id (from `berth user token list`).
+        id: i64,
+        /// Whose (user name or id; default: you).
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Revoke a token at once (the API, the gateway and console sessions opened with it).
     Revoke {
         /// The token's id (from `berth user token list`).
         id: i64,
-        /// Whose (user id; default: you).
+        /// Whose (user name or id; default: you).
         #[arg(long)]
-        user: Option<i64>,
+        user: Option<String>,
     },
 }
 
@@ -450,12 +336,12 @@ pub struct OpsFilter {
     /// Show one operation instead of the list.
     #[command(subcommand)]
     command: Option<OpsCommand>,
-    /// Only this service.
+    /// Only this service (name, OWNER/NAME or id).
     #[arg(long)]
-    service: Option<i64>,
-    /// Only this node.
+    service: Option<String>,
+    /// Only this node (name or id).
     #[arg(long)]
-    node: Option<i64>,
+    node: Option<String>,
     /// Only this action, e.g. node.create.
     #[arg(long)]
     action: Option<String>,
@@ -468,7 +354,10 @@ pub struct OpsFilter {
 }
 
 /// `KEY=VALUE` arguments of `flag` as a JSON object.
-fn pairs(flag: &str, values: &[String]) -> Result<serde_json::Map<String, Value>, String> {
+pub(super) fn pairs(
+    flag: &str,
+    values: &[String],
+) -> Result<serde_json::Map<String, Value>, String> {
     values
         .iter()
         .map(|pair| {
@@ -509,17 +398,6 @@ pub async fn run(args: ClientArgs, resource: Resource) -> ExitCode {
     }
 }
 
-/// The user a token command is about: `user`, or the caller.
-async fn user_or_me(client: &HubClient, user: Option<i64>) -> Result<i64, String> {
-    if let Some(user) = user {
-        return Ok(user);
-    }
-    let me = client.call(Method::GET, "/api/users/me", None).await?;
-    me["id"]
-        .as_i64()
-        .ok_or_else(|| "the hub did not say who you are".to_owned())
-}
-
 async fn token_command(
     client: &HubClient,
     output: Output,
@@ -527,7 +405,7 @@ async fn token_command(
 ) -> Result<(), String> {
     match command {
         TokenCommand::List { user } => {
-            let user = user_or_me(client, user).await?;
+            let user = names::user_id(client, user.as_deref()).await?;
             let value = client
                 .call(Method::GET, &format!("/api/users/{user}/tokens"), None)
                 .await?;
@@ -537,8 +415,12 @@ async fn token_command(
                 .flatten()
                 .map(|token| {
                     let mut row = token.clone();
+                    let now = table::now_ms();
                     for key in ["created_at", "last_used_at", "expires_at"] {
                         row[key] = token[key]
+                            .as_i64()
+                            .map_or(Value::Null, |ms| json!(table::ago(ms, now)));
+                        row[&format!("{key}_utc")] = token[key]
                             .as_i64()
                             .map_or(Value::Null, |ms| json!(utc_timestamp(ms)));
                     }
@@ -552,18 +434,20 @@ async fn token_command(
                 &[
                     ("ID", "id"),
                     ("NAME", "name"),
-                    ("CREATED (UTC)", "created_at"),
+                    ("CREATED", "created_at"),
                     ("LAST USED", "last_used_at"),
                     ("EXPIRES", "expires_at"),
+                    ("+CREATED (UTC)", "created_at_utc"),
+                    ("+EXPIRES (UTC)", "expires_at_utc"),
                 ],
-            );
+            )?;
         }
         TokenCommand::Create {
             name,
             expires_in_days,
             user,
         } => {
-            let user = user_or_me(client, user).await?;
+            let user = names::user_id(client, user.as_deref()).await?;
             let body = json!({"name": name, "expires_in_days": expires_in_days});
             let issued = client
                 .call(
@@ -572,8 +456,8 @@ async fn token_command(
                     Some(&body),
                 )
                 .await?;
-            if output == Output::Json {
-                print(output, &issued, None, &[]);
+            if !output.is_table() {
+                print(output, &issued, None, &[])?;
             } else {
                 let until = issued["expires_at"]
                     .as_i64()
@@ -587,8 +471,27 @@ async fn token_command(
                 );
             }
         }
+        TokenCommand::Reissue { id, user } => {
+            let user = names::user_id(client, user.as_deref()).await?;
+            let issued = client
+                .call(
+                    Method::POST,
+                    &format!("/api/users/{user}/tokens/{id}/reissue"),
+                    None,
+                )
+                .await?;
+            if !output.is_table() {
+                return print(output, &issued, None, &[]);
+            }
+            println!(
+                "token {id} revoked; its successor {} ({}; shown once):\n{}",
+                issued["id"],
+                issued["name"].as_str().unwrap_or("?"),
+                issued["token"].as_str().unwrap_or("?")
+            );
+        }
         TokenCommand::Revoke { id, user } => {
-            let user = user_or_me(client, user).await?;
+            let user = names::user_id(client, user.as_deref()).await?;
             client
                 .call(
                     Method::DELETE,
@@ -602,50 +505,44 @@ async fn token_command(
     Ok(())
 }
 
-fn print(output: Output, value: &Value, rows: Option<&[Value]>, columns: &[(&str, &str)]) {
-    match (output, rows) {
-        (Output::Json, _) => println!(
+/// Prints `value` as `output` asks: JSON or YAML whole; a table of `rows` (or of `value` alone)
+/// with `columns`.
+pub(super) fn print(
+    output: Output,
+    value: &Value,
+    rows: Option<&[Value]>,
+    columns: &[(&str, &str)],
+) -> Result<(), String> {
+    let rows = rows.unwrap_or(std::slice::from_ref(value));
+    match output {
+        Output::Json => println!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
         ),
-        (Output::Table, Some(rows)) => println!("{}", table::render(rows, columns)),
-        (Output::Table, None) => {
-            println!("{}", table::render(std::slice::from_ref(value), columns))
-        }
+        Output::Yaml => print!(
+            "{}",
+            yaml_serde::to_string(value).map_err(|err| err.to_string())?
+        ),
+        Output::Table => println!("{}", table::render(rows, columns, false)),
+        Output::Wide => println!("{}", table::render(rows, columns, true)),
     }
+    Ok(())
 }
 
-const NODE_COLUMNS: [(&str, &str); 7] = [
-    ("ID", "id"),
-    ("NAME", "name"),
-    ("DRIVER", "driver"),
-    ("TYPE", "server_type"),
-    ("ENABLED", "enabled"),
-    ("STATUS", "docker_status"),
-    ("MESSAGE", "status_message"),
-];
+/// The columns of a node; `+` marks those only `-o wide` shows.
 const NODE_USAGE_COLUMNS: [(&str, &str); 11] = [
     ("ID", "id"),
     ("NAME", "name"),
-    ("DRIVER", "driver"),
+    ("STATE", "state"),
     ("TYPE", "server_type"),
-    ("ENABLED", "enabled"),
-    ("STATUS", "docker_status"),
-    ("HEALTH", "health"),
     ("CONTAINERS", "containers"),
-    ("CPU", "cpu"),
-    ("MEMORY", "memory"),
+    ("CPU (cores)", "cpu_allocated"),
+    ("MEMORY", "memory_allocated"),
     ("GPUS allocated/total", "gpus"),
+    ("+DRIVER", "driver"),
+    ("+CHECK", "docker_status"),
+    ("+MESSAGE", "status_message"),
 ];
-const SERVICE_COLUMNS: [(&str, &str); 6] = [
-    ("ID", "id"),
-    ("NAME", "name"),
-    ("STATUS", "status"),
-    ("NODE", "node_id"),
-    ("VERSION", "version"),
-    ("IMAGE", "image"),
-];
-
 async fn execute(client: &HubClient, output: Output, resource: Resource) -> Result<(), String> {
     match resource {
         Resource::Apply { manifest, dry_run } => {
@@ -664,10 +561,13 @@ async fn execute(client: &HubClient, output: Output, resource: Resource) -> Resu
                         )
                         .await?
                 }
-                ImageCommand::Delete { id } => {
+                ImageCommand::Delete { image } => {
+                    let id = names::image_id(client, &image).await?;
                     client
                         .call(Method::DELETE, &format!("/api/images/{id}"), None)
-                        .await?
+                        .await?;
+                    println!("image {image} removed from the catalog");
+                    return Ok(());
                 }
             };
             let rows = value.as_array().cloned();
@@ -676,75 +576,11 @@ async fn execute(client: &HubClient, output: Output, resource: Resource) -> Resu
                 &value,
                 rows.as_deref(),
                 &[("ID", "id"), ("NAME", "name"), ("REFERENCE", "reference")],
-            );
-            Ok(())
+            )
         }
-        Resource::Spec(command) => {
-            let value = match command {
-                SpecCommand::List => client.call(Method::GET, "/api/specs", None).await?,
-                SpecCommand::Create {
-                    name,
-                    cpu,
-                    memory,
-                    gpus,
-                    gpu_memory_gb,
-                } => {
-                    let body = json!({"name": name, "cpu_cores": cpu, "memory": memory, "gpu_count": gpus,
-                        "memory_split": gpu_memory_gb.is_some(), "gpu_memory_gb": gpu_memory_gb.unwrap_or(0)});
-                    client.call(Method::POST, "/api/specs", Some(&body)).await?
-                }
-                SpecCommand::Delete { id } => {
-                    client
-                        .call(Method::DELETE, &format!("/api/specs/{id}"), None)
-                        .await?
-                }
-            };
-            let rows = value.as_array().cloned();
-            let columns = [
-                ("ID", "id"),
-                ("NAME", "name"),
-                ("CPU_MILLIS", "cpu_millis"),
-                ("MEMORY", "memory_bytes"),
-                ("GPUS", "gpu_count"),
-            ];
-            print(output, &value, rows.as_deref(), &columns);
-            Ok(())
-        }
-        Resource::Service(command) => service(client, output, command).await,
-        Resource::User(command) => {
-            let value = match command {
-                UserCommand::Token(command) => {
-                    return token_command(client, output, command).await;
-                }
-                UserCommand::Me => client.call(Method::GET, "/api/users/me", None).await?,
-                UserCommand::List => client.call(Method::GET, "/api/users", None).await?,
-                UserCommand::Create {
-                    name,
-                    admin,
-                    max_services,
-                } => {
-                    let body = json!({"name": name, "role": if admin { "admin" } else { "user" }, "max_services": max_services});
-                    let created = client.call(Method::POST, "/api/users", Some(&body)).await?;
-                    if output == Output::Table {
-                        println!(
-                            "user {} created; token (shown once): {}",
-                            created["user"]["name"].as_str().unwrap_or("?"),
-                            created["token"].as_str().unwrap_or("?")
-                        );
-                        return Ok(());
-                    }
-                    created
-                }
-            };
-            let rows = value.as_array().cloned();
-            print(
-                output,
-                &value,
-                rows.as_deref(),
-                &[("ID", "id"), ("NAME", "name"), ("ROLE", "role")],
-            );
-            Ok(())
-        }
+        Resource::Spec(command) => spec(client, output, command).await,
+        Resource::Service(command) => super::service::run(client, output, command).await,
+        Resource::User(command) => user(client, output, command).await,
         Resource::Ops(OpsFilter {
             command: Some(OpsCommand::Show { id, wait }),
             ..
@@ -757,60 +593,270 @@ async fn execute(client: &HubClient, output: Output, resource: Resource) -> Resu
             } else {
                 operation
             };
-            print(output, &operation, None, &OPERATION_COLUMNS);
-            Ok(())
+            print(output, &operation, None, &OPERATION_COLUMNS)
         }
-        Resource::Ops(filter) => {
-            let mut query = format!("page={}&size={}", filter.page, filter.size);
-            for (key, value) in [("service_id", filter.service), ("node_id", filter.node)] {
-                if let Some(value) = value {
-                    query.push_str(&format!("&{key}={value}"));
+        Resource::Ops(filter) => operation_log(client, output, filter).await,
+    }
+}
+
+/// `berth spec …`: sizes in cores and binary units.
+async fn spec(client: &HubClient, output: Output, command: SpecCommand) -> Result<(), String> {
+    let value = match command {
+        SpecCommand::List => client.call(Method::GET, "/api/specs", None).await?,
+        SpecCommand::Create {
+            name,
+            cpu,
+            memory,
+            gpus,
+            gpu_memory_gb,
+        } => {
+            let body = json!({"name": name, "cpu_cores": cpu, "memory": memory, "gpu_count": gpus,
+                "memory_split": gpu_memory_gb.is_some(), "gpu_memory_gb": gpu_memory_gb.unwrap_or(0)});
+            client.call(Method::POST, "/api/specs", Some(&body)).await?
+        }
+        SpecCommand::Delete { spec } => {
+            let id = names::spec_id(client, &spec).await?;
+            client
+                .call(Method::DELETE, &format!("/api/specs/{id}"), None)
+                .await?;
+            println!("spec {spec} deleted");
+            return Ok(());
+        }
+    };
+    let rows: Vec<Value> = value
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| vec![value.clone()])
+        .into_iter()
+        .map(|mut row| {
+            row["cpu"] = json!(table::cores(row["cpu_millis"].as_u64().unwrap_or(0)));
+            row["memory"] = json!(table::bytes(row["memory_bytes"].as_u64().unwrap_or(0)));
+            row["gpus"] = json!(
+                match (row["memory_split"].as_bool(), row["gpu_count"].as_i64()) {
+                    (Some(true), _) => format!("share of {} GiB", row["gpu_memory_gb"]),
+                    (_, Some(count)) if count > 0 => count.to_string(),
+                    _ => "-".to_owned(),
+                }
+            );
+            row
+        })
+        .collect();
+    print(
+        output,
+        &value,
+        Some(&rows),
+        &[
+            ("ID", "id"),
+            ("NAME", "name"),
+            ("CPU (cores)", "cpu"),
+            ("MEMORY", "memory"),
+            ("GPUS", "gpus"),
+        ],
+    )
+}
+
+/// A quota flag's value: a number, or `none` for no limit (JSON null).
+fn quota_value(flag: &str, text: &str, number: bool) -> Result<Value, String> {
+    if text == "none" {
+        return Ok(Value::Null);
+    }
+    if !number {
+        return Ok(json!(text));
+    }
+    text.parse::<f64>()
+        .ok()
+        .filter(|value| *value >= 0.0)
+        .map(|value| json!(value))
+        .ok_or_else(|| format!("{flag} {text:?} is not a number (or `none` for no limit)"))
+}
+
+/// `berth user …`
+async fn user(client: &HubClient, output: Output, command: UserCommand) -> Result<(), String> {
+    let value = match command {
+        UserCommand::Token(command) => {
+            return token_command(client, output, command).await;
+        }
+        UserCommand::Me => client.call(Method::GET, "/api/users/me", None).await?,
+        UserCommand::List => client.call(Method::GET, "/api/users", None).await?,
+        UserCommand::Create {
+            name,
+            admin,
+            max_services,
+        } => {
+            let body = json!({"name": name, "role": if admin { "admin" } else { "user" }, "max_services": max_services});
+            let created = client.call(Method::POST, "/api/users", Some(&body)).await?;
+            if output.is_table() {
+                println!(
+                    "user {} created; token (shown once): {}",
+                    created["user"]["name"].as_str().unwrap_or("?"),
+                    created["token"].as_str().unwrap_or("?")
+                );
+                return Ok(());
+            }
+            created
+        }
+        UserCommand::Delete { user } => {
+            let id = names::user_id(client, Some(&user)).await?;
+            client
+                .call(Method::DELETE, &format!("/api/users/{id}"), None)
+                .await?;
+            println!("user {user} deleted; their tokens no longer work");
+            return Ok(());
+        }
+        UserCommand::Quota(QuotaCommand::Set {
+            user,
+            services,
+            cpu,
+            memory,
+            gpus,
+        }) => {
+            let id = names::user_id(client, Some(&user)).await?;
+            let mut body = json!({});
+            for (key, flag, given, number) in [
+                ("max_services", "--services", services, true),
+                ("max_cpu_cores", "--cpu", cpu, true),
+                ("max_memory", "--memory", memory, false),
+                ("max_gpus", "--gpus", gpus, true),
+            ] {
+                if let Some(given) = given {
+                    body[key] = quota_value(flag, &given, number)?;
                 }
             }
-            if let Some(action) = filter.action {
-                query.push_str(&format!("&action={action}"));
+            if body.as_object().is_some_and(serde_json::Map::is_empty) {
+                return Err(
+                    "nothing to set: give --services, --cpu, --memory or --gpus (a number, or none)"
+                        .to_owned(),
+                );
             }
-            let value = client
-                .call(Method::GET, &format!("/api/admin/operations?{query}"), None)
-                .await?;
-            let rows: Vec<Value> = value["operations"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|mut row| {
-                    if let Some(ms) = row["at"].as_i64() {
-                        row["at"] = json!(utc_timestamp(ms));
-                    }
-                    row
-                })
-                .collect();
-            let columns = [
-                ("ID", "id"),
-                ("AT (UTC)", "at"),
-                ("USER", "user_id"),
-                ("ACTION", "action"),
-                ("TARGET", "target_id"),
-                ("OUTCOME", "outcome"),
-            ];
-            print(output, &value, Some(&rows), &columns);
-            Ok(())
+            client
+                .call(Method::PUT, &format!("/api/users/{id}"), Some(&body))
+                .await?
         }
+    };
+    let rows: Vec<Value> = value
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| vec![value.clone()])
+        .into_iter()
+        .map(|mut row| {
+            let quotas = row["quotas"].clone();
+            let limit = |key: &str, show: &dyn Fn(u64) -> String| {
+                quotas[key].as_u64().map_or("-".to_owned(), show)
+            };
+            row["max_services"] = json!(limit("max_services", &|n| n.to_string()));
+            row["max_cpu"] = json!(limit("max_cpu_millis", &table::cores));
+            row["max_memory"] = json!(limit("max_memory_bytes", &table::bytes));
+            row["max_gpus"] = json!(limit("max_gpus", &|n| n.to_string()));
+            row
+        })
+        .collect();
+    print(
+        output,
+        &value,
+        Some(&rows),
+        &[
+            ("ID", "id"),
+            ("NAME", "name"),
+            ("ROLE", "role"),
+            ("MAX SERVICES", "max_services"),
+            ("MAX CPU", "max_cpu"),
+            ("MAX MEMORY", "max_memory"),
+            ("MAX GPUS", "max_gpus"),
+        ],
+    )
+}
+
+/// `berth ops`: the operation log with names in place of ids and times relative to now.
+async fn operation_log(
+    client: &HubClient,
+    output: Output,
+    filter: OpsFilter,
+) -> Result<(), String> {
+    let mut query = format!("page={}&size={}", filter.page, filter.size);
+    if let Some(service) = &filter.service {
+        query.push_str(&format!(
+            "&service_id={}",
+            names::service_id(client, service).await?
+        ));
+    }
+    if let Some(node) = &filter.node {
+        query.push_str(&format!("&node_id={}", names::node_id(client, node).await?));
+    }
+    if let Some(action) = filter.action {
+        query.push_str(&format!("&action={action}"));
+    }
+    let value = client
+        .call(Method::GET, &format!("/api/admin/operations?{query}"), None)
+        .await?;
+    if !output.is_table() {
+        return print(output, &value, None, &[]);
+    }
+    let (users, nodes, services) = (
+        names::user_names(client).await,
+        names::node_names(client).await,
+        names::service_names(client).await,
+    );
+    let now = table::now_ms();
+    let rows: Vec<Value> = value["operations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut row| {
+            if let Some(ms) = row["at"].as_i64() {
+                row["when"] = json!(table::ago(ms, now));
+                row["at"] = json!(utc_timestamp(ms));
+            }
+            names::name_in(&mut row, "user_id", &users);
+            let kind = row["target_kind"].as_str().unwrap_or_default().to_owned();
+            let id = row["target_id"]
+                .as_str()
+                .and_then(|id| id.parse::<i64>().ok());
+            let named = id.and_then(|id| match kind.as_str() {
+                "service" => services.get(&id),
+                "node" => nodes.get(&id),
+                "user" => users.get(&id),
+                _ => None,
+            });
+            row["target"] = json!(match named {
+                Some(name) => format!("{kind} {name}"),
+                None => format!("{kind} {}", table::cell(&row["target_id"])),
+            });
+            row
+        })
+        .collect();
+    let columns = [
+        ("ID", "id"),
+        ("WHEN", "when"),
+        ("+AT (UTC)", "at"),
+        ("USER", "user_id"),
+        ("ACTION", "action"),
+        ("TARGET", "target"),
+        ("OUTCOME", "outcome"),
+    ];
+    print(output, &value, Some(&rows), &columns)
+}
+
+/// `used/total` with binary units; `?` for an unknown total.
+fn share_bytes(used: &Value, total: &Value) -> String {
+    let used = table::bytes(used.as_u64().unwrap_or(0));
+    match total.as_u64() {
+        Some(total) => format!("{used}/{}", table::bytes(total)),
+        None => format!("{used}/?"),
     }
 }
 
-/// `used/total` with binary units; `-` for an unknown total.
-fn share(used: &Value, total: &Value, scale: f64, unit: &str) -> String {
-    let used = used.as_f64().unwrap_or(0.0) / scale;
-    match total.as_f64() {
-        Some(total) => format!("{used:.1}/{:.1}{unit}", total / scale),
-        None => format!("{used:.1}/-{unit}"),
+/// Allocated/total CPU cores; `?` for an unknown total.
+fn share_cores(used: &Value, total: &Value) -> String {
+    let used = table::cores(used.as_u64().unwrap_or(0));
+    match total.as_u64() {
+        Some(total) => format!("{used}/{}", table::cores(total)),
+        None => format!("{used}/?"),
     }
 }
 
-/// Each GPU as `index:allocated/total G (observed free G)`.
+/// Each GPU as `index:allocated/total (seen free …)`.
 fn gpu_summary(gpus: &Value) -> String {
-    const GIB: f64 = (1u64 << 30) as f64;
     let described: Vec<String> = gpus
         .as_array()
         .map(Vec::as_slice)
@@ -818,13 +864,13 @@ fn gpu_summary(gpus: &Value) -> String {
         .iter()
         .map(|gpu| {
             let observed = gpu["observed_free_bytes"]
-                .as_f64()
-                .map(|free| format!(" seen free {:.0}G", free / GIB))
+                .as_u64()
+                .map(|free| format!(" seen free {}", table::bytes(free)))
                 .unwrap_or_default();
             format!(
                 "{}:{}{observed}",
                 gpu["index"],
-                share(&gpu["allocated_bytes"], &gpu["memory_bytes"], GIB, "G"),
+                share_bytes(&gpu["allocated_bytes"], &gpu["memory_bytes"]),
             )
         })
         .collect();
@@ -835,14 +881,35 @@ fn gpu_summary(gpus: &Value) -> String {
     }
 }
 
-/// Adds the resource view's figures to each node row (for admins; others see the plain list).
+/// One word for a node's state: `down` (the failure detector says so), `unreachable` or
+/// another connection status when its last check failed, `disabled`, `draining`
+/// (unlisted), else `ready`.
+fn node_state(node: &Value, down: bool) -> &'static str {
+    let status = node["docker_status"].as_str().unwrap_or_default();
+    if down {
+        "down"
+    } else if status != "connected" {
+        match status {
+            "failed" | "unreachable" => "unreachable",
+            "pending" | "" => "checking",
+            _ => "suspect",
+        }
+    } else if node["enabled"] == false {
+        "disabled"
+    } else if node["listed"] == false {
+        "draining"
+    } else {
+        "ready"
+    }
+}
+
+/// Adds the resource view's figures to each node row: containers, CPU, memory and GPUs
+/// allocated of total, and its one-word state (admins see all of it; others the plain list).
 async fn with_usage(client: &HubClient, mut nodes: Value) -> Value {
-    let Ok(usage) = client
+    let usage = client
         .call(Method::GET, "/api/admin/resources/usage", None)
         .await
-    else {
-        return nodes;
-    };
+        .unwrap_or_default();
     let by_id: HashMap<i64, Value> = usage["nodes"]
         .as_array()
         .map(Vec::as_slice)
@@ -855,29 +922,178 @@ async fn with_usage(client: &HubClient, mut nodes: Value) -> Value {
         .map(Vec::as_mut_slice)
         .unwrap_or_default()
     {
-        let Some(entry) = row["id"].as_i64().and_then(|id| by_id.get(&id)) else {
-            continue;
-        };
+        let entry = row["id"].as_i64().and_then(|id| by_id.get(&id));
+        let down = entry.is_some_and(|entry| entry["down"] == true);
+        row["state"] = json!(node_state(row, down));
+        let Some(entry) = entry else { continue };
         row["containers"] = json!(format!(
             "{}/{}",
             entry["containers"], entry["max_containers"]
         ));
-        row["cpu"] = json!(share(
+        row["cpu_allocated"] = json!(share_cores(
             &entry["allocated"]["cpu_millis"],
             &entry["capacity"]["cpu_millis"],
-            1000.0,
-            ""
         ));
-        row["memory"] = json!(share(
+        row["memory_allocated"] = json!(share_bytes(
             &entry["allocated"]["memory_bytes"],
             &entry["capacity"]["memory_bytes"],
-            (1u64 << 30) as f64,
-            "G"
         ));
+        row["cpu_total"] = json!(
+            entry["capacity"]["cpu_millis"]
+                .as_u64()
+                .map_or("?".to_owned(), table::cores)
+        );
+        row["memory_total"] = json!(
+            entry["capacity"]["memory_bytes"]
+                .as_u64()
+                .map_or("?".to_owned(), table::bytes)
+        );
         row["gpus"] = json!(gpu_summary(&entry["gpus"]));
-        row["health"] = json!(if entry["down"] == true { "down" } else { "up" });
     }
     nodes
+}
+
+/// `berth node show`: the node's hardware, labels, state and use, and the containers on it.
+async fn show_node(client: &HubClient, output: Output, id: i64) -> Result<(), String> {
+    let node = client
+        .call(Method::GET, &format!("/api/nodes/{id}"), None)
+        .await?;
+    let mut rows = with_usage(client, json!([node])).await;
+    let placed = client
+        .call(Method::GET, "/api/admin/containers", None)
+        .await
+        .unwrap_or_default();
+    let services = names::service_names(client).await;
+    let containers: Vec<Value> = placed["containers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|container| container["node_id"].as_i64() == Some(id))
+        .map(|container| {
+            let mut row = container.clone();
+            names::name_in(&mut row, "service_id", &services);
+            row["cpu"] = json!(table::cores(container["cpu_millis"].as_u64().unwrap_or(0)));
+            row["memory"] = json!(table::bytes(
+                container["memory_bytes"].as_u64().unwrap_or(0)
+            ));
+            let indices: Vec<String> = container["gpu_indices"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(Value::to_string)
+                .collect();
+            row["gpus"] = json!(
+                match (indices.is_empty(), container["gpu_memory_bytes"].as_u64()) {
+                    (true, _) => "-".to_owned(),
+                    (false, Some(share)) if share > 0 =>
+                        format!("{} ({} share)", indices.join(","), table::bytes(share)),
+                    (false, _) => indices.join(","),
+                }
+            );
+            row
+        })
+        .collect();
+    let node = rows[0].take();
+    if output != Output::Table && output != Output::Wide {
+        let mut whole = node;
+        whole["containers_placed"] = json!(containers);
+        return print(output, &whole, None, &[]);
+    }
+    let labels = node["labels"]
+        .as_object()
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .filter(|labels| !labels.is_empty())
+        .unwrap_or_else(|| "-".to_owned());
+    let text = |key: &str| table::cell(&node[key]);
+    let address = match text("driver").as_str() {
+        "agent" => text("agent_url"),
+        _ => text("docker_address"),
+    };
+    let gpus = match node["gpu_count"].as_i64() {
+        Some(count) if count > 0 => format!(
+            "{count} × {} GiB {}",
+            node["gpu_memory_gb"],
+            node["gpu_model"].as_str().unwrap_or_default()
+        ),
+        _ => "none".to_owned(),
+    };
+    for (label, value) in [
+        ("Name", format!("{} (id {id})", text("name"))),
+        ("State", text("state")),
+        ("Connection", format!("{} via {address}", text("driver"))),
+        (
+            "Last check",
+            format!("{}: {}", text("docker_status"), text("status_message")),
+        ),
+        (
+            "Type",
+            format!(
+                "{}, priority {}, weight {}",
+                text("server_type"),
+                text("priority"),
+                text("weight")
+            ),
+        ),
+        (
+            "Hardware",
+            format!(
+                "{} cores, {} memory, GPUs: {gpus}",
+                text("cpu_total"),
+                text("memory_total")
+            ),
+        ),
+        ("Labels", labels),
+        (
+            "Allocated",
+            format!(
+                "containers {}, CPU {} cores, memory {}",
+                text("containers"),
+                text("cpu_allocated"),
+                text("memory_allocated")
+            ),
+        ),
+        ("GPUs allocated", text("gpus")),
+        (
+            "Addresses",
+            format!(
+                "public {}, private {}",
+                text("public_ip"),
+                text("private_ip")
+            ),
+        ),
+    ] {
+        println!("{label:<15} {value}");
+    }
+    println!();
+    if containers.is_empty() {
+        println!("no containers placed here");
+    } else {
+        println!(
+            "{}",
+            table::render(
+                &containers,
+                &[
+                    ("SERVICE", "service_id"),
+                    ("REPLICA", "replica"),
+                    ("CONTAINER", "name"),
+                    ("STATUS", "status"),
+                    ("CPU", "cpu"),
+                    ("MEMORY", "memory"),
+                    ("GPUS", "gpus"),
+                ],
+                output == Output::Wide,
+            )
+        );
+    }
+    Ok(())
 }
 
 async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Result<(), String> {
@@ -886,34 +1102,37 @@ async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Resul
             let nodes = client.call(Method::GET, "/api/nodes", None).await?;
             let nodes = with_usage(client, nodes).await;
             let rows = nodes.as_array().cloned();
-            print(output, &nodes, rows.as_deref(), &NODE_USAGE_COLUMNS);
-            return Ok(());
+            return print(output, &nodes, rows.as_deref(), &NODE_USAGE_COLUMNS);
         }
-        NodeCommand::Drain { id, detach } => {
+        NodeCommand::Drain { node, detach } => {
+            let id = names::node_id(client, &node).await?;
             let accepted = client
                 .call(Method::POST, &format!("/api/nodes/{id}/drain"), None)
                 .await?;
             let operation = progress::follow(client, accepted, detach).await?;
-            print(output, &operation, None, &OPERATION_COLUMNS);
+            print(output, &operation, None, &OPERATION_COLUMNS)?;
             if !detach && output == Output::Table {
                 let moved = operation["detail"]["moved"].as_array().map_or(0, Vec::len);
                 let pinned = operation["detail"]["pinned"].as_array().map_or(0, Vec::len);
                 println!(
-                    "node {id} drained: {moved} replica(s) moved, {pinned} pinned left in place"
+                    "node {node} drained: {moved} replica(s) moved, {pinned} pinned left in place"
                 );
             }
             return Ok(());
         }
-        NodeCommand::Show { id } => {
-            client
-                .call(Method::GET, &format!("/api/nodes/{id}"), None)
-                .await?
+        NodeCommand::Show { node } => {
+            let id = names::node_id(client, &node).await?;
+            return show_node(client, output, id).await;
         }
-        NodeCommand::Test { id } => client
-            .call(Method::POST, &format!("/api/nodes/{id}/test"), None)
-            .await?["node"]
-            .clone(),
-        NodeCommand::Enable { id } => {
+        NodeCommand::Test { node } => {
+            let id = names::node_id(client, &node).await?;
+            client
+                .call(Method::POST, &format!("/api/nodes/{id}/test"), None)
+                .await?["node"]
+                .clone()
+        }
+        NodeCommand::Enable { node } => {
+            let id = names::node_id(client, &node).await?;
             client
                 .call(
                     Method::POST,
@@ -922,7 +1141,8 @@ async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Resul
                 )
                 .await?
         }
-        NodeCommand::Disable { id } => {
+        NodeCommand::Disable { node } => {
+            let id = names::node_id(client, &node).await?;
             client
                 .call(
                     Method::POST,
@@ -931,14 +1151,16 @@ async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Resul
                 )
                 .await?
         }
-        NodeCommand::Delete { id } => {
+        NodeCommand::Delete { node } => {
+            let id = names::node_id(client, &node).await?;
             client
                 .call(Method::DELETE, &format!("/api/nodes/{id}"), None)
                 .await?;
-            println!("node {id} deleted");
+            println!("node {node} deleted");
             return Ok(());
         }
-        NodeCommand::Label { id, labels } => {
+        NodeCommand::Label { node, labels } => {
+            let id = names::node_id(client, &node).await?;
             let body = json!({"labels": pairs("label", &labels)?});
             client
                 .call(Method::PUT, &format!("/api/nodes/{id}"), Some(&body))
@@ -984,13 +1206,12 @@ async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Resul
             client.call(Method::POST, "/api/nodes", Some(&body)).await?
         }
     };
-    let rows = value.as_array().cloned();
-    print(output, &value, rows.as_deref(), &NODE_COLUMNS);
-    Ok(())
+    let value = with_usage(client, json!([value])).await[0].take();
+    print(output, &value, None, &NODE_USAGE_COLUMNS)
 }
 
 /// The columns of one operation.
-const OPERATION_COLUMNS: [(&str, &str); 6] = [
+pub(super) const OPERATION_COLUMNS: [(&str, &str); 6] = [
     ("ID", "id"),
     ("KIND", "kind"),
     ("STATE", "state"),
@@ -998,319 +1219,3 @@ const OPERATION_COLUMNS: [(&str, &str); 6] = [
     ("STEP", "progress.step"),
     ("ERROR", "error"),
 ];
-
-/// Prints what a change came to: the service as it stands once its operation ended (the
-/// operation itself with `--detach` or `-o json`).
-async fn changed(
-    client: &HubClient,
-    output: Output,
-    accepted: Value,
-    detach: bool,
-) -> Result<(), String> {
-    let operation = progress::follow(client, accepted, detach).await?;
-    match (&operation["service"], detach, output) {
-        (Value::Object(_), false, Output::Table) => {
-            let rows = with_node_names(client, output, vec![operation["service"].clone()]).await;
-            print(output, &operation, Some(&rows), &SERVICE_COLUMNS)
-        }
-        _ => print(output, &operation, None, &OPERATION_COLUMNS),
-    }
-    Ok(())
-}
-
-/// Service rows with their node's name in place of its id, for a table read by an admin (who
-/// may read the nodes); as they are otherwise.
-async fn with_node_names(client: &HubClient, output: Output, rows: Vec<Value>) -> Vec<Value> {
-    let nodes = match output {
-        Output::Table => client.call(Method::GET, "/api/nodes", None).await,
-        Output::Json => return rows,
-    };
-    let names: HashMap<i64, String> = nodes
-        .map(|nodes| {
-            nodes
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|node| Some((node["id"].as_i64()?, node["name"].as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
-    rows.into_iter()
-        .map(|mut row| {
-            if let Some(name) = row["node_id"].as_i64().and_then(|id| names.get(&id)) {
-                row["node_id"] = json!(name);
-            }
-            row
-        })
-        .collect()
-}
-
-/// `berth service stop|restart`: the verb with its grace period, followed like any change.
-async fn with_grace(
-    client: &HubClient,
-    output: Output,
-    id: i64,
-    verb: &str,
-    timeout: u32,
-    detach: bool,
-) -> Result<(), String> {
-    let accepted = client
-        .call(
-            Method::POST,
-            &format!("/api/services/{id}/{verb}"),
-            Some(&json!({"timeout_seconds": timeout})),
-        )
-        .await?;
-    changed(client, output, accepted, detach).await
-}
-
-/// The id of the service `reference` names: an id as it is, else the name of one of the
-/// caller's own services.
-async fn service_id(client: &HubClient, reference: &str) -> Result<i64, String> {
-    if let Ok(id) = reference.parse::<i64>() {
-        return Ok(id);
-    }
-    let listed = client.call(Method::GET, "/api/services", None).await?;
-    listed["services"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .find(|service| service["name"].as_str() == Some(reference))
-        .and_then(|service| service["id"].as_i64())
-        .ok_or_else(|| {
-            format!(
-                "you have no service named {reference:?}; `berth service list` shows your services (an admin names another user's service by its id)"
-            )
-        })
-}
-
-async fn service(
-    client: &HubClient,
-    output: Output,
-    command: ServiceCommand,
-) -> Result<(), String> {
-    let value = match command {
-        ServiceCommand::List { all } => {
-            let value = client
-                .call(
-                    Method::GET,
-                    &format!("/api/services{}", if all { "?all=true" } else { "" }),
-                    None,
-                )
-                .await?;
-            let rows = with_node_names(
-                client,
-                output,
-                value["services"].as_array().cloned().unwrap_or_default(),
-            )
-            .await;
-            print(output, &value, Some(&rows), &SERVICE_COLUMNS);
-            return Ok(());
-        }
-        ServiceCommand::Create(new) => {
-            let user = match new.user {
-                Some(user) => user,
-                None => client.call(Method::GET, "/api/users/me", None).await?["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            };
-            let environment = pairs("--env", &new.environment)?;
-            let constraints = pairs("--constraint", &new.constraints)?;
-            let mut body = json!({"name": new.name, "image": new.image, "environment": environment,
-                "constraints": constraints, "is_public": new.public, "start": new.start});
-            for (key, value) in [
-                ("replicas", new.replicas.map(Value::from)),
-                ("spec_id", new.spec_id.map(Value::from)),
-                ("cpu_limit", new.cpu.map(Value::from)),
-                ("memory_limit", new.memory.map(Value::from)),
-                ("port", new.port.map(Value::from)),
-                (
-                    "command",
-                    (!new.command.is_empty()).then(|| Value::from(new.command.clone())),
-                ),
-            ] {
-                if let Some(value) = value {
-                    body[key] = value;
-                }
-            }
-            let accepted = client
-                .call(
-                    Method::POST,
-                    &format!("/api/{user}/{}/services", new.repo),
-                    Some(&body),
-                )
-                .await?;
-            return changed(client, output, accepted, new.detach).await;
-        }
-        ServiceCommand::Start { id, detach } => {
-            let id = service_id(client, &id).await?;
-            let accepted = client
-                .call(Method::POST, &format!("/api/services/{id}/start"), None)
-                .await?;
-            return changed(client, output, accepted, detach).await;
-        }
-        ServiceCommand::Stop {
-            id,
-            timeout,
-            detach,
-        } => {
-            let id = service_id(client, &id).await?;
-            return with_grace(client, output, id, "stop", timeout, detach).await;
-        }
-        ServiceCommand::Restart {
-            id,
-            timeout,
-            detach,
-        } => {
-            let id = service_id(client, &id).await?;
-            return with_grace(client, output, id, "restart", timeout, detach).await;
-        }
-        ServiceCommand::Load { id, detach } => {
-            let id = service_id(client, &id).await?;
-            let accepted = client
-                .call(Method::POST, &format!("/api/services/{id}/load"), None)
-                .await?;
-            return changed(client, output, accepted, detach).await;
-        }
-        ServiceCommand::Unload { id, detach } => {
-            let id = service_id(client, &id).await?;
-            let accepted = client
-                .call(Method::POST, &format!("/api/services/{id}/unload"), None)
-                .await?;
-            return changed(client, output, accepted, detach).await;
-        }
-        ServiceCommand::Status { id } => {
-            let id = service_id(client, &id).await?;
-            client
-                .call(Method::GET, &format!("/api/services/{id}/status"), None)
-                .await?
-        }
-        ServiceCommand::Logs { id, tail, follow } => {
-            let id = service_id(client, &id).await?;
-            if follow {
-                return client
-                    .stream_to_stdout(&format!("/api/services/{id}/logs?tail={tail}&follow=true"))
-                    .await;
-            }
-            let logs = client
-                .call(
-                    Method::GET,
-                    &format!("/api/services/{id}/logs?tail={tail}"),
-                    None,
-                )
-                .await?;
-            match output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&logs).unwrap_or_default()
-                ),
-                Output::Table => print!("{}", logs["logs"].as_str().unwrap_or_default()),
-            }
-            return Ok(());
-        }
-        ServiceCommand::Stats { id } => {
-            let id = service_id(client, &id).await?;
-            let value = client
-                .call(Method::GET, &format!("/api/services/{id}/stats"), None)
-                .await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value["stats"]).unwrap_or_default()
-            );
-            return Ok(());
-        }
-        ServiceCommand::Deployments { id } => {
-            let id = service_id(client, &id).await?;
-            let value = client
-                .call(
-                    Method::GET,
-                    &format!("/api/services/{id}/deployments"),
-                    None,
-                )
-                .await?;
-            let rows = value["deployments"].as_array().cloned().unwrap_or_default();
-            print(
-                output,
-                &value,
-                Some(&rows),
-                &[
-                    ("VERSION", "version"),
-                    ("NODE", "node_id"),
-                    ("NOTE", "note"),
-                    ("IMAGE", "definition.image"),
-                ],
-            );
-            return Ok(());
-        }
-        ServiceCommand::Rollback { id, version } => {
-            let id = service_id(client, &id).await?;
-            let accepted = client
-                .call(
-                    Method::POST,
-                    &format!("/api/services/{id}/rollback"),
-                    Some(&json!({"version": version})),
-                )
-                .await?;
-            return changed(client, output, accepted, false).await;
-        }
-        ServiceCommand::Migrate { id, to, detach } => {
-            let id = service_id(client, &id).await?;
-            let placed = client
-                .call(Method::GET, "/api/admin/containers", None)
-                .await?;
-            let row = placed["containers"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .find(|container| container["service_id"].as_i64() == Some(id))
-                .and_then(|container| container["id"].as_i64())
-                .ok_or_else(|| format!("service {id} has no placed container to move"))?;
-            let body = to.map_or_else(|| json!({}), |node| json!({"node_id": node}));
-            let accepted = client
-                .call(
-                    Method::POST,
-                    &format!("/api/admin/containers/{row}/migrate"),
-                    Some(&body),
-                )
-                .await?;
-            return changed(client, output, accepted, detach).await;
-        }
-        ServiceCommand::Delete { id, detach } => {
-            let id = service_id(client, &id).await?;
-            let accepted = client
-                .call(Method::DELETE, &format!("/api/services/{id}"), None)
-                .await?;
-            let operation = progress::follow(client, accepted, detach).await?;
-            match output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&operation).unwrap_or_default()
-                ),
-                Output::Table if detach => {}
-                Output::Table => println!("service {id} deleted"),
-            }
-            return Ok(());
-        }
-    };
-    if let Some(pending) = value.get("pending").and_then(Value::as_str) {
-        eprintln!("berth: not finished yet: {pending}");
-    }
-    let columns: &[(&str, &str)] = if value.get("container_status").is_some() {
-        &[
-            ("ID", "id"),
-            ("NAME", "service_name"),
-            ("STATUS", "status"),
-            ("CONTAINER", "container_status"),
-            ("NODE", "node.name"),
-            ("URL", "service_url"),
-        ]
-    } else {
-        &SERVICE_COLUMNS
-    };
-    print(output, &value, None, columns);
-    Ok(())
-}

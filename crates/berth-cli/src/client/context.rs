@@ -333,7 +333,8 @@ pub fn manage(command: ContextCommand) -> Result<(), String> {
                         ("NAME", "name"),
                         ("URL", "url"),
                         ("TOKEN FILE", "token_file")
-                    ]
+                    ],
+                    false
                 )
             );
         }

@@ -6,10 +6,12 @@ mod api;
 mod commands;
 pub mod context;
 pub mod manifest;
+mod names;
 mod progress;
+mod service;
 mod table;
 
 pub use commands::{
-    ClientArgs, ImageCommand, NodeCommand, OpsFilter, Resource, ServiceCommand, SpecCommand,
-    UserCommand, run,
+    ClientArgs, ImageCommand, NodeCommand, OpsFilter, Resource, SpecCommand, UserCommand, run,
 };
+pub use service::ServiceCommand;

@@ -54,6 +54,11 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HubState>>)> {
             "/api/users/{id}/tokens/{token_id}",
             delete(users::revoke_token),
         ),
+        (
+            Method::POST,
+            "/api/users/{id}/tokens/{token_id}/reissue",
+            post(users::reissue_token),
+        ),
         (Method::GET, "/api/nodes", get(nodes::list)),
         (Method::POST, "/api/nodes", post(nodes::create)),
         (Method::GET, "/api/nodes/{id}", get(nodes::get_one)),

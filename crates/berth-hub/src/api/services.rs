@@ -596,22 +596,59 @@ pub async fn status(
         "node": placed.as_ref().map(|node| json!({
             "id": node.id, "name": node.name, "address": address, "driver": node.driver,
         })),
-        "replicas": replicas::allocations_of(&state, service.id)
-            .await?
-            .iter()
-            .map(|allocation| json!({
-                "replica": allocation.replica,
-                "node_id": allocation.node_id,
-                "container_id": allocation.container_id,
-                "generation": allocation.generation,
-                "node_down": state.is_down(allocation.node_id),
-            }))
-            .collect::<Vec<_>>(),
+        "replicas": replica_views(&state, &service).await?,
         "host_port": host_port,
         "service_url": service_url,
         "serving": serving_view(&state, &service),
         "error_message": service.error,
     })))
+}
+
+/// Each replica of `service`: its node (id, name, down or not), its container and that
+/// container's state (from the node's mirror, or as last recorded), and whether
+/// the gateway counts it ready, with the address it sends requests to.
+async fn replica_views(state: &HubState, service: &ServiceRecord) -> Result<Vec<Value>, Problem> {
+    let allocations = replicas::allocations_of(state, service.id).await?;
+    if allocations.is_empty() {
+        return Ok(Vec::new());
+    }
+    let node_names: std::collections::HashMap<i64, String> =
+        nodes::list(&mut *state.store.acquire().await?)
+            .await?
+            .into_iter()
+            .map(|node| (node.id, node.name))
+            .collect();
+    let routes = state.routes.get(service.id);
+    Ok(allocations
+        .iter()
+        .map(|allocation| {
+            let endpoint = routes.as_ref().and_then(|routes| {
+                routes
+                    .endpoints()
+                    .iter()
+                    .find(|endpoint| endpoint.replica == allocation.replica)
+                    .map(|endpoint| (endpoint.address.to_string(), endpoint.is_ready()))
+            });
+            // The node's mirror when it follows the node; else the state last recorded.
+            let container_state = state
+                .mirrored_state(allocation.node_id, &allocation.container_id)
+                .map_or_else(
+                    || allocation.status.clone(),
+                    |mirrored| mirrored.map_or_else(|| "gone".to_owned(), |live| live.status),
+                );
+            json!({
+                "replica": allocation.replica,
+                "node_id": allocation.node_id,
+                "node_name": node_names.get(&allocation.node_id),
+                "container_id": allocation.container_id,
+                "container_status": container_state,
+                "generation": allocation.generation,
+                "node_down": state.is_down(allocation.node_id),
+                "address": endpoint.as_ref().map(|(address, _)| address),
+                "ready": endpoint.is_some_and(|(_, ready)| ready),
+            })
+        })
+        .collect())
 }
 
 /// The gateway's base URL as a client of this request sees it: its listen address, or the host

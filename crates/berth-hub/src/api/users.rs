@@ -323,6 +323,51 @@ pub async fn list_tokens(
     Ok(Json(json!({"tokens": tokens})))
 }
 
+/// `POST /api/users/{id}/tokens/{token_id}/reissue` (admin, or the user themself): in one
+/// transaction, revokes the token and issues its successor with the same name and lifetime,
+/// shown once — for a token that leaked or was lost.
+pub async fn reissue_token(
+    State(state): Shared,
+    user: CurrentUser,
+    Path((id, token_id)): Path<(i64, i64)>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    require_self_or_admin(&user, id)?;
+    let mut transaction = state.store.begin().await?;
+    let old = users::list_tokens(&mut transaction, id)
+        .await?
+        .into_iter()
+        .find(|token| token.id == token_id)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("user {id} has no token {token_id}"),
+            )
+        })?;
+    users::revoke_token(&mut transaction, id, token_id).await?;
+    let expires_at = old
+        .expires_at
+        .map(|end| berth_store::now_ms() + (end - old.created_at).max(86_400_000));
+    let token = users::issue_token(&mut transaction, id, &old.name, expires_at).await?;
+    operations::commit_with(
+        transaction,
+        &user_operation(
+            &user.0,
+            "token.reissue",
+            id,
+            json!({"name": old.name, "revoked_token_id": token_id, "token_id": token.id,
+                "expires_at": expires_at}),
+        ),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"id": token.id, "name": old.name, "token": token.token,
+            "expires_at": expires_at, "revoked_token_id": token_id}),
+        ),
+    ))
+}
+
 /// `DELETE /api/users/{id}/tokens/{token_id}` (admin, or the user themself): revokes a token at
 /// once — the API, the gateway and the console sessions opened with it refuse it from now on.
 pub async fn revoke_token(
