@@ -279,7 +279,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 client::run(client, client::Resource::Apply { manifest, dry_run }).await
             }
             Err(err) => {
-                eprintln!("berth apply: {err}");
+                eprintln!("{err}");
                 ExitCode::from(2)
             }
         },
@@ -293,7 +293,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                eprintln!("berth validate: {err}");
+                eprintln!("{err}");
                 ExitCode::from(2)
             }
         },

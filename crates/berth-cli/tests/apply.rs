@@ -62,11 +62,7 @@ async fn validate_and_apply_create_update_and_leave_alone() {
         std::fs::write(&file, manifest("one", 2).replace("port: 8080", "port: 0")).expect("write");
         let refused = berth(&hub, &["validate", "-f", path]);
         assert_eq!(refused.status.code(), Some(2));
-        assert!(
-            text(&refused).contains("line 4: port"),
-            "{}",
-            text(&refused)
-        );
+        assert!(text(&refused).contains(":4:1: port"), "{}", text(&refused));
 
         std::fs::write(&file, manifest("one", 2)).expect("write");
         let valid = berth(&hub, &["validate", "-f", path]);
@@ -77,9 +73,23 @@ async fn validate_and_apply_create_update_and_leave_alone() {
             text(&valid)
         );
 
+        std::fs::write(
+            &file,
+            manifest("one", 2).replace("cpu_limit: 0.1", "cpu_limit: 64"),
+        )
+        .expect("write");
+        let too_big = berth(&hub, &["apply", "-f", path, "--dry-run"]);
+        assert_eq!(too_big.status.code(), Some(1));
+        assert!(
+            text(&too_big).contains("CPU asked 64 cores, free"),
+            "the dry run places: {}",
+            text(&too_big)
+        );
+        std::fs::write(&file, manifest("one", 2)).expect("write");
         let dry = berth(&hub, &["apply", "-f", path, "--dry-run"]);
         assert!(
-            text(&dry).contains("+ create service web"),
+            text(&dry).contains("+ create service web")
+                && text(&dry).contains("started on node(s) local"),
             "{}",
             text(&dry)
         );
@@ -90,6 +100,10 @@ async fn validate_and_apply_create_update_and_leave_alone() {
         assert!(created.status.success(), "{}", text(&created));
         let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
         let id = listed["services"][0]["id"].as_i64().expect("created");
+        assert_eq!(
+            listed["services"][0]["status"], "running",
+            "apply starts what it creates"
+        );
         let (first_container, first_version) = container_and_version(&hub, id).await;
         assert_eq!(first_version, 1);
 

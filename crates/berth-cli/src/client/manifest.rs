@@ -1,9 +1,12 @@
 //! Services declared in YAML: `berth validate -f service.yaml` checks a file offline with the
-//! hub's own rules and points at the line of each mistake; `berth apply -f service.yaml` shows
+//! hub's own rules; `berth apply -f service.yaml` shows
 //! what would change and applies it — creating the service, or deploying its next version.
 //!
 //! The file is the hub's service body (`name`, `image`, `port`, `replicas`, `serving`, …) plus
-//! `repo` (default `default`) and `owner` (default: the caller; another owner needs an admin).
+//! `repo` (default `default`), `owner` (default: the caller; another owner needs an admin) and
+//! `start` (default true: apply starts what it creates). `berth validate` reports every mistake
+//! of a file at once, each at its line and column, with "did you mean" for a misspelt key or
+//! value; a create is checked against the cluster (`?dry_run=true`) before it is made.
 
 use std::path::Path;
 
@@ -23,6 +26,8 @@ pub struct Manifest {
     pub owner: Option<String>,
     /// The service.
     pub service: ServiceRequest,
+    /// Start the service once created (`start: false` in the file creates it stopped).
+    pub start: bool,
 }
 
 #[derive(Deserialize)]
@@ -31,91 +36,265 @@ struct File {
     repo: Option<String>,
     #[serde(default)]
     owner: Option<String>,
+    #[serde(default)]
+    start: Option<bool>,
     #[serde(flatten)]
     service: Map<String, Value>,
 }
 
-/// The line (1-based) of the key at the end of `path` (`serving.routing.policy`), looking for
-/// each segment below the one before it.
-fn line_of(text: &str, path: &str) -> Option<usize> {
+/// The line and column (1-based) of the key at the end of `path` (`serving.routing.policy`),
+/// looking for each segment below the one before it.
+fn place_of(text: &str, path: &str) -> Option<(usize, usize)> {
     let mut from = 0;
     let mut found = None;
     for segment in path.split('.').filter(|segment| !segment.is_empty()) {
         let key = segment.split('[').next().unwrap_or(segment);
-        let index = text
+        let place = text
             .lines()
             .enumerate()
             .skip(from)
             .find_map(|(index, line)| {
-                let line = line.trim_start().trim_start_matches("- ").trim_start();
-                let line = line.trim_start_matches(['"', '\'']);
-                line.strip_prefix(key)
+                let content = line.trim_start().trim_start_matches("- ").trim_start();
+                let content = content.trim_start_matches(['"', '\'']);
+                content
+                    .strip_prefix(key)
                     .and_then(|rest| rest.trim_start_matches(['"', '\'']).strip_prefix(':'))
-                    .map(|_| index)
+                    .map(|_| (index, line.len() - content.len() + 1))
             })?;
-        from = index + 1;
-        found = Some(index + 1);
+        from = place.0 + 1;
+        found = Some((place.0 + 1, place.1));
     }
     found
 }
 
-fn at_line(text: &str, field: &str, message: &str) -> String {
-    match line_of(text, field) {
-        Some(line) => format!("line {line}: {field}: {message}"),
-        None => format!("{field}: {message}"),
+/// One mistake in a file: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mistake {
+    /// Line and column (1-based) when the mistake is at a key of the file.
+    pub place: Option<(usize, usize)>,
+    /// The field and what is wrong with it.
+    pub message: String,
+}
+
+impl Mistake {
+    fn at(text: &str, field: &str, message: &str) -> Self {
+        let message = message
+            .strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(": "))
+            .unwrap_or(message);
+        Self {
+            place: place_of(text, field),
+            message: format!("{field}: {message}"),
+        }
     }
 }
 
-/// Parses and checks the YAML `text`; an error names the line and the field.
-pub fn parse(text: &str) -> Result<Manifest, String> {
-    let file: File = yaml_serde::from_str(text).map_err(|err| {
-        let message = err.to_string();
-        match err.location() {
-            Some(location) if !message.contains("line ") => {
-                format!("line {}: {message}", location.line())
-            }
-            _ => message,
+impl std::fmt::Display for Mistake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.place {
+            Some((line, column)) => write!(f, "line {line}, column {column}: {}", self.message),
+            None => f.write_str(&self.message),
         }
-    })?;
-    let service: ServiceRequest = serde_path_to_error::deserialize(Value::Object(file.service))
-        .map_err(|err| {
+    }
+}
+
+/// The names between backticks after `expected` in a serde message.
+fn expected_names(message: &str) -> Vec<&str> {
+    let Some((_, list)) = message.split_once("expected ") else {
+        return Vec::new();
+    };
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// The known name closest to `given` when it is close enough to be a slip of the keyboard.
+fn closest<'a>(given: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|name| (strsim::jaro_winkler(given, name), *name))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, name)| name)
+}
+
+/// A serde message made short: an unknown field or value gets "did you mean" (or the list of
+/// what is known when nothing is close) instead of a long `expected one of …`.
+fn explain(message: &str) -> String {
+    for (prefix, what) in [("unknown field `", "field"), ("unknown variant `", "value")] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let given = rest.split('`').next().unwrap_or_default();
+        let known = expected_names(rest);
+        return match closest(given, &known) {
+            Some(name) => format!("unknown {what} `{given}`; did you mean `{name}`?"),
+            None => format!("unknown {what} `{given}`; known: {}", known.join(", ")),
+        };
+    }
+    message.to_owned()
+}
+
+/// Removes the value at `path` (`a.b[2].c`) from `root`; whether something was removed.
+fn remove_at(root: &mut Value, path: &str) -> bool {
+    let mut segments: Vec<&str> = path.split('.').filter(|part| !part.is_empty()).collect();
+    let Some(last) = segments.pop() else {
+        return false;
+    };
+    let mut node = root;
+    for segment in segments {
+        let key = segment.split('[').next().unwrap_or(segment);
+        let Some(next) = node.get_mut(key) else {
+            return false;
+        };
+        node = next;
+        for index in segment.split('[').skip(1) {
+            let Some(next) = index
+                .trim_end_matches(']')
+                .parse::<usize>()
+                .ok()
+                .and_then(|index| node.get_mut(index))
+            else {
+                return false;
+            };
+            node = next;
+        }
+    }
+    let key = last.split('[').next().unwrap_or(last);
+    node.as_object_mut()
+        .and_then(|object| object.remove(key))
+        .is_some()
+}
+
+/// Values that stand in for a required field set aside for its mistake, so checking goes on.
+const STAND_INS: [(&str, &str); 2] = [("name", "stand-in"), ("image", "stand-in")];
+
+/// The service in `body`, or the first mistake and the field it is at (empty when none).
+fn read_service(text: &str, body: &Value) -> Result<ServiceRequest, (Mistake, String)> {
+    let service: ServiceRequest =
+        serde_path_to_error::deserialize(body.clone()).map_err(|err| {
             let path = err.path().to_string();
             let inner = err.into_inner().to_string();
             let unknown = inner
                 .strip_prefix("unknown field `")
-                .and_then(|rest| rest.split('`').next());
-            match unknown {
-                Some(key) if path == "." => at_line(text, key, &inner),
-                Some(key) if !path.ends_with(key) => {
-                    at_line(text, &format!("{path}.{key}"), &inner)
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_owned);
+            let field = match unknown {
+                Some(key) if path == "." => key,
+                Some(key) if !path.ends_with(&key) => format!("{path}.{key}"),
+                _ if path == "." => String::new(),
+                _ => path,
+            };
+            let mistake = if field.is_empty() {
+                Mistake {
+                    place: None,
+                    message: explain(&inner),
                 }
-                _ if path == "." => inner,
-                _ => at_line(text, &path, &inner),
-            }
+            } else {
+                Mistake::at(text, &field, &explain(&inner))
+            };
+            (mistake, field)
         })?;
     service.check().map_err(|problem| {
         let json = serde_json::to_value(&problem).unwrap_or_default();
         let detail = json["detail"].as_str().unwrap_or_default().to_owned();
         match json["field"].as_str() {
-            Some(field) => at_line(text, field, &detail),
-            None => detail,
+            Some(field) => (Mistake::at(text, field, &detail), field.to_owned()),
+            None => (
+                Mistake {
+                    place: None,
+                    message: detail,
+                },
+                String::new(),
+            ),
         }
     })?;
-    let repo = file.repo.unwrap_or_else(|| "default".to_owned());
-    berth_core::spec::validate_name("repo", &repo)
-        .map_err(|err| at_line(text, "repo", &err.to_string()))?;
-    Ok(Manifest {
-        repo,
-        owner: file.owner,
-        service,
-    })
+    Ok(service)
 }
 
-/// Reads and checks the file at `path`.
+/// Parses and checks the YAML `text`: the service, or every mistake found, each at its line
+/// and column. A mistake's field is set aside and checking goes on.
+pub fn parse(text: &str) -> Result<Manifest, Vec<Mistake>> {
+    let file: File = yaml_serde::from_str(text).map_err(|err| {
+        vec![Mistake {
+            place: err
+                .location()
+                .map(|location| (location.line(), location.column())),
+            message: err.to_string(),
+        }]
+    })?;
+    let mut mistakes = Vec::new();
+    let repo = file.repo.unwrap_or_else(|| "default".to_owned());
+    if let Err(err) = berth_core::spec::validate_name("repo", &repo) {
+        mistakes.push(Mistake::at(text, "repo", &err.to_string()));
+    }
+    let mut body = Value::Object(file.service);
+    let mut set_aside: Vec<String> = Vec::new();
+    let service = loop {
+        match read_service(text, &body) {
+            Ok(service) => break Some(service),
+            Err((mistake, field)) => {
+                // A required field set aside for its own mistake: its object goes too (the
+                // file's top level gets a stand-in instead).
+                let missing = mistake
+                    .message
+                    .rsplit_once("missing field `")
+                    .map(|(_, key)| key.trim_end_matches('`'));
+                let missing_path = match (missing, field.is_empty()) {
+                    (Some(key), true) => key.to_owned(),
+                    (Some(key), false) => format!("{field}.{key}"),
+                    (None, _) => String::new(),
+                };
+                if !missing_path.is_empty() && set_aside.contains(&missing_path) {
+                    match STAND_INS.iter().find(|(name, _)| *name == missing_path) {
+                        Some((name, value)) => body[*name] = json!(value),
+                        None if remove_at(&mut body, &field) => {}
+                        None => break None,
+                    }
+                    continue;
+                }
+                mistakes.push(mistake);
+                if field.is_empty() || mistakes.len() >= 50 || !remove_at(&mut body, &field) {
+                    break None;
+                }
+                set_aside.push(field);
+            }
+        }
+    };
+    match service {
+        Some(service) if mistakes.is_empty() => Ok(Manifest {
+            repo,
+            owner: file.owner,
+            service,
+            start: file.start.unwrap_or(true),
+        }),
+        _ => Err(mistakes),
+    }
+}
+
+/// Reads and checks the file at `path`; every mistake on its own line, `FILE:LINE:COLUMN: …`.
 pub fn load(path: &Path) -> Result<Manifest, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-    parse(&text).map_err(|err| format!("{}: {err}", path.display()))
+    parse(&text).map_err(|mut mistakes| {
+        mistakes.sort_by_key(|mistake| mistake.place);
+        let lines: Vec<String> = mistakes
+            .iter()
+            .map(|mistake| match mistake.place {
+                Some((line, column)) => {
+                    format!("{}:{line}:{column}: {}", path.display(), mistake.message)
+                }
+                None => format!("{}: {}", path.display(), mistake.message),
+            })
+            .collect();
+        let count = match mistakes.len() {
+            1 => String::new(),
+            count => format!("\n{count} mistakes"),
+        };
+        format!("{}{count}", lines.join("\n"))
+    })
 }
 
 /// One line about what the file declares.
@@ -167,23 +346,47 @@ pub async fn apply(client: &HubClient, manifest: &Manifest, dry_run: bool) -> Re
     });
     let body = serde_json::to_value(&manifest.service).map_err(|err| err.to_string())?;
     let Some(existing) = existing else {
-        println!("+ create {} for {owner}", summary(manifest));
+        let mut body = body;
+        body["start"] = json!(manifest.start);
+        let path = format!("/api/{owner}/{}/services", manifest.repo);
+        // The placement check a create makes, without creating: a refusal says so now.
+        let preview = client
+            .call(Method::POST, &format!("{path}?dry_run=true"), Some(&body))
+            .await?;
+        let nodes: Vec<String> = preview["placements"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|placed| placed["node_name"].as_str().unwrap_or("?").to_owned())
+            .collect();
+        println!(
+            "+ create {} for {owner}, {} on node(s) {}",
+            summary(manifest),
+            if manifest.start {
+                "started"
+            } else {
+                "not started"
+            },
+            nodes.join(", ")
+        );
         if dry_run {
             return Ok(());
         }
-        let accepted = client
-            .call(
-                Method::POST,
-                &format!("/api/{owner}/{}/services", manifest.repo),
-                Some(&body),
-            )
-            .await?;
+        let accepted = client.call(Method::POST, &path, Some(&body)).await?;
         let created = super::progress::follow(client, accepted, false).await?;
         let service = &created["service"];
-        println!(
-            "created service {} (id {}, {})",
-            manifest.service.name, service["id"], service["status"]
-        );
+        if manifest.start {
+            println!(
+                "created service {} (id {}, {})",
+                manifest.service.name, service["id"], service["status"]
+            );
+        } else {
+            println!(
+                "created service {} (id {}, not started: the file says start: false); `berth service start {}` starts it",
+                manifest.service.name, service["id"], manifest.service.name
+            );
+        }
         return Ok(());
     };
     let id = existing["id"].as_i64().unwrap_or_default();
@@ -278,13 +481,45 @@ mod tests {
                 "path",
             ),
         ] {
-            let err = parse(&text).expect_err("refused");
+            let mistakes = parse(&text).expect_err("refused");
+            assert_eq!(mistakes.len(), 1, "{mistakes:?}");
             assert!(
-                err.starts_with(&format!("line {line}:")) && err.contains(field),
-                "{field}: {err}"
+                mistakes[0].place.map(|place| place.0) == Some(line)
+                    && mistakes[0].message.contains(field),
+                "{field}: {mistakes:?}"
             );
         }
         let syntax = parse("name: [unclosed\n").expect_err("syntax");
-        assert!(syntax.contains("line"), "{syntax}");
+        assert!(syntax[0].place.is_some(), "{syntax:?}");
+    }
+
+    #[test]
+    fn every_mistake_of_a_file_is_found_with_a_suggestion() {
+        let text = GOOD
+            .replace("replicas: 2", "replica: 2")
+            .replace("least_loaded", "least_load")
+            .replace("port: 7860", "port: 0")
+            .replace("name: flood", "name: -flood")
+            .replace("count: 3", "count: 0");
+        let mistakes = parse(&text).expect_err("refused");
+        let said: Vec<String> = mistakes.iter().map(ToString::to_string).collect();
+        assert_eq!(mistakes.len(), 5, "{said:#?}");
+        for expected in [
+            "line 5, column 1: replica: unknown field `replica`; did you mean `replicas`?",
+            "line 8, column 5: serving.routing.policy: unknown value `least_load`; did you mean `least_loaded`?",
+            "line 4, column 1: port:",
+            "line 1, column 1: name:",
+            "line 11, column 5: serving.warmup.count:",
+        ] {
+            assert!(
+                said.iter().any(|line| line.starts_with(expected)),
+                "{expected} in {said:#?}"
+            );
+        }
+        let far = parse("name: a\nimage: b\nzzz: 1\n").expect_err("unknown");
+        assert!(
+            far[0].message.contains("known: ") && !far[0].message.contains("did you mean"),
+            "{far:?}"
+        );
     }
 }

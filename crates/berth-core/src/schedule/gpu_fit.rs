@@ -16,6 +16,30 @@ fn whole_free_observed(gpu: &GpuState) -> bool {
         .is_none_or(|free| free as f64 >= gpu.memory_bytes as f64 * WHOLE_GPU_OBSERVED_FREE_SHARE)
 }
 
+/// What `node` has free of what `reason` says it lacks, in the unit of `demand`: whole GPUs
+/// free (by allocations, or also as observed), or the most memory free on one GPU.
+pub(super) fn free_for(node: &NodeState, reason: Reason) -> u64 {
+    let count = |free: &dyn Fn(&GpuState) -> bool| node.gpus.iter().filter(|gpu| free(gpu)).count();
+    match reason {
+        Reason::GpuCount => count(&whole_free_by_allocations) as u64,
+        Reason::GpuCountObserved => {
+            count(&|gpu| whole_free_by_allocations(gpu) && whole_free_observed(gpu)) as u64
+        }
+        Reason::GpuMemory => node
+            .gpus
+            .iter()
+            .map(GpuState::free_by_allocations)
+            .max()
+            .unwrap_or(0),
+        _ => node
+            .gpus
+            .iter()
+            .map(GpuState::free_bytes)
+            .max()
+            .unwrap_or(0),
+    }
+}
+
 /// The GPUs `demand` takes on `node`, or why it cannot have them.
 pub(super) fn choose(node: &NodeState, demand: GpuDemand) -> Result<GpuAssignment, Reason> {
     match demand {

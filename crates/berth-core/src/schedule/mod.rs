@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 pub use gpu_fit::WHOLE_GPU_OBSERVED_FREE_SHARE;
-pub use refusal::{Reason, Refusal};
+pub use refusal::{Reason, Refusal, SHORTFALLS_KEPT, Shortfall};
 
 use crate::SpecError;
 use crate::seeded::mix;
@@ -349,6 +349,9 @@ impl Cluster {
                 }
             };
             refusal.add(reason);
+            if let Some(shortfall) = shortfall(node, request, reason) {
+                refusal.note(shortfall);
+            }
         }
         refusal
     }
@@ -470,6 +473,46 @@ fn check(node: &NodeState, request: &Request) -> Result<GpuAssignment, Reason> {
         return Err(Reason::Disk);
     }
     gpu_fit::choose(node, request.gpu)
+}
+
+/// Asked and free on `node` in the capacity dimension `reason` names; none for a reason that
+/// is not about capacity.
+fn shortfall(node: &NodeState, request: &Request, reason: Reason) -> Option<Shortfall> {
+    let free = |capacity: u64, allocated: u64| capacity.saturating_sub(allocated);
+    let (asked, free) = match reason {
+        Reason::Cpu => (
+            request.resources.cpu_millis,
+            free(node.capacity.cpu_millis, node.allocated.cpu_millis),
+        ),
+        Reason::Memory => (
+            request.resources.memory_bytes,
+            free(node.capacity.memory_bytes, node.allocated.memory_bytes),
+        ),
+        Reason::Disk => (
+            request.resources.disk_bytes,
+            free(node.capacity.disk_bytes, node.allocated.disk_bytes),
+        ),
+        Reason::GpuCount
+        | Reason::GpuCountObserved
+        | Reason::GpuMemory
+        | Reason::GpuMemoryObserved => {
+            let counted = matches!(reason, Reason::GpuCount | Reason::GpuCountObserved);
+            let asked = match request.gpu {
+                GpuDemand::Whole(count) => u64::from(count),
+                GpuDemand::Slice(_) if counted => 1,
+                GpuDemand::Slice(bytes) => bytes,
+                GpuDemand::None => 0,
+            };
+            (asked, gpu_fit::free_for(node, reason))
+        }
+        _ => return None,
+    };
+    Some(Shortfall {
+        node: node.name.clone(),
+        reason,
+        asked,
+        free,
+    })
 }
 
 /// Whether a given placement (not a chosen one) still fits.

@@ -1,6 +1,7 @@
 //! Why a request fits nowhere: per node, the first dimension that was short, counted by reason
 //! and said in one sentence ("5 nodes: not enough GPU memory on any single GPU (allocations);
-//! 2 nodes: disabled; 1 node: unhealthy").
+//! 2 nodes: disabled; 1 node: unhealthy"), with the amounts of the nodes that came closest
+//! ("node gpu-3: CPU asked 4 cores, free 1.5").
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -69,11 +70,88 @@ impl Reason {
     }
 }
 
-/// Nodes counted by the reason they refused.
+/// How far one node fell short in the dimension that refused: asked and free, in the
+/// dimension's unit (thousandths of a core, bytes, GPUs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shortfall {
+    /// The node's name.
+    pub node: String,
+    /// The dimension.
+    pub reason: Reason,
+    /// What the request asks.
+    pub asked: u64,
+    /// What the node has free.
+    pub free: u64,
+}
+
+/// Bytes in binary units, one decimal below 10 (`1.5 GiB`, `512 MiB`).
+fn bytes(count: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value < 10.0 && value.fract() != 0.0 {
+        format!("{value:.1} {}", UNITS[unit])
+    } else {
+        format!("{value:.0} {}", UNITS[unit])
+    }
+}
+
+/// Thousandths of a core as cores (`1.5`).
+fn cores(millis: u64) -> String {
+    let text = format!("{:.3}", millis as f64 / 1000.0);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+impl fmt::Display for Shortfall {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let node = &self.node;
+        let (asked, free) = (self.asked, self.free);
+        match self.reason {
+            Reason::Cpu => write!(
+                formatter,
+                "node {node}: CPU asked {} cores, free {}",
+                cores(asked),
+                cores(free)
+            ),
+            Reason::Memory | Reason::Disk => write!(
+                formatter,
+                "node {node}: {} asked {}, free {}",
+                if self.reason == Reason::Memory {
+                    "memory"
+                } else {
+                    "disk"
+                },
+                bytes(asked),
+                bytes(free)
+            ),
+            Reason::GpuCount | Reason::GpuCountObserved => {
+                write!(formatter, "node {node}: GPUs asked {asked}, free {free}")
+            }
+            _ => write!(
+                formatter,
+                "node {node}: GPU memory asked {}, most free on one GPU {}",
+                bytes(asked),
+                bytes(free)
+            ),
+        }
+    }
+}
+
+/// How many nodes' amounts a refusal keeps: those that came closest.
+pub const SHORTFALLS_KEPT: usize = 3;
+
+/// Nodes counted by the reason they refused, and the amounts of those that came closest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Refusal {
     /// Nodes per reason.
     pub reasons: BTreeMap<Reason, usize>,
+    /// Asked and free on the nodes short of capacity that came closest (at most
+    /// [`SHORTFALLS_KEPT`], closest first).
+    pub shortfalls: Vec<Shortfall>,
 }
 
 impl Refusal {
@@ -87,6 +165,21 @@ impl Refusal {
     /// Counts one more node refusing for `reason`.
     pub fn add(&mut self, reason: Reason) {
         *self.reasons.entry(reason).or_default() += 1;
+    }
+
+    /// Notes how far a node short of capacity fell short, keeping the closest ones.
+    pub fn note(&mut self, shortfall: Shortfall) {
+        let closeness =
+            |shortfall: &Shortfall| shortfall.free as f64 / shortfall.asked.max(1) as f64;
+        let position = self
+            .shortfalls
+            .iter()
+            .position(|kept| closeness(kept) < closeness(&shortfall))
+            .unwrap_or(self.shortfalls.len());
+        if position < SHORTFALLS_KEPT {
+            self.shortfalls.insert(position, shortfall);
+            self.shortfalls.truncate(SHORTFALLS_KEPT);
+        }
     }
 
     /// Nodes that refused.
@@ -124,6 +217,10 @@ impl fmt::Display for Refusal {
             }
             let plural = if *count == 1 { "" } else { "s" };
             write!(formatter, "{count} node{plural}: {}", reason.describe())?;
+        }
+        if !self.shortfalls.is_empty() {
+            let amounts: Vec<String> = self.shortfalls.iter().map(ToString::to_string).collect();
+            write!(formatter, " ({})", amounts.join("; "))?;
         }
         Ok(())
     }

@@ -172,7 +172,7 @@ fn slices_pack_best_fit_and_whole_gpus_stay_exclusive() {
         .expect_err("no whole GPU left");
     assert_eq!(
         refusal.to_string(),
-        "no node can run it: 1 node: not enough free GPUs"
+        "no node can run it: 1 node: not enough free GPUs (node n1: GPUs asked 1, free 0)"
     );
     assert!(
         cluster.commit(&whole, &taken).is_err(),
@@ -185,7 +185,7 @@ fn slices_pack_best_fit_and_whole_gpus_stay_exclusive() {
             .place(&big_slice, &options)
             .expect_err("too big")
             .to_string(),
-        "no node can run it: 1 node: not enough GPU memory on any single GPU (allocations)"
+        "no node can run it: 1 node: not enough GPU memory on any single GPU (allocations) (node n1: GPU memory asked 30 GiB, most free on one GPU 20 GiB)"
     );
     cluster.release(&whole, &taken);
     assert_eq!(
@@ -209,19 +209,44 @@ fn observed_free_memory_limits_slices_and_whole_gpus_and_the_refusal_says_so() {
             .place(&gpu_request(GpuDemand::Slice(20 * GIB)), &options)
             .expect_err("observed short")
             .to_string(),
-        "no node can run it: 1 node: not enough GPU memory on any single GPU (observed free)"
+        "no node can run it: 1 node: not enough GPU memory on any single GPU (observed free) (node n1: GPU memory asked 20 GiB, most free on one GPU 10 GiB)"
     );
     assert_eq!(
         cluster
             .place(&gpu_request(GpuDemand::Whole(1)), &options)
             .expect_err("observed busy")
             .to_string(),
-        "no node can run it: 1 node: not enough free GPUs (observed memory in use)"
+        "no node can run it: 1 node: not enough free GPUs (observed memory in use) (node n1: GPUs asked 1, free 0)"
     );
     assert!(
         cluster
             .place(&gpu_request(GpuDemand::Slice(8 * GIB)), &options)
             .is_ok()
+    );
+}
+
+#[test]
+fn a_refusal_gives_asked_and_free_of_the_closest_nodes() {
+    let mut small = node(1, ServerType::Cpu, &[]);
+    small.capacity.cpu_millis = 4000;
+    small.allocated.cpu_millis = 2500;
+    let mut smaller = node(2, ServerType::Cpu, &[]);
+    smaller.capacity.cpu_millis = 4000;
+    smaller.allocated.cpu_millis = 3500;
+    let mut full = node(3, ServerType::Cpu, &[]);
+    full.capacity.memory_bytes = 4 * GIB;
+    full.allocated.memory_bytes = 3 * GIB + GIB / 2;
+    let cluster = Cluster::new(vec![smaller, small, full]);
+    let mut request = cpu_request(4000);
+    request.resources.memory_bytes = GIB;
+    let refusal = cluster
+        .place(&request, &Options::default())
+        .expect_err("too big");
+    assert_eq!(
+        refusal.to_string(),
+        "no node can run it: 2 nodes: not enough CPU; 1 node: not enough memory \
+         (node n3: memory asked 1 GiB, free 512 MiB; node n1: CPU asked 4 cores, free 1.5; \
+         node n2: CPU asked 4 cores, free 0.5)"
     );
 }
 
@@ -251,7 +276,15 @@ fn the_refusal_counts_every_node_by_its_first_short_dimension() {
     assert_eq!(
         refusal.to_string(),
         "no node can run it: 5 nodes: not enough GPU memory on any single GPU (allocations); \
-         1 node: disabled; 1 node: unlisted; 1 node: unhealthy; 1 node: not a GPU server"
+         1 node: disabled; 1 node: unlisted; 1 node: unhealthy; 1 node: not a GPU server \
+         (node n1: GPU memory asked 16 GiB, most free on one GPU 8 GiB; \
+         node n2: GPU memory asked 16 GiB, most free on one GPU 8 GiB; \
+         node n3: GPU memory asked 16 GiB, most free on one GPU 8 GiB)"
+    );
+    assert_eq!(
+        refusal.shortfalls.len(),
+        SHORTFALLS_KEPT,
+        "the closest nodes' amounts only"
     );
     assert_eq!(refusal.nodes(), 9);
     assert!(refusal.short_of_capacity());

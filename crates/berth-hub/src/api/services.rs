@@ -319,7 +319,8 @@ pub async fn create(
             .await?
             .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, format!("no user {username}")))?
     };
-    let wait = WaitQuery::parse(raw)?;
+    let query: UpdateQuery = parse_query(raw)?;
+    let wait = WaitQuery { wait: query.wait }.checked()?;
     let key = idempotency_key(&headers)?;
     let request: ServiceRequest = parse_body(&body)?;
     berth_core::spec::validate_name("repo", &repo)?;
@@ -336,6 +337,9 @@ pub async fn create(
         // user, in the transaction that inserts the service.
         let mut connection = state.store.acquire().await?;
         check_create_quotas(&mut connection, &state, &owner, &definition, replica_count).await?;
+    }
+    if query.dry_run {
+        return placement_preview(&state, &definition, replica_count).await;
     }
     let record = ServiceRecord {
         id: 0,
@@ -374,6 +378,32 @@ pub async fn create(
         Committed::New { operation, .. } | Committed::Earlier(operation) => operation,
     };
     accepted(&state, operation, &wait).await
+}
+
+/// `?dry_run=true` of a create: where each replica would go on the cluster as it stands now
+/// (nothing is reserved), or the 409 a create would get, naming per node what is short and by
+/// how much.
+async fn placement_preview(
+    state: &HubState,
+    definition: &ServiceDefinition,
+    replicas: i64,
+) -> Result<Response, Problem> {
+    let (nodes, mut cluster) = scheduling::snapshot(state).await?;
+    let placed = scheduling::place_all(
+        &mut cluster,
+        &nodes,
+        &scheduling::request_for(definition),
+        replicas,
+        &state.scheduler_options(),
+    )?;
+    let placements: Vec<Value> = placed
+        .iter()
+        .map(|(replica, placement, node)| {
+            json!({"replica": replica, "node_id": node.id, "node_name": node.name,
+                "gpus": placement.gpus})
+        })
+        .collect();
+    Ok(Json(json!({"dry_run": true, "placements": placements})).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
