@@ -12,6 +12,9 @@ use clap::Args;
 /// Options of `berth agent`; each overrides the environment variable named beside it.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
+    /// text (lines for people) or json (one object per line, for log collectors).
+    #[arg(long, env = "BERTH_LOG_FORMAT", value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    log_format: crate::logging::LogFormat,
     /// Address to listen on [env: BERTH_AGENT_LISTEN; default 0.0.0.0:8000].
     #[arg(long)]
     listen: Option<String>,
@@ -73,7 +76,7 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         }
     };
     let level = config::tracing_level(&config.log_level).unwrap_or("info");
-    if let Err(err) = crate::logging::init(level, config.log_file.as_deref()) {
+    if let Err(err) = crate::logging::init(level, config.log_file.as_deref(), args.log_format) {
         eprintln!("berth agent: cannot open the log file: {err}");
         return ExitCode::from(2);
     }

@@ -18,6 +18,9 @@ use clap::Args;
 /// Options of `berth hub`.
 #[derive(Debug, Args)]
 pub struct HubArgs {
+    /// text (lines for people) or json (one object per line, for log collectors).
+    #[arg(long, env = "BERTH_LOG_FORMAT", value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    log_format: crate::logging::LogFormat,
     /// Address of the API.
     #[arg(long, env = "BERTH_LISTEN", default_value = "0.0.0.0:7700")]
     listen: SocketAddr,
@@ -91,7 +94,7 @@ fn announce_cli(context: &Option<String>, address: &str, token_file: &std::path:
 
 /// Runs `berth hub`.
 pub async fn run(args: HubArgs) -> ExitCode {
-    if let Err(err) = crate::logging::init("info", None) {
+    if let Err(err) = crate::logging::init("info", None, args.log_format) {
         eprintln!("berth hub: cannot set up logging: {err}");
     }
     let config = match &args.config {

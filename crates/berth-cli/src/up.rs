@@ -14,6 +14,9 @@ use crate::hub::{Launch, serve};
 /// Options of `berth up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
+    /// text (lines for people) or json (one object per line, for log collectors).
+    #[arg(long, env = "BERTH_LOG_FORMAT", value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    log_format: crate::logging::LogFormat,
     /// Where the database, the secret key and the admin token live.
     #[arg(long, default_value = "berth-data")]
     data_dir: PathBuf,
@@ -38,7 +41,7 @@ pub struct UpArgs {
 
 /// Runs the embedded default until a shutdown signal.
 pub async fn run(args: UpArgs) -> ExitCode {
-    if let Err(err) = crate::logging::init("info", None) {
+    if let Err(err) = crate::logging::init("info", None, args.log_format) {
         eprintln!("berth up: cannot set up logging: {err}");
     }
     let database = args.data_dir.join("berth.db");

@@ -397,3 +397,40 @@ fn berth_up_starts_serves_stops_and_resumes() {
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(dir.with_extension("cli")).ok();
 }
+
+#[test]
+fn berth_up_logs_json_lines_for_collectors() {
+    let dir = std::env::temp_dir().join(format!("berth-up-json-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["up", "--log-format", "json", "--data-dir"])
+        .arg(&dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--gateway-listen", "127.0.0.1:0"])
+        .env("BERTH_CONFIG", cli_config(&dir))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("berth up starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let running = Running(child);
+    fetch_text(&format!("http://127.0.0.1:{port}/health"), "");
+    // Stopping logs its steps; every line is one JSON object.
+    terminate(running);
+    let lines: Vec<String> = BufReader::new(stderr)
+        .lines()
+        .map(|line| line.expect("text"))
+        .collect();
+    assert!(lines.len() >= 2, "the stop is logged: {lines:?}");
+    for line in &lines {
+        let entry: Value = serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}"));
+        assert!(
+            entry["level"].is_string() && entry["fields"]["message"].is_string(),
+            "{entry}"
+        );
+        assert!(!line.contains('\u{1b}'), "no colour codes: {line}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(dir.with_extension("cli")).ok();
+}
