@@ -138,6 +138,88 @@ async fn verbs_take_names_and_print_tables_people_read() {
             "{stats}"
         );
 
+        // Exec: the command's output and exit code; stdin with -i; a terminal with -t.
+        let ran = berth(
+            &hub,
+            hub.token(),
+            &[
+                "service",
+                "exec",
+                "web",
+                "--",
+                "sh",
+                "-c",
+                "echo out-$((6*7)); exit 3",
+            ],
+        );
+        assert_eq!(
+            ran.status.code(),
+            Some(3),
+            "{}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&ran.stdout), "out-42\n");
+        let mut piped = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args([
+                "service",
+                "exec",
+                "web",
+                "-i",
+                "--replica",
+                "1",
+                "--",
+                "sh",
+                "-c",
+                "tr a-z A-Z; tty || true",
+            ])
+            .env("BERTH_URL", hub.base())
+            .env("BERTH_TOKEN", hub.token())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("berth runs");
+        {
+            use std::io::Write;
+            let mut stdin = piped.stdin.take().expect("stdin");
+            stdin.write_all(b"piped words\n").expect("write");
+        }
+        let piped = piped.wait_with_output().expect("ends");
+        assert!(piped.status.success());
+        let said = String::from_utf8_lossy(&piped.stdout).into_owned();
+        assert!(
+            said.starts_with("PIPED WORDS\n") && said.contains("not a tty"),
+            "{said}"
+        );
+        let mut terminal = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["service", "exec", "web", "-it"])
+            .env("BERTH_URL", hub.base())
+            .env("BERTH_TOKEN", hub.token())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("berth runs");
+        {
+            use std::io::Write;
+            let mut stdin = terminal.stdin.take().expect("stdin");
+            stdin
+                .write_all(b"tty; echo in-$((6*7))-term; exit 5\n")
+                .expect("write");
+            // The pipe stays open until the shell exits, as a person's terminal would.
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        let terminal = terminal.wait_with_output().expect("ends");
+        let said = String::from_utf8_lossy(&terminal.stdout).into_owned();
+        assert_eq!(terminal.status.code(), Some(5), "{said}");
+        assert!(
+            said.contains("/dev/pts/") && said.contains("in-42-term"),
+            "{said}"
+        );
+        let missing = refused(
+            &hub,
+            &["service", "exec", "web", "--replica", "9", "--", "true"],
+        );
+        assert!(missing.contains("no replica 9"), "{missing}");
+
         // Update: one variable and the replica count, as the next version.
         let updated = ok(
             &hub,
@@ -184,7 +266,10 @@ async fn verbs_take_names_and_print_tables_people_read() {
         // The operation log by name, with names.
         let log = ok(&hub, &["ops", "--service", "web"]);
         assert!(
-            log.contains("service.update") && log.contains("service web") && log.contains("admin"),
+            log.contains("service.update")
+                && log.contains("service.exec")
+                && log.contains("service web")
+                && log.contains("admin"),
             "{log}"
         );
 

@@ -11,6 +11,7 @@ mod cgroup;
 mod driver;
 mod endpoint;
 mod error;
+mod exec_session;
 mod gpu_usage;
 mod images;
 mod logs;
@@ -24,6 +25,7 @@ pub use driver::{
 };
 pub use endpoint::{DEFAULT_DOCKER_HOST, DockerEndpoint, TlsMaterial, tls_client_config};
 pub use error::DriverError;
+pub use exec_session::ExecSession;
 pub use gpu_usage::{ExecOutput, GPU_USAGE_TTL, HostGpuView};
 pub use images::{EngineInfo, ImageDetails, PruneOutcome};
 pub use logs::{LogChunk, LogQuery, LogStream};

@@ -70,6 +70,29 @@ impl HubClient {
             .map_err(|err| format!("the hub answered {path} without JSON: {err}"))
     }
 
+    /// The handshake request of a WebSocket to `path` (`ws://` for `http://`, `wss://` for
+    /// `https://`), with the token.
+    pub fn websocket_request(
+        &self,
+        path: &str,
+    ) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, String> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = match self.base.split_once("://") {
+            Some(("https", rest)) => format!("wss://{rest}{path}"),
+            Some((_, rest)) => format!("ws://{rest}{path}"),
+            None => format!("ws://{}{path}", self.base),
+        };
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|err| format!("{url} is not a WebSocket address: {err}"))?;
+        let bearer = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| "the token has characters a header cannot carry".to_owned())?;
+        request.headers_mut().insert("authorization", bearer);
+        Ok(request)
+    }
+
     /// The body of `GET path` as a stream of chunks.
     async fn stream(
         &self,

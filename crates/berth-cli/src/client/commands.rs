@@ -386,11 +386,16 @@ pub async fn run(args: ClientArgs, resource: Resource) -> ExitCode {
             context: args.context,
         })?;
         let client = HubClient::new(&url, token);
-        execute(&client, args.output, resource).await
+        if let Resource::Service(super::service::ServiceCommand::Exec(exec)) = resource {
+            return super::exec::run(&client, exec).await;
+        }
+        execute(&client, args.output, resource)
+            .await
+            .map(|()| ExitCode::SUCCESS)
     }
     .await;
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(message) => {
             eprintln!("berth: {message}");
             ExitCode::FAILURE

@@ -5,6 +5,7 @@
 mod api;
 mod commands;
 pub mod context;
+mod exec;
 pub mod manifest;
 mod names;
 mod progress;

@@ -81,6 +81,9 @@ pub enum ServiceCommand {
     /// Change the image, environment or replica count: deployed as the next version (its
     /// containers are replaced, started again if it ran), followed to the end.
     Update(Box<ServiceUpdate>),
+    /// Run a command in one of the service's containers (`-it` for a shell); exits with the
+    /// command's exit code.
+    Exec(super::exec::ExecArgs),
     /// Container output.
     Logs {
         /// Service name (yours), OWNER/NAME, or id.
@@ -386,6 +389,7 @@ pub async fn run(
             }
         }
         ServiceCommand::Update(update) => return update_service(client, output, *update).await,
+        ServiceCommand::Exec(_) => Err("exec runs through client::run".to_owned()),
         ServiceCommand::Logs { id, tail, follow } => {
             let id = names::service_id(client, &id).await?;
             if follow {

@@ -5,6 +5,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod catalog;
+pub(crate) mod exec;
 pub(crate) mod nodes;
 pub(crate) mod operations;
 pub(crate) mod placement;
@@ -140,6 +141,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HubState>>)> {
             get(services::status),
         ),
         (Method::GET, "/api/services/{id}/logs", get(services::logs)),
+        (Method::GET, "/api/services/{id}/exec", get(exec::exec)),
         (
             Method::GET,
             "/api/services/{id}/stats",
