@@ -426,6 +426,58 @@ async fn the_console_in_a_real_browser() {
     assert!(!points.is_empty(), "a chart point is drawn");
     browser.shot("service").await;
 
+    // A terminal on the replica: type a command, read its output; the session is logged.
+    assert!(
+        browser
+            .client
+            .find(Locator::Id("service-start"))
+            .await
+            .is_err(),
+        "a running service offers no Start"
+    );
+    browser.click("terminal-0").await;
+    wait_for(Duration::from_secs(15), "the shell's prompt", || {
+        let browser = &browser;
+        async move {
+            let shown = browser.text("terminal").await;
+            (shown.contains('#') || shown.contains('$')).then_some(())
+        }
+    })
+    .await;
+    browser
+        .client
+        .find(Locator::Css("body"))
+        .await
+        .expect("body")
+        .send_keys("echo term-$((6*7))\n")
+        .await
+        .expect("type");
+    wait_for(Duration::from_secs(15), "the command's output", || {
+        let browser = &browser;
+        async move {
+            browser
+                .text("terminal")
+                .await
+                .contains("term-42")
+                .then_some(())
+        }
+    })
+    .await;
+    browser.shot("terminal").await;
+    let exec_log = api(
+        &base,
+        &admin_token,
+        reqwest::Method::GET,
+        "/api/admin/operations?action=service.exec",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        exec_log["operations"][0]["action"], "service.exec",
+        "{exec_log}"
+    );
+    browser.open(&service_path).await;
+
     // Stop; version 2 through the API; roll back to 1 on the page.
     browser.click("service-stop").await;
     assert_eq!(browser.text("service-status").await, "stopped");

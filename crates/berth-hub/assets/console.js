@@ -110,3 +110,44 @@ async function refreshCharts(section) {
     holder.replaceWith(parsed);
   }
 }
+
+// The terminal page: term.js drawing what a shell in the replica writes, keys sent back over
+// the console's WebSocket (binary frames both ways; the last text frame is the exit code).
+document.addEventListener("DOMContentLoaded", () => {
+  const host = document.getElementById("terminal");
+  if (!host || typeof Terminal === "undefined") {
+    return;
+  }
+  const state = document.getElementById("terminal-state");
+  const term = new Terminal({ cols: 100, rows: 30, screenKeys: false, useStyle: false });
+  term.open(host);
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(scheme + "//" + location.host + host.dataset.exec);
+  socket.binaryType = "arraybuffer";
+  const decoder = new TextDecoder();
+  const encoder = new TextEncoder();
+  socket.addEventListener("open", () => {
+    state.textContent = "";
+    term.focus();
+  });
+  socket.addEventListener("message", (event) => {
+    if (typeof event.data === "string") {
+      const control = JSON.parse(event.data);
+      if ("exit_code" in control) {
+        state.textContent = host.dataset.ended.replace("{code}", String(control.exit_code));
+      }
+      return;
+    }
+    term.write(decoder.decode(new Uint8Array(event.data), { stream: true }));
+  });
+  socket.addEventListener("close", () => {
+    if (state.textContent === "") {
+      state.textContent = host.dataset.ended.replace("{code}", "?");
+    }
+  });
+  term.on("data", (data) => {
+    if (socket.readyState === WebSocket.OPEN) {
+      socket.send(encoder.encode(data));
+    }
+  });
+});

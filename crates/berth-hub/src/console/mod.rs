@@ -14,6 +14,7 @@ mod operations;
 mod overview;
 mod services;
 mod session;
+mod terminal;
 mod text;
 mod tokens;
 mod users;
@@ -66,6 +67,8 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/services/{id}/rollback", post(services::rollback))
         .route("/services/{id}/logs", get(services::logs))
         .route("/services/{id}/charts", get(services::charts))
+        .route("/services/{id}/terminal", get(terminal::page))
+        .route("/services/{id}/exec", get(terminal::socket))
         .route("/operations", get(operations::page))
         .route("/users", get(users::page).post(users::create))
         .route("/users/{id}", post(users::update))

@@ -325,6 +325,26 @@ struct DetailPage {
     deployments: Vec<DeploymentRow>,
     operations: Vec<OperationRow>,
     working: Option<Working>,
+    verbs: Vec<&'static str>,
+    can_exec: bool,
+}
+
+/// The actions that apply to a service in `status`: stop and restart while it runs, start
+/// while it does not, load and unload only for one served through the gateway (with a port),
+/// and none while a change is under way.
+fn verbs_for(status: &str, served: bool, busy: bool) -> Vec<&'static str> {
+    if busy {
+        return Vec::new();
+    }
+    let (mut verbs, model) = match status {
+        "running" => (vec!["stop", "restart"], "unload"),
+        "creating" | "deleting" | "starting" | "stopping" | "restarting" => return Vec::new(),
+        _ => (vec!["start"], "load"),
+    };
+    if served {
+        verbs.push(model);
+    }
+    verbs
 }
 
 /// The operation a service is going through now, shown with its progress; the page refreshes
@@ -502,6 +522,7 @@ async fn detail_page(
                 .collect()
         })
         .unwrap_or_default();
+    let working_now = working.is_some();
     Ok(render(&DetailPage {
         t: visitor.t,
         chrome: visitor.chrome("services"),
@@ -521,6 +542,12 @@ async fn detail_page(
         charts: service_charts(visitor.t, &samples, now - CHART_WINDOW_MS, now),
         deployments,
         operations,
+        verbs: verbs_for(
+            &service.status,
+            service.definition["port"].is_u64(),
+            working_now,
+        ),
+        can_exec: service.status == "running",
         service,
     }))
 }

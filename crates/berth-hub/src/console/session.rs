@@ -154,13 +154,13 @@ pub async fn attach(State(state): State<Arc<HubState>>, request: Request, next: 
     };
     let mut response = next.run(Request::from_parts(parts, body)).await;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
+    // A page may have set its own (the terminal's allows term.js's style attributes).
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
             "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
+         form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,

@@ -263,6 +263,19 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("services.loaded_at", "Loaded at", "加载时间"),
     ("services.load_time", "Load took", "加载耗时"),
     ("services.logs", "Logs", "日志"),
+    ("terminal.title", "Terminal", "终端"),
+    (
+        "terminal.intro",
+        "A shell in the replica's container. What you type runs there as the container's user; the session is recorded in the operation log.",
+        "在副本容器中打开的 shell。输入的命令以容器用户身份在其中运行；会话会记录在操作日志中。",
+    ),
+    ("terminal.connecting", "Connecting…", "正在连接…"),
+    (
+        "terminal.ended",
+        "The shell ended (exit code {code}).",
+        "shell 已结束（退出码 {code}）。",
+    ),
+    ("terminal.open", "Terminal", "终端"),
     (
         "services.logs_slow",
         "The node did not send the logs in time.",
