@@ -537,7 +537,9 @@ async fn the_console_in_a_real_browser() {
         "/services",
         "/operations",
         "/users",
+        "/nodes/1",
         service_path.as_str(),
+        &format!("{service_path}/terminal"),
     ] {
         browser.open(page).await;
         let overflow = browser
@@ -551,6 +553,17 @@ async fn the_console_in_a_real_browser() {
         assert!(
             overflow.as_i64() <= Some(0),
             "{page} overflows by {overflow}"
+        );
+        // Operation details are phrases with the JSON folded away: no page grows into a
+        // scroll of thousands of pixels.
+        let height = browser
+            .client
+            .execute("return document.documentElement.scrollHeight", vec![])
+            .await
+            .expect("script");
+        assert!(
+            height.as_i64().is_some_and(|height| height < 4000),
+            "{page} is {height} px tall at 390 px wide"
         );
     }
     browser.shot("service-phone").await;

@@ -128,7 +128,7 @@ pub struct OperationFilter {
     pub node_id: Option<i64>,
     /// Only this user.
     pub user_id: Option<i64>,
-    /// Only this action.
+    /// Only this action; `node.*` is every action of the `node` family.
     pub action: Option<String>,
     /// Only what this user may see without being an admin: their own actions and anything
     /// done to their services (a failover by the hub, say).
@@ -422,8 +422,16 @@ pub async fn list(
             numbers.len()
         ));
     }
-    if filter.action.is_some() {
-        conditions.push(format!("action = ${}", numbers.len() + 1));
+    // `node.*` is every action of that family.
+    let action = filter
+        .action
+        .as_ref()
+        .map(|action| match action.strip_suffix('*') {
+            Some(family) => (format!("{family}%"), "LIKE"),
+            None => (action.clone(), "="),
+        });
+    if let Some((_, compare)) = &action {
+        conditions.push(format!("action {compare} ${}", numbers.len() + 1));
     }
     let clause = if conditions.is_empty() {
         String::new()
@@ -435,7 +443,7 @@ pub async fn list(
         for number in &numbers {
             query = query.bind(*number);
         }
-        if let Some(action) = &filter.action {
+        if let Some((action, _)) = &action {
             query = query.bind(action.clone());
         }
         query

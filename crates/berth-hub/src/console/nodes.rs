@@ -463,6 +463,7 @@ async fn detail_page(
         .collect();
     let filter = OperationFilter {
         node_id: Some(id),
+        action: Some("node.*".to_owned()),
         ..OperationFilter::default()
     };
     let operations = recent(&mut connection, filter, 20).await?;

@@ -9,6 +9,7 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use berth_store::operations::{self, Operation, OperationFilter};
 use berth_store::{Conn, StoreError, users};
+use serde_json::Value;
 
 use super::forms::FormData;
 use super::session::Visitor;
@@ -32,8 +33,58 @@ pub struct OperationRow {
     pub target: String,
     /// `ok`, `failed`, …
     pub outcome: String,
-    /// The detail as compact JSON.
+    /// The detail as short `key: value` phrases, for reading.
+    pub summary: String,
+    /// The detail as compact JSON, behind a toggle.
     pub detail: String,
+}
+
+/// Longest text a summary shows of one value.
+const SUMMARY_VALUE_CHARS: usize = 80;
+
+/// One value of an operation's detail as a person reads it: text without quotes, lists joined,
+/// sizes (`*_bytes`) in binary units, times (`*_ms`, `*_at`) in UTC, long text cut.
+fn readable(key: &str, value: &Value) -> String {
+    let text = match value {
+        Value::String(text) => text.clone(),
+        Value::Number(number) if key.ends_with("_bytes") => {
+            super::human_bytes(number.as_i64().unwrap_or(0))
+        }
+        Value::Number(number) if key.ends_with("_at") || key.ends_with("_at_ms") => number
+            .as_i64()
+            .map_or_else(|| number.to_string(), timestamp),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| readable("", item))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Value::Object(fields) => fields
+            .iter()
+            .map(|(key, value)| format!("{key} {}", readable(key, value)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    };
+    if text.chars().count() > SUMMARY_VALUE_CHARS {
+        let cut: String = text.chars().take(SUMMARY_VALUE_CHARS).collect();
+        format!("{cut}…")
+    } else {
+        text
+    }
+}
+
+/// An operation's detail as `key: value` phrases joined by ` · ` (empty values left out).
+pub fn summary(detail: &Value) -> String {
+    match detail {
+        Value::Object(fields) => fields
+            .iter()
+            .filter(|(_, value)| !value.is_null() && *value != &Value::String(String::new()))
+            .map(|(key, value)| format!("{}: {}", key.replace('_', " "), readable(key, value)))
+            .collect::<Vec<_>>()
+            .join(" · "),
+        Value::Null => String::new(),
+        other => readable("", other),
+    }
 }
 
 /// Table rows for `found`, with user names.
@@ -53,6 +104,7 @@ pub async fn rows(conn: &mut Conn, found: Vec<Operation>) -> Result<Vec<Operatio
             action: operation.action,
             target: format!("{} {}", operation.target_kind, operation.target_id),
             outcome: operation.outcome,
+            summary: summary(&operation.detail),
             detail: operation.detail.to_string(),
         })
         .collect())
@@ -150,4 +202,30 @@ pub async fn page(
         total,
         query_without_page,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_detail_reads_as_phrases() {
+        let detail = json!({
+            "name": "web", "replicas": 2, "memory_bytes": 536_870_912,
+            "changes": [{"field": "image", "to": "b"}], "error": "", "gone": null,
+            "command": ["sh", "-c", "x".repeat(200)],
+        });
+        let said = summary(&detail);
+        assert!(said.contains("name: web"), "{said}");
+        assert!(said.contains("memory bytes: 512.0 MiB"), "{said}");
+        assert!(said.contains("changes: field image, to b"), "{said}");
+        assert!(!said.contains("error") && !said.contains("gone"), "{said}");
+        assert!(
+            said.contains('…') && said.len() < 300,
+            "long values are cut: {said}"
+        );
+        assert_eq!(summary(&Value::Null), "");
+    }
 }

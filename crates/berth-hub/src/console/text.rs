@@ -201,6 +201,11 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "此节点上没有 Berth 管理的容器。",
     ),
     ("nodes.health", "Health history", "健康历史"),
+    (
+        "nodes.all_operations",
+        "Everything done on this node (services included)",
+        "此节点上的全部操作（包括服务）",
+    ),
     ("nodes.delete", "Delete node", "删除节点"),
     (
         "nodes.delete_help",
