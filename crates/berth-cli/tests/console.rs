@@ -425,6 +425,24 @@ async fn the_console_in_a_real_browser() {
         .expect("points");
     assert!(!points.is_empty(), "a chart point is drawn");
     browser.shot("service").await;
+    // Another range: the page and its refreshed charts show 6 hours.
+    browser.click("range-6h").await;
+    let chosen = browser
+        .element("range-6h")
+        .await
+        .attr("aria-current")
+        .await
+        .expect("attribute");
+    assert_eq!(chosen.as_deref(), Some("true"));
+    let source = browser
+        .element("charts")
+        .await
+        .attr("data-source")
+        .await
+        .expect("attribute")
+        .unwrap_or_default();
+    assert!(source.ends_with("?range=6h"), "{source}");
+    assert!(browser.text("charts").await.contains("CPU"));
 
     // A terminal on the replica: type a command, read its output; the session is logged.
     assert!(

@@ -1,5 +1,7 @@
 //! Line charts as inline SVG, drawn on the server from the stats history: one measure per
-//! chart, points marked with shapes and the axes labelled in text, so a chart reads without
+//! chart over a chosen range (15 min to 24 h), the time axis starting at the first sample so
+//! the line fills the width, the value axis at a round top with labels that differ, points
+//! marked with shapes that name their time and value on hover, so a chart reads without
 //! colour; each carries a text summary (latest, highest) for screen readers.
 
 use std::fmt::Write;
@@ -15,8 +17,55 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 10.0;
 const TOP: f64 = 12.0;
 const BOTTOM: f64 = 26.0;
-/// Points are marked one by one up to this many; beyond it the line alone is drawn.
+/// At most this many points are marked (evenly chosen), each naming its time and value.
 const MARKED_POINTS: usize = 90;
+
+/// The time ranges a chart can show.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChartRange {
+    /// The last 15 minutes.
+    Quarter,
+    /// The last hour.
+    #[default]
+    Hour,
+    /// The last 6 hours.
+    SixHours,
+    /// The last 24 hours.
+    Day,
+}
+
+impl ChartRange {
+    /// Every range, shortest first.
+    pub const ALL: [ChartRange; 4] = [Self::Quarter, Self::Hour, Self::SixHours, Self::Day];
+
+    /// The range a query value names (`15m`, `1h`, `6h`, `24h`); the hour otherwise.
+    pub fn parse(code: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|range| range.code() == code)
+            .unwrap_or_default()
+    }
+
+    /// Its query value.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Quarter => "15m",
+            Self::Hour => "1h",
+            Self::SixHours => "6h",
+            Self::Day => "24h",
+        }
+    }
+
+    /// Its length, milliseconds.
+    pub fn millis(self) -> i64 {
+        match self {
+            Self::Quarter => 15 * 60_000,
+            Self::Hour => 3_600_000,
+            Self::SixHours => 6 * 3_600_000,
+            Self::Day => 24 * 3_600_000,
+        }
+    }
+}
 
 /// One drawn chart.
 #[derive(Debug, Clone)]
@@ -42,6 +91,39 @@ impl Unit {
             Unit::Percent => format!("{value:.1} %"),
             Unit::Bytes => human_bytes(value.round() as i64),
         }
+    }
+
+    /// `values` as axis labels that differ from each other: as many decimals as that takes.
+    fn labels(self, values: &[f64]) -> Vec<String> {
+        let largest = values.iter().copied().fold(0.0, f64::max);
+        let (divisor, suffix) = match self {
+            Unit::Percent => (1.0, " %"),
+            Unit::Bytes => {
+                let units = [
+                    (1u64 << 40, " TiB"),
+                    (1 << 30, " GiB"),
+                    (1 << 20, " MiB"),
+                    (1 << 10, " KiB"),
+                ];
+                units
+                    .iter()
+                    .find(|(size, _)| largest >= *size as f64)
+                    .map_or((1.0, " B"), |(size, suffix)| (*size as f64, *suffix))
+            }
+        };
+        (0..=4)
+            .map(|decimals| {
+                values
+                    .iter()
+                    .map(|value| format!("{:.decimals$}{suffix}", value / divisor))
+                    .collect::<Vec<_>>()
+            })
+            .find(|labels| {
+                let mut distinct = labels.clone();
+                distinct.dedup();
+                distinct.len() == labels.len()
+            })
+            .unwrap_or_else(|| values.iter().map(|value| self.format(*value)).collect())
     }
 }
 
@@ -106,19 +188,24 @@ fn draw(
     let plot_width = WIDTH - LEFT - RIGHT;
     let plot_height = HEIGHT - TOP - BOTTOM;
     let top = nice_ceiling(points.iter().map(|(_, value)| *value).fold(0.0, f64::max));
+    // The line fills the width: the axis starts at the first sample within the range.
+    let from_ms = points
+        .first()
+        .map_or(from_ms, |(first, _)| (*first).max(from_ms))
+        .min(to_ms - 60_000);
     let span = (to_ms - from_ms).max(1) as f64;
-    let x = |at: i64| LEFT + (at - from_ms) as f64 / span * plot_width;
+    let x = |at: i64| LEFT + (at - from_ms).max(0) as f64 / span * plot_width;
     let y = |value: f64| TOP + plot_height - (value / top).clamp(0.0, 1.0) * plot_height;
-    for step in 0..=4 {
-        let value = top * f64::from(step) / 4.0;
-        let line_y = y(value);
+    let steps: Vec<f64> = (0..=4).map(|step| top * f64::from(step) / 4.0).collect();
+    for (value, text) in steps.iter().zip(unit.labels(&steps)) {
+        let line_y = y(*value);
         let _ = write!(
             svg,
             r#"<line class="grid" x1="{LEFT}" y1="{line_y:.1}" x2="{:.1}" y2="{line_y:.1}"/><text class="axis" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
             WIDTH - RIGHT,
             LEFT - 6.0,
             line_y + 4.0,
-            escape(&unit.format(value))
+            escape(&text)
         );
     }
     let _ = write!(
@@ -140,17 +227,16 @@ fn draw(
             r#"<polyline class="series" fill="none" points="{}"/>"#,
             path.join(" ")
         );
-        if points.len() <= MARKED_POINTS {
-            for (at, value) in points {
-                let _ = write!(
-                    svg,
-                    r#"<rect class="point" x="{:.1}" y="{:.1}" width="5" height="5"><title>{} {}</title></rect>"#,
-                    x(*at) - 2.5,
-                    y(*value) - 2.5,
-                    clock(*at),
-                    escape(&unit.format(*value))
-                );
-            }
+        let every = points.len().div_ceil(MARKED_POINTS).max(1);
+        for (at, value) in points.iter().step_by(every) {
+            let _ = write!(
+                svg,
+                r#"<rect class="point" x="{:.1}" y="{:.1}" width="5" height="5"><title>{} {}</title></rect>"#,
+                x(*at) - 2.5,
+                y(*value) - 2.5,
+                clock(*at),
+                escape(&unit.format(*value))
+            );
         }
     } else {
         let _ = write!(
@@ -244,7 +330,7 @@ mod tests {
             cpu.summary
         );
         assert!(
-            cpu.svg.contains("100.0 %"),
+            cpu.svg.contains(">100 %<"),
             "the axis tops at a round 100: {}",
             cpu.svg
         );
@@ -269,6 +355,40 @@ mod tests {
                 .summary
                 .contains(Tr::default().get("chart.no_data"))
         );
+        // Small values: the axis labels differ from each other.
+        let quiet = [sample(0, 0.1), sample(60_000, 0.2)];
+        let small = &service_charts(Tr::default(), &quiet, 0, 60_000)[0];
+        let labels: Vec<&str> = small
+            .svg
+            .split("text-anchor=\"end\">")
+            .skip(1)
+            .filter_map(|rest| rest.split('<').next())
+            .filter(|label| label.ends_with('%'))
+            .collect();
+        let mut distinct = labels.clone();
+        distinct.dedup();
+        assert_eq!(labels.len(), 5, "{labels:?}");
+        assert_eq!(distinct, labels, "{labels:?}");
+        // A long series: at most MARKED_POINTS marked, each naming its value; a short history
+        // on a long range fills the width from its first sample.
+        let long: Vec<StatsSample> = (0..500).map(|i| sample(i * 10_000, 5.0)).collect();
+        let busy = &service_charts(Tr::default(), &long, -86_400_000, 5_000_000)[0];
+        let marked = busy.svg.matches("<rect class=\"point\"").count();
+        assert!((1..=MARKED_POINTS).contains(&marked), "{marked}");
+        assert!(busy.svg.contains("<title>00:00 5.0 %</title>"));
+        let first_x: f64 = busy
+            .svg
+            .split("points=\"")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|x| x.parse().ok())
+            .expect("first x");
+        assert!(
+            (first_x - LEFT).abs() < 0.5,
+            "starts at the left edge: {first_x}"
+        );
+        assert_eq!(ChartRange::parse("6h").millis(), 6 * 3_600_000);
+        assert_eq!(ChartRange::parse("nonsense"), ChartRange::Hour);
         assert_eq!(nice_ceiling(0.0), 1.0);
         assert_eq!(nice_ceiling(3.2e9), 5e9);
         assert_eq!(escape("<a&\"b\">"), "&lt;a&amp;&quot;b&quot;&gt;");

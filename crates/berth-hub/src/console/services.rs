@@ -21,7 +21,7 @@ use berth_store::users::Role;
 use berth_store::{StoreError, catalog, nodes, stats_history, users};
 use serde_json::{Value, json};
 
-use super::charts::{Chart, service_charts};
+use super::charts::{Chart, ChartRange, service_charts};
 use super::forms::{
     Field, FieldView, FormData, Kind, Refusal, field, form_error, form_status, required, to_json,
     views,
@@ -55,8 +55,6 @@ const FIELDS: &[Field] = &[
 
 /// How long the detail page waits for the node's logs before showing the page without them.
 const LOG_WAIT: Duration = Duration::from_secs(3);
-/// The chart window.
-const CHART_WINDOW_MS: i64 = 3_600_000;
 
 /// One row of the list.
 #[derive(Debug, Clone)]
@@ -327,6 +325,7 @@ struct DetailPage {
     working: Option<Working>,
     verbs: Vec<&'static str>,
     can_exec: bool,
+    range: ChartRange,
 }
 
 /// The actions that apply to a service in `status`: stop and restart while it runs, start
@@ -404,6 +403,7 @@ async fn detail_page(
     visitor: &Visitor,
     headers: &HeaderMap,
     id: i64,
+    range: ChartRange,
 ) -> Result<Response, Problem> {
     let user = as_user(visitor);
     let Json(status) = api::services::status(
@@ -420,7 +420,7 @@ async fn detail_page(
         .name;
     let history = services::deployments(&mut connection, id).await?;
     let now = berth_store::now_ms();
-    let samples = stats_history::since(&mut connection, id, now - CHART_WINDOW_MS).await?;
+    let samples = stats_history::since(&mut connection, id, now - range.millis()).await?;
     let operations = recent(
         &mut connection,
         OperationFilter {
@@ -539,7 +539,8 @@ async fn detail_page(
         resources,
         logs,
         logs_error,
-        charts: service_charts(visitor.t, &samples, now - CHART_WINDOW_MS, now),
+        charts: service_charts(visitor.t, &samples, now - range.millis(), now),
+        range,
         deployments,
         operations,
         verbs: verbs_for(
@@ -552,14 +553,21 @@ async fn detail_page(
     }))
 }
 
-/// `GET /services/{id}`; another user's service is not found.
+/// The chart range a page's query asks for (`?range=15m|1h|6h|24h`; an hour otherwise).
+fn chart_range(raw: Option<String>) -> ChartRange {
+    let query = FormData::parse(raw.unwrap_or_default().as_bytes());
+    ChartRange::parse(&query.get("range"))
+}
+
+/// `GET /services/{id}?range=`; another user's service is not found.
 pub async fn detail(
     State(state): Shared,
     visitor: Visitor,
     headers: HeaderMap,
     Path(id): Path<i64>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
-    detail_page(&state, &visitor, &headers, id)
+    detail_page(&state, &visitor, &headers, id, chart_range(raw))
         .await
         .unwrap_or_else(|problem| problem_page(&visitor, "services", &problem))
 }
@@ -667,19 +675,25 @@ struct ChartsFragment {
     charts: Vec<Chart>,
 }
 
-/// `GET /services/{id}/charts`: the charts alone, which the page's script swaps in.
-pub async fn charts(State(state): Shared, visitor: Visitor, Path(id): Path<i64>) -> Response {
+/// `GET /services/{id}/charts?range=`: the charts alone, which the page's script swaps in.
+pub async fn charts(
+    State(state): Shared,
+    visitor: Visitor,
+    Path(id): Path<i64>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let range = chart_range(raw);
     let loaded = async {
         // The API's ownership check: another user's service is not found.
         let Json(_) =
             api::services::get_one(State(Arc::clone(&state)), as_user(&visitor), Path(id)).await?;
         let mut connection = state.store.acquire().await?;
         let now = berth_store::now_ms();
-        let samples = stats_history::since(&mut connection, id, now - CHART_WINDOW_MS).await?;
+        let samples = stats_history::since(&mut connection, id, now - range.millis()).await?;
         Ok::<_, Problem>(service_charts(
             visitor.t,
             &samples,
-            now - CHART_WINDOW_MS,
+            now - range.millis(),
             now,
         ))
     };
