@@ -356,6 +356,11 @@ async fn the_console_in_a_real_browser() {
         .await
         .expect("pick the spec");
     browser.fill("service-port", "8080").await;
+    // Serving settings from the same form.
+    browser
+        .fill("service-serving-idle_timeout_seconds", "900")
+        .await;
+    browser.fill("service-serving-probe_path", "/").await;
     browser
         .fill(
             "service-command",
@@ -369,6 +374,18 @@ async fn the_console_in_a_real_browser() {
         .and_then(|id| id.parse().ok())
         .unwrap_or_else(|| panic!("on the service page, not {service_path}"));
     assert_eq!(browser.text("service-status").await, "running");
+    let declared = api(
+        &base,
+        &admin_token,
+        reqwest::Method::GET,
+        &format!("/api/services/{service_id}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        declared["definition"]["serving"]["idle_timeout_seconds"], 900,
+        "{declared}"
+    );
     assert!(
         browser
             .text("gateway-url")

@@ -245,7 +245,7 @@ pub fn views(
             let secret = matches!(field.kind, Kind::Secret | Kind::Pem);
             FieldView {
                 name: field.name,
-                id: format!("{form}-{}", field.name),
+                id: format!("{form}-{}", field.name.replace('.', "-")),
                 label: t.get(&format!("field.{}", field.name)),
                 help: t.find(&format!("help.{}", field.name)).unwrap_or(""),
                 input,
@@ -325,9 +325,27 @@ pub fn to_json(fields: &[Field], form: &FormData) -> Result<Value, Refusal> {
             }
             _ => json!(text),
         };
-        body.insert(field.name.to_owned(), value);
+        insert_at(&mut body, field.name, value);
     }
     Ok(Value::Object(body))
+}
+
+/// Puts `value` at `name` in `body`; a dotted name (`serving.warmup.path`) goes into nested
+/// objects, made as needed.
+fn insert_at(body: &mut Map<String, Value>, name: &str, value: Value) {
+    match name.split_once('.') {
+        None => {
+            body.insert(name.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let inner = body
+                .entry(head.to_owned())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(inner) = inner {
+                insert_at(inner, rest, value);
+            }
+        }
+    }
 }
 
 /// Sends `form`, as the JSON `fields` describe, to an API handler (`call` gets the body); the

@@ -49,6 +49,14 @@ const FIELDS: &[Field] = &[
     field("environment", Kind::Pairs),
     field("replicas", Kind::Integer),
     field("constraints", Kind::Pairs),
+    field(
+        "serving.routing.policy",
+        Kind::Choice(&["round_robin", "least_loaded", "random", "sticky"]),
+    ),
+    field("serving.probe_path", Kind::Text),
+    field("serving.warmup.path", Kind::Text),
+    field("serving.idle_timeout_seconds", Kind::Integer),
+    field("serving.start_timeout_seconds", Kind::Integer),
     field("is_public", Kind::Flag),
     field("start", Kind::Flag),
 ];

@@ -431,6 +431,23 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("field.replicas", "Replicas", "副本数"),
     ("field.constraints", "Node constraints", "节点约束"),
     ("field.is_public", "Public", "公开"),
+    ("field.serving.routing.policy", "Routing", "路由策略"),
+    (
+        "field.serving.probe_path",
+        "Readiness probe path",
+        "就绪探测路径",
+    ),
+    ("field.serving.warmup.path", "Warmup path", "预热路径"),
+    (
+        "field.serving.idle_timeout_seconds",
+        "Idle timeout (s)",
+        "空闲超时（秒）",
+    ),
+    (
+        "field.serving.start_timeout_seconds",
+        "Start timeout (s)",
+        "启动超时（秒）",
+    ),
     ("field.start", "Start now", "立即启动"),
     ("field.cpu_cores", "CPU cores", "CPU 核数"),
     ("field.memory_split", "GPU slice (HAMi)", "GPU 切片（HAMi）"),
@@ -559,6 +576,31 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "help.constraints",
         "KEY=VALUE per line: only nodes with these labels.",
         "每行一个 KEY=VALUE：只使用带有这些标签的节点。",
+    ),
+    (
+        "help.serving.routing.policy",
+        "How the gateway picks a replica (with a port): in turn, the least busy, at random, or the same replica per client.",
+        "网关如何选择副本（需要端口）：轮流、最空闲、随机，或同一客户端固定同一副本。",
+    ),
+    (
+        "help.serving.probe_path",
+        "The gateway sends requests to a replica once GET on this path answers (default /).",
+        "对该路径的 GET 请求有响应后，网关才把请求发往该副本（默认 /）。",
+    ),
+    (
+        "help.serving.warmup.path",
+        "Requests sent to each new replica before it takes traffic (3 POSTs), so a model is loaded.",
+        "新副本接收流量前先发送到该路径的请求（3 次 POST），以便加载模型。",
+    ),
+    (
+        "help.serving.idle_timeout_seconds",
+        "Stop the service after this long without requests; the next request starts it again (scale to zero).",
+        "无请求超过该时长后停止服务；下一个请求会再次启动它（缩容到零）。",
+    ),
+    (
+        "help.serving.start_timeout_seconds",
+        "How long a start may take before it counts as failed (default 120).",
+        "启动超过该时长即视为失败（默认 120）。",
     ),
     (
         "help.is_public",
