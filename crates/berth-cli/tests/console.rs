@@ -545,6 +545,40 @@ async fn the_console_in_a_real_browser() {
             .contains("rollback to version 1")
     );
 
+    // Bulk: start the checked services with one submit; each one's outcome is listed.
+    browser.open("/services").await;
+    browser.tick(&format!("pick-{service_id}")).await;
+    browser
+        .client
+        .execute(
+            "document.getElementById('bulk-action').value = 'start';",
+            vec![],
+        )
+        .await
+        .expect("choose start");
+    browser.click("bulk-apply").await;
+    let outcomes = browser.text("bulk-outcomes").await;
+    assert!(
+        outcomes.contains("web") && outcomes.contains("accepted"),
+        "{outcomes}"
+    );
+    wait_for(Duration::from_secs(30), "the bulk start", || {
+        let (base, admin_token) = (&base, &admin_token);
+        async move {
+            let service = api(
+                base,
+                admin_token,
+                reqwest::Method::GET,
+                &format!("/api/services/{service_id}"),
+                Value::Null,
+            )
+            .await;
+            (service["status"] == "running").then_some(())
+        }
+    })
+    .await;
+    browser.shot("services-bulk").await;
+
     // The operation log, filtered by action.
     browser.open("/operations?action=service.rollback").await;
     let log = browser.source().await;

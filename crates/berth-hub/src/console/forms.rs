@@ -38,6 +38,15 @@ impl FormData {
             .map(|(_, value)| value.as_str())
     }
 
+    /// Every value of `name`, in order (the checked boxes of a list).
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+            .collect()
+    }
+
     /// A form holding `pairs`, for pre-filling an edit form.
     pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
         Self(pairs)

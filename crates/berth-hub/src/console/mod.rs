@@ -62,6 +62,7 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/catalog/{kind}/{id}/delete", post(catalog::delete))
         .route("/services", get(services::list).post(services::create))
         .route("/services/new", get(services::new_form))
+        .route("/services/bulk", post(services::bulk))
         .route("/services/{id}", get(services::detail))
         .route("/services/{id}/do/{verb}", post(services::act))
         .route("/services/{id}/rollback", post(services::rollback))

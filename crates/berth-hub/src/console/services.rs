@@ -642,6 +642,85 @@ pub async fn act(
     }
 }
 
+#[derive(Template)]
+#[template(path = "console/services_bulk.html")]
+struct BulkPage {
+    t: Tr,
+    chrome: Chrome,
+    verb: String,
+    /// Service id, name, and what became of the action (empty: accepted).
+    outcomes: Vec<(i64, String, String)>,
+}
+
+/// Most services one bulk action takes.
+const BULK_LIMIT: usize = 200;
+
+/// `POST /services/bulk` with `action` (start, stop or delete), the checked `id`s and, for a
+/// delete, `confirm`: the action on each service as the visitor (the API's checks apply one by
+/// one); the page says what became of each.
+pub async fn bulk(State(state): Shared, visitor: Visitor, form: FormData) -> Response {
+    let verb = form.get("action");
+    let ids: Vec<i64> = form
+        .all("id")
+        .iter()
+        .filter_map(|id| id.parse().ok())
+        .take(BULK_LIMIT)
+        .collect();
+    let refused = if !matches!(verb.as_str(), "start" | "stop" | "delete") {
+        Some(Problem::invalid_field(
+            "action",
+            "choose start, stop or delete",
+        ))
+    } else if ids.is_empty() {
+        Some(Problem::invalid_field(
+            "id",
+            visitor.t.get("services.bulk_none"),
+        ))
+    } else if verb == "delete" && form.find("confirm").is_none() {
+        Some(Problem::invalid_field(
+            "confirm",
+            visitor.t.get("services.confirm_needed"),
+        ))
+    } else {
+        None
+    };
+    if let Some(problem) = refused {
+        return problem_page(&visitor, "services", &problem);
+    }
+    let mut outcomes = Vec::with_capacity(ids.len());
+    for id in ids {
+        let user = as_user(&visitor);
+        let shared = State(Arc::clone(&state));
+        let name = match api::services::owned(&state, &visitor.signed.user, id).await {
+            Ok(service) => service.name,
+            Err(problem) => {
+                outcomes.push((id, format!("#{id}"), problem.detail().to_owned()));
+                continue;
+            }
+        };
+        // Not waited for: the hub carries each out; the services page shows them moving.
+        let done = match verb.as_str() {
+            "start" => api::services::start(shared, user, Path(id), RawQuery(None))
+                .await
+                .map(drop),
+            "stop" => api::services::stop(shared, user, Path(id), RawQuery(None), Bytes::new())
+                .await
+                .map(drop),
+            _ => api::services::delete(shared, user, Path(id), RawQuery(None))
+                .await
+                .map(drop),
+        };
+        let outcome = done.err().map(|problem| problem.detail().to_owned());
+        outcomes.push((id, name, outcome.unwrap_or_default()));
+    }
+    render(&BulkPage {
+        t: visitor.t,
+        chrome: visitor.chrome("services"),
+        verb,
+        outcomes,
+    })
+}
+
 /// `POST /services/{id}/rollback` with `version`.
 pub async fn rollback(
     State(state): Shared,

@@ -268,6 +268,20 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("services.loaded_at", "Loaded at", "加载时间"),
     ("services.load_time", "Load took", "加载耗时"),
     ("services.logs", "Logs", "日志"),
+    ("services.bulk", "With the checked services", "对勾选的服务"),
+    ("services.bulk_pick", "Choose", "选择"),
+    ("services.bulk_apply", "Apply", "执行"),
+    (
+        "services.bulk_confirm",
+        "I confirm (needed to delete)",
+        "我确认（删除时必须勾选）",
+    ),
+    (
+        "services.bulk_none",
+        "check at least one service",
+        "请至少勾选一个服务",
+    ),
+    ("services.bulk_accepted", "accepted", "已受理"),
     ("terminal.title", "Terminal", "终端"),
     (
         "terminal.intro",
