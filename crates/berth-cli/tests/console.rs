@@ -101,11 +101,24 @@ impl Browser {
 
     /// Clicks `#id` and waits until the page it leads to has loaded.
     async fn click(&self, id: &str) {
+        self.click_on(Locator::Id(id), id).await;
+    }
+
+    /// Clicks what `locator` finds (`what` names it) and waits until the page it leads to has
+    /// loaded.
+    async fn click_on(&self, locator: Locator<'_>, what: &str) {
         self.client
             .execute("window.berthPageBefore = true;", vec![])
             .await
             .expect("mark the page");
-        self.tick(id).await;
+        self.client
+            .find(locator)
+            .await
+            .unwrap_or_else(|err| panic!("no {what}: {err}"))
+            .click()
+            .await
+            .expect("click");
+        let id = what;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let loaded = self
@@ -579,6 +592,38 @@ async fn the_console_in_a_real_browser() {
     .await;
     browser.shot("services-bulk").await;
 
+    // The node's images: the list, a pull that fails (no registry here) with its reason in the
+    // node's history, and a removal refused while a container uses the image.
+    browser.open("/nodes/1").await;
+    assert!(
+        browser.text("image-table").await.contains(IMAGE),
+        "the node lists the test image"
+    );
+    browser.fill("pull-image", "berth-test/absent:none").await;
+    browser.click("pull-button").await;
+    wait_for(
+        Duration::from_secs(60),
+        "the pull's end in the history",
+        || {
+            let browser = &browser;
+            async move {
+                browser.open("/nodes/1").await;
+                let page = browser.source().await;
+                (page.contains("node.image_pull") && page.contains("outcome-failed")).then_some(())
+            }
+        },
+    )
+    .await;
+    browser.shot("node-images").await;
+    browser
+        .click_on(
+            Locator::Css(&format!("button[aria-label='Remove {IMAGE}']")),
+            "the image's Remove button",
+        )
+        .await;
+    let refused = browser.source().await;
+    assert!(refused.contains("in use"), "{refused}");
+
     // The operation log, filtered by action.
     browser.open("/operations?action=service.rollback").await;
     let log = browser.source().await;
@@ -630,9 +675,17 @@ async fn the_console_in_a_real_browser() {
             .execute("return document.documentElement.scrollHeight", vec![])
             .await
             .expect("script");
+        let parts = browser
+            .client
+            .execute(
+                "return [...document.querySelectorAll('main > *')].map(e => e.tagName + '#' + e.id + ':' + e.offsetHeight).join(' ')",
+                vec![],
+            )
+            .await
+            .expect("script");
         assert!(
             height.as_i64().is_some_and(|height| height < 4000),
-            "{page} is {height} px tall at 390 px wide"
+            "{page} is {height} px tall at 390 px wide: {parts}"
         );
     }
     browser.shot("service-phone").await;

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use berth_core::ContainerSpec;
-use berth_docker::{DockerDriver, GpuMode, LogQuery, RemoveOptions};
+use berth_docker::{DockerDriver, GpuMode, LogQuery, PullProgress, RemoveOptions};
 use berth_http::Problem;
 use berth_store::SecretBox;
 use berth_store::nodes::NodeRecord;
@@ -213,7 +213,7 @@ impl NodeClient {
     pub async fn create(
         &self,
         spec: &ContainerSpec,
-        progress: &mut (dyn FnMut(berth_docker::PullProgress) + Send),
+        progress: &mut (dyn FnMut(PullProgress) + Send),
     ) -> Result<(String, Vec<String>), Problem> {
         match self {
             NodeClient::Docker(driver) => {
@@ -442,6 +442,108 @@ impl NodeClient {
                         .bytes_stream()
                         .map(|chunk| chunk.map_err(std::io::Error::other)),
                 ))
+            }
+        }
+    }
+
+    /// The node's images, one entry per tag: `reference`, `id`, `size_bytes`, `created`.
+    pub async fn images(&self) -> Result<Vec<Value>, Problem> {
+        match self {
+            NodeClient::Simulated { .. } => Ok(Vec::new()),
+            NodeClient::Docker(driver) => Ok(driver
+                .list_images(false)
+                .await?
+                .into_iter()
+                .flat_map(|image| {
+                    image
+                        .repo_tags
+                        .iter()
+                        .map(|reference| {
+                            json!({"reference": reference, "id": image.id,
+                                "size_bytes": image.size, "created": image.created})
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect()),
+            NodeClient::Agent { .. } => {
+                let listed = self
+                    .agent_call(reqwest::Method::GET, "/images/", None)
+                    .await?;
+                Ok(listed["images"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|item| item["repository"] != "<none>")
+                    .map(|item| {
+                        json!({
+                            "reference": format!("{}:{}",
+                                item["repository"].as_str().unwrap_or_default(),
+                                item["tag"].as_str().unwrap_or_default()),
+                            "id": item["id"], "size_bytes": item["size_bytes"],
+                            "created": item["created"],
+                        })
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Pulls `image` onto the node, reporting each step to `progress` (an agent pulls without
+    /// reporting steps).
+    pub async fn pull_image(
+        &self,
+        image: &str,
+        progress: &mut (dyn FnMut(PullProgress) + Send),
+    ) -> Result<(), Problem> {
+        match self {
+            NodeClient::Simulated { .. } => Err(Problem::new(
+                axum::http::StatusCode::NOT_IMPLEMENTED,
+                "a simulated node has no images",
+            )),
+            NodeClient::Docker(driver) => Ok(driver.pull_image(image, None, progress).await?),
+            NodeClient::Agent { .. } => self
+                .agent_call_within(
+                    reqwest::Method::POST,
+                    "/images/pull",
+                    Some(json!({"image": image})),
+                    berth_core::timeouts::PULL_INACTIVITY * 10,
+                )
+                .await
+                .map(drop),
+        }
+    }
+
+    /// Removes image `name` from the node (`force`: even while containers use it).
+    pub async fn remove_image(&self, name: &str, force: bool) -> Result<(), Problem> {
+        match self {
+            NodeClient::Simulated { .. } => Err(Problem::new(
+                axum::http::StatusCode::NOT_IMPLEMENTED,
+                "a simulated node has no images",
+            )),
+            NodeClient::Docker(driver) => match driver.remove_image(name, force).await {
+                Ok(_) => Ok(()),
+                Err(berth_docker::DriverError::Engine {
+                    status: 409,
+                    message,
+                }) => Err(Problem::new(
+                    axum::http::StatusCode::CONFLICT,
+                    format!("image {name} is in use ({message}); remove it with force"),
+                )),
+                Err(berth_docker::DriverError::Engine { status: 404, .. }) => Err(Problem::new(
+                    axum::http::StatusCode::NOT_FOUND,
+                    format!("the node has no image {name}"),
+                )),
+                Err(err) => Err(err.into()),
+            },
+            NodeClient::Agent { .. } => {
+                let path = format!(
+                    "/images/{}?force={force}",
+                    name.replace('/', "%2F").replace(':', "%3A")
+                );
+                self.agent_call(reqwest::Method::DELETE, &path, None)
+                    .await
+                    .map(drop)
             }
         }
     }

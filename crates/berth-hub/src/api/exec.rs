@@ -8,11 +8,11 @@
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use berth_docker::ExecSession;
-use berth_http::{Problem, parse_query};
+use berth_http::{Path, Problem, parse_query};
 use berth_store::nodes;
 use berth_store::operations;
 use berth_store::services::ServiceRecord;

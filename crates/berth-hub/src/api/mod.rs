@@ -6,6 +6,7 @@
 pub(crate) mod admin;
 pub(crate) mod catalog;
 pub(crate) mod exec;
+pub(crate) mod node_images;
 pub(crate) mod nodes;
 pub(crate) mod operations;
 pub(crate) mod placement;
@@ -63,6 +64,21 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HubState>>)> {
         (Method::GET, "/api/nodes", get(nodes::list)),
         (Method::POST, "/api/nodes", post(nodes::create)),
         (Method::GET, "/api/nodes/{id}", get(nodes::get_one)),
+        (
+            Method::GET,
+            "/api/nodes/{id}/images",
+            get(node_images::list),
+        ),
+        (
+            Method::DELETE,
+            "/api/nodes/{id}/images",
+            delete(node_images::remove),
+        ),
+        (
+            Method::POST,
+            "/api/nodes/{id}/images/pull",
+            post(node_images::pull),
+        ),
         (Method::PUT, "/api/nodes/{id}", put(nodes::update)),
         (Method::DELETE, "/api/nodes/{id}", delete(nodes::delete)),
         (Method::POST, "/api/nodes/{id}/test", post(nodes::test)),

@@ -19,7 +19,7 @@ use super::forms::{
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
 use super::{Chrome, human_bytes, problem_page, rendered, see_other, size_text};
-use crate::api::{self, CurrentUser};
+use crate::api;
 use crate::state::HubState;
 
 type Shared = State<Arc<HubState>>;
@@ -160,14 +160,10 @@ pub async fn page(State(state): Shared, visitor: Visitor) -> Response {
     catalog_page(&state, &visitor, Refused::Nothing).await
 }
 
-fn as_user(visitor: &Visitor) -> CurrentUser {
-    CurrentUser(visitor.signed.user.clone())
-}
-
 /// `POST /catalog/specs`.
 pub async fn create_spec(State(state): Shared, visitor: Visitor, form: FormData) -> Response {
     let created = submit(SPEC_FIELDS, &form, |body| {
-        api::catalog::create_spec(State(Arc::clone(&state)), as_user(&visitor), body)
+        api::catalog::create_spec(State(Arc::clone(&state)), visitor.as_user(), body)
     })
     .await;
     match created {
@@ -179,7 +175,7 @@ pub async fn create_spec(State(state): Shared, visitor: Visitor, form: FormData)
 /// `POST /catalog/images`.
 pub async fn create_image(State(state): Shared, visitor: Visitor, form: FormData) -> Response {
     let created = submit(IMAGE_FIELDS, &form, |body| {
-        api::catalog::create_image(State(Arc::clone(&state)), as_user(&visitor), body)
+        api::catalog::create_image(State(Arc::clone(&state)), visitor.as_user(), body)
     })
     .await;
     match created {
@@ -339,7 +335,7 @@ pub async fn update(
         Ok(entry) => entry,
         Err(problem) => return problem_page(&visitor, "catalog", &problem),
     };
-    let (shared, user) = (State(Arc::clone(&state)), as_user(&visitor));
+    let (shared, user) = (State(Arc::clone(&state)), visitor.as_user());
     let updated = submit(entry.fields(), &form, |body| async move {
         match entry {
             Entry::Spec => api::catalog::update_spec(shared, user, Path(id), body)
@@ -370,7 +366,7 @@ pub async fn delete(
     visitor: Visitor,
     Path((kind, id)): Path<(String, i64)>,
 ) -> Response {
-    let (shared, user) = (State(state), as_user(&visitor));
+    let (shared, user) = (State(state), visitor.as_user());
     let deleted = match Entry::parse(&kind) {
         Ok(Entry::Spec) => api::catalog::delete_spec(shared, user, Path(id)).await,
         Ok(Entry::Image) => api::catalog::delete_image(shared, user, Path(id)).await,

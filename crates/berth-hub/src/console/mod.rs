@@ -50,6 +50,8 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/nodes/{id}", get(nodes::detail).post(nodes::update))
         .route("/nodes/{id}/edit", get(nodes::edit_form))
         .route("/nodes/{id}/test", post(nodes::test))
+        .route("/nodes/{id}/images/pull", post(nodes::pull_image))
+        .route("/nodes/{id}/images/remove", post(nodes::remove_image))
         .route("/nodes/{id}/toggle/{flag}", post(nodes::toggle))
         .route("/nodes/{id}/delete", post(nodes::delete))
         .route("/catalog", get(catalog::page))

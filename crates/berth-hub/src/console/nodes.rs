@@ -26,6 +26,7 @@ use super::forms::{
     required, submit, views,
 };
 use super::operations::{OperationRow, recent};
+use super::services::Working;
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
 use super::{Chrome, human_bytes, paged, problem_page, render, rendered, see_other, timestamp};
@@ -379,6 +380,65 @@ struct DetailPage {
     operations: Vec<OperationRow>,
     test: Option<TestResult>,
     labels: String,
+    images: Vec<ImageRow>,
+    images_error: String,
+    working: Option<Working>,
+}
+
+/// One image on the node.
+#[derive(Debug, Clone)]
+struct ImageRow {
+    reference: String,
+    size: String,
+    created: String,
+}
+
+/// How long the node page waits for the node's image list.
+const IMAGES_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The node's images as rows, or what kept them from being read.
+async fn image_rows(state: &HubState, node: &NodeRecord) -> (Vec<ImageRow>, String) {
+    let listed = tokio::time::timeout(IMAGES_WAIT, async {
+        state.node_client(node).await?.images().await
+    })
+    .await;
+    match listed {
+        Ok(Ok(images)) => {
+            let mut rows: Vec<ImageRow> = images
+                .iter()
+                .map(|image| ImageRow {
+                    reference: image["reference"].as_str().unwrap_or_default().to_owned(),
+                    size: human_bytes(image["size_bytes"].as_i64().unwrap_or(0)),
+                    created: image["created"]
+                        .as_str()
+                        .and_then(|created| created.parse::<i64>().ok())
+                        .map_or_else(
+                            || table_text(&image["created"]),
+                            |seconds| timestamp(seconds * 1000),
+                        ),
+                })
+                .collect();
+            rows.sort_by(|a, b| a.reference.cmp(&b.reference));
+            (rows, String::new())
+        }
+        Ok(Err(problem)) => (Vec::new(), problem.detail().to_owned()),
+        Err(_) => (
+            Vec::new(),
+            format!(
+                "the node did not list its images within {} s",
+                IMAGES_WAIT.as_secs()
+            ),
+        ),
+    }
+}
+
+/// A JSON value as plain text.
+fn table_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Null => "—".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 async fn detail_page(
@@ -467,6 +527,12 @@ async fn detail_page(
         ..OperationFilter::default()
     };
     let operations = recent(&mut connection, filter, 20).await?;
+    let working = Working::first(&mut connection, |operation| {
+        operation.node_id == Some(id) && operation.action.starts_with("node.")
+    })
+    .await?;
+    drop(connection);
+    let (images, images_error) = image_rows(state, &node).await;
     let observed = node
         .observed
         .as_object()
@@ -498,7 +564,70 @@ async fn detail_page(
         containers,
         operations,
         test,
+        images,
+        images_error,
+        working,
     }))
+}
+
+/// `POST /nodes/{id}/images/pull` with `image`: starts the pull and shows the node page, which
+/// follows its progress.
+pub async fn pull_image(
+    State(state): Shared,
+    visitor: Visitor,
+    Path(id): Path<i64>,
+    form: FormData,
+) -> Response {
+    if let Some(refused) = admin_only(&visitor, "nodes") {
+        return refused;
+    }
+    let body = Bytes::from(json!({"image": form.get("image").trim()}).to_string());
+    match api::node_images::pull(
+        State(state),
+        visitor.as_user(),
+        Path(id),
+        RawQuery(None),
+        body,
+    )
+    .await
+    {
+        Ok(_) => see_other(&format!("/nodes/{id}#images")),
+        Err(problem) => problem_page(&visitor, "nodes", &problem),
+    }
+}
+
+/// `POST /nodes/{id}/images/remove` with `name` (and `force`).
+pub async fn remove_image(
+    State(state): Shared,
+    visitor: Visitor,
+    Path(id): Path<i64>,
+    form: FormData,
+) -> Response {
+    if let Some(refused) = admin_only(&visitor, "nodes") {
+        return refused;
+    }
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("name", &form.get("name"))
+        .append_pair(
+            "force",
+            if form.find("force").is_some() {
+                "true"
+            } else {
+                "false"
+            },
+        )
+        .finish();
+    match api::node_images::remove(
+        State(state),
+        visitor.as_user(),
+        Path(id),
+        RawQuery(Some(query)),
+    )
+    .await
+    {
+        Ok(_) => see_other(&format!("/nodes/{id}#images")),
+        Err(problem) => problem_page(&visitor, "nodes", &problem),
+    }
 }
 
 /// `GET /nodes/{id}`.

@@ -30,7 +30,7 @@ use super::operations::{OperationRow, recent};
 use super::session::Visitor;
 use super::text::Tr;
 use super::{Chrome, human_bytes, paged, problem_page, render, rendered, see_other, timestamp};
-use crate::api::{self, CurrentUser};
+use crate::api;
 use crate::state::HubState;
 
 type Shared = State<Arc<HubState>>;
@@ -95,10 +95,6 @@ struct ListPage {
 
 /// Rows per page of the list.
 const PAGE_SIZE: usize = 50;
-
-fn as_user(visitor: &Visitor) -> CurrentUser {
-    CurrentUser(visitor.signed.user.clone())
-}
 
 /// `GET /services?q=&state=&page=`: search by name, owner, image or node; filter by state.
 pub async fn list(State(state): Shared, visitor: Visitor, RawQuery(raw): RawQuery) -> Response {
@@ -268,7 +264,7 @@ pub async fn create(State(state): Shared, visitor: Visitor, form: FormData) -> R
     }
     let created = api::services::create(
         State(Arc::clone(&state)),
-        as_user(&visitor),
+        visitor.as_user(),
         Path((visitor.signed.user.name.clone(), repo)),
         RawQuery(Some(CONSOLE_WAIT.to_owned())),
         HeaderMap::new(),
@@ -358,20 +354,33 @@ fn verbs_for(status: &str, served: bool, busy: bool) -> Vec<&'static str> {
 /// itself until it ended.
 #[derive(Debug, Clone)]
 pub struct Working {
-    kind: String,
-    step: String,
-    done: u64,
-    total: u64,
-    bytes: String,
+    /// The action without its family (`start`, `image_pull`).
+    pub kind: String,
+    /// What is being done now.
+    pub step: String,
+    /// Steps done.
+    pub done: u64,
+    /// Steps in all (at least 1).
+    pub total: u64,
+    /// Bytes pulled of all, when a pull is under way.
+    pub bytes: String,
 }
 
 impl Working {
     /// The earliest unfinished operation of service `id`, if any.
     async fn of(conn: &mut berth_store::Conn, id: i64) -> Result<Option<Self>, StoreError> {
+        Self::first(conn, |operation| operation.service_id == Some(id)).await
+    }
+
+    /// The earliest unfinished operation `wanted` picks, if any.
+    pub(super) async fn first(
+        conn: &mut berth_store::Conn,
+        wanted: impl Fn(&berth_store::operations::Operation) -> bool,
+    ) -> Result<Option<Self>, StoreError> {
         let unfinished = berth_store::operations::unfinished(conn).await?;
         Ok(unfinished
             .into_iter()
-            .find(|operation| operation.service_id == Some(id))
+            .find(|operation| wanted(operation))
             .map(|operation| {
                 let progress = &operation.progress;
                 let (done, all) = (
@@ -381,8 +390,8 @@ impl Working {
                 Self {
                     kind: operation
                         .action
-                        .strip_prefix("service.")
-                        .unwrap_or(&operation.action)
+                        .split_once('.')
+                        .map_or(operation.action.as_str(), |(_, verb)| verb)
                         .to_owned(),
                     step: progress["step"].as_str().unwrap_or_default().to_owned(),
                     done: progress["steps_done"].as_u64().unwrap_or(0),
@@ -413,7 +422,7 @@ async fn detail_page(
     id: i64,
     range: ChartRange,
 ) -> Result<Response, Problem> {
-    let user = as_user(visitor);
+    let user = visitor.as_user();
     let Json(status) = api::services::status(
         State(Arc::clone(state)),
         user.clone(),
@@ -435,7 +444,7 @@ async fn detail_page(
             service_id: Some(id),
             ..OperationFilter::default()
         },
-        20,
+        10,
     )
     .await?;
     let working = Working::of(&mut connection, id).await?;
@@ -603,7 +612,7 @@ pub async fn act(
     Path((id, verb)): Path<(i64, String)>,
     form: FormData,
 ) -> Response {
-    let user = as_user(&visitor);
+    let user = visitor.as_user();
     let shared = State(Arc::clone(&state));
     let done = match verb.as_str() {
         "start" => api::services::start(shared, user, Path(id), waiting())
@@ -689,7 +698,7 @@ pub async fn bulk(State(state): Shared, visitor: Visitor, form: FormData) -> Res
     }
     let mut outcomes = Vec::with_capacity(ids.len());
     for id in ids {
-        let user = as_user(&visitor);
+        let user = visitor.as_user();
         let shared = State(Arc::clone(&state));
         let name = match api::services::owned(&state, &visitor.signed.user, id).await {
             Ok(service) => service.name,
@@ -736,7 +745,7 @@ pub async fn rollback(
         );
     };
     let body = Bytes::from(json!({"version": version}).to_string());
-    match api::services::rollback(State(state), as_user(&visitor), Path(id), waiting(), body).await
+    match api::services::rollback(State(state), visitor.as_user(), Path(id), waiting(), body).await
     {
         Ok(_) => see_other(&format!("/services/{id}")),
         Err(problem) => problem_page(&visitor, "services", &problem),
@@ -750,7 +759,7 @@ pub async fn logs(
     Path(id): Path<i64>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    match api::services::logs(State(state), as_user(&visitor), Path(id), RawQuery(raw)).await {
+    match api::services::logs(State(state), visitor.as_user(), Path(id), RawQuery(raw)).await {
         Ok(response) => response,
         Err(problem) => problem.into_response(),
     }
@@ -773,7 +782,7 @@ pub async fn charts(
     let loaded = async {
         // The API's ownership check: another user's service is not found.
         let Json(_) =
-            api::services::get_one(State(Arc::clone(&state)), as_user(&visitor), Path(id)).await?;
+            api::services::get_one(State(Arc::clone(&state)), visitor.as_user(), Path(id)).await?;
         let mut connection = state.store.acquire().await?;
         let now = berth_store::now_ms();
         let samples = stats_history::since(&mut connection, id, now - range.millis()).await?;

@@ -202,6 +202,11 @@ pub struct Visitor {
 }
 
 impl Visitor {
+    /// The signed-in user as the API's handlers take them.
+    pub fn as_user(&self) -> crate::api::CurrentUser {
+        crate::api::CurrentUser(self.signed.user.clone())
+    }
+
     /// The frame of a page in `section`.
     pub fn chrome(&self, section: &'static str) -> Chrome {
         Chrome {

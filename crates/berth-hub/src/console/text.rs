@@ -201,6 +201,19 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "此节点上没有 Berth 管理的容器。",
     ),
     ("nodes.health", "Health history", "健康历史"),
+    ("nodes.images", "Images on this node", "此节点上的镜像"),
+    ("nodes.pull_image", "Pull an image", "拉取镜像"),
+    ("nodes.pull", "Pull", "拉取"),
+    (
+        "nodes.no_images",
+        "No images (or none could be read).",
+        "没有镜像（或无法读取）。",
+    ),
+    ("nodes.image_size", "Size", "大小"),
+    ("nodes.image_created", "Created (UTC)", "创建时间（UTC）"),
+    ("nodes.remove_image", "Remove", "删除"),
+    ("action.image_pull", "Pulling an image", "正在拉取镜像"),
+    ("action.drain", "Draining", "正在排空"),
     (
         "nodes.all_operations",
         "Everything done on this node (services included)",
@@ -269,6 +282,11 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("services.load_time", "Load took", "加载耗时"),
     ("services.logs", "Logs", "日志"),
     ("services.bulk", "With the checked services", "对勾选的服务"),
+    (
+        "services.all_operations",
+        "Every operation of this service",
+        "此服务的全部操作",
+    ),
     ("services.bulk_pick", "Choose", "选择"),
     ("services.bulk_apply", "Apply", "执行"),
     (
