@@ -132,6 +132,20 @@ async fn verbs_take_names_and_print_tables_people_read() {
         assert!(!ok(&hub, &["node", "list"]).contains("MESSAGE"));
         let unknown = refused(&hub, &["node", "show", "nowhere"]);
         assert!(unknown.contains("no node named \"nowhere\""), "{unknown}");
+        // A node's images: listed, a pull followed to its (failed: no registry) end, a removal
+        // refused while the service uses the image.
+        let images = ok(&hub, &["node", "images", "local"]);
+        assert!(images.contains(IMAGE) && images.contains("MiB"), "{images}");
+        let pulled = refused(&hub, &["node", "pull", "local", "berth-test/absent:1"]);
+        assert!(
+            pulled.contains("node.image_pull") && pulled.contains("failed"),
+            "{pulled}"
+        );
+        let in_use = refused(&hub, &["node", "rmi", "local", IMAGE]);
+        assert!(
+            in_use.contains("409") && in_use.contains("in use"),
+            "{in_use}"
+        );
         let stats = ok(&hub, &["service", "stats", "web"]);
         assert!(
             stats.starts_with("CPU") && stats.contains(" of 32 MiB"),

@@ -124,6 +124,31 @@ pub enum NodeCommand {
         /// KEY=VALUE pairs.
         labels: Vec<String>,
     },
+    /// The images on a node, one row per tag (admin).
+    Images {
+        /// Node name or id.
+        node: String,
+    },
+    /// Pull an image onto a node, following its layers and bytes (admin).
+    Pull {
+        /// Node name or id.
+        node: String,
+        /// The image reference.
+        image: String,
+        /// Do not wait: print the operation and return.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Remove an image from a node (admin); refused while a container uses it unless --force.
+    Rmi {
+        /// Node name or id.
+        node: String,
+        /// The image reference.
+        image: String,
+        /// Even while containers use it.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Fields of `berth node create`.
@@ -1162,6 +1187,73 @@ async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Resul
                 .call(Method::DELETE, &format!("/api/nodes/{id}"), None)
                 .await?;
             println!("node {node} deleted");
+            return Ok(());
+        }
+        NodeCommand::Images { node } => {
+            let id = names::node_id(client, &node).await?;
+            let listed = client
+                .call(Method::GET, &format!("/api/nodes/{id}/images"), None)
+                .await?;
+            let rows: Vec<Value> = listed["images"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut row| {
+                    row["size"] = json!(table::bytes(row["size_bytes"].as_u64().unwrap_or(0)));
+                    row["short_id"] = json!(row["id"].as_str().map(|id| {
+                        id.trim_start_matches("sha256:")
+                            .chars()
+                            .take(12)
+                            .collect::<String>()
+                    }));
+                    row
+                })
+                .collect();
+            return print(
+                output,
+                &listed,
+                Some(&rows),
+                &[("IMAGE", "reference"), ("ID", "short_id"), ("SIZE", "size")],
+            );
+        }
+        NodeCommand::Pull {
+            node,
+            image,
+            detach,
+        } => {
+            let id = names::node_id(client, &node).await?;
+            let accepted = client
+                .call(
+                    Method::POST,
+                    &format!("/api/nodes/{id}/images/pull"),
+                    Some(&json!({"image": image})),
+                )
+                .await?;
+            let operation = progress::follow(client, accepted, detach).await?;
+            if output.is_table() && !detach {
+                println!("{image} is on node {node}");
+                return Ok(());
+            }
+            return print(output, &operation, None, &OPERATION_COLUMNS);
+        }
+        NodeCommand::Rmi { node, image, force } => {
+            let id = names::node_id(client, &node).await?;
+            let query = format!(
+                "name={}&force={force}",
+                image
+                    .replace('%', "%25")
+                    .replace('/', "%2F")
+                    .replace(':', "%3A")
+            );
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("/api/nodes/{id}/images?{query}"),
+                    None,
+                )
+                .await?;
+            println!("{image} removed from node {node}");
             return Ok(());
         }
         NodeCommand::Label { node, labels } => {

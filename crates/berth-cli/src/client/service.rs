@@ -19,6 +19,9 @@ pub enum ServiceCommand {
         /// Everyone's.
         #[arg(long)]
         all: bool,
+        /// Show it again every 2 seconds until interrupted.
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
     /// Create a service (its containers are created, and started with --start); waits for the
     /// operation, showing its progress, unless --detach.
@@ -212,6 +215,9 @@ pub struct NewService {
     command: Vec<String>,
 }
 
+/// How often `--watch` shows its answer again.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 const SERVICE_COLUMNS: [(&str, &str); 6] = [
     ("ID", "id"),
     ("NAME", "name"),
@@ -278,7 +284,7 @@ pub async fn run(
     command: ServiceCommand,
 ) -> Result<(), String> {
     match command {
-        ServiceCommand::List { all } => {
+        ServiceCommand::List { all, watch } => loop {
             let value = client
                 .call(
                     Method::GET,
@@ -292,8 +298,15 @@ pub async fn run(
                 value["services"].as_array().cloned().unwrap_or_default(),
             )
             .await;
-            print(output, &value, Some(&rows), &SERVICE_COLUMNS)
-        }
+            if watch && output.is_table() {
+                print!("\x1b[2J\x1b[H");
+            }
+            print(output, &value, Some(&rows), &SERVICE_COLUMNS)?;
+            if !watch {
+                return Ok(());
+            }
+            tokio::time::sleep(WATCH_INTERVAL).await;
+        },
         ServiceCommand::Create(new) => {
             let user = match new.user {
                 Some(user) => user,
@@ -385,7 +398,7 @@ pub async fn run(
                 if !watch {
                     return Ok(());
                 }
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                tokio::time::sleep(WATCH_INTERVAL).await;
             }
         }
         ServiceCommand::Update(update) => return update_service(client, output, *update).await,
