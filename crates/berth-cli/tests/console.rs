@@ -592,6 +592,32 @@ async fn the_console_in_a_real_browser() {
     .await;
     browser.shot("services-bulk").await;
 
+    // Edit: a new environment from the service page, deployed as the next version.
+    browser.open(&service_path).await;
+    browser
+        .client
+        .find(Locator::Css("#edit-service summary"))
+        .await
+        .expect("the edit disclosure")
+        .click()
+        .await
+        .expect("open it");
+    browser.fill("edit-environment", "STAGE=edited").await;
+    browser.click("edit-apply").await;
+    assert_eq!(browser.text("service-version").await, "4");
+    let edited = api(
+        &base,
+        &admin_token,
+        reqwest::Method::GET,
+        &format!("/api/services/{service_id}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        edited["definition"]["environment"]["STAGE"], "edited",
+        "{edited}"
+    );
+
     // The node's images: the list, a pull that fails (no registry here) with its reason in the
     // node's history, and a removal refused while a container uses the image.
     browser.open("/nodes/1").await;
@@ -669,7 +695,8 @@ async fn the_console_in_a_real_browser() {
             "{page} overflows by {overflow}"
         );
         // Operation details are phrases with the JSON folded away: no page grows into a
-        // scroll of thousands of pixels.
+        // scroll of many thousands of pixels (the service page, with logs, four charts, the
+        // edit form, deployments and its last operations, stays near 4,000).
         let height = browser
             .client
             .execute("return document.documentElement.scrollHeight", vec![])
@@ -684,7 +711,7 @@ async fn the_console_in_a_real_browser() {
             .await
             .expect("script");
         assert!(
-            height.as_i64().is_some_and(|height| height < 4000),
+            height.as_i64().is_some_and(|height| height < 4400),
             "{page} is {height} px tall at 390 px wide: {parts}"
         );
     }

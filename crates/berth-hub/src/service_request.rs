@@ -72,6 +72,35 @@ pub struct ServiceRequest {
 }
 
 impl ServiceRequest {
+    /// The request that declares `service` as it stands (its spec, or its limits), for a
+    /// change of part of it.
+    pub fn declared(
+        service: &berth_store::services::ServiceRecord,
+        definition: &crate::service_definition::ServiceDefinition,
+    ) -> Self {
+        let by_spec = service.spec_id.is_some();
+        Self {
+            name: service.name.clone(),
+            image: Some(definition.image.clone()),
+            image_id: None,
+            spec_id: service.spec_id,
+            cpu_limit: (!by_spec).then(|| definition.cpu_millis as f64 / 1000.0),
+            memory_limit: (!by_spec)
+                .then(|| ByteSize::from_bytes(u64::try_from(definition.memory_bytes).unwrap_or(0))),
+            gpu_required: false,
+            gpu_count: (!by_spec).then_some(definition.gpu_count),
+            environment: definition.environment.clone(),
+            command: definition.command.clone().map(Command::Argv),
+            port: definition.port,
+            is_public: service.is_public,
+            pinned: service.pinned,
+            replicas: Some(service.replicas),
+            start: false,
+            constraints: definition.constraints.clone(),
+            serving: Some(definition.serving.clone()),
+        }
+    }
+
     /// Every check that needs only the request; the error names the field.
     pub fn check(&self) -> Result<(), Problem> {
         berth_core::spec::validate_name("name", &self.name)?;

@@ -657,69 +657,43 @@ fn show_status(output: Output, status: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// The create body that declares `service` as it stands, for a `PUT` that changes part of it.
-fn declared(service: &Value) -> Value {
-    let definition = &service["definition"];
-    let mut body = json!({
-        "name": service["name"],
-        "image": definition["image"],
-        "environment": definition["environment"],
-        "port": definition["port"],
-        "is_public": service["is_public"],
-        "pinned": service["pinned"],
-        "replicas": service["replicas"],
-        "constraints": definition.get("constraints").cloned().unwrap_or_else(|| json!({})),
-        "serving": definition["serving"],
-    });
-    if !definition["command"].is_null() {
-        body["command"] = definition["command"].clone();
-    }
-    match service["spec_id"].as_i64() {
-        Some(spec) => body["spec_id"] = json!(spec),
-        None => {
-            body["cpu_limit"] = json!(definition["cpu_millis"].as_f64().unwrap_or(0.0) / 1000.0);
-            body["memory_limit"] = definition["memory_bytes"].clone();
-            body["gpu_count"] = definition["gpu_count"].clone();
-        }
-    }
-    body
-}
-
-/// `berth service update`: the service as declared, with the flags' changes, `PUT` as its next
-/// version (after showing the changes; only them with `--dry-run`).
+/// `berth service update`: the flags' changes through `PATCH` as the service's next version
+/// (after showing the changes; only them with `--dry-run`).
 async fn update_service(
     client: &HubClient,
     output: Output,
     update: ServiceUpdate,
 ) -> Result<(), String> {
     let id = names::service_id(client, &update.id).await?;
-    let service = client
-        .call(Method::GET, &format!("/api/services/{id}"), None)
-        .await?;
-    let mut body = declared(&service);
+    let mut body = json!({});
     if let Some(image) = update.image {
         body["image"] = json!(image);
     }
-    let mut environment: BTreeMap<String, Value> = body["environment"]
-        .as_object()
-        .map(|map| map.clone().into_iter().collect())
-        .unwrap_or_default();
-    environment.extend(pairs("--env", &update.environment)?);
-    for key in &update.unset {
-        if environment.remove(key).is_none() {
-            return Err(format!(
-                "--unset-env {key}: the service has no such variable (it has: {})",
-                environment.keys().cloned().collect::<Vec<_>>().join(", ")
-            ));
+    if !update.environment.is_empty() || !update.unset.is_empty() {
+        let service = client
+            .call(Method::GET, &format!("/api/services/{id}"), None)
+            .await?;
+        let mut environment: BTreeMap<String, Value> = service["definition"]["environment"]
+            .as_object()
+            .map(|map| map.clone().into_iter().collect())
+            .unwrap_or_default();
+        environment.extend(pairs("--env", &update.environment)?);
+        for key in &update.unset {
+            if environment.remove(key).is_none() {
+                return Err(format!(
+                    "--unset-env {key}: the service has no such variable (it has: {})",
+                    environment.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
         }
+        body["environment"] = json!(environment);
     }
-    body["environment"] = json!(environment);
     if let Some(replicas) = update.replicas {
         body["replicas"] = json!(replicas);
     }
     let plan = client
         .call(
-            Method::PUT,
+            Method::PATCH,
             &format!("/api/services/{id}?dry_run=true"),
             Some(&body),
         )
@@ -743,7 +717,7 @@ async fn update_service(
         return Ok(());
     }
     let accepted = client
-        .call(Method::PUT, &format!("/api/services/{id}"), Some(&body))
+        .call(Method::PATCH, &format!("/api/services/{id}"), Some(&body))
         .await?;
     changed(client, output, accepted, update.detach).await
 }

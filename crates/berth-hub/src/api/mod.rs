@@ -21,7 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use berth_http::Problem;
 use berth_store::users::{Role, User};
 
@@ -106,6 +106,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HubState>>)> {
         (Method::GET, "/api/services", get(services::list)),
         (Method::GET, "/api/services/{id}", get(services::get_one)),
         (Method::PUT, "/api/services/{id}", put(services::update)),
+        (Method::PATCH, "/api/services/{id}", patch(services::patch)),
         (
             Method::DELETE,
             "/api/services/{id}",

@@ -1099,6 +1099,58 @@ async fn redeploy(
     Ok(id)
 }
 
+/// What `PATCH /api/services/{id}` may change; anything left out stays as it is.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServicePatch {
+    #[serde(default)]
+    image: Option<String>,
+    /// Replaces the whole environment.
+    #[serde(default)]
+    environment: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    replicas: Option<i64>,
+    #[serde(default)]
+    command: Option<Command>,
+}
+
+/// `PATCH /api/services/{id}?dry_run=&wait=` with any of `image`, `environment` (the whole
+/// map), `replicas`, `command`: the service as declared with those changed, deployed like a
+/// `PUT` (`berth service update`, the console's edit form).
+pub async fn patch(
+    State(state): Shared,
+    user: CurrentUser,
+    Path(id): Path<i64>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let service = owned(&state, &user.0, id).await?;
+    let change: ServicePatch = parse_body(&body)?;
+    let mut request = ServiceRequest::declared(&service, &replicas::definition_of(&service)?);
+    if let Some(image) = change.image {
+        request.image = Some(image);
+    }
+    if let Some(environment) = change.environment {
+        request.environment = environment;
+    }
+    if let Some(replicas) = change.replicas {
+        request.replicas = Some(replicas);
+    }
+    if let Some(command) = change.command {
+        request.command = Some(command);
+    }
+    let body = serde_json::to_vec(&request)
+        .map_err(|err| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    update(
+        State(state),
+        user,
+        Path(id),
+        RawQuery(raw),
+        Bytes::from(body),
+    )
+    .await
+}
+
 /// `PUT /api/services/{id}?wait=SECONDS`: the create body again (same name), deployed as the
 /// next version when it differs — `berth apply`. A change of `serving` or `is_public` alone is
 /// recorded without touching the containers (an ended operation); anything else replaces them,

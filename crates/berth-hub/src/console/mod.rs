@@ -68,6 +68,7 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/services/{id}", get(services::detail))
         .route("/services/{id}/do/{verb}", post(services::act))
         .route("/services/{id}/rollback", post(services::rollback))
+        .route("/services/{id}/edit", post(services::edit))
         .route("/services/{id}/logs", get(services::logs))
         .route("/services/{id}/charts", get(services::charts))
         .route("/services/{id}/terminal", get(terminal::page))

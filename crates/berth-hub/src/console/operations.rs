@@ -74,7 +74,7 @@ fn readable(key: &str, value: &Value) -> String {
 }
 
 /// Longest summary of one operation; the JSON behind the toggle has the rest.
-const SUMMARY_CHARS: usize = 160;
+const SUMMARY_CHARS: usize = 120;
 
 /// An operation's detail as `key: value` phrases joined by ` · ` (empty values left out), at
 /// most [`SUMMARY_CHARS`] long.

@@ -330,6 +330,7 @@ struct DetailPage {
     verbs: Vec<&'static str>,
     can_exec: bool,
     range: ChartRange,
+    environment: String,
 }
 
 /// The actions that apply to a service in `status`: stop and restart while it runs, start
@@ -566,6 +567,16 @@ async fn detail_page(
             working_now,
         ),
         can_exec: service.status == "running",
+        environment: service.definition["environment"]
+            .as_object()
+            .map(|environment| {
+                environment
+                    .iter()
+                    .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default(),
         service,
     }))
 }
@@ -728,6 +739,37 @@ pub async fn bulk(State(state): Shared, visitor: Visitor, form: FormData) -> Res
         verb,
         outcomes,
     })
+}
+
+/// `POST /services/{id}/edit` with `image`, `environment` (KEY=VALUE lines) and `replicas`:
+/// the service's next version through the API's `PATCH`, then its page.
+pub async fn edit(
+    State(state): Shared,
+    visitor: Visitor,
+    Path(id): Path<i64>,
+    form: FormData,
+) -> Response {
+    const EDITABLE: &[Field] = &[
+        required("image", Kind::Text),
+        field("environment", Kind::Pairs),
+        required("replicas", Kind::Integer),
+    ];
+    let mut body = match to_json(EDITABLE, &form) {
+        Ok(body) => body,
+        Err(refusal) => {
+            let problem =
+                Problem::invalid_field(refusal.field.as_deref().unwrap_or("form"), refusal.message);
+            return problem_page(&visitor, "services", &problem);
+        }
+    };
+    if body.get("environment").is_none() {
+        body["environment"] = json!({});
+    }
+    let sent = Bytes::from(body.to_string());
+    match api::services::patch(State(state), visitor.as_user(), Path(id), waiting(), sent).await {
+        Ok(_) => see_other(&format!("/services/{id}")),
+        Err(problem) => problem_page(&visitor, "services", &problem),
+    }
 }
 
 /// `POST /services/{id}/rollback` with `version`.

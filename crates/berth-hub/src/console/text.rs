@@ -283,6 +283,17 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("services.logs", "Logs", "日志"),
     ("services.bulk", "With the checked services", "对勾选的服务"),
     (
+        "services.edit",
+        "Change image, environment or replicas",
+        "修改镜像、环境变量或副本数",
+    ),
+    (
+        "services.edit_help",
+        "Deployed as the next version: the containers are replaced (started again if the service runs); the deployments below can roll it back.",
+        "作为下一个版本部署：容器会被替换（若服务在运行则重新启动）；可通过下方的部署记录回滚。",
+    ),
+    ("services.edit_apply", "Deploy the change", "部署修改"),
+    (
         "services.all_operations",
         "Every operation of this service",
         "此服务的全部操作",
