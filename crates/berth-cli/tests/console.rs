@@ -625,6 +625,22 @@ async fn the_console_in_a_real_browser() {
         browser.text("image-table").await.contains(IMAGE),
         "the node lists the test image"
     );
+    // The node's resource charts, from the services placed on it, over a chosen range.
+    browser.click("range-15m").await;
+    let node_charts = browser.text("node-charts").await;
+    assert!(
+        node_charts.contains("CPU") && node_charts.contains("Memory"),
+        "{node_charts}"
+    );
+    let points = browser
+        .client
+        .find_all(Locator::Css("#node-charts rect.point"))
+        .await
+        .expect("points");
+    assert!(
+        !points.is_empty(),
+        "the node's chart has the service's samples"
+    );
     browser.fill("pull-image", "berth-test/absent:none").await;
     browser.click("pull-button").await;
     wait_for(

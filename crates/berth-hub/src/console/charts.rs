@@ -300,6 +300,50 @@ pub fn service_charts(t: Tr, samples: &[StatsSample], from_ms: i64, to_ms: i64) 
     ]
 }
 
+/// The chart range a page's query asks for (`?range=15m|1h|6h|24h`; an hour otherwise).
+pub fn chart_range(raw: Option<String>) -> ChartRange {
+    let query = super::forms::FormData::parse(raw.unwrap_or_default().as_bytes());
+    ChartRange::parse(&query.get("range"))
+}
+
+/// A node's samples from its services' samples: each service's share of CPU, memory and GPU
+/// memory (its replicas on the node over all its replicas) summed per `step_ms`; GPU
+/// utilization is the highest (services on one GPU report the same device).
+pub fn node_samples(services: &[(f64, Vec<StatsSample>)], step_ms: i64) -> Vec<StatsSample> {
+    let step = step_ms.max(1);
+    let mut buckets: std::collections::BTreeMap<i64, StatsSample> =
+        std::collections::BTreeMap::new();
+    for (share, samples) in services {
+        for sample in samples {
+            let at = sample.at_ms.div_euclid(step.max(sample.resolution_ms))
+                * step.max(sample.resolution_ms);
+            let total = buckets.entry(at).or_insert(StatsSample {
+                at_ms: at,
+                resolution_ms: sample.resolution_ms,
+                cpu_percent: 0.0,
+                memory_bytes: 0,
+                memory_limit_bytes: 0,
+                pids: 0,
+                gpu_memory_bytes: None,
+                gpu_utilization_percent: None,
+            });
+            let part = |value: i64| (value as f64 * share).round() as i64;
+            total.cpu_percent += sample.cpu_percent * share;
+            total.memory_bytes += part(sample.memory_bytes);
+            total.memory_limit_bytes += part(sample.memory_limit_bytes);
+            total.pids += part(sample.pids);
+            if let Some(bytes) = sample.gpu_memory_bytes {
+                *total.gpu_memory_bytes.get_or_insert(0) += part(bytes);
+            }
+            if let Some(percent) = sample.gpu_utilization_percent {
+                let highest = total.gpu_utilization_percent.get_or_insert(0);
+                *highest = (*highest).max(percent);
+            }
+        }
+    }
+    buckets.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +431,19 @@ mod tests {
             (first_x - LEFT).abs() < 0.5,
             "starts at the left edge: {first_x}"
         );
+        // A node's samples: each service's share, summed per step; GPU use the highest.
+        let mut gpu = sample(10_000, 50.0);
+        gpu.gpu_memory_bytes = Some(4 << 30);
+        gpu.gpu_utilization_percent = Some(70);
+        let mut other = sample(10_004, 30.0);
+        other.gpu_utilization_percent = Some(40);
+        let node = node_samples(&[(1.0, vec![gpu]), (0.5, vec![other])], 10_000);
+        assert_eq!(node.len(), 1, "{node:?}");
+        assert_eq!(node[0].at_ms, 10_000);
+        assert!((node[0].cpu_percent - 65.0).abs() < 1e-9, "{node:?}");
+        assert_eq!(node[0].memory_bytes, (1 << 20) + (1 << 19));
+        assert_eq!(node[0].gpu_memory_bytes, Some(4 << 30));
+        assert_eq!(node[0].gpu_utilization_percent, Some(70));
         assert_eq!(ChartRange::parse("6h").millis(), 6 * 3_600_000);
         assert_eq!(ChartRange::parse("nonsense"), ChartRange::Hour);
         assert_eq!(nice_ceiling(0.0), 1.0);

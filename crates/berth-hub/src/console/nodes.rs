@@ -18,9 +18,10 @@ use berth_http::Path;
 use berth_http::Problem;
 use berth_store::nodes::{self, NodeRecord};
 use berth_store::operations::OperationFilter;
-use berth_store::{allocations, services};
+use berth_store::{allocations, services, stats_history};
 use serde_json::{Value, json};
 
+use super::charts::{Chart, ChartRange, chart_range, node_samples, service_charts};
 use super::forms::{
     Field, FieldView, FormData, Kind, Refusal, field, form_error, form_status, pairs_text,
     required, submit, views,
@@ -383,6 +384,8 @@ struct DetailPage {
     images: Vec<ImageRow>,
     images_error: String,
     working: Option<Working>,
+    charts: Vec<Chart>,
+    range: ChartRange,
 }
 
 /// One image on the node.
@@ -441,20 +444,52 @@ fn table_text(value: &Value) -> String {
     }
 }
 
+/// The node's resource charts over `range`: the services placed on it now, each by its share
+/// of replicas here.
+async fn node_charts(
+    state: &HubState,
+    connection: &mut berth_store::Conn,
+    t: Tr,
+    placed: &[allocations::Allocation],
+    replicas: &HashMap<i64, i64>,
+    range: ChartRange,
+) -> Result<Vec<Chart>, Problem> {
+    let now = berth_store::now_ms();
+    let mut here: HashMap<i64, i64> = HashMap::new();
+    for allocation in placed {
+        *here.entry(allocation.service_id).or_default() += 1;
+    }
+    let mut per_service = Vec::with_capacity(here.len());
+    for (service, count) in here {
+        let all = replicas.get(&service).copied().unwrap_or(count).max(1);
+        let samples = stats_history::since(connection, service, now - range.millis()).await?;
+        per_service.push((count as f64 / all as f64, samples));
+    }
+    let step = i64::try_from(state.settings().stats_interval.as_millis()).unwrap_or(10_000);
+    let samples = node_samples(&per_service, step.max(1000));
+    Ok(service_charts(t, &samples, now - range.millis(), now))
+}
+
 async fn detail_page(
     state: &HubState,
     visitor: &Visitor,
     id: i64,
     test: Option<TestResult>,
+    range: ChartRange,
 ) -> Result<Response, Problem> {
     let mut connection = state.store.acquire().await?;
     let node = nodes::get(&mut connection, id).await?;
     let placed = allocations::on_node(&mut connection, id).await?;
-    let names: HashMap<i64, String> = services::list(&mut connection, None)
-        .await?
+    let listed = services::list(&mut connection, None).await?;
+    let replicas: HashMap<i64, i64> = listed
+        .iter()
+        .map(|service| (service.id, service.replicas))
+        .collect();
+    let names: HashMap<i64, String> = listed
         .into_iter()
         .map(|service| (service.id, service.name))
         .collect();
+    let charts = node_charts(state, &mut connection, visitor.t, &placed, &replicas, range).await?;
     let service_name = |id: i64| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
     let reported = node.observed["gpus"]
         .as_array()
@@ -567,6 +602,8 @@ async fn detail_page(
         images,
         images_error,
         working,
+        charts,
+        range,
     }))
 }
 
@@ -630,12 +667,17 @@ pub async fn remove_image(
     }
 }
 
-/// `GET /nodes/{id}`.
-pub async fn detail(State(state): Shared, visitor: Visitor, Path(id): Path<i64>) -> Response {
+/// `GET /nodes/{id}?range=`.
+pub async fn detail(
+    State(state): Shared,
+    visitor: Visitor,
+    Path(id): Path<i64>,
+    RawQuery(raw): RawQuery,
+) -> Response {
     if let Some(refused) = admin_only(&visitor, "nodes") {
         return refused;
     }
-    detail_page(&state, &visitor, id, None)
+    detail_page(&state, &visitor, id, None, chart_range(raw))
         .await
         .unwrap_or_else(|problem| problem_page(&visitor, "nodes", &problem))
 }
@@ -653,7 +695,7 @@ pub async fn test(State(state): Shared, visitor: Visitor, Path(id): Path<i64>) -
             },
             Err(problem) => return problem_page(&visitor, "nodes", &problem),
         };
-    detail_page(&state, &visitor, id, Some(result))
+    detail_page(&state, &visitor, id, Some(result), ChartRange::default())
         .await
         .unwrap_or_else(|problem| problem_page(&visitor, "nodes", &problem))
 }

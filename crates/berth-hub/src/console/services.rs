@@ -21,7 +21,7 @@ use berth_store::users::Role;
 use berth_store::{StoreError, catalog, nodes, stats_history, users};
 use serde_json::{Value, json};
 
-use super::charts::{Chart, ChartRange, service_charts};
+use super::charts::{Chart, ChartRange, chart_range, service_charts};
 use super::forms::{
     Field, FieldView, FormData, Kind, Refusal, field, form_error, form_status, required, to_json,
     views,
@@ -579,12 +579,6 @@ async fn detail_page(
             .unwrap_or_default(),
         service,
     }))
-}
-
-/// The chart range a page's query asks for (`?range=15m|1h|6h|24h`; an hour otherwise).
-fn chart_range(raw: Option<String>) -> ChartRange {
-    let query = FormData::parse(raw.unwrap_or_default().as_bytes());
-    ChartRange::parse(&query.get("range"))
 }
 
 /// `GET /services/{id}?range=`; another user's service is not found.

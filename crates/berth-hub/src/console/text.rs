@@ -202,6 +202,11 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ),
     ("nodes.health", "Health history", "健康历史"),
     ("nodes.images", "Images on this node", "此节点上的镜像"),
+    (
+        "nodes.charts",
+        "Resource use of the services placed here",
+        "此节点上服务的资源使用",
+    ),
     ("nodes.pull_image", "Pull an image", "拉取镜像"),
     ("nodes.pull", "Pull", "拉取"),
     (
