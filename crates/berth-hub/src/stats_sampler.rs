@@ -97,18 +97,8 @@ fn summed(uses: &[ContainerUse], at_ms: i64) -> StatsSample {
         (Some(left), Some(right)) => Some(left + right),
         (left, right) => left.or(right),
     };
-    uses.iter().fold(
-        StatsSample {
-            at_ms,
-            resolution_ms: 0,
-            cpu_percent: 0.0,
-            memory_bytes: 0,
-            memory_limit_bytes: 0,
-            pids: 0,
-            gpu_memory_bytes: None,
-            gpu_utilization_percent: None,
-        },
-        |mut total, one| {
+    uses.iter()
+        .fold(StatsSample::zero(at_ms, 0), |mut total, one| {
             total.cpu_percent += one.cpu_percent;
             total.memory_bytes += one.memory_bytes;
             total.memory_limit_bytes += one.memory_limit_bytes;
@@ -118,8 +108,7 @@ fn summed(uses: &[ContainerUse], at_ms: i64) -> StatsSample {
                 .gpu_utilization_percent
                 .max(one.gpu_utilization_percent);
             total
-        },
-    )
+        })
 }
 
 /// The containers of one running service, with the nodes they are on.

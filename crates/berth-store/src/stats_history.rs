@@ -29,6 +29,22 @@ pub struct StatsSample {
     pub gpu_utilization_percent: Option<i64>,
 }
 
+impl StatsSample {
+    /// A sample at `at_ms` of `resolution_ms` with nothing in use yet, to add to.
+    pub fn zero(at_ms: i64, resolution_ms: i64) -> Self {
+        Self {
+            at_ms,
+            resolution_ms,
+            cpu_percent: 0.0,
+            memory_bytes: 0,
+            memory_limit_bytes: 0,
+            pids: 0,
+            gpu_memory_bytes: None,
+            gpu_utilization_percent: None,
+        }
+    }
+}
+
 /// How long raw samples and buckets are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {

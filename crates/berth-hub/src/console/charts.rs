@@ -317,16 +317,9 @@ pub fn node_samples(services: &[(f64, Vec<StatsSample>)], step_ms: i64) -> Vec<S
         for sample in samples {
             let at = sample.at_ms.div_euclid(step.max(sample.resolution_ms))
                 * step.max(sample.resolution_ms);
-            let total = buckets.entry(at).or_insert(StatsSample {
-                at_ms: at,
-                resolution_ms: sample.resolution_ms,
-                cpu_percent: 0.0,
-                memory_bytes: 0,
-                memory_limit_bytes: 0,
-                pids: 0,
-                gpu_memory_bytes: None,
-                gpu_utilization_percent: None,
-            });
+            let total = buckets
+                .entry(at)
+                .or_insert_with(|| StatsSample::zero(at, sample.resolution_ms));
             let part = |value: i64| (value as f64 * share).round() as i64;
             total.cpu_percent += sample.cpu_percent * share;
             total.memory_bytes += part(sample.memory_bytes);
