@@ -451,20 +451,17 @@ async fn fifty_first_requests_to_an_unloaded_service_start_it_once_and_all_get_a
             answers.iter().map(|(_, body)| body).collect();
         assert_eq!(hosts.len(), 1, "one container answered them all");
 
-        // Idle past its timeout, it is unloaded again, and its container stopped.
-        let mut state = String::new();
-        for _ in 0..100 {
-            state = status_of(&hub, id).await["status"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            if state == "unloaded" {
+        // Idle past its timeout, it is unloaded again (the wanted state first), and then its
+        // container is stopped.
+        let mut status = Value::Null;
+        for _ in 0..200 {
+            status = status_of(&hub, id).await;
+            if status["status"] == "unloaded" && status["container_status"] != "running" {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(state, "unloaded");
-        let status = status_of(&hub, id).await;
+        assert_eq!(status["status"], "unloaded", "{status}");
         assert_ne!(status["container_status"], "running", "{status}");
         let (code, _) = caller.get(&path, &[]).await;
         assert_eq!(code, 200, "woken again");

@@ -626,7 +626,12 @@ pub async fn status(
         "node": placed.as_ref().map(|node| json!({
             "id": node.id, "name": node.name, "address": address, "driver": node.driver,
         })),
-        "replicas": replica_views(&state, &service).await?,
+        "replicas": replica_views(
+            &state,
+            &service,
+            live.as_ref().map(|live| live.status.as_str()),
+        )
+        .await?,
         "host_port": host_port,
         "service_url": service_url,
         "serving": serving_view(&state, &service),
@@ -635,9 +640,14 @@ pub async fn status(
 }
 
 /// Each replica of `service`: its node (id, name, down or not), its container and that
-/// container's state (from the node's mirror, or as last recorded), and whether
+/// container's state (from the node's mirror, else `live_status` for the service's own
+/// container, else as last recorded), and whether
 /// the gateway counts it ready, with the address it sends requests to.
-async fn replica_views(state: &HubState, service: &ServiceRecord) -> Result<Vec<Value>, Problem> {
+async fn replica_views(
+    state: &HubState,
+    service: &ServiceRecord,
+    live_status: Option<&str>,
+) -> Result<Vec<Value>, Problem> {
     let allocations = replicas::allocations_of(state, service.id).await?;
     if allocations.is_empty() {
         return Ok(Vec::new());
@@ -659,11 +669,15 @@ async fn replica_views(state: &HubState, service: &ServiceRecord) -> Result<Vec<
                     .find(|endpoint| endpoint.replica == allocation.replica)
                     .map(|endpoint| (endpoint.address.to_string(), endpoint.is_ready()))
             });
-            // The node's mirror when it follows the node; else the state last recorded.
+            // The node's mirror when it follows the node; else what the node just said of the
+            // service's container; else the state last recorded.
+            let asked = (service.container_id.as_deref() == Some(allocation.container_id.as_str()))
+                .then_some(live_status)
+                .flatten();
             let container_state = state
                 .mirrored_state(allocation.node_id, &allocation.container_id)
                 .map_or_else(
-                    || allocation.status.clone(),
+                    || asked.map_or_else(|| allocation.status.clone(), str::to_owned),
                     |mirrored| mirrored.map_or_else(|| "gone".to_owned(), |live| live.status),
                 );
             json!({
