@@ -629,6 +629,7 @@ pub async fn status(
         "replicas": replica_views(
             &state,
             &service,
+            placed.as_ref(),
             live.as_ref().map(|live| live.status.as_str()),
         )
         .await?,
@@ -646,18 +647,28 @@ pub async fn status(
 async fn replica_views(
     state: &HubState,
     service: &ServiceRecord,
+    placed: Option<&NodeRecord>,
     live_status: Option<&str>,
 ) -> Result<Vec<Value>, Problem> {
     let allocations = replicas::allocations_of(state, service.id).await?;
     if allocations.is_empty() {
         return Ok(Vec::new());
     }
-    let node_names: std::collections::HashMap<i64, String> =
-        nodes::list(&mut *state.store.acquire().await?)
+    // Replicas all on the service's node (the common case) need no read of the node table.
+    let node_names: std::collections::HashMap<i64, String> = match placed {
+        Some(node)
+            if allocations
+                .iter()
+                .all(|allocation| allocation.node_id == node.id) =>
+        {
+            std::collections::HashMap::from([(node.id, node.name.clone())])
+        }
+        _ => nodes::list(&mut *state.store.acquire().await?)
             .await?
             .into_iter()
             .map(|node| (node.id, node.name))
-            .collect();
+            .collect(),
+    };
     let routes = state.routes.get(service.id);
     Ok(allocations
         .iter()

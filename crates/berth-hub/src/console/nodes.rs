@@ -31,7 +31,7 @@ use super::services::Working;
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
 use super::{Chrome, human_bytes, paged, problem_page, render, rendered, see_other, timestamp};
-use crate::api::{self, CurrentUser};
+use crate::api;
 use crate::state::HubState;
 
 type Shared = State<Arc<HubState>>;
@@ -121,10 +121,6 @@ fn row(node: &NodeRecord) -> NodeRow {
         listed: node.listed,
         gpus: node.gpu_count,
     }
-}
-
-fn as_admin(visitor: &Visitor) -> CurrentUser {
-    CurrentUser(visitor.signed.user.clone())
 }
 
 /// `GET /nodes?q=&status=&page=`: search by name, region or address; filter by status.
@@ -285,7 +281,7 @@ pub async fn create(State(state): Shared, visitor: Visitor, form: FormData) -> R
         return refused;
     }
     let created = submit(FIELDS, &form, |body| {
-        api::nodes::create(State(state), as_admin(&visitor), body)
+        api::nodes::create(State(state), visitor.as_user(), body)
     })
     .await;
     match created {
@@ -330,7 +326,7 @@ pub async fn update(
         Err(problem) => return problem_page(&visitor, "nodes", &problem),
     };
     let updated = submit(FIELDS, &form, |body| {
-        api::nodes::update(State(state), as_admin(&visitor), Path(id), body)
+        api::nodes::update(State(state), visitor.as_user(), Path(id), body)
     })
     .await;
     match updated {
@@ -688,7 +684,7 @@ pub async fn test(State(state): Shared, visitor: Visitor, Path(id): Path<i64>) -
         return refused;
     }
     let result =
-        match api::nodes::test(State(Arc::clone(&state)), as_admin(&visitor), Path(id)).await {
+        match api::nodes::test(State(Arc::clone(&state)), visitor.as_user(), Path(id)).await {
             Ok(Json(report)) => TestResult {
                 status: report["status"].as_str().unwrap_or("unknown").to_owned(),
                 message: report["message"].as_str().unwrap_or_default().to_owned(),
@@ -726,7 +722,7 @@ pub async fn toggle(
     };
     match api::nodes::update(
         State(state),
-        as_admin(&visitor),
+        visitor.as_user(),
         Path(id),
         Bytes::from(body.to_string()),
     )
@@ -755,7 +751,7 @@ pub async fn delete(
             &Problem::invalid_field("confirm", visitor.t.get("node.confirm_needed")),
         );
     }
-    match api::nodes::delete(State(state), as_admin(&visitor), Path(id)).await {
+    match api::nodes::delete(State(state), visitor.as_user(), Path(id)).await {
         Ok(_) => see_other("/nodes"),
         Err(problem) => problem_page(&visitor, "nodes", &problem),
     }

@@ -21,7 +21,7 @@ use super::forms::{
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
 use super::{Chrome, problem_page, rendered, see_other, size_text, timestamp};
-use crate::api::{self, CurrentUser};
+use crate::api;
 use crate::state::HubState;
 
 type Shared = State<Arc<HubState>>;
@@ -134,17 +134,13 @@ pub async fn page(State(state): Shared, visitor: Visitor) -> Response {
     users_page(&state, &visitor, &defaults, None, None).await
 }
 
-fn as_admin(visitor: &Visitor) -> CurrentUser {
-    CurrentUser(visitor.signed.user.clone())
-}
-
 /// `POST /users`: creates a user and shows their first token once.
 pub async fn create(State(state): Shared, visitor: Visitor, form: FormData) -> Response {
     if let Some(refused) = admin_only(&visitor, "users") {
         return refused;
     }
     let created = submit(NEW_FIELDS, &form, |body| {
-        api::users::create(State(Arc::clone(&state)), as_admin(&visitor), body)
+        api::users::create(State(Arc::clone(&state)), visitor.as_user(), body)
     })
     .await;
     match created {
@@ -196,7 +192,7 @@ pub async fn update(
     };
     match api::users::update(
         State(state),
-        as_admin(&visitor),
+        visitor.as_user(),
         Path(id),
         Bytes::from(body.to_string()),
     )
