@@ -59,6 +59,21 @@ pub struct ModelMetrics {
     pub in_flight: Family<ServiceLabels, Gauge>,
     /// Answers the gateway gave itself, by reason.
     pub gateway_errors: Family<ErrorLabels, Counter>,
+    /// Requests waiting for a replica with room, per service.
+    pub queue_length: Family<ServiceLabels, Gauge>,
+    /// How long admitted requests waited in the queue, per service.
+    pub queue_wait: Family<ServiceLabels, Histogram>,
+    /// Requests refused by flow control, by service and reason.
+    pub rejections: Family<RejectionLabels, Counter>,
+}
+
+/// A service and why flow control refused a request of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabels {
+    /// `owner/name`.
+    pub service: String,
+    /// `queue_full`, `queue_timeout` or `rate_limited`.
+    pub reason: String,
 }
 
 impl ModelMetrics {
@@ -75,6 +90,11 @@ impl ModelMetrics {
             cold_starts: Family::default(),
             in_flight: Family::default(),
             gateway_errors: Family::default(),
+            queue_length: Family::default(),
+            queue_wait: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.5, 14))
+            }),
+            rejections: Family::default(),
         };
         registry.register(
             "model_load",
@@ -120,6 +140,21 @@ impl ModelMetrics {
             "berth_gateway_errors",
             "Answers the gateway gave itself, by reason",
             metrics.gateway_errors.clone(),
+        );
+        registry.register(
+            "berth_gateway_queue_length",
+            "Requests waiting for a replica with room (max_concurrency_per_replica)",
+            metrics.queue_length.clone(),
+        );
+        registry.register(
+            "berth_gateway_queue_wait_seconds",
+            "How long requests waited in the queue before a replica took them",
+            metrics.queue_wait.clone(),
+        );
+        registry.register(
+            "berth_gateway_rejections",
+            "Requests refused by flow control: queue full (429), waited too long (503), over the caller's rate (429)",
+            metrics.rejections.clone(),
         );
         metrics
     }

@@ -72,6 +72,31 @@ pub struct ServingSettings {
     /// Speak HTTP/2 (cleartext) to the replicas, as gRPC servers need; gRPC requests always do.
     #[serde(default)]
     pub http2: bool,
+    /// Requests one replica answers at once; the others wait in the queue, in order. Unlimited
+    /// (and no queue) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency_per_replica: Option<u32>,
+    /// How many requests may wait for a replica; the next one is refused with 429.
+    #[serde(default = "hundred")]
+    pub queue_size: u32,
+    /// Seconds a request waits in the queue before it is refused with 503.
+    #[serde(default = "thirty")]
+    pub queue_timeout_seconds: u64,
+    /// Requests each caller (a user by its token, else an address) may send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A caller's request rate: a token bucket of `burst` requests refilled at
+/// `requests_per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests per second, sustained.
+    pub requests_per_second: u32,
+    /// Requests at once after a quiet spell; `requests_per_second` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 /// Warmup requests (seed 004 runs three forward passes before serving).
@@ -107,6 +132,14 @@ fn two_minutes() -> u64 {
     120
 }
 
+fn hundred() -> u32 {
+    100
+}
+
+fn thirty() -> u64 {
+    30
+}
+
 fn post() -> String {
     "POST".to_owned()
 }
@@ -126,6 +159,10 @@ impl Default for ServingSettings {
             idle_timeout_seconds: None,
             start_timeout_seconds: two_minutes(),
             http2: false,
+            max_concurrency_per_replica: None,
+            queue_size: hundred(),
+            queue_timeout_seconds: thirty(),
+            rate_limit: None,
         }
     }
 }
@@ -171,11 +208,46 @@ impl ServingSettings {
                 self.idle_timeout_seconds.unwrap_or(1),
                 30 * 86_400,
             ),
+            (
+                "serving.queue_timeout_seconds",
+                self.queue_timeout_seconds,
+                3600,
+            ),
         ] {
             if !(1..=most).contains(&value) {
                 return Err(SpecError::new(
                     field,
                     format!("{value} is not between 1 and {most} seconds"),
+                ));
+            }
+        }
+        let rate = self.rate_limit;
+        for (field, value, least, most) in [
+            (
+                "serving.max_concurrency_per_replica",
+                self.max_concurrency_per_replica.unwrap_or(1),
+                1,
+                100_000,
+            ),
+            // 0: no queue, a request finding every replica busy is refused at once.
+            ("serving.queue_size", self.queue_size, 0, 100_000),
+            (
+                "serving.rate_limit.requests_per_second",
+                rate.map_or(1, |limit| limit.requests_per_second),
+                1,
+                1_000_000,
+            ),
+            (
+                "serving.rate_limit.burst",
+                rate.and_then(|limit| limit.burst).unwrap_or(1),
+                1,
+                1_000_000,
+            ),
+        ] {
+            if !(least..=most).contains(&value) {
+                return Err(SpecError::new(
+                    field,
+                    format!("{value} is not between {least} and {most}"),
                 ));
             }
         }
@@ -208,6 +280,11 @@ impl ServingSettings {
     /// How long a request to an unloaded service waits for it.
     pub fn start_timeout(&self) -> Duration {
         Duration::from_secs(self.start_timeout_seconds)
+    }
+
+    /// How long a request waits in the queue.
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_secs(self.queue_timeout_seconds)
     }
 
     /// The time without requests after which the service is unloaded.

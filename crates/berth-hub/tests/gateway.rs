@@ -25,12 +25,13 @@ const IMAGE: &str = "berth-test/busybox:latest";
 
 /// A model server: `/` answers the container's hostname; `/cgi-bin/stream` writes `first <host>`
 /// and waits for /tmp/go before `second`; `/cgi-bin/health` fails while /tmp/health says `sick`;
-/// `/cgi-bin/slow` waits 5 s before answering.
+/// `/cgi-bin/slow` waits 5 s before answering; `/cgi-bin/second` waits 1 s and answers its query.
 const MODEL: &str = r#"mkdir -p /www/cgi-bin
 hostname > /www/index.html
 printf '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "first $(hostname)"\nwhile [ ! -f /tmp/go ]; do sleep 0.05; done\necho second\n' > /www/cgi-bin/stream
 printf '#!/bin/sh\nif [ "$(cat /tmp/health 2>/dev/null)" = sick ]; then echo "Status: 500 Sick"; fi\necho "Content-Type: text/plain"\necho\necho health\n' > /www/cgi-bin/health
 printf '#!/bin/sh\nsleep 5\necho "Content-Type: text/plain"\necho\necho slow\n' > /www/cgi-bin/slow
+printf '#!/bin/sh\nsleep 1\necho "Content-Type: text/plain"\necho\necho "$QUERY_STRING"\n' > /www/cgi-bin/second
 chmod +x /www/cgi-bin/*
 trap 'exit 0' TERM
 httpd -f -p 8080 -h /www &
@@ -580,6 +581,14 @@ async fn websockets_http2_private_services_and_timeouts() {
                 "serving.warmup.count",
             ),
             (json!({"timeout_seconds": 0}), "serving.timeout_seconds"),
+            (
+                json!({"max_concurrency_per_replica": 0}),
+                "serving.max_concurrency_per_replica",
+            ),
+            (
+                json!({"rate_limit": {"requests_per_second": 0}}),
+                "serving.rate_limit.requests_per_second",
+            ),
         ] {
             let (status, problem) = hub
                 .admin(
@@ -1363,6 +1372,164 @@ async fn the_gateway_and_the_reconciler_follow_the_engines_events() {
                 "{line} in\n{metrics}"
             );
         }
+    })
+    .await;
+}
+
+/// The value of the metric line starting with `name` and carrying `label`, from `/metrics`.
+async fn metric(hub: &Hub, name: &str, label: &str) -> Option<f64> {
+    let (_, _, metrics) = hub
+        .call(Some(&hub.admin), Method::GET, "/metrics", None)
+        .await;
+    metrics
+        .lines()
+        .find(|line| line.starts_with(name) && line.contains(label))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn a_busy_replica_queues_requests_in_order_refuses_past_the_queue_and_limits_rates() {
+    let (hub, gateway) = hub_with_gateway("gateway-flow", settings()).await;
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let id = create(
+            &hub,
+            "queued",
+            1,
+            json!({"max_concurrency_per_replica": 1, "queue_size": 9}),
+            true,
+        )
+        .await;
+        wait_ready(&hub, id, 1).await;
+        let client = reqwest::Client::new();
+        let url = format!("http://{gateway}/s/{owner}/queued/cgi-bin/second");
+        let began = std::time::Instant::now();
+        // Ten requests arrive in order, 20 ms apart; the replica takes one at a time, 1 s each.
+        let mut requests = Vec::new();
+        for n in 0..10 {
+            let (client, url, token) = (client.clone(), url.clone(), hub.admin.clone());
+            requests.push(tokio::spawn(async move {
+                let response = client
+                    .get(format!("{url}?{n}"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .expect("answer");
+                let status = response.status().as_u16();
+                let body = response.text().await.expect("body");
+                (n, status, body.trim().to_owned(), began.elapsed())
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let label = format!("service=\"{owner}/queued\"");
+        let mut waiting = None;
+        for _ in 0..50 {
+            waiting = metric(&hub, "berth_gateway_queue_length", &label).await;
+            if waiting == Some(9.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(waiting, Some(9.0), "one in service, nine waiting");
+        // The eleventh finds the queue full.
+        let refused = client
+            .get(format!("{url}?10"))
+            .bearer_auth(&hub.admin)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(refused.status().as_u16(), 429);
+        assert_eq!(
+            refused
+                .headers()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok()),
+            Some("1")
+        );
+        assert_eq!(
+            refused
+                .headers()
+                .get("content-type")
+                .and_then(|value| value.to_str().ok()),
+            Some("application/problem+json")
+        );
+        let problem: Value = refused.json().await.expect("problem");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|detail| detail.contains("serving.queue_size")),
+            "{problem}"
+        );
+        let mut answers = Vec::new();
+        for request in requests {
+            answers.push(request.await.expect("task"));
+        }
+        answers.sort_by_key(|answer| answer.3);
+        for (place, (n, status, body, _)) in answers.iter().enumerate() {
+            assert_eq!((*status, body.as_str()), (200, n.to_string().as_str()));
+            assert_eq!(*n, place, "answered in the order they arrived: {answers:?}");
+        }
+        for pair in answers.windows(2) {
+            assert!(
+                pair[1].3 - pair[0].3 >= Duration::from_millis(900),
+                "one at a time: {answers:?}"
+            );
+        }
+        assert_eq!(
+            metric(
+                &hub,
+                "berth_gateway_rejections_total",
+                &format!("{label},reason=\"queue_full\"")
+            )
+            .await,
+            Some(1.0)
+        );
+        assert_eq!(
+            metric(&hub, "berth_gateway_queue_wait_seconds_count", &label).await,
+            Some(9.0),
+            "nine waited"
+        );
+
+        // A rate limit per caller: two at once, then one per second; other callers unaffected.
+        let limited = create_running(
+            &hub,
+            "limited",
+            1,
+            json!({"rate_limit": {"requests_per_second": 1, "burst": 2}}),
+            true,
+            MODEL,
+            true,
+        )
+        .await;
+        wait_ready(&hub, limited, 1).await;
+        let (_, other) = hub.new_user("other").await;
+        let limited_url = format!("http://{gateway}/s/{owner}/limited/");
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let response = client
+                .get(&limited_url)
+                .bearer_auth(&hub.admin)
+                .send()
+                .await
+                .expect("answer");
+            statuses.push(response.status().as_u16());
+            if response.status() == 429 {
+                assert!(response.headers().contains_key("retry-after"));
+            }
+        }
+        assert_eq!(statuses, [200, 200, 429]);
+        let response = client
+            .get(&limited_url)
+            .bearer_auth(&other)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(
+            response.status(),
+            200,
+            "another user has a bucket of its own"
+        );
     })
     .await;
 }

@@ -57,6 +57,8 @@ const FIELDS: &[Field] = &[
     field("serving.warmup.path", Kind::Text),
     field("serving.idle_timeout_seconds", Kind::Integer),
     field("serving.start_timeout_seconds", Kind::Integer),
+    field("serving.max_concurrency_per_replica", Kind::Integer),
+    field("serving.queue_size", Kind::Integer),
     field("is_public", Kind::Flag),
     field("start", Kind::Flag),
 ];

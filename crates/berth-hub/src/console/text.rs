@@ -496,6 +496,12 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "Start timeout (s)",
         "启动超时（秒）",
     ),
+    (
+        "field.serving.max_concurrency_per_replica",
+        "Requests per replica at once",
+        "每个副本的并发请求数",
+    ),
+    ("field.serving.queue_size", "Queue size", "排队上限"),
     ("field.start", "Start now", "立即启动"),
     ("field.cpu_cores", "CPU cores", "CPU 核数"),
     ("field.memory_split", "GPU slice (HAMi)", "GPU 切片（HAMi）"),
@@ -649,6 +655,16 @@ const TEXTS: &[(&str, &str, &str)] = &[
         "help.serving.start_timeout_seconds",
         "How long a start may take before it counts as failed (default 120).",
         "启动超过该时长即视为失败（默认 120）。",
+    ),
+    (
+        "help.serving.max_concurrency_per_replica",
+        "More requests wait in order in the queue. Empty: no limit.",
+        "超出的请求按到达顺序排队。留空：不限制。",
+    ),
+    (
+        "help.serving.queue_size",
+        "Requests that may wait; the next gets 429 (default 100).",
+        "可排队的请求数；再多则返回 429（默认 100）。",
     ),
     (
         "help.is_public",

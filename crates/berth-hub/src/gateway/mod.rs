@@ -11,6 +11,7 @@
 //! through [`Gateway::handle`]. Both decide where a request goes the same way: [`Gateway::locate`],
 //! [`Gateway::authorize`], [`Gateway::pick`], with an [`Answer`] counting it.
 
+pub mod admission;
 mod credentials;
 pub use credentials::is_console_cookie;
 pub mod forward;
@@ -20,7 +21,7 @@ mod relay;
 pub mod routes;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -37,10 +38,11 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
+use self::admission::{Caller, Choice, Entry};
 use self::forward::{AffineConnection, Destination, GatewayBody, Splice, Streamed, Upstreams};
 use self::head::{Head, Target, affinity_of, target_of};
-use self::routes::{Endpoint, ServiceRoutes, now_millis};
-use crate::metrics::AnswerLabels;
+use self::routes::{Endpoint, Profile, ServiceRoutes, now_millis};
+use crate::metrics::{AnswerLabels, RejectionLabels};
 use crate::models;
 use crate::ops;
 use crate::state::HubState;
@@ -62,6 +64,8 @@ struct Refusal {
     status: StatusCode,
     /// What went wrong, for people.
     detail: String,
+    /// Seconds after which trying again makes sense (`Retry-After`).
+    retry_after: Option<u64>,
 }
 
 impl Refusal {
@@ -88,6 +92,9 @@ impl Refusal {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(challenge),
             );
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -188,7 +195,7 @@ impl Gateway {
         };
         let (path_and_query, prefix) =
             (target.path_and_query.into_owned(), target.prefix.to_owned());
-        if let Err(refusal) = self.authorize(&request, &routes).await {
+        if let Err(refusal) = self.authorize(&request, &routes, peer.ip()).await {
             return refusal.into_response();
         }
         let mut answer = Answer::begin(&self.state, &routes, started);
@@ -265,7 +272,34 @@ impl Gateway {
     /// A refusal of kind `kind` (the `berth_gateway_errors_total` label), counted.
     fn refuse(&self, kind: &str, status: StatusCode, detail: String) -> Refusal {
         self.state.metrics.models.gateway_error(kind);
-        Refusal { status, detail }
+        Refusal {
+            status,
+            detail,
+            retry_after: None,
+        }
+    }
+
+    /// A refusal by flow control (`reason`: the `berth_gateway_rejections_total` label), with
+    /// `Retry-After`.
+    fn reject(
+        &self,
+        routes: &ServiceRoutes,
+        reason: &str,
+        status: StatusCode,
+        detail: String,
+        retry_after: Duration,
+    ) -> Refusal {
+        let models = &self.state.metrics.models;
+        models
+            .rejections
+            .get_or_create(&RejectionLabels {
+                service: routes.metrics(models).labels.service.clone(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+        let mut refusal = self.refuse(reason, status, detail);
+        refusal.retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+        refusal
     }
 
     /// The service `head` is for, and where in it: 404 when there is none.
@@ -295,12 +329,51 @@ impl Gateway {
     }
 
     /// Lets the request through to a public service, or with a token of the service's owner or
-    /// of an admin.
-    async fn authorize(&self, head: &impl Head, routes: &ServiceRoutes) -> Result<(), Refusal> {
-        if routes.profile().public {
-            return Ok(());
+    /// of an admin, within the caller's rate limit: who the caller is.
+    async fn authorize(
+        &self,
+        head: &impl Head,
+        routes: &ServiceRoutes,
+        peer: IpAddr,
+    ) -> Result<Caller, Refusal> {
+        let profile = routes.profile();
+        let caller = self.caller(head, routes, peer, &profile).await?;
+        if let Some(limit) = profile.settings.rate_limit
+            && let Err(wait) = routes.rate_limiter.take(caller, limit, Instant::now())
+        {
+            return Err(self.reject(
+                routes,
+                "rate_limited",
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "more than {} requests per second to {}/{} (serving.rate_limit); try again in {} ms",
+                    limit.requests_per_second,
+                    routes.owner,
+                    routes.name,
+                    wait.as_millis()
+                ),
+                wait,
+            ));
         }
-        let Some(token) = head.bearer_token() else {
+        Ok(caller)
+    }
+
+    /// Who calls: the user of the token (required for a private service), or the address.
+    /// A public service's callers are looked up only when it limits their rate; a token that is
+    /// not Berth's is the service's own business there.
+    async fn caller(
+        &self,
+        head: &impl Head,
+        routes: &ServiceRoutes,
+        peer: IpAddr,
+        profile: &Profile,
+    ) -> Result<Caller, Refusal> {
+        let anonymous = Caller::Address(peer);
+        let token = head.bearer_token();
+        if profile.public && (profile.settings.rate_limit.is_none() || token.is_none()) {
+            return Ok(anonymous);
+        }
+        let Some(token) = token else {
             return Err(self.refuse(
                 "unauthorized",
                 StatusCode::UNAUTHORIZED,
@@ -316,10 +389,13 @@ impl Gateway {
         };
         match user {
             Ok(Some(bearer))
-                if bearer.user.id == routes.owner_id || bearer.user.role == Role::Admin =>
+                if profile.public
+                    || bearer.user.id == routes.owner_id
+                    || bearer.user.role == Role::Admin =>
             {
-                Ok(())
+                Ok(Caller::User(bearer.user.id))
             }
+            Ok(None) if profile.public => Ok(anonymous),
             Ok(None) => Err(self.refuse(
                 "unauthorized",
                 StatusCode::UNAUTHORIZED,
@@ -369,37 +445,104 @@ impl Gateway {
                 ),
             ));
         }
-        let affinity = affinity_of(head, settings);
-        let roll = mix(self.rolls.fetch_add(1, Ordering::Relaxed));
-        let canary = settings
-            .routing
-            .canary
-            .as_ref()
-            .and_then(|split| split.service.as_deref())
-            .and_then(|name| self.state.routes.find(&routes.owner, name));
-        let canary = canary.as_deref();
-        let mut chosen = routes.choose(roll, affinity, canary);
-        // Waiting is for a service being loaded (by this request or lately by anyone).
-        let may_wait = || {
-            woken
-                || routes.usage.loaded_at_ms.load(Ordering::Relaxed)
-                    + u64::try_from(settings.start_timeout().as_millis()).unwrap_or(u64::MAX)
-                    > now_millis()
+        let choice = Choice {
+            roll: mix(self.rolls.fetch_add(1, Ordering::Relaxed)),
+            affinity: affinity_of(head, settings).map(str::to_owned),
+            canary: settings
+                .routing
+                .canary
+                .as_ref()
+                .and_then(|split| split.service.as_deref())
+                .and_then(|name| self.state.routes.find(&routes.owner, name)),
         };
-        if chosen.is_none() && may_wait() {
-            chosen = wait_for_ready(routes, roll, affinity, canary, settings.start_timeout()).await;
-        }
-        chosen.ok_or_else(|| {
-            let known = routes.endpoints().len();
-            self.refuse(
-                "no_ready_replica",
+        // Waiting is for a service being loaded (by this request or lately by anyone).
+        let starting = woken
+            || routes.usage.loaded_at_ms.load(Ordering::Relaxed)
+                + u64::try_from(settings.start_timeout().as_millis()).unwrap_or(u64::MAX)
+                > now_millis();
+        let chosen = match settings.max_concurrency_per_replica {
+            Some(limit) if starting || routes.ready_count() > 0 => {
+                return self.queue_for(routes, choice, limit, starting).await;
+            }
+            Some(_) => None,
+            None => match routes.reserve(&choice, None) {
+                Some(endpoint) => Some(endpoint),
+                None if starting => wait_for_ready(routes, &choice, settings.start_timeout()).await,
+                None => None,
+            },
+        };
+        chosen.ok_or_else(|| self.no_ready_replica(routes))
+    }
+
+    /// 503: no replica takes traffic.
+    fn no_ready_replica(&self, routes: &ServiceRoutes) -> Refusal {
+        let known = routes.endpoints().len();
+        self.refuse(
+            "no_ready_replica",
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "service {}/{} has no ready replica ({known} starting or failing their probe); try again shortly",
+                routes.owner, routes.name
+            ),
+        )
+    }
+
+    /// A replica with room under `limit` requests each, now or after the requests queued
+    /// before this one: 429 when the queue is full, 503 after waiting `queue_timeout_seconds`
+    /// (while the service is `starting`, its start timeout).
+    async fn queue_for(
+        &self,
+        routes: &ServiceRoutes,
+        choice: Choice,
+        limit: u32,
+        starting: bool,
+    ) -> Result<Arc<Endpoint>, Refusal> {
+        let settings = &routes.profile().settings;
+        let mut ticket = match routes.admit(choice, limit, settings.queue_size) {
+            Entry::Admitted(endpoint) => return Ok(endpoint),
+            Entry::Queued(ticket) => ticket,
+            Entry::Full => {
+                return Err(self.reject(
+                    routes,
+                    "queue_full",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "service {}/{} is busy: every replica answers {limit} requests and {} wait (serving.queue_size)",
+                        routes.owner, routes.name, settings.queue_size
+                    ),
+                    Duration::from_secs(1),
+                ));
+            }
+        };
+        let queued = Instant::now();
+        let patience = if starting {
+            settings.start_timeout()
+        } else {
+            settings.queue_timeout()
+        };
+        let handed = match tokio::time::timeout(patience, &mut ticket.replica).await {
+            Ok(Ok(endpoint)) => Some(endpoint),
+            _ => routes.leave(ticket),
+        };
+        let metrics = routes.metrics(&self.state.metrics.models);
+        match handed {
+            Some(endpoint) => {
+                metrics.queue_wait.observe(queued.elapsed().as_secs_f64());
+                Ok(endpoint)
+            }
+            None => Err(self.reject(
+                routes,
+                "queue_timeout",
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
-                    "service {}/{} has no ready replica ({known} starting or failing their probe); try again shortly",
-                    routes.owner, routes.name
+                    "service {}/{} had no replica free for this request within {} s",
+                    routes.owner,
+                    routes.name,
+                    patience.as_secs()
                 ),
-            )
-        })
+                Duration::from_secs(1),
+            )),
+        }
     }
 
     /// 502: `endpoint` failed.
@@ -514,17 +657,16 @@ async fn wake(state: &Arc<HubState>, routes: &ServiceRoutes) -> Result<(), Probl
     Ok(())
 }
 
+/// A ready replica for `choice` (counted in flight) once one is, within `limit`.
 async fn wait_for_ready(
     routes: &ServiceRoutes,
-    roll: u64,
-    affinity: Option<&str>,
-    canary: Option<&ServiceRoutes>,
+    choice: &Choice,
     limit: Duration,
 ) -> Option<Arc<Endpoint>> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut signal = routes.watch_ready();
     loop {
-        if let Some(endpoint) = routes.choose(roll, affinity, canary) {
+        if let Some(endpoint) = routes.reserve(choice, None) {
             return Some(endpoint);
         }
         tokio::time::timeout_at(deadline, signal.changed())
@@ -561,8 +703,8 @@ impl Answer {
         }
     }
 
+    /// Records the replica [`Gateway::pick`] counted this request on.
     fn serve(&mut self, endpoint: &Arc<Endpoint>) {
-        endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
         self.endpoint = Some(Arc::clone(endpoint));
     }
 }
@@ -576,6 +718,7 @@ impl Drop for Answer {
         if let Some(endpoint) = &self.endpoint {
             endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
             endpoint.requests.fetch_add(1, Ordering::Relaxed);
+            self.routes.dispatch();
         }
         let models = &self.state.metrics.models;
         let metrics = self.routes.metrics(models);

@@ -67,6 +67,7 @@ pub(super) async fn serve(
 ) {
     let mut connection = Connection {
         client: stream,
+        peer: peer.ip(),
         peer_ip: peer.ip().to_string(),
         received: BytesMut::new(),
         out: Vec::new(),
@@ -103,6 +104,7 @@ enum After {
 /// One client connection.
 struct Connection {
     client: TcpStream,
+    peer: std::net::IpAddr,
     peer_ip: String,
     /// Bytes from the client not yet passed on.
     received: BytesMut,
@@ -270,7 +272,7 @@ impl Connection {
         if profile.settings.http2 {
             return After::HandOver;
         }
-        if let Err(refusal) = gateway.authorize(&request, &routes).await {
+        if let Err(refusal) = gateway.authorize(&request, &routes, self.peer).await {
             return self.refuse(&refusal, plan.close, plan.body_length).await;
         }
         let mut answer = Answer::begin(&gateway.state, &routes, started);
@@ -887,6 +889,9 @@ fn refusal_answer(out: &mut Vec<u8>, refusal: &Refusal, close: bool) {
     );
     if let Some(challenge) = refusal.challenge() {
         header_line(out, "www-authenticate", challenge.as_bytes());
+    }
+    if let Some(seconds) = refusal.retry_after {
+        header_line(out, "retry-after", seconds.to_string().as_bytes());
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");

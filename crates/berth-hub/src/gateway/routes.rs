@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::admission::{Admission, RateLimiter};
 use crate::metrics::{AnswerLabels, ModelMetrics, ServiceLabels};
 use crate::service_definition::ServingSettings;
 
@@ -161,6 +162,10 @@ pub struct ServiceRoutes {
     pub waking: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
     /// Its metric handles, looked up once.
     metrics: OnceLock<ServiceMetrics>,
+    /// Requests waiting for a replica with room (`max_concurrency_per_replica`).
+    pub admission: Admission,
+    /// Each caller's request rate (`rate_limit`).
+    pub rate_limiter: RateLimiter,
 }
 
 /// One service's metric handles (they share their values with the registered families).
@@ -174,6 +179,10 @@ pub struct ServiceMetrics {
     pub duration: Histogram,
     /// Answers with status 200, the common case.
     pub answered_ok: Counter,
+    /// Requests waiting in the queue.
+    pub queue_length: Gauge,
+    /// How long admitted requests waited in the queue.
+    pub queue_wait: Histogram,
 }
 
 impl ServiceRoutes {
@@ -202,6 +211,8 @@ impl ServiceRoutes {
             ready_signal: tokio::sync::watch::Sender::new(0),
             waking: tokio::sync::Mutex::new(None),
             metrics: OnceLock::new(),
+            admission: Admission::default(),
+            rate_limiter: RateLimiter::default(),
         }
     }
 
@@ -221,9 +232,16 @@ impl ServiceRoutes {
                         status: 200,
                     })
                     .clone(),
+                queue_length: models.queue_length.get_or_create(&labels).clone(),
+                queue_wait: models.queue_wait.get_or_create(&labels).clone(),
                 labels,
             }
         })
+    }
+
+    /// The metric handles, once a request looked them up.
+    pub fn metrics_if_used(&self) -> Option<&ServiceMetrics> {
+        self.metrics.get()
     }
 
     /// The current profile.
@@ -239,6 +257,7 @@ impl ServiceRoutes {
         if let Ok(mut current) = self.profile.write() {
             *current = Arc::new(profile);
         }
+        self.dispatch();
     }
 
     /// The service's wanted state (`running`, `unloaded`, `stopped`, …).
@@ -277,6 +296,7 @@ impl ServiceRoutes {
             *current = endpoints;
         }
         self.ready_signal.send_modify(|count| *count += 1);
+        self.dispatch();
     }
 
     /// How many replicas take traffic.
@@ -292,6 +312,7 @@ impl ServiceRoutes {
         let was = endpoint.ready.swap(ready, Ordering::AcqRel);
         if ready && !was {
             self.ready_signal.send_modify(|count| *count += 1);
+            self.dispatch();
         }
     }
 
@@ -300,21 +321,27 @@ impl ServiceRoutes {
         self.ready_signal.subscribe()
     }
 
-    /// The ready replicas of this service (and, under a canary split, of the canary service):
-    /// the one the routing policy gives this request, if any is ready.
+    /// The ready replicas of this service (and, under a canary split, of the canary service)
+    /// with fewer than `limit` requests in flight: the one the routing policy gives this
+    /// request, if any.
     pub fn choose(
         &self,
         roll: u64,
         affinity: Option<&str>,
         canary: Option<&ServiceRoutes>,
+        limit: Option<u32>,
     ) -> Option<Arc<Endpoint>> {
         let profile = self.profile();
+        let takes = |endpoint: &Endpoint| {
+            endpoint.is_ready()
+                && limit.is_none_or(|limit| endpoint.in_flight.load(Ordering::Acquire) < limit)
+        };
         let mut ready: Vec<(Arc<Endpoint>, bool)> = Vec::new();
         if let Ok(endpoints) = self.endpoints.read() {
             ready.extend(
                 endpoints
                     .iter()
-                    .filter(|endpoint| endpoint.is_ready())
+                    .filter(|endpoint| takes(endpoint))
                     .map(|endpoint| (Arc::clone(endpoint), false)),
             );
         }
@@ -323,7 +350,7 @@ impl ServiceRoutes {
                 canary
                     .endpoints()
                     .into_iter()
-                    .filter(|endpoint| endpoint.is_ready())
+                    .filter(|endpoint| takes(endpoint))
                     .map(|endpoint| (endpoint, true)),
             );
         }
