@@ -65,6 +65,21 @@ pub struct ModelMetrics {
     pub queue_wait: Family<ServiceLabels, Histogram>,
     /// Requests refused by flow control, by service and reason.
     pub rejections: Family<RejectionLabels, Counter>,
+    /// Tokens the OpenAI-compatible front counted from answers' `usage`.
+    pub tokens: Family<TokenLabels, Counter>,
+}
+
+/// Whose tokens of which model, and which kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// `owner/name` of the service that answered.
+    pub service: String,
+    /// The `model` the request named.
+    pub model: String,
+    /// The caller's user name, or `anonymous`.
+    pub user: String,
+    /// `prompt` or `completion`.
+    pub kind: String,
 }
 
 /// A service and why flow control refused a request of it.
@@ -95,6 +110,7 @@ impl ModelMetrics {
                 Histogram::new(exponential_buckets(0.001, 2.5, 14))
             }),
             rejections: Family::default(),
+            tokens: Family::default(),
         };
         registry.register(
             "model_load",
@@ -155,6 +171,11 @@ impl ModelMetrics {
             "berth_gateway_rejections",
             "Requests refused by flow control: queue full (429), waited too long (503), over the caller's rate (429)",
             metrics.rejections.clone(),
+        );
+        registry.register(
+            "berth_gateway_tokens",
+            "Tokens counted from the usage of answers through the OpenAI-compatible front, by service, model, user and kind",
+            metrics.tokens.clone(),
         );
         metrics
     }

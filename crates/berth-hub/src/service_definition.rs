@@ -85,7 +85,14 @@ pub struct ServingSettings {
     /// Requests each caller (a user by its token, else an address) may send.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// The model names (aliases too) the gateway's OpenAI-compatible front (`/v1/…`) routes to
+    /// this service by a request's `model`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_names: Vec<String>,
 }
+
+/// The most model names one service may answer to.
+const MAX_MODEL_NAMES: usize = 32;
 
 /// A caller's request rate: a token bucket of `burst` requests refilled at
 /// `requests_per_second`.
@@ -163,6 +170,7 @@ impl Default for ServingSettings {
             queue_size: hundred(),
             queue_timeout_seconds: thirty(),
             rate_limit: None,
+            model_names: Vec::new(),
         }
     }
 }
@@ -248,6 +256,23 @@ impl ServingSettings {
                 return Err(SpecError::new(
                     field,
                     format!("{value} is not between {least} and {most}"),
+                ));
+            }
+        }
+        if self.model_names.len() > MAX_MODEL_NAMES {
+            return Err(SpecError::new(
+                "serving.model_names",
+                format!("at most {MAX_MODEL_NAMES} names"),
+            ));
+        }
+        for name in &self.model_names {
+            if name.is_empty()
+                || name.len() > 200
+                || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(SpecError::new(
+                    "serving.model_names",
+                    format!("{name:?} is not a model name: 1 to 200 characters, no spaces"),
                 ));
             }
         }

@@ -751,10 +751,13 @@ async fn serve_on_simulated_node(hub: &Hub, service: Value, upstream: u16) -> i6
         .await;
     assert_eq!(status, 200, "{created}");
     let id = created["service_id"].as_i64().expect("id");
-    let container = container_of_replica(&status_of(hub, id).await, 0);
+    let status = status_of(hub, id).await;
+    let container = container_of_replica(&status, 0);
+    // The replica went to the emptiest simulated node, this one or an earlier test service's.
+    let placed_on = status["replicas"][0]["node_id"].as_i64().unwrap_or(node.id);
     hub.state
         .fleet
-        .publish(node.id, &container, &format!("{port}/tcp"), upstream)
+        .publish(placed_on, &container, &format!("{port}/tcp"), upstream)
         .expect("publish");
     hub.state.routes.touch(id);
     wait_ready(hub, id, 1).await;
@@ -1532,4 +1535,272 @@ async fn a_busy_replica_queues_requests_in_order_refuses_past_the_queue_and_limi
         );
     })
     .await;
+}
+
+/// An OpenAI-compatible model server named `name`: `POST /v1/chat/completions` answers JSON with
+/// `usage` (7 prompt, 3 completion tokens) and whether it saw an `Authorization` header; with
+/// `"stream": true` it sends one SSE event, waits for `release`, then an event with `usage` (5,
+/// 2) and `[DONE]`. Anything else answers 200 (its probe).
+async fn start_openai_like_server(name: &'static str, release: Arc<tokio::sync::Notify>) -> u16 {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let release = Arc::clone(&release);
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let release = Arc::clone(&release);
+                    async move {
+                        let authorized = request.headers().contains_key("authorization");
+                        let path = request.uri().path().to_owned();
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|collected| collected.to_bytes())
+                            .unwrap_or_default();
+                        let asked: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let (sender, receiver) = tokio::sync::mpsc::channel::<
+                            Result<Frame<bytes::Bytes>, std::convert::Infallible>,
+                        >(4);
+                        let mut response = hyper::Response::builder();
+                        if path == "/v1/chat/completions" && asked["stream"] == true {
+                            response = response.header("content-type", "text/event-stream");
+                            tokio::spawn(async move {
+                                let first = format!(
+                                    "data: {}\n\n",
+                                    json!({"model": name, "choices": [{"delta": {"content": "first"}}]})
+                                );
+                                let _ = sender.send(Ok(Frame::data(first.into()))).await;
+                                release.notified().await;
+                                let last = format!(
+                                    "data: {}\n\ndata: [DONE]\n\n",
+                                    json!({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}})
+                                );
+                                let _ = sender.send(Ok(Frame::data(last.into()))).await;
+                            });
+                        } else {
+                            response = response.header("content-type", "application/json");
+                            let answer = json!({"server": name, "model": asked["model"],
+                                "authorization_seen": authorized, "path": path,
+                                "usage": {"prompt_tokens": 7, "completion_tokens": 3}});
+                            let _ = sender
+                                .send(Ok(Frame::data(answer.to_string().into())))
+                                .await;
+                        }
+                        let frames = futures_util::stream::unfold(receiver, |mut receiver| async {
+                            receiver.recv().await.map(|frame| (frame, receiver))
+                        });
+                        Ok::<_, std::convert::Infallible>(
+                            response.body(StreamBody::new(frames)).expect("response"),
+                        )
+                    }
+                },
+            );
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn the_openai_front_routes_by_model_streams_counts_usage_and_honours_key_limits() {
+    let hub = start_with("gateway-openai", settings()).await;
+    let gateway = start_gateway(&hub).await;
+    let (_, me) = hub.admin(Method::GET, "/api/users/me", None).await;
+    let admin_id = me["id"].as_i64().expect("id");
+    let release = Arc::new(tokio::sync::Notify::new());
+    let llama = serve_on_simulated_node(
+        &hub,
+        json!({"name": "llama", "image": IMAGE, "port": 8000, "start": true,
+            "serving": {"model_names": ["llama-3", "llama"]}}),
+        start_openai_like_server("llama", Arc::clone(&release)).await,
+    )
+    .await;
+    serve_on_simulated_node(
+        &hub,
+        json!({"name": "qwen", "image": IMAGE, "port": 8000, "start": true,
+            "serving": {"model_names": ["qwen"]}}),
+        start_openai_like_server("qwen", Arc::clone(&release)).await,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let v1 = |path: &str| format!("http://{gateway}/v1/{path}");
+    let models = |token: Option<String>| {
+        let (client, url) = (client.clone(), v1("models"));
+        async move {
+            let mut request = client.get(url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let listed: Value = request
+                .send()
+                .await
+                .expect("models")
+                .json()
+                .await
+                .expect("json");
+            listed["data"]
+                .as_array()
+                .expect("data")
+                .iter()
+                .map(|model| model["id"].as_str().expect("id").to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        models(Some(hub.admin.clone())).await,
+        ["llama", "llama-3", "qwen"]
+    );
+    assert!(
+        models(None).await.is_empty(),
+        "private models are not listed without a key"
+    );
+    let chat = |token: Option<&str>, body: Value| {
+        let mut request = client.post(v1("chat/completions")).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+
+    // Routed by the model name (an alias too); the Berth key does not reach the server.
+    let answer = chat(
+        Some(&hub.admin),
+        json!({"model": "llama-3", "messages": []}),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.expect("json");
+    assert_eq!(
+        (&body["server"], &body["authorization_seen"], &body["path"]),
+        (
+            &json!("llama"),
+            &json!(false),
+            &json!("/v1/chat/completions")
+        )
+    );
+
+    // Unknown models, missing keys and bodies without a model, in OpenAI's error shape.
+    let unknown = chat(Some(&hub.admin), json!({"model": "gpt-9"}))
+        .await
+        .expect("answer");
+    assert_eq!(unknown.status(), 404);
+    let problem: Value = unknown.json().await.expect("json");
+    assert_eq!(
+        (
+            &problem["error"]["code"],
+            &problem["error"]["type"],
+            &problem["error"]["param"]
+        ),
+        (
+            &json!("model_not_found"),
+            &json!("invalid_request_error"),
+            &json!("model")
+        )
+    );
+    let anonymous = chat(None, json!({"model": "qwen"})).await.expect("answer");
+    assert_eq!(anonymous.status(), 401);
+    let no_model = chat(Some(&hub.admin), json!({"messages": []}))
+        .await
+        .expect("answer");
+    assert_eq!(no_model.status(), 400);
+    assert_eq!(
+        no_model.json::<Value>().await.expect("json")["error"]["param"],
+        "model"
+    );
+
+    // A key limited to llama reaches llama alone, and not the API.
+    let (status, issued) = hub
+        .admin(
+            Method::POST,
+            &format!("/api/users/{admin_id}/tokens"),
+            Some(json!({"name": "llama-only", "services": [llama]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let limited = issued["token"].as_str().expect("token").to_owned();
+    assert_eq!(models(Some(limited.clone())).await, ["llama", "llama-3"]);
+    let other = chat(Some(&limited), json!({"model": "qwen"}))
+        .await
+        .expect("answer");
+    assert_eq!(other.status(), 404, "qwen is out of the key's reach");
+    let own = chat(Some(&limited), json!({"model": "llama"}))
+        .await
+        .expect("answer");
+    assert_eq!(own.status(), 200);
+    let (status, _, _) = hub
+        .call(Some(&limited), Method::GET, "/api/services", None)
+        .await;
+    assert_eq!(status, 403, "a limited key is for the gateway only");
+    let (status, problem) = hub
+        .admin(
+            Method::POST,
+            &format!("/api/users/{admin_id}/tokens"),
+            Some(json!({"services": [999_999]})),
+        )
+        .await;
+    assert_eq!((status, problem["field"].as_str()), (422, Some("services")));
+
+    // Streamed chunk by chunk: the first event arrives while the server holds the last.
+    let mut stream = chat(
+        Some(&hub.admin),
+        json!({"model": "llama", "stream": true, "messages": []}),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(stream.status(), 200);
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+        .await
+        .expect("the first event comes before the last is written")
+        .expect("chunk")
+        .expect("data");
+    assert!(
+        String::from_utf8_lossy(&first).contains("first"),
+        "{first:?}"
+    );
+    release.notify_one();
+    let mut rest = Vec::new();
+    while let Some(chunk) = stream.chunk().await.expect("chunk") {
+        rest.extend_from_slice(&chunk);
+    }
+    assert!(String::from_utf8_lossy(&rest).ends_with("data: [DONE]\n\n"));
+
+    // Usage counted per service, model, user and kind; and in the service's status.
+    let admin_name = me["name"].as_str().expect("name");
+    for (model, user, kind, count) in [
+        ("llama-3", admin_name, "prompt", 7.0),
+        ("llama", admin_name, "prompt", 7.0 + 5.0),
+        ("llama", admin_name, "completion", 3.0 + 2.0),
+    ] {
+        let label = format!(
+            "service=\"{admin_name}/llama\",model=\"{model}\",user=\"{user}\",kind=\"{kind}\""
+        );
+        let mut seen = None;
+        for _ in 0..50 {
+            seen = metric(&hub, "berth_gateway_tokens_total", &label).await;
+            if seen == Some(count) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(seen, Some(count), "{label}");
+    }
+    let status = status_of(&hub, llama).await;
+    assert_eq!(
+        status["serving"]["tokens"],
+        json!({"prompt": 19, "completion": 8})
+    );
 }

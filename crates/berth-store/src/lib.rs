@@ -326,6 +326,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0009_usage_index.sql"),
                 include_str!("../migrations/postgres/0009_usage_index.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0010_token_services.sql"),
+                include_str!("../migrations/postgres/0010_token_services.sql"),
+            ),
         ];
         for (sqlite, postgres) in pairs {
             let translated = sqlite.replace(

@@ -279,6 +279,8 @@ pub struct TokenInfo {
     pub last_used_at: Option<i64>,
     /// Unix ms after which it is refused; `None`: until revoked.
     pub expires_at: Option<i64>,
+    /// The only services it reaches (through the gateway, not the API); `None`: no limit.
+    pub services: Option<Vec<i64>>,
 }
 
 fn token_from(row: &AnyRow) -> Result<TokenInfo, sqlx::Error> {
@@ -289,13 +291,38 @@ fn token_from(row: &AnyRow) -> Result<TokenInfo, sqlx::Error> {
         created_at: row.try_get("created_at")?,
         last_used_at: row.try_get("last_used_at")?,
         expires_at: row.try_get("expires_at")?,
+        services: services_from(row)?,
     })
+}
+
+/// The `services` column: a JSON array of service ids, or NULL.
+fn services_from(row: &AnyRow) -> Result<Option<Vec<i64>>, sqlx::Error> {
+    let text: Option<String> = row.try_get("services")?;
+    text.map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|err| sqlx::Error::Decode(Box::new(err)))
+}
+
+/// Limits token `token_id` to `services`: it reaches those alone, through the gateway.
+pub async fn limit_token(
+    conn: &mut Conn,
+    token_id: i64,
+    services: &[i64],
+) -> Result<(), StoreError> {
+    let text = serde_json::to_string(services)
+        .map_err(|err| StoreError::Invalid(format!("service ids: {err}")))?;
+    sqlx::query("UPDATE api_tokens SET services = $1 WHERE id = $2")
+        .bind(text)
+        .bind(token_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// `user_id`'s tokens, newest first.
 pub async fn list_tokens(conn: &mut Conn, user_id: i64) -> Result<Vec<TokenInfo>, StoreError> {
     let rows = sqlx::query(
-        "SELECT id, user_id, name, created_at, last_used_at, expires_at FROM api_tokens \
+        "SELECT id, user_id, name, created_at, last_used_at, expires_at, services FROM api_tokens \
          WHERE user_id = $1 ORDER BY id DESC",
     )
     .bind(user_id)
@@ -326,6 +353,17 @@ pub struct Bearer {
     pub user: User,
     /// The token's id.
     pub token_id: i64,
+    /// The only services the token reaches, through the gateway; `None`: no limit (and the API).
+    pub services: Option<Vec<i64>>,
+}
+
+impl Bearer {
+    /// Whether the token may reach service `id` (its user's rights aside).
+    pub fn reaches(&self, service_id: i64) -> bool {
+        self.services
+            .as_ref()
+            .is_none_or(|services| services.contains(&service_id))
+    }
 }
 
 /// How stale a token's `last_used_at` may get before a use writes it again.
@@ -340,7 +378,7 @@ pub async fn user_for_token(conn: &mut Conn, token: &str) -> Result<Option<Beare
     let now = now_ms();
     let row = sqlx::query(
         "SELECT u.id, u.name, u.role, u.max_services, u.max_cpu_millis, u.max_memory_bytes, u.max_gpus, \
-         u.created_at, t.id AS token_id, t.last_used_at FROM users u JOIN api_tokens t ON t.user_id = u.id \
+         u.created_at, t.id AS token_id, t.last_used_at, t.services FROM users u JOIN api_tokens t ON t.user_id = u.id \
          WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > $2)",
     )
     .bind(hash_token(token))
@@ -362,5 +400,6 @@ pub async fn user_for_token(conn: &mut Conn, token: &str) -> Result<Option<Beare
     Ok(Some(Bearer {
         user: user_from(&row)?,
         token_id,
+        services: services_from(&row)?,
     }))
 }

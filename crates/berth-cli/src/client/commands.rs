@@ -319,6 +319,10 @@ pub enum TokenCommand {
         /// Days until it expires (1–3650); without it, it lasts until revoked.
         #[arg(long)]
         expires_in_days: Option<i64>,
+        /// Limit it to this service (name, owner/name or id; repeat for more): it then reaches
+        /// only those, through the gateway and its /v1 front, and not the API.
+        #[arg(long = "service")]
+        services: Vec<String>,
         /// Whose (user name or id; default: you).
         #[arg(long)]
         user: Option<String>,
@@ -439,12 +443,35 @@ async fn token_command(
             let value = client
                 .call(Method::GET, &format!("/api/users/{user}/tokens"), None)
                 .await?;
+            let limited = value["tokens"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|token| token["services"].is_array());
+            let service_names = if limited {
+                names::service_names(client).await
+            } else {
+                HashMap::new()
+            };
             let rows: Vec<Value> = value["tokens"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .map(|token| {
                     let mut row = token.clone();
+                    row["services"] = match token["services"].as_array() {
+                        None => json!("all (and the API)"),
+                        Some(ids) => json!(
+                            ids.iter()
+                                .filter_map(Value::as_i64)
+                                .map(|id| service_names
+                                    .get(&id)
+                                    .cloned()
+                                    .unwrap_or_else(|| id.to_string()))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
+                    };
                     let now = table::now_ms();
                     for key in ["created_at", "last_used_at", "expires_at"] {
                         row[key] = token[key]
@@ -467,6 +494,7 @@ async fn token_command(
                     ("CREATED", "created_at"),
                     ("LAST USED", "last_used_at"),
                     ("EXPIRES", "expires_at"),
+                    ("SERVICES", "services"),
                     ("+CREATED (UTC)", "created_at_utc"),
                     ("+EXPIRES (UTC)", "expires_at_utc"),
                 ],
@@ -475,10 +503,16 @@ async fn token_command(
         TokenCommand::Create {
             name,
             expires_in_days,
+            services,
             user,
         } => {
             let user = names::user_id(client, user.as_deref()).await?;
-            let body = json!({"name": name, "expires_in_days": expires_in_days});
+            let mut service_ids = Vec::new();
+            for service in &services {
+                service_ids.push(names::service_id(client, service).await?);
+            }
+            let body = json!({"name": name, "expires_in_days": expires_in_days,
+                "services": (!service_ids.is_empty()).then_some(service_ids)});
             let issued = client
                 .call(
                     Method::POST,
@@ -494,8 +528,13 @@ async fn token_command(
                     .map_or("until revoked".to_owned(), |ms| {
                         format!("until {} UTC", utc_timestamp(ms))
                     });
+                let reach = if services.is_empty() {
+                    String::new()
+                } else {
+                    format!(", for {} through the gateway only", services.join(", "))
+                };
                 println!(
-                    "token {} ({name}, valid {until}; shown once):\n{}",
+                    "token {} ({name}, valid {until}{reach}; shown once):\n{}",
                     issued["id"],
                     issued["token"].as_str().unwrap_or("?")
                 );

@@ -23,7 +23,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use berth_http::Problem;
-use berth_store::users::{Role, User};
+use berth_store::users::{Bearer, Role, User};
 
 use crate::state::HubState;
 
@@ -301,6 +301,16 @@ async fn authenticate(
         Err(err) => Err(err),
     };
     match user {
+        Ok(Some(Bearer {
+            services: Some(services),
+            ..
+        })) => Problem::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this token is limited to services {services:?} through the gateway; the API needs a token without a service limit"
+            ),
+        )
+        .into_response(),
         Ok(Some(bearer)) => {
             request.extensions_mut().insert(CurrentUser(bearer.user));
             next.run(request).await

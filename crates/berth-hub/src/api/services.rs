@@ -740,6 +740,12 @@ fn serving_view(state: &HubState, service: &ServiceRecord) -> Value {
         "last_used_ms": millis(usage.last_used_ms.load(Ordering::Relaxed)),
         "loaded_at_ms": millis(usage.loaded_at_ms.load(Ordering::Relaxed)),
         "load_duration_ms": millis(usage.load_duration_ms.load(Ordering::Relaxed)),
+        "queued": routes.admission.waiting(),
+        "model_names": routes.profile().settings.model_names.clone(),
+        "tokens": {
+            "prompt": usage.prompt_tokens.load(Ordering::Relaxed),
+            "completion": usage.completion_tokens.load(Ordering::Relaxed),
+        },
         "replicas": routes.endpoints().iter().map(|endpoint| json!({
             "replica": endpoint.replica,
             "address": endpoint.address.to_string(),

@@ -72,6 +72,45 @@ struct NewToken {
     /// Days until it expires (1–3650); without it, it lasts until revoked.
     #[serde(default)]
     expires_in_days: Option<i64>,
+    /// The only services it reaches (ids), through the gateway; it cannot use the API then.
+    #[serde(default)]
+    services: Option<Vec<i64>>,
+}
+
+/// The most services one token may be limited to.
+const MAX_TOKEN_SERVICES: usize = 100;
+
+/// Checks that user `holder` may call each of `services` (an owner's, a public one, or any for
+/// an admin): the ids, sorted and without repeats.
+async fn token_services(
+    connection: &mut berth_store::Conn,
+    holder: &User,
+    services: &[i64],
+) -> Result<Vec<i64>, Problem> {
+    if services.is_empty() || services.len() > MAX_TOKEN_SERVICES {
+        return Err(Problem::invalid_field(
+            "services",
+            format!(
+                "name 1 to {MAX_TOKEN_SERVICES} service ids; leave it out for a token without limits"
+            ),
+        ));
+    }
+    let mut ids = services.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    for &id in &ids {
+        let service = berth_store::services::get(connection, id).await;
+        let callable = service.as_ref().is_ok_and(|service| {
+            service.owner_id == holder.id || service.is_public || holder.role == Role::Admin
+        });
+        if !callable {
+            return Err(Problem::invalid_field(
+                "services",
+                format!("{} cannot call service {id}, or there is none", holder.name),
+            ));
+        }
+    }
+    Ok(ids)
 }
 
 /// The longest a token may be issued for, in days.
@@ -291,21 +330,32 @@ pub async fn issue_token(
         }
     };
     let mut transaction = state.store.begin().await?;
-    users::get_user(&mut transaction, id).await?;
+    let holder = users::get_user(&mut transaction, id).await?;
+    let services = match &request.services {
+        Some(services) => Some(token_services(&mut transaction, &holder, services).await?),
+        None => None,
+    };
     let token = users::issue_token(&mut transaction, id, &name, expires_at).await?;
+    if let Some(services) = &services {
+        users::limit_token(&mut transaction, token.id, services).await?;
+    }
     operations::commit_with(
         transaction,
         &user_operation(
             &user.0,
             "token.issue",
             id,
-            json!({"name": name, "token_id": token.id, "expires_at": expires_at}),
+            json!({"name": name, "token_id": token.id, "expires_at": expires_at,
+                "services": services}),
         ),
     )
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": token.id, "name": name, "token": token.token, "expires_at": expires_at})),
+        Json(
+            json!({"id": token.id, "name": name, "token": token.token, "expires_at": expires_at,
+            "services": services}),
+        ),
     ))
 }
 
@@ -348,6 +398,9 @@ pub async fn reissue_token(
         .expires_at
         .map(|end| berth_store::now_ms() + (end - old.created_at).max(86_400_000));
     let token = users::issue_token(&mut transaction, id, &old.name, expires_at).await?;
+    if let Some(services) = &old.services {
+        users::limit_token(&mut transaction, token.id, services).await?;
+    }
     operations::commit_with(
         transaction,
         &user_operation(
@@ -363,7 +416,7 @@ pub async fn reissue_token(
         StatusCode::CREATED,
         Json(
             json!({"id": token.id, "name": old.name, "token": token.token,
-            "expires_at": expires_at, "revoked_token_id": token_id}),
+            "expires_at": expires_at, "revoked_token_id": token_id, "services": old.services}),
         ),
     ))
 }

@@ -316,7 +316,16 @@ pub async fn sign_in(
         Err(err) => Err(err),
     };
     let bearer = match user {
-        Ok(Some(bearer)) => bearer,
+        Ok(Some(bearer)) if bearer.services.is_none() => bearer,
+        Ok(Some(_)) => {
+            return sign_in_form(
+                &headers,
+                t,
+                &next,
+                Some(t.get("sign_in.limited").to_owned()),
+                String::new(),
+            );
+        }
         Ok(None) => {
             return sign_in_form(
                 &headers,

@@ -110,6 +110,11 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ),
     ("sign_in.submit", "Sign in", "登录"),
     ("sign_in.refused", "That token is not valid.", "令牌无效。"),
+    (
+        "sign_in.limited",
+        "That token is limited to some services through the gateway; sign in with a token without a service limit.",
+        "该令牌仅限通过网关访问指定服务；请使用不限服务的令牌登录。",
+    ),
     ("error.title", "Refused", "操作被拒绝"),
     ("error.back", "Back", "返回"),
     ("error.forbidden", "Forbidden", "禁止访问"),

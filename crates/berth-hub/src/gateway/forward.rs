@@ -19,14 +19,17 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::credentials;
+use super::openai::UsageMeter;
 use super::routes::Endpoint;
 
 /// The body of a gateway answer: a replica's streamed body, or the gateway's own.
 pub type GatewayBody = Either<Streamed, Full<Bytes>>;
 
-/// A replica's response body, holding `T` (the request's bookkeeping) until the last byte.
+/// A replica's response body, holding the request's bookkeeping until the last byte, and
+/// showing each chunk to a meter on its way, if there is one.
 pub struct Streamed {
     inner: Incoming,
+    meter: Option<UsageMeter>,
     _until_done: Box<dyn Send + Sync + 'static>,
 }
 
@@ -35,6 +38,20 @@ impl Streamed {
     pub fn new(inner: Incoming, until_done: Box<dyn Send + Sync + 'static>) -> Self {
         Self {
             inner,
+            meter: None,
+            _until_done: until_done,
+        }
+    }
+
+    /// The same, with every chunk shown to `meter` as it passes.
+    pub fn metered(
+        inner: Incoming,
+        meter: UsageMeter,
+        until_done: Box<dyn Send + Sync + 'static>,
+    ) -> Self {
+        Self {
+            inner,
+            meter: Some(meter),
             _until_done: until_done,
         }
     }
@@ -48,7 +65,13 @@ impl Body for Streamed {
         mut self: Pin<&mut Self>,
         context: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(context)
+        let polled = Pin::new(&mut self.inner).poll_frame(context);
+        if let (Some(meter), Poll::Ready(Some(Ok(frame)))) = (self.meter.as_mut(), &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            meter.feed(data);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -65,6 +88,8 @@ impl Body for Streamed {
 #[derive(Clone)]
 pub struct Upstreams {
     http2: Client<HttpConnector, Incoming>,
+    /// HTTP/1.1 connections for requests whose body the gateway read first (the OpenAI front).
+    buffered: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Default for Upstreams {
@@ -88,8 +113,21 @@ impl Upstreams {
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
         let http2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .build(connector);
-        Self { http2 }
+            .build(connector.clone());
+        let buffered = Client::builder(TokioExecutor::new()).build(connector);
+        Self { http2, buffered }
+    }
+
+    /// Sends `request`, whose body is in hand (already rewritten by [`upstream_request`]), over
+    /// a pooled HTTP/1.1 connection.
+    pub async fn send_buffered(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.buffered
+            .request(request)
+            .await
+            .map_err(|err| UpstreamError::Failed(describe(&err)))
     }
 
     /// Sends `request` (already rewritten by [`upstream_request`]) to its replica: an upgrade
@@ -321,10 +359,10 @@ pub struct Destination<'a> {
 }
 
 /// The request to send to the replica.
-pub fn upstream_request(
-    request: Request<Incoming>,
+pub fn upstream_request<B>(
+    request: Request<B>,
     to: &Destination<'_>,
-) -> Result<Request<Incoming>, String> {
+) -> Result<Request<B>, String> {
     let upgrade = is_upgrade(&request);
     let (mut parts, body) = request.into_parts();
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {

@@ -16,6 +16,7 @@ mod credentials;
 pub use credentials::is_console_cookie;
 pub mod forward;
 mod head;
+pub mod openai;
 pub mod readiness;
 mod relay;
 pub mod routes;
@@ -188,6 +189,9 @@ impl Gateway {
     ) -> Response<GatewayBody> {
         let started = Instant::now();
         let settings = self.state.settings();
+        if self.for_front(&request, settings.service_domain.as_deref()) {
+            return self.front(request, peer).await;
+        }
         let located = self.locate(&request, settings.service_domain.as_deref());
         let (routes, target) = match located {
             Ok((routes, target)) => (routes, target),
@@ -302,6 +306,14 @@ impl Gateway {
         refusal
     }
 
+    /// Whether `head` is for the OpenAI-compatible front: a `/v1/…` path that no service's
+    /// path or host claims.
+    fn for_front(&self, head: &impl Head, domain: Option<&str>) -> bool {
+        let path = head.path_and_query();
+        let path = path.split_once('?').map_or(path, |(path, _)| path);
+        openai::is_front(path) && target_of(head, domain).is_none()
+    }
+
     /// The service `head` is for, and where in it: 404 when there is none.
     fn locate<'a>(
         &self,
@@ -338,7 +350,13 @@ impl Gateway {
     ) -> Result<Caller, Refusal> {
         let profile = routes.profile();
         let caller = self.caller(head, routes, peer, &profile).await?;
-        if let Some(limit) = profile.settings.rate_limit
+        self.within_rate(routes, caller)?;
+        Ok(caller)
+    }
+
+    /// Counts a request of `caller` against the service's rate limit: 429 over it.
+    fn within_rate(&self, routes: &ServiceRoutes, caller: Caller) -> Result<(), Refusal> {
+        if let Some(limit) = routes.profile().settings.rate_limit
             && let Err(wait) = routes.rate_limiter.take(caller, limit, Instant::now())
         {
             return Err(self.reject(
@@ -355,7 +373,7 @@ impl Gateway {
                 wait,
             ));
         }
-        Ok(caller)
+        Ok(())
     }
 
     /// Who calls: the user of the token (required for a private service), or the address.
@@ -389,13 +407,15 @@ impl Gateway {
         };
         match user {
             Ok(Some(bearer))
-                if profile.public
-                    || bearer.user.id == routes.owner_id
-                    || bearer.user.role == Role::Admin =>
+                if bearer.reaches(routes.id)
+                    && (profile.public
+                        || bearer.user.id == routes.owner_id
+                        || bearer.user.role == Role::Admin) =>
             {
                 Ok(Caller::User(bearer.user.id))
             }
-            Ok(None) if profile.public => Ok(anonymous),
+            // A key limited to other services is, to a public service, no Berth key at all.
+            Ok(_) if profile.public => Ok(anonymous),
             Ok(None) => Err(self.refuse(
                 "unauthorized",
                 StatusCode::UNAUTHORIZED,

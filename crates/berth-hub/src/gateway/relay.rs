@@ -264,6 +264,9 @@ impl Connection {
             return After::HandOver;
         };
         let settings = gateway.state.settings();
+        if gateway.for_front(&request, settings.service_domain.as_deref()) {
+            return After::HandOver;
+        }
         let (routes, target) = match gateway.locate(&request, settings.service_domain.as_deref()) {
             Ok(located) => located,
             Err(refusal) => return self.refuse(&refusal, plan.close, plan.body_length).await,

@@ -135,6 +135,10 @@ pub struct Usage {
     pub load_duration_ms: AtomicU64,
     /// Requests that found it unloaded and started it.
     pub cold_starts: AtomicU64,
+    /// Prompt tokens of its answers through the OpenAI-compatible front.
+    pub prompt_tokens: AtomicU64,
+    /// Completion tokens of the same.
+    pub completion_tokens: AtomicU64,
 }
 
 /// A routable service.
