@@ -119,11 +119,20 @@ pub enum Command {
         /// Hub address, token, output.
         #[command(flatten)]
         client: client::ClientArgs,
-        /// The service file.
-        #[arg(short = 'f', long)]
-        file: std::path::PathBuf,
+        /// The service file (or seed 004's model file).
+        #[arg(
+            short = 'f',
+            long,
+            required_unless_present = "watch",
+            conflicts_with = "watch"
+        )]
+        file: Option<std::path::PathBuf>,
+        /// Apply every YAML file of this directory, again whenever one changes, and unload the
+        /// service of a file that is removed (seed 004's hot reload).
+        #[arg(long, value_name = "DIR")]
+        watch: Option<std::path::PathBuf>,
         /// Only show what would change.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         dry_run: bool,
     },
     /// Check a service YAML file offline with the hub's rules; mistakes point at their line.
@@ -271,8 +280,18 @@ pub async fn run(cli: Cli) -> ExitCode {
         } => scheduler_bench::run(args),
         Command::Apply {
             client,
-            file,
+            watch: Some(dir),
+            ..
+        } => client::run(client, client::Resource::Watch { dir }).await,
+        Command::Apply { file: None, .. } => {
+            eprintln!("berth apply: give -f FILE or --watch DIR");
+            ExitCode::from(2)
+        }
+        Command::Apply {
+            client,
+            file: Some(file),
             dry_run,
+            ..
         } => match client::manifest::load(&file) {
             Ok(manifest) => {
                 let manifest = Box::new(manifest);

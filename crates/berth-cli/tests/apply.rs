@@ -217,3 +217,127 @@ async fn node_labels_and_service_constraints_from_the_command_line() {
     assert!(text(&bad).contains("is not KEY=VALUE"), "{}", text(&bad));
     hub.delete_all_services().await;
 }
+
+/// A watched directory of seed 004's model files, on the local engine: a file applied makes a
+/// model service with the model mounted read-only and the runtime's command filled in; a
+/// changed file deploys the next version; a removed file unloads the service.
+#[tokio::test]
+async fn a_watched_directory_of_model_files_is_applied_changed_and_unloaded() {
+    let dir = fresh_dir("apply-watch");
+    let models = dir.join("models");
+    let watched = dir.join("watched");
+    std::fs::create_dir_all(&models).expect("dir");
+    std::fs::create_dir_all(&watched).expect("dir");
+    std::fs::write(models.join("transformer.pt"), "weights\n").expect("model");
+    let config = format!(
+        "model_roots: [{models}]\nmodel_runtimes:\n  busybox:\n    image: {IMAGE}\n    port: 8080\n    command: [sh, -c, \"echo {{model_id}} {{batch_size}} {{device}} {{model_path}} > /tmp/args; trap 'exit 0' TERM; httpd -f -p {{port}} -h /www & wait\"]\n",
+        models = models.display()
+    );
+    let (_hub_process, hub) = start_hub(&dir, &config).await;
+    hub.add_local_node().await;
+    let file = watched.join("transformer.yaml");
+    let model_file = |batch: u32| {
+        format!(
+            "model_id: \"transformer\"\nmodel_path: \"{}\"\ndevice: \"cpu\"\nbatch_size: {batch}\ncpu_limit: 0.1\nmemory_limit: 32m\n",
+            models.join("transformer.pt").display()
+        )
+    };
+    std::fs::write(&file, model_file(32)).expect("write");
+    let mut watcher = processes::Process(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["apply", "--watch"])
+            .arg(&watched)
+            .env("BERTH_URL", hub.base())
+            .env("BERTH_TOKEN", hub.token())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("berth apply --watch"),
+    );
+    let outcome = async {
+        let service = |wanted: &'static str, version: i64| {
+            let hub = &hub;
+            async move {
+                let (_, listed) = hub.call(Method::GET, "/api/services", None).await;
+                let found = listed["services"]
+                    .as_array()?
+                    .iter()
+                    .find(|service| service["name"] == "transformer")?
+                    .clone();
+                let launched = wanted != "running"
+                    || found["container_id"]
+                        .as_str()
+                        .is_some_and(|id| !id.is_empty());
+                (found["status"] == wanted && found["version"] == version && launched)
+                    .then_some(found)
+            }
+        };
+        let created = processes::wait_for(
+            std::time::Duration::from_secs(60),
+            "the watched file applied",
+            || service("running", 1),
+        )
+        .await;
+        let exec = |command: &str| {
+            berth(
+                &hub,
+                &["service", "exec", "transformer", "--", "sh", "-c", command],
+            )
+        };
+        let args = exec("cat /tmp/args");
+        assert_eq!(
+            String::from_utf8_lossy(&args.stdout).trim(),
+            "transformer 32 cpu /models/transformer.pt",
+            "{}",
+            text(&args)
+        );
+        let model = exec("cat /models/transformer.pt");
+        assert_eq!(String::from_utf8_lossy(&model.stdout), "weights\n");
+        let write = exec("echo changed > /models/transformer.pt");
+        assert!(!write.status.success(), "the model is mounted read-only");
+        assert_eq!(
+            std::fs::read_to_string(models.join("transformer.pt")).expect("model"),
+            "weights\n"
+        );
+        assert_eq!(
+            created["definition"]["serving"]["model_names"],
+            json!(["transformer"])
+        );
+
+        std::fs::write(&file, model_file(64)).expect("write");
+        processes::wait_for(
+            std::time::Duration::from_secs(60),
+            "the changed file applied",
+            || service("running", 2),
+        )
+        .await;
+        // The new version's container takes over from the old one.
+        processes::wait_for(
+            std::time::Duration::from_secs(30),
+            "the runtime started with the new batch size",
+            || {
+                let args = exec("cat /tmp/args");
+                async move {
+                    String::from_utf8_lossy(&args.stdout)
+                        .starts_with("transformer 64 ")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+
+        std::fs::remove_file(&file).expect("remove");
+        processes::wait_for(
+            std::time::Duration::from_secs(60),
+            "the removed file's service unloaded",
+            || service("unloaded", 2),
+        )
+        .await;
+    };
+    let result = std::panic::AssertUnwindSafe(outcome).catch_unwind().await;
+    watcher.kill();
+    hub.delete_all_services().await;
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -3,11 +3,13 @@
 //! failure detector's threshold and the placement policy.
 //! Every value is checked when the file is read; an error names the line or the field.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use berth_core::schedule::Policy;
 use serde::Deserialize;
+
+use crate::model_file::{ModelRuntime, check_runtimes};
 
 /// One controller declared in the file, as seed 000 writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -106,6 +108,12 @@ pub struct HubConfig {
     /// console's charts); 0 turns sampling off.
     #[serde(default = "ten")]
     pub stats_interval: u64,
+    /// Images that serve seed 004's model files, by name.
+    #[serde(default)]
+    pub model_runtimes: BTreeMap<String, ModelRuntime>,
+    /// Host directories a user's model file may mount its `model_path` from.
+    #[serde(default)]
+    pub model_roots: Vec<String>,
 }
 
 impl Default for HubConfig {
@@ -123,6 +131,8 @@ impl Default for HubConfig {
             service_domain: None,
             evict_idle_for_capacity: false,
             stats_interval: ten(),
+            model_runtimes: BTreeMap::new(),
+            model_roots: Vec::new(),
         }
     }
 }
@@ -162,6 +172,14 @@ impl HubConfig {
             if !valid {
                 return Err(format!(
                     "service_domain: {domain:?} is not a domain name such as models.example.org"
+                ));
+            }
+        }
+        check_runtimes(&self.model_runtimes)?;
+        for root in &self.model_roots {
+            if !root.starts_with('/') || root.split('/').any(|part| part == "..") || root == "/" {
+                return Err(format!(
+                    "model_roots: {root:?} is not an absolute directory other than /"
                 ));
             }
         }

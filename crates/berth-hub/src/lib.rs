@@ -12,6 +12,7 @@ pub mod console;
 pub mod create_commit;
 pub mod gateway;
 pub mod metrics;
+pub mod model_file;
 pub mod models;
 pub mod monitor;
 pub mod node_check;

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 use berth_http::RequestMetrics;
 
@@ -67,6 +68,29 @@ pub struct ModelMetrics {
     pub rejections: Family<RejectionLabels, Counter>,
     /// Tokens the OpenAI-compatible front counted from answers' `usage`.
     pub tokens: Family<TokenLabels, Counter>,
+    /// Seed 004's per-model resource gauges, from the stats sampler's latest round.
+    pub usage: ModelUsage,
+}
+
+/// Seed 004's resource gauges per model service: what its running replicas used together at
+/// the stats sampler's latest round (a service not sampled then has none).
+#[derive(Clone, Default)]
+pub struct ModelUsage {
+    /// CPU in percent of one core.
+    pub cpu_percent: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
+    /// Memory in use, MiB.
+    pub memory_mb: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
+    /// GPU memory in use, MiB, where the node reports it.
+    pub gpu_memory_mb: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl ModelUsage {
+    /// Forgets every service's values before a new round sets them.
+    pub fn clear(&self) {
+        self.cpu_percent.clear();
+        self.memory_mb.clear();
+        self.gpu_memory_mb.clear();
+    }
 }
 
 /// Whose tokens of which model, and which kind.
@@ -111,6 +135,7 @@ impl ModelMetrics {
             }),
             rejections: Family::default(),
             tokens: Family::default(),
+            usage: ModelUsage::default(),
         };
         registry.register(
             "model_load",
@@ -176,6 +201,21 @@ impl ModelMetrics {
             "berth_gateway_tokens",
             "Tokens counted from the usage of answers through the OpenAI-compatible front, by service, model, user and kind",
             metrics.tokens.clone(),
+        );
+        registry.register(
+            "cpu_usage_percent",
+            "CPU of a model service's running replicas together, percent of one core (latest stats sample)",
+            metrics.usage.cpu_percent.clone(),
+        );
+        registry.register(
+            "memory_usage_mb",
+            "Memory of a model service's running replicas together, MiB (latest stats sample)",
+            metrics.usage.memory_mb.clone(),
+        );
+        registry.register(
+            "gpu_memory_mb",
+            "GPU memory of a model service's running replicas together, MiB, where nodes report it",
+            metrics.usage.gpu_memory_mb.clone(),
         );
         metrics
     }

@@ -42,6 +42,8 @@ pub fn settings_from(
         service_domain: config.service_domain.clone(),
         evict_idle_for_capacity: config.evict_idle_for_capacity,
         stats_interval: Duration::from_secs(config.stats_interval),
+        model_runtimes: config.model_runtimes.clone(),
+        model_roots: config.model_roots.clone(),
         ..base.clone()
     }
 }
@@ -93,6 +95,8 @@ fn changed_keys(old: &HubConfig, new: &HubConfig) -> Vec<String> {
         old.evict_idle_for_capacity != new.evict_idle_for_capacity,
     );
     compare("stats_interval", old.stats_interval != new.stats_interval);
+    compare("model_runtimes", old.model_runtimes != new.model_runtimes);
+    compare("model_roots", old.model_roots != new.model_roots);
     changed
 }
 

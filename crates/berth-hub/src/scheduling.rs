@@ -340,6 +340,7 @@ pub fn request_for(definition: &ServiceDefinition) -> Request {
         },
         gpu,
         constraints: definition.constraints.clone(),
+        gpu_index: definition.gpu_index,
         ..Request::default()
     }
 }

@@ -7,10 +7,12 @@ use std::time::Duration;
 use berth_core::names::instance_name;
 use berth_core::routing::RoutingConfig;
 use berth_core::schedule::GpuAssignment;
-use berth_core::spec::{ContainerPort, GpuRequest, GpuShare, RestartPolicy};
+use berth_core::spec::{ContainerPort, GpuRequest, GpuShare, RestartPolicy, VolumeTarget};
 use berth_core::{ByteSize, ContainerSpec, SpecError};
 use berth_store::nodes::NodeRecord;
 use serde::{Deserialize, Serialize};
+
+use crate::model_file::ModelFile;
 
 /// One version of a service's definition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +43,15 @@ pub struct ServiceDefinition {
     /// How the gateway serves it: routing, readiness probe, warmup, timeouts, scale to zero.
     #[serde(default)]
     pub serving: ServingSettings,
+    /// The model file it was made from (seed 004), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelFile>,
+    /// The model, mounted read-only from the node: (host path, container path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_mount: Option<(String, String)>,
+    /// Only this GPU of its node (`device: cuda:N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_index: Option<u32>,
 }
 
 /// How the gateway serves a service with a `port` (a model service, seed 004).
@@ -437,7 +448,19 @@ impl ServiceDefinition {
             environment,
             ports,
             ports_host_ip: target.publish_on,
-            volumes: BTreeMap::new(),
+            volumes: self
+                .model_mount
+                .iter()
+                .map(|(host, inside)| {
+                    (
+                        host.clone(),
+                        VolumeTarget::Detailed {
+                            target: inside.clone(),
+                            read_only: true,
+                        },
+                    )
+                })
+                .collect(),
             memory_limit: Some(bytes(self.memory_bytes)),
             cpu_limit: Some(self.cpu_millis as f64 / 1000.0),
             restart_policy: Some(RestartPolicy::UnlessStopped),
@@ -472,6 +495,9 @@ mod tests {
             gpu_share_gb: Some(6),
             constraints: BTreeMap::new(),
             serving: ServingSettings::default(),
+            model: None,
+            model_mount: Some(("/srv/models/flood".into(), "/models/flood".into())),
+            gpu_index: Some(1),
         };
         let mut node = NodeRecord::new("gpu-01", "docker");
         node.id = 3;
@@ -536,6 +562,14 @@ mod tests {
         assert_eq!(
             spec.data_volume().as_deref(),
             Some("flood-model-012345-s42-r1-v2-g3-data")
+        );
+        assert_eq!(
+            spec.volumes.get("/srv/models/flood"),
+            Some(&VolumeTarget::Detailed {
+                target: "/models/flood".into(),
+                read_only: true
+            }),
+            "the model, read-only"
         );
     }
 }

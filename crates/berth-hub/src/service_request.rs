@@ -10,6 +10,7 @@ use berth_core::spec::{Command, MIN_MEMORY_LIMIT, check_cpu_cores};
 use berth_http::Problem;
 use serde::{Deserialize, Serialize};
 
+use crate::model_file::ModelFile;
 use crate::service_definition::ServingSettings;
 
 /// Most replicas one service may ask for.
@@ -69,6 +70,10 @@ pub struct ServiceRequest {
     /// How the gateway serves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<ServingSettings>,
+    /// Seed 004's model file: the image, command, port, model mount and GPU come from it and
+    /// the hub's `model_runtimes`, unless given here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelFile>,
 }
 
 impl ServiceRequest {
@@ -98,6 +103,7 @@ impl ServiceRequest {
             start: false,
             constraints: definition.constraints.clone(),
             serving: Some(definition.serving.clone()),
+            model: definition.model.clone(),
         }
     }
 
@@ -119,10 +125,16 @@ impl ServiceRequest {
                     format!("{image:?} is not an image reference"),
                 ));
             }
-            (None, None) => {
-                return Err(Problem::invalid_field("image", "is required (or image_id)"));
+            (None, None) if self.model.is_none() => {
+                return Err(Problem::invalid_field(
+                    "image",
+                    "is required (or image_id, or a model file)",
+                ));
             }
             _ => {}
+        }
+        if let Some(model) = &self.model {
+            model.check()?;
         }
         if self.spec_id.is_some() {
             for (field, given) in [

@@ -46,6 +46,10 @@ pub struct HubSettings {
     pub evict_idle_for_capacity: bool,
     /// Between two samples of every running service's resource use; zero: no sampling.
     pub stats_interval: Duration,
+    /// Images that serve seed 004's model files, by name.
+    pub model_runtimes: std::collections::BTreeMap<String, crate::model_file::ModelRuntime>,
+    /// Host directories a user's model file may mount from.
+    pub model_roots: Vec<String>,
 }
 
 impl Default for HubSettings {
@@ -62,6 +66,8 @@ impl Default for HubSettings {
             service_domain: None,
             evict_idle_for_capacity: false,
             stats_interval: Duration::from_secs(10),
+            model_runtimes: std::collections::BTreeMap::new(),
+            model_roots: Vec::new(),
         }
     }
 }

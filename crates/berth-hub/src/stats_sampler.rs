@@ -13,6 +13,7 @@ use berth_store::{StoreError, allocations, services};
 use futures_util::StreamExt;
 use serde_json::Value;
 
+use crate::metrics::ServiceLabels;
 use crate::state::HubState;
 
 /// Services sampled at once.
@@ -201,11 +202,31 @@ pub async fn sample_all(state: &Arc<HubState>) -> Result<usize, StoreError> {
         .await;
     let mut transaction = state.store.begin().await?;
     let mut sampled = 0;
+    let gauges = &state.metrics.models.usage;
+    gauges.clear();
     for (service_id, uses) in read {
         if uses.is_empty() {
             continue;
         }
-        stats_history::record(&mut transaction, service_id, &summed(&uses, at_ms)).await?;
+        let sample = summed(&uses, at_ms);
+        stats_history::record(&mut transaction, service_id, &sample).await?;
+        if let Some(routes) = state.routes.get(service_id) {
+            let labels = ServiceLabels {
+                service: format!("{}/{}", routes.owner, routes.name),
+            };
+            let mib = |bytes: i64| bytes as f64 / f64::from(1 << 20);
+            gauges
+                .cpu_percent
+                .get_or_create(&labels)
+                .set(sample.cpu_percent);
+            gauges
+                .memory_mb
+                .get_or_create(&labels)
+                .set(mib(sample.memory_bytes));
+            if let Some(bytes) = sample.gpu_memory_bytes {
+                gauges.gpu_memory_mb.get_or_create(&labels).set(mib(bytes));
+            }
+        }
         sampled += 1;
     }
     stats_history::compact(&mut transaction, at_ms, Retention::default()).await?;

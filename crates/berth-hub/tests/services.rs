@@ -823,3 +823,132 @@ async fn a_server_that_ignores_sigterm_is_stopped_with_the_default_grace_and_sta
     })
     .await;
 }
+
+#[tokio::test]
+async fn seed_004s_model_file_becomes_a_model_service_on_its_gpu() {
+    let runtimes: std::collections::BTreeMap<String, berth_hub::model_file::ModelRuntime> =
+        yaml_serde::from_str(
+            "torch:\n  image: serve/torch:2\n  command: [serve, '--model={model_path}', '--batch={batch_size}']\n  port: 9000\n  probe_path: /ping\n",
+        )
+        .expect("runtimes");
+    let hub = support::start_with(
+        "model-file",
+        berth_hub::state::HubSettings {
+            model_runtimes: runtimes,
+            model_roots: vec!["/models".to_owned()],
+            ..berth_hub::state::HubSettings::default()
+        },
+    )
+    .await;
+    let mut gpu_node =
+        berth_store::nodes::NodeRecord::new("sim-gpu", berth_hub::simulation::SIMULATED_DRIVER);
+    gpu_node.docker_status = "connected".to_owned();
+    gpu_node.server_type = "gpu".to_owned();
+    gpu_node.cpu = "8".to_owned();
+    gpu_node.memory = "64g".to_owned();
+    gpu_node.gpu_count = 2;
+    gpu_node.gpu_memory_gb = 24;
+    {
+        let mut transaction = hub.state.store.begin().await.expect("tx");
+        berth_store::nodes::insert(&mut transaction, &gpu_node)
+            .await
+            .expect("node");
+        transaction.commit().await.expect("commit");
+    }
+    let (_, alice) = hub.new_user("alice").await;
+    // Seed 004's example, as `berth apply` sends it.
+    let seed: Value = yaml_serde::from_str(
+        "model_id: \"transformer\"\nmodel_path: \"/models/transformer.pt\"\ndevice: \"cuda:0\"\nbatch_size: 32\nmax_memory_mb: 4096\n",
+    )
+    .expect("seed 004's example");
+    with_cleanup(&hub, async {
+        let create = |body: Value| {
+            let alice = alice.clone();
+            let hub = &hub;
+            async move {
+                hub.call(
+                    Some(&alice),
+                    Method::POST,
+                    "/api/alice/models/services?wait=60",
+                    Some(body),
+                )
+                .await
+            }
+        };
+        // Outside the hub's model roots, a user is refused, naming the field.
+        let mut outside = seed.clone();
+        outside["model_path"] = json!("/etc/passwd");
+        let (status, problem, _) = create(json!({"name": "stolen", "model": outside})).await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (422, Some("model.model_path")),
+            "{problem}"
+        );
+
+        let (status, created, _) = create(
+            json!({"name": "transformer", "model": seed, "start": true, "cpu_limit": 1, "memory_limit": "1g"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{created}");
+        let id = created["service_id"].as_i64().expect("id");
+        let allocations = berth_hub::replicas::allocations_of(&hub.state, id)
+            .await
+            .expect("allocations");
+        assert_eq!(
+            (
+                allocations[0].gpu_indices.clone(),
+                allocations[0].gpu_memory_bytes
+            ),
+            (vec![0], 4 << 30),
+            "cuda:0 with max_memory_mb 4096: a 4 GiB share of GPU 0"
+        );
+        let (_, service, _) = hub
+            .call(Some(&alice), Method::GET, &format!("/api/services/{id}"), None)
+            .await;
+        let definition = &service["definition"];
+        assert_eq!(definition["image"], "serve/torch:2", "{service}");
+        assert_eq!(
+            definition["command"],
+            json!(["serve", "--model=/models/transformer.pt", "--batch=32"])
+        );
+        assert_eq!(definition["port"], 9000);
+        assert_eq!(
+            definition["model_mount"],
+            json!(["/models/transformer.pt", "/models/transformer.pt"])
+        );
+        assert_eq!(definition["serving"]["model_names"], json!(["transformer"]));
+        assert_eq!(definition["serving"]["probe_path"], "/ping");
+        assert_eq!(definition["environment"]["BATCH_SIZE"], "32");
+        // Seed 004's per-model resource metrics, from the stats sampler's round.
+        support::start_gateway(&hub).await;
+        let label = "{service=\"alice/transformer\"}";
+        let mut metrics = String::new();
+        for _ in 0..100 {
+            berth_hub::stats_sampler::sample_all(&hub.state)
+                .await
+                .expect("sample");
+            metrics = hub
+                .call(Some(&hub.admin), Method::GET, "/metrics", None)
+                .await
+                .2;
+            if metrics.contains(&format!("gpu_memory_mb{label}")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for name in ["cpu_usage_percent", "memory_usage_mb", "gpu_memory_mb"] {
+            assert!(
+                metrics.contains(&format!("{name}{label}")),
+                "{name} in:\n{metrics}"
+            );
+        }
+        // The next one that asks for GPU 0 with more than is left there is refused, though GPU
+        // 1 is free.
+        let mut big = seed.clone();
+        big["model_id"] = json!("big");
+        big["max_memory_mb"] = json!(24 * 1024);
+        let (status, problem, _) = create(json!({"name": "big", "model": big})).await;
+        assert_eq!(status, 409, "{problem}");
+    })
+    .await;
+}

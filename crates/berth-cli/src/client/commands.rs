@@ -72,6 +72,11 @@ pub enum Resource {
         /// Only show.
         dry_run: bool,
     },
+    /// Apply every file of a directory, again when one changes; unload a removed one's service.
+    Watch {
+        /// The directory.
+        dir: std::path::PathBuf,
+    },
 }
 
 /// `berth node …`
@@ -617,6 +622,7 @@ async fn execute(client: &HubClient, output: Output, resource: Resource) -> Resu
         Resource::Apply { manifest, dry_run } => {
             super::manifest::apply(client, &manifest, dry_run).await
         }
+        Resource::Watch { dir } => super::watch::run(client, &dir).await,
         Resource::Node(command) => node(client, output, command).await,
         Resource::Image(command) => {
             let value = match command {

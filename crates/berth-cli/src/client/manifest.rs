@@ -4,7 +4,9 @@
 //!
 //! The file is the hub's service body (`name`, `image`, `port`, `replicas`, `serving`, …) plus
 //! `repo` (default `default`), `owner` (default: the caller; another owner needs an admin) and
-//! `start` (default true: apply starts what it creates). `berth validate` reports every mistake
+//! `start` (default true: apply starts what it creates). Seed 004's model files are services
+//! too: `model_id`, `model_path`, `device`, `batch_size`, `max_memory_mb` (and `runtime`) at the
+//! top become the body's `model`, and the service is named after the model. `berth validate` reports every mistake
 //! of a file at once, each at its line and column, with "did you mean" for a misspelt key or
 //! value; a create is checked against the cluster (`?dry_run=true`) before it is made.
 
@@ -42,9 +44,65 @@ struct File {
     service: Map<String, Value>,
 }
 
+/// The keys of seed 004's model files, which stand at the top of the file and go into the
+/// service's `model`.
+const MODEL_KEYS: [&str; 6] = [
+    "model_id",
+    "model_path",
+    "device",
+    "batch_size",
+    "max_memory_mb",
+    "runtime",
+];
+
+/// A service name made of a model id: lower case, other characters than letters, digits and
+/// `-` as `-`, at most 63 characters.
+fn service_name_of(model_id: &str) -> String {
+    let name: String = model_id
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = name.trim_matches('-');
+    name.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_owned()
+}
+
+/// Seed 004's model file (`model_id` at the top) as a service body: its keys moved into `model`,
+/// the service named after the model unless the file names it.
+fn from_model_file(mut service: Map<String, Value>) -> Map<String, Value> {
+    if !service.contains_key("model_id") || service.contains_key("model") {
+        return service;
+    }
+    let mut model = Map::new();
+    for key in MODEL_KEYS {
+        if let Some(value) = service.remove(key) {
+            model.insert(key.to_owned(), value);
+        }
+    }
+    if !service.contains_key("name")
+        && let Some(id) = model.get("model_id").and_then(Value::as_str)
+    {
+        service.insert("name".to_owned(), json!(service_name_of(id)));
+    }
+    service.insert("model".to_owned(), Value::Object(model));
+    service
+}
+
 /// The line and column (1-based) of the key at the end of `path` (`serving.routing.policy`),
-/// looking for each segment below the one before it.
+/// looking for each segment below the one before it. A model file's `model.…` keys stand at
+/// the top.
 fn place_of(text: &str, path: &str) -> Option<(usize, usize)> {
+    place_of_path(text, path).or_else(|| {
+        path.strip_prefix("model.")
+            .and_then(|key| place_of_path(text, key))
+    })
+}
+
+fn place_of_path(text: &str, path: &str) -> Option<(usize, usize)> {
     let mut from = 0;
     let mut found = None;
     for segment in path.split('.').filter(|segment| !segment.is_empty()) {
@@ -230,7 +288,7 @@ pub fn parse(text: &str) -> Result<Manifest, Vec<Mistake>> {
     if let Err(err) = berth_core::spec::validate_name("repo", &repo) {
         mistakes.push(Mistake::at(text, "repo", &err.to_string()));
     }
-    let mut body = Value::Object(file.service);
+    let mut body = Value::Object(from_model_file(file.service));
     let mut set_aside: Vec<String> = Vec::new();
     let service = loop {
         match read_service(text, &body) {
@@ -304,6 +362,12 @@ pub fn summary(manifest: &Manifest) -> String {
         .image
         .clone()
         .or_else(|| service.image_id.map(|id| format!("image #{id}")))
+        .or_else(|| {
+            service
+                .model
+                .as_ref()
+                .map(|model| format!("model {} from {}", model.model_id, model.model_path))
+        })
         .unwrap_or_default();
     let port = service
         .port
@@ -455,6 +519,35 @@ mod tests {
         assert_eq!(
             summary(&parse("name: a\nimage: b\n").expect("minimal")),
             "service a in default (b, 1 replica(s))"
+        );
+    }
+
+    /// Seed 004's example, as written.
+    const SEED_004: &str = "# model.yaml\nmodel_id: \"transformer\"\nmodel_path: \"/models/transformer.pt\"\ndevice: \"cuda:0\"\nbatch_size: 32\nmax_memory_mb: 4096\n";
+
+    #[test]
+    fn seed_004s_model_file_is_a_service() {
+        let manifest = parse(SEED_004).expect("valid as written");
+        assert_eq!(manifest.service.name, "transformer");
+        let model = manifest.service.model.expect("model");
+        assert_eq!(
+            (
+                model.model_path.as_str(),
+                model.device.as_str(),
+                model.batch_size,
+                model.max_memory_mb
+            ),
+            ("/models/transformer.pt", "cuda:0", 32, Some(4096))
+        );
+        assert_eq!(service_name_of("My_Model.v2"), "my-model-v2");
+        let mistakes = parse(&SEED_004.replace("cuda:0", "tpu")).expect_err("refused");
+        assert_eq!(
+            (
+                mistakes[0].place,
+                mistakes[0].message.starts_with("model.device")
+            ),
+            (Some((4, 1)), true),
+            "{mistakes:?}"
         );
     }
 

@@ -11,6 +11,7 @@ mod names;
 mod progress;
 mod service;
 mod table;
+mod watch;
 
 pub use commands::{
     ClientArgs, ImageCommand, NodeCommand, OpsFilter, Resource, SpecCommand, UserCommand, run,

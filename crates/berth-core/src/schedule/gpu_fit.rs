@@ -40,8 +40,21 @@ pub(super) fn free_for(node: &NodeState, reason: Reason) -> u64 {
     }
 }
 
-/// The GPUs `demand` takes on `node`, or why it cannot have them.
-pub(super) fn choose(node: &NodeState, demand: GpuDemand) -> Result<GpuAssignment, Reason> {
+/// The GPUs `demand` takes on `node` (only GPU `only` when given), or why it cannot have them.
+pub(super) fn choose(
+    node: &NodeState,
+    demand: GpuDemand,
+    only: Option<u32>,
+) -> Result<GpuAssignment, Reason> {
+    let Some(index) = only else {
+        return choose_among(node, demand);
+    };
+    let mut pinned = node.clone();
+    pinned.gpus.retain(|gpu| gpu.index == index);
+    choose_among(&pinned, demand)
+}
+
+fn choose_among(node: &NodeState, demand: GpuDemand) -> Result<GpuAssignment, Reason> {
     match demand {
         GpuDemand::None | GpuDemand::Whole(0) => Ok(GpuAssignment::None),
         GpuDemand::Whole(count) => {

@@ -164,6 +164,9 @@ pub struct Request {
     pub only_node: Option<i64>,
     /// Never these nodes (the node a replica moves away from).
     pub avoid: BTreeSet<i64>,
+    /// Only this GPU of a node (seed 004's `device: cuda:N`), for a whole GPU or a slice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_index: Option<u32>,
 }
 
 impl Request {
@@ -472,7 +475,7 @@ fn check(node: &NodeState, request: &Request) -> Result<GpuAssignment, Reason> {
     if wanted.disk_bytes > free(node.capacity.disk_bytes, node.allocated.disk_bytes) {
         return Err(Reason::Disk);
     }
-    gpu_fit::choose(node, request.gpu)
+    gpu_fit::choose(node, request.gpu, request.gpu_index)
 }
 
 /// Asked and free on `node` in the capacity dimension `reason` names; none for a reason that

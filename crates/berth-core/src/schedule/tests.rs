@@ -653,3 +653,40 @@ fn labels_are_checked_and_the_error_names_the_key() {
         "constraints.zone"
     );
 }
+
+#[test]
+fn a_request_for_one_gpu_index_gets_that_gpu_or_a_refusal() {
+    let cluster = Cluster::new(vec![node(1, ServerType::Gpu, &[80, 24])]);
+    let options = all_candidates();
+    let pinned = |index: u32, gpu: GpuDemand| Request {
+        gpu_index: Some(index),
+        ..gpu_request(gpu)
+    };
+    // Best fit alone would take the 24 GiB GPU; `cuda:0` asks for the first.
+    let placed = cluster
+        .place(&pinned(0, GpuDemand::Slice(20 * GIB)), &options)
+        .expect("fits");
+    assert_eq!(
+        placed.gpus,
+        GpuAssignment::Slice {
+            index: 0,
+            memory_bytes: 20 * GIB
+        }
+    );
+    let whole = cluster
+        .place(&pinned(1, GpuDemand::Whole(1)), &options)
+        .expect("fits");
+    assert_eq!(whole.gpus, GpuAssignment::Whole(vec![1]));
+    assert!(
+        cluster
+            .place(&pinned(1, GpuDemand::Slice(30 * GIB)), &options)
+            .is_err(),
+        "GPU 1 has 24 GiB"
+    );
+    assert!(
+        cluster
+            .place(&pinned(2, GpuDemand::Whole(1)), &options)
+            .is_err(),
+        "there is no GPU 2"
+    );
+}

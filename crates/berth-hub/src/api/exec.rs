@@ -89,6 +89,15 @@ pub async fn open(
             )
         })?,
     };
+    if allocation.container_id.is_empty() {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            format!(
+                "replica {} of {} has no container yet (it is being placed or created); try again once it runs",
+                allocation.replica, service.name
+            ),
+        ));
+    }
     let node = nodes::get(&mut *state.store.acquire().await?, allocation.node_id).await?;
     let engine = state.node_client(&node).await?;
     let NodeClient::Docker(driver) = &*engine else {

@@ -114,33 +114,63 @@ fn check_quota(name: &str, limit: Option<i64>, used: i64, adding: i64) -> Result
     }
 }
 
+/// The definition `request` makes, by `caller` (an admin may mount a model from anywhere).
 async fn definition_from(
     state: &HubState,
     request: &ServiceRequest,
+    caller: &User,
 ) -> Result<(ServiceDefinition, Option<i64>), Problem> {
     let mut connection = state.store.acquire().await?;
     request.check()?;
-    let image = match (&request.image, request.image_id) {
-        (Some(image), _) => image.clone(),
-        (None, Some(id)) => {
+    let settings = state.settings();
+    let model = request
+        .model
+        .as_ref()
+        .map(|model| {
+            model.expand(
+                &settings.model_runtimes,
+                &settings.model_roots,
+                caller.role == Role::Admin,
+            )
+        })
+        .transpose()?;
+    let image = match (&request.image, request.image_id, &model) {
+        (Some(image), _, _) => image.clone(),
+        (None, Some(id), _) => {
             catalog::get_image(&mut connection, id)
                 .await
                 .map_err(|_| Problem::invalid_field("image_id", format!("no image {id}")))?
                 .reference
         }
-        (None, None) => return Err(Problem::invalid_field("image", "is required (or image_id)")),
+        (None, None, Some(model)) => model.image.clone(),
+        (None, None, None) => {
+            return Err(Problem::invalid_field("image", "is required (or image_id)"));
+        }
     };
-    let command = request
-        .command
+    let command = match request.command.as_ref() {
+        Some(command) => Some(command.argv()?),
+        None => model.as_ref().and_then(|model| model.command.clone()),
+    }
+    .filter(|argv| !argv.is_empty());
+    let mut environment = model
         .as_ref()
-        .map(Command::argv)
-        .transpose()?
-        .filter(|argv| !argv.is_empty());
+        .map(|model| model.environment.clone())
+        .unwrap_or_default();
+    environment.extend(request.environment.clone());
+    let mut serving = request.serving.clone().unwrap_or_default();
+    if let (Some(file), Some(model)) = (&request.model, &model) {
+        if serving.model_names.is_empty() {
+            serving.model_names = vec![file.model_id.clone()];
+        }
+        if let (None, Some(path)) = (&request.serving, &model.probe_path) {
+            serving.probe_path = path.clone();
+        }
+    }
     let mut definition = ServiceDefinition {
         image,
         command,
-        environment: request.environment.clone(),
-        port: request.port,
+        environment,
+        port: request.port.or(model.as_ref().map(|model| model.port)),
         cpu_millis: 2000,
         memory_bytes: ByteSize::from_gib(2).bytes_i64(),
         system_disk_bytes: None,
@@ -148,7 +178,10 @@ async fn definition_from(
         gpu_count: 0,
         gpu_share_gb: None,
         constraints: request.constraints.clone(),
-        serving: request.serving.clone().unwrap_or_default(),
+        serving,
+        model: request.model.clone(),
+        model_mount: model.as_ref().map(|model| model.mount.clone()),
+        gpu_index: model.as_ref().and_then(|model| model.gpu_index),
     };
     let spec_id = match request.spec_id {
         Some(id) => {
@@ -173,10 +206,14 @@ async fn definition_from(
             if let Some(memory) = request.memory_limit {
                 definition.memory_bytes = memory.bytes_i64();
             }
-            definition.gpu_count = match (request.gpu_count, request.gpu_required) {
-                (Some(count), _) => count,
-                (None, true) => 1,
-                (None, false) => 0,
+            definition.gpu_count = match (request.gpu_count, request.gpu_required, &model) {
+                (Some(count), _, _) => count,
+                (None, true, _) => 1,
+                (None, false, Some(model)) => {
+                    definition.gpu_share_gb = model.gpu_share_gb;
+                    model.gpu_count
+                }
+                (None, false, None) => 0,
             };
             None
         }
@@ -329,7 +366,7 @@ pub async fn create(
     {
         return accepted(&state, earlier, &wait).await;
     }
-    let (definition, spec_id) = definition_from(&state, &request).await?;
+    let (definition, spec_id) = definition_from(&state, &request, &user.0).await?;
 
     let replica_count = request.replicas.unwrap_or(1);
     {
@@ -1213,7 +1250,7 @@ pub async fn update(
             "applies to create only; use POST /api/services/{id}/start",
         ));
     }
-    let (definition, _) = definition_from(&state, &request).await?;
+    let (definition, _) = definition_from(&state, &request, &user.0).await?;
     let replica_count = request.replicas.unwrap_or(service.replicas);
     {
         let owner = {
