@@ -11,7 +11,7 @@ use berth_core::ConnectionStatus;
 use berth_hub::config::HubConfig;
 use berth_hub::reload::{self, ConfigWatcher, Reload};
 use berth_hub::state::HubSettings;
-use berth_hub::{HubState, bootstrap, gateway, monitor, node_watch, stats_sampler};
+use berth_hub::{HubState, bootstrap, gateway, monitor, node_watch, scaling, stats_sampler};
 use berth_store::{SecretBox, Store, nodes, redact_url};
 use clap::Args;
 
@@ -291,6 +291,10 @@ pub async fn serve(launch: Launch) -> ExitCode {
         Arc::clone(&state),
         stopped(stop_receiver.clone()),
     ));
+    let autoscaler_task = tokio::spawn(scaling::run(
+        Arc::clone(&state),
+        stopped(stop_receiver.clone()),
+    ));
     let gateway_task = tokio::spawn(
         Arc::new(gateway::Gateway::new(Arc::clone(&state)))
             .serve(gateway_listener, stopped(stop_receiver.clone())),
@@ -315,6 +319,7 @@ pub async fn serve(launch: Launch) -> ExitCode {
     let _ = monitor_task.await;
     let _ = readiness_task.await;
     let _ = sampler_task.await;
+    let _ = autoscaler_task.await;
     let _ = watch_task.await;
     let _ = gateway_task.await;
     if let Some(task) = reload_task {

@@ -100,6 +100,47 @@ pub struct ServingSettings {
     /// this service by a request's `model`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_names: Vec<String>,
+    /// Replicas from the gateway's load, between `min` and `max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+}
+
+/// How the autoscaler sizes a service (one target, in flight or per second).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscale {
+    /// Fewest replicas; 0 unloads the service when it has no requests (scale to zero).
+    #[serde(default = "one_replica")]
+    pub min: u32,
+    /// Most replicas.
+    pub max: u32,
+    /// Requests in flight one replica should carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_in_flight_per_replica: Option<f64>,
+    /// Requests per second one replica should take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_rps_per_replica: Option<f64>,
+    /// Seconds the load must ask for more replicas before they are added.
+    #[serde(default = "five_seconds")]
+    pub scale_up_seconds: u64,
+    /// Seconds the load must ask for fewer before replicas are removed (or, with `min: 0`, go
+    /// without requests before the service is unloaded).
+    #[serde(default = "five_minutes")]
+    pub scale_down_delay_seconds: u64,
+}
+
+impl Eq for Autoscale {}
+
+fn one_replica() -> u32 {
+    1
+}
+
+fn five_seconds() -> u64 {
+    5
+}
+
+fn five_minutes() -> u64 {
+    300
 }
 
 /// The most model names one service may answer to.
@@ -115,6 +156,55 @@ pub struct RateLimit {
     /// Requests at once after a quiet spell; `requests_per_second` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+}
+
+impl Autoscale {
+    /// Checks the bounds and the one target; the error names the field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let most = u32::try_from(crate::service_request::MAX_REPLICAS).unwrap_or(u32::MAX);
+        if !(1..=most).contains(&self.max) {
+            return Err(SpecError::new(
+                "serving.autoscale.max",
+                format!("{} is not between 1 and {most}", self.max),
+            ));
+        }
+        if self.min > self.max {
+            return Err(SpecError::new(
+                "serving.autoscale.min",
+                format!("{} is more than max ({})", self.min, self.max),
+            ));
+        }
+        match (
+            self.target_in_flight_per_replica,
+            self.target_rps_per_replica,
+        ) {
+            (Some(target), None) | (None, Some(target)) if target > 0.0 && target.is_finite() => {}
+            (Some(_), Some(_)) => {
+                return Err(SpecError::new(
+                    "serving.autoscale.target_rps_per_replica",
+                    "give one target: target_in_flight_per_replica or target_rps_per_replica",
+                ));
+            }
+            _ => {
+                return Err(SpecError::new(
+                    "serving.autoscale.target_in_flight_per_replica",
+                    "give one target above 0: target_in_flight_per_replica or target_rps_per_replica",
+                ));
+            }
+        }
+        for (field, value) in [
+            ("serving.autoscale.scale_up_seconds", self.scale_up_seconds),
+            (
+                "serving.autoscale.scale_down_delay_seconds",
+                self.scale_down_delay_seconds,
+            ),
+        ] {
+            if value > 86_400 {
+                return Err(SpecError::new(field, format!("{value} is more than a day")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Warmup requests (seed 004 runs three forward passes before serving).
@@ -182,6 +272,7 @@ impl Default for ServingSettings {
             queue_timeout_seconds: thirty(),
             rate_limit: None,
             model_names: Vec::new(),
+            autoscale: None,
         }
     }
 }
@@ -269,6 +360,9 @@ impl ServingSettings {
                     format!("{value} is not between {least} and {most}"),
                 ));
             }
+        }
+        if let Some(rule) = &self.autoscale {
+            rule.validate()?;
         }
         if self.model_names.len() > MAX_MODEL_NAMES {
             return Err(SpecError::new(

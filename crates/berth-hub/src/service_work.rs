@@ -68,6 +68,9 @@ pub enum Change {
     },
     /// Move the replica the operation names to another node at the next generation.
     Migrate,
+    /// Launch the replicas added and retire the removed ones once drained
+    /// ([`crate::scaling`]).
+    Scale,
 }
 
 impl Change {
@@ -83,6 +86,7 @@ impl Change {
             Self::Load => "service.load",
             Self::Unload { .. } => "service.unload",
             Self::Migrate => "container.migrate",
+            Self::Scale => "service.scale",
         }
     }
 
@@ -110,6 +114,7 @@ impl Change {
             "service.load" => Self::Load,
             "service.unload" => Self::Unload { grace },
             "container.migrate" => Self::Migrate,
+            "service.scale" => Self::Scale,
             _ => return None,
         })
     }
@@ -239,6 +244,10 @@ async fn carry_out(
             stop_all(state, tracker, &service, grace, models::UNLOADED).await
         }
         Change::Migrate => migrate(state, tracker, &service, actor).await,
+        Change::Scale => {
+            let detail = intent_of(state, tracker.id()).await?;
+            crate::scaling::carry_out(state, tracker, &service, actor, &detail).await
+        }
         Change::Delete => {
             tracker.step(0, 2, "removing the containers").await;
             let mut attempt = 1;
@@ -322,7 +331,7 @@ fn node_for<'a>(
 
 /// Launches every allocation without a container and (with `start`) starts the others; replicas
 /// on nodes held down are left to the reconciler.
-async fn bring_up(
+pub(crate) async fn bring_up(
     state: &HubState,
     tracker: &Tracker,
     service: &ServiceRecord,

@@ -589,6 +589,14 @@ async fn websockets_http2_private_services_and_timeouts() {
                 json!({"rate_limit": {"requests_per_second": 0}}),
                 "serving.rate_limit.requests_per_second",
             ),
+            (
+                json!({"autoscale": {"min": 3, "max": 2, "target_in_flight_per_replica": 1}}),
+                "serving.autoscale.min",
+            ),
+            (
+                json!({"autoscale": {"max": 2}}),
+                "serving.autoscale.target_in_flight_per_replica",
+            ),
         ] {
             let (status, problem) = hub
                 .admin(
@@ -1803,4 +1811,132 @@ async fn the_openai_front_routes_by_model_streams_counts_usage_and_honours_key_l
         status["serving"]["tokens"],
         json!({"prompt": 19, "completion": 8})
     );
+}
+
+/// The replicas of service `id` as its status lists them.
+async fn replica_count(hub: &Hub, id: i64) -> usize {
+    status_of(hub, id).await["replicas"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn load_scales_a_service_out_and_back_and_an_idle_one_to_zero() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (hub, gateway) = hub_with_gateway("gateway-autoscale", settings()).await;
+    tokio::spawn(berth_hub::scaling::run(
+        Arc::clone(&hub.state),
+        std::future::pending(),
+    ));
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let id = create(
+            &hub,
+            "elastic",
+            1,
+            json!({"autoscale": {"min": 1, "max": 3, "target_in_flight_per_replica": 1,
+                "scale_up_seconds": 1, "scale_down_delay_seconds": 3}}),
+            true,
+        )
+        .await;
+        wait_ready(&hub, id, 1).await;
+        // Three clients each keep a 1 s request in flight until told to stop.
+        let stop = Arc::new(AtomicBool::new(false));
+        let url = format!("http://{gateway}/s/{owner}/elastic/cgi-bin/second");
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let (stop, url, token) = (Arc::clone(&stop), url.clone(), hub.admin.clone());
+            clients.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let status = client
+                        .get(&url)
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .map_or(0, |response| response.status().as_u16());
+                    statuses.push(status);
+                }
+                statuses
+            }));
+        }
+        wait_ready(&hub, id, 3).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut answered = 0;
+        for client in clients {
+            let statuses = client.await.expect("client");
+            assert!(
+                statuses.iter().all(|status| *status == 200),
+                "no request failed while the service grew: {statuses:?}"
+            );
+            answered += statuses.len();
+        }
+        assert!(answered >= 3, "{answered}");
+        // Without load, back to the minimum after the delay; the replicas that stay stay.
+        for _ in 0..300 {
+            if replica_count(&hub, id).await == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(replica_count(&hub, id).await, 1);
+        let (_, log) = hub
+            .admin(
+                Method::GET,
+                &format!("/api/admin/operations?service_id={id}&action=service.scale&size=500"),
+                None,
+            )
+            .await;
+        let reasons: Vec<String> = log["operations"]
+            .as_array()
+            .expect("operations")
+            .iter()
+            .map(|operation| {
+                operation["detail"]["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect();
+        assert!(
+            reasons.len() >= 2
+                && reasons
+                    .iter()
+                    .all(|reason| reason.starts_with("autoscale: ")),
+            "each step logged with its reason: {reasons:?}"
+        );
+
+        // min: 0 unloads a service left without requests; its next request loads it again.
+        let idle = create(
+            &hub,
+            "sleepy",
+            1,
+            json!({"autoscale": {"min": 0, "max": 2, "target_rps_per_replica": 5,
+                "scale_down_delay_seconds": 2}}),
+            true,
+        )
+        .await;
+        wait_ready(&hub, idle, 1).await;
+        let mut wanted = String::new();
+        for _ in 0..200 {
+            wanted = status_of(&hub, idle).await["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if wanted == "unloaded" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(wanted, "unloaded");
+        let woken = reqwest::Client::new()
+            .get(format!("http://{gateway}/s/{owner}/sleepy/"))
+            .bearer_auth(&hub.admin)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(woken.status(), 200, "the next request loads it");
+    })
+    .await;
 }

@@ -480,6 +480,8 @@ pub async fn apply(client: &HubClient, manifest: &Manifest, dry_run: bool) -> Re
     }
     if plan["containers_replaced"] == json!(true) {
         println!("  its containers will be replaced (started again if it runs)");
+    } else if plan["scales_only"] == json!(true) {
+        println!("  only the replica count changes; the replicas that stay are left alone");
     } else {
         println!("  only how it is served changes; its containers stay");
     }

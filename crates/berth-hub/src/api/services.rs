@@ -1310,13 +1310,29 @@ pub async fn update(
         }
     }
     let replaces = !(same_containers && replica_count == service.replicas);
+    let scales_only = definition == current
+        && request.is_public == service.is_public
+        && replica_count != service.replicas;
     if changes.is_empty() || query.dry_run {
         let mut answer = view(&service);
         answer["changed"] = json!(!changes.is_empty());
         answer["changes"] = json!(changes);
-        answer["containers_replaced"] = json!(!changes.is_empty() && replaces);
+        answer["containers_replaced"] = json!(!changes.is_empty() && replaces && !scales_only);
+        answer["scales_only"] = json!(scales_only);
         answer["dry_run"] = json!(query.dry_run);
         return Ok(Json(answer).into_response());
+    }
+    if scales_only {
+        // Only the count changed: the replicas that stay are left alone.
+        let operation = crate::scaling::scale(
+            &state,
+            &service,
+            replica_count,
+            Some(user.0.id),
+            &format!("replicas set to {replica_count}"),
+        )
+        .await?;
+        return accepted(&state, operation, &wait).await;
     }
     if !replaces {
         // Only how it is served changed: a new version, the same containers.

@@ -155,6 +155,8 @@ pub struct ServiceRoutes {
     profile: RwLock<Arc<Profile>>,
     wanted: RwLock<String>,
     endpoints: RwLock<Vec<Arc<Endpoint>>>,
+    /// Replicas taken out of the table while they still answered requests, until they end.
+    retiring: RwLock<Vec<Arc<Endpoint>>>,
     sequence: AtomicU64,
     /// Counters.
     pub usage: Usage,
@@ -207,6 +209,7 @@ impl ServiceRoutes {
             profile: RwLock::new(Arc::new(profile)),
             wanted: RwLock::new(wanted),
             endpoints: RwLock::new(Vec::new()),
+            retiring: RwLock::new(Vec::new()),
             sequence: AtomicU64::new(0),
             usage: Usage {
                 watched_since_ms: now_millis(),
@@ -294,13 +297,44 @@ impl ServiceRoutes {
             .unwrap_or_default()
     }
 
-    /// Replaces the replicas.
+    /// Replaces the replicas; one taken out while it answers requests is kept aside until
+    /// they end ([`ServiceRoutes::in_flight_on`]).
     pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
         if let Ok(mut current) = self.endpoints.write() {
+            let gone: Vec<Arc<Endpoint>> = current
+                .iter()
+                .filter(|old| !endpoints.iter().any(|new| Arc::ptr_eq(new, old)))
+                .filter(|old| old.in_flight.load(Ordering::Acquire) > 0)
+                .cloned()
+                .collect();
             *current = endpoints;
+            if let Ok(mut retiring) = self.retiring.write() {
+                retiring.retain(|endpoint| endpoint.in_flight.load(Ordering::Acquire) > 0);
+                retiring.extend(gone);
+            }
         }
         self.ready_signal.send_modify(|count| *count += 1);
         self.dispatch();
+    }
+
+    /// Requests in flight on the containers `containers`, in the table or taken out of it.
+    pub fn in_flight_on(&self, containers: &[String]) -> u32 {
+        let count = |endpoints: &[Arc<Endpoint>]| -> u32 {
+            endpoints
+                .iter()
+                .filter(|endpoint| containers.contains(&endpoint.container_id))
+                .map(|endpoint| endpoint.in_flight.load(Ordering::Acquire))
+                .sum()
+        };
+        let listed = self
+            .endpoints
+            .read()
+            .map_or(0, |endpoints| count(&endpoints));
+        let retiring = self
+            .retiring
+            .read()
+            .map_or(0, |endpoints| count(&endpoints));
+        listed + retiring
     }
 
     /// How many replicas take traffic.
