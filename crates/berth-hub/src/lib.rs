@@ -23,6 +23,7 @@ pub mod ops;
 pub mod reconciler;
 pub mod reload;
 pub mod replicas;
+pub mod rollout;
 pub mod scaling;
 pub mod scenario;
 pub mod scheduling;

@@ -103,6 +103,10 @@ pub struct ServingSettings {
     /// Replicas from the gateway's load, between `min` and `max`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<Autoscale>,
+    /// Seconds a running service's new version has to become ready (every replica past its
+    /// probe and warmup) before the rollout is undone and the previous version serves again.
+    #[serde(default = "five_minutes")]
+    pub rollout_deadline_seconds: u64,
 }
 
 /// How the autoscaler sizes a service (one target, in flight or per second).
@@ -273,6 +277,7 @@ impl Default for ServingSettings {
             rate_limit: None,
             model_names: Vec::new(),
             autoscale: None,
+            rollout_deadline_seconds: five_minutes(),
         }
     }
 }
@@ -322,6 +327,11 @@ impl ServingSettings {
                 "serving.queue_timeout_seconds",
                 self.queue_timeout_seconds,
                 3600,
+            ),
+            (
+                "serving.rollout_deadline_seconds",
+                self.rollout_deadline_seconds,
+                86_400,
             ),
         ] {
             if !(1..=most).contains(&value) {
@@ -410,6 +420,11 @@ impl ServingSettings {
     /// How long a request to an unloaded service waits for it.
     pub fn start_timeout(&self) -> Duration {
         Duration::from_secs(self.start_timeout_seconds)
+    }
+
+    /// How long a new version has to become ready.
+    pub fn rollout_deadline(&self) -> Duration {
+        Duration::from_secs(self.rollout_deadline_seconds)
     }
 
     /// How long a request waits in the queue.

@@ -514,6 +514,15 @@ async fn redeploy(
     actor: Option<i64>,
 ) -> Result<Value, Problem> {
     let detail = intent_of(state, tracker.id()).await?;
+    let start = detail["start"].as_bool().unwrap_or(false);
+    // A running service with gateway routes and a recorded previous version rolls out beside
+    // it; anything else is replaced in place.
+    if start
+        && detail["previous"].is_object()
+        && let Some(routes) = state.routes.get(service.id)
+    {
+        return crate::rollout::carry_out(state, tracker, service, actor, &detail, &routes).await;
+    }
     let retire = detail["retire"].as_array().cloned().unwrap_or_default();
     let all_nodes =
         replicas::nodes_of(state, retire.iter().filter_map(|pair| pair[0].as_i64())).await?;
@@ -531,7 +540,6 @@ async fn redeploy(
             let _ = replicas::retire(state, node, container).await;
         }
     }
-    let start = detail["start"].as_bool().unwrap_or(false);
     let launched = bring_up(state, tracker, service, actor, start)
         .await
         .map_err(|problem| {

@@ -1940,3 +1940,157 @@ async fn load_scales_a_service_out_and_back_and_an_idle_one_to_zero() {
     })
     .await;
 }
+
+/// Four clients asking `url` one request after another until `stop`: every answer's status
+/// and body.
+fn load_on(
+    url: String,
+    token: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(u16, String)>>> {
+    (0..4)
+        .map(|_| {
+            let (url, token, stop) = (url.clone(), token.clone(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut answers = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let answer = match client.get(&url).bearer_auth(&token).send().await {
+                        Ok(response) => (
+                            response.status().as_u16(),
+                            response.text().await.unwrap_or_default().trim().to_owned(),
+                        ),
+                        Err(err) => (0, err.to_string()),
+                    };
+                    answers.push(answer);
+                }
+                answers
+            })
+        })
+        .collect()
+}
+
+async fn answers_of(
+    clients: Vec<tokio::task::JoinHandle<Vec<(u16, String)>>>,
+) -> Vec<(u16, String)> {
+    let mut all = Vec::new();
+    for client in clients {
+        all.extend(client.await.expect("client"));
+    }
+    all
+}
+
+#[tokio::test]
+async fn a_new_version_rolls_out_under_load_and_one_that_never_gets_ready_is_undone() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (hub, gateway) = hub_with_gateway("gateway-rollout", settings()).await;
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let id = create(
+            &hub,
+            "rolling",
+            2,
+            json!({"probe_interval_seconds": 1, "rollout_deadline_seconds": 8}),
+            true,
+        )
+        .await;
+        let first = containers(&wait_ready(&hub, id, 2).await);
+        let url = format!("http://{gateway}/s/{owner}/rolling/");
+
+        // A new version under load: no request fails, each is answered by one version.
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = load_on(url.clone(), hub.admin.clone(), Arc::clone(&stop));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, operation) = hub
+            .admin(
+                Method::PATCH,
+                &format!("/api/services/{id}?wait=60"),
+                Some(json!({"environment": {"VERSION": "2"}})),
+            )
+            .await;
+        assert_eq!(
+            (status, operation["state"].as_str()),
+            (200, Some("succeeded")),
+            "{operation}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        let answers = answers_of(clients).await;
+        let second = containers(&wait_ready(&hub, id, 2).await);
+        assert!(
+            first.keys().all(|host| !second.contains_key(host)),
+            "new containers"
+        );
+        let failed: Vec<_> = answers
+            .iter()
+            .filter(|(status, _)| *status != 200)
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} failed: {failed:?}",
+            failed.len(),
+            answers.len()
+        );
+        assert!(
+            answers
+                .iter()
+                .all(|(_, host)| first.contains_key(host) || second.contains_key(host)),
+            "every answer from one of the two versions"
+        );
+        assert!(
+            answers.iter().any(|(_, host)| first.contains_key(host)),
+            "old served"
+        );
+        assert!(
+            answers.iter().any(|(_, host)| second.contains_key(host)),
+            "new served"
+        );
+        let engine = engine().await;
+        for container in first.values() {
+            assert!(
+                engine.inspect(container).await.is_err(),
+                "the previous version's container {container} is retired"
+            );
+        }
+
+        // A version whose replicas never pass their probe is undone; traffic never reaches it.
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = load_on(url, hub.admin.clone(), Arc::clone(&stop));
+        let (status, operation) = hub
+            .admin(
+                Method::PATCH,
+                &format!("/api/services/{id}?wait=60"),
+                Some(json!({"command": ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"]})),
+            )
+            .await;
+        stop.store(true, Ordering::Relaxed);
+        let answers = answers_of(clients).await;
+        assert_eq!(
+            (status, operation["state"].as_str()),
+            (200, Some("failed")),
+            "{operation}"
+        );
+        let error = operation["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("rolled back") && error.contains("rollout_deadline_seconds"),
+            "{error}"
+        );
+        assert!(
+            answers
+                .iter()
+                .all(|(status, host)| *status == 200 && second.contains_key(host)),
+            "only the running version answered: {answers:?}"
+        );
+        let (_, service) = hub
+            .admin(Method::GET, &format!("/api/services/{id}"), None)
+            .await;
+        assert_eq!(service["version"], 4, "version 3 undone as version 4");
+        assert_eq!(
+            service["definition"]["environment"]["VERSION"], "2",
+            "the previous definition serves again"
+        );
+        let after = containers(&wait_ready(&hub, id, 2).await);
+        assert_eq!(after, second, "the same containers serve");
+    })
+    .await;
+}

@@ -6,14 +6,14 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::{Conn, ROWS_PER_STATEMENT, StoreError, now_ms, secrets, value_rows};
 
 /// One replica's placement.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {
     /// Row id (0 before insert).
     pub id: i64,

@@ -1,7 +1,7 @@
 //! Services (a user's model services) and each service's deployment history. Where a service's
 //! container runs is its allocation ([`crate::allocations`]).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -9,7 +9,7 @@ use crate::error::conflict_or;
 use crate::{Conn, ROWS_PER_STATEMENT, StoreError, now_ms, value_rows};
 
 /// A service as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceRecord {
     /// Id (0 before insert).
     pub id: i64,

@@ -1049,6 +1049,7 @@ async fn redeploy(
 ) -> Result<i64, Problem> {
     let definition = change.definition;
     let was_running = service.status == "running";
+    let before = service.clone();
     let request_shape = scheduling::request_for(&definition);
     // Placing and recording is one step among creates and redeploys.
     let mut placing = state.placing.lock().await;
@@ -1102,6 +1103,8 @@ async fn redeploy(
         .map(|allocation| json!([allocation.node_id, allocation.container_id]))
         .collect();
     let mut detail = change.detail;
+    // What serves until the new version is ready, and again if it never is.
+    detail["previous"] = json!({"service": before, "allocations": current});
     detail["new_version"] = json!(service.version);
     detail["start"] = json!(was_running);
     detail["retire"] = json!(retire);
@@ -1158,7 +1161,17 @@ async fn redeploy(
         None,
     )
     .await?;
-    transaction.commit().await.map_err(StoreError::from)?;
+    // A running service's previous replicas keep serving until the new ones are ready.
+    let handover = state.routes.get(service.id).filter(|_| was_running);
+    if let Some(routes) = &handover {
+        routes.begin_handover();
+    }
+    if let Err(err) = transaction.commit().await {
+        if let Some(routes) = &handover {
+            routes.end_handover();
+        }
+        return Err(StoreError::from(err).into());
+    }
     state.placements_changed();
     drop(placing);
     state.operation_changed(id);

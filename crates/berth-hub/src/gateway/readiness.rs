@@ -276,6 +276,7 @@ async fn resolve_endpoints(
 ) {
     let current = routes.endpoints();
     if service.status != "running" {
+        routes.end_handover();
         if !current.is_empty() {
             routes.set_endpoints(Vec::new());
         }

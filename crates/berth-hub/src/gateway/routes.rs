@@ -157,6 +157,11 @@ pub struct ServiceRoutes {
     endpoints: RwLock<Vec<Arc<Endpoint>>>,
     /// Replicas taken out of the table while they still answered requests, until they end.
     retiring: RwLock<Vec<Arc<Endpoint>>>,
+    /// During a rollout, the previous version's ready replicas: they keep taking requests
+    /// beside the new version's until the rollout moves all traffic over.
+    outgoing: RwLock<Vec<Arc<Endpoint>>>,
+    /// A rollout is under way: ready replicas taken out of the table stay in `outgoing`.
+    handing_over: AtomicBool,
     sequence: AtomicU64,
     /// Counters.
     pub usage: Usage,
@@ -210,6 +215,8 @@ impl ServiceRoutes {
             wanted: RwLock::new(wanted),
             endpoints: RwLock::new(Vec::new()),
             retiring: RwLock::new(Vec::new()),
+            outgoing: RwLock::new(Vec::new()),
+            handing_over: AtomicBool::new(false),
             sequence: AtomicU64::new(0),
             usage: Usage {
                 watched_since_ms: now_millis(),
@@ -301,20 +308,46 @@ impl ServiceRoutes {
     /// they end ([`ServiceRoutes::in_flight_on`]).
     pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
         if let Ok(mut current) = self.endpoints.write() {
-            let gone: Vec<Arc<Endpoint>> = current
+            let handing_over = self.handing_over.load(Ordering::Acquire);
+            let (leaving, gone): (Vec<Arc<Endpoint>>, Vec<Arc<Endpoint>>) = current
                 .iter()
                 .filter(|old| !endpoints.iter().any(|new| Arc::ptr_eq(new, old)))
-                .filter(|old| old.in_flight.load(Ordering::Acquire) > 0)
                 .cloned()
-                .collect();
+                .partition(|old| handing_over && old.is_ready());
             *current = endpoints;
+            if let Ok(mut outgoing) = self.outgoing.write() {
+                outgoing.extend(leaving);
+            }
             if let Ok(mut retiring) = self.retiring.write() {
                 retiring.retain(|endpoint| endpoint.in_flight.load(Ordering::Acquire) > 0);
-                retiring.extend(gone);
+                retiring.extend(
+                    gone.into_iter()
+                        .filter(|old| old.in_flight.load(Ordering::Acquire) > 0),
+                );
             }
         }
         self.ready_signal.send_modify(|count| *count += 1);
         self.dispatch();
+    }
+
+    /// A rollout begins: the previous version's ready replicas keep taking requests until
+    /// [`ServiceRoutes::end_handover`].
+    pub fn begin_handover(&self) {
+        self.handing_over.store(true, Ordering::Release);
+    }
+
+    /// The rollout is over: the previous version's replicas take no new requests and finish
+    /// the ones they have.
+    pub fn end_handover(&self) {
+        self.handing_over.store(false, Ordering::Release);
+        let leaving: Vec<Arc<Endpoint>> = self
+            .outgoing
+            .write()
+            .map(|mut outgoing| outgoing.drain(..).collect())
+            .unwrap_or_default();
+        if let Ok(mut retiring) = self.retiring.write() {
+            retiring.extend(leaving);
+        }
     }
 
     /// Requests in flight on the containers `containers`, in the table or taken out of it.
@@ -330,11 +363,15 @@ impl ServiceRoutes {
             .endpoints
             .read()
             .map_or(0, |endpoints| count(&endpoints));
+        let outgoing = self
+            .outgoing
+            .read()
+            .map_or(0, |endpoints| count(&endpoints));
         let retiring = self
             .retiring
             .read()
             .map_or(0, |endpoints| count(&endpoints));
-        listed + retiring
+        listed + retiring + outgoing
     }
 
     /// How many replicas take traffic.
@@ -378,6 +415,14 @@ impl ServiceRoutes {
         if let Ok(endpoints) = self.endpoints.read() {
             ready.extend(
                 endpoints
+                    .iter()
+                    .filter(|endpoint| takes(endpoint))
+                    .map(|endpoint| (Arc::clone(endpoint), false)),
+            );
+        }
+        if let Ok(outgoing) = self.outgoing.read() {
+            ready.extend(
+                outgoing
                     .iter()
                     .filter(|endpoint| takes(endpoint))
                     .map(|endpoint| (Arc::clone(endpoint), false)),

@@ -1,0 +1,239 @@
+//! A running service's new version, rolled out without a gap: its replicas start beside the
+//! previous version's, which keep taking requests (the gateway's handover, begun when the
+//! intent committed); once every new replica passed its probe and warmup, traffic moves to the
+//! new version, the previous replicas finish the requests they have, and only then are they
+//! retired. A new version that is not ready within `serving.rollout_deadline_seconds` (or whose
+//! replicas cannot be created) is undone: the previous version's definition and replicas —
+//! still running — are recorded again as the next version, the new containers are removed, and
+//! the operation fails saying why. Requests never reach a replica that was not ready.
+
+use std::time::{Duration, Instant};
+
+use berth_http::Problem;
+use berth_store::StoreError;
+use berth_store::allocations::{self, Allocation};
+use berth_store::services::{self, Deployment, ServiceRecord};
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+use crate::gateway::routes::ServiceRoutes;
+use crate::ops::Tracker;
+use crate::replicas;
+use crate::service_work;
+use crate::state::HubState;
+
+/// Beyond the service's answer timeout, how long the previous replicas may take to finish.
+const DRAIN_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long the restored previous replicas have to be probed ready again after an undo.
+const RESTORE_WAIT: Duration = Duration::from_secs(30);
+
+/// Carries out the rollout the intent `detail` names (its `retire` list is the previous
+/// version's containers, `previous` its service row and allocations).
+pub async fn carry_out(
+    state: &HubState,
+    tracker: &Tracker,
+    service: &ServiceRecord,
+    actor: Option<i64>,
+    detail: &Value,
+    routes: &ServiceRoutes,
+) -> Result<Value, Problem> {
+    let deadline = routes.profile().settings.rollout_deadline();
+    let began = Instant::now();
+    let previous: Vec<(i64, String)> = detail["retire"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|pair| Some((pair[0].as_i64()?, pair[1].as_str()?.to_owned())))
+        .collect();
+    tracker
+        .step(
+            0,
+            3,
+            format!(
+                "starting version {} beside the running one",
+                service.version
+            ),
+        )
+        .await;
+    let launched = tokio::time::timeout(
+        deadline,
+        service_work::bring_up(state, tracker, service, actor, true),
+    )
+    .await;
+    let wanted = usize::try_from(service.replicas).unwrap_or(0);
+    let failure = match launched {
+        Ok(Ok(_)) => {
+            let left = deadline.saturating_sub(began.elapsed());
+            if ready_within(routes, wanted, left).await {
+                None
+            } else {
+                Some(format!(
+                    "{} of its {wanted} replica(s) passed their probe and warmup within {} s (serving.rollout_deadline_seconds)",
+                    routes.ready_count(),
+                    deadline.as_secs()
+                ))
+            }
+        }
+        Ok(Err(problem)) => Some(problem.detail().to_owned()),
+        Err(_) => Some(format!(
+            "its replicas were not created within {} s (serving.rollout_deadline_seconds)",
+            deadline.as_secs()
+        )),
+    };
+    if let Some(reason) = failure {
+        return Err(undo(state, service, detail, routes, &reason).await);
+    }
+    tracker
+        .step(
+            1,
+            3,
+            format!("version {} takes the traffic", service.version),
+        )
+        .await;
+    routes.end_handover();
+    tracker
+        .step(2, 3, "the previous version finishes its requests")
+        .await;
+    let containers: Vec<String> = previous.iter().map(|(_, id)| id.clone()).collect();
+    let drained = drain(routes, &containers).await;
+    let nodes = replicas::nodes_of(state, previous.iter().map(|(node, _)| *node)).await?;
+    for (node, container) in &previous {
+        if let Some(node) = nodes.get(node).filter(|node| !state.is_down(node.id)) {
+            // A miss is the reconciler's to clean: the container is of a stale generation.
+            let _ = replicas::retire(state, node, container).await;
+        }
+    }
+    tracker.step(3, 3, "rolled out").await;
+    Ok(
+        json!({"version": service.version, "rolled_out": true, "drained": drained,
+        "seconds": began.elapsed().as_secs_f64()}),
+    )
+}
+
+/// Whether `wanted` replicas of the new version take traffic within `limit`.
+async fn ready_within(routes: &ServiceRoutes, wanted: usize, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut signal = routes.watch_ready();
+    loop {
+        if routes.ready_count() >= wanted {
+            return true;
+        }
+        // Readiness changes wake the wait; a probe that fails after passing does not, so look
+        // again at least every half second.
+        let next = (tokio::time::Instant::now() + Duration::from_millis(500)).min(deadline);
+        if tokio::time::timeout_at(next, signal.changed())
+            .await
+            .is_err()
+            && tokio::time::Instant::now() >= deadline
+        {
+            return routes.ready_count() >= wanted;
+        }
+    }
+}
+
+/// Waits until no request is in flight on `containers`, at most the answer timeout and a
+/// margin; whether they drained.
+async fn drain(routes: &ServiceRoutes, containers: &[String]) -> bool {
+    let deadline = Instant::now() + routes.profile().settings.timeout() + DRAIN_MARGIN;
+    while routes.in_flight_on(containers) > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// Undoes the rollout for `reason`: the previous version's definition and allocations recorded
+/// again (as the next version), the new containers removed, the handover ended once the
+/// previous replicas are ready again; the operation's error.
+async fn undo(
+    state: &HubState,
+    service: &ServiceRecord,
+    detail: &Value,
+    routes: &ServiceRoutes,
+    reason: &str,
+) -> Problem {
+    let restored = restore(state, service, detail, reason).await;
+    let outcome = match restored {
+        Ok((version, failed)) => {
+            let wanted = usize::try_from(service.replicas).unwrap_or(0);
+            ready_within(routes, wanted, RESTORE_WAIT).await;
+            let nodes =
+                replicas::nodes_of(state, failed.iter().map(|allocation| allocation.node_id))
+                    .await
+                    .unwrap_or_default();
+            for allocation in failed
+                .iter()
+                .filter(|allocation| !allocation.container_id.is_empty())
+            {
+                if let Some(node) = nodes.get(&allocation.node_id) {
+                    let _ = replicas::retire(state, node, &allocation.container_id).await;
+                }
+            }
+            format!(
+                "version {} was rolled back: {reason}; the previous definition serves again as version {version}, and no request reached version {}",
+                service.version, service.version
+            )
+        }
+        Err(problem) => format!(
+            "version {} did not become ready ({reason}) and undoing it failed: {}; the service stays at version {} and the hub keeps trying to create its replicas",
+            service.version,
+            problem.detail(),
+            service.version
+        ),
+    };
+    routes.end_handover();
+    state.routes.touch(service.id);
+    Problem::new(StatusCode::CONFLICT, outcome)
+}
+
+/// Records the previous version again: its row's definition and counts at the next version
+/// number, and its allocations (the containers that still run); the version and the new
+/// version's allocations it replaced.
+async fn restore(
+    state: &HubState,
+    service: &ServiceRecord,
+    detail: &Value,
+    reason: &str,
+) -> Result<(i64, Vec<Allocation>), Problem> {
+    let before: ServiceRecord = serde_json::from_value(detail["previous"]["service"].clone())
+        .map_err(|err| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let kept: Vec<Allocation> =
+        serde_json::from_value(detail["previous"]["allocations"].clone())
+            .map_err(|err| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let mut transaction = state.store.begin().await?;
+    let mut current = services::get(&mut transaction, service.id).await?;
+    let failed = allocations::for_service(&mut transaction, service.id).await?;
+    for allocation in &failed {
+        allocations::remove(&mut transaction, service.id, allocation.replica).await?;
+    }
+    for allocation in &kept {
+        allocations::record(&mut transaction, allocation).await?;
+    }
+    current.version += 1;
+    current.definition = before.definition.clone();
+    current.image = before.image.clone();
+    current.cpu_millis = before.cpu_millis;
+    current.memory_bytes = before.memory_bytes;
+    current.gpu_count = before.gpu_count;
+    current.replicas = before.replicas;
+    current.node_id = before.node_id;
+    current.container_id = before.container_id.clone();
+    current.container_name = before.container_name.clone();
+    current.generation = before.generation;
+    let deployment = Deployment {
+        version: current.version,
+        definition: current.definition.clone(),
+        node_id: current.node_id,
+        user_id: None,
+        note: format!("rolled back from version {}: {reason}", service.version),
+        created_at: 0,
+    };
+    services::add_deployment(&mut transaction, current.id, &deployment).await?;
+    let saved = services::update(&mut transaction, &current).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    state.placements_changed();
+    Ok((saved.version, failed))
+}
