@@ -8,9 +8,10 @@
 //! in flight on them have ended (the gateway stops sending them new ones as soon as the intent
 //! commits).
 //!
-//! The autoscaler (`serving.autoscale`) reads the gateway's own counts every second — requests
-//! in flight, or requests per second — smoothed over the last few seconds, and asks for
-//! `ceil(load / target)` replicas between `min` and `max`: up once the load has asked for more
+//! The autoscaler (`serving.autoscale`) reads the gateway's own counts four times a second —
+//! requests in flight, or requests per second — and takes as the load the larger of the latest
+//! count and its average over the last few seconds (so a step is seen at once and a dip does
+//! not count until it lasts), asking for `ceil(load / target)` replicas between `min` and `max`: up once the load has asked for more
 //! for `scale_up_seconds`, down once it has asked for fewer for `scale_down_delay_seconds`.
 //! With `min: 0`, a service without requests for `scale_down_delay_seconds` is unloaded, and its
 //! next request loads it (scale to zero). Each step is a `service.scale` (or `service.unload`)
@@ -210,9 +211,12 @@ struct Track {
     pending: Option<(usize, Instant)>,
 }
 
-/// The weight of the newest sample in the smoothed load (a time constant of about 3 s at one
-/// look per second).
-const SMOOTHING: f64 = 0.3;
+/// How often the autoscaler looks.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+/// The weight of the newest sample in the smoothed load (a time constant of about 2.5 s at four
+/// looks per second).
+const SMOOTHING: f64 = 0.1;
 
 /// How long the autoscaler waits for an asked step to show before it decides again.
 const STEP_PATIENCE: Duration = Duration::from_secs(60);
@@ -227,13 +231,13 @@ pub fn wanted_replicas(load: f64, target: f64, min: u32, max: u32) -> usize {
     (wanted as usize).clamp(min.max(1) as usize, max.max(1) as usize)
 }
 
-/// Looks at every autoscaled service once a second until `stop` completes.
+/// Looks at every autoscaled service four times a second until `stop` completes.
 pub async fn run(state: Arc<HubState>, stop: impl Future<Output = ()>) {
     let mut tracks: HashMap<i64, Track> = HashMap::new();
     let mut stop = std::pin::pin!(stop);
     loop {
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(LOOK_EVERY) => {}
             () = &mut stop => return,
         }
         let now = Instant::now();
@@ -272,10 +276,10 @@ fn look<'a>(
 ) -> Option<impl Future<Output = Result<(), Problem>> + 'a> {
     let requests = routes.usage.requests.load(Ordering::Relaxed);
     let in_flight = f64::from(routes.usage.in_flight.load(Ordering::Relaxed));
-    let arrived = requests.saturating_sub(track.requests) as f64;
+    let rate = requests.saturating_sub(track.requests) as f64 / LOOK_EVERY.as_secs_f64();
     track.requests = requests;
     track.in_flight += SMOOTHING * (in_flight - track.in_flight);
-    track.rate += SMOOTHING * (arrived - track.rate);
+    track.rate += SMOOTHING * (rate - track.rate);
     if !routes.wanted_is("running") || state.is_busy(routes.id) {
         return None;
     }
@@ -290,8 +294,12 @@ fn look<'a>(
         rule.target_in_flight_per_replica,
         rule.target_rps_per_replica,
     ) {
-        (Some(target), _) => (track.in_flight, target, "requests in flight"),
-        (None, Some(target)) => (track.rate, target, "requests per second"),
+        (Some(target), _) => (
+            track.in_flight.max(in_flight),
+            target,
+            "requests in flight",
+        ),
+        (None, Some(target)) => (track.rate.max(rate), target, "requests per second"),
         (None, None) => return None,
     };
     let wanted = wanted_replicas(load, target, rule.min, rule.max);
