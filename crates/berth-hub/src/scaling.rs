@@ -294,11 +294,7 @@ fn look<'a>(
         rule.target_in_flight_per_replica,
         rule.target_rps_per_replica,
     ) {
-        (Some(target), _) => (
-            track.in_flight.max(in_flight),
-            target,
-            "requests in flight",
-        ),
+        (Some(target), _) => (track.in_flight.max(in_flight), target, "requests in flight"),
         (None, Some(target)) => (track.rate.max(rate), target, "requests per second"),
         (None, None) => return None,
     };
