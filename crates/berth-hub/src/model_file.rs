@@ -98,6 +98,8 @@ pub struct Expansion {
     pub gpu_share_gb: Option<i64>,
     /// `cuda:N`'s N.
     pub gpu_index: Option<u32>,
+    /// Any GPU (`cuda`): the one with the most free memory, as seed 004's `find_best_device`.
+    pub most_free: bool,
 }
 
 /// Which GPU `device` asks for: `None` for the CPU, `Some(None)` for any GPU.
@@ -246,6 +248,7 @@ impl ModelFile {
             gpu_count: i64::from(gpu.is_some() && share.is_none()),
             gpu_share_gb: share.filter(|_| gpu.is_some()),
             gpu_index: gpu.flatten(),
+            most_free: gpu == Some(None),
         })
     }
 }

@@ -341,6 +341,7 @@ pub fn request_for(definition: &ServiceDefinition) -> Request {
         gpu,
         constraints: definition.constraints.clone(),
         gpu_index: definition.gpu_index,
+        gpu_choice: definition.gpu_choice,
         ..Request::default()
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use berth_core::names::instance_name;
 use berth_core::routing::RoutingConfig;
-use berth_core::schedule::GpuAssignment;
+use berth_core::schedule::{GpuAssignment, GpuChoice};
 use berth_core::spec::{ContainerPort, GpuRequest, GpuShare, RestartPolicy, VolumeTarget};
 use berth_core::{ByteSize, ContainerSpec, SpecError};
 use berth_store::nodes::NodeRecord;
@@ -52,6 +52,13 @@ pub struct ServiceDefinition {
     /// Only this GPU of its node (`device: cuda:N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_index: Option<u32>,
+    /// Which GPU of a node a GPU share takes: the tightest fit, or the one with the most free.
+    #[serde(default, skip_serializing_if = "is_best_fit")]
+    pub gpu_choice: GpuChoice,
+}
+
+fn is_best_fit(choice: &GpuChoice) -> bool {
+    *choice == GpuChoice::BestFit
 }
 
 /// How the gateway serves a service with a `port` (a model service, seed 004).
@@ -107,7 +114,14 @@ pub struct ServingSettings {
     /// probe and warmup) before the rollout is undone and the previous version serves again.
     #[serde(default = "five_minutes")]
     pub rollout_deadline_seconds: u64,
+    /// Ordered routing rules (header, path prefix, query, user → replicas or another service);
+    /// a request none matches is routed by the policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<crate::gateway::rules::RouteRule>,
 }
+
+/// The most routing rules one service may have.
+const MAX_RULES: usize = 64;
 
 /// How the autoscaler sizes a service (one target, in flight or per second).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -278,6 +292,7 @@ impl Default for ServingSettings {
             model_names: Vec::new(),
             autoscale: None,
             rollout_deadline_seconds: five_minutes(),
+            rules: Vec::new(),
         }
     }
 }
@@ -373,6 +388,15 @@ impl ServingSettings {
         }
         if let Some(rule) = &self.autoscale {
             rule.validate()?;
+        }
+        if self.rules.len() > MAX_RULES {
+            return Err(SpecError::new(
+                "serving.rules",
+                format!("at most {MAX_RULES} rules"),
+            ));
+        }
+        for (index, rule) in self.rules.iter().enumerate() {
+            rule.validate(index)?;
         }
         if self.model_names.len() > MAX_MODEL_NAMES {
             return Err(SpecError::new(
@@ -607,6 +631,7 @@ mod tests {
             model: None,
             model_mount: Some(("/srv/models/flood".into(), "/models/flood".into())),
             gpu_index: Some(1),
+            gpu_choice: GpuChoice::BestFit,
         };
         let mut node = NodeRecord::new("gpu-01", "docker");
         node.id = 3;

@@ -70,6 +70,10 @@ pub struct ServiceRequest {
     /// How the gateway serves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<ServingSettings>,
+    /// Which GPU of a node a GPU share takes: `best_fit` (the tightest, default) or
+    /// `most_free`. A model file on `device: cuda` takes `most_free` unless this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_choice: Option<berth_core::schedule::GpuChoice>,
     /// Seed 004's model file: the image, command, port, model mount and GPU come from it and
     /// the hub's `model_runtimes`, unless given here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,6 +108,7 @@ impl ServiceRequest {
             constraints: definition.constraints.clone(),
             serving: Some(definition.serving.clone()),
             model: definition.model.clone(),
+            gpu_choice: Some(definition.gpu_choice),
         }
     }
 

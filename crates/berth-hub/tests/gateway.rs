@@ -2094,3 +2094,70 @@ async fn a_new_version_rolls_out_under_load_and_one_that_never_gets_ready_is_und
     })
     .await;
 }
+
+#[tokio::test]
+async fn routing_rules_send_requests_to_some_replicas_or_another_service() {
+    let (hub, gateway) = hub_with_gateway("gateway-rules", settings()).await;
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let (status, problem) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/{owner}/models/services"),
+                Some(json!({"name": "bad", "image": IMAGE, "port": 8080,
+                    "serving": {"rules": [{"path_prefix": "/v2"}]}})),
+            )
+            .await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (422, Some("serving.rules[0].replicas")),
+            "{problem}"
+        );
+        let other = create(&hub, "other", 1, json!({}), true).await;
+        let id = create(
+            &hub,
+            "ruled",
+            2,
+            json!({"rules": [
+                {"header": {"name": "X-Tier", "value": "gold"}, "replicas": [1]},
+                {"path_prefix": "/index", "query": {"name": "to", "value": "other"},
+                    "service": "other"},
+            ]}),
+            true,
+        )
+        .await;
+        let ruled = wait_ready(&hub, id, 2).await;
+        let other_status = wait_ready(&hub, other, 1).await;
+        let host_of = |status: &Value, replica: i64| -> String {
+            container_of_replica(status, replica)[..12].to_owned()
+        };
+        let caller = Caller::new(gateway, &hub.admin);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..6 {
+            let (code, host) = caller
+                .get(&format!("/s/{owner}/ruled/"), &[("x-tier", "gold")])
+                .await;
+            assert_eq!(code, 200);
+            assert_eq!(host.trim(), host_of(&ruled, 1), "gold goes to replica 1");
+            let (code, host) = caller
+                .get(&format!("/s/{owner}/ruled/index.html?to=other"), &[])
+                .await;
+            assert_eq!(code, 200);
+            assert_eq!(
+                host.trim(),
+                host_of(&other_status, 0),
+                "to=other goes to other"
+            );
+        }
+        for _ in 0..4 {
+            let (_, host) = caller.get(&format!("/s/{owner}/ruled/"), &[]).await;
+            seen.insert(host.trim().to_owned());
+        }
+        assert_eq!(
+            seen.len(),
+            2,
+            "the rest by the policy over both replicas: {seen:?}"
+        );
+    })
+    .await;
+}

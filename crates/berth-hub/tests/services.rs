@@ -942,6 +942,23 @@ async fn seed_004s_model_file_becomes_a_model_service_on_its_gpu() {
                 "{name} in:\n{metrics}"
             );
         }
+        // `device: cuda` takes the GPU with the most free memory (seed 004's
+        // find_best_device): GPU 1, where best fit would have packed it onto GPU 0.
+        let mut any = seed.clone();
+        any["model_id"] = json!("small");
+        any["device"] = json!("cuda");
+        any["max_memory_mb"] = json!(2048);
+        let (status, created, _) =
+            create(json!({"name": "small", "model": any, "cpu_limit": 1, "memory_limit": "1g"}))
+                .await;
+        assert_eq!(status, 200, "{created}");
+        let small = berth_hub::replicas::allocations_of(
+            &hub.state,
+            created["service_id"].as_i64().expect("id"),
+        )
+        .await
+        .expect("allocations");
+        assert_eq!(small[0].gpu_indices, vec![1], "the freest GPU");
         // The next one that asks for GPU 0 with more than is left there is refused, though GPU
         // 1 is free.
         let mut big = seed.clone();

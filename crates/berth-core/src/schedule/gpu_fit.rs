@@ -1,7 +1,7 @@
 //! Choosing GPUs on one node: whole GPUs are exclusive and need a GPU nobody holds; a memory
 //! slice goes to the GPU it fits most tightly (best fit), so that whole GPUs stay free.
 
-use super::{GpuAssignment, GpuDemand, GpuState, NodeState, Reason};
+use super::{GpuAssignment, GpuChoice, GpuDemand, GpuState, NodeState, Reason};
 
 /// A whole GPU is taken only when the node saw at least this share of its memory free: memory
 /// held by processes Berth did not place makes a GPU unfit for an exclusive tenant.
@@ -45,16 +45,21 @@ pub(super) fn choose(
     node: &NodeState,
     demand: GpuDemand,
     only: Option<u32>,
+    choice: GpuChoice,
 ) -> Result<GpuAssignment, Reason> {
     let Some(index) = only else {
-        return choose_among(node, demand);
+        return choose_among(node, demand, choice);
     };
     let mut pinned = node.clone();
     pinned.gpus.retain(|gpu| gpu.index == index);
-    choose_among(&pinned, demand)
+    choose_among(&pinned, demand, choice)
 }
 
-fn choose_among(node: &NodeState, demand: GpuDemand) -> Result<GpuAssignment, Reason> {
+fn choose_among(
+    node: &NodeState,
+    demand: GpuDemand,
+    choice: GpuChoice,
+) -> Result<GpuAssignment, Reason> {
     match demand {
         GpuDemand::None | GpuDemand::Whole(0) => Ok(GpuAssignment::None),
         GpuDemand::Whole(count) => {
@@ -80,13 +85,18 @@ fn choose_among(node: &NodeState, demand: GpuDemand) -> Result<GpuAssignment, Re
         }
         GpuDemand::Slice(bytes) => {
             let mut fits_allocations = false;
-            let best = node
+            let fitting = node
                 .gpus
                 .iter()
                 .filter(|gpu| gpu.free_by_allocations() >= bytes)
                 .inspect(|_| fits_allocations = true)
-                .filter(|gpu| gpu.free_bytes() >= bytes)
-                .min_by_key(|gpu| (gpu.free_bytes(), gpu.index));
+                .filter(|gpu| gpu.free_bytes() >= bytes);
+            let best = match choice {
+                GpuChoice::BestFit => fitting.min_by_key(|gpu| (gpu.free_bytes(), gpu.index)),
+                GpuChoice::MostFree => {
+                    fitting.max_by_key(|gpu| (gpu.free_bytes(), std::cmp::Reverse(gpu.index)))
+                }
+            };
             match best {
                 Some(gpu) => Ok(GpuAssignment::Slice {
                     index: gpu.index,

@@ -167,6 +167,21 @@ pub struct Request {
     /// Only this GPU of a node (seed 004's `device: cuda:N`), for a whole GPU or a slice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_index: Option<u32>,
+    /// Which of a node's fitting GPUs a slice takes.
+    #[serde(default)]
+    pub gpu_choice: GpuChoice,
+}
+
+/// Which GPU of a node a slice takes among those it fits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuChoice {
+    /// The one with the least free memory that fits: GPUs fill up one by one, leaving whole
+    /// ones for large requests.
+    #[default]
+    BestFit,
+    /// The one with the most free memory (seed 004's `find_best_device`): slices spread out.
+    MostFree,
 }
 
 impl Request {
@@ -475,7 +490,7 @@ fn check(node: &NodeState, request: &Request) -> Result<GpuAssignment, Reason> {
     if wanted.disk_bytes > free(node.capacity.disk_bytes, node.allocated.disk_bytes) {
         return Err(Reason::Disk);
     }
-    gpu_fit::choose(node, request.gpu, request.gpu_index)
+    gpu_fit::choose(node, request.gpu, request.gpu_index, request.gpu_choice)
 }
 
 /// Asked and free on `node` in the capacity dimension `reason` names; none for a reason that

@@ -690,3 +690,33 @@ fn a_request_for_one_gpu_index_gets_that_gpu_or_a_refusal() {
         "there is no GPU 2"
     );
 }
+
+#[test]
+fn most_free_spreads_slices_where_best_fit_packs_them() {
+    let cluster = Cluster::new(vec![node(1, ServerType::Gpu, &[80, 24, 40])]);
+    let options = all_candidates();
+    let slice = |choice: GpuChoice| Request {
+        gpu_choice: choice,
+        ..gpu_request(GpuDemand::Slice(10 * GIB))
+    };
+    let index = |placed: Placement| match placed.gpus {
+        GpuAssignment::Slice { index, .. } => index,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        index(
+            cluster
+                .place(&slice(GpuChoice::BestFit), &options)
+                .expect("fits")
+        ),
+        1
+    );
+    assert_eq!(
+        index(
+            cluster
+                .place(&slice(GpuChoice::MostFree), &options)
+                .expect("fits")
+        ),
+        0
+    );
+}

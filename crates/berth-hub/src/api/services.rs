@@ -182,6 +182,13 @@ async fn definition_from(
         model: request.model.clone(),
         model_mount: model.as_ref().map(|model| model.mount.clone()),
         gpu_index: model.as_ref().and_then(|model| model.gpu_index),
+        gpu_choice: request.gpu_choice.unwrap_or(
+            if model.as_ref().is_some_and(|model| model.most_free) {
+                berth_core::schedule::GpuChoice::MostFree
+            } else {
+                berth_core::schedule::GpuChoice::BestFit
+            },
+        ),
     };
     let spec_id = match request.spec_id {
         Some(id) => {

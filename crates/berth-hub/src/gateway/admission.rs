@@ -25,6 +25,8 @@ pub struct Choice {
     pub affinity: Option<String>,
     /// The service a canary split sends a share to.
     pub canary: Option<Arc<ServiceRoutes>>,
+    /// Only these replicas (a routing rule's).
+    pub only: Option<Vec<i64>>,
 }
 
 /// The waiting requests of one service.
@@ -89,6 +91,7 @@ impl ServiceRoutes {
             choice.affinity.as_deref(),
             choice.canary.as_deref(),
             limit,
+            choice.only.as_deref(),
         )?;
         endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
         Some(endpoint)

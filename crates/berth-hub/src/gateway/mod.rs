@@ -20,6 +20,7 @@ pub mod openai;
 pub mod readiness;
 mod relay;
 pub mod routes;
+pub mod rules;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -56,6 +57,12 @@ pub struct Gateway {
     state: Arc<HubState>,
     upstreams: Upstreams,
     rolls: AtomicU64,
+}
+
+/// Where an authorized request goes: a service, and maybe only some of its replicas.
+struct Routed {
+    routes: Arc<ServiceRoutes>,
+    only: Option<Vec<i64>>,
 }
 
 /// An answer the gateway gives itself instead of a replica's.
@@ -199,11 +206,16 @@ impl Gateway {
         };
         let (path_and_query, prefix) =
             (target.path_and_query.into_owned(), target.prefix.to_owned());
-        if let Err(refusal) = self.authorize(&request, &routes, peer.ip()).await {
-            return refusal.into_response();
-        }
+        let routed = match self
+            .authorize(&request, routes, &path_and_query, peer.ip())
+            .await
+        {
+            Ok(routed) => routed,
+            Err(refusal) => return refusal.into_response(),
+        };
+        let routes = routed.routes;
         let mut answer = Answer::begin(&self.state, &routes, started);
-        let endpoint = match self.pick(&request, &routes).await {
+        let endpoint = match self.pick(&request, &routes, routed.only).await {
             Ok(endpoint) => endpoint,
             Err(refusal) => {
                 answer.status = refusal.status.as_u16();
@@ -341,17 +353,45 @@ impl Gateway {
     }
 
     /// Lets the request through to a public service, or with a token of the service's owner or
-    /// of an admin, within the caller's rate limit: who the caller is.
+    /// of an admin, within the caller's rate limit; then applies the service's routing rules to
+    /// it (`path`: below the service): where it goes. A rule's other service is authorized in
+    /// its own right (its own rules are not applied).
     async fn authorize(
         &self,
         head: &impl Head,
-        routes: &ServiceRoutes,
+        routes: Arc<ServiceRoutes>,
+        path: &str,
         peer: IpAddr,
-    ) -> Result<Caller, Refusal> {
+    ) -> Result<Routed, Refusal> {
         let profile = routes.profile();
-        let caller = self.caller(head, routes, peer, &profile).await?;
-        self.within_rate(routes, caller)?;
-        Ok(caller)
+        let (caller, user) = self.caller(head, &routes, peer, &profile).await?;
+        self.within_rate(&routes, caller)?;
+        match rules::route(&profile.settings.rules, head, path, user.as_deref()) {
+            None => Ok(Routed { routes, only: None }),
+            Some(rules::Destination::Replicas(replicas)) => Ok(Routed {
+                routes,
+                only: Some(replicas.to_vec()),
+            }),
+            Some(rules::Destination::Service(name)) => {
+                let Some(other) = self.state.routes.find(&routes.owner, name) else {
+                    return Err(self.refuse(
+                        "no_route",
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "a routing rule of {}/{} sends this request to {name}, which has no port to serve",
+                            routes.owner, routes.name
+                        ),
+                    ));
+                };
+                let other_profile = other.profile();
+                let (caller, _) = self.caller(head, &other, peer, &other_profile).await?;
+                self.within_rate(&other, caller)?;
+                Ok(Routed {
+                    routes: other,
+                    only: None,
+                })
+            }
+        }
     }
 
     /// Counts a request of `caller` against the service's rate limit: 429 over it.
@@ -376,7 +416,8 @@ impl Gateway {
         Ok(())
     }
 
-    /// Who calls: the user of the token (required for a private service), or the address.
+    /// Who calls, and the user's name: the user of the token (required for a private service),
+    /// or the address.
     /// A public service's callers are looked up only when it limits their rate; a token that is
     /// not Berth's is the service's own business there.
     async fn caller(
@@ -385,10 +426,16 @@ impl Gateway {
         routes: &ServiceRoutes,
         peer: IpAddr,
         profile: &Profile,
-    ) -> Result<Caller, Refusal> {
-        let anonymous = Caller::Address(peer);
+    ) -> Result<(Caller, Option<String>), Refusal> {
+        let anonymous = (Caller::Address(peer), None);
         let token = head.bearer_token();
-        if profile.public && (profile.settings.rate_limit.is_none() || token.is_none()) {
+        let names_matter = profile.settings.rate_limit.is_some()
+            || profile
+                .settings
+                .rules
+                .iter()
+                .any(|rule| rule.user.is_some());
+        if profile.public && (!names_matter || token.is_none()) {
             return Ok(anonymous);
         }
         let Some(token) = token else {
@@ -412,7 +459,7 @@ impl Gateway {
                         || bearer.user.id == routes.owner_id
                         || bearer.user.role == Role::Admin) =>
             {
-                Ok(Caller::User(bearer.user.id))
+                Ok((Caller::User(bearer.user.id), Some(bearer.user.name)))
             }
             // A key limited to other services is, to a public service, no Berth key at all.
             Ok(_) if profile.public => Ok(anonymous),
@@ -443,6 +490,7 @@ impl Gateway {
         &self,
         head: &impl Head,
         routes: &Arc<ServiceRoutes>,
+        only: Option<Vec<i64>>,
     ) -> Result<Arc<Endpoint>, Refusal> {
         let profile = routes.profile();
         let settings = &profile.settings;
@@ -474,6 +522,7 @@ impl Gateway {
                 .as_ref()
                 .and_then(|split| split.service.as_deref())
                 .and_then(|name| self.state.routes.find(&routes.owner, name)),
+            only,
         };
         // Waiting is for a service being loaded (by this request or lately by anyone).
         let starting = woken

@@ -292,7 +292,7 @@ impl Gateway {
         }
         let request = Request::from_parts(parts, Full::new(body));
         let mut answer = Answer::begin(&self.state, &routes, started);
-        let endpoint = match self.pick(&request, &routes).await {
+        let endpoint = match self.pick(&request, &routes, None).await {
             Ok(endpoint) => endpoint,
             Err(refusal) => {
                 answer.status = refusal.status.as_u16();

@@ -271,15 +271,24 @@ impl Connection {
             Ok(located) => located,
             Err(refusal) => return self.refuse(&refusal, plan.close, plan.body_length).await,
         };
-        let profile = routes.profile();
-        if profile.settings.http2 {
+        if routes.profile().settings.http2 {
             return After::HandOver;
         }
-        if let Err(refusal) = gateway.authorize(&request, &routes, self.peer).await {
-            return self.refuse(&refusal, plan.close, plan.body_length).await;
+        let routed = match gateway
+            .authorize(&request, routes, &target.path_and_query, self.peer)
+            .await
+        {
+            Ok(routed) => routed,
+            Err(refusal) => return self.refuse(&refusal, plan.close, plan.body_length).await,
+        };
+        let routes = routed.routes;
+        let profile = routes.profile();
+        if profile.settings.http2 {
+            // A rule sent it to a service that speaks HTTP/2 to its replicas.
+            return After::HandOver;
         }
         let mut answer = Answer::begin(&gateway.state, &routes, started);
-        let endpoint = match gateway.pick(&request, &routes).await {
+        let endpoint = match gateway.pick(&request, &routes, routed.only).await {
             Ok(endpoint) => endpoint,
             Err(refusal) => {
                 answer.status = refusal.status.as_u16();

@@ -397,18 +397,20 @@ impl ServiceRoutes {
     }
 
     /// The ready replicas of this service (and, under a canary split, of the canary service)
-    /// with fewer than `limit` requests in flight: the one the routing policy gives this
-    /// request, if any.
+    /// with fewer than `limit` requests in flight, among `only` when given: the one the
+    /// routing policy gives this request, if any.
     pub fn choose(
         &self,
         roll: u64,
         affinity: Option<&str>,
         canary: Option<&ServiceRoutes>,
         limit: Option<u32>,
+        only: Option<&[i64]>,
     ) -> Option<Arc<Endpoint>> {
         let profile = self.profile();
         let takes = |endpoint: &Endpoint| {
             endpoint.is_ready()
+                && only.is_none_or(|replicas| replicas.contains(&endpoint.replica))
                 && limit.is_none_or(|limit| endpoint.in_flight.load(Ordering::Acquire) < limit)
         };
         let mut ready: Vec<(Arc<Endpoint>, bool)> = Vec::new();
