@@ -305,9 +305,14 @@ pub struct Serving {
     ready: i64,
     requests: i64,
     in_flight: i64,
+    queued: i64,
     last_used: String,
     loaded_at: String,
     load_ms: String,
+    /// The names the OpenAI-compatible front routes here, joined; empty when none.
+    model_names: String,
+    /// Prompt and completion tokens counted through the front.
+    tokens: String,
 }
 
 #[derive(Template)]
@@ -491,6 +496,22 @@ async fn detail_page(
         ready: serving["ready_replicas"].as_i64().unwrap_or(0),
         requests: serving["requests"].as_i64().unwrap_or(0),
         in_flight: serving["in_flight"].as_i64().unwrap_or(0),
+        queued: serving["queued"].as_i64().unwrap_or(0),
+        model_names: serving["model_names"]
+            .as_array()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default(),
+        tokens: format!(
+            "{} / {}",
+            serving["tokens"]["prompt"].as_i64().unwrap_or(0),
+            serving["tokens"]["completion"].as_i64().unwrap_or(0)
+        ),
         last_used: millis_text(&serving["last_used_ms"]),
         loaded_at: millis_text(&serving["loaded_at_ms"]),
         load_ms: serving["load_duration_ms"]

@@ -287,6 +287,13 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("services.ready", "Ready replicas", "就绪副本"),
     ("services.requests", "Requests", "请求数"),
     ("services.in_flight", "In flight", "处理中"),
+    ("services.queued", "Waiting in the queue", "排队中"),
+    ("services.model_names", "Model names", "模型名称"),
+    (
+        "services.tokens",
+        "Tokens (prompt / completion)",
+        "令牌数（提示 / 生成）",
+    ),
     ("services.last_used", "Last used", "最近使用"),
     ("services.loaded_at", "Loaded at", "加载时间"),
     ("services.load_time", "Load took", "加载耗时"),
