@@ -6,8 +6,18 @@
 //! replicas cannot be created) is undone: the previous version's definition and replicas —
 //! still running — are recorded again as the next version, the new containers are removed, and
 //! the operation fails saying why. Requests never reach a replica that was not ready.
+//!
+//! A rollout can be held: with `routing.canary.percent` and no canary `service`, it pauses once
+//! the new replicas are ready and sends that share of requests to them (the rest to the
+//! previous version) until its owner promotes it (`berth service rollout promote`) or aborts it
+//! (`… abort`: undone as above); `pause` holds any rollout before its traffic moves, `resume`
+//! lets it go on. While held, the deadline does not run and the rollout keeps the service.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use berth_http::Problem;
 use berth_store::StoreError;
@@ -28,6 +38,77 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 /// How long the restored previous replicas have to be probed ready again after an undo.
 const RESTORE_WAIT: Duration = Duration::from_secs(30);
 
+/// What a rollout's owner told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on: move the traffic once the new version is ready.
+    Going,
+    /// Hold before moving the traffic (a canary rollout starts so).
+    Paused,
+    /// Move the traffic now.
+    Promote,
+    /// Undo the rollout.
+    Abort,
+}
+
+impl Flow {
+    /// The command's name in the API (`pause`, `resume`, `promote`, `abort`).
+    pub fn parse(command: &str) -> Option<Self> {
+        match command {
+            "pause" => Some(Self::Paused),
+            "resume" => Some(Self::Going),
+            "promote" => Some(Self::Promote),
+            "abort" => Some(Self::Abort),
+            _ => None,
+        }
+    }
+}
+
+/// The rollouts under way, by service, with what their owners told them.
+#[derive(Debug, Default)]
+pub struct Controls {
+    running: Mutex<HashMap<i64, watch::Sender<Flow>>>,
+}
+
+impl Controls {
+    fn start(&self, service: i64, flow: Flow) -> watch::Receiver<Flow> {
+        let (sender, receiver) = watch::channel(flow);
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(service, sender);
+        }
+        receiver
+    }
+
+    fn end(&self, service: i64) {
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&service);
+        }
+    }
+
+    /// Tells service `service`'s rollout `flow`; false when none is under way. A decision
+    /// (promote, abort) stands: a later pause or resume does not undo it.
+    pub fn tell(&self, service: i64, flow: Flow) -> bool {
+        let Ok(running) = self.running.lock() else {
+            return false;
+        };
+        let Some(sender) = running.get(&service) else {
+            return false;
+        };
+        sender.send_modify(|current| {
+            if !matches!(*current, Flow::Promote | Flow::Abort) {
+                *current = flow;
+            }
+        });
+        true
+    }
+
+    /// Whether service `service` has a rollout under way, and what it was told.
+    pub fn of(&self, service: i64) -> Option<Flow> {
+        let running = self.running.lock().ok()?;
+        running.get(&service).map(|sender| *sender.borrow())
+    }
+}
+
 /// Carries out the rollout the intent `detail` names (its `retire` list is the previous
 /// version's containers, `previous` its service row and allocations).
 pub async fn carry_out(
@@ -37,6 +118,40 @@ pub async fn carry_out(
     actor: Option<i64>,
     detail: &Value,
     routes: &ServiceRoutes,
+) -> Result<Value, Problem> {
+    let settings = routes.profile().settings.clone();
+    let canary = settings
+        .routing
+        .canary
+        .as_ref()
+        .filter(|split| split.service.is_none())
+        .map(|split| split.percent);
+    let mut flow = state.rollouts.start(
+        service.id,
+        if canary.is_some() {
+            Flow::Paused
+        } else {
+            Flow::Going
+        },
+    );
+    let outcome = roll(
+        state, tracker, service, actor, detail, routes, &mut flow, canary,
+    )
+    .await;
+    state.rollouts.end(service.id);
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn roll(
+    state: &HubState,
+    tracker: &Tracker,
+    service: &ServiceRecord,
+    actor: Option<i64>,
+    detail: &Value,
+    routes: &ServiceRoutes,
+    flow: &mut watch::Receiver<Flow>,
+    canary: Option<u8>,
 ) -> Result<Value, Problem> {
     let deadline = routes.profile().settings.rollout_deadline();
     let began = Instant::now();
@@ -56,16 +171,26 @@ pub async fn carry_out(
             ),
         )
         .await;
-    let launched = tokio::time::timeout(
-        deadline,
-        service_work::bring_up(state, tracker, service, actor, true),
-    )
-    .await;
+    let launched = tokio::select! {
+        launched = tokio::time::timeout(
+            deadline,
+            service_work::bring_up(state, tracker, service, actor, true),
+        ) => launched,
+        () = told(flow, Flow::Abort) => {
+            return Err(undo(state, service, detail, routes, "aborted by its owner").await);
+        }
+    };
     let wanted = usize::try_from(service.replicas).unwrap_or(0);
     let failure = match launched {
         Ok(Ok(_)) => {
             let left = deadline.saturating_sub(began.elapsed());
-            if ready_within(routes, wanted, left).await {
+            let ready = tokio::select! {
+                ready = ready_within(routes, wanted, left) => ready,
+                () = told(flow, Flow::Abort) => {
+                    return Err(undo(state, service, detail, routes, "aborted by its owner").await);
+                }
+            };
+            if ready {
                 None
             } else {
                 Some(format!(
@@ -83,6 +208,31 @@ pub async fn carry_out(
     };
     if let Some(reason) = failure {
         return Err(undo(state, service, detail, routes, &reason).await);
+    }
+    if *flow.borrow() == Flow::Paused {
+        tracker
+            .step(
+                1,
+                3,
+                match canary {
+                    Some(percent) => format!(
+                        "paused: version {} takes {percent}% of the requests; berth service rollout promote or abort",
+                        service.version
+                    ),
+                    None => format!(
+                        "paused before version {} takes the traffic; berth service rollout resume, promote or abort",
+                        service.version
+                    ),
+                },
+            )
+            .await;
+        let decided = flow
+            .wait_for(|told| *told != Flow::Paused)
+            .await
+            .map(|told| *told);
+        if matches!(decided, Ok(Flow::Abort)) {
+            return Err(undo(state, service, detail, routes, "aborted by its owner").await);
+        }
     }
     tracker
         .step(
@@ -109,6 +259,13 @@ pub async fn carry_out(
         json!({"version": service.version, "rolled_out": true, "drained": drained,
         "seconds": began.elapsed().as_secs_f64()}),
     )
+}
+
+/// Resolves once the rollout is told `wanted` (never, if its controls are gone).
+async fn told(flow: &mut watch::Receiver<Flow>, wanted: Flow) {
+    if flow.wait_for(|told| *told == wanted).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Whether `wanted` replicas of the new version take traffic within `limit`.

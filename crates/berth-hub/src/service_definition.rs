@@ -311,13 +311,14 @@ impl ServingSettings {
     /// Checks every value; the error names the field (`serving.…`).
     pub fn validate(&self) -> Result<(), SpecError> {
         self.routing.validate()?;
-        if let Some(canary) = &self.routing.canary {
-            let Some(service) = &canary.service else {
-                return Err(SpecError::new(
-                    "serving.routing.canary.service",
-                    "name the service of the same owner that runs the canary version",
-                ));
-            };
+        // A canary without a service splits a paused rollout between the new version's
+        // replicas and the previous one's.
+        if let Some(service) = self
+            .routing
+            .canary
+            .as_ref()
+            .and_then(|canary| canary.service.as_ref())
+        {
             berth_core::spec::validate_name("serving.routing.canary.service", service)?;
         }
         check_path("serving.probe_path", &self.probe_path)?;

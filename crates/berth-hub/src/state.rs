@@ -138,6 +138,8 @@ pub struct HubState {
     confirming: std::sync::Mutex<HashSet<i64>>,
     /// Each watched node's copy of this hub's containers ([`crate::node_watch`]).
     mirrors: std::sync::RwLock<HashMap<i64, Arc<ContainerMirror>>>,
+    /// The rollouts under way, and what their owners told them (pause, resume, promote, abort).
+    pub rollouts: crate::rollout::Controls,
 }
 
 /// Holds a service for one change; released when dropped.
@@ -187,6 +189,7 @@ impl HubState {
             latest_changes: Default::default(),
             node_clients: Default::default(),
             mirrors: Default::default(),
+            rollouts: Default::default(),
             confirming: Default::default(),
         })
     }

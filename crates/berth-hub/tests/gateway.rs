@@ -568,7 +568,7 @@ async fn websockets_http2_private_services_and_timeouts() {
         for (serving, field) in [
             (json!({"routing": {"policy": "sticky"}}), "routing.affinity"),
             (
-                json!({"routing": {"canary": {"percent": 10}}}),
+                json!({"routing": {"canary": {"percent": 10, "service": "Not A Name"}}}),
                 "serving.routing.canary.service",
             ),
             (
@@ -1760,7 +1760,7 @@ async fn the_openai_front_routes_by_model_streams_counts_usage_and_honours_key_l
             Some(json!({"services": [999_999]})),
         )
         .await;
-    assert_eq!((status, problem["field"].as_str()), (422, Some("services")));
+    assert_eq!((status, problem["field"].as_str()), (404, Some("services")));
 
     // Streamed chunk by chunk: the first event arrives while the server holds the last.
     let mut stream = chat(
@@ -2157,6 +2157,126 @@ async fn routing_rules_send_requests_to_some_replicas_or_another_service() {
             seen.len(),
             2,
             "the rest by the policy over both replicas: {seen:?}"
+        );
+    })
+    .await;
+}
+
+/// Waits until operation `id`'s progress step mentions `word`; its row.
+async fn operation_saying(hub: &Hub, id: i64, word: &str) -> Value {
+    for _ in 0..300 {
+        let (_, operation) = hub
+            .admin(Method::GET, &format!("/api/operations/{id}"), None)
+            .await;
+        if operation.to_string().contains(word) {
+            return operation;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("operation {id} never said {word:?}");
+}
+
+#[tokio::test]
+async fn a_canary_rollout_pauses_split_then_is_aborted_or_promoted() {
+    let (hub, gateway) = hub_with_gateway("gateway-canary-rollout", settings()).await;
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let id = create(
+            &hub,
+            "careful",
+            1,
+            json!({"probe_interval_seconds": 1, "routing": {"canary": {"percent": 50}}}),
+            true,
+        )
+        .await;
+        let first = containers(&wait_ready(&hub, id, 1).await);
+        let caller = Caller::new(gateway, &hub.admin);
+        let hosts = || async {
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..40 {
+                let (code, host) = caller.get(&format!("/s/{owner}/careful/"), &[]).await;
+                assert_eq!(code, 200);
+                seen.insert(host.trim().to_owned());
+            }
+            seen
+        };
+        let new_version = |version: &str| {
+            let hub = &hub;
+            let version = version.to_owned();
+            async move {
+                let (status, operation) = hub
+                    .admin(
+                        Method::PATCH,
+                        &format!("/api/services/{id}"),
+                        Some(json!({"environment": {"VERSION": version}})),
+                    )
+                    .await;
+                assert_eq!(status, 202, "{operation}");
+                operation["id"].as_i64().expect("operation")
+            }
+        };
+        let (status, _) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/services/{id}/rollout/promote"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 409, "no rollout under way");
+
+        // Paused at the canary: half the requests go to the new version, half to the old.
+        let operation = new_version("2").await;
+        operation_saying(&hub, operation, "paused").await;
+        let split = hosts().await;
+        assert_eq!(split.len(), 2, "both versions answer: {split:?}");
+        assert!(split.iter().any(|host| first.contains_key(host)));
+        let (status, _) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/services/{id}/rollout/abort"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        let ended = operation_saying(&hub, operation, "aborted by its owner").await;
+        assert_eq!(ended["state"], "failed", "{ended}");
+        assert!(
+            hosts().await.iter().all(|host| first.contains_key(host)),
+            "the previous version alone serves again"
+        );
+
+        // Paused again, then promoted: the new version takes everything.
+        let operation = new_version("3").await;
+        operation_saying(&hub, operation, "paused").await;
+        let (status, _) = hub
+            .admin(
+                Method::POST,
+                &format!("/api/services/{id}/rollout/promote"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (_, ended) = hub
+            .admin(
+                Method::GET,
+                &format!("/api/operations/{operation}?wait=30"),
+                None,
+            )
+            .await;
+        assert_eq!(ended["state"], "succeeded", "{ended}");
+        let promoted = hosts().await;
+        assert!(
+            promoted.len() == 1 && promoted.iter().all(|host| !first.contains_key(host)),
+            "only the new version: {promoted:?}"
+        );
+        assert!(
+            hub.actions_of_service(id)
+                .await
+                .iter()
+                .filter(|action| *action == "service.rollout")
+                .count()
+                == 2,
+            "each command logged"
         );
     })
     .await;

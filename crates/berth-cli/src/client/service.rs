@@ -119,6 +119,15 @@ pub enum ServiceCommand {
         #[arg(long)]
         detach: bool,
     },
+    /// Steer the rollout under way: pause it before its traffic moves, resume it, promote it
+    /// (move the traffic now) or abort it (the previous version serves again).
+    Rollout {
+        /// pause, resume, promote or abort.
+        #[arg(value_parser = ["pause", "resume", "promote", "abort"])]
+        command: String,
+        /// Service name (yours), OWNER/NAME, or id.
+        id: String,
+    },
     /// Move the service's container to another node (admin); its data volume stays behind.
     Migrate {
         /// Service name (yours), OWNER/NAME, or id.
@@ -506,6 +515,18 @@ pub async fn run(
                 )
                 .await?;
             return changed(client, output, accepted, detach).await;
+        }
+        ServiceCommand::Rollout { command, id } => {
+            let id = names::service_id(client, &id).await?;
+            client
+                .call(
+                    Method::POST,
+                    &format!("/api/services/{id}/rollout/{command}"),
+                    None,
+                )
+                .await?;
+            println!("rollout of service {id}: {command} sent");
+            Ok(())
         }
         ServiceCommand::Migrate { id, to, detach } => {
             let id = names::service_id(client, &id).await?;

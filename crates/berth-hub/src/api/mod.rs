@@ -181,6 +181,11 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HubState>>)> {
         ),
         (
             Method::POST,
+            "/api/services/{id}/rollout/{command}",
+            post(services::rollout),
+        ),
+        (
+            Method::POST,
             "/api/{username}/{repo}/services",
             post(services::create),
         ),

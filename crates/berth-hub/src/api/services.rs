@@ -1187,6 +1187,46 @@ async fn redeploy(
     Ok(id)
 }
 
+/// `POST /api/services/{id}/rollout/{command}` (owner or admin): tells the rollout under way
+/// `pause` (hold it before its traffic moves), `resume`, `promote` (move the traffic now) or
+/// `abort` (undo it; the previous version serves again). Logged as `service.rollout`; 409 when
+/// no rollout is under way.
+pub async fn rollout(
+    State(state): Shared,
+    user: CurrentUser,
+    Path((id, command)): Path<(i64, String)>,
+) -> Result<Json<Value>, Problem> {
+    let service = owned(&state, &user.0, id).await?;
+    let flow = crate::rollout::Flow::parse(&command).ok_or_else(|| {
+        Problem::invalid_field(
+            "command",
+            format!("{command:?} is not pause, resume, promote or abort"),
+        )
+    })?;
+    if !state.rollouts.tell(service.id, flow) {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            format!(
+                "service {} has no rollout under way; a new version (apply, update, rollback) starts one",
+                service.name
+            ),
+        ));
+    }
+    let transaction = state.store.begin().await?;
+    operations::commit_with(
+        transaction,
+        &operation(
+            user.0.id,
+            "service.rollout",
+            &service,
+            "ok",
+            json!({"command": command}),
+        ),
+    )
+    .await?;
+    Ok(Json(json!({"service_id": id, "command": command})))
+}
+
 /// What `PATCH /api/services/{id}` may change; anything left out stays as it is.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

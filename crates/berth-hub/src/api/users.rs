@@ -104,9 +104,10 @@ async fn token_services(
             service.owner_id == holder.id || service.is_public || holder.role == Role::Admin
         });
         if !callable {
-            return Err(Problem::invalid_field(
+            return Err(Problem::bad_input(
+                StatusCode::NOT_FOUND,
                 "services",
-                format!("{} cannot call service {id}, or there is none", holder.name),
+                format!("{} has no service {id} to call", holder.name),
             ));
         }
     }

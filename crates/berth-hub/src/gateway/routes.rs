@@ -413,13 +413,25 @@ impl ServiceRoutes {
                 && only.is_none_or(|replicas| replicas.contains(&endpoint.replica))
                 && limit.is_none_or(|limit| endpoint.in_flight.load(Ordering::Acquire) < limit)
         };
+        // During a rollout with a canary split of its own, the new version's replicas are the
+        // canary group and the previous version's the rest.
+        let split_here = profile
+            .settings
+            .routing
+            .canary
+            .as_ref()
+            .is_some_and(|split| split.service.is_none())
+            && self
+                .outgoing
+                .read()
+                .is_ok_and(|outgoing| !outgoing.is_empty());
         let mut ready: Vec<(Arc<Endpoint>, bool)> = Vec::new();
         if let Ok(endpoints) = self.endpoints.read() {
             ready.extend(
                 endpoints
                     .iter()
                     .filter(|endpoint| takes(endpoint))
-                    .map(|endpoint| (Arc::clone(endpoint), false)),
+                    .map(|endpoint| (Arc::clone(endpoint), split_here)),
             );
         }
         if let Ok(outgoing) = self.outgoing.read() {
