@@ -358,6 +358,16 @@ fn verbs_for(status: &str, served: bool, busy: bool) -> Vec<&'static str> {
     verbs
 }
 
+/// The commands a rollout under way takes: held, it can be promoted, aborted or resumed; going,
+/// paused, promoted or aborted.
+fn rollout_verbs(flow: crate::rollout::Flow) -> Vec<&'static str> {
+    match flow {
+        crate::rollout::Flow::Paused => vec!["promote", "abort", "resume"],
+        crate::rollout::Flow::Going => vec!["pause", "promote", "abort"],
+        _ => Vec::new(),
+    }
+}
+
 /// The operation a service is going through now, shown with its progress; the page refreshes
 /// itself until it ended.
 #[derive(Debug, Clone)]
@@ -584,11 +594,14 @@ async fn detail_page(
         range,
         deployments,
         operations,
-        verbs: verbs_for(
-            &service.status,
-            service.definition["port"].is_u64(),
-            working_now,
-        ),
+        verbs: match state.rollouts.of(service.id) {
+            Some(flow) => rollout_verbs(flow),
+            None => verbs_for(
+                &service.status,
+                service.definition["port"].is_u64(),
+                working_now,
+            ),
+        },
         can_exec: service.status == "running",
         environment: service.definition["environment"]
             .as_object()
@@ -633,7 +646,8 @@ async fn operation_of(answer: Response) -> Value {
     serde_json::from_slice(&bytes).unwrap_or_default()
 }
 
-/// `POST /services/{id}/do/{start|stop|restart|load|unload|delete}` through the API's handlers.
+/// `POST /services/{id}/do/{start|stop|restart|load|unload|delete}`, and a rollout's
+/// `pause|resume|promote|abort`, through the API's handlers.
 pub async fn act(
     State(state): Shared,
     visitor: Visitor,
@@ -658,6 +672,11 @@ pub async fn act(
         "unload" => api::services::unload(shared, user, Path(id), waiting())
             .await
             .map(drop),
+        "pause" | "resume" | "promote" | "abort" => {
+            api::services::rollout(shared, user, Path((id, verb.clone())))
+                .await
+                .map(drop)
+        }
         "delete" if form.find("confirm").is_some() => {
             return match api::services::delete(shared, user, Path(id), waiting()).await {
                 Ok(_) => see_other("/services"),
