@@ -134,25 +134,43 @@ pub async fn carry_out(
             Flow::Going
         },
     );
-    let outcome = roll(
-        state, tracker, service, actor, detail, routes, &mut flow, canary,
-    )
-    .await;
+    let rollout = Rollout {
+        state,
+        tracker,
+        service,
+        actor,
+        detail,
+        routes,
+    };
+    let outcome = roll(rollout, &mut flow, canary).await;
     state.rollouts.end(service.id);
     outcome
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn roll(
-    state: &HubState,
-    tracker: &Tracker,
-    service: &ServiceRecord,
+/// One rollout's inputs.
+#[derive(Clone, Copy)]
+struct Rollout<'a> {
+    state: &'a HubState,
+    tracker: &'a Tracker,
+    service: &'a ServiceRecord,
     actor: Option<i64>,
-    detail: &Value,
-    routes: &ServiceRoutes,
+    detail: &'a Value,
+    routes: &'a ServiceRoutes,
+}
+
+async fn roll(
+    rollout: Rollout<'_>,
     flow: &mut watch::Receiver<Flow>,
     canary: Option<u8>,
 ) -> Result<Value, Problem> {
+    let Rollout {
+        state,
+        tracker,
+        service,
+        actor,
+        detail,
+        routes,
+    } = rollout;
     let deadline = routes.profile().settings.rollout_deadline();
     let began = Instant::now();
     let previous: Vec<(i64, String)> = detail["retire"]
@@ -246,7 +264,12 @@ async fn roll(
         .step(2, 3, "the previous version finishes its requests")
         .await;
     let containers: Vec<String> = previous.iter().map(|(_, id)| id.clone()).collect();
-    let drained = drain(routes, &containers).await;
+    let drained = routes
+        .drained(
+            &containers,
+            routes.profile().settings.timeout() + DRAIN_MARGIN,
+        )
+        .await;
     let nodes = replicas::nodes_of(state, previous.iter().map(|(node, _)| *node)).await?;
     for (node, container) in &previous {
         if let Some(node) = nodes.get(node).filter(|node| !state.is_down(node.id)) {
@@ -287,19 +310,6 @@ async fn ready_within(routes: &ServiceRoutes, wanted: usize, limit: Duration) ->
             return routes.ready_count() >= wanted;
         }
     }
-}
-
-/// Waits until no request is in flight on `containers`, at most the answer timeout and a
-/// margin; whether they drained.
-async fn drain(routes: &ServiceRoutes, containers: &[String]) -> bool {
-    let deadline = Instant::now() + routes.profile().settings.timeout() + DRAIN_MARGIN;
-    while routes.in_flight_on(containers) > 0 {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
 }
 
 /// Undoes the rollout for `reason`: the previous version's definition and allocations recorded

@@ -181,18 +181,13 @@ pub async fn carry_out(
 /// Waits until the gateway has no request in flight on `containers` of service `id`, at most
 /// the service's answer timeout and a margin; whether they drained.
 async fn drain(state: &HubState, id: i64, containers: &[String]) -> bool {
-    let Some(routes) = state.routes.get(id) else {
-        return true;
-    };
-    let limit = routes.profile().settings.timeout() + DRAIN_MARGIN;
-    let deadline = Instant::now() + limit;
-    while routes.in_flight_on(containers) > 0 {
-        if Instant::now() >= deadline {
-            return false;
+    match state.routes.get(id) {
+        Some(routes) => {
+            let limit = routes.profile().settings.timeout() + DRAIN_MARGIN;
+            routes.drained(containers, limit).await
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        None => true,
     }
-    true
 }
 
 /// What the autoscaler keeps of one service between two looks.

@@ -582,10 +582,8 @@ async fn the_catalog_is_read_by_all_and_changed_by_admins() {
     assert_eq!(status, 204);
 }
 
-#[tokio::test]
-async fn running_services_are_sampled_into_their_stats_history() {
-    let hub = start("service-stats").await;
-    add_local_node(&hub).await;
+/// Adds a connected simulated node `sim-gpu` with 8 cores, 64 GiB and two 24 GiB GPUs.
+async fn add_gpu_node(hub: &Hub) {
     let mut gpu_node =
         berth_store::nodes::NodeRecord::new("sim-gpu", berth_hub::simulation::SIMULATED_DRIVER);
     gpu_node.docker_status = "connected".to_owned();
@@ -594,13 +592,18 @@ async fn running_services_are_sampled_into_their_stats_history() {
     gpu_node.memory = "64g".to_owned();
     gpu_node.gpu_count = 2;
     gpu_node.gpu_memory_gb = 24;
-    {
-        let mut transaction = hub.state.store.begin().await.expect("tx");
-        berth_store::nodes::insert(&mut transaction, &gpu_node)
-            .await
-            .expect("node");
-        transaction.commit().await.expect("commit");
-    }
+    let mut transaction = hub.state.store.begin().await.expect("tx");
+    berth_store::nodes::insert(&mut transaction, &gpu_node)
+        .await
+        .expect("node");
+    transaction.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn running_services_are_sampled_into_their_stats_history() {
+    let hub = start("service-stats").await;
+    add_local_node(&hub).await;
+    add_gpu_node(&hub).await;
     let (_, alice) = hub.new_user("alice").await;
     let (_, bob) = hub.new_user("bob").await;
     with_cleanup(&hub, async {
@@ -840,21 +843,7 @@ async fn seed_004s_model_file_becomes_a_model_service_on_its_gpu() {
         },
     )
     .await;
-    let mut gpu_node =
-        berth_store::nodes::NodeRecord::new("sim-gpu", berth_hub::simulation::SIMULATED_DRIVER);
-    gpu_node.docker_status = "connected".to_owned();
-    gpu_node.server_type = "gpu".to_owned();
-    gpu_node.cpu = "8".to_owned();
-    gpu_node.memory = "64g".to_owned();
-    gpu_node.gpu_count = 2;
-    gpu_node.gpu_memory_gb = 24;
-    {
-        let mut transaction = hub.state.store.begin().await.expect("tx");
-        berth_store::nodes::insert(&mut transaction, &gpu_node)
-            .await
-            .expect("node");
-        transaction.commit().await.expect("commit");
-    }
+    add_gpu_node(&hub).await;
     let (_, alice) = hub.new_user("alice").await;
     // Seed 004's example, as `berth apply` sends it.
     let seed: Value = yaml_serde::from_str(

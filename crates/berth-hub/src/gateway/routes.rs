@@ -374,6 +374,19 @@ impl ServiceRoutes {
         listed + retiring + outgoing
     }
 
+    /// Waits until no request is in flight on `containers`, at most `limit`; whether they
+    /// drained.
+    pub async fn drained(&self, containers: &[String], limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while self.in_flight_on(containers) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        true
+    }
+
     /// How many replicas take traffic.
     pub fn ready_count(&self) -> usize {
         self.endpoints()
