@@ -189,43 +189,64 @@ async fn roll(
             ),
         )
         .await;
-    let launched = tokio::select! {
-        launched = tokio::time::timeout(
-            deadline,
-            service_work::bring_up(state, tracker, service, actor, true),
-        ) => launched,
-        () = told(flow, Flow::Abort) => {
-            return Err(undo(state, service, detail, routes, "aborted by its owner").await);
-        }
-    };
     let wanted = usize::try_from(service.replicas).unwrap_or(0);
-    let failure = match launched {
-        Ok(Ok(_)) => {
-            let left = deadline.saturating_sub(began.elapsed());
-            let ready = tokio::select! {
-                ready = ready_within(routes, wanted, left) => ready,
-                () = told(flow, Flow::Abort) => {
-                    return Err(undo(state, service, detail, routes, "aborted by its owner").await);
-                }
-            };
-            if ready {
-                None
-            } else {
-                Some(format!(
-                    "{} of its {wanted} replica(s) passed their probe and warmup within {} s (serving.rollout_deadline_seconds)",
-                    routes.ready_count(),
-                    deadline.as_secs()
-                ))
+    // With `max_surge`, the new replicas start a batch at a time and as many previous ones
+    // leave after each batch is ready (a canary rollout starts them all at once).
+    let surge = routes
+        .profile()
+        .settings
+        .max_surge
+        .filter(|_| canary.is_none())
+        .map_or(wanted, |surge| usize::try_from(surge).unwrap_or(wanted))
+        .clamp(1, wanted.max(1));
+    let (mut launched, mut left_early) = (0, 0);
+    while launched < wanted {
+        let batch: Vec<i64> = (launched..(launched + surge).min(wanted))
+            .filter_map(|replica| i64::try_from(replica).ok())
+            .collect();
+        let created = tokio::select! {
+            created = tokio::time::timeout(
+                deadline.saturating_sub(began.elapsed()),
+                service_work::bring_up_some(state, tracker, service, actor, true, Some(&batch)),
+            ) => created,
+            () = told(flow, Flow::Abort) => {
+                return Err(undo(state, service, detail, routes, "aborted by its owner").await);
             }
+        };
+        launched += batch.len();
+        let failure = match created {
+            Ok(Ok(_)) => {
+                let left = deadline.saturating_sub(began.elapsed());
+                let ready = tokio::select! {
+                    ready = ready_within(routes, launched, left) => ready,
+                    () = told(flow, Flow::Abort) => {
+                        return Err(undo(state, service, detail, routes, "aborted by its owner").await);
+                    }
+                };
+                (!ready).then(|| {
+                    format!(
+                        "{} of its {wanted} replica(s) passed their probe and warmup within {} s (serving.rollout_deadline_seconds)",
+                        routes.ready_count(),
+                        deadline.as_secs()
+                    )
+                })
+            }
+            Ok(Err(problem)) => Some(problem.detail().to_owned()),
+            Err(_) => Some(format!(
+                "its replicas were not created within {} s (serving.rollout_deadline_seconds)",
+                deadline.as_secs()
+            )),
+        };
+        if let Some(reason) = failure {
+            return Err(undo(state, service, detail, routes, &reason).await);
         }
-        Ok(Err(problem)) => Some(problem.detail().to_owned()),
-        Err(_) => Some(format!(
-            "its replicas were not created within {} s (serving.rollout_deadline_seconds)",
-            deadline.as_secs()
-        )),
-    };
-    if let Some(reason) = failure {
-        return Err(undo(state, service, detail, routes, &reason).await);
+        if launched < wanted {
+            let leaving = previous
+                .get(left_early..(left_early + batch.len()).min(previous.len()))
+                .unwrap_or_default();
+            left_early += leaving.len();
+            retire_previous(state, routes, leaving).await?;
+        }
     }
     if *flow.borrow() == Flow::Paused {
         tracker
@@ -263,25 +284,43 @@ async fn roll(
     tracker
         .step(2, 3, "the previous version finishes its requests")
         .await;
-    let containers: Vec<String> = previous.iter().map(|(_, id)| id.clone()).collect();
+    let drained = retire_previous(
+        state,
+        routes,
+        previous.get(left_early..).unwrap_or_default(),
+    )
+    .await?;
+    tracker.step(3, 3, "rolled out").await;
+    Ok(
+        json!({"version": service.version, "rolled_out": true, "drained": drained,
+        "seconds": began.elapsed().as_secs_f64()}),
+    )
+}
+
+/// Takes the previous version's replicas `leaving` (node, container) out of rotation, lets
+/// them finish their requests (at most the answer timeout and a margin) and removes them;
+/// whether they drained.
+async fn retire_previous(
+    state: &HubState,
+    routes: &ServiceRoutes,
+    leaving: &[(i64, String)],
+) -> Result<bool, Problem> {
+    let containers: Vec<String> = leaving.iter().map(|(_, id)| id.clone()).collect();
+    routes.stop_outgoing(&containers);
     let drained = routes
         .drained(
             &containers,
             routes.profile().settings.timeout() + DRAIN_MARGIN,
         )
         .await;
-    let nodes = replicas::nodes_of(state, previous.iter().map(|(node, _)| *node)).await?;
-    for (node, container) in &previous {
+    let nodes = replicas::nodes_of(state, leaving.iter().map(|(node, _)| *node)).await?;
+    for (node, container) in leaving {
         if let Some(node) = nodes.get(node).filter(|node| !state.is_down(node.id)) {
             // A miss is the reconciler's to clean: the container is of a stale generation.
             let _ = replicas::retire(state, node, container).await;
         }
     }
-    tracker.step(3, 3, "rolled out").await;
-    Ok(
-        json!({"version": service.version, "rolled_out": true, "drained": drained,
-        "seconds": began.elapsed().as_secs_f64()}),
-    )
+    Ok(drained)
 }
 
 /// Resolves once the rollout is told `wanted` (never, if its controls are gone).

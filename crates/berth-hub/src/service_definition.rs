@@ -114,6 +114,10 @@ pub struct ServingSettings {
     /// probe and warmup) before the rollout is undone and the previous version serves again.
     #[serde(default = "five_minutes")]
     pub rollout_deadline_seconds: u64,
+    /// During a rollout, how many new replicas start at a time; as many previous ones leave
+    /// once they are ready. All at once when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<u32>,
     /// Ordered routing rules (header, path prefix, query, user → replicas or another service);
     /// a request none matches is routed by the policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -292,6 +296,7 @@ impl Default for ServingSettings {
             model_names: Vec::new(),
             autoscale: None,
             rollout_deadline_seconds: five_minutes(),
+            max_surge: None,
             rules: Vec::new(),
         }
     }
@@ -367,6 +372,12 @@ impl ServingSettings {
             ),
             // 0: no queue, a request finding every replica busy is refused at once.
             ("serving.queue_size", self.queue_size, 0, 100_000),
+            (
+                "serving.max_surge",
+                self.max_surge.unwrap_or(1),
+                1,
+                u32::try_from(crate::service_request::MAX_REPLICAS).unwrap_or(u32::MAX),
+            ),
             (
                 "serving.rate_limit.requests_per_second",
                 rate.map_or(1, |limit| limit.requests_per_second),

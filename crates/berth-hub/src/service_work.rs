@@ -338,9 +338,24 @@ pub(crate) async fn bring_up(
     actor: Option<i64>,
     start: bool,
 ) -> Result<Value, Problem> {
+    bring_up_some(state, tracker, service, actor, start, None).await
+}
+
+/// [`bring_up`] for the replicas `only` names (every one when `None`).
+pub(crate) async fn bring_up_some(
+    state: &HubState,
+    tracker: &Tracker,
+    service: &ServiceRecord,
+    actor: Option<i64>,
+    start: bool,
+    only: Option<&[i64]>,
+) -> Result<Value, Problem> {
     let definition = replicas::definition_of(service)?;
     let owner = replicas::owner_name(state, service).await?;
-    let placed = replicas::allocations_of(state, service.id).await?;
+    let mut placed = replicas::allocations_of(state, service.id).await?;
+    if let Some(only) = only {
+        placed.retain(|allocation| only.contains(&allocation.replica));
+    }
     let all_nodes = replicas::nodes_of(state, placed.iter().map(|a| a.node_id)).await?;
     let total = placed.len() as u64;
     let verb = if start { "starting" } else { "creating" };

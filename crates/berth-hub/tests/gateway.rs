@@ -2281,3 +2281,73 @@ async fn a_canary_rollout_pauses_split_then_is_aborted_or_promoted() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn max_surge_rolls_out_a_batch_at_a_time_without_a_failed_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (hub, gateway) = hub_with_gateway("gateway-surge", settings()).await;
+    with_cleanup(&hub, async {
+        let owner = admin_name(&hub).await;
+        let id = create(
+            &hub,
+            "surging",
+            3,
+            json!({"probe_interval_seconds": 1, "max_surge": 1}),
+            true,
+        )
+        .await;
+        let first = containers(&wait_ready(&hub, id, 3).await);
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = load_on(
+            format!("http://{gateway}/s/{owner}/surging/"),
+            hub.admin.clone(),
+            Arc::clone(&stop),
+        );
+        // Count the service's running containers on the engine while the rollout goes.
+        let most = Arc::new(AtomicUsize::new(0));
+        let counter = {
+            let (most, stop) = (Arc::clone(&most), Arc::clone(&stop));
+            let labels = [
+                format!("berth.service={id}"),
+                format!("berth.hub={}", hub.state.hub_id),
+            ];
+            tokio::spawn(async move {
+                let engine = engine().await;
+                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(listed) = engine.list(&labels, false).await {
+                        most.fetch_max(listed.len(), Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let (status, operation) = hub
+            .admin(
+                Method::PATCH,
+                &format!("/api/services/{id}?wait=90"),
+                Some(json!({"environment": {"VERSION": "2"}})),
+            )
+            .await;
+        stop.store(true, Ordering::Relaxed);
+        let _ = counter.await;
+        let answers = answers_of(clients).await;
+        assert_eq!(
+            (status, operation["state"].as_str()),
+            (200, Some("succeeded")),
+            "{operation}"
+        );
+        assert!(
+            answers.iter().all(|(status, _)| *status == 200),
+            "no request failed: {answers:?}"
+        );
+        assert_eq!(
+            most.load(Ordering::Relaxed),
+            4,
+            "never more than the 3 replicas and 1 surging"
+        );
+        let after = containers(&wait_ready(&hub, id, 3).await);
+        assert!(after.keys().all(|host| !first.contains_key(host)));
+    })
+    .await;
+}

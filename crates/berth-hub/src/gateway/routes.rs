@@ -350,6 +350,25 @@ impl ServiceRoutes {
         }
     }
 
+    /// Takes the previous version's replicas on `containers` out of rotation during a rollout;
+    /// they finish the requests they have.
+    pub fn stop_outgoing(&self, containers: &[String]) {
+        let leaving: Vec<Arc<Endpoint>> = self
+            .outgoing
+            .write()
+            .map(|mut outgoing| {
+                let (leaving, staying) = outgoing
+                    .drain(..)
+                    .partition(|endpoint| containers.contains(&endpoint.container_id));
+                *outgoing = staying;
+                leaving
+            })
+            .unwrap_or_default();
+        if let Ok(mut retiring) = self.retiring.write() {
+            retiring.extend(leaving);
+        }
+    }
+
     /// Requests in flight on the containers `containers`, in the table or taken out of it.
     pub fn in_flight_on(&self, containers: &[String]) -> u32 {
         let count = |endpoints: &[Arc<Endpoint>]| -> u32 {
