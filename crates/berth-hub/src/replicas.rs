@@ -343,6 +343,53 @@ pub async fn retire(
     client.remove(container_id).await
 }
 
+/// The containers an operation's intent lists to retire (`retire`: `[node, container, …]`
+/// entries), as (node, container).
+pub fn to_retire(detail: &Value) -> Vec<(i64, String)> {
+    detail["retire"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| Some((entry[0].as_i64()?, entry[1].as_str()?.to_owned())))
+        .collect()
+}
+
+/// Removes each (node, container) of `leaving` whose node is up. A miss is the reconciler's to
+/// clean: no allocation claims the container any more.
+pub async fn retire_all(state: &HubState, leaving: &[(i64, String)]) -> Result<(), Problem> {
+    let nodes = nodes_of(state, leaving.iter().map(|(node, _)| *node)).await?;
+    for (node, container) in leaving {
+        if let Some(node) = nodes.get(node).filter(|node| !state.is_down(node.id)) {
+            let _ = retire(state, node, container).await;
+        }
+    }
+    Ok(())
+}
+
+/// Beyond a service's answer timeout, how long replicas leaving it may take to finish.
+const DRAIN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes `leaving` (node, container) of service `service_id` out of the gateway's rotation,
+/// lets them finish their requests in flight (at most the answer timeout and a margin), then
+/// removes them; whether they drained.
+pub async fn drain_and_retire(
+    state: &HubState,
+    service_id: i64,
+    leaving: &[(i64, String)],
+) -> Result<bool, Problem> {
+    let drained = match state.routes.get(service_id) {
+        Some(routes) => {
+            let containers: Vec<String> = leaving.iter().map(|(_, id)| id.clone()).collect();
+            routes.stop_outgoing(&containers);
+            let limit = routes.profile().settings.timeout() + DRAIN_MARGIN;
+            routes.drained(&containers, limit).await
+        }
+        None => true,
+    };
+    retire_all(state, leaving).await?;
+    Ok(drained)
+}
+
 /// Where a move goes: a chosen node, or wherever the scheduler puts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {

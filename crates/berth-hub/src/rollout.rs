@@ -32,9 +32,6 @@ use crate::replicas;
 use crate::service_work;
 use crate::state::HubState;
 
-/// Beyond the service's answer timeout, how long the previous replicas may take to finish.
-const DRAIN_MARGIN: Duration = Duration::from_secs(5);
-
 /// How long the restored previous replicas have to be probed ready again after an undo.
 const RESTORE_WAIT: Duration = Duration::from_secs(30);
 
@@ -173,12 +170,7 @@ async fn roll(
     } = rollout;
     let deadline = routes.profile().settings.rollout_deadline();
     let began = Instant::now();
-    let previous: Vec<(i64, String)> = detail["retire"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|pair| Some((pair[0].as_i64()?, pair[1].as_str()?.to_owned())))
-        .collect();
+    let previous = replicas::to_retire(detail);
     tracker
         .step(
             0,
@@ -245,7 +237,7 @@ async fn roll(
                 .get(left_early..(left_early + batch.len()).min(previous.len()))
                 .unwrap_or_default();
             left_early += leaving.len();
-            retire_previous(state, routes, leaving).await?;
+            replicas::drain_and_retire(state, service.id, leaving).await?;
         }
     }
     if *flow.borrow() == Flow::Paused {
@@ -284,9 +276,9 @@ async fn roll(
     tracker
         .step(2, 3, "the previous version finishes its requests")
         .await;
-    let drained = retire_previous(
+    let drained = replicas::drain_and_retire(
         state,
-        routes,
+        service.id,
         previous.get(left_early..).unwrap_or_default(),
     )
     .await?;
@@ -295,32 +287,6 @@ async fn roll(
         json!({"version": service.version, "rolled_out": true, "drained": drained,
         "seconds": began.elapsed().as_secs_f64()}),
     )
-}
-
-/// Takes the previous version's replicas `leaving` (node, container) out of rotation, lets
-/// them finish their requests (at most the answer timeout and a margin) and removes them;
-/// whether they drained.
-async fn retire_previous(
-    state: &HubState,
-    routes: &ServiceRoutes,
-    leaving: &[(i64, String)],
-) -> Result<bool, Problem> {
-    let containers: Vec<String> = leaving.iter().map(|(_, id)| id.clone()).collect();
-    routes.stop_outgoing(&containers);
-    let drained = routes
-        .drained(
-            &containers,
-            routes.profile().settings.timeout() + DRAIN_MARGIN,
-        )
-        .await;
-    let nodes = replicas::nodes_of(state, leaving.iter().map(|(node, _)| *node)).await?;
-    for (node, container) in leaving {
-        if let Some(node) = nodes.get(node).filter(|node| !state.is_down(node.id)) {
-            // A miss is the reconciler's to clean: the container is of a stale generation.
-            let _ = replicas::retire(state, node, container).await;
-        }
-    }
-    Ok(drained)
 }
 
 /// Resolves once the rollout is told `wanted` (never, if its controls are gone).
@@ -366,18 +332,12 @@ async fn undo(
         Ok((version, failed)) => {
             let wanted = usize::try_from(service.replicas).unwrap_or(0);
             ready_within(routes, wanted, RESTORE_WAIT).await;
-            let nodes =
-                replicas::nodes_of(state, failed.iter().map(|allocation| allocation.node_id))
-                    .await
-                    .unwrap_or_default();
-            for allocation in failed
-                .iter()
+            let created: Vec<(i64, String)> = failed
+                .into_iter()
                 .filter(|allocation| !allocation.container_id.is_empty())
-            {
-                if let Some(node) = nodes.get(&allocation.node_id) {
-                    let _ = replicas::retire(state, node, &allocation.container_id).await;
-                }
-            }
+                .map(|allocation| (allocation.node_id, allocation.container_id))
+                .collect();
+            let _ = replicas::retire_all(state, &created).await;
             format!(
                 "version {} was rolled back: {reason}; the previous definition serves again as version {version}, and no request reached version {}",
                 service.version, service.version

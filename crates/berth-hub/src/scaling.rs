@@ -35,9 +35,6 @@ use crate::service_work::{self, Change};
 use crate::state::HubState;
 use crate::{models, replicas, scheduling};
 
-/// Beyond the service's answer timeout, how long retired replicas may take to finish.
-const DRAIN_MARGIN: Duration = Duration::from_secs(5);
-
 /// Commits the intent to run `to` replicas of `service` (by `actor`, for `reason`) and starts
 /// its work; the operation's id.
 pub async fn scale(
@@ -153,41 +150,16 @@ pub async fn carry_out(
     if to > from {
         service_work::bring_up(state, tracker, service, actor, start).await?;
     }
-    let retire: Vec<(i64, String)> = detail["retire"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| Some((entry[0].as_i64()?, entry[1].as_str()?.to_owned())))
-        .collect();
+    let retire = replicas::to_retire(detail);
     if retire.is_empty() {
         return Ok(json!({"from": from, "to": to}));
     }
     tracker
         .step(0, 1, "letting the retired replicas finish their requests")
         .await;
-    let containers: Vec<String> = retire.iter().map(|(_, id)| id.clone()).collect();
-    let drained = drain(state, service.id, &containers).await;
-    let nodes = replicas::nodes_of(state, retire.iter().map(|(node, _)| *node)).await?;
-    for (node, container) in &retire {
-        if let Some(node) = nodes.get(node).filter(|node| !state.is_down(node.id)) {
-            // A miss is the reconciler's to clean: no allocation claims the container now.
-            let _ = replicas::retire(state, node, container).await;
-        }
-    }
+    let drained = replicas::drain_and_retire(state, service.id, &retire).await?;
     tracker.step(1, 1, "retired").await;
     Ok(json!({"from": from, "to": to, "retired": retire.len(), "drained": drained}))
-}
-
-/// Waits until the gateway has no request in flight on `containers` of service `id`, at most
-/// the service's answer timeout and a margin; whether they drained.
-async fn drain(state: &HubState, id: i64, containers: &[String]) -> bool {
-    match state.routes.get(id) {
-        Some(routes) => {
-            let limit = routes.profile().settings.timeout() + DRAIN_MARGIN;
-            routes.drained(containers, limit).await
-        }
-        None => true,
-    }
 }
 
 /// What the autoscaler keeps of one service between two looks.

@@ -538,23 +538,8 @@ async fn redeploy(
     {
         return crate::rollout::carry_out(state, tracker, service, actor, &detail, &routes).await;
     }
-    let retire = detail["retire"].as_array().cloned().unwrap_or_default();
-    let all_nodes =
-        replicas::nodes_of(state, retire.iter().filter_map(|pair| pair[0].as_i64())).await?;
     tracker.step(0, 1, "retiring the previous version").await;
-    for pair in detail["retire"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        let (Some(node), Some(container)) = (pair[0].as_i64(), pair[1].as_str()) else {
-            continue;
-        };
-        if let Some(node) = all_nodes.get(&node).filter(|node| !state.is_down(node.id)) {
-            // A miss is the reconciler's to clean: the container is of a stale generation.
-            let _ = replicas::retire(state, node, container).await;
-        }
-    }
+    replicas::retire_all(state, &replicas::to_retire(&detail)).await?;
     let launched = bring_up(state, tracker, service, actor, start)
         .await
         .map_err(|problem| {
