@@ -138,6 +138,8 @@ async fn main() {
                 pids: 3,
                 gpu_memory_bytes: Some(1 << 30),
                 gpu_utilization_percent: Some(step % 100),
+                prompt_tokens: step % 7,
+                completion_tokens: step % 5,
             };
             stats_history::record(&mut transaction, *service, &sample)
                 .await

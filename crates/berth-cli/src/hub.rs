@@ -299,6 +299,12 @@ pub async fn serve(launch: Launch) -> ExitCode {
         Arc::new(gateway::Gateway::new(Arc::clone(&state)))
             .serve(gateway_listener, stopped(stop_receiver.clone())),
     );
+    let model_watch_task = match &launch.config.model_watch_dir {
+        Some(dir) => {
+            watch_model_files(&state, &address, dir.into(), stopped(stop_receiver.clone())).await
+        }
+        None => None,
+    };
     let reload_task = launch.config_file.clone().map(|path| {
         let watcher =
             ConfigWatcher::new(&path, launch.config.clone(), launch.monitor_interval_flag);
@@ -325,6 +331,9 @@ pub async fn serve(launch: Launch) -> ExitCode {
     if let Some(task) = reload_task {
         let _ = task.await;
     }
+    if let Some(task) = model_watch_task {
+        let _ = task.await;
+    }
     state.store.close().await;
     match served {
         Ok(()) => {
@@ -340,6 +349,43 @@ pub async fn serve(launch: Launch) -> ExitCode {
 
 /// Reloads the configuration file when it changes (checked every two seconds) or on SIGHUP,
 /// until `stop` completes, and says what each reload did.
+/// Applies the model files of `dir` as the first admin, through the hub's own API at
+/// `address`, until `stop` (the hub configuration's `model_watch_dir`).
+async fn watch_model_files(
+    state: &HubState,
+    address: &str,
+    dir: PathBuf,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let token = match bootstrap::watcher_token(state).await {
+        Ok(token) => token,
+        Err(err) => {
+            eprintln!(
+                "berth: model_watch_dir: no token to apply {} with: {err}",
+                dir.display()
+            );
+            return None;
+        }
+    };
+    let base = match address.parse::<SocketAddr>() {
+        Ok(listen) if listen.ip().is_unspecified() => {
+            format!("http://127.0.0.1:{}", listen.port())
+        }
+        _ => format!("http://{address}"),
+    };
+    println!(
+        "applying the model files of {} as the first admin (token {:?}; every 2 s)",
+        dir.display(),
+        bootstrap::WATCHER_TOKEN
+    );
+    Some(tokio::spawn(async move {
+        let client = crate::client::api::HubClient::new(&base, token);
+        if let Err(err) = crate::client::watch::watch(&client, &dir, stop).await {
+            eprintln!("berth: model_watch_dir: {err}; the hub serves without it");
+        }
+    }))
+}
+
 async fn watch_config(
     state: Arc<HubState>,
     mut watcher: ConfigWatcher,

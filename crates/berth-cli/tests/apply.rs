@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use futures_util::FutureExt;
 use processes::{HubApi, IMAGE, fresh_dir, start_hub};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn berth(hub: &HubApi, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_berth"))
@@ -218,23 +218,43 @@ async fn node_labels_and_service_constraints_from_the_command_line() {
     hub.delete_all_services().await;
 }
 
-/// A watched directory of seed 004's model files, on the local engine: a file applied makes a
-/// model service with the model mounted read-only and the runtime's command filled in; a
-/// changed file deploys the next version; a removed file unloads the service.
+/// A watched directory of seed 004's model files, on the local engine, watched by `berth apply
+/// --watch`: a file applied makes a model service with the model mounted read-only and the
+/// runtime's command filled in; a changed file deploys the next version; a removed file unloads
+/// the service.
 #[tokio::test]
 async fn a_watched_directory_of_model_files_is_applied_changed_and_unloaded() {
-    let dir = fresh_dir("apply-watch");
+    watch_a_directory("apply-watch", Watcher::Cli).await;
+}
+
+/// The same with the hub's `model_watch_dir`: the hub applies the files as the first admin,
+/// with a token of its own that a restart replaces.
+#[tokio::test]
+async fn the_hubs_model_watch_dir_applies_changes_and_unloads_model_files() {
+    watch_a_directory("hub-watch", Watcher::Hub).await;
+}
+
+/// Who watches the directory.
+#[derive(PartialEq)]
+enum Watcher {
+    Cli,
+    Hub,
+}
+
+async fn watch_a_directory(test: &str, by: Watcher) {
+    let dir = fresh_dir(test);
     let models = dir.join("models");
     let watched = dir.join("watched");
     std::fs::create_dir_all(&models).expect("dir");
     std::fs::create_dir_all(&watched).expect("dir");
     std::fs::write(models.join("transformer.pt"), "weights\n").expect("model");
-    let config = format!(
+    let mut config = format!(
         "model_roots: [{models}]\nmodel_runtimes:\n  busybox:\n    image: {IMAGE}\n    port: 8080\n    command: [sh, -c, \"echo {{model_id}} {{batch_size}} {{device}} {{model_path}} > /tmp/args; trap 'exit 0' TERM; httpd -f -p {{port}} -h /www & wait\"]\n",
         models = models.display()
     );
-    let (_hub_process, hub) = start_hub(&dir, &config).await;
-    hub.add_local_node().await;
+    if by == Watcher::Hub {
+        config.push_str(&format!("model_watch_dir: {}\n", watched.display()));
+    }
     let file = watched.join("transformer.yaml");
     let model_file = |batch: u32| {
         format!(
@@ -243,17 +263,21 @@ async fn a_watched_directory_of_model_files_is_applied_changed_and_unloaded() {
         )
     };
     std::fs::write(&file, model_file(32)).expect("write");
-    let mut watcher = processes::Process(
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["apply", "--watch"])
-            .arg(&watched)
-            .env("BERTH_URL", hub.base())
-            .env("BERTH_TOKEN", hub.token())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("berth apply --watch"),
-    );
+    let (_hub_process, hub) = start_hub(&dir, &config).await;
+    hub.add_local_node().await;
+    let mut watcher = (by == Watcher::Cli).then(|| {
+        processes::Process(
+            Command::new(env!("CARGO_BIN_EXE_berth"))
+                .args(["apply", "--watch"])
+                .arg(&watched)
+                .env("BERTH_URL", hub.base())
+                .env("BERTH_TOKEN", hub.token())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("berth apply --watch"),
+        )
+    });
     let outcome = async {
         let service = |wanted: &'static str, version: i64| {
             let hub = &hub;
@@ -303,6 +327,36 @@ async fn a_watched_directory_of_model_files_is_applied_changed_and_unloaded() {
             created["definition"]["serving"]["model_names"],
             json!(["transformer"])
         );
+        if by == Watcher::Hub {
+            let (_, me) = hub.call(Method::GET, "/api/users/me", None).await;
+            let (_, operations) = hub
+                .call(
+                    Method::GET,
+                    "/api/admin/operations?action=service.create",
+                    None,
+                )
+                .await;
+            let created_by: Vec<&Value> = operations["operations"]
+                .as_array()
+                .map(|rows| rows.iter().map(|row| &row["user_id"]).collect())
+                .unwrap_or_default();
+            assert_eq!(
+                created_by,
+                [&me["id"]],
+                "applied as the first admin: {operations}"
+            );
+            let (_, tokens) = hub
+                .call(
+                    Method::GET,
+                    &format!("/api/users/{}/tokens", me["id"]),
+                    None,
+                )
+                .await;
+            assert!(
+                tokens.to_string().contains("model-watch"),
+                "the watcher's own token is listed: {tokens}"
+            );
+        }
 
         std::fs::write(&file, model_file(64)).expect("write");
         processes::wait_for(
@@ -335,7 +389,9 @@ async fn a_watched_directory_of_model_files_is_applied_changed_and_unloaded() {
         .await;
     };
     let result = std::panic::AssertUnwindSafe(outcome).catch_unwind().await;
-    watcher.kill();
+    if let Some(watcher) = &mut watcher {
+        watcher.kill();
+    }
     hub.delete_all_services().await;
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);

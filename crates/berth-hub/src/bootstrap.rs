@@ -1,5 +1,6 @@
 //! First start: the first admin (with a token shown once and, for `berth up`, written to a 0600
-//! file) and the local Docker engine as node `local`.
+//! file) and the local Docker engine as node `local`; and the token the hub's own model-file
+//! watcher (`model_watch_dir`) acts with.
 
 use std::path::Path;
 
@@ -18,6 +19,30 @@ pub struct Bootstrap {
     pub new_admin_token: Option<String>,
     /// The id of node `local`, when it was asked for.
     pub local_node: Option<i64>,
+}
+
+/// The name of the token the hub's model-file watcher acts with.
+pub const WATCHER_TOKEN: &str = "model-watch";
+
+/// A fresh token of the first admin for the hub's model-file watcher, named [`WATCHER_TOKEN`]:
+/// the ones an earlier run issued are revoked in the same transaction, so one is valid at a
+/// time, listed and revocable like any other.
+pub async fn watcher_token(state: &HubState) -> Result<String, StoreError> {
+    let mut transaction = state.store.begin().await?;
+    let admin = users::list_users(&mut transaction)
+        .await?
+        .into_iter()
+        .filter(|user| user.role == Role::Admin)
+        .min_by_key(|user| user.id)
+        .ok_or_else(|| StoreError::Invalid("the hub has no admin to act as".to_owned()))?;
+    for earlier in users::list_tokens(&mut transaction, admin.id).await? {
+        if earlier.name == WATCHER_TOKEN {
+            users::revoke_token(&mut transaction, admin.id, earlier.id).await?;
+        }
+    }
+    let issued = users::issue_token(&mut transaction, admin.id, WATCHER_TOKEN, None).await?;
+    transaction.commit().await?;
+    Ok(issued.token)
 }
 
 /// Creates the admin when the hub has no user (writing its token to `token_file` when given), and

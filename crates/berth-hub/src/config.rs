@@ -114,6 +114,10 @@ pub struct HubConfig {
     /// Host directories a user's model file may mount its `model_path` from.
     #[serde(default)]
     pub model_roots: Vec<String>,
+    /// A directory of model files (seed 004's) the hub applies as the first admin: a new or
+    /// changed file is applied, a removed one's service unloaded. Read at start.
+    #[serde(default)]
+    pub model_watch_dir: Option<String>,
 }
 
 impl Default for HubConfig {
@@ -133,6 +137,7 @@ impl Default for HubConfig {
             stats_interval: ten(),
             model_runtimes: BTreeMap::new(),
             model_roots: Vec::new(),
+            model_watch_dir: None,
         }
     }
 }
@@ -182,6 +187,13 @@ impl HubConfig {
                     "model_roots: {root:?} is not an absolute directory other than /"
                 ));
             }
+        }
+        if let Some(dir) = &self.model_watch_dir
+            && !dir.starts_with('/')
+        {
+            return Err(format!(
+                "model_watch_dir: {dir:?} is not an absolute directory"
+            ));
         }
         let mut seen = HashSet::new();
         for (index, controller) in self.mmanager_controllers.iter().enumerate() {

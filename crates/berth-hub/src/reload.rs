@@ -97,6 +97,10 @@ fn changed_keys(old: &HubConfig, new: &HubConfig) -> Vec<String> {
     compare("stats_interval", old.stats_interval != new.stats_interval);
     compare("model_runtimes", old.model_runtimes != new.model_runtimes);
     compare("model_roots", old.model_roots != new.model_roots);
+    compare(
+        "model_watch_dir",
+        old.model_watch_dir != new.model_watch_dir,
+    );
     changed
 }
 
@@ -161,6 +165,8 @@ impl ConfigWatcher {
             .map(|key| {
                 if key == "monitor_interval" && self.monitor_interval_flag.is_some() {
                     "monitor_interval (not in force: --monitor-interval overrides it until a restart without the flag)".to_owned()
+                } else if key == "model_watch_dir" {
+                    "model_watch_dir (not in force until a restart: the watcher starts with the hub)".to_owned()
                 } else {
                     key
                 }

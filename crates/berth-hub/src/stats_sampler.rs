@@ -1,6 +1,7 @@
 //! Samples every running service's resource use on an interval (`stats_interval`): each
 //! replica's container is asked for one stats sample through its node's client, the replicas
-//! are summed, and the point goes into the bounded history (`berth_store::stats_history`) that
+//! are summed, the tokens its answers used through the OpenAI-compatible front since the last
+//! point are added, and the point goes into the bounded history (`berth_store::stats_history`) that
 //! `GET /api/services/{id}/stats/history` and the console's charts read.
 
 use std::collections::HashMap;
@@ -202,15 +203,22 @@ pub async fn sample_all(state: &Arc<HubState>) -> Result<usize, StoreError> {
         .await;
     let mut transaction = state.store.begin().await?;
     let mut sampled = 0;
+    let mut tokens_recorded = Vec::new();
     let gauges = &state.metrics.models.usage;
     gauges.clear();
     for (service_id, uses) in read {
         if uses.is_empty() {
             continue;
         }
-        let sample = summed(&uses, at_ms);
+        let mut sample = summed(&uses, at_ms);
+        let routes = state.routes.get(service_id);
+        if let Some(routes) = &routes {
+            let tokens = routes.usage.unrecorded_tokens();
+            (sample.prompt_tokens, sample.completion_tokens) = as_counts(tokens);
+            tokens_recorded.push((Arc::clone(routes), tokens));
+        }
         stats_history::record(&mut transaction, service_id, &sample).await?;
-        if let Some(routes) = state.routes.get(service_id) {
+        if let Some(routes) = routes {
             let labels = ServiceLabels {
                 service: format!("{}/{}", routes.owner, routes.name),
             };
@@ -229,9 +237,33 @@ pub async fn sample_all(state: &Arc<HubState>) -> Result<usize, StoreError> {
         }
         sampled += 1;
     }
+    // Tokens of services with no replica to sample now (unloaded, stopped since) are kept too.
+    for routes in state.routes.all() {
+        let tokens = routes.usage.unrecorded_tokens();
+        if tokens == (0, 0)
+            || tokens_recorded
+                .iter()
+                .any(|(sampled, _)| Arc::ptr_eq(sampled, &routes))
+        {
+            continue;
+        }
+        let mut sample = StatsSample::zero(at_ms, 0);
+        (sample.prompt_tokens, sample.completion_tokens) = as_counts(tokens);
+        stats_history::record(&mut transaction, routes.id, &sample).await?;
+        tokens_recorded.push((routes, tokens));
+    }
     stats_history::compact(&mut transaction, at_ms, Retention::default()).await?;
     transaction.commit().await?;
+    for (routes, tokens) in tokens_recorded {
+        routes.usage.tokens_recorded(tokens);
+    }
     Ok(sampled)
+}
+
+/// Token counts as the history's columns hold them.
+fn as_counts((prompt, completion): (u64, u64)) -> (i64, i64) {
+    let count = |tokens: u64| i64::try_from(tokens).unwrap_or(i64::MAX);
+    (count(prompt), count(completion))
 }
 
 /// Samples every `stats_interval` (read again before each wait, so a reloaded configuration

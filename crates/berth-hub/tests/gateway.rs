@@ -1811,6 +1811,31 @@ async fn the_openai_front_routes_by_model_streams_counts_usage_and_honours_key_l
         status["serving"]["tokens"],
         json!({"prompt": 19, "completion": 8})
     );
+    // The stats history keeps them: each sample the tokens since the one before, none twice.
+    for _ in 0..2 {
+        berth_hub::stats_sampler::sample_all(&hub.state)
+            .await
+            .expect("sampled");
+        let (_, history) = hub
+            .admin(
+                Method::GET,
+                &format!("/api/services/{llama}/stats/history"),
+                None,
+            )
+            .await;
+        let points = history["points"].as_array().expect("points");
+        let sum = |field: &str| {
+            points
+                .iter()
+                .map(|point| point[field].as_i64().unwrap_or_default())
+                .sum::<i64>()
+        };
+        assert_eq!(
+            (sum("prompt_tokens"), sum("completion_tokens")),
+            (19, 8),
+            "{history}"
+        );
+    }
 }
 
 /// The replicas of service `id` as its status lists them.
@@ -2097,8 +2122,18 @@ async fn a_new_version_rolls_out_under_load_and_one_that_never_gets_ready_is_und
 
 #[tokio::test]
 async fn routing_rules_send_requests_to_some_replicas_or_another_service() {
-    let (hub, gateway) = hub_with_gateway("gateway-rules", settings()).await;
+    let hub = start_with("gateway-rules", settings()).await;
+    let node = add_local_node(&hub).await;
+    let gateway = start_gateway(&hub).await;
     with_cleanup(&hub, async {
+        let (status, _) = hub
+            .admin(
+                Method::PUT,
+                &format!("/api/nodes/{node}"),
+                Some(json!({"labels": {"zone": "a"}})),
+            )
+            .await;
+        assert_eq!(status, 200);
         let owner = admin_name(&hub).await;
         let (status, problem) = hub
             .admin(
@@ -2122,6 +2157,8 @@ async fn routing_rules_send_requests_to_some_replicas_or_another_service() {
                 {"header": {"name": "X-Tier", "value": "gold"}, "replicas": [1]},
                 {"path_prefix": "/index", "query": {"name": "to", "value": "other"},
                     "service": "other"},
+                {"header": {"name": "X-Zone", "value": "a"}, "node_labels": {"zone": "a"}},
+                {"header": {"name": "X-Zone", "value": "b"}, "node_labels": {"zone": "b"}},
             ]}),
             true,
         )
@@ -2158,6 +2195,15 @@ async fn routing_rules_send_requests_to_some_replicas_or_another_service() {
             2,
             "the rest by the policy over both replicas: {seen:?}"
         );
+        let (code, _) = caller
+            .get(&format!("/s/{owner}/ruled/"), &[("x-zone", "a")])
+            .await;
+        assert_eq!(code, 200, "replicas on nodes labelled zone=a answer");
+        let (code, detail) = caller
+            .get(&format!("/s/{owner}/ruled/"), &[("x-zone", "b")])
+            .await;
+        assert_eq!(code, 503, "no replica runs on a zone=b node");
+        assert!(detail.contains("routing rule"), "{detail}");
     })
     .await;
 }
@@ -2185,7 +2231,8 @@ async fn a_canary_rollout_pauses_split_then_is_aborted_or_promoted() {
             &hub,
             "careful",
             1,
-            json!({"probe_interval_seconds": 1, "routing": {"canary": {"percent": 50}}}),
+            json!({"probe_interval_seconds": 1, "routing": {"canary": {"percent": 50}},
+                "rules": [{"header": {"name": "X-Pin", "value": "v1"}, "version": 1}]}),
             true,
         )
         .await;
@@ -2230,6 +2277,16 @@ async fn a_canary_rollout_pauses_split_then_is_aborted_or_promoted() {
         let split = hosts().await;
         assert_eq!(split.len(), 2, "both versions answer: {split:?}");
         assert!(split.iter().any(|host| first.contains_key(host)));
+        for _ in 0..10 {
+            let (code, host) = caller
+                .get(&format!("/s/{owner}/careful/"), &[("x-pin", "v1")])
+                .await;
+            assert_eq!(code, 200);
+            assert!(
+                first.contains_key(host.trim()),
+                "a rule by version keeps X-Pin: v1 on version 1: {host}"
+            );
+        }
         let (status, _) = hub
             .admin(
                 Method::POST,

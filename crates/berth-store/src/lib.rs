@@ -330,6 +330,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0010_token_services.sql"),
                 include_str!("../migrations/postgres/0010_token_services.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0011_stats_tokens.sql"),
+                include_str!("../migrations/postgres/0011_stats_tokens.sql"),
+            ),
         ];
         for (sqlite, postgres) in pairs {
             let translated = sqlite.replace(

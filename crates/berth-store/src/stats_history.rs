@@ -1,5 +1,5 @@
 //! Resource use over time per service, bounded: raw samples for the recent past, averaged into
-//! fixed buckets further back, nothing past the retention. The sampler records and compacts;
+//! fixed buckets further back (token counts summed), nothing past the retention. The sampler records and compacts;
 //! the console's charts and `GET /api/services/{id}/stats/history` read.
 
 use serde::Serialize;
@@ -27,6 +27,11 @@ pub struct StatsSample {
     pub gpu_memory_bytes: Option<i64>,
     /// GPU utilization in whole percent (as NVML reports it), where the node reports it.
     pub gpu_utilization_percent: Option<i64>,
+    /// Prompt tokens of its answers through the OpenAI-compatible front since the sample
+    /// before (a bucket's: summed over it).
+    pub prompt_tokens: i64,
+    /// Completion tokens of the same.
+    pub completion_tokens: i64,
 }
 
 impl StatsSample {
@@ -41,6 +46,8 @@ impl StatsSample {
             pids: 0,
             gpu_memory_bytes: None,
             gpu_utilization_percent: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
         }
     }
 }
@@ -77,10 +84,13 @@ fn sample_from(row: &AnyRow) -> Result<StatsSample, sqlx::Error> {
         pids: row.try_get("pids")?,
         gpu_memory_bytes: row.try_get("gpu_memory_bytes")?,
         gpu_utilization_percent: row.try_get("gpu_utilization_percent")?,
+        prompt_tokens: row.try_get("prompt_tokens")?,
+        completion_tokens: row.try_get("completion_tokens")?,
     })
 }
 
-/// Records a raw sample of `service_id`; a second sample at the same millisecond is ignored.
+/// Records a raw sample of `service_id`; a second sample at the same millisecond, or one of a
+/// service deleted meanwhile, is ignored.
 pub async fn record(
     conn: &mut Conn,
     service_id: i64,
@@ -88,8 +98,10 @@ pub async fn record(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO stats_samples (service_id, at_ms, resolution_ms, cpu_percent, memory_bytes, \
-         memory_limit_bytes, pids, gpu_memory_bytes, gpu_utilization_percent) \
-         VALUES ($1, $2, 0, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+         memory_limit_bytes, pids, gpu_memory_bytes, gpu_utilization_percent, prompt_tokens, \
+         completion_tokens) \
+         SELECT $1, $2, 0, $3, $4, $5, $6, $7, $8, $9, $10 \
+         WHERE EXISTS (SELECT 1 FROM services WHERE id = $1) ON CONFLICT DO NOTHING",
     )
     .bind(service_id)
     .bind(sample.at_ms)
@@ -99,6 +111,8 @@ pub async fn record(
     .bind(sample.pids)
     .bind(sample.gpu_memory_bytes)
     .bind(sample.gpu_utilization_percent)
+    .bind(sample.prompt_tokens)
+    .bind(sample.completion_tokens)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -116,10 +130,12 @@ pub async fn compact(
     let edge = (now_ms - retention.raw_ms).div_euclid(bucket) * bucket;
     sqlx::query(
         "INSERT INTO stats_samples (service_id, at_ms, resolution_ms, cpu_percent, memory_bytes, \
-         memory_limit_bytes, pids, gpu_memory_bytes, gpu_utilization_percent) \
+         memory_limit_bytes, pids, gpu_memory_bytes, gpu_utilization_percent, prompt_tokens, \
+         completion_tokens) \
          SELECT service_id, (at_ms / $1) * $1, $1, AVG(cpu_percent), CAST(AVG(memory_bytes) AS BIGINT), \
          MAX(memory_limit_bytes), MAX(pids), CAST(AVG(gpu_memory_bytes) AS BIGINT), \
-         CAST(AVG(gpu_utilization_percent) AS BIGINT) \
+         CAST(AVG(gpu_utilization_percent) AS BIGINT), CAST(SUM(prompt_tokens) AS BIGINT), \
+         CAST(SUM(completion_tokens) AS BIGINT) \
          FROM stats_samples WHERE resolution_ms = 0 AND at_ms < $2 \
          GROUP BY service_id, at_ms / $1 ON CONFLICT DO NOTHING",
     )
@@ -146,7 +162,8 @@ pub async fn since(
 ) -> Result<Vec<StatsSample>, StoreError> {
     let rows = sqlx::query(
         "SELECT at_ms, resolution_ms, cpu_percent, memory_bytes, memory_limit_bytes, pids, \
-         gpu_memory_bytes, gpu_utilization_percent FROM stats_samples \
+         gpu_memory_bytes, gpu_utilization_percent, prompt_tokens, completion_tokens \
+         FROM stats_samples \
          WHERE service_id = $1 AND at_ms >= $2 ORDER BY at_ms, resolution_ms DESC",
     )
     .bind(service_id)

@@ -634,6 +634,8 @@ async fn stats_history_keeps_raw_samples_then_buckets_then_nothing() {
             pids: 3,
             gpu_memory_bytes: gpu.map(|_| 2_000_000),
             gpu_utilization_percent: gpu,
+            prompt_tokens: 7,
+            completion_tokens: at_ms % 10_000 / 1_000,
         };
         let now = 1_000_000;
         // Two samples in each 10 s bucket from 400 s ago until now, every 5 s.
@@ -668,6 +670,11 @@ async fn stats_history_keeps_raw_samples_then_buckets_then_nothing() {
             assert_eq!(
                 bucket.memory_bytes,
                 bucket.at_ms / 1000 * 1_000_000 + 2_500_000
+            );
+            assert_eq!(
+                (bucket.prompt_tokens, bucket.completion_tokens),
+                (14, 5),
+                "tokens are summed over a bucket"
             );
         }
         let recent_bucket = buckets.last().expect("bucket");

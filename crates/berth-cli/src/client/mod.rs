@@ -2,7 +2,7 @@
 //! with `BERTH_TOKEN` (or the token `berth up` wrote). Tables for people, `--output json` for
 //! scripts, and errors that say what failed and what to do.
 
-mod api;
+pub mod api;
 mod commands;
 pub mod context;
 mod exec;
@@ -11,7 +11,7 @@ mod names;
 mod progress;
 mod service;
 mod table;
-mod watch;
+pub mod watch;
 
 pub use commands::{
     ClientArgs, ImageCommand, NodeCommand, OpsFilter, Resource, SpecCommand, UserCommand, run,

@@ -83,6 +83,7 @@ pub struct Chart {
 enum Unit {
     Percent,
     Bytes,
+    Count,
 }
 
 impl Unit {
@@ -90,6 +91,7 @@ impl Unit {
         match self {
             Unit::Percent => format!("{value:.1} %"),
             Unit::Bytes => human_bytes(value.round() as i64),
+            Unit::Count => format!("{value:.0}"),
         }
     }
 
@@ -98,6 +100,7 @@ impl Unit {
         let largest = values.iter().copied().fold(0.0, f64::max);
         let (divisor, suffix) = match self {
             Unit::Percent => (1.0, " %"),
+            Unit::Count => (1.0, ""),
             Unit::Bytes => {
                 let units = [
                     (1u64 << 40, " TiB"),
@@ -255,8 +258,9 @@ fn draw(
     }
 }
 
-/// The four charts of a service over `from_ms..to_ms`: CPU, memory, GPU memory and GPU
-/// utilization (the GPU ones say when the node reports no GPU figures).
+/// The charts of a service over `from_ms..to_ms`: CPU, memory, GPU memory and GPU utilization
+/// (the GPU ones say when the node reports no GPU figures), and the tokens its answers used
+/// through the OpenAI-compatible front when it answered any.
 pub fn service_charts(t: Tr, samples: &[StatsSample], from_ms: i64, to_ms: i64) -> Vec<Chart> {
     let series = |value: &dyn Fn(&StatsSample) -> Option<f64>| -> Vec<(i64, f64)> {
         samples
@@ -264,7 +268,7 @@ pub fn service_charts(t: Tr, samples: &[StatsSample], from_ms: i64, to_ms: i64) 
             .filter_map(|sample| value(sample).map(|value| (sample.at_ms, value)))
             .collect()
     };
-    vec![
+    let mut charts = vec![
         draw(
             t,
             t.get("chart.cpu"),
@@ -297,7 +301,21 @@ pub fn service_charts(t: Tr, samples: &[StatsSample], from_ms: i64, to_ms: i64) 
             from_ms,
             to_ms,
         ),
-    ]
+    ];
+    if samples
+        .iter()
+        .any(|sample| sample.prompt_tokens + sample.completion_tokens > 0)
+    {
+        charts.push(draw(
+            t,
+            t.get("chart.tokens"),
+            Unit::Count,
+            &series(&|sample| Some((sample.prompt_tokens + sample.completion_tokens) as f64)),
+            from_ms,
+            to_ms,
+        ));
+    }
+    charts
 }
 
 /// The chart range a page's query asks for (`?range=15m|1h|6h|24h`; an hour otherwise).
@@ -351,6 +369,8 @@ mod tests {
             pids: 1,
             gpu_memory_bytes: None,
             gpu_utilization_percent: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
         }
     }
 
@@ -383,6 +403,16 @@ mod tests {
             assert!((LEFT..=WIDTH - RIGHT).contains(&x) && (TOP..=HEIGHT - BOTTOM).contains(&y));
         }
         assert!(charts[1].summary.contains("1.0 MiB"));
+        let mut answered = samples.clone();
+        answered[1].prompt_tokens = 1200;
+        answered[1].completion_tokens = 34;
+        let with_tokens = service_charts(Tr::default(), &answered, 0, 60_000);
+        assert_eq!(with_tokens.len(), 5, "a tokens chart once tokens were answered");
+        assert!(
+            with_tokens[4].summary.contains("1234"),
+            "{}",
+            with_tokens[4].summary
+        );
         assert!(
             !charts[2].svg.contains("polyline"),
             "no GPU figures, no line"

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::routes::{Endpoint, ServiceRoutes};
+use super::rules::Subset;
 use crate::service_definition::RateLimit;
 
 /// How a request wants its replica chosen (what the routing policy reads).
@@ -26,7 +27,7 @@ pub struct Choice {
     /// The service a canary split sends a share to.
     pub canary: Option<Arc<ServiceRoutes>>,
     /// Only these replicas (a routing rule's).
-    pub only: Option<Vec<i64>>,
+    pub only: Option<Subset>,
 }
 
 /// The waiting requests of one service.
@@ -91,7 +92,7 @@ impl ServiceRoutes {
             choice.affinity.as_deref(),
             choice.canary.as_deref(),
             limit,
-            choice.only.as_deref(),
+            choice.only.as_ref(),
         )?;
         endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
         Some(endpoint)

@@ -62,7 +62,7 @@ pub struct Gateway {
 /// Where an authorized request goes: a service, and maybe only some of its replicas.
 struct Routed {
     routes: Arc<ServiceRoutes>,
-    only: Option<Vec<i64>>,
+    only: Option<rules::Subset>,
 }
 
 /// An answer the gateway gives itself instead of a replica's.
@@ -368,9 +368,9 @@ impl Gateway {
         self.within_rate(&routes, caller)?;
         match rules::route(&profile.settings.rules, head, path, user.as_deref()) {
             None => Ok(Routed { routes, only: None }),
-            Some(rules::Destination::Replicas(replicas)) => Ok(Routed {
+            Some(rules::Destination::Replicas(subset)) => Ok(Routed {
                 routes,
-                only: Some(replicas.to_vec()),
+                only: Some(subset),
             }),
             Some(rules::Destination::Service(name)) => {
                 let Some(other) = self.state.routes.find(&routes.owner, name) else {
@@ -490,7 +490,7 @@ impl Gateway {
         &self,
         head: &impl Head,
         routes: &Arc<ServiceRoutes>,
-        only: Option<Vec<i64>>,
+        only: Option<rules::Subset>,
     ) -> Result<Arc<Endpoint>, Refusal> {
         let profile = routes.profile();
         let settings = &profile.settings;
@@ -529,6 +529,7 @@ impl Gateway {
             || routes.usage.loaded_at_ms.load(Ordering::Relaxed)
                 + u64::try_from(settings.start_timeout().as_millis()).unwrap_or(u64::MAX)
                 > now_millis();
+        let ruled = choice.only.is_some();
         let chosen = match settings.max_concurrency_per_replica {
             Some(limit) if starting || routes.ready_count() > 0 => {
                 return self.queue_for(routes, choice, limit, starting).await;
@@ -540,7 +541,20 @@ impl Gateway {
                 None => None,
             },
         };
-        chosen.ok_or_else(|| self.no_ready_replica(routes))
+        chosen.ok_or_else(|| {
+            if ruled {
+                self.refuse(
+                    "no_ready_replica",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "no ready replica of service {}/{} is among those the routing rule that matched this request chose (serving.rules)",
+                        routes.owner, routes.name
+                    ),
+                )
+            } else {
+                self.no_ready_replica(routes)
+            }
+        })
     }
 
     /// 503: no replica takes traffic.

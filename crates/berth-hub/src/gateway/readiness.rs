@@ -20,7 +20,7 @@ use berth_store::{StoreError, users};
 
 use super::routes::{Endpoint, Profile, ServiceRoutes, now_millis};
 use crate::replicas;
-use crate::service_definition::{ServingSettings, Warmup};
+use crate::service_definition::{LABEL_VERSION, ServingSettings, Warmup};
 use crate::simulation::SIMULATED_DRIVER;
 use crate::state::HubState;
 
@@ -297,6 +297,9 @@ async fn resolve_endpoints(
             let moved = mirrored_port(state, &allocation, port)
                 .is_some_and(|host_port| host_port != known.address.port());
             if !moved {
+                if let Some(node) = all_nodes.get(&allocation.node_id) {
+                    known.set_node_labels(node.labels.clone());
+                }
                 next.push(Arc::clone(known));
                 continue;
             }
@@ -304,16 +307,21 @@ async fn resolve_endpoints(
         let Some(node) = all_nodes.get(&allocation.node_id) else {
             continue;
         };
-        let Some(address) = published_address(state, node, &allocation, port).await else {
+        let Some((address, version)) = published_address(state, node, &allocation, port).await
+        else {
             continue;
         };
-        let endpoint = Arc::new(Endpoint::new(
-            allocation.replica,
-            allocation.container_id.clone(),
-            node.id,
-            address,
-            settings.routing.weight_of(allocation.replica),
-        ));
+        let endpoint = Arc::new(
+            Endpoint::new(
+                allocation.replica,
+                allocation.container_id.clone(),
+                node.id,
+                address,
+                settings.routing.weight_of(allocation.replica),
+            )
+            .of_version(version.unwrap_or(service.version)),
+        );
+        endpoint.set_node_labels(node.labels.clone());
         let watcher = tokio::spawn(watch(
             Arc::clone(state),
             Arc::downgrade(routes),
@@ -338,7 +346,7 @@ async fn published_address(
     node: &NodeRecord,
     allocation: &Allocation,
     port: u16,
-) -> Option<SocketAddr> {
+) -> Option<(SocketAddr, Option<i64>)> {
     let container = state
         .container_state(node, &allocation.container_id)
         .await
@@ -348,10 +356,15 @@ async fn published_address(
     }
     let host_port = *container.ports.get(&format!("{port}/tcp"))?;
     let host = node_host(node);
-    tokio::net::lookup_host((host.as_str(), host_port))
+    let address = tokio::net::lookup_host((host.as_str(), host_port))
         .await
         .ok()?
-        .next()
+        .next()?;
+    let version = container
+        .labels
+        .get(LABEL_VERSION)
+        .and_then(|version| version.parse().ok());
+    Some((address, version))
 }
 
 /// The host port a running replica publishes `port` on, by its node's mirror; `None` when

@@ -2,7 +2,7 @@
 //! is served, and its replicas' addresses with their readiness and requests in flight. The
 //! readiness loop ([`super::readiness`]) keeps it in step with the database; requests only read it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::admission::{Admission, RateLimiter};
+use super::rules::Subset;
 use crate::metrics::{AnswerLabels, ModelMetrics, ServiceLabels};
 use crate::service_definition::ServingSettings;
 
@@ -58,6 +59,10 @@ pub struct Endpoint {
     pub host: hyper::header::HeaderValue,
     /// Routing weight.
     pub weight: u32,
+    /// The deployment version its container was made for.
+    pub version: i64,
+    /// Its node's labels, as last read.
+    node_labels: RwLock<BTreeMap<String, String>>,
     /// Passed its probe and warmup, and its latest probe.
     pub ready: AtomicBool,
     /// Requests it is answering now.
@@ -88,11 +93,38 @@ impl Endpoint {
             host: hyper::header::HeaderValue::from_str(&text)
                 .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("127.0.0.1")),
             weight,
+            version: 0,
+            node_labels: RwLock::default(),
             ready: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             watcher: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The same, made for deployment `version`.
+    #[must_use]
+    pub fn of_version(mut self, version: i64) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Records its node's labels (they may change while it runs).
+    pub fn set_node_labels(&self, labels: BTreeMap<String, String>) {
+        if let Ok(mut current) = self.node_labels.write()
+            && *current != labels
+        {
+            *current = labels;
+        }
+    }
+
+    /// Whether its node carries every one of `labels`.
+    pub fn node_carries(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.node_labels.read().is_ok_and(|own| {
+            labels
+                .iter()
+                .all(|(key, value)| own.get(key) == Some(value))
+        })
     }
 
     /// Ties the probe task to this endpoint: it stops when the endpoint is dropped.
@@ -139,6 +171,33 @@ pub struct Usage {
     pub prompt_tokens: AtomicU64,
     /// Completion tokens of the same.
     pub completion_tokens: AtomicU64,
+    /// The part of `prompt_tokens` already in the stats history.
+    prompt_tokens_recorded: AtomicU64,
+    /// The part of `completion_tokens` already in the stats history.
+    completion_tokens_recorded: AtomicU64,
+}
+
+impl Usage {
+    /// `(prompt, completion)` tokens counted but not yet in the stats history.
+    pub fn unrecorded_tokens(&self) -> (u64, u64) {
+        let unrecorded = |total: &AtomicU64, recorded: &AtomicU64| {
+            total
+                .load(Ordering::Acquire)
+                .saturating_sub(recorded.load(Ordering::Acquire))
+        };
+        (
+            unrecorded(&self.prompt_tokens, &self.prompt_tokens_recorded),
+            unrecorded(&self.completion_tokens, &self.completion_tokens_recorded),
+        )
+    }
+
+    /// Notes that `(prompt, completion)` more tokens are in the stats history.
+    pub fn tokens_recorded(&self, (prompt, completion): (u64, u64)) {
+        self.prompt_tokens_recorded
+            .fetch_add(prompt, Ordering::AcqRel);
+        self.completion_tokens_recorded
+            .fetch_add(completion, Ordering::AcqRel);
+    }
 }
 
 /// A routable service.
@@ -437,12 +496,12 @@ impl ServiceRoutes {
         affinity: Option<&str>,
         canary: Option<&ServiceRoutes>,
         limit: Option<u32>,
-        only: Option<&[i64]>,
+        only: Option<&Subset>,
     ) -> Option<Arc<Endpoint>> {
         let profile = self.profile();
         let takes = |endpoint: &Endpoint| {
             endpoint.is_ready()
-                && only.is_none_or(|replicas| replicas.contains(&endpoint.replica))
+                && only.is_none_or(|subset| subset.admits(endpoint))
                 && limit.is_none_or(|limit| endpoint.in_flight.load(Ordering::Acquire) < limit)
         };
         // During a rollout with a canary split of its own, the new version's replicas are the

@@ -1,12 +1,16 @@
 //! `serving.rules`: custom routing without code. Each rule names conditions — a header, a path
 //! prefix, a query parameter, the caller's user name; all that are given must hold — and where
-//! a matching request goes: a subset of the service's replicas (chosen among by the service's
-//! policy) or another service of the same owner. The first rule that matches decides; a request
-//! no rule matches goes to every replica by the policy.
+//! a matching request goes: a subset of the service's replicas — by index, by deployment version
+//! (while a paused rollout keeps two versions serving) or by the labels of their nodes — chosen
+//! among by the service's policy, or another service of the same owner. The first rule that
+//! matches decides; a request no rule matches goes to every replica by the policy.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::head::Head;
+use super::routes::Endpoint;
 use berth_core::SpecError;
 
 /// A header or query parameter and the value it must have.
@@ -38,16 +42,44 @@ pub struct RouteRule {
     /// Send it to these replicas only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<Vec<i64>>,
+    /// Send it to the replicas of this deployment version only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Send it to the replicas on nodes carrying all these labels only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_labels: Option<BTreeMap<String, String>>,
     /// Send it to this service of the same owner instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+}
+
+/// Which of a service's replicas a rule sends requests to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subset {
+    /// These replicas, by index.
+    Replicas(Vec<i64>),
+    /// The replicas of this deployment version.
+    Version(i64),
+    /// The replicas on nodes carrying all these labels.
+    NodeLabels(BTreeMap<String, String>),
+}
+
+impl Subset {
+    /// Whether `endpoint` is one of them.
+    pub fn admits(&self, endpoint: &Endpoint) -> bool {
+        match self {
+            Self::Replicas(replicas) => replicas.contains(&endpoint.replica),
+            Self::Version(version) => endpoint.version == *version,
+            Self::NodeLabels(labels) => endpoint.node_carries(labels),
+        }
+    }
 }
 
 /// Where a rule sends a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination<'a> {
     /// These replicas of the service.
-    Replicas(&'a [i64]),
+    Replicas(Subset),
     /// Another service of the same owner.
     Service(&'a str),
 }
@@ -66,15 +98,41 @@ impl RouteRule {
                 "give at least one condition: header, path_prefix, query or user",
             ));
         }
-        match (&self.replicas, &self.service) {
-            (Some(replicas), None) if !replicas.is_empty() => {}
-            (None, Some(service)) => berth_core::spec::validate_name(&field("service"), service)?,
-            _ => {
+        let destinations = usize::from(self.replicas.is_some())
+            + usize::from(self.version.is_some())
+            + usize::from(self.node_labels.is_some())
+            + usize::from(self.service.is_some());
+        if destinations != 1 {
+            return Err(SpecError::new(
+                field("replicas"),
+                "give one place matching requests go: replicas (a non-empty list), version, node_labels or service",
+            ));
+        }
+        if self.replicas.as_ref().is_some_and(Vec::is_empty) {
+            return Err(SpecError::new(
+                field("replicas"),
+                "name at least one replica",
+            ));
+        }
+        if let Some(version) = self.version
+            && version < 1
+        {
+            return Err(SpecError::new(
+                field("version"),
+                format!("{version} is not a deployment version: they count from 1"),
+            ));
+        }
+        if let Some(labels) = &self.node_labels {
+            if labels.is_empty() {
                 return Err(SpecError::new(
-                    field("replicas"),
-                    "give where matching requests go: replicas (a non-empty list) or service",
+                    field("node_labels"),
+                    "name at least one label",
                 ));
             }
+            berth_core::schedule::validate_labels(&field("node_labels"), labels)?;
+        }
+        if let Some(service) = &self.service {
+            berth_core::spec::validate_name(&field("service"), service)?;
         }
         if let Some(prefix) = &self.path_prefix
             && !prefix.starts_with('/')
@@ -120,10 +178,14 @@ impl RouteRule {
     }
 
     fn destination(&self) -> Option<Destination<'_>> {
-        match (&self.replicas, &self.service) {
-            (Some(replicas), _) => Some(Destination::Replicas(replicas)),
-            (None, Some(service)) => Some(Destination::Service(service)),
-            (None, None) => None,
+        if let Some(replicas) = &self.replicas {
+            Some(Destination::Replicas(Subset::Replicas(replicas.clone())))
+        } else if let Some(version) = self.version {
+            Some(Destination::Replicas(Subset::Version(version)))
+        } else if let Some(labels) = &self.node_labels {
+            Some(Destination::Replicas(Subset::NodeLabels(labels.clone())))
+        } else {
+            self.service.as_deref().map(Destination::Service)
         }
     }
 }
@@ -150,6 +212,8 @@ mod tests {
             {"header": {"name": "X-Tier", "value": "gold"}, "replicas": [0]},
             {"path_prefix": "/v2", "query": {"name": "beta", "value": "1"}, "service": "next"},
             {"user": "alice", "replicas": [1, 2]},
+            {"header": {"name": "X-Tier", "value": "silver"}, "version": 3},
+            {"user": "bob", "node_labels": {"gpu": "a100"}},
         ]))
         .expect("rules")
     }
@@ -171,7 +235,7 @@ mod tests {
         let gold = request("/predict", Some("gold"));
         assert_eq!(
             route(&rules, &gold, "/predict", Some("alice")),
-            Some(Destination::Replicas(&[0]))
+            Some(Destination::Replicas(Subset::Replicas(vec![0])))
         );
         let beta = request("/v2/predict?beta=1", None);
         assert_eq!(
@@ -182,13 +246,52 @@ mod tests {
         assert_eq!(route(&rules, &not_beta, "/v2/predict?beta=0", None), None);
         assert_eq!(
             route(&rules, &not_beta, "/v2/predict?beta=0", Some("alice")),
-            Some(Destination::Replicas(&[1, 2]))
+            Some(Destination::Replicas(Subset::Replicas(vec![1, 2])))
         );
+        let silver = request("/predict", Some("silver"));
+        let Some(Destination::Replicas(by_version)) = route(&rules, &silver, "/predict", None)
+        else {
+            panic!("silver goes to a version");
+        };
+        let Some(Destination::Replicas(by_label)) = route(&rules, &not_beta, "/", Some("bob"))
+        else {
+            panic!("bob goes to labelled nodes");
+        };
+        let endpoint = |version: i64, gpu: &str| {
+            let endpoint = Endpoint::new(0, "c".into(), 1, "127.0.0.1:9".parse().expect("addr"), 1)
+                .of_version(version);
+            endpoint.set_node_labels(BTreeMap::from([
+                ("gpu".to_owned(), gpu.to_owned()),
+                ("zone".to_owned(), "a".to_owned()),
+            ]));
+            endpoint
+        };
+        assert!(by_version.admits(&endpoint(3, "t4")));
+        assert!(!by_version.admits(&endpoint(2, "a100")));
+        assert!(by_label.admits(&endpoint(2, "a100")));
+        assert!(!by_label.admits(&endpoint(3, "t4")));
         let no_condition: RouteRule =
             serde_json::from_value(serde_json::json!({"replicas": [0]})).expect("rule");
         assert_eq!(
             no_condition.validate(3).expect_err("no condition").field,
             "serving.rules[3].header"
         );
+        for (rule, field) in [
+            (
+                serde_json::json!({"user": "a", "version": 2, "service": "b"}),
+                "serving.rules[0].replicas",
+            ),
+            (
+                serde_json::json!({"user": "a", "version": 0}),
+                "serving.rules[0].version",
+            ),
+            (
+                serde_json::json!({"user": "a", "node_labels": {}}),
+                "serving.rules[0].node_labels",
+            ),
+        ] {
+            let rule: RouteRule = serde_json::from_value(rule).expect("rule");
+            assert_eq!(rule.validate(0).expect_err("refused").field, field);
+        }
     }
 }
