@@ -104,9 +104,10 @@ pub async fn watch(
                 continue;
             };
             let now = Instant::now();
-            if seen.get(path).is_some_and(|known| {
-                known.text == text && known.retry_at.is_none_or(|at| now < at)
-            }) {
+            if seen
+                .get(path)
+                .is_some_and(|known| known.text == text && known.retry_at.is_none_or(|at| now < at))
+            {
                 continue;
             }
             let earlier = seen.remove(path).and_then(|known| known.service);

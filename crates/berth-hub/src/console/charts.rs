@@ -407,7 +407,11 @@ mod tests {
         answered[1].prompt_tokens = 1200;
         answered[1].completion_tokens = 34;
         let with_tokens = service_charts(Tr::default(), &answered, 0, 60_000);
-        assert_eq!(with_tokens.len(), 5, "a tokens chart once tokens were answered");
+        assert_eq!(
+            with_tokens.len(),
+            5,
+            "a tokens chart once tokens were answered"
+        );
         assert!(
             with_tokens[4].summary.contains("1234"),
             "{}",

@@ -390,7 +390,11 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("chart.memory", "Memory", "内存"),
     ("chart.gpu_memory", "GPU memory", "GPU 显存"),
     ("chart.gpu_utilization", "GPU utilization", "GPU 利用率"),
-    ("chart.tokens", "Tokens answered (prompt + completion)", "处理的 token 数（提示 + 生成）"),
+    (
+        "chart.tokens",
+        "Tokens answered (prompt + completion)",
+        "处理的 token 数（提示 + 生成）",
+    ),
     ("chart.latest", "latest", "最新"),
     ("chart.highest", "highest", "最高"),
     ("chart.no_data", "no data yet", "暂无数据"),
