@@ -3,7 +3,9 @@
 //! whatever it left unfinished: a create cut short ends with every replica once, a retried
 //! create with the same Idempotency-Key (also across the restart) makes no second service, and
 //! rounds of 30 concurrent changes killed at a random moment all end succeeded (or cancelled,
-//! overtaken by a later change of the same service) with every service as it is wanted.
+//! overtaken by a later change of the same service) with every service as it is wanted. A
+//! rollout cut short is carried on with the previous version answering until the new one is
+//! ready.
 
 mod processes;
 
@@ -371,4 +373,143 @@ async fn changes_acknowledged_before_a_kill_all_finish_and_converge_after_restar
     }
     drop(process);
     drop(guard);
+}
+
+/// A server whose `VERSION` is what it answers; version 2 takes a while before it listens, so
+/// a rollout to it waits for it.
+const VERSIONED: &str = "echo $VERSION > /www/index.html; [ $VERSION = 1 ] || sleep 6; \
+     trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait";
+
+/// The gateway URL of service `id`, once its status names one and it answers 200.
+async fn answering_url(hub: &HubApi, id: i64) -> String {
+    wait_for(
+        Duration::from_secs(60),
+        "the service answers",
+        || async move {
+            let status = hub
+                .call(Method::GET, &format!("/api/services/{id}/status"), None)
+                .await
+                .1;
+            let url = status["service_url"].as_str()?.to_owned();
+            let answered = reqwest::Client::new()
+                .get(&url)
+                .bearer_auth(hub.token())
+                .send()
+                .await
+                .ok()?;
+            (answered.status() == 200).then_some(url)
+        },
+    )
+    .await
+}
+
+/// A rollout the hub is killed in the middle of is carried on by the restarted hub with the
+/// previous version still answering: from the first answer after the restart on, every request
+/// is answered, by version 1 until version 2 is ready, then by version 2; the previous
+/// container is removed once the rollout ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_cut_short_by_a_killed_hub_keeps_the_previous_version_serving() {
+    let dir = fresh_dir("kill-mid-rollout");
+    let config = "monitor_interval: 1\n";
+    let (mut first_hub, hub) = start_hub(&dir, config).await;
+    let hub_label = processes::hub_label(&dir).await;
+    let _leftovers = LabelledContainers(vec![hub_label.clone()]);
+    hub.add_local_node().await;
+    let owner = user(&hub).await;
+    let (status, created) = hub
+        .call(
+            Method::POST,
+            &format!("/api/{owner}/crash/services?wait=60"),
+            Some(
+                json!({"name": "rolling", "image": IMAGE, "port": 8080, "start": true,
+                "cpu_limit": 0.05, "memory_limit": "16m", "environment": {"VERSION": "1"},
+                "command": ["sh", "-c", VERSIONED],
+                "serving": {"probe_interval_seconds": 1}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["service_id"].as_i64().expect("service");
+    answering_url(&hub, id).await;
+    let first_container = hub.service(id).await["container_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (status, accepted) = hub
+        .call(
+            Method::PATCH,
+            &format!("/api/services/{id}"),
+            Some(json!({"environment": {"VERSION": "2"}})),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let operation = accepted["id"].as_i64().expect("operation");
+    // Killed while version 2's replica is created and not yet listening.
+    wait_for(Duration::from_secs(30), "version 2's container", || {
+        let label = hub_label.clone();
+        async move { (containers(Some(&label), "").await.len() == 2).then_some(()) }
+    })
+    .await;
+    first_hub.kill();
+
+    let (_second_hub, hub) = start_hub(&dir, config).await;
+    let url = answering_url(&hub, id).await;
+    let client = reqwest::Client::new();
+    let mut answers: Vec<(u16, String)> = Vec::new();
+    loop {
+        let answer = client
+            .get(&url)
+            .bearer_auth(hub.token())
+            .send()
+            .await
+            .expect("the gateway answers");
+        let status = answer.status().as_u16();
+        answers.push((
+            status,
+            answer.text().await.unwrap_or_default().trim().to_owned(),
+        ));
+        let (_, progress) = hub
+            .call(Method::GET, &format!("/api/operations/{operation}"), None)
+            .await;
+        if progress["state"] != "running" || answers.len() > 600 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let finished = ended(&hub, operation).await;
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "every request answered: {answers:?}"
+    );
+    let versions: Vec<&str> = answers.iter().map(|(_, body)| body.as_str()).collect();
+    assert_eq!(
+        versions.first(),
+        Some(&"1"),
+        "version 1 serves while version 2 starts: {versions:?}"
+    );
+    let switched = versions.iter().position(|version| *version == "2");
+    assert!(
+        switched.is_none_or(|at| versions[at..].iter().all(|version| *version == "2")),
+        "once version 2 takes the traffic, it alone answers: {versions:?}"
+    );
+    let after = client
+        .get(&url)
+        .bearer_auth(hub.token())
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(after.text().await.unwrap_or_default().trim(), "2");
+    wait_for(
+        Duration::from_secs(30),
+        "version 1's container removed",
+        || {
+            let (label, first) = (hub_label.clone(), first_container.clone());
+            async move {
+                let found = engine().await.list(&[label.as_str()], true).await.ok()?;
+                (!found.iter().any(|container| container.id == first)).then_some(())
+            }
+        },
+    )
+    .await;
 }

@@ -12,9 +12,12 @@
 //! previous version) until its owner promotes it (`berth service rollout promote`) or aborts it
 //! (`… abort`: undone as above); `pause` holds any rollout before its traffic moves, `resume`
 //! lets it go on. While held, the deadline does not run and the rollout keeps the service.
+//!
+//! A rollout the hub was stopped in the middle of is carried on when it starts again, the
+//! previous replicas back in the gateway's rotation until the new version is ready.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -26,6 +29,7 @@ use berth_store::services::{self, Deployment, ServiceRecord};
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
+use crate::gateway::readiness;
 use crate::gateway::routes::ServiceRoutes;
 use crate::ops::Tracker;
 use crate::replicas;
@@ -109,13 +113,18 @@ impl Controls {
 /// Carries out the rollout the intent `detail` names (its `retire` list is the previous
 /// version's containers, `previous` its service row and allocations).
 pub async fn carry_out(
-    state: &HubState,
+    state: &Arc<HubState>,
     tracker: &Tracker,
     service: &ServiceRecord,
     actor: Option<i64>,
     detail: &Value,
-    routes: &ServiceRoutes,
+    routes: &Arc<ServiceRoutes>,
 ) -> Result<Value, Problem> {
+    // Carried on after a restart, the rollout finds the gateway without its handover: the
+    // previous replicas go back in rotation first.
+    let previous: Vec<Allocation> =
+        serde_json::from_value(detail["previous"]["allocations"].clone()).unwrap_or_default();
+    readiness::resume_handover(state, routes, &previous).await?;
     let settings = routes.profile().settings.clone();
     let canary = settings
         .routing

@@ -519,11 +519,35 @@ async fn bring_up_replica(
     Ok(Vec::new())
 }
 
+/// How long a redeploy carried on at the hub's start waits for the gateway to list its service.
+const ROUTES_AT_START: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The gateway's routes of `service`: for a service with a port, waited for a little while
+/// the gateway's table is being read (a redeploy the hub carries on as it starts).
+async fn routes_of(
+    state: &HubState,
+    service: &ServiceRecord,
+) -> Option<Arc<crate::gateway::routes::ServiceRoutes>> {
+    if service.definition["port"].is_null() {
+        return None;
+    }
+    let waiting = std::time::Instant::now();
+    loop {
+        if let Some(routes) = state.routes.get(service.id) {
+            return Some(routes);
+        }
+        if waiting.elapsed() >= ROUTES_AT_START {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Retires the previous version's containers the operation lists (a node that does not answer
 /// keeps one, which the reconciler removes as stale when it answers), then launches the new
 /// version's replicas, started when the operation says the service ran.
 async fn redeploy(
-    state: &HubState,
+    state: &Arc<HubState>,
     tracker: &Tracker,
     service: &ServiceRecord,
     actor: Option<i64>,
@@ -534,7 +558,7 @@ async fn redeploy(
     // it; anything else is replaced in place.
     if start
         && detail["previous"].is_object()
-        && let Some(routes) = state.routes.get(service.id)
+        && let Some(routes) = routes_of(state, service).await
     {
         return crate::rollout::carry_out(state, tracker, service, actor, &detail, &routes).await;
     }

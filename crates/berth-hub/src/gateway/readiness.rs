@@ -307,28 +307,11 @@ async fn resolve_endpoints(
         let Some(node) = all_nodes.get(&allocation.node_id) else {
             continue;
         };
-        let Some((address, version)) = published_address(state, node, &allocation, port).await
-        else {
-            continue;
-        };
-        let endpoint = Arc::new(
-            Endpoint::new(
-                allocation.replica,
-                allocation.container_id.clone(),
-                node.id,
-                address,
-                settings.routing.weight_of(allocation.replica),
-            )
-            .of_version(version.unwrap_or(service.version)),
-        );
-        endpoint.set_node_labels(node.labels.clone());
-        let watcher = tokio::spawn(watch(
-            Arc::clone(state),
-            Arc::downgrade(routes),
-            Arc::downgrade(&endpoint),
-        ));
-        endpoint.set_watcher(watcher.abort_handle());
-        next.push(endpoint);
+        if let Some(endpoint) =
+            probed_endpoint(state, routes, node, &allocation, port, &settings).await
+        {
+            next.push(endpoint);
+        }
     }
     let same = next.len() == current.len()
         && next
@@ -339,6 +322,84 @@ async fn resolve_endpoints(
         next.sort_by_key(|endpoint| endpoint.replica);
         routes.set_endpoints(next);
     }
+}
+
+/// The replica `allocation` on `node` as an endpoint of `routes`, with its probe task (not
+/// ready until the probe and warmup pass); `None` when it does not run or publish `port`.
+async fn probed_endpoint(
+    state: &Arc<HubState>,
+    routes: &Arc<ServiceRoutes>,
+    node: &NodeRecord,
+    allocation: &Allocation,
+    port: u16,
+    settings: &ServingSettings,
+) -> Option<Arc<Endpoint>> {
+    let (address, version) = published_address(state, node, allocation, port).await?;
+    let endpoint = Arc::new(
+        Endpoint::new(
+            allocation.replica,
+            allocation.container_id.clone(),
+            node.id,
+            address,
+            settings.routing.weight_of(allocation.replica),
+        )
+        .of_version(version.unwrap_or_else(|| routes.profile().version)),
+    );
+    endpoint.set_node_labels(node.labels.clone());
+    let watcher = tokio::spawn(watch(
+        Arc::clone(state),
+        Arc::downgrade(routes),
+        Arc::downgrade(&endpoint),
+    ));
+    endpoint.set_watcher(watcher.abort_handle());
+    Some(endpoint)
+}
+
+/// A rollout the hub carries on after a restart: its handover begins again with the previous
+/// version's replicas (`previous`, those still running) back in rotation beside the new
+/// version's, probed like any other, so requests keep being answered while the new version
+/// starts. Nothing is done when the handover is under way already.
+pub async fn resume_handover(
+    state: &Arc<HubState>,
+    routes: &Arc<ServiceRoutes>,
+    previous: &[Allocation],
+) -> Result<(), StoreError> {
+    if routes.is_handing_over() {
+        return Ok(());
+    }
+    routes.begin_handover();
+    let profile = routes.profile();
+    let all_nodes: HashMap<i64, NodeRecord> = {
+        let mut connection = state.store.acquire().await?;
+        nodes::list(&mut connection)
+            .await?
+            .into_iter()
+            .map(|node| (node.id, node))
+            .collect()
+    };
+    let mut kept = Vec::new();
+    for allocation in previous {
+        if allocation.container_id.is_empty() || state.is_down(allocation.node_id) {
+            continue;
+        }
+        let Some(node) = all_nodes.get(&allocation.node_id) else {
+            continue;
+        };
+        if let Some(endpoint) = probed_endpoint(
+            state,
+            routes,
+            node,
+            allocation,
+            profile.port,
+            &profile.settings,
+        )
+        .await
+        {
+            kept.push(endpoint);
+        }
+    }
+    routes.add_outgoing(kept);
+    Ok(())
 }
 
 async fn published_address(

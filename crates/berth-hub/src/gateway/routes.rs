@@ -395,6 +395,29 @@ impl ServiceRoutes {
         self.handing_over.store(true, Ordering::Release);
     }
 
+    /// Whether a rollout's handover is under way.
+    pub fn is_handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
+    }
+
+    /// Puts the previous version's replicas `endpoints` in rotation beside the new version's
+    /// (a rollout the hub carries on after a restart); one already in the table is left.
+    pub fn add_outgoing(&self, endpoints: Vec<Arc<Endpoint>>) {
+        let current = self.endpoints();
+        if let Ok(mut outgoing) = self.outgoing.write() {
+            for endpoint in endpoints {
+                let known = current
+                    .iter()
+                    .chain(outgoing.iter())
+                    .any(|known| known.container_id == endpoint.container_id);
+                if !known {
+                    outgoing.push(endpoint);
+                }
+            }
+        }
+        self.ready_signal.send_modify(|count| *count += 1);
+    }
+
     /// The rollout is over: the previous version's replicas take no new requests and finish
     /// the ones they have.
     pub fn end_handover(&self) {
