@@ -1,5 +1,6 @@
 //! The agent's configuration: the mManager environment variables (`MMANAGER_API_KEY`, `SERVER_ID`,
-//! `SERVER_TYPE`, `MAX_CONTAINERS`, `LOG_LEVEL`, `LOG_FILE`, `DOCKER_HOST`, `DOCKER_TIMEOUT`) plus
+//! `SERVER_TYPE`, `MAX_CONTAINERS`, `LOG_LEVEL`, `LOG_FILE`, `DOCKER_HOST`, `DOCKER_TIMEOUT`,
+//! `HOST`, `PORT`) plus
 //! Berth's own (`BERTH_AGENT_LISTEN`, `BERTH_AGENT_TLS_CERT`, `BERTH_AGENT_TLS_KEY`,
 //! `BERTH_SIMULATED_GPUS`, `BERTH_HAMI_CORE_DIR`). Values are read through a lookup function, so
 //! the command line can put flags in front of the environment and tests can use a map.
@@ -32,6 +33,10 @@ pub const ENV_DOCKER_HOST: &str = "DOCKER_HOST";
 pub const ENV_DOCKER_TIMEOUT: &str = "DOCKER_TIMEOUT";
 /// Environment key of the listen address.
 pub const ENV_LISTEN: &str = "BERTH_AGENT_LISTEN";
+/// mManager's environment key of the address to listen on (without `BERTH_AGENT_LISTEN`).
+pub const ENV_HOST: &str = "HOST";
+/// mManager's environment key of the port to listen on (without `BERTH_AGENT_LISTEN`).
+pub const ENV_PORT: &str = "PORT";
 /// Environment key of the TLS certificate file (PEM) of the agent's own API.
 pub const ENV_TLS_CERT: &str = "BERTH_AGENT_TLS_CERT";
 /// Environment key of the TLS key file (PEM) of the agent's own API.
@@ -169,11 +174,24 @@ impl AgentConfig {
             });
         }
         let docker_timeout_secs: u64 = parse(ENV_DOCKER_TIMEOUT, get(ENV_DOCKER_TIMEOUT), 60)?;
-        let listen: SocketAddr = parse(
-            ENV_LISTEN,
-            get(ENV_LISTEN),
-            SocketAddr::from(([0, 0, 0, 0], 8000)),
-        )?;
+        // BERTH_AGENT_LISTEN, else mManager's HOST and PORT, else 0.0.0.0:8000.
+        let listen: SocketAddr = match get(ENV_LISTEN) {
+            Some(listen) => parse(
+                ENV_LISTEN,
+                Some(listen),
+                SocketAddr::from(([0, 0, 0, 0], 8000)),
+            )?,
+            None => {
+                let host = match get(ENV_HOST).as_deref() {
+                    Some("localhost") => "127.0.0.1".to_owned(),
+                    Some(host) => host.to_owned(),
+                    None => "0.0.0.0".to_owned(),
+                };
+                let ip: std::net::IpAddr = parse(ENV_HOST, Some(host), [0, 0, 0, 0].into())?;
+                let port: u16 = parse(ENV_PORT, get(ENV_PORT), 8000)?;
+                SocketAddr::new(ip, port)
+            }
+        };
         let log_level = get(ENV_LOG_LEVEL).unwrap_or_else(|| "INFO".to_owned());
         if tracing_level(&log_level).is_none() {
             return Err(ConfigError {
@@ -322,6 +340,13 @@ mod tests {
             2
         );
         assert!(!format!("{config:?}").contains("k3y"));
+        // mManager's HOST and PORT, when BERTH_AGENT_LISTEN is not set.
+        let mmanager = load(&[(ENV_HOST, "127.0.0.1"), (ENV_PORT, "8002")]).expect("valid");
+        assert_eq!(mmanager.listen, "127.0.0.1:8002".parse().expect("addr"));
+        let port_only = load(&[(ENV_PORT, "8001")]).expect("valid");
+        assert_eq!(port_only.listen, "0.0.0.0:8001".parse().expect("addr"));
+        let both = load(&[(ENV_LISTEN, "127.0.0.1:9000"), (ENV_PORT, "8001")]).expect("valid");
+        assert_eq!(both.listen.port(), 9000, "BERTH_AGENT_LISTEN wins");
     }
 
     #[test]
@@ -332,6 +357,8 @@ mod tests {
             (ENV_MAX_CONTAINERS, "0"),
             (ENV_DOCKER_TIMEOUT, "-1"),
             (ENV_LISTEN, "localhost"),
+            (ENV_PORT, "80800"),
+            (ENV_HOST, "agent.example.org"),
             (ENV_LOG_LEVEL, "LOUD"),
             (ENV_SIMULATED_GPUS, "A100"),
             (ENV_SERVER_ID, "bad id"),

@@ -185,6 +185,9 @@ pub async fn serve(launch: Launch) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for mapping in launch.config.seed_mappings() {
+        println!("config: {mapping}");
+    }
     match bootstrap::sync_controllers(&state, &launch.config).await {
         Ok(sync) => {
             if !(sync.created.is_empty() && sync.updated.is_empty() && sync.removed.is_empty()) {

@@ -63,3 +63,48 @@ async fn a_changed_quota_takes_effect_and_a_bad_file_is_refused() {
 
     hub.delete_all_services().await;
 }
+
+/// Seed 000's `config.py` as written (its controllers' addresses moved to loopback, where the
+/// tests may reach) starts a hub: its controllers are nodes, its quota and domain in force; with
+/// `mmanager_enabled = False` written in, the reloaded file takes the controllers out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_000s_config_py_starts_a_hub_and_mmanager_enabled_false_drops_its_controllers() {
+    let dir = fresh_dir("config-py");
+    let seed = include_str!("../../../deploy/hub/config.py.example")
+        .replace("192.168.1.10", "127.0.0.1")
+        .replace("192.168.1.11", "127.0.0.1");
+    let (_hub_process, hub) = processes::start_hub_configured(&dir, "config.py", &seed).await;
+    let names = || async {
+        let (_, nodes) = hub.call(Method::GET, "/api/nodes", None).await;
+        let mut names: Vec<String> = nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|node| node["name"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names().await, ["mmanager-cpu-01", "mmanager-gpu-01"]);
+    let (_, nodes) = hub.call(Method::GET, "/api/nodes", None).await;
+    let cpu = nodes
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|node| node["name"] == "mmanager-cpu-01"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (cpu["weight"].as_i64(), cpu["priority"].as_i64()),
+        (Some(80), Some(2)),
+        "{cpu}"
+    );
+
+    std::fs::write(
+        dir.join("config.py"),
+        seed.replace("mmanager_enabled = True", "mmanager_enabled = False"),
+    )
+    .expect("write");
+    wait_for(Duration::from_secs(20), "the controllers leave", || async {
+        names().await.is_empty().then_some(())
+    })
+    .await;
+}

@@ -157,7 +157,7 @@ pub async fn sync_controllers(
         outcome: "ok".to_owned(),
         detail: json!({"name": node.name, "source": "config", "url": node.agent_url}),
     };
-    for declared in &config.mmanager_controllers {
+    for declared in config.controllers() {
         let existing = nodes::find_by_name(&mut transaction, &declared.id).await?;
         let mut node = match existing {
             Some(node) if node.origin != "config" => {
@@ -203,7 +203,7 @@ pub async fn sync_controllers(
         }
     }
     let declared: Vec<&str> = config
-        .mmanager_controllers
+        .controllers()
         .iter()
         .map(|controller| controller.id.as_str())
         .collect();

@@ -1,7 +1,10 @@
 //! The hub's YAML configuration file (`berth hub --config hub.yaml`): seed 000's settings —
-//! `mmanager_controllers`, `mmanager_api_key`, `max_services_per_user` — the monitor interval, the
-//! failure detector's threshold and the placement policy.
-//! Every value is checked when the file is read; an error names the line or the field.
+//! `mmanager_enabled`, `mmanager_controllers`, `mmanager_api_key`, `max_services_per_user`,
+//! `service_domain`, `service_idle_timeout` — the monitor interval, the failure detector's
+//! threshold and the placement policy. Seed 000's own `config.py` is read as written too: a
+//! file named `*.py` of top-level assignments (`name = value`, `name: type = value`) with
+//! Python literals. Every value is checked when the file is read; an error names the line or
+//! the field.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -69,6 +72,15 @@ fn three_checks() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
+    /// Seed 000's switch: when false, the declared controllers are not nodes of this hub (the
+    /// ones an earlier start made leave the node table unless they run containers).
+    #[serde(default = "yes")]
+    pub mmanager_enabled: bool,
+    /// Seed 000's idle timeout, in minutes, for every service with a port that sets neither
+    /// its own `serving.idle_timeout_seconds` nor `serving.autoscale`: idle that long, it is
+    /// unloaded (and loaded again by its next request). 0 or absent: never.
+    #[serde(default)]
+    pub service_idle_timeout: Option<u64>,
     /// The key every declared controller accepts.
     #[serde(default)]
     pub mmanager_api_key: Option<String>,
@@ -123,6 +135,8 @@ pub struct HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
+            mmanager_enabled: true,
+            service_idle_timeout: None,
             mmanager_api_key: None,
             mmanager_controllers: Vec::new(),
             max_services_per_user: five(),
@@ -143,11 +157,63 @@ impl Default for HubConfig {
 }
 
 impl HubConfig {
-    /// Reads and checks the file at `path`.
+    /// Reads and checks the file at `path` (seed 000's Python form when it is named `*.py`).
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-        Self::parse(&text).map_err(|err| format!("{}: {err}", path.display()))
+        let parsed = if path.extension().is_some_and(|extension| extension == "py") {
+            yaml_of_python(&text).and_then(|yaml| Self::parse(&yaml))
+        } else {
+            Self::parse(&text)
+        };
+        parsed.map_err(|err| format!("{}: {err}", path.display()))
+    }
+
+    /// The controllers the hub keeps as nodes: none when `mmanager_enabled` is false.
+    pub fn controllers(&self) -> &[DeclaredController] {
+        if self.mmanager_enabled {
+            &self.mmanager_controllers
+        } else {
+            &[]
+        }
+    }
+
+    /// The hub-wide idle timeout `service_idle_timeout` gives.
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        self.service_idle_timeout
+            .filter(|minutes| *minutes > 0)
+            .map(|minutes| std::time::Duration::from_secs(minutes * 60))
+    }
+
+    /// How the hub reads seed 000's keys this file sets, one line each.
+    pub fn seed_mappings(&self) -> Vec<String> {
+        let mut said = Vec::new();
+        if !self.mmanager_enabled {
+            said.push(format!(
+                "mmanager_enabled: false — the {} declared controller(s) are not nodes of this hub",
+                self.mmanager_controllers.len()
+            ));
+        } else if !self.mmanager_controllers.is_empty() {
+            said.push(format!(
+                "mmanager_controllers: {} agent node(s) kept in the node table (origin config), each with mmanager_api_key",
+                self.mmanager_controllers.len()
+            ));
+        }
+        if let Some(minutes) = self.service_idle_timeout {
+            said.push(if minutes == 0 {
+                "service_idle_timeout: 0 — no hub-wide idle unload".to_owned()
+            } else {
+                format!(
+                    "service_idle_timeout: {minutes} min — services with a port that set no idle_timeout_seconds or autoscale are unloaded after {minutes} min without requests"
+                )
+            });
+        }
+        if let Some(domain) = &self.service_domain {
+            said.push(format!(
+                "service_domain: {domain} — the gateway also answers {{service}}.{{user}}.{domain}"
+            ));
+        }
+        said
     }
 
     /// Parses and checks YAML text.
@@ -269,6 +335,108 @@ fn located(text: &str, err: &yaml_serde::Error) -> String {
     }
 }
 
+/// Seed 000's `config.py` as YAML, line for line (so a mistake's line is the file's): each
+/// top-level assignment `name = value` or `name: type = value` becomes `name: value`, lines that
+/// continue a value are indented, and `True`, `False`, `None` outside strings become YAML's.
+fn yaml_of_python(text: &str) -> Result<String, String> {
+    let mut yaml = String::with_capacity(text.len() + 64);
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            yaml.push_str(line);
+        } else if line.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            let Some(equals) = outside_strings(line)
+                .find(|(_, c)| *c == '=')
+                .map(|(at, _)| at)
+            else {
+                return Err(format!(
+                    "line {}: {trimmed:?} is not an assignment (name = value)",
+                    index + 1
+                ));
+            };
+            let name = line[..equals].split(':').next().unwrap_or_default().trim();
+            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("line {}: {name:?} is not a name", index + 1));
+            }
+            yaml.push_str(name);
+            yaml.push_str(": ");
+            yaml.push_str(&yaml_literals(line[equals + 1..].trim()));
+        } else {
+            yaml.push_str("  ");
+            yaml.push_str(&yaml_literals(line));
+        }
+        yaml.push('\n');
+    }
+    Ok(yaml)
+}
+
+/// The characters of `line` outside quoted strings and comments, with their byte offsets.
+fn outside_strings(line: &str) -> impl Iterator<Item = (usize, char)> + '_ {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut comment = false;
+    line.char_indices().filter(move |(_, c)| {
+        if comment {
+            return false;
+        }
+        match quote {
+            Some(open) => {
+                if escaped {
+                    escaped = false;
+                } else if *c == '\\' {
+                    escaped = true;
+                } else if *c == open {
+                    quote = None;
+                }
+                false
+            }
+            None if *c == '"' || *c == '\'' => {
+                quote = Some(*c);
+                false
+            }
+            None if *c == '#' => {
+                comment = true;
+                false
+            }
+            None => true,
+        }
+    })
+}
+
+/// `text` with Python's `True`, `False` and `None` outside strings written as YAML's.
+fn yaml_literals(text: &str) -> String {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let outside: Vec<(usize, char)> = outside_strings(text).collect();
+    let mut translated = String::with_capacity(text.len());
+    let (mut copied, mut index) = (0, 0);
+    while let Some(&(from, first)) = outside.get(index) {
+        index += 1;
+        if !is_word(first) {
+            continue;
+        }
+        // The run of adjacent word characters from here.
+        let mut end = from + first.len_utf8();
+        while let Some(&(at, next)) = outside.get(index)
+            && at == end
+            && is_word(next)
+        {
+            end += next.len_utf8();
+            index += 1;
+        }
+        let replacement = match &text[from..end] {
+            "True" => "true",
+            "False" => "false",
+            "None" => "null",
+            _ => continue,
+        };
+        translated.push_str(&text[copied..from]);
+        translated.push_str(replacement);
+        copied = end;
+    }
+    translated.push_str(&text[copied..]);
+    translated
+}
+
 /// The host part of a URL, for a node's IP fields.
 pub fn url_host(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -308,6 +476,48 @@ mod tests {
         let example = include_str!("../../../deploy/hub/hub.yaml.example");
         let config = HubConfig::parse(example).expect("the example parses");
         assert_eq!(config.mmanager_controllers.len(), 2);
+    }
+
+    #[test]
+    fn seed_000s_config_py_reads_as_written() {
+        let example = include_str!("../../../deploy/hub/config.py.example");
+        let config = HubConfig::parse(&yaml_of_python(example).expect("translated"))
+            .expect("the seed's config.py is valid");
+        assert!(config.mmanager_enabled);
+        assert_eq!(
+            config.mmanager_api_key.as_deref(),
+            Some("mmanager-secure-key-12345")
+        );
+        assert_eq!(config.controllers().len(), 2);
+        assert_eq!(config.mmanager_controllers[1].weight, 80);
+        assert_eq!(config.mmanager_controllers[0].server_type, "gpu");
+        assert_eq!(config.service_domain.as_deref(), Some("your-domain.com"));
+        assert_eq!(config.max_services_per_user, 5);
+        assert_eq!(
+            config.idle_timeout(),
+            Some(std::time::Duration::from_secs(30 * 60))
+        );
+        let said = config.seed_mappings().join("\n");
+        assert!(said.contains("service_idle_timeout: 30 min"), "{said}");
+
+        let off = HubConfig::parse(
+            &yaml_of_python(
+                "mmanager_enabled: bool = False\nnote = \"True # not a comment\"  # True\n",
+            )
+            .expect("translated"),
+        );
+        // An unknown key is refused, whatever the syntax; the literals inside strings stay.
+        let refused = off.expect_err("note is not a key");
+        assert!(refused.contains("note"), "{refused}");
+        let off = HubConfig::parse(
+            &yaml_of_python("mmanager_enabled: bool = False\nservice_domain = 'True.example'\n")
+                .expect("translated"),
+        )
+        .expect("valid");
+        assert!(!off.mmanager_enabled && off.controllers().is_empty());
+        assert_eq!(off.service_domain.as_deref(), Some("True.example"));
+        let broken = yaml_of_python("x = 1\nprint(x)\n").expect_err("not an assignment");
+        assert!(broken.starts_with("line 2"), "{broken}");
     }
 
     #[test]

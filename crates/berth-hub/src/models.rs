@@ -220,13 +220,26 @@ fn last_used(routes: &ServiceRoutes) -> u64 {
         .max(usage.watched_since_ms)
 }
 
-/// Unloads every running model service idle past its `idle_timeout` (each an operation, not
-/// waited for); their names.
+/// How long `routes`' service may go without requests before it is unloaded: its own
+/// `idle_timeout`, else the hub's `service_idle_timeout` unless it autoscales.
+fn idle_limit(state: &HubState, routes: &ServiceRoutes) -> Option<std::time::Duration> {
+    let settings = &routes.profile().settings;
+    settings.idle_timeout().or_else(|| {
+        settings
+            .autoscale
+            .is_none()
+            .then(|| state.settings().service_idle_timeout)
+            .flatten()
+    })
+}
+
+/// Unloads every running model service idle past its idle limit ([`idle_limit`]; each an
+/// operation, not waited for); their names.
 pub async fn reclaim_idle(state: &Arc<HubState>) -> Vec<String> {
     let now = now_millis();
     let mut unloaded = Vec::new();
     for routes in state.routes.all() {
-        let Some(limit) = routes.profile().settings.idle_timeout() else {
+        let Some(limit) = idle_limit(state, &routes) else {
             continue;
         };
         let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
@@ -417,7 +430,7 @@ fn placement_of(allocation: &Allocation) -> Placement {
 }
 
 /// Model services whose reservations may go to make room, least recently used first: unloaded
-/// ones, and running ones idle past their own `idle_timeout`; never one with requests in flight
+/// ones, and running ones idle past their idle limit; never one with requests in flight
 /// or being changed.
 fn eviction_candidates(state: &HubState, except: i64) -> Vec<Arc<ServiceRoutes>> {
     let now = now_millis();
@@ -434,14 +447,10 @@ fn eviction_candidates(state: &HubState, except: i64) -> Vec<Arc<ServiceRoutes>>
             }
             match routes.wanted().as_str() {
                 UNLOADED => true,
-                "running" => routes
-                    .profile()
-                    .settings
-                    .idle_timeout()
-                    .is_some_and(|limit| {
-                        let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-                        now.saturating_sub(last_used(routes)) >= limit
-                    }),
+                "running" => idle_limit(state, routes).is_some_and(|limit| {
+                    let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+                    now.saturating_sub(last_used(routes)) >= limit
+                }),
                 _ => false,
             }
         })

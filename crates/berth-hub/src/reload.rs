@@ -44,6 +44,7 @@ pub fn settings_from(
         stats_interval: Duration::from_secs(config.stats_interval),
         model_runtimes: config.model_runtimes.clone(),
         model_roots: config.model_roots.clone(),
+        service_idle_timeout: config.idle_timeout(),
         ..base.clone()
     }
 }
@@ -97,6 +98,14 @@ fn changed_keys(old: &HubConfig, new: &HubConfig) -> Vec<String> {
     compare("stats_interval", old.stats_interval != new.stats_interval);
     compare("model_runtimes", old.model_runtimes != new.model_runtimes);
     compare("model_roots", old.model_roots != new.model_roots);
+    compare(
+        "mmanager_enabled",
+        old.mmanager_enabled != new.mmanager_enabled,
+    );
+    compare(
+        "service_idle_timeout",
+        old.service_idle_timeout != new.service_idle_timeout,
+    );
     compare(
         "model_watch_dir",
         old.model_watch_dir != new.model_watch_dir,

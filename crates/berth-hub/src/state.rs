@@ -50,6 +50,9 @@ pub struct HubSettings {
     pub model_runtimes: std::collections::BTreeMap<String, crate::model_file::ModelRuntime>,
     /// Host directories a user's model file may mount from.
     pub model_roots: Vec<String>,
+    /// Seed 000's `service_idle_timeout`: the idle timeout of services with a port that set
+    /// neither their own nor an autoscale.
+    pub service_idle_timeout: Option<Duration>,
 }
 
 impl Default for HubSettings {
@@ -68,6 +71,7 @@ impl Default for HubSettings {
             stats_interval: Duration::from_secs(10),
             model_runtimes: std::collections::BTreeMap::new(),
             model_roots: Vec::new(),
+            service_idle_timeout: None,
         }
     }
 }

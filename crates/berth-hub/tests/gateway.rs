@@ -472,6 +472,50 @@ async fn fifty_first_requests_to_an_unloaded_service_start_it_once_and_all_get_a
 }
 
 #[tokio::test]
+async fn the_hubs_service_idle_timeout_unloads_services_that_set_no_idle_limit_of_their_own() {
+    let (hub, _gateway) = hub_with_gateway(
+        "gateway-hub-idle",
+        HubSettings {
+            service_idle_timeout: Some(Duration::from_secs(2)),
+            ..settings()
+        },
+    )
+    .await;
+    with_cleanup(&hub, async {
+        let plain = create(&hub, "plain", 1, json!({}), true).await;
+        let own = create(&hub, "own", 1, json!({"idle_timeout_seconds": 3600}), true).await;
+        let scaled = create(
+            &hub,
+            "scaled",
+            1,
+            json!({"autoscale": {"min": 1, "max": 2, "target_in_flight_per_replica": 4}}),
+            true,
+        )
+        .await;
+        let mut status = Value::Null;
+        for _ in 0..100 {
+            status = status_of(&hub, plain).await;
+            if status["status"] == "unloaded" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            status["status"], "unloaded",
+            "idle past the hub's service_idle_timeout: {status}"
+        );
+        for id in [own, scaled] {
+            let status = status_of(&hub, id).await;
+            assert_eq!(
+                status["status"], "running",
+                "its own idle limit or autoscale decides: {status}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn loading_past_max_models_unloads_the_least_recently_used_idle_service() {
     let (hub, gateway) = hub_with_gateway(
         "gateway-lru",

@@ -236,9 +236,14 @@ pub async fn hub_label(dir: &Path) -> String {
 
 /// Starts `berth hub` on SQLite in `dir` with `config` (YAML) and waits until it answers.
 pub async fn start_hub(dir: &Path, config: &str) -> (Process, HubApi) {
+    start_hub_configured(dir, "hub.yaml", config).await
+}
+
+/// The same with the configuration in a file named `file_name` (`config.py`: seed 000's form).
+pub async fn start_hub_configured(dir: &Path, file_name: &str, config: &str) -> (Process, HubApi) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let port = free_port();
-    let config_path = dir.join("hub.yaml");
+    let config_path = dir.join(file_name);
     std::fs::write(&config_path, config).expect("config");
     let child = Command::new(env!("CARGO_BIN_EXE_berth"))
         .arg("hub")
