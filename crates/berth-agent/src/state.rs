@@ -14,7 +14,7 @@ use crate::gpus::GpuProbe;
 use crate::host::HostProbe;
 use crate::metrics::AgentMetrics;
 use crate::node::NodeSnapshot;
-use crate::wire::LABEL_AGENT;
+use crate::wire::{LABEL_MMANAGER_SERVER, made_by_mmanager, managed_by};
 
 /// How often the mirror lists the engine's containers to check it missed nothing.
 const MIRROR_RESYNC: Duration = Duration::from_secs(60);
@@ -60,7 +60,7 @@ impl AgentState {
             .map_err(|err| err.to_string())?;
         let driver = Arc::new(driver);
         let host = HostProbe::new()?;
-        let mirror = ContainerMirror::new(format!("{LABEL_AGENT}={}", config.server_id));
+        let mirror = ContainerMirror::new(scope_of(&config.server_id));
         let follower = tokio::spawn(mirror::follow(
             Arc::clone(&driver),
             Arc::clone(&mirror),
@@ -79,26 +79,55 @@ impl AgentState {
         }))
     }
 
-    /// The label filter that selects this agent's containers.
+    /// The label filter that selects this agent's containers (and those the original mManager
+    /// made under the same `SERVER_ID`; [`managed_by`] tells them apart from strangers).
     pub fn scope_label(&self) -> String {
-        format!("{LABEL_AGENT}={}", self.config.server_id)
+        scope_of(&self.config.server_id)
+    }
+
+    /// Whether this agent manages `inspected`.
+    pub fn manages(&self, inspected: &ContainerInspectResponse) -> bool {
+        inspected
+            .config
+            .as_ref()
+            .and_then(|config| config.labels.as_ref())
+            .is_some_and(|labels| managed_by(labels, &self.config.server_id))
     }
 
     /// This agent's containers: from the mirror while it follows the engine, else listed and
     /// inspected now.
     pub async fn containers(&self) -> Result<Vec<Arc<ContainerInspectResponse>>, Problem> {
         if self.mirror.is_synced() {
-            return Ok(self.mirror.containers());
+            let mut containers = self.mirror.containers();
+            containers.retain(|inspected| self.manages(inspected));
+            return Ok(containers);
         }
         let mut containers = Vec::new();
         for summary in self.driver.list(&[&self.scope_label()], true).await? {
             match self.driver.inspect_raw(&summary.id).await {
-                Ok(inspected) => containers.push(Arc::new(inspected)),
-                Err(berth_docker::DriverError::ContainerNotFound { .. }) => {}
+                Ok(inspected) if self.manages(&inspected) => containers.push(Arc::new(inspected)),
+                Ok(_) | Err(berth_docker::DriverError::ContainerNotFound { .. }) => {}
                 Err(err) => return Err(err.into()),
             }
         }
         Ok(containers)
+    }
+
+    /// How many of this agent's containers the original mManager made: adopted, managed like
+    /// the agent's own.
+    pub async fn adopted(&self) -> Result<usize, Problem> {
+        Ok(self
+            .containers()
+            .await?
+            .iter()
+            .filter(|inspected| {
+                inspected
+                    .config
+                    .as_ref()
+                    .and_then(|config| config.labels.as_ref())
+                    .is_some_and(made_by_mmanager)
+            })
+            .count())
     }
 
     /// Puts the container's state after this agent's own change into the mirror at once, so a
@@ -150,6 +179,12 @@ impl Drop for AgentState {
     fn drop(&mut self) {
         self.follower.abort();
     }
+}
+
+/// The label filter of agent `server_id`'s containers: mManager's, which the agent puts on its
+/// own too.
+fn scope_of(server_id: &str) -> String {
+    format!("{LABEL_MMANAGER_SERVER}={server_id}")
 }
 
 /// The Docker status of an inspected container (`running`, `exited`, …).

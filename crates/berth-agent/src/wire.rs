@@ -9,6 +9,71 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 /// Label naming the agent (its `SERVER_ID`) that manages a container.
 pub const LABEL_AGENT: &str = "berth.agent";
+/// mManager's label on every container it made (`"true"`); the agent puts it on its own too.
+pub const LABEL_MMANAGER_MANAGED: &str = "mmanager.managed";
+/// mManager's label naming the `SERVER_ID` that made a container; the agent's own carry it too.
+pub const LABEL_MMANAGER_SERVER: &str = "mmanager.server_id";
+
+/// Whether a container with `labels` is one agent `server_id` manages: made by it, or by the
+/// original mManager running on this host under the same `SERVER_ID` (adopted).
+pub fn managed_by(labels: &std::collections::HashMap<String, String>, server_id: &str) -> bool {
+    let label = |key: &str| labels.get(key).map(String::as_str);
+    label(LABEL_AGENT) == Some(server_id)
+        || (label(LABEL_MMANAGER_MANAGED) == Some("true")
+            && label(LABEL_MMANAGER_SERVER) == Some(server_id))
+}
+
+/// Whether `labels` mark a container the original mManager made (none of this agent's labels).
+pub fn made_by_mmanager(labels: &std::collections::HashMap<String, String>) -> bool {
+    !labels.contains_key(LABEL_AGENT) && labels.contains_key(LABEL_MMANAGER_SERVER)
+}
+
+/// A number, or a string holding one (mManager's clients send `"0.5"`, which it accepted).
+fn number_or_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Loose {
+        Number(f64),
+        Text(String),
+    }
+    match Loose::deserialize(deserializer)? {
+        Loose::Number(number) => Ok(number),
+        Loose::Text(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a number"))),
+    }
+}
+
+/// A host port as mManager's clients send it: a number, a string holding one (`"8083"`, which
+/// mManager accepted) or null (any free port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPort(pub Option<u16>);
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Loose {
+            Port(Option<i64>),
+            Text(String),
+        }
+        let refused = |given: &dyn std::fmt::Display| {
+            serde::de::Error::custom(format!("{given} is not a host port (1-65535)"))
+        };
+        match Loose::deserialize(deserializer)? {
+            Loose::Port(None) => Ok(Self(None)),
+            Loose::Port(Some(port)) => u16::try_from(port)
+                .map(|port| Self(Some(port)))
+                .map_err(|_| refused(&port)),
+            Loose::Text(text) => text
+                .trim()
+                .parse::<u16>()
+                .map(|port| Self(Some(port)))
+                .map_err(|_| refused(&format!("{text:?}"))),
+        }
+    }
+}
 
 /// `POST /containers/`: seed 001's container JSON plus the GPU instance fields of seed 002.
 #[derive(Debug, Clone, Deserialize)]
@@ -27,9 +92,9 @@ pub struct CreateContainerRequest {
     /// Environment.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
-    /// `"7860/tcp": 7860`.
+    /// `"7860/tcp": 7860` (or `"7860"`, as mManager accepted).
     #[serde(default)]
-    pub ports: BTreeMap<ContainerPort, Option<u16>>,
+    pub ports: BTreeMap<ContainerPort, HostPort>,
     /// The host address to publish the ports on (a Berth extension); every address when omitted.
     #[serde(default)]
     pub ports_host_ip: Option<std::net::IpAddr>,
@@ -40,7 +105,7 @@ pub struct CreateContainerRequest {
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
     /// CPU limit in cores, 1.0 when omitted.
-    #[serde(default = "default_cpu_limit")]
+    #[serde(default = "default_cpu_limit", deserialize_with = "number_or_text")]
     pub cpu_limit: f64,
     /// Restart policy, `unless-stopped` when omitted.
     #[serde(default = "default_restart_policy")]
@@ -122,8 +187,8 @@ impl CreateContainerRequest {
             other => other,
         };
         let mut labels = self.labels;
-        labels.insert("mmanager.managed".to_owned(), "true".to_owned());
-        labels.insert("mmanager.server_id".to_owned(), agent.server_id.to_owned());
+        labels.insert(LABEL_MMANAGER_MANAGED.to_owned(), "true".to_owned());
+        labels.insert(LABEL_MMANAGER_SERVER.to_owned(), agent.server_id.to_owned());
         labels.insert("mmanager.created_at".to_owned(), agent.created_at.clone());
         labels.insert(LABEL_AGENT.to_owned(), agent.server_id.to_owned());
         let gpu_share = self.gpu_share.map(|share| GpuShare {
@@ -138,7 +203,11 @@ impl CreateContainerRequest {
             command,
             working_dir: self.working_dir.filter(|dir| !dir.is_empty()),
             environment: self.environment,
-            ports: self.ports,
+            ports: self
+                .ports
+                .into_iter()
+                .map(|(container, HostPort(host))| (container, host))
+                .collect(),
             ports_host_ip: self.ports_host_ip,
             volumes: self.volumes,
             memory_limit: Some(self.memory_limit),

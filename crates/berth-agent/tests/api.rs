@@ -46,7 +46,6 @@ async fn only_health_and_the_banner_are_open() {
         "/capabilities",
         "/metrics",
         "/images/",
-        "/openapi.json",
     ] {
         let response = agent
             .anonymous(Method::GET, path)
@@ -76,6 +75,12 @@ async fn only_health_and_the_banner_are_open() {
         .header("authorization", format!("Token {KEY}"));
     assert_eq!(format.send().await.expect("request").status(), 401);
 
+    let described = agent
+        .anonymous(Method::GET, "/openapi.json")
+        .send()
+        .await
+        .expect("openapi");
+    assert_eq!(described.status(), 200, "open as in mManager");
     let (status, _) = agent.call(Method::GET, "/containers/", None).await;
     assert_eq!(status, 200);
     let (status, body) = agent.call(Method::GET, "/no/such/route", None).await;
@@ -352,6 +357,169 @@ async fn other_containers_on_the_host_are_invisible() {
                 keep_data: false,
             },
         )
+        .await;
+}
+
+/// A container the original mManager made on this host (its labels, CpuQuota and CpuPeriod,
+/// created before the agent started): the agent adopts it, lists it with its creation time,
+/// reports its limits as mManager did, and stops and removes it; mManager's string-typed
+/// numbers are accepted on create.
+#[tokio::test]
+async fn containers_the_original_mmanager_made_are_adopted() {
+    use bollard::models::{ContainerCreateBody, HostConfig};
+    use bollard::query_parameters::CreateContainerOptionsBuilder;
+    let server = server_id("mmanager-made");
+    let docker = match std::env::var("DOCKER_HOST") {
+        Ok(host) if host.starts_with("tcp://") => {
+            bollard::Docker::connect_with_http(&host, 60, bollard::API_DEFAULT_VERSION)
+        }
+        _ => bollard::Docker::connect_with_local_defaults(),
+    }
+    .expect("engine");
+    let made_by_mmanager = format!("{server}-legacy");
+    let labels = std::collections::HashMap::from([
+        ("mmanager.managed".to_owned(), "true".to_owned()),
+        ("mmanager.server_id".to_owned(), server.clone()),
+        (
+            "mmanager.created_at".to_owned(),
+            "2026-01-01T00:00:00+00:00".to_owned(),
+        ),
+        ("berth.test".to_owned(), "agent".to_owned()),
+    ]);
+    let legacy = docker
+        .create_container(
+            Some(
+                CreateContainerOptionsBuilder::default()
+                    .name(&made_by_mmanager)
+                    .build(),
+            ),
+            ContainerCreateBody {
+                image: Some(TEST_IMAGE.to_owned()),
+                cmd: Some(vec!["sh".into(), "-c".into(), FOREVER.into()]),
+                labels: Some(labels),
+                host_config: Some(HostConfig {
+                    memory: Some(128 << 20),
+                    cpu_period: Some(100_000),
+                    cpu_quota: Some(50_000),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("created the way mManager did");
+    docker
+        .start_container(
+            &legacy.id,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .expect("started");
+    let agent = start("mmanager-made", &[]).await;
+    agent
+        .with_cleanup(async {
+            assert_eq!(agent.state.adopted().await.expect("counted"), 1);
+            let (_, list) = agent.call(Method::GET, "/containers/?all=true", None).await;
+            let item = list["containers"]
+                .as_array()
+                .expect("list")
+                .iter()
+                .find(|item| item["name"] == made_by_mmanager.as_str())
+                .cloned()
+                .unwrap_or_else(|| panic!("the legacy container is listed: {list}"));
+            assert_eq!(item["status"], "running");
+            assert!(
+                item["created_at"]
+                    .as_str()
+                    .is_some_and(|at| at.starts_with("20")),
+                "the engine's creation time: {item}"
+            );
+            let (status, info) = agent
+                .call(
+                    Method::GET,
+                    &format!("/containers/{made_by_mmanager}"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{info}");
+            assert_eq!(
+                (
+                    info["resource_limits"]["cpu_quota"].as_i64(),
+                    info["resource_limits"]["cpu_period"].as_i64()
+                ),
+                (Some(50_000), Some(100_000))
+            );
+
+            // The agent's own: NanoCpus, reported as the same quota and period.
+            let own = format!("{server}-own");
+            let (status, created) = agent
+                .call(
+                    Method::POST,
+                    "/containers/",
+                    Some(container(
+                        &own,
+                        json!({"cpu_limit": "0.5", "ports": {"8080/tcp": "eighty"}}),
+                    )),
+                )
+                .await;
+            assert_eq!(
+                (status, created["field"].as_str()),
+                (422, Some("ports.8080/tcp")),
+                "a text that is no port is refused: {created}"
+            );
+            let free = free_port().to_string();
+            let (status, created) = agent
+                .call(
+                    Method::POST,
+                    "/containers/",
+                    Some(container(
+                        &own,
+                        json!({"cpu_limit": "0.5", "ports": {"8080/tcp": free}}),
+                    )),
+                )
+                .await;
+            assert_eq!(status, 200, "mManager's string numbers: {created}");
+            let (_, info) = agent
+                .call(Method::GET, &format!("/containers/{own}"), None)
+                .await;
+            let limits = &info["resource_limits"];
+            assert_eq!(
+                (
+                    limits["cpu_quota"].as_i64(),
+                    limits["cpu_period"].as_i64(),
+                    limits["nano_cpus"].as_i64()
+                ),
+                (Some(50_000), Some(100_000), Some(500_000_000)),
+                "{info}"
+            );
+
+            let (status, stopped) = agent
+                .call(
+                    Method::POST,
+                    &format!("/containers/{made_by_mmanager}/stop?timeout=1"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{stopped}");
+            let (status, removed) = agent
+                .call(
+                    Method::DELETE,
+                    &format!("/containers/{made_by_mmanager}?force=true"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{removed}");
+            assert!(
+                docker
+                    .inspect_container(
+                        &legacy.id,
+                        None::<bollard::query_parameters::InspectContainerOptions>
+                    )
+                    .await
+                    .is_err(),
+                "removed from the engine"
+            );
+        })
         .await;
 }
 

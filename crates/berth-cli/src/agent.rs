@@ -100,6 +100,17 @@ pub async fn run(args: AgentArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match state.adopted().await {
+        Ok(0) => {}
+        Ok(adopted) => tracing::info!(
+            adopted,
+            server_id = %state.config.server_id,
+            "Adopted the containers the original mManager made on this host for this SERVER_ID: they are listed, stopped and removed like the agent's own."
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err.detail(), "Could not count the containers to adopt.")
+        }
+    }
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(err) => {

@@ -1,5 +1,7 @@
 //! `/containers` routes: create, list, info, start, stop, restart, remove, stats and logs, scoped
-//! to the containers this agent created (label `berth.agent=<SERVER_ID>`).
+//! to the containers this agent created (label `berth.agent=<SERVER_ID>`) and those the original
+//! mManager made on this host under the same `SERVER_ID` (`mmanager.managed=true`,
+//! `mmanager.server_id=<SERVER_ID>`), adopted as its own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,8 +25,8 @@ use super::{Problem, parse_body, parse_query};
 use crate::state::{AgentState, status_of};
 use crate::timestamp::utc_now;
 use crate::wire::{
-    AgentLabels, ContainerInfo, ContainerList, CreateContainerRequest, LABEL_AGENT,
-    OperationResponse, QueryBool, ResourceUsage,
+    AgentLabels, ContainerInfo, ContainerList, CreateContainerRequest, OperationResponse,
+    QueryBool, ResourceUsage,
 };
 
 type Shared = State<Arc<AgentState>>;
@@ -43,13 +45,7 @@ pub(crate) async fn resolve(
         }
         Err(err) => return Err(err.into()),
     };
-    let ours = inspected
-        .config
-        .as_ref()
-        .and_then(|config| config.labels.as_ref())
-        .and_then(|labels| labels.get(LABEL_AGENT))
-        .is_some_and(|server| *server == state.config.server_id);
-    if ours {
+    if state.manages(&inspected) {
         Ok(inspected)
     } else {
         Err(Problem::no_container(id))
@@ -105,7 +101,7 @@ pub async fn create(State(state): Shared, body: Bytes) -> Result<Json<OperationR
         Err(DriverError::ContainerNotFound { .. }) => {}
         Err(err) => return Err(err.into()),
     }
-    let managed = state.driver.list(&[&state.scope_label()], true).await?;
+    let managed = state.containers().await?;
     let limit = state.config.max_containers as usize;
     if managed.len() >= limit {
         return Err(Problem::new(
@@ -253,12 +249,7 @@ fn container_info(
         ports,
         networks: serde_json::to_value(&networks).unwrap_or_default(),
         ip_address,
-        resource_limits: json!({
-            "memory": host.memory,
-            "cpu_quota": host.cpu_quota,
-            "cpu_period": host.cpu_period,
-            "nano_cpus": host.nano_cpus,
-        }),
+        resource_limits: cpu_and_memory_limits(&host),
         resource_usage,
         labels: config.labels.unwrap_or_default().into_iter().collect(),
         environment: config
@@ -285,6 +276,24 @@ fn container_info(
             })
             .collect(),
     }
+}
+
+/// `resource_limits` as mManager's clients read them: memory, and `cpu_quota`/`cpu_period`
+/// whose ratio is the CPU limit in cores — from the container's own quota and period, or from
+/// its NanoCpus on a period of 100 ms (`nano_cpus` beside them); 0 and 0 without a limit.
+fn cpu_and_memory_limits(host: &bollard::models::HostConfig) -> Value {
+    let nano_cpus = host.nano_cpus.unwrap_or(0);
+    let (quota, period) = match (host.cpu_quota.unwrap_or(0), host.cpu_period.unwrap_or(0)) {
+        (quota, period) if quota > 0 && period > 0 => (quota, period),
+        _ if nano_cpus > 0 => (nano_cpus / 10_000, 100_000),
+        _ => (0, 0),
+    };
+    json!({
+        "memory": host.memory.unwrap_or(0),
+        "cpu_quota": quota,
+        "cpu_period": period,
+        "nano_cpus": nano_cpus,
+    })
 }
 
 fn usage(stats: &ContainerStats) -> ResourceUsage {

@@ -25,8 +25,9 @@ use crate::state::AgentState;
 /// Largest request body: file and directory uploads carry whole model archives in base64.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024 * 1024;
 
-/// Paths answered without a key: the liveness probe, and the banner mManager also leaves open.
-const OPEN_PATHS: [&str; 2] = ["/health", "/"];
+/// Paths answered without a key: the liveness probe, the banner and the API description, as
+/// mManager leaves them open.
+const OPEN_PATHS: [&str; 3] = ["/health", "/", "/openapi.json"];
 
 /// The whole API over `state`.
 pub fn router(state: Arc<AgentState>) -> Router {
