@@ -48,6 +48,7 @@ pub struct AgentMetrics {
     memory_available_bytes: Gauge,
     cpu_cores: Gauge,
     load_percentage: FloatGauge,
+    memory_usage_percent: FloatGauge,
     disk_total_bytes: Gauge,
     disk_free_bytes: Gauge,
     up: Gauge,
@@ -103,6 +104,12 @@ impl AgentMetrics {
             "Running containers as a percentage of MAX_CONTAINERS",
             load_percentage.clone(),
         );
+        let memory_usage_percent = FloatGauge::default();
+        registry.register(
+            "mmanager_memory_usage_percent",
+            "Host memory in use, percent (seed 000's alerting metric)",
+            memory_usage_percent.clone(),
+        );
         let info = Family::<InfoLabels, Gauge>::default();
         registry.register(
             "mmanager_info",
@@ -139,6 +146,7 @@ impl AgentMetrics {
             memory_available_bytes,
             cpu_cores,
             load_percentage,
+            memory_usage_percent,
             disk_total_bytes,
             disk_free_bytes,
             up,
@@ -165,6 +173,15 @@ impl AgentMetrics {
             host.memory_total_bytes
                 .saturating_sub(host.memory_available_bytes),
         ));
+        let used = host
+            .memory_total_bytes
+            .saturating_sub(host.memory_available_bytes);
+        self.memory_usage_percent
+            .set(if host.memory_total_bytes > 0 {
+                used as f64 / host.memory_total_bytes as f64 * 100.0
+            } else {
+                0.0
+            });
         self.cpu_cores.set(host.cpu_cores as i64);
         self.load_percentage.set(snapshot.load_percentage());
         self.disk_total_bytes.set(as_i64(host.disk.total_bytes));

@@ -1,5 +1,6 @@
-//! The hub's Prometheus metrics: nodes by connection status, node mirrors, API requests and
-//! latency, and the gateway's: seed 004's model metrics labelled by service, and the gateway's own errors.
+//! The hub's Prometheus metrics: nodes by connection status, node mirrors, failovers, services
+//! failing repair, node certificates' expiry, API requests and latency, and the gateway's: seed
+//! 004's model metrics labelled by service, and the gateway's own errors.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,6 +15,13 @@ use berth_http::RequestMetrics;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
+}
+
+/// A certificate the hub holds for a node.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    node: String,
+    certificate: String,
 }
 
 /// A service, as `owner/name`.
@@ -241,6 +249,12 @@ pub struct HubMetrics {
     services: Family<StatusLabels, Gauge>,
     mirrors: Family<StatusLabels, Gauge>,
     mirror_differences: Gauge,
+    /// Replicas the reconciler moved off down nodes.
+    pub failovers: Counter,
+    /// Failovers that found no node to take the replica.
+    pub failovers_refused: Counter,
+    failing_repairs: Gauge,
+    certificate_expiry: Family<CertificateLabels, Gauge>,
 }
 
 impl Default for HubMetrics {
@@ -274,6 +288,30 @@ impl HubMetrics {
             "Containers the mirrors' periodic re-lists found that the event streams had not reported (should stay 0)",
             mirror_differences.clone(),
         );
+        let failovers = Counter::default();
+        registry.register(
+            "berth_hub_failovers",
+            "Replicas moved off nodes declared down",
+            failovers.clone(),
+        );
+        let failovers_refused = Counter::default();
+        registry.register(
+            "berth_hub_failovers_refused",
+            "Failovers of a replica that no node could take",
+            failovers_refused.clone(),
+        );
+        let failing_repairs = Gauge::default();
+        registry.register(
+            "berth_hub_services_failing_repair",
+            "Services whose last repair by the reconciler failed (not converging to what is wanted)",
+            failing_repairs.clone(),
+        );
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "berth_hub_node_certificate_expiry_timestamp_seconds",
+            "When the TLS certificates the hub holds for a node's Docker engine expire, Unix seconds",
+            certificate_expiry.clone(),
+        );
         let models = ModelMetrics::register(&mut registry);
         Self {
             registry,
@@ -283,6 +321,30 @@ impl HubMetrics {
             services,
             mirrors,
             mirror_differences,
+            failovers,
+            failovers_refused,
+            failing_repairs,
+            certificate_expiry,
+        }
+    }
+
+    /// Sets how many services' last repair failed.
+    pub fn set_failing_repairs(&self, count: usize) {
+        self.failing_repairs
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the expiry of every node certificate the hub holds: `(node, certificate, Unix
+    /// seconds)`.
+    pub fn set_certificate_expiry(&self, expiries: &[(String, &str, i64)]) {
+        self.certificate_expiry.clear();
+        for (node, certificate, at) in expiries {
+            self.certificate_expiry
+                .get_or_create(&CertificateLabels {
+                    node: node.clone(),
+                    certificate: (*certificate).to_owned(),
+                })
+                .set(*at);
         }
     }
 

@@ -69,6 +69,32 @@ pub fn docker_endpoint(node: &NodeRecord, secrets: &SecretBox) -> Result<DockerE
     })
 }
 
+/// When the first certificate of `pem` stops being valid, in Unix seconds; `None` when `pem`
+/// holds no certificate that parses.
+pub fn certificate_not_after(pem: &str) -> Option<i64> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let certificate = block.parse_x509().ok()?;
+    Some(certificate.validity().not_after.timestamp())
+}
+
+/// The expiry (Unix seconds) of the client and CA certificates the hub holds for `node`'s
+/// Docker TLS, as `(certificate, expiry)` pairs.
+pub fn node_certificate_expiry(node: &NodeRecord, secrets: &SecretBox) -> Vec<(&'static str, i64)> {
+    if !node.use_tls {
+        return Vec::new();
+    }
+    [
+        ("client", &node.client_cert_sealed),
+        ("ca", &node.ca_cert_sealed),
+    ]
+    .into_iter()
+    .filter_map(|(kind, sealed)| {
+        let pem = secrets.open(sealed.as_deref()?).ok()?;
+        Some((kind, certificate_not_after(&pem)?))
+    })
+    .collect()
+}
+
 /// Tests `node` now.
 pub async fn check(node: &NodeRecord, secrets: &SecretBox, http: &reqwest::Client) -> NodeCheck {
     match node.driver.as_str() {
@@ -191,5 +217,21 @@ async fn check_agent(node: &NodeRecord, secrets: &SecretBox, http: &reqwest::Cli
             message,
         },
         observed: Some(observed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificates_expiry_is_read_from_its_pem() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["docker.example.org".to_owned()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(2031, 1, 2);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let pem = params.self_signed(&key).expect("certificate").pem();
+        assert_eq!(certificate_not_after(&pem), Some(1_925_078_400));
+        assert_eq!(certificate_not_after("not a certificate"), None);
     }
 }

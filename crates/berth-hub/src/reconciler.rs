@@ -87,10 +87,14 @@ pub async fn round(state: &HubState) -> Result<RoundReport, StoreError> {
         .await;
         state.repaired(service.id, moved.is_ok());
         match moved {
-            Ok(_) => report.moved += 1,
+            Ok(_) => {
+                report.moved += 1;
+                state.metrics.failovers.inc();
+            }
             Err(problem) => {
                 tracing::warn!(service = service.id, error = %problem.detail(), "Failover did not place the service.");
                 if problem.status() == StatusCode::CONFLICT {
+                    state.metrics.failovers_refused.inc();
                     let transaction = state.store.begin().await?;
                     let detail = json!({"from_node": allocation.node_id, "replica": allocation.replica,
                         "reason": problem.detail()});

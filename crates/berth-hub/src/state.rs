@@ -283,6 +283,11 @@ impl HubState {
         })
     }
 
+    /// How many services' last repair failed (waiting to be tried again).
+    pub fn failing_repairs(&self) -> usize {
+        self.retries.lock().map_or(0, |retries| retries.len())
+    }
+
     /// Records the outcome of a repair of `service_id`: a failure doubles the wait before the
     /// next try (from one monitor interval up to five minutes); a success forgets the failures.
     pub fn repaired(&self, service_id: i64, succeeded: bool) {

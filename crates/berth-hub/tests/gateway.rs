@@ -2452,3 +2452,232 @@ async fn max_surge_rolls_out_a_batch_at_a_time_without_a_failed_request() {
     })
     .await;
 }
+
+/// The metric names a PromQL expression reads: identifiers outside label matchers, ranges,
+/// strings and `by (…)` clauses that are not functions or keywords.
+fn metric_names(expr: &str) -> Vec<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let skip_to = |from: usize, close: char| {
+        chars[from..]
+            .iter()
+            .position(|c| *c == close)
+            .map_or(chars.len(), |at| from + at + 1)
+    };
+    let mut names = Vec::new();
+    let mut at = 0;
+    while at < chars.len() {
+        let c = chars[at];
+        if c == '{' {
+            at = skip_to(at, '}');
+        } else if c == '[' {
+            at = skip_to(at, ']');
+        } else if c == '"' {
+            at = skip_to(at + 1, '"');
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let start = at;
+            while at < chars.len() && (chars[at].is_ascii_alphanumeric() || chars[at] == '_') {
+                at += 1;
+            }
+            let word: String = chars[start..at].iter().collect();
+            let mut next = at;
+            while next < chars.len() && chars[next] == ' ' {
+                next += 1;
+            }
+            if matches!(word.as_str(), "by" | "without" | "on" | "ignoring") {
+                at = skip_to(next, ')');
+            } else if chars.get(next) != Some(&'(')
+                && !matches!(
+                    word.as_str(),
+                    "and"
+                        | "or"
+                        | "unless"
+                        | "bool"
+                        | "offset"
+                        | "sum"
+                        | "avg"
+                        | "min"
+                        | "max"
+                        | "count"
+                        | "group"
+                        | "topk"
+                        | "bottomk"
+                )
+            {
+                names.push(word);
+            }
+        } else {
+            at += 1;
+        }
+    }
+    names
+}
+
+/// The sample names of a `/metrics` text.
+fn exported(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `deploy/…` of the repository.
+fn deployed(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(path)
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    let dir = deployed("prometheus");
+    for args in [
+        vec!["check", "rules", "alerts.yml"],
+        vec!["test", "rules", "alerts.test.yml"],
+    ] {
+        let ran = std::process::Command::new("promtool")
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian's prometheus package; scripts/test installs it)");
+        assert!(
+            ran.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&ran.stdout),
+            String::from_utf8_lossy(&ran.stderr)
+        );
+    }
+}
+
+/// Every metric the Grafana dashboards query and the alert rules read (but those a first event
+/// brings: a failed load, a TLS node's certificate, and Prometheus's own `up`) is on
+/// a running hub's or agent's `/metrics` once a model service answered, was rate-limited,
+/// unloaded and woken, and its stats were sampled.
+#[tokio::test]
+async fn the_dashboards_and_alert_rules_query_metrics_the_hub_and_agent_export() {
+    let hub = start_with("gateway-dashboards", settings()).await;
+    let gateway = start_gateway(&hub).await;
+    let agent = support::start_agent_with(
+        "dashboards",
+        "dash-key",
+        "127.0.0.1:0",
+        &[("BERTH_SIMULATED_GPUS", "1xA100-80GB")],
+    )
+    .await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let id = serve_on_simulated_node(
+        &hub,
+        json!({"name": "dash", "image": IMAGE, "port": 8000, "start": true,
+            "serving": {"model_names": ["dash-model"], "max_concurrency_per_replica": 4,
+                "rate_limit": {"requests_per_second": 5, "burst": 2}}}),
+        start_openai_like_server("dash", release).await,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let chat = || {
+        client
+            .post(format!("http://{gateway}/v1/chat/completions"))
+            .bearer_auth(&hub.admin)
+            .json(&json!({"model": "dash-model", "messages": []}))
+            .send()
+    };
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(chat().await.expect("answer").status().as_u16());
+    }
+    assert_eq!(codes, [200, 200, 429], "the third is over the burst");
+    let (status, _) = hub
+        .admin(
+            Method::POST,
+            &format!("/api/services/{id}/unload?wait=60"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(chat().await.expect("answer").status(), 200, "woken");
+    let missing = client
+        .get(format!("http://{gateway}/s/nobody/nothing/"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(missing.status(), 404);
+    berth_hub::stats_sampler::sample_all(&hub.state)
+        .await
+        .expect("sampled");
+
+    let (_, _, hub_text) = hub
+        .call(Some(&hub.admin), Method::GET, "/metrics", None)
+        .await;
+    let capabilities = client
+        .get(format!("{}/capabilities", agent.url()))
+        .bearer_auth("dash-key")
+        .send()
+        .await
+        .expect("capabilities");
+    assert_eq!(capabilities.status(), 200);
+    let agent_text = client
+        .get(format!("{}/metrics", agent.url()))
+        .bearer_auth("dash-key")
+        .send()
+        .await
+        .expect("agent metrics")
+        .text()
+        .await
+        .expect("text");
+    let mut available = exported(&hub_text);
+    available.extend(exported(&agent_text));
+
+    let first_event = [
+        "up",
+        "model_load_failures_total",
+        "berth_hub_node_certificate_expiry_timestamp_seconds",
+    ];
+    let mut queried: Vec<(String, String)> = Vec::new();
+    for entry in std::fs::read_dir(deployed("grafana")).expect("dashboards") {
+        let path = entry.expect("entry").path();
+        let board: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("JSON");
+        let panels = board["panels"].as_array().expect("panels");
+        assert!(!panels.is_empty(), "{}", path.display());
+        for panel in panels {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                for name in metric_names(expr) {
+                    if !first_event.contains(&name.as_str()) {
+                        queried.push((format!("{}: {}", path.display(), panel["title"]), name));
+                    }
+                }
+            }
+        }
+    }
+    let rules: Value = yaml_serde::from_str(
+        &std::fs::read_to_string(deployed("prometheus/alerts.yml")).expect("rules"),
+    )
+    .expect("YAML");
+    for group in rules["groups"].as_array().expect("groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            for name in metric_names(rule["expr"].as_str().expect("expr")) {
+                if !first_event.contains(&name.as_str()) {
+                    queried.push((format!("alert {}", rule["alert"]), name));
+                }
+            }
+        }
+    }
+    assert!(queried.len() > 40, "{queried:?}");
+    let absent: Vec<&(String, String)> = queried
+        .iter()
+        .filter(|(_, name)| !available.contains(name))
+        .collect();
+    assert!(
+        absent.is_empty(),
+        "queried but not exported: {absent:?}\nexported: {available:?}"
+    );
+    assert_eq!(
+        metric_names(
+            "sum by (le, service) (rate(x_seconds_bucket{a=\"b\"}[5m])) / on (service) y_total > 3"
+        ),
+        ["x_seconds_bucket", "y_total"]
+    );
+    agent.kill().await;
+}

@@ -71,6 +71,20 @@ pub async fn metrics(
     };
     let (following, lost, differences) = state.mirror_counts();
     state.metrics.set_mirrors(following, lost, differences);
+    state.metrics.set_failing_repairs(state.failing_repairs());
+    let expiries: Vec<(String, &str, i64)> = {
+        let mut connection = state.store.acquire().await?;
+        nodes::list(&mut connection)
+            .await?
+            .iter()
+            .flat_map(|node| {
+                crate::node_check::node_certificate_expiry(node, &state.secrets)
+                    .into_iter()
+                    .map(|(certificate, at)| (node.name.clone(), certificate, at))
+            })
+            .collect()
+    };
+    state.metrics.set_certificate_expiry(&expiries);
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -221,10 +221,23 @@ impl RunningAgent {
 
 /// Starts an agent with `server_id` and `key` on `address` (port 0 for any).
 pub async fn start_agent(server_id: &str, key: &str, address: &str) -> RunningAgent {
-    let values = std::collections::HashMap::from([
+    start_agent_with(server_id, key, address, &[]).await
+}
+
+/// The same with more of its settings (`BERTH_SIMULATED_GPUS`, …).
+pub async fn start_agent_with(
+    server_id: &str,
+    key: &str,
+    address: &str,
+    settings: &[(&'static str, &str)],
+) -> RunningAgent {
+    let mut values = std::collections::HashMap::from([
         ("MMANAGER_API_KEY", key.to_owned()),
         ("SERVER_ID", server_id.to_owned()),
     ]);
+    for (name, value) in settings {
+        values.insert(name, (*value).to_owned());
+    }
     let config = berth_agent::AgentConfig::load(|name| {
         values.get(name).cloned().or_else(|| {
             (name == "DOCKER_HOST")
