@@ -69,7 +69,7 @@ impl HostProbe {
             .map(|load| [load.one, load.five, load.fifteen])
             .unwrap_or_default();
         HostFacts {
-            hostname: System::host_name().unwrap_or_default(),
+            hostname: host_name(),
             os: System::long_os_version().unwrap_or_default(),
             kernel: System::kernel_version().unwrap_or_default(),
             cpu_model: system
@@ -111,6 +111,11 @@ fn disk_of(path: &Path) -> DiskFacts {
             free_bytes: 0,
         },
     }
+}
+
+/// This host's name, as the system reports it (empty when it does not).
+pub fn host_name() -> String {
+    System::host_name().unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! `berth agent`: reads the configuration (flags over the environment), sets up logging, connects
-//! to the engine, binds and serves the mManager API until SIGINT or SIGTERM.
+//! `berth agent`: reads the configuration (flags over the environment), sets up logging, binds,
+//! joins the hub when asked (`--join URL --token T`: the hub creates the node and gives it its
+//! API key, kept in the data directory for later starts), connects to the engine and serves the
+//! mManager API until SIGINT or SIGTERM.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +47,33 @@ pub struct AgentArgs {
     /// Simulated GPUs such as 2xA100-80GB, for tests and demos [env: BERTH_SIMULATED_GPUS].
     #[arg(long)]
     simulated_gpus: Option<String>,
+    /// Join the hub at this URL as a new node (with --token), then serve with the key it gives.
+    #[arg(long, env = "BERTH_JOIN", value_name = "HUB_URL")]
+    join: Option<String>,
+    /// The join token `berth node join-token` printed.
+    #[arg(
+        long,
+        env = "BERTH_JOIN_TOKEN",
+        requires = "join",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// The URL the hub reaches this agent on [default: this host's address towards the hub,
+    /// with the listen port].
+    #[arg(long, env = "BERTH_AGENT_ADVERTISE", requires = "join")]
+    advertise: Option<String>,
+    /// Where a joined agent keeps the hub's URL and its key, to serve again after a restart.
+    #[arg(long, env = "BERTH_AGENT_DATA_DIR", default_value = "berth-agent-data")]
+    data_dir: PathBuf,
+}
+
+/// What a joined agent keeps (0600) to start again without a new token.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Joined {
+    hub: String,
+    node_id: i64,
+    name: String,
+    api_key: String,
 }
 
 impl AgentArgs {
@@ -66,9 +95,128 @@ impl AgentArgs {
     }
 }
 
+/// A `SERVER_ID` made of this host's name, for an agent that joins without one.
+fn server_id_of_host() -> Option<String> {
+    let name: String = berth_agent::host::host_name()
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = name.trim_matches('-').chars().take(63).collect::<String>();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The address this host reaches `hub` from: the one the hub reaches it on, most likely.
+async fn address_towards(hub: &reqwest::Url) -> Result<std::net::IpAddr, String> {
+    let host = hub.host_str().unwrap_or_default();
+    let port = hub.port_or_known_default().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|err| format!("cannot reach the hub at {hub}: {err}"))?;
+    stream
+        .local_addr()
+        .map(|address| address.ip())
+        .map_err(|err| err.to_string())
+}
+
+/// The API key of this node: kept from an earlier join to the same hub, or given by the hub
+/// for `--token` now (and kept).
+async fn joined_key(
+    args: &AgentArgs,
+    config: &AgentConfig,
+    listen: std::net::SocketAddr,
+) -> Result<String, String> {
+    let hub = args
+        .join
+        .as_deref()
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    let hub_url = reqwest::Url::parse(hub)
+        .map_err(|err| format!("--join {hub:?} is not a URL ({err}); give the hub's URL, as berth node join-token printed it"))?;
+    let kept = args.data_dir.join("joined.json");
+    if let Ok(text) = std::fs::read_to_string(&kept)
+        && let Ok(joined) = serde_json::from_str::<Joined>(&text)
+        && joined.hub == hub
+    {
+        tracing::info!(node = %joined.name, hub, "Joined earlier; serving with the key kept in {}.", kept.display());
+        return Ok(joined.api_key);
+    }
+    let token = args.token.as_deref().ok_or_else(|| {
+        "--join needs --token: run berth node join-token on the hub and use the command it prints".to_owned()
+    })?;
+    let advertise = match &args.advertise {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let ip = if listen.ip().is_unspecified() {
+                address_towards(&hub_url).await?
+            } else {
+                listen.ip()
+            };
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!(
+                "{scheme}://{}",
+                std::net::SocketAddr::new(ip, listen.port())
+            )
+        }
+    };
+    let answer = reqwest::Client::new()
+        .post(format!("{hub}/api/nodes/join"))
+        .json(&serde_json::json!({
+            "token": token,
+            "agent_url": advertise,
+            "server_id": config.server_id,
+            "server_type": config.server_type,
+        }))
+        .send()
+        .await
+        .map_err(|err| format!("cannot reach the hub at {hub}: {err}"))?;
+    let status = answer.status();
+    let body: serde_json::Value = answer.json().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(format!(
+            "the hub refused the join ({status}): {}",
+            body["detail"].as_str().unwrap_or("no reason given")
+        ));
+    }
+    let joined = Joined {
+        hub: hub.to_owned(),
+        node_id: body["node_id"].as_i64().unwrap_or_default(),
+        name: body["name"].as_str().unwrap_or_default().to_owned(),
+        api_key: body["api_key"]
+            .as_str()
+            .ok_or("the hub's answer carries no api_key")?
+            .to_owned(),
+    };
+    let text = serde_json::to_string_pretty(&joined).map_err(|err| err.to_string())?;
+    berth_store::secrets::write_private(&kept, &text)
+        .map_err(|err| format!("cannot keep the key in {}: {err}", kept.display()))?;
+    tracing::info!(node = %joined.name, node_id = joined.node_id, hub, url = %advertise, "Joined the hub as a new node.");
+    Ok(joined.api_key)
+}
+
 /// Runs the agent until a shutdown signal.
 pub async fn run(args: AgentArgs) -> ExitCode {
-    let config = match AgentConfig::load(|key| args.flag(key).or_else(|| std::env::var(key).ok())) {
+    let joining = args.join.is_some();
+    let host_id = joining.then(server_id_of_host).flatten();
+    let config = match AgentConfig::load(|key| {
+        args.flag(key)
+            .or_else(|| std::env::var(key).ok())
+            .or_else(|| {
+                (key == config::ENV_SERVER_ID)
+                    .then(|| host_id.clone())
+                    .flatten()
+            })
+    }) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("berth agent: bad configuration: {err}");
@@ -87,12 +235,33 @@ pub async fn run(args: AgentArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let listen = config.listen;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("berth agent: cannot listen on {listen}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut config = config;
+    if joining {
+        let bound = listener.local_addr().unwrap_or(listen);
+        match joined_key(&args, &config, bound).await {
+            Ok(key) => {
+                config.api_key = key;
+                config.api_key_is_default = false;
+            }
+            Err(err) => {
+                eprintln!("berth agent: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if config.api_key_is_default {
         tracing::warn!(
             "MMANAGER_API_KEY is not set: the agent accepts the well-known default key. Set MMANAGER_API_KEY to a secret before exposing this port."
         );
     }
-    let listen = config.listen;
     let state = match AgentState::connect(config).await {
         Ok(state) => state,
         Err(err) => {
@@ -111,13 +280,6 @@ pub async fn run(args: AgentArgs) -> ExitCode {
             tracing::warn!(error = %err.detail(), "Could not count the containers to adopt.")
         }
     }
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("berth agent: cannot listen on {listen}: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
         server_id = %state.config.server_id,

@@ -627,6 +627,9 @@ async fn every_refusal_is_problem_json_and_changes_nothing() {
 enum Access {
     /// Anyone, without a token.
     Open,
+    /// Anyone holding a join token, which the body carries: an API token neither helps nor
+    /// is needed.
+    ByJoinToken,
     /// Any signed-in user; answers carry only their own data.
     SignedIn,
     /// Admins only.
@@ -643,6 +646,7 @@ enum Access {
 fn access_of(method: &Method, path: &str) -> Access {
     match (method.as_str(), path) {
         ("GET", "/health") => Access::Open,
+        ("POST", "/api/nodes/join") => Access::ByJoinToken,
         (
             "GET",
             "/api/openapi.json" | "/api/users/me" | "/api/services" | "/api/images" | "/api/specs",
@@ -756,6 +760,35 @@ async fn the_authorization_matrix_holds_for_every_route() {
             assert_eq!(status, 200, "{route}");
             continue;
         }
+        if access == Access::ByJoinToken {
+            for token in [None, Some(bob.clone()), Some(hub.admin.clone())] {
+                let (status, problem, _) = call(token).await;
+                assert_eq!(
+                    status, 422,
+                    "{route}: the join token is required, whoever calls"
+                );
+                assert!(
+                    problem["detail"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("token"),
+                    "{route}: {problem}"
+                );
+            }
+            let (status, problem, _) = hub
+                .call(
+                    None,
+                    method.clone(),
+                    &path,
+                    Some(
+                        json!({"token": "berth_join_guess", "agent_url": "http://127.0.0.1:9",
+                        "server_id": "guessed"}),
+                    ),
+                )
+                .await;
+            assert_eq!(status, 401, "{route} with a guessed token: {problem}");
+            continue;
+        }
         assert_eq!(
             (status, problem["status"].as_u64()),
             (401, Some(401)),
@@ -772,7 +805,7 @@ async fn the_authorization_matrix_holds_for_every_route() {
         let refused_bob = match access {
             Access::Admin | Access::SelfOrAdmin | Access::AsUser => vec![403],
             Access::Owner => vec![404],
-            Access::SignedIn | Access::Open => vec![],
+            Access::SignedIn | Access::Open | Access::ByJoinToken => vec![],
         };
         if refused_bob.is_empty() {
             assert!(status < 400, "{route} as Bob: {status} {problem}");

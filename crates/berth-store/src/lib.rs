@@ -6,6 +6,7 @@
 pub mod allocations;
 pub mod catalog;
 mod error;
+pub mod join_tokens;
 pub mod nodes;
 pub mod operations;
 pub mod secrets;
@@ -333,6 +334,10 @@ mod tests {
             (
                 include_str!("../migrations/sqlite/0011_stats_tokens.sql"),
                 include_str!("../migrations/postgres/0011_stats_tokens.sql"),
+            ),
+            (
+                include_str!("../migrations/sqlite/0012_join_tokens.sql"),
+                include_str!("../migrations/postgres/0012_join_tokens.sql"),
             ),
         ];
         for (sqlite, postgres) in pairs {

@@ -1041,3 +1041,50 @@ async fn creates_written_together_keep_their_order_names_and_keys() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_join_token_works_once_and_not_after_it_expires() {
+    use berth_store::join_tokens;
+    for store in databases("join_tokens").await {
+        let mut connection = store.acquire().await.expect("connection");
+        let admin = users::create_user(&mut connection, "root", Role::Admin, &Quotas::default())
+            .await
+            .expect("user");
+        let now = berth_store::now_ms();
+        let issued = join_tokens::issue(&mut connection, admin.id, now + 60_000, Some("gpu-07"))
+            .await
+            .expect("issued");
+        assert!(issued.token.starts_with(join_tokens::JOIN_TOKEN_PREFIX));
+        let later = join_tokens::issue(&mut connection, admin.id, now + 1_000, None)
+            .await
+            .expect("issued");
+        assert_eq!(
+            join_tokens::redeem(&mut connection, &later.token, now + 2_000)
+                .await
+                .expect("read"),
+            None,
+            "expired"
+        );
+        assert_eq!(
+            join_tokens::redeem(&mut connection, "berth_join_guess", now)
+                .await
+                .expect("read"),
+            None
+        );
+        let redeemed = join_tokens::redeem(&mut connection, &issued.token, now)
+            .await
+            .expect("read")
+            .expect("redeemed");
+        assert_eq!(
+            (redeemed.created_by, redeemed.node_name.as_deref()),
+            (Some(admin.id), Some("gpu-07"))
+        );
+        assert_eq!(
+            join_tokens::redeem(&mut connection, &issued.token, now)
+                .await
+                .expect("read"),
+            None,
+            "used"
+        );
+    }
+}

@@ -91,6 +91,15 @@ pub enum NodeCommand {
     },
     /// Register a node; its connection is tested.
     Create(Box<NewNode>),
+    /// A single-use token, and the command that joins a new host with it (admin).
+    JoinToken {
+        /// The new node's name [default: the agent's SERVER_ID, else its host name].
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the token works, in seconds (60 to 86400).
+        #[arg(long, default_value_t = 900)]
+        ttl: u64,
+    },
     /// Test a node's connection now.
     Test {
         /// Node name or id.
@@ -1178,6 +1187,25 @@ async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Resul
             let nodes = with_usage(client, nodes).await;
             let rows = nodes.as_array().cloned();
             return print(output, &nodes, rows.as_deref(), &NODE_USAGE_COLUMNS);
+        }
+        NodeCommand::JoinToken { name, ttl } => {
+            let issued = client
+                .call(
+                    Method::POST,
+                    "/api/nodes/join-tokens",
+                    Some(&json!({"name": name, "ttl_seconds": ttl})),
+                )
+                .await?;
+            if output == Output::Json {
+                return print(output, &issued, None, &[]);
+            }
+            println!(
+                "join token (single use, valid for {} min): run on the new host\n\n  {}\n\nor, with the agent image:\n\n  {}\n\nThe node appears in `berth node list` once its agent answers.",
+                ttl.div_ceil(60),
+                issued["command"].as_str().unwrap_or_default(),
+                issued["docker_run"].as_str().unwrap_or_default()
+            );
+            return Ok(());
         }
         NodeCommand::Drain { node, detach } => {
             let id = names::node_id(client, &node).await?;

@@ -1,5 +1,6 @@
 //! The hub's REST API under `/api`, plus `/health` (open) and `/metrics`. Every route but
-//! `/health` needs `Authorization: Bearer <token>`; admin routes need the admin role. Every
+//! `/health` and `POST /api/nodes/join` (whose join token is its credential) needs
+//! `Authorization: Bearer <token>`; admin routes need the admin role. Every
 //! refusal is problem+json: a body that is not JSON is a 415 (once the caller is known), and an
 //! error from below in another form is rewritten.
 
@@ -7,6 +8,7 @@ pub(crate) mod admin;
 pub(crate) mod catalog;
 pub(crate) mod exec;
 pub(crate) mod node_images;
+pub(crate) mod node_join;
 pub(crate) mod nodes;
 pub(crate) mod operations;
 pub(crate) mod placement;
@@ -63,6 +65,12 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HubState>>)> {
         ),
         (Method::GET, "/api/nodes", get(nodes::list)),
         (Method::POST, "/api/nodes", post(nodes::create)),
+        (
+            Method::POST,
+            "/api/nodes/join-tokens",
+            post(node_join::issue),
+        ),
+        (Method::POST, "/api/nodes/join", post(node_join::join)),
         (Method::GET, "/api/nodes/{id}", get(nodes::get_one)),
         (
             Method::GET,
@@ -286,7 +294,8 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if request.uri().path() == "/health" {
+    // Open: the liveness probe, and the join of a new node (its join token is the credential).
+    if matches!(request.uri().path(), "/health" | "/api/nodes/join") {
         return next.run(request).await;
     }
     let token = request
