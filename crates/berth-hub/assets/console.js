@@ -1,5 +1,6 @@
 // Berth console: reads certificate files into their text boxes, follows a service's logs
-// (pause, search), and refreshes its charts. Every page works without this script.
+// (pause, search), refreshes its charts, and lists the nodes that join while the join page is
+// open. Every page works without this script.
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -18,7 +19,11 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   const charts = document.getElementById("charts");
   if (charts) {
-    setInterval(() => refreshCharts(charts), 15000);
+    setInterval(() => refreshSection(charts, ".charts"), 15000);
+  }
+  const joined = document.getElementById("joined");
+  if (joined) {
+    setInterval(() => refreshSection(joined, ".joined-nodes"), 2000);
   }
 });
 
@@ -98,14 +103,16 @@ function followLogs(section) {
   search.addEventListener("input", show);
 }
 
-async function refreshCharts(section) {
+// Replaces the part of `section` that `selector` finds with the same part of what its
+// `data-source` answers now.
+async function refreshSection(section, selector) {
   const response = await fetch(section.dataset.source, { credentials: "same-origin" });
   if (!response.ok) {
     return;
   }
   const html = await response.text();
-  const holder = section.querySelector(".charts");
-  const parsed = new DOMParser().parseFromString(html, "text/html").querySelector(".charts");
+  const holder = section.querySelector(selector);
+  const parsed = new DOMParser().parseFromString(html, "text/html").querySelector(selector);
   if (holder && parsed) {
     holder.replaceWith(parsed);
   }

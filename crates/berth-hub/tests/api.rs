@@ -927,3 +927,58 @@ async fn console_tokens_are_issued_once_revoked_at_once_and_quotas_cleared() {
     assert_eq!(user["quotas"]["max_services"], Value::Null, "{user}");
     assert_eq!(user["quotas"]["max_gpus"], 2, "{user}");
 }
+
+/// The console's "Add a node with one command": the page shows the command with a fresh token,
+/// and its live list shows the node once an agent joins with that token.
+#[tokio::test]
+async fn the_console_issues_a_join_command_and_lists_the_node_that_joins() {
+    let hub = start("console-join").await;
+    let mut visitor = ConsoleVisitor::new(&hub);
+    visitor.sign_in(&hub.admin).await;
+    let (_, _, nodes_page) = visitor.send(Method::GET, "/nodes", &[]).await;
+    assert!(
+        nodes_page.contains("id=\"join-node\""),
+        "the nodes page offers it"
+    );
+    let csrf = ConsoleVisitor::csrf(&nodes_page);
+    let (status, _, page) = visitor
+        .send(Method::POST, "/nodes/join", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let command = page
+        .split("<pre id=\"join-command\"><code>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("the command");
+    assert!(
+        command.starts_with("berth agent --join http://"),
+        "{command}"
+    );
+    let token = command.split_whitespace().last().expect("token").to_owned();
+    assert!(page.contains("docker run"), "{page}");
+    let source = page
+        .split("data-source=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the live list's source")
+        .replace("&amp;", "&");
+    let (_, _, before) = visitor.send(Method::GET, &source, &[]).await;
+    assert!(!before.contains("console-joined"), "{before}");
+
+    let agent = support::start_agent("console-joined", "ignored", "127.0.0.1:0").await;
+    let (status, joined, _) = hub
+        .call(
+            None,
+            Method::POST,
+            "/api/nodes/join",
+            Some(json!({"token": token, "agent_url": agent.url(), "server_id": "console-joined"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{joined}");
+    let (_, _, after) = visitor.send(Method::GET, &source, &[]).await;
+    assert!(
+        after.contains("console-joined") && after.contains("joined-nodes"),
+        "{after}"
+    );
+    agent.kill().await;
+}

@@ -47,6 +47,8 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/console/assets/{file}", get(assets::serve))
         .route("/nodes", get(nodes::list).post(nodes::create))
         .route("/nodes/new", get(nodes::new_form))
+        .route("/nodes/join", post(nodes::join))
+        .route("/nodes/joined", get(nodes::joined))
         .route("/nodes/{id}", get(nodes::detail).post(nodes::update))
         .route("/nodes/{id}/edit", get(nodes::edit_form))
         .route("/nodes/{id}/test", post(nodes::test))

@@ -12,7 +12,7 @@ use askama::Template;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use berth_http::Path;
 use berth_http::Problem;
@@ -273,6 +273,86 @@ pub async fn new_form(visitor: Visitor) -> Response {
         ("weight".into(), "100".into()),
     ]);
     form_page(&visitor, None, &defaults, None)
+}
+
+#[derive(Template)]
+#[template(path = "console/node_join.html")]
+struct JoinPage {
+    t: Tr,
+    chrome: Chrome,
+    command: String,
+    docker_run: String,
+    minutes: u64,
+    since: i64,
+    joined: Vec<NodeRow>,
+}
+
+#[derive(Template)]
+#[template(path = "console/node_joined.html")]
+struct JoinedList {
+    t: Tr,
+    joined: Vec<NodeRow>,
+}
+
+/// The nodes that joined with a token since `since` (Unix ms), oldest first.
+async fn joined_since(state: &HubState, since: i64) -> Result<Vec<NodeRow>, Problem> {
+    let mut connection = state.store.acquire().await?;
+    Ok(nodes::list(&mut connection)
+        .await?
+        .iter()
+        .filter(|node| node.origin == "join" && node.created_at >= since)
+        .map(row)
+        .collect())
+}
+
+/// `POST /nodes/join`: a join token and the command that uses it, with the nodes that join
+/// after it, refreshed as they appear.
+pub async fn join(State(state): Shared, visitor: Visitor, headers: HeaderMap) -> Response {
+    if let Some(refused) = admin_only(&visitor, "nodes") {
+        return refused;
+    }
+    let since = berth_store::now_ms();
+    let issued = api::node_join::issue(
+        State(Arc::clone(&state)),
+        visitor.as_user(),
+        headers,
+        Bytes::new(),
+    )
+    .await;
+    match issued {
+        Ok((_, Json(issued))) => {
+            let expires_at = issued["expires_at"].as_i64().unwrap_or(since);
+            render(&JoinPage {
+                t: visitor.t,
+                chrome: visitor.chrome("nodes"),
+                command: issued["command"].as_str().unwrap_or_default().to_owned(),
+                docker_run: issued["docker_run"].as_str().unwrap_or_default().to_owned(),
+                minutes: u64::try_from((expires_at - since).div_euclid(60_000)).unwrap_or(0),
+                since,
+                joined: Vec::new(),
+            })
+        }
+        Err(problem) => problem_page(&visitor, "nodes", &problem),
+    }
+}
+
+/// `GET /nodes/joined?since=MS`: the join page's live list.
+pub async fn joined(State(state): Shared, visitor: Visitor, RawQuery(raw): RawQuery) -> Response {
+    if let Some(refused) = admin_only(&visitor, "nodes") {
+        return refused;
+    }
+    let query = FormData::parse(raw.unwrap_or_default().as_bytes());
+    let since = query
+        .get("since")
+        .parse()
+        .unwrap_or_else(|_| berth_store::now_ms());
+    match joined_since(&state, since).await {
+        Ok(joined) => render(&JoinedList {
+            t: visitor.t,
+            joined,
+        }),
+        Err(problem) => problem_page(&visitor, "nodes", &problem),
+    }
 }
 
 /// `POST /nodes`: creates the node through the API (which tests its connection), then shows it.

@@ -187,6 +187,28 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("nodes.node", "Node", "节点"),
     ("nodes.new", "New node", "新建节点"),
     (
+        "nodes.join",
+        "Add a node with one command",
+        "一条命令添加节点",
+    ),
+    ("join.title", "Add a node", "添加节点"),
+    (
+        "join.intro",
+        "Run this on the new host: its berth agent registers it with this hub. The token works once, for",
+        "在新主机上运行以下命令：其 berth agent 会向本中心注册该主机。令牌只能使用一次，有效期",
+    ),
+    (
+        "join.docker",
+        "Or run the agent image with Docker:",
+        "或者用 Docker 运行 agent 镜像：",
+    ),
+    ("join.joined", "Nodes that joined", "已加入的节点"),
+    (
+        "join.waiting",
+        "Waiting for the agent to join… this list updates by itself.",
+        "正在等待 agent 加入……此列表会自动更新。",
+    ),
+    (
         "nodes.new_help",
         "Fill in the node's hardware and how to reach its Docker engine: directly (TLS certificates) or through a berth agent. Saving tests the connection.",
         "填写节点的硬件信息以及访问其 Docker 引擎的方式：直接连接（TLS 证书）或通过 berth agent。保存时会测试连接。",
