@@ -5,6 +5,7 @@ mod agent;
 mod client;
 mod hub;
 mod logging;
+mod pki;
 mod scheduler_bench;
 mod up;
 
@@ -107,6 +108,12 @@ pub enum Command {
     },
     /// Print the manual page (roff), e.g. `berth man | man -l -`.
     Man,
+    /// The fleet's certificate authority for Docker TLS: make it, then sign certificates.
+    Pki {
+        /// What to do.
+        #[command(subcommand)]
+        command: pki::PkiCommand,
+    },
     /// Benchmarks that print their figures.
     Bench {
         /// Which one.
@@ -275,6 +282,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Login(args) => report(client::context::login(args).await),
         Command::Context { command } => report(client::context::manage(command)),
         Command::Sim { scenario, data_dir } => simulate(&scenario, &data_dir).await,
+        Command::Pki { command } => pki::run(command),
         Command::Bench {
             command: BenchCommand::Scheduler(args),
         } => scheduler_bench::run(args),

@@ -16,6 +16,7 @@ mod gpu_usage;
 mod images;
 mod logs;
 pub mod mirror;
+pub mod pki;
 mod stats;
 pub mod translate;
 

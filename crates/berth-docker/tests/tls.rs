@@ -1,6 +1,6 @@
 //! Mutual TLS from PEM text against the real engine: a TLS front that demands client certificates
 //! signed by its CA relays to the local engine's unix socket, the way a `tcp://host:2376` daemon
-//! with `tlsverify` behaves.
+//! with `tlsverify` behaves — with certificates made here, and with `berth pki`'s.
 
 mod support;
 
@@ -54,8 +54,16 @@ impl Authority {
 /// the engine's unix socket. Returns its address.
 async fn tls_front(server: &Authority, clients: &Authority) -> String {
     let (cert_pem, key_pem) = server.issue(&["127.0.0.1", "localhost"]);
+    tls_front_with(&cert_pem, &key_pem, &clients.pem()).await
+}
+
+/// The same with the front's certificate and key, and the clients' CA, as PEM text: a
+/// `dockerd --tlsverify --tlscacert --tlscert --tlskey` listener.
+async fn tls_front_with(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> String {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(clients.issuer.der().clone()).expect("client CA");
+    roots
+        .add(CertificateDer::from_pem_slice(client_ca_pem.as_bytes()).expect("client CA"))
+        .expect("client CA");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
@@ -165,6 +173,82 @@ async fn mutual_tls_from_pem_text_reaches_the_engine() {
         "{}",
         report.message
     );
+}
+
+/// `berth pki`'s CA and certificates as a Docker engine and the hub use them: an engine
+/// listening with the CA's `docker-server` certificate and trusting the CA accepts the hub's
+/// `client` certificate and refuses one of another CA.
+#[tokio::test]
+async fn certificates_from_berth_pki_secure_an_engine_and_its_client() {
+    use berth_docker::pki::{self, Purpose};
+    if support::driver().await.is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("berth-pki-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        pki::issue(&dir, Purpose::Client, "hub", &[]).is_err(),
+        "no CA yet"
+    );
+    let made = pki::init(&dir).expect("CA");
+    assert!(pki::init(&dir).is_err(), "a second CA is refused");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&made.key)
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the CA key is private");
+    }
+    let engine = pki::issue(
+        &dir,
+        Purpose::DockerServer,
+        "engine",
+        &["127.0.0.1".to_owned(), "localhost".to_owned()],
+    )
+    .expect("server certificate");
+    let hub = pki::issue(&dir, Purpose::Client, "hub-client", &[]).expect("client certificate");
+    assert!(pki::issue(&dir, Purpose::Client, "../x", &[]).is_err());
+    let ca = pki::ca_pem(&dir).expect("CA");
+    let (engine_cert, engine_key) = pki::read_issued(&engine).expect("read");
+    let address = tls_front_with(&engine_cert, &engine_key, &ca).await;
+
+    let (cert_pem, key_pem) = pki::read_issued(&hub).expect("read");
+    let trusted = DockerEndpoint {
+        address: address.clone(),
+        tls: Some(TlsMaterial {
+            ca_pem: ca.clone(),
+            cert_pem,
+            key_pem,
+        }),
+        timeout_secs: 10,
+    };
+    let report = trusted.test_connection().await;
+    assert_eq!(
+        report.status,
+        ConnectionStatus::Connected,
+        "{}",
+        report.message
+    );
+    let stranger = Authority::new("not the fleet's CA");
+    let (cert_pem, key_pem) = stranger.issue(&["berth-hub"]);
+    let untrusted = DockerEndpoint {
+        address,
+        tls: Some(TlsMaterial {
+            ca_pem: ca,
+            cert_pem,
+            key_pem,
+        }),
+        timeout_secs: 10,
+    };
+    let report = untrusted.test_connection().await;
+    assert_eq!(
+        report.status,
+        ConnectionStatus::Failed,
+        "{}",
+        report.message
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -2634,8 +2634,20 @@ async fn the_dashboards_and_alert_rules_query_metrics_the_hub_and_agent_export()
         "berth_hub_node_certificate_expiry_timestamp_seconds",
     ];
     let mut queried: Vec<(String, String)> = Vec::new();
-    for entry in std::fs::read_dir(deployed("grafana")).expect("dashboards") {
-        let path = entry.expect("entry").path();
+    let boards: Vec<std::path::PathBuf> = std::fs::read_dir(deployed("grafana"))
+        .expect("dashboards")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "json")
+        })
+        .collect();
+    assert_eq!(
+        boards.len(),
+        4,
+        "fleet, node, service, model serving: {boards:?}"
+    );
+    for path in boards {
         let board: Value =
             serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("JSON");
         let panels = board["panels"].as_array().expect("panels");

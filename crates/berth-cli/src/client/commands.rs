@@ -192,6 +192,16 @@ pub struct NewNode {
     /// Client key file (PEM).
     #[arg(long)]
     key_file: Option<std::path::PathBuf>,
+    /// Take the CA and the hub's client certificate (issued now if missing) from this
+    /// `berth pki` directory.
+    #[arg(
+        long,
+        value_name = "PKI_DIR",
+        num_args = 0..=1,
+        default_missing_value = crate::pki::DEFAULT_DIR,
+        conflicts_with_all = ["ca_file", "cert_file", "key_file", "no_tls"]
+    )]
+    tls_from_pki: Option<std::path::PathBuf>,
     /// A `berth agent` URL, for the agent driver; its key is read from BERTH_AGENT_KEY.
     #[arg(long)]
     agent_url: Option<String>,
@@ -1339,6 +1349,12 @@ async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Resul
         NodeCommand::Create(new) => {
             let mut body = json!({"name": new.name, "public_ip": new.public_ip, "private_ip": new.private_ip,
                 "use_tls": !new.no_tls, "labels": pairs("--label", &new.labels)?});
+            if let Some(dir) = &new.tls_from_pki {
+                let (ca, cert, key) = crate::pki::client_material(dir)?;
+                body["ca_cert"] = json!(ca);
+                body["client_cert"] = json!(cert);
+                body["client_key"] = json!(key);
+            }
             let fields = [
                 ("docker_address", new.docker_address.map(Value::from)),
                 ("agent_url", new.agent_url.clone().map(Value::from)),
