@@ -23,11 +23,7 @@ fn berth(hub: &HubApi, args: &[&str]) -> Output {
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    processes::output_text(output)
 }
 
 fn manifest(environment: &str, probe_interval: u32) -> String {

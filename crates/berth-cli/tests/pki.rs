@@ -19,11 +19,7 @@ fn berth(args: &[&str]) -> Output {
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    processes::output_text(output)
 }
 
 #[tokio::test]

@@ -76,14 +76,31 @@ async fn ended(hub: &HubApi, id: i64) -> Value {
     .await
 }
 
+/// The configuration of the hubs these tests kill: a check and a reconciler round a second.
+const CONFIG: &str = "monitor_interval: 1\n";
+
+/// A hub (in a directory named after `test`) with the local node, about to be killed: its
+/// directory, process, API, containers' label, and a guard that removes those containers.
+async fn hub_to_kill(
+    test: &str,
+) -> (
+    std::path::PathBuf,
+    processes::Process,
+    HubApi,
+    String,
+    LabelledContainers,
+) {
+    let dir = fresh_dir(test);
+    let (process, hub) = start_hub(&dir, CONFIG).await;
+    let hub_label = processes::hub_label(&dir).await;
+    let leftovers = LabelledContainers(vec![hub_label.clone()]);
+    hub.add_local_node().await;
+    (dir, process, hub, hub_label, leftovers)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_cut_short_by_a_killed_hub_is_carried_on_after_the_restart() {
-    let dir = fresh_dir("kill-mid-create");
-    let config = "monitor_interval: 1\n";
-    let (mut first_hub, hub) = start_hub(&dir, config).await;
-    let hub_label = processes::hub_label(&dir).await;
-    let _leftovers = LabelledContainers(vec![hub_label.clone()]);
-    hub.add_local_node().await;
+    let (dir, mut first_hub, hub, hub_label, _leftovers) = hub_to_kill("kill-mid-create").await;
     let owner = user(&hub).await;
     let name = format!("wide{}", std::process::id());
     let key = [("Idempotency-Key", "create-wide-once")];
@@ -113,7 +130,7 @@ async fn a_create_cut_short_by_a_killed_hub_is_carried_on_after_the_restart() {
     .await;
     first_hub.kill();
 
-    let (_second_hub, hub) = start_hub(&dir, config).await;
+    let (_second_hub, hub) = start_hub(&dir, CONFIG).await;
     // The retry a client makes when its first answer is lost: the same key, the same operation.
     let (status, retried) = hub
         .call_with(
@@ -409,12 +426,7 @@ async fn answering_url(hub: &HubApi, id: i64) -> String {
 /// container is removed once the rollout ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_cut_short_by_a_killed_hub_keeps_the_previous_version_serving() {
-    let dir = fresh_dir("kill-mid-rollout");
-    let config = "monitor_interval: 1\n";
-    let (mut first_hub, hub) = start_hub(&dir, config).await;
-    let hub_label = processes::hub_label(&dir).await;
-    let _leftovers = LabelledContainers(vec![hub_label.clone()]);
-    hub.add_local_node().await;
+    let (dir, mut first_hub, hub, hub_label, _leftovers) = hub_to_kill("kill-mid-rollout").await;
     let owner = user(&hub).await;
     let (status, created) = hub
         .call(
@@ -452,7 +464,7 @@ async fn a_rollout_cut_short_by_a_killed_hub_keeps_the_previous_version_serving(
     .await;
     first_hub.kill();
 
-    let (_second_hub, hub) = start_hub(&dir, config).await;
+    let (_second_hub, hub) = start_hub(&dir, CONFIG).await;
     let url = answering_url(&hub, id).await;
     let client = reqwest::Client::new();
     let mut answers: Vec<(u16, String)> = Vec::new();

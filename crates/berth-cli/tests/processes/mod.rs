@@ -403,3 +403,12 @@ impl Drop for LabelledContainers {
         let _ = cleanup.join();
     }
 }
+
+/// What a finished `berth` command wrote, standard output then standard error.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
