@@ -92,13 +92,7 @@ impl FromStr for ServerType {
 }
 
 /// TLS for the agent's own API.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenTls {
-    /// Certificate chain file, PEM.
-    pub cert: PathBuf,
-    /// Private key file, PEM.
-    pub key: PathBuf,
-}
+pub use berth_http::listen::ListenTls;
 
 /// Everything the agent needs to start.
 #[derive(Clone, PartialEq)]

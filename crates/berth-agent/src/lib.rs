@@ -2,7 +2,7 @@
 //!
 //! It manages only the containers it created (label `berth.agent=<SERVER_ID>`), so several agents
 //! and other tools can share one engine; it keeps no state of its own, so after a restart it sees
-//! its containers again from their labels. `api::router` is the HTTP API; `server::serve` runs it.
+//! its containers again from their labels. `api::router` is the HTTP API; `berth_http::listen::serve` runs it.
 
 pub mod api;
 pub mod config;
@@ -10,7 +10,6 @@ pub mod gpus;
 pub mod host;
 pub mod metrics;
 pub mod node;
-pub mod server;
 pub mod state;
 pub mod timestamp;
 pub mod wire;

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use berth_agent::config::{self, AgentConfig};
-use berth_agent::{AgentState, api, server};
+use berth_agent::{AgentState, api};
+use berth_http::listen::TlsFiles;
 use clap::Args;
 
 /// Options of `berth agent`; each overrides the environment variable named beside it.
@@ -228,7 +229,12 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         eprintln!("berth agent: cannot open the log file: {err}");
         return ExitCode::from(2);
     }
-    let tls = match config.tls.as_ref().map(server::tls_acceptor).transpose() {
+    let tls = match config
+        .tls
+        .clone()
+        .map(|files| TlsFiles::load(files).map(Arc::new))
+        .transpose()
+    {
         Ok(tls) => tls,
         Err(err) => {
             eprintln!("berth agent: {err}");
@@ -288,7 +294,7 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         "Agent listening."
     );
     let router = api::router(Arc::clone(&state));
-    match server::serve(listener, router, tls, crate::shutdown_signal()).await {
+    match berth_http::listen::serve(listener, router, tls, crate::shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("Agent stopped.");
             ExitCode::SUCCESS

@@ -2,12 +2,14 @@
 //! monitor, serve the API until SIGINT or SIGTERM, then drain requests and close the database.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::ConnectionStatus;
+use berth_docker::pki;
+use berth_http::listen::{ListenTls, TlsFiles};
 use berth_hub::config::HubConfig;
 use berth_hub::reload::{self, ConfigWatcher, Reload};
 use berth_hub::state::HubSettings;
@@ -45,6 +47,75 @@ pub struct HubArgs {
     /// max_models_per_node, service_domain. Reloaded when it changes or on SIGHUP.
     #[arg(long, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
+    /// TLS for the API and console.
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS for the hub's API and console (`berth hub`, `berth up`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// Serve the API and console over TLS with this certificate chain (PEM); read again when
+    /// it changes.
+    #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve over TLS with a certificate of the data directory's own CA (`DATA_DIR/pki`, made
+    /// on first start, as `berth pki` would); clients trust its `ca.pem`.
+    #[arg(long, env = "BERTH_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
+    tls_self_signed: bool,
+}
+
+/// The hub certificate `--tls-self-signed` makes, in the data directory's PKI.
+const SELF_SIGNED_NAME: &str = "hub";
+
+impl TlsArgs {
+    /// The files to serve TLS with, making the self-signed pair first when asked; `None`: plain
+    /// HTTP.
+    fn files(&self, data_dir: &Path, listen: SocketAddr) -> Result<Option<ListenTls>, String> {
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            return Ok(Some(ListenTls {
+                cert: cert.clone(),
+                key: key.clone(),
+            }));
+        }
+        if !self.tls_self_signed {
+            return Ok(None);
+        }
+        let dir = data_dir.join("pki");
+        if !dir.join(pki::CA_CERT).exists() {
+            pki::init(&dir).map_err(|err| err.to_string())?;
+        }
+        let files = ListenTls {
+            cert: dir.join(format!("{SELF_SIGNED_NAME}.pem")),
+            key: dir.join(format!("{SELF_SIGNED_NAME}-key.pem")),
+        };
+        if !(files.cert.exists() && files.key.exists()) {
+            let mut names = vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ];
+            if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
+                names.push(listen.ip().to_string());
+            }
+            let host = berth_agent::host::host_name();
+            if !host.is_empty() && !names.contains(&host) {
+                names.push(host);
+            }
+            pki::issue(&dir, pki::Purpose::Hub, SELF_SIGNED_NAME, &names)
+                .map_err(|err| err.to_string())?;
+        }
+        Ok(Some(files))
+    }
+
+    /// The CA clients trust for a self-signed hub.
+    fn self_signed_ca(&self, data_dir: &Path) -> Option<PathBuf> {
+        self.tls_self_signed
+            .then(|| data_dir.join("pki").join(pki::CA_CERT))
+    }
 }
 
 /// How to start the hub.
@@ -69,20 +140,36 @@ pub struct Launch {
     pub monitor_interval_flag: Option<u64>,
     /// Save a CLI context of this name for the hub and make it current (`berth up`).
     pub cli_context: Option<String>,
+    /// TLS for the API and console.
+    pub tls: TlsArgs,
 }
 
 /// Prints how a shell reaches the hub at `address` with the token in `token_file`, and saves
 /// that as the CLI context `context` when given (a failure to save is said, not fatal).
-fn announce_cli(context: &Option<String>, address: &str, token_file: &std::path::Path) {
-    let url = format!("http://{address}");
+fn announce_cli(
+    context: &Option<String>,
+    url: String,
+    token_file: &Path,
+    ca_file: Option<PathBuf>,
+) {
     let token_file = std::path::absolute(token_file).unwrap_or_else(|_| token_file.to_owned());
+    let ca_file = ca_file.map(|file| std::path::absolute(&file).unwrap_or(file));
     println!(
         "for the CLI in another shell:\n  export BERTH_URL={url}\n  export BERTH_TOKEN=$(cat {})",
         token_file.display()
     );
+    if let Some(ca) = &ca_file {
+        println!("  export BERTH_CA_FILE={}", ca.display());
+    }
     let Some(name) = context else { return };
-    let saved =
-        crate::client::context::remember(name, crate::client::context::Context { url, token_file });
+    let saved = crate::client::context::remember(
+        name,
+        crate::client::context::Context {
+            url,
+            token_file,
+            ca_file,
+        },
+    );
     match saved {
         Ok(path) => println!(
             "CLI context {name:?} saved in {} and made current: `berth service list` works from any directory",
@@ -123,6 +210,7 @@ pub async fn run(args: HubArgs) -> ExitCode {
         config_file: args.config.clone(),
         monitor_interval_flag: args.monitor_interval,
         cli_context: None,
+        tls: args.tls,
     })
     .await
 }
@@ -230,13 +318,31 @@ pub async fn serve(launch: Launch) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tls = match launch
+        .tls
+        .files(&launch.data_dir, launch.listen)
+        .and_then(|files| files.map(TlsFiles::load).transpose())
+    {
+        Ok(tls) => tls.map(Arc::new),
+        Err(err) => {
+            eprintln!("berth: TLS: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let address = listener
         .local_addr()
         .map(|addr| addr.to_string())
         .unwrap_or_default();
-    println!(
-        "Berth hub listening on http://{address} (console at /, API under /api, health at /health)"
-    );
+    let url = format!("{scheme}://{address}");
+    let ca_file = launch.tls.self_signed_ca(&launch.data_dir);
+    println!("Berth hub listening on {url} (console at /, API under /api, health at /health)");
+    if let Some(ca) = &ca_file {
+        println!(
+            "TLS with a certificate of this hub's own CA: clients trust {}",
+            ca.display()
+        );
+    }
     if let Ok(gateway_address) = gateway_listener.local_addr() {
         let _ = state.gateway_address.set(gateway_address);
         println!(
@@ -260,9 +366,18 @@ pub async fn serve(launch: Launch) -> ExitCode {
             println!("admin token: issued on the first start; create another with the admin API")
         }
     }
-    announce_cli(&launch.cli_context, &address, &token_file);
+    announce_cli(
+        &launch.cli_context,
+        url.clone(),
+        &token_file,
+        ca_file.clone(),
+    );
+    let curl_ca = ca_file
+        .as_ref()
+        .map(|ca| format!("--cacert {} ", ca.display()))
+        .unwrap_or_default();
     println!(
-        "try: curl -H \"Authorization: Bearer $(cat {})\" http://{address}/api/nodes",
+        "try: curl {curl_ca}-H \"Authorization: Bearer $(cat {})\" {url}/api/nodes",
         token_file.display()
     );
 
@@ -304,7 +419,12 @@ pub async fn serve(launch: Launch) -> ExitCode {
     );
     let model_watch_task = match &launch.config.model_watch_dir {
         Some(dir) => {
-            watch_model_files(&state, &address, dir.into(), stopped(stop_receiver.clone())).await
+            let own = ModelWatch {
+                url: own_url(scheme, &address),
+                ca_file: ca_file.clone(),
+                dir: dir.into(),
+            };
+            watch_model_files(&state, own, stopped(stop_receiver.clone())).await
         }
         None => None,
     };
@@ -318,13 +438,12 @@ pub async fn serve(launch: Launch) -> ExitCode {
         ))
     });
     let router = berth_hub::app(Arc::clone(&state));
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            crate::shutdown_signal().await;
-            tracing::info!("Shutting down: draining requests.");
-            let _ = stop_sender.send(true);
-        })
-        .await;
+    let served = berth_http::listen::serve(listener, router, tls, async move {
+        crate::shutdown_signal().await;
+        tracing::info!("Shutting down: draining requests.");
+        let _ = stop_sender.send(true);
+    })
+    .await;
     let _ = monitor_task.await;
     let _ = readiness_task.await;
     let _ = sampler_task.await;
@@ -352,14 +471,32 @@ pub async fn serve(launch: Launch) -> ExitCode {
 
 /// Reloads the configuration file when it changes (checked every two seconds) or on SIGHUP,
 /// until `stop` completes, and says what each reload did.
-/// Applies the model files of `dir` as the first admin, through the hub's own API at
-/// `address`, until `stop` (the hub configuration's `model_watch_dir`).
+/// The hub's own API as its model-file watcher reaches it: over loopback when it listens on
+/// every address.
+fn own_url(scheme: &str, address: &str) -> String {
+    match address.parse::<SocketAddr>() {
+        Ok(listen) if listen.ip().is_unspecified() => {
+            format!("{scheme}://localhost:{}", listen.port())
+        }
+        _ => format!("{scheme}://{address}"),
+    }
+}
+
+/// Where the hub's model-file watcher reads and whom it calls.
+struct ModelWatch {
+    url: String,
+    ca_file: Option<PathBuf>,
+    dir: PathBuf,
+}
+
+/// Applies the model files of the watched directory as the first admin, through the hub's own
+/// API, until `stop` (the hub configuration's `model_watch_dir`).
 async fn watch_model_files(
     state: &HubState,
-    address: &str,
-    dir: PathBuf,
+    watch: ModelWatch,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Option<tokio::task::JoinHandle<()>> {
+    let ModelWatch { url, ca_file, dir } = watch;
     let token = match bootstrap::watcher_token(state).await {
         Ok(token) => token,
         Err(err) => {
@@ -370,19 +507,20 @@ async fn watch_model_files(
             return None;
         }
     };
-    let base = match address.parse::<SocketAddr>() {
-        Ok(listen) if listen.ip().is_unspecified() => {
-            format!("http://127.0.0.1:{}", listen.port())
-        }
-        _ => format!("http://{address}"),
-    };
     println!(
         "applying the model files of {} as the first admin (token {:?}; every 2 s)",
         dir.display(),
         bootstrap::WATCHER_TOKEN
     );
     Some(tokio::spawn(async move {
-        let client = crate::client::api::HubClient::new(&base, token);
+        let client = match crate::client::api::HubClient::trusting(&url, token, ca_file.as_deref())
+        {
+            Ok(client) => client,
+            Err(err) => {
+                eprintln!("berth: model_watch_dir: {err}");
+                return;
+            }
+        };
         if let Err(err) = crate::client::watch::watch(&client, &dir, stop).await {
             eprintln!("berth: model_watch_dir: {err}; the hub serves without it");
         }
@@ -421,7 +559,7 @@ async fn watch_config(
 }
 
 /// Creates `dir` (and its parents) readable by its owner only: it holds the database and keys.
-fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+fn private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

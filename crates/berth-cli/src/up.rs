@@ -37,6 +37,9 @@ pub struct UpArgs {
     /// it from any directory.
     #[arg(long, default_value = "local")]
     context: String,
+    /// TLS for the API and console.
+    #[command(flatten)]
+    tls: crate::hub::TlsArgs,
 }
 
 /// Runs the embedded default until a shutdown signal.
@@ -60,6 +63,7 @@ pub async fn run(args: UpArgs) -> ExitCode {
         config_file: None,
         monitor_interval_flag: None,
         cli_context: Some(args.context),
+        tls: args.tls,
     })
     .await
 }

@@ -122,3 +122,71 @@ async fn berth_pki_makes_a_ca_issues_certificates_and_nodes_take_them() {
         "the client certificate's expiry is exported: {metrics}"
     );
 }
+
+/// `berth hub --tls-self-signed`: the API is served over TLS (HTTP/2 by ALPN) with a
+/// certificate of the data directory's own CA, made on first start; the CLI trusts that CA
+/// through `BERTH_CA_FILE` and refuses the hub without it.
+#[tokio::test]
+async fn the_hub_serves_tls_with_its_own_ca_and_the_cli_trusts_it() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = fresh_dir("hub-tls");
+    let port = processes::free_port();
+    let _hub = processes::Process(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("hub")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--gateway-listen", "127.0.0.1:0"])
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", dir.join("berth.db").display()))
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--tls-self-signed")
+            .env("BERTH_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("berth hub"),
+    );
+    let ca = dir.join("pki").join("ca.pem");
+    let url = format!("https://127.0.0.1:{port}");
+    let version = processes::wait_for(
+        std::time::Duration::from_secs(30),
+        "the hub answers over TLS",
+        || {
+            let (ca, url) = (ca.clone(), url.clone());
+            async move {
+                let pem = std::fs::read(&ca).ok()?;
+                let client = reqwest::Client::builder()
+                    .add_root_certificate(reqwest::Certificate::from_pem(&pem).ok()?)
+                    .build()
+                    .ok()?;
+                let answer = client.get(format!("{url}/health")).send().await.ok()?;
+                (answer.status() == 200).then(|| answer.version())
+            }
+        },
+    )
+    .await;
+    assert_eq!(version, reqwest::Version::HTTP_2, "HTTP/2 by ALPN");
+    let token = std::fs::read_to_string(dir.join("admin-token")).expect("token");
+    let list = |ca_file: Option<&std::path::Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
+        command
+            .args(["node", "list"])
+            .env("BERTH_URL", &url)
+            .env("BERTH_TOKEN", token.trim())
+            .env_remove("BERTH_CA_FILE");
+        if let Some(ca_file) = ca_file {
+            command.env("BERTH_CA_FILE", ca_file);
+        }
+        command.output().expect("berth node list")
+    };
+    let trusted = list(Some(&ca));
+    assert!(trusted.status.success(), "{}", text(&trusted));
+    let untrusted = list(None);
+    assert!(!untrusted.status.success(), "{}", text(&untrusted));
+    assert!(
+        text(&untrusted).contains("BERTH_CA_FILE"),
+        "the refusal says what to set: {}",
+        text(&untrusted)
+    );
+}

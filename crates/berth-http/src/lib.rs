@@ -3,6 +3,7 @@
 //! and query parsing whose errors name the offending field, and request metrics.
 
 mod extract;
+pub mod listen;
 mod observe;
 mod problem;
 

@@ -370,7 +370,7 @@ async fn an_agent_node_reports_its_hardware() {
         .await
         .expect("bind");
     let agent_url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(berth_agent::server::serve(
+    tokio::spawn(berth_http::listen::serve(
         listener,
         berth_agent::api::router(agent),
         None,

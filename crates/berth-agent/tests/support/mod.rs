@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use berth_agent::{AgentConfig, AgentState, api, server};
+use berth_agent::{AgentConfig, AgentState, api};
 use berth_docker::RemoveOptions;
+use berth_http::listen::TlsFiles;
 use futures_util::FutureExt;
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
@@ -53,7 +54,7 @@ pub async fn start(test: &str, settings: &[(&str, &str)]) -> TestAgent {
     let tls = config
         .tls
         .as_ref()
-        .map(|tls| server::tls_acceptor(tls).expect("TLS files"));
+        .map(|tls| Arc::new(TlsFiles::load(tls.clone()).expect("TLS files")));
     let state = AgentState::connect(config)
         .await
         .unwrap_or_else(|err| panic!("Docker engine unreachable: {err}"));
@@ -67,9 +68,14 @@ pub async fn start(test: &str, settings: &[(&str, &str)]) -> TestAgent {
     let address = listener.local_addr().expect("addr");
     let (sender, receiver) = tokio::sync::oneshot::channel::<()>();
     let router = api::router(Arc::clone(&state));
-    tokio::spawn(server::serve(listener, router, tls, async move {
-        let _ = receiver.await;
-    }));
+    tokio::spawn(berth_http::listen::serve(
+        listener,
+        router,
+        tls,
+        async move {
+            let _ = receiver.await;
+        },
+    ));
     TestAgent {
         address,
         state,

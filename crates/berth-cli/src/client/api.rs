@@ -1,5 +1,7 @@
 //! A small HTTP client for the hub API that turns every failure into a message a person can act on.
 
+use std::path::Path;
+
 use reqwest::Method;
 use serde_json::Value;
 
@@ -20,6 +22,31 @@ impl HubClient {
         }
     }
 
+    /// The same, trusting the CA certificate in `ca_file` (PEM) for the hub's TLS besides the
+    /// system's.
+    pub fn trusting(base: &str, token: String, ca_file: Option<&Path>) -> Result<Self, String> {
+        let Some(ca_file) = ca_file else {
+            return Ok(Self::new(base, token));
+        };
+        let pem = std::fs::read(ca_file).map_err(|err| {
+            format!(
+                "cannot read the hub's CA certificate {} ({err}); set BERTH_CA_FILE to the hub's ca.pem",
+                ca_file.display()
+            )
+        })?;
+        let ca = reqwest::Certificate::from_pem(&pem)
+            .map_err(|err| format!("{}: not a PEM certificate ({err})", ca_file.display()))?;
+        let http = reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .build()
+            .map_err(|err| err.to_string())?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http,
+        })
+    }
+
     /// Sends a request and returns the JSON answer (null for an empty one), or a message that
     /// says what failed and what to do.
     pub async fn call(
@@ -36,8 +63,13 @@ impl HubClient {
             request = request.json(body);
         }
         let response = request.send().await.map_err(|err| {
+            let tls_hint = if self.base.starts_with("https://") {
+                " If it serves TLS with its own CA (--tls-self-signed, berth pki), set BERTH_CA_FILE to that ca.pem."
+            } else {
+                ""
+            };
             format!(
-                "cannot reach the hub at {}: {err}. Is `berth up` (or `berth hub`) running? Set BERTH_URL to its address.",
+                "cannot reach the hub at {}: {err}. Is `berth up` (or `berth hub`) running? Set BERTH_URL to its address.{tls_hint}",
                 self.base
             )
         })?;

@@ -433,12 +433,12 @@ fn read_pem(path: &Option<std::path::PathBuf>, what: &str) -> Result<Option<Stri
 /// Runs one client command and prints its answer.
 pub async fn run(args: ClientArgs, resource: Resource) -> ExitCode {
     let outcome = async {
-        let (url, token) = super::context::resolve(super::context::Asked {
+        let hub = super::context::resolve(super::context::Asked {
             url: args.url,
             token: args.token,
             context: args.context,
         })?;
-        let client = HubClient::new(&url, token);
+        let client = HubClient::trusting(&hub.url, hub.token, hub.ca_file.as_deref())?;
         if let Resource::Service(super::service::ServiceCommand::Exec(exec)) = resource {
             return super::exec::run(&client, exec).await;
         }

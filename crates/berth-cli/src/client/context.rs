@@ -24,6 +24,20 @@ pub struct Context {
     pub url: String,
     /// The file holding the token (mode 0600).
     pub token_file: PathBuf,
+    /// The CA certificate to trust for the hub's TLS (a hub with its own CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where the CLI finds its hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The hub's address.
+    pub url: String,
+    /// The token.
+    pub token: String,
+    /// The CA to trust for its TLS besides the system's: `BERTH_CA_FILE`, else the context's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The contents of `config.toml`.
@@ -153,9 +167,23 @@ pub struct Asked {
     pub context: Option<String>,
 }
 
-/// The hub URL and token to use: the flags and environment first, then the named or current
-/// context (its token only when the URL is its own), then `berth-data/admin-token`.
-pub fn resolve(asked: Asked) -> Result<(String, String), String> {
+/// The variable naming a CA certificate to trust for the hub's TLS.
+pub const CA_FILE_VARIABLE: &str = "BERTH_CA_FILE";
+
+/// The hub URL, token and CA to use: the flags and environment first, then the named or
+/// current context (its token and CA only when the URL is its own), then
+/// `berth-data/admin-token`.
+pub fn resolve(asked: Asked) -> Result<Resolved, String> {
+    let from_environment = std::env::var_os(CA_FILE_VARIABLE).map(PathBuf::from);
+    let (url, token, context_ca) = resolve_token(asked)?;
+    Ok(Resolved {
+        url,
+        token,
+        ca_file: from_environment.or(context_ca),
+    })
+}
+
+fn resolve_token(asked: Asked) -> Result<(String, String, Option<PathBuf>), String> {
     let path = config_path();
     let contexts = match &path {
         Ok(path) => Contexts::load(path)?,
@@ -168,11 +196,14 @@ pub fn resolve(asked: Asked) -> Result<(String, String), String> {
         .clone()
         .or_else(|| chosen.map(|(_, context)| context.url.clone()))
         .unwrap_or_else(|| DEFAULT_URL.to_owned());
-    if let Some(token) = asked.token.filter(|token| !token.trim().is_empty()) {
-        return Ok((url, token.trim().to_owned()));
-    }
     let same_hub =
         |context: &Context| context.url.trim_end_matches('/') == url.trim_end_matches('/');
+    let context_ca = chosen
+        .filter(|(_, context)| same_hub(context))
+        .and_then(|(_, context)| context.ca_file.clone());
+    if let Some(token) = asked.token.filter(|token| !token.trim().is_empty()) {
+        return Ok((url, token.trim().to_owned(), context_ca));
+    }
     if let Some((name, context)) = chosen.filter(|(_, context)| same_hub(context)) {
         let token = std::fs::read_to_string(&context.token_file).map_err(|err| {
             format!(
@@ -181,10 +212,10 @@ pub fn resolve(asked: Asked) -> Result<(String, String), String> {
                 context.url
             )
         })?;
-        return Ok((url, token.trim().to_owned()));
+        return Ok((url, token.trim().to_owned(), context_ca));
     }
     match std::fs::read_to_string(DEFAULT_TOKEN_FILE) {
-        Ok(token) if !token.trim().is_empty() => Ok((url, token.trim().to_owned())),
+        Ok(token) if !token.trim().is_empty() => Ok((url, token.trim().to_owned(), None)),
         _ => Err(format!(
             "no token for {url}: run `berth login {url}` (or `berth up`, which saves a context), or set BERTH_TOKEN"
         )),
@@ -269,7 +300,8 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
     if token.is_empty() {
         return Err("no token given: pass --token, set BERTH_TOKEN or type it".to_owned());
     }
-    let me = super::api::HubClient::new(&url, token.clone())
+    let ca_file = std::env::var_os(CA_FILE_VARIABLE).map(PathBuf::from);
+    let me = super::api::HubClient::trusting(&url, token.clone(), ca_file.as_deref())?
         .call(reqwest::Method::GET, "/api/users/me", None)
         .await?;
     let config = config_path()?;
@@ -280,6 +312,7 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
         Context {
             url: url.clone(),
             token_file,
+            ca_file,
         },
     )?;
     println!(
@@ -376,6 +409,7 @@ mod tests {
             Context {
                 url: "http://10.0.0.5:7700".to_owned(),
                 token_file: dir.join("tokens/lab"),
+                ca_file: None,
             },
         );
         contexts.current = Some("lab".to_owned());

@@ -262,7 +262,7 @@ pub async fn start_agent_with(
     let listener = listener.expect("bind the agent's address");
     let address = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(berth_agent::server::serve(
+    let served = tokio::spawn(berth_http::listen::serve(
         listener,
         berth_agent::api::router(agent),
         None,
