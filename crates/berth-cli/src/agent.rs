@@ -170,7 +170,24 @@ async fn joined_key(
             )
         }
     };
-    let answer = reqwest::Client::new()
+    let client = match std::env::var_os("BERTH_CA_FILE") {
+        Some(ca_file) => {
+            let pem = std::fs::read(&ca_file).map_err(|err| {
+                format!(
+                    "cannot read BERTH_CA_FILE {}: {err}",
+                    ca_file.to_string_lossy()
+                )
+            })?;
+            let ca = reqwest::Certificate::from_pem(&pem)
+                .map_err(|err| format!("BERTH_CA_FILE is not a PEM certificate: {err}"))?;
+            reqwest::Client::builder()
+                .add_root_certificate(ca)
+                .build()
+                .map_err(|err| err.to_string())?
+        }
+        None => reqwest::Client::new(),
+    };
+    let answer = client
         .post(format!("{hub}/api/nodes/join"))
         .json(&serde_json::json!({
             "token": token,
@@ -180,7 +197,11 @@ async fn joined_key(
         }))
         .send()
         .await
-        .map_err(|err| format!("cannot reach the hub at {hub}: {err}"))?;
+        .map_err(|err| {
+            format!(
+                "cannot reach the hub at {hub}: {err} (a hub with its own CA: set BERTH_CA_FILE to its ca.pem)"
+            )
+        })?;
     let status = answer.status();
     let body: serde_json::Value = answer.json().await.unwrap_or_default();
     if !status.is_success() {

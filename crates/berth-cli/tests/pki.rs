@@ -189,4 +189,48 @@ async fn the_hub_serves_tls_with_its_own_ca_and_the_cli_trusts_it() {
         "the refusal says what to set: {}",
         text(&untrusted)
     );
+
+    // A join command names the hub as it was reached, over TLS; an agent trusting the hub's CA
+    // joins with it.
+    let issued = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["node", "join-token", "--name", "tls-joined"])
+        .env("BERTH_URL", &url)
+        .env("BERTH_TOKEN", token.trim())
+        .env("BERTH_CA_FILE", &ca)
+        .output()
+        .expect("berth node join-token");
+    let said = text(&issued);
+    let command = said
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("berth agent --join"))
+        .unwrap_or_else(|| panic!("{said}"))
+        .to_owned();
+    assert!(command.contains(&format!("--join {url} ")), "{command}");
+    assert!(said.contains("BERTH_CA_FILE"), "{said}");
+    let join_token = command.split_whitespace().last().expect("token").to_owned();
+    let agent_port = processes::free_port();
+    let _agent = processes::Process(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["agent", "--join", &url, "--token", &join_token])
+            .arg("--data-dir")
+            .arg(dir.join("agent"))
+            .env("BERTH_AGENT_LISTEN", format!("127.0.0.1:{agent_port}"))
+            .env("BERTH_CA_FILE", &ca)
+            .env("SERVER_ID", "tls-joined")
+            .env("LOG_LEVEL", "WARNING")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("berth agent --join"),
+    );
+    processes::wait_for(
+        std::time::Duration::from_secs(30),
+        "the agent joined the TLS hub",
+        || {
+            let list = list(Some(&ca));
+            async move { text(&list).contains("tls-joined").then_some(()) }
+        },
+    )
+    .await;
 }

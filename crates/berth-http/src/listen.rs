@@ -16,6 +16,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+/// A request extension on every request that came over TLS, so a handler can say its own
+/// address with the right scheme.
+#[derive(Debug, Clone, Copy)]
+pub struct ServedOverTls;
+
 /// Where a listener's certificate chain and key are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenTls {
@@ -124,6 +129,7 @@ pub async fn serve(
             .with_graceful_shutdown(shutdown)
             .await;
     };
+    let router = router.layer(axum::Extension(ServedOverTls));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

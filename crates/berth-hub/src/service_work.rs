@@ -522,14 +522,16 @@ async fn bring_up_replica(
 /// How long a redeploy carried on at the hub's start waits for the gateway to list its service.
 const ROUTES_AT_START: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The gateway's routes of `service`: for a service with a port, waited for a little while
-/// the gateway's table is being read (a redeploy the hub carries on as it starts).
+/// The gateway's routes of `service`; for a redeploy the hub carries on as it starts
+/// (`resumed`), of a service with a port, waited for a little while the gateway's table is
+/// being read.
 async fn routes_of(
     state: &HubState,
     service: &ServiceRecord,
+    resumed: bool,
 ) -> Option<Arc<crate::gateway::routes::ServiceRoutes>> {
-    if service.definition["port"].is_null() {
-        return None;
+    if !resumed || service.definition["port"].is_null() {
+        return state.routes.get(service.id);
     }
     let waiting = std::time::Instant::now();
     loop {
@@ -552,13 +554,19 @@ async fn redeploy(
     service: &ServiceRecord,
     actor: Option<i64>,
 ) -> Result<Value, Problem> {
-    let detail = intent_of(state, tracker.id()).await?;
+    let operation = {
+        let mut connection = state.store.acquire().await?;
+        operations::get(&mut connection, tracker.id()).await?
+    };
+    let detail = operation.detail;
     let start = detail["start"].as_bool().unwrap_or(false);
     // A running service with gateway routes and a recorded previous version rolls out beside
-    // it; anything else is replaced in place.
+    // it; anything else is replaced in place. One an earlier run left waits for the gateway to
+    // list the service first.
+    let resumed = operation.at < state.started_at_ms;
     if start
         && detail["previous"].is_object()
-        && let Some(routes) = routes_of(state, service).await
+        && let Some(routes) = routes_of(state, service, resumed).await
     {
         return crate::rollout::carry_out(state, tracker, service, actor, &detail, &routes).await;
     }

@@ -144,6 +144,9 @@ pub struct HubState {
     mirrors: std::sync::RwLock<HashMap<i64, Arc<ContainerMirror>>>,
     /// The rollouts under way, and what their owners told them (pause, resume, promote, abort).
     pub rollouts: crate::rollout::Controls,
+    /// When this hub process started, Unix ms: an operation from before was left by an earlier
+    /// run.
+    pub started_at_ms: i64,
 }
 
 /// Holds a service for one change; released when dropped.
@@ -194,6 +197,7 @@ impl HubState {
             node_clients: Default::default(),
             mirrors: Default::default(),
             rollouts: Default::default(),
+            started_at_ms: berth_store::now_ms(),
             confirming: Default::default(),
         })
     }

@@ -1215,6 +1215,14 @@ async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Resul
                 issued["command"].as_str().unwrap_or_default(),
                 issued["docker_run"].as_str().unwrap_or_default()
             );
+            if issued["hub_url"]
+                .as_str()
+                .is_some_and(|url| url.starts_with("https://"))
+            {
+                println!(
+                    "If the hub's certificate comes from its own CA (--tls-self-signed, berth pki), copy that ca.pem to the host and set BERTH_CA_FILE to it for the join."
+                );
+            }
             return Ok(());
         }
         NodeCommand::Drain { node, detach } => {

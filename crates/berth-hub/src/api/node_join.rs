@@ -9,10 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::{Extension, Json};
+use berth_http::listen::ServedOverTls;
 use berth_http::{Problem, parse_body};
 use berth_store::join_tokens;
 use berth_store::nodes::{self, NodeRecord};
@@ -45,17 +46,28 @@ struct TokenRequest {
     name: Option<String>,
 }
 
-/// The hub's base URL as the caller reached it.
-fn hub_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("localhost:7700");
-    let scheme = headers
+/// The hub's base URL as the caller reached it: the request's authority (HTTP/2) or `Host`,
+/// with `https` when it came over TLS (here, or to a proxy that says so).
+fn hub_url(uri: &Uri, headers: &HeaderMap, over_tls: bool) -> String {
+    let host = uri
+        .authority()
+        .map(|authority| authority.as_str().to_owned())
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "localhost:7700".to_owned());
+    let proxied_tls = headers
         .get("x-forwarded-proto")
         .and_then(|value| value.to_str().ok())
-        .filter(|scheme| *scheme == "https")
-        .unwrap_or("http");
+        == Some("https");
+    let scheme = if over_tls || proxied_tls {
+        "https"
+    } else {
+        "http"
+    };
     format!("{scheme}://{host}")
 }
 
@@ -63,6 +75,8 @@ fn hub_url(headers: &HeaderMap) -> String {
 pub async fn issue(
     State(state): Shared,
     user: CurrentUser,
+    over_tls: Option<Extension<ServedOverTls>>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
@@ -114,7 +128,7 @@ pub async fn issue(
         },
     )
     .await?;
-    let hub = hub_url(&headers);
+    let hub = hub_url(&uri, &headers, over_tls.is_some());
     let token = issued.token;
     Ok((
         StatusCode::CREATED,

@@ -307,7 +307,13 @@ async fn joined_since(state: &HubState, since: i64) -> Result<Vec<NodeRow>, Prob
 
 /// `POST /nodes/join`: a join token and the command that uses it, with the nodes that join
 /// after it, refreshed as they appear.
-pub async fn join(State(state): Shared, visitor: Visitor, headers: HeaderMap) -> Response {
+pub async fn join(
+    State(state): Shared,
+    visitor: Visitor,
+    over_tls: Option<axum::Extension<berth_http::listen::ServedOverTls>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     if let Some(refused) = admin_only(&visitor, "nodes") {
         return refused;
     }
@@ -315,6 +321,8 @@ pub async fn join(State(state): Shared, visitor: Visitor, headers: HeaderMap) ->
     let issued = api::node_join::issue(
         State(Arc::clone(&state)),
         visitor.as_user(),
+        over_tls,
+        uri,
         headers,
         Bytes::new(),
     )
