@@ -1,7 +1,9 @@
 //! `berth agent`: reads the configuration (flags over the environment), sets up logging, binds,
 //! joins the hub when asked (`--join URL --token T`: the hub creates the node and gives it its
 //! API key, kept in the data directory for later starts), connects to the engine and serves the
-//! mManager API until SIGINT or SIGTERM.
+//! mManager API until SIGINT or SIGTERM. With `--tls-from-hub` the join also brings a
+//! certificate of the hub's CA for this host (the key never leaves it: the hub signs a request),
+//! kept beside the key, and the agent serves TLS with it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,9 +65,25 @@ pub struct AgentArgs {
     /// with the listen port].
     #[arg(long, env = "BERTH_AGENT_ADVERTISE", requires = "join")]
     advertise: Option<String>,
+    /// Serve TLS with a certificate the hub's CA signs at the join (for the advertised host).
+    #[arg(
+        long,
+        env = "BERTH_AGENT_TLS_FROM_HUB",
+        requires = "join",
+        conflicts_with = "tls_cert"
+    )]
+    tls_from_hub: bool,
     /// Where a joined agent keeps the hub's URL and its key, to serve again after a restart.
     #[arg(long, env = "BERTH_AGENT_DATA_DIR", default_value = "berth-agent-data")]
     data_dir: PathBuf,
+}
+
+/// The certificate and key files a `--tls-from-hub` agent serves with, in its data directory.
+fn hub_signed_files(data_dir: &std::path::Path) -> config::ListenTls {
+    config::ListenTls {
+        cert: data_dir.join("agent.pem"),
+        key: data_dir.join("agent-key.pem"),
+    }
 }
 
 /// What a joined agent keeps (0600) to start again without a new token.
@@ -159,7 +177,7 @@ async fn joined_key(
             } else {
                 listen.ip()
             };
-            let scheme = if config.tls.is_some() {
+            let scheme = if config.tls.is_some() || args.tls_from_hub {
                 "https"
             } else {
                 "http"
@@ -187,6 +205,11 @@ async fn joined_key(
         }
         None => reqwest::Client::new(),
     };
+    let request = args
+        .tls_from_hub
+        .then(|| berth_docker::pki::agent_request(&config.server_id))
+        .transpose()
+        .map_err(|err| format!("cannot make a certificate request: {err}"))?;
     let answer = client
         .post(format!("{hub}/api/nodes/join"))
         .json(&serde_json::json!({
@@ -194,6 +217,7 @@ async fn joined_key(
             "agent_url": advertise,
             "server_id": config.server_id,
             "server_type": config.server_type,
+            "csr": request.as_ref().map(|(_, csr)| csr),
         }))
         .send()
         .await
@@ -219,11 +243,34 @@ async fn joined_key(
             .ok_or("the hub's answer carries no api_key")?
             .to_owned(),
     };
+    if let Some((key, _)) = &request {
+        let certificate = body["certificate"]
+            .as_str()
+            .ok_or("the hub signed no certificate")?;
+        let files = hub_signed_files(&args.data_dir);
+        berth_store::secrets::write_private(&files.key, key)
+            .and_then(|()| berth_store::secrets::write_private(&files.cert, certificate))
+            .map_err(|err| {
+                format!(
+                    "cannot keep the certificate in {}: {err}",
+                    args.data_dir.display()
+                )
+            })?;
+    }
     let text = serde_json::to_string_pretty(&joined).map_err(|err| err.to_string())?;
     berth_store::secrets::write_private(&kept, &text)
         .map_err(|err| format!("cannot keep the key in {}: {err}", kept.display()))?;
     tracing::info!(node = %joined.name, node_id = joined.node_id, hub, url = %advertise, "Joined the hub as a new node.");
     Ok(joined.api_key)
+}
+
+/// The TLS files `config` names, loaded.
+fn load_tls(config: &AgentConfig) -> Result<Option<Arc<TlsFiles>>, String> {
+    config
+        .tls
+        .clone()
+        .map(|files| TlsFiles::load(files).map(Arc::new))
+        .transpose()
 }
 
 /// Runs the agent until a shutdown signal.
@@ -250,12 +297,8 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         eprintln!("berth agent: cannot open the log file: {err}");
         return ExitCode::from(2);
     }
-    let tls = match config
-        .tls
-        .clone()
-        .map(|files| TlsFiles::load(files).map(Arc::new))
-        .transpose()
-    {
+    // A certificate given by flags is checked before a join can use the token up.
+    let mut tls = match load_tls(&config) {
         Ok(tls) => tls,
         Err(err) => {
             eprintln!("berth agent: {err}");
@@ -283,6 +326,18 @@ pub async fn run(args: AgentArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+    }
+    if args.tls_from_hub {
+        config.tls = Some(hub_signed_files(&args.data_dir));
+        tls = match load_tls(&config) {
+            Ok(tls) => tls,
+            Err(err) => {
+                eprintln!(
+                    "berth agent: {err} (joined earlier without --tls-from-hub? remove joined.json and join with a new token)"
+                );
+                return ExitCode::from(2);
+            }
+        };
     }
     if config.api_key_is_default {
         tracing::warn!(

@@ -66,6 +66,13 @@ pub struct TlsArgs {
     /// on first start, as `berth pki` would); clients trust its `ca.pem`.
     #[arg(long, env = "BERTH_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
     tls_self_signed: bool,
+    /// The gateway's own certificate chain (PEM), e.g. a wildcard one for `service_domain`;
+    /// without it the gateway serves TLS with the API's certificate when the API has one.
+    #[arg(long, env = "BERTH_GATEWAY_TLS_CERT", requires = "gateway_tls_key")]
+    gateway_tls_cert: Option<PathBuf>,
+    /// The gateway certificate's private key (PEM).
+    #[arg(long, env = "BERTH_GATEWAY_TLS_KEY", requires = "gateway_tls_cert")]
+    gateway_tls_key: Option<PathBuf>,
 }
 
 /// The hub certificate `--tls-self-signed` makes, in the data directory's PKI.
@@ -109,6 +116,18 @@ impl TlsArgs {
                 .map_err(|err| err.to_string())?;
         }
         Ok(Some(files))
+    }
+
+    /// The gateway's TLS: its own pair, else the API's `api` (already loaded), else none.
+    fn gateway(&self, api: Option<&Arc<TlsFiles>>) -> Result<Option<Arc<TlsFiles>>, String> {
+        match (&self.gateway_tls_cert, &self.gateway_tls_key) {
+            (Some(cert), Some(key)) => TlsFiles::load(ListenTls {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .map(|files| Some(Arc::new(files))),
+            _ => Ok(api.cloned()),
+        }
     }
 
     /// The CA clients trust for a self-signed hub.
@@ -329,6 +348,17 @@ pub async fn serve(launch: Launch) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let gateway_tls = match launch.tls.gateway(tls.as_ref()) {
+        Ok(gateway_tls) => gateway_tls,
+        Err(err) => {
+            eprintln!("berth: the gateway's TLS: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    state
+        .gateway_over_tls
+        .store(gateway_tls.is_some(), std::sync::atomic::Ordering::Relaxed);
+    let _ = state.pki_dir.set(launch.data_dir.join("pki"));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let address = listener
         .local_addr()
@@ -345,8 +375,13 @@ pub async fn serve(launch: Launch) -> ExitCode {
     }
     if let Ok(gateway_address) = gateway_listener.local_addr() {
         let _ = state.gateway_address.set(gateway_address);
+        let scheme = if gateway_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         println!(
-            "Gateway listening on http://{gateway_address} (model services at /s/{{user}}/{{service}}/)"
+            "Gateway listening on {scheme}://{gateway_address} (model services at /s/{{user}}/{{service}}/)"
         );
     }
     match (
@@ -413,10 +448,12 @@ pub async fn serve(launch: Launch) -> ExitCode {
         Arc::clone(&state),
         stopped(stop_receiver.clone()),
     ));
-    let gateway_task = tokio::spawn(
-        Arc::new(gateway::Gateway::new(Arc::clone(&state)))
-            .serve(gateway_listener, stopped(stop_receiver.clone())),
-    );
+    let gateway = match gateway_tls {
+        Some(tls) => gateway::Gateway::new(Arc::clone(&state)).over_tls(tls),
+        None => gateway::Gateway::new(Arc::clone(&state)),
+    };
+    let gateway_task =
+        tokio::spawn(Arc::new(gateway).serve(gateway_listener, stopped(stop_receiver.clone())));
     let model_watch_task = match &launch.config.model_watch_dir {
         Some(dir) => {
             let own = ModelWatch {

@@ -131,11 +131,12 @@ async fn the_hub_serves_tls_with_its_own_ca_and_the_cli_trusts_it() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = fresh_dir("hub-tls");
     let port = processes::free_port();
+    let gateway_port = processes::free_port();
     let _hub = processes::Process(
         Command::new(env!("CARGO_BIN_EXE_berth"))
             .arg("hub")
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--gateway-listen", "127.0.0.1:0"])
+            .args(["--gateway-listen", &format!("127.0.0.1:{gateway_port}")])
             .arg("--database-url")
             .arg(format!("sqlite://{}", dir.join("berth.db").display()))
             .arg("--data-dir")
@@ -167,6 +168,36 @@ async fn the_hub_serves_tls_with_its_own_ca_and_the_cli_trusts_it() {
     )
     .await;
     assert_eq!(version, reqwest::Version::HTTP_2, "HTTP/2 by ALPN");
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&ca).expect("ca")).expect("pem"),
+        )
+        .build()
+        .expect("client");
+    // The console's cookies are Secure over the hub's own TLS, as behind a TLS proxy.
+    let sign_in = trusting
+        .get(format!("{url}/sign-in"))
+        .send()
+        .await
+        .expect("the sign-in page");
+    let cookies: Vec<_> = sign_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().expect("text").to_owned())
+        .collect();
+    assert!(
+        !cookies.is_empty() && cookies.iter().all(|cookie| cookie.contains("; Secure")),
+        "{cookies:?}"
+    );
+    // The gateway serves TLS with the same certificate.
+    let gateway = trusting
+        .get(format!("https://127.0.0.1:{gateway_port}/s/admin/nothing/"))
+        .send()
+        .await
+        .expect("the gateway answers over TLS");
+    assert_eq!(gateway.status(), 404);
+    assert_eq!(gateway.version(), reqwest::Version::HTTP_2);
     let token = std::fs::read_to_string(dir.join("admin-token")).expect("token");
     let list = |ca_file: Option<&std::path::Path>| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
@@ -209,28 +240,97 @@ async fn the_hub_serves_tls_with_its_own_ca_and_the_cli_trusts_it() {
     assert!(command.contains(&format!("--join {url} ")), "{command}");
     assert!(said.contains("BERTH_CA_FILE"), "{said}");
     let join_token = command.split_whitespace().last().expect("token").to_owned();
+    // The agent asks the hub's CA for its certificate. A host the hub's own certificate names
+    // is refused, and the refusal leaves the token usable.
     let agent_port = processes::free_port();
-    let _agent = processes::Process(
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["agent", "--join", &url, "--token", &join_token])
+    let agent = |advertise: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
+        command
+            .args([
+                "agent",
+                "--join",
+                &url,
+                "--token",
+                &join_token,
+                "--tls-from-hub",
+            ])
+            .args(["--advertise", advertise])
             .arg("--data-dir")
             .arg(dir.join("agent"))
-            .env("BERTH_AGENT_LISTEN", format!("127.0.0.1:{agent_port}"))
+            .env("BERTH_AGENT_LISTEN", format!("127.0.0.2:{agent_port}"))
             .env("BERTH_CA_FILE", &ca)
             .env("SERVER_ID", "tls-joined")
-            .env("LOG_LEVEL", "WARNING")
+            .env("LOG_LEVEL", "WARNING");
+        command
+    };
+    let refused = agent(&format!("https://127.0.0.1:{agent_port}"))
+        .output()
+        .expect("berth agent");
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("agent_url") && text(&refused).contains("127.0.0.1"),
+        "{}",
+        text(&refused)
+    );
+    let _agent = processes::Process(
+        agent(&format!("https://127.0.0.2:{agent_port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("berth agent --join"),
+            .expect("berth agent --join --tls-from-hub"),
     );
-    processes::wait_for(
+    let node = processes::wait_for(
         std::time::Duration::from_secs(30),
-        "the agent joined the TLS hub",
+        "the agent joined the TLS hub and the hub reaches it over TLS",
         || {
-            let list = list(Some(&ca));
-            async move { text(&list).contains("tls-joined").then_some(()) }
+            let (trusting, url, token) = (trusting.clone(), url.clone(), token.clone());
+            async move {
+                let nodes: serde_json::Value = trusting
+                    .get(format!("{url}/api/nodes"))
+                    .bearer_auth(token.trim())
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                nodes
+                    .as_array()?
+                    .iter()
+                    .find(|node| {
+                        node["name"] == "tls-joined" && node["docker_status"] == "connected"
+                    })
+                    .cloned()
+            }
         },
     )
     .await;
+    assert_eq!(
+        node["agent_url"],
+        format!("https://127.0.0.2:{agent_port}"),
+        "{node}"
+    );
+    // The agent's listener serves the certificate the hub's CA signed; without that CA it is
+    // not trusted.
+    let health = trusting
+        .get(format!("https://127.0.0.2:{agent_port}/health"))
+        .send()
+        .await
+        .expect("the agent answers over TLS");
+    assert_eq!(health.status(), 200);
+    assert!(
+        reqwest::Client::new()
+            .get(format!("https://127.0.0.2:{agent_port}/health"))
+            .send()
+            .await
+            .is_err(),
+        "the agent's certificate is of the hub's CA, not a public one"
+    );
+    let key = dir.join("agent").join("agent-key.pem");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key)
+            .expect("the key is kept")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
 }

@@ -2,6 +2,10 @@
 //! ALPN), until a shutdown future completes. The certificate and key are read from PEM files
 //! and read again when either file changes: a renewed certificate is served from the next
 //! connection on, and a pair that does not load keeps the one in use (and is logged).
+//!
+//! A request that came over TLS carries [`ServedOverTls`] and `X-Forwarded-Proto: https` (set
+//! here, whatever the client sent), so code that reads the scheme the way it does behind a TLS
+//! proxy — the console's `Secure` cookies — reads it the same way here.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -15,6 +19,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A request extension on every request that came over TLS, so a handler can say its own
 /// address with the right scheme.
@@ -117,6 +124,16 @@ impl TlsFiles {
     }
 }
 
+/// Marks a request that came over TLS.
+async fn mark_tls(mut request: axum::extract::Request) -> axum::extract::Request {
+    request.extensions_mut().insert(ServedOverTls);
+    request.headers_mut().insert(
+        "x-forwarded-proto",
+        axum::http::HeaderValue::from_static("https"),
+    );
+    request
+}
+
 /// Serves `router` on `listener` until `shutdown` completes; with `tls`, every connection is TLS.
 pub async fn serve(
     listener: TcpListener,
@@ -129,7 +146,7 @@ pub async fn serve(
             .with_graceful_shutdown(shutdown)
             .await;
     };
-    let router = router.layer(axum::Extension(ServedOverTls));
+    let router = router.layer(axum::middleware::map_request(mark_tls));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -139,10 +156,14 @@ pub async fn serve(
         let acceptor = tls.acceptor();
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
-            let stream = match acceptor.accept(stream).await {
-                Ok(stream) => stream,
-                Err(err) => {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIME, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
                     tracing::debug!(%peer, error = %err, "TLS handshake failed.");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake took too long.");
                     return;
                 }
             };

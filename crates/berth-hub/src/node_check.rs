@@ -139,6 +139,10 @@ async fn check_agent(node: &NodeRecord, secrets: &SecretBox, http: &reqwest::Cli
     if base.is_empty() {
         return unknown("no agent URL is set");
     }
+    let http = &match crate::node_client::agent_http(node, secrets, http) {
+        Ok(http) => http,
+        Err(err) => return unknown(err),
+    };
     let health = match http
         .get(format!("{base}/health"))
         .timeout(Duration::from_secs(10))

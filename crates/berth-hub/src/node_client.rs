@@ -102,6 +102,40 @@ fn unavailable(node: &NodeRecord, message: impl std::fmt::Display) -> Problem {
     )
 }
 
+/// The CA the hub holds for agent `node`'s certificate (an agent that joined with a
+/// certificate of the hub's PKI), if any.
+pub fn agent_ca(
+    node: &NodeRecord,
+    secrets: &SecretBox,
+) -> Result<Option<reqwest::Certificate>, String> {
+    let Some(sealed) = node.ca_cert_sealed.as_deref().filter(|_| node.use_tls) else {
+        return Ok(None);
+    };
+    let pem = secrets
+        .open(sealed)
+        .map_err(|err| format!("the stored CA certificate cannot be opened: {err}"))?;
+    reqwest::Certificate::from_pem(pem.as_bytes())
+        .map(Some)
+        .map_err(|err| format!("the stored CA certificate is not PEM: {err}"))
+}
+
+/// The HTTP client for agent `node`: `shared`, or one like it that also trusts the node's CA.
+pub fn agent_http(
+    node: &NodeRecord,
+    secrets: &SecretBox,
+    shared: &reqwest::Client,
+) -> Result<reqwest::Client, String> {
+    let Some(ca) = agent_ca(node, secrets)? else {
+        return Ok(shared.clone());
+    };
+    reqwest::Client::builder()
+        .connect_timeout(berth_core::timeouts::AGENT_CONNECT)
+        .timeout(berth_core::timeouts::AGENT_CALL)
+        .add_root_certificate(ca)
+        .build()
+        .map_err(|err| err.to_string())
+}
+
 fn agent_error(node: &str, status: reqwest::StatusCode, body: &str) -> Problem {
     let detail = serde_json::from_str::<Value>(body)
         .ok()
@@ -140,7 +174,7 @@ impl NodeClient {
                 Ok(NodeClient::Agent {
                     base: node.agent_url.trim_end_matches('/').to_owned(),
                     key,
-                    http: http.clone(),
+                    http: agent_http(node, secrets, http).map_err(|err| unavailable(node, err))?,
                 })
             }
             other => Err(unavailable(node, format!("unknown driver {other:?}"))),

@@ -27,7 +27,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use crate::node_check::docker_endpoint;
-use crate::node_client::{port_map, string_map};
+use crate::node_client::{agent_ca, port_map, string_map};
 use crate::service_definition::{LABEL_HUB, LABEL_SERVICE};
 use crate::state::HubState;
 use crate::{monitor, reconciler};
@@ -174,11 +174,16 @@ async fn follow(state: Weak<HubState>, node: NodeRecord, mirror: Arc<ContainerMi
 /// is applied; after a break, it resumes from the last number it saw. An agent without the
 /// stream (an original mManager) is asked again after [`NO_STREAM_RETRY`].
 async fn follow_agent(state: Weak<HubState>, node: NodeRecord, mirror: Arc<ContainerMirror>) {
-    let http = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(berth_core::timeouts::AGENT_CONNECT)
-        .read_timeout(STREAM_SILENCE)
-        .build()
-        .unwrap_or_default();
+        .read_timeout(STREAM_SILENCE);
+    if let Some(ca) = state
+        .upgrade()
+        .and_then(|state| agent_ca(&node, &state.secrets).ok().flatten())
+    {
+        builder = builder.add_root_certificate(ca);
+    }
+    let http = builder.build().unwrap_or_default();
     let base = node.agent_url.trim_end_matches('/').to_owned();
     let mut last: Option<u64> = None;
     let mut wait = RETRY;

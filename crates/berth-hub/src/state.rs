@@ -121,6 +121,10 @@ pub struct HubState {
     pub routes: RouteTable,
     /// Where the gateway listens, once it does (for the URLs the console shows).
     pub gateway_address: std::sync::OnceLock<std::net::SocketAddr>,
+    /// The hub's PKI directory (`DATA_DIR/pki`), whose CA signs joining agents' certificates.
+    pub pki_dir: std::sync::OnceLock<std::path::PathBuf>,
+    /// Whether the gateway serves TLS (its URLs are `https`).
+    pub gateway_over_tls: std::sync::atomic::AtomicBool,
     /// Simulated nodes (driver `simulated`), for scenarios; empty otherwise.
     pub fleet: Arc<SimulatedFleet>,
     /// The id of every operation whose row changed, for waiters and live streams.
@@ -188,6 +192,8 @@ impl HubState {
             retries: Default::default(),
             routes: RouteTable::default(),
             gateway_address: Default::default(),
+            gateway_over_tls: Default::default(),
+            pki_dir: Default::default(),
             fleet: Default::default(),
             operation_events: tokio::sync::broadcast::channel(1024).0,
             placing: Default::default(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use berth_hub::state::HubSettings;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{Hub, add_local_node, start_gateway, start_with, with_cleanup};
+use support::{Hub, add_local_node, start_gateway, start_tls_gateway, start_with, with_cleanup};
 
 const IMAGE: &str = "berth-test/busybox:latest";
 
@@ -111,11 +111,33 @@ async fn no_berth_credential_reaches_a_service_and_none_can_be_planted() {
             .http2_prior_knowledge()
             .build()
             .expect("client");
-        for (path, client) in [("relay", &http1), ("hyper", &http2)] {
+        // The same through a gateway serving TLS, where hyper serves HTTP/1.1 and HTTP/2 (ALPN).
+        let (tls_gateway, certificate) = start_tls_gateway(&hub).await;
+        let trusting = || {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder().add_root_certificate(
+                reqwest::Certificate::from_pem(certificate.as_bytes()).expect("certificate"),
+            )
+        };
+        let https1 = trusting().http1_only().build().expect("client");
+        let https2 = trusting().build().expect("client");
+        let plain = format!("http://{gateway}");
+        let tls = format!("https://{tls_gateway}");
+        for (path, client, base) in [
+            ("relay", &http1, &plain),
+            ("hyper", &http2, &plain),
+            ("TLS HTTP/1.1", &https1, &tls),
+            ("TLS HTTP/2", &https2, &tls),
+        ] {
             for service in ["open", "closed"] {
-                let url = format!("http://{gateway}/s/admin/{service}/cgi-bin/env");
+                let url = format!("{base}/s/admin/{service}/cgi-bin/env");
                 let (seen, set_cookies) = visit(client, &url, &admin_bearer, cookies).await;
                 let context = format!("{service} over the {path} path");
+                let proto = if base == &tls { "https" } else { "http" };
+                assert!(
+                    seen.contains(&format!("HTTP_X_FORWARDED_PROTO={proto}\n")),
+                    "{context}: the service is told the scheme:\n{seen}"
+                );
                 assert!(
                     !seen.contains(&hub.admin),
                     "{context}: the token leaked:\n{seen}"

@@ -1223,6 +1223,11 @@ async fn node(client: &HubClient, output: Output, command: NodeCommand) -> Resul
                     "If the hub's certificate comes from its own CA (--tls-self-signed, berth pki), copy that ca.pem to the host and set BERTH_CA_FILE to it for the join."
                 );
             }
+            if issued["agent_tls_from_hub"] == true {
+                println!(
+                    "Add --tls-from-hub for the agent to serve TLS with a certificate of this hub's CA, signed at the join."
+                );
+            }
             return Ok(());
         }
         NodeCommand::Drain { node, detach } => {

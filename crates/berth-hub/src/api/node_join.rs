@@ -5,6 +5,12 @@
 //! reaches it on; the hub creates the node — driver `agent`, that URL, a fresh API key made for
 //! this node alone — in the same transaction that uses the token up, answers the key, and tests
 //! the node until it answers, learning its hardware from `/capabilities`.
+//!
+//! An agent that asks for a certificate (`--tls-from-hub`) sends a certificate request with
+//! its join; the hub's CA (`DATA_DIR/pki`, as `berth pki init` or `--tls-self-signed` made it)
+//! signs it for the host of its `https://` URL alone, and the hub trusts that CA for this node.
+//! A host that one of the PKI's other certificates names (the hub's own, say) is refused, so a
+//! join token never yields a certificate that passes for the hub.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +19,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::{Extension, Json};
+use berth_docker::pki;
 use berth_http::listen::ServedOverTls;
 use berth_http::{Problem, parse_body};
 use berth_store::join_tokens;
@@ -137,6 +144,10 @@ pub async fn issue(
             "expires_at": issued.expires_at,
             "name": request.name,
             "hub_url": hub,
+            "agent_tls_from_hub": state
+                .pki_dir
+                .get()
+                .is_some_and(|dir| dir.join(pki::CA_KEY).exists()),
             "command": format!("berth agent --join {hub} --token {token}"),
             "docker_run": format!(
                 "docker run -d --name berth-agent --restart unless-stopped -p 8000:8000 \
@@ -159,6 +170,52 @@ struct JoinRequest {
     /// `cpu`, `gpu` or `edge`.
     #[serde(default)]
     server_type: Option<String>,
+    /// A certificate request (PEM) for the agent's TLS listener, to be signed by the hub's CA.
+    #[serde(default)]
+    csr: Option<String>,
+}
+
+/// The agent's certificate for `url`'s host signed by the hub's CA from `csr`, and that CA.
+fn sign_for_agent(
+    state: &HubState,
+    csr: &str,
+    name: &str,
+    url: &reqwest::Url,
+) -> Result<(String, String), Problem> {
+    if url.scheme() != "https" {
+        return Err(Problem::invalid_field(
+            "agent_url",
+            "a certificate is asked for, so the agent's URL is https://",
+        ));
+    }
+    let dir = state
+        .pki_dir
+        .get()
+        .filter(|dir| dir.join(pki::CA_KEY).exists())
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::CONFLICT,
+                "this hub has no CA to sign the agent's certificate: run berth pki init --dir DATA_DIR/pki on the hub (or start it with --tls-self-signed), or give the agent --tls-cert/--tls-key",
+            )
+        })?;
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_owned();
+    if pki::names_in_use(dir).contains(&host) {
+        return Err(Problem::invalid_field(
+            "agent_url",
+            format!(
+                "{host} is a name of a certificate of the hub's PKI (the hub's own, say); advertise the agent under an address of its own"
+            ),
+        ));
+    }
+    let certificate = pki::sign_agent_request(dir, csr, name, &host)
+        .map_err(|err| Problem::invalid_field("csr", err.to_string()))?;
+    let ca = pki::ca_pem(dir)
+        .map_err(|err| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    Ok((certificate, ca))
 }
 
 /// `POST /api/nodes/join` (the join token is the credential): creates the node and answers its
@@ -212,6 +269,11 @@ pub async fn join(State(state): Shared, body: Bytes) -> Result<(StatusCode, Json
             ),
         ));
     }
+    let signed = request
+        .csr
+        .as_deref()
+        .map(|csr| sign_for_agent(&state, csr, &name, &url))
+        .transpose()?;
     let api_key = random_hex::<32>()?;
     let host = url.host_str().unwrap_or_default().to_owned();
     let mut record = NodeRecord::new(&name, "agent");
@@ -221,6 +283,9 @@ pub async fn join(State(state): Shared, body: Bytes) -> Result<(StatusCode, Json
     record.public_ip = host.clone();
     record.private_ip = host;
     record.use_tls = url.scheme() == "https";
+    if let Some((_, ca)) = &signed {
+        record.ca_cert_sealed = Some(state.secrets.seal(ca)?);
+    }
     record.origin = "join".to_owned();
     let stored = nodes::insert(&mut transaction, &record).await?;
     join_tokens::record_node(&mut transaction, redeemed.id, stored.id).await?;
@@ -234,16 +299,21 @@ pub async fn join(State(state): Shared, body: Bytes) -> Result<(StatusCode, Json
             node_id: Some(stored.id),
             service_id: None,
             outcome: "ok".to_owned(),
-            detail: json!({"name": stored.name, "url": stored.agent_url, "token": redeemed.id}),
+            detail: json!({
+                "name": stored.name, "url": stored.agent_url, "token": redeemed.id,
+                "certificate_signed": signed.is_some(),
+            }),
         },
     )
     .await?;
     state.placements_changed();
     tokio::spawn(first_checks(Arc::clone(&state), stored.clone()));
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"node_id": stored.id, "name": stored.name, "api_key": api_key})),
-    ))
+    let mut answer = json!({"node_id": stored.id, "name": stored.name, "api_key": api_key});
+    if let Some((certificate, ca)) = signed {
+        answer["certificate"] = json!(certificate);
+        answer["ca"] = json!(ca);
+    }
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 /// Tests a node that just joined every half second until it answers (its agent starts serving

@@ -754,8 +754,13 @@ async fn replica_views(
 /// the request named with the gateway's port when it listens on every address.
 pub fn gateway_base(state: &HubState, headers: &HeaderMap) -> Option<String> {
     let listen = *state.gateway_address.get()?;
+    let scheme = if state.gateway_over_tls.load(Ordering::Relaxed) {
+        "https"
+    } else {
+        "http"
+    };
     if !listen.ip().is_unspecified() {
-        return Some(format!("http://{listen}"));
+        return Some(format!("{scheme}://{listen}"));
     }
     let host = headers
         .get(header::HOST)
@@ -765,7 +770,7 @@ pub fn gateway_base(state: &HubState, headers: &HeaderMap) -> Option<String> {
         Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
         _ => host,
     };
-    Some(format!("http://{hostname}:{}", listen.port()))
+    Some(format!("{scheme}://{hostname}:{}", listen.port()))
 }
 
 /// The gateway's view of a service with a port: its path, ready replicas and request counters.

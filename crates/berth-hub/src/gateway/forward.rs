@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use berth_http::listen::ServedOverTls;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
@@ -365,6 +366,11 @@ pub fn upstream_request<B>(
 ) -> Result<Request<B>, String> {
     let upgrade = is_upgrade(&request);
     let (mut parts, body) = request.into_parts();
+    let proto = if parts.extensions.get::<ServedOverTls>().is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -397,7 +403,7 @@ pub fn upstream_request<B>(
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     if let Some(host) = original_host {
         headers.insert("x-forwarded-host", host);
     }

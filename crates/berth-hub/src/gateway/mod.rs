@@ -10,6 +10,10 @@
 //! replica, anything unusual) it hands the connection to hyper, which serves the rest of it
 //! through [`Gateway::handle`]. Both decide where a request goes the same way: [`Gateway::locate`],
 //! [`Gateway::authorize`], [`Gateway::pick`], with an [`Answer`] counting it.
+//!
+//! Over TLS ([`Gateway::over_tls`]) every connection is decrypted first and served by hyper
+//! alone (HTTP/2 or HTTP/1.1 by ALPN): the relay copies plain TCP. Replicas are told
+//! `X-Forwarded-Proto: https`.
 
 pub mod admission;
 mod credentials;
@@ -30,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use berth_core::seeded::mix;
 use berth_http::Problem;
+use berth_http::listen::{ServedOverTls, TlsFiles};
 use berth_store::services;
 use berth_store::users::{self, Role};
 use bytes::Bytes;
@@ -52,11 +57,15 @@ use crate::state::HubState;
 /// How long open connections may finish after a shutdown begins.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
+
 /// The gateway's request handler.
 pub struct Gateway {
     state: Arc<HubState>,
     upstreams: Upstreams,
     rolls: AtomicU64,
+    tls: Option<Arc<TlsFiles>>,
 }
 
 /// Where an authorized request goes: a service, and maybe only some of its replicas.
@@ -116,7 +125,15 @@ impl Gateway {
             state,
             upstreams: Upstreams::new(),
             rolls: AtomicU64::new(seed),
+            tls: None,
         }
+    }
+
+    /// The same gateway serving TLS with `tls`'s certificate (read again when its files change).
+    #[must_use]
+    pub fn over_tls(mut self, tls: Arc<TlsFiles>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Serves `listener` until `shutdown` completes, then lets open requests finish for a while:
@@ -141,12 +158,26 @@ impl Gateway {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            tokio::spawn(relay::serve(
-                Arc::clone(&self),
-                stream,
-                peer,
-                stopping.clone(),
-            ));
+            let Some(tls) = &self.tls else {
+                tokio::spawn(relay::serve(
+                    Arc::clone(&self),
+                    stream,
+                    peer,
+                    stopping.clone(),
+                ));
+                continue;
+            };
+            let (gateway, acceptor, stopping) =
+                (Arc::clone(&self), tls.acceptor(), stopping.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIME, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => gateway.serve_general(stream, peer, stopping, true).await,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "A gateway TLS handshake failed.");
+                    }
+                    Err(_) => tracing::debug!(%peer, "A gateway TLS handshake took too long."),
+                }
+            });
         }
         let _ = stop.send(true);
         drop(stopping);
@@ -157,17 +188,22 @@ impl Gateway {
     }
 
     /// Serves the rest of a connection with hyper (HTTP/1.1 or HTTP/2, with upgrades) until it
-    /// closes, or gracefully once `stopping` turns true.
+    /// closes, or gracefully once `stopping` turns true; `over_tls` marks its requests
+    /// [`ServedOverTls`].
     async fn serve_general<T>(
         self: Arc<Self>,
         io: T,
         peer: SocketAddr,
         mut stopping: watch::Receiver<bool>,
+        over_tls: bool,
     ) where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let affine = Arc::new(AffineConnection::default());
-        let service = hyper::service::service_fn(move |request| {
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            if over_tls {
+                request.extensions_mut().insert(ServedOverTls);
+            }
             let (gateway, affine) = (Arc::clone(&self), Arc::clone(&affine));
             async move { Ok::<_, Infallible>(gateway.handle(request, peer, &affine).await) }
         });

@@ -81,7 +81,7 @@ pub(super) async fn serve(
             early: received.freeze(),
             stream: client,
         };
-        gateway.serve_general(replay, peer, stopping).await;
+        gateway.serve_general(replay, peer, stopping, false).await;
     }
 }
 

@@ -293,6 +293,36 @@ pub async fn start_gateway(hub: &Hub) -> SocketAddr {
     address
 }
 
+/// Starts a second gateway for `hub` serving TLS with a fresh self-signed certificate for
+/// `127.0.0.1`; its address and the certificate (PEM) a client trusts.
+pub async fn start_tls_gateway(hub: &Hub) -> (SocketAddr, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "berth-gateway-tls-{}-{}",
+        std::process::id(),
+        hub.state.started_at_ms
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    let files = berth_http::listen::ListenTls {
+        cert: dir.join("gateway.pem"),
+        key: dir.join("gateway-key.pem"),
+    };
+    std::fs::write(&files.cert, certificate.pem()).expect("cert");
+    std::fs::write(&files.key, key.serialize_pem()).expect("key");
+    let tls = berth_http::listen::TlsFiles::load(files).expect("TLS files");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let gateway = berth_hub::gateway::Gateway::new(Arc::clone(&hub.state)).over_tls(Arc::new(tls));
+    tokio::spawn(Arc::new(gateway).serve(listener, std::future::pending()));
+    (address, certificate.pem())
+}
+
 /// The local engine, straight through the driver.
 pub async fn engine() -> berth_docker::DockerDriver {
     let address =
