@@ -333,4 +333,69 @@ async fn the_hub_serves_tls_with_its_own_ca_and_the_cli_trusts_it() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
+
+    // `berth service exec` reaches the hub over wss:// trusting the same CA (on a node the hub
+    // drives over Docker: exec does not go through agents).
+    let admin = |method: Method, path: &str, body: Option<serde_json::Value>| {
+        let (trusting, url, token) = (trusting.clone(), url.clone(), token.clone());
+        let path = path.to_owned();
+        async move {
+            let mut request = trusting
+                .request(method, format!("{url}{path}"))
+                .bearer_auth(token.trim());
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let answer = request.send().await.expect("the hub answers");
+            let status = answer.status().as_u16();
+            (
+                status,
+                answer.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let docker =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    let (status, node) = admin(
+        Method::POST,
+        "/api/nodes",
+        Some(
+            serde_json::json!({"name": "local", "public_ip": "127.0.0.1",
+            "private_ip": "127.0.0.1", "docker_address": docker, "use_tls": false,
+            "labels": {"reached": "docker"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{node}");
+    let (status, created) = admin(
+        Method::POST,
+        "/api/admin/tls/services?wait=60",
+        Some(serde_json::json!({
+            "name": "shell", "image": processes::IMAGE, "memory_limit": "16m", "cpu_limit": 0.1,
+            "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"], "start": true,
+            "constraints": {"reached": "docker"},
+        })),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let ran = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "service",
+            "exec",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "echo over-wss; exit 3",
+        ])
+        .env("BERTH_URL", &url)
+        .env("BERTH_TOKEN", token.trim())
+        .env("BERTH_CA_FILE", &ca)
+        .output()
+        .expect("berth service exec");
+    let id = created["service_id"].as_i64().expect("id");
+    let (status, _) = admin(Method::DELETE, &format!("/api/services/{id}?wait=60"), None).await;
+    assert!(status < 300, "the service is removed: {status}");
+    assert_eq!(ran.status.code(), Some(3), "{}", text(&ran));
+    assert!(text(&ran).contains("over-wss"), "{}", text(&ran));
 }

@@ -10,6 +10,8 @@ pub struct HubClient {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// The CA trusted besides the system's (PEM), for the WebSocket connections too.
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl HubClient {
@@ -19,6 +21,7 @@ impl HubClient {
             base: base.trim_end_matches('/').to_owned(),
             token,
             http: reqwest::Client::new(),
+            ca_pem: None,
         }
     }
 
@@ -44,7 +47,37 @@ impl HubClient {
             base: base.trim_end_matches('/').to_owned(),
             token,
             http,
+            ca_pem: Some(pem),
         })
+    }
+
+    /// The TLS set-up of a `wss://` connection to the hub: the system's roots and the CA this
+    /// client trusts; `None` (the library's own) when it trusts no CA of its own.
+    pub fn websocket_tls(&self) -> Result<Option<tokio_tungstenite::Connector>, String> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let Some(pem) = &self.ca_pem else {
+            return Ok(None);
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(certificate);
+        }
+        for certificate in CertificateDer::pem_slice_iter(pem) {
+            roots
+                .add(certificate.map_err(|err| format!("the hub's CA certificate: {err}"))?)
+                .map_err(|err| format!("the hub's CA certificate: {err}"))?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|err| err.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Some(tokio_tungstenite::Connector::Rustls(
+            std::sync::Arc::new(config),
+        )))
     }
 
     /// Sends a request and returns the JSON answer (null for an empty one), or a message that

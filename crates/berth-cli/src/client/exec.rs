@@ -71,7 +71,8 @@ pub async fn run(client: &HubClient, args: ExecArgs) -> Result<ExitCode, String>
         query.push_str(&format!("&cols={cols}&rows={rows}"));
     }
     let request = client.websocket_request(&format!("/api/services/{id}/exec?{query}"))?;
-    let (socket, _) = tokio_tungstenite::connect_async(request)
+    let tls = client.websocket_tls()?;
+    let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(request, None, false, tls)
         .await
         .map_err(|err| match err {
             tokio_tungstenite::tungstenite::Error::Http(response) => {
