@@ -16,6 +16,14 @@ fn whole_free_observed(gpu: &GpuState) -> bool {
         .is_none_or(|free| free as f64 >= gpu.memory_bytes as f64 * WHOLE_GPU_OBSERVED_FREE_SHARE)
 }
 
+/// GPUs of `node` a whole tenant could take: free by allocations and as observed.
+pub(super) fn whole_gpus_free(node: &NodeState) -> usize {
+    node.gpus
+        .iter()
+        .filter(|gpu| whole_free_by_allocations(gpu) && whole_free_observed(gpu))
+        .count()
+}
+
 /// What `node` has free of what `reason` says it lacks, in the unit of `demand`: whole GPUs
 /// free (by allocations, or also as observed), or the most memory free on one GPU.
 pub(super) fn free_for(node: &NodeState, reason: Reason) -> u64 {

@@ -12,9 +12,15 @@
 //! [`Options::candidates`], the best of a seeded sample of that many is taken (as Nomad does),
 //! which keeps a placement's cost flat in the cluster's size; a request is refused only after
 //! every node was checked.
+//!
+//! Each tier indexes its nodes' free room ([`room`]), so a placement visits only the nodes that
+//! may fit — in the order a scan would, so the choice is the same — and a full cluster refuses
+//! without visiting any. [`Walk::Scanning`] checks every node in turn instead: the reference the
+//! index is tested and measured against.
 
 mod gpu_fit;
 mod refusal;
+mod room;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use gpu_fit::WHOLE_GPU_OBSERVED_FREE_SHARE;
 pub use refusal::{Reason, Refusal, SHORTFALLS_KEPT, Shortfall};
 
+use self::room::{Room, RoomTree};
 use crate::SpecError;
 use crate::seeded::mix;
 
@@ -248,6 +255,31 @@ impl Default for Options {
     }
 }
 
+/// How [`Cluster::decide`] finds the nodes that fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// Through each tier's index of free room (what [`Cluster::place`] does).
+    Indexed,
+    /// Checking every node in turn.
+    Scanning,
+}
+
+/// Nodes tried together (one server-type preference and priority), in id order, with the index
+/// of their room.
+#[derive(Debug, Clone)]
+struct Tier {
+    /// Positions in [`Cluster::nodes`].
+    members: Vec<usize>,
+    rooms: RoomTree,
+}
+
+/// Where a node sits in the tiers: (tier, slot) among the GPU tiers and the CPU tiers.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slots {
+    gpu: Option<(usize, usize)>,
+    cpu: Option<(usize, usize)>,
+}
+
 /// A cluster snapshot with the tiers the scheduler walks, kept current by [`Cluster::commit`]
 /// and [`Cluster::release`].
 #[derive(Debug, Clone)]
@@ -255,21 +287,47 @@ pub struct Cluster {
     nodes: Vec<NodeState>,
     by_id: HashMap<i64, usize>,
     /// Tiers for GPU work: `gpu` nodes by priority.
-    gpu_tiers: Vec<Vec<usize>>,
+    gpu_tiers: Vec<Tier>,
     /// Tiers for CPU work: by server-type preference, then priority.
-    cpu_tiers: Vec<Vec<usize>>,
+    cpu_tiers: Vec<Tier>,
+    /// Each node's slots, by position.
+    slots: Vec<Slots>,
     /// Placements committed so far; feeds the sampling so that each one looks elsewhere.
     committed: u64,
 }
 
-fn tiers(nodes: &[NodeState], key: impl Fn(&NodeState) -> Option<(u8, i64)>) -> Vec<Vec<usize>> {
+fn tiers(nodes: &[NodeState], key: impl Fn(&NodeState) -> Option<(u8, i64)>) -> Vec<Tier> {
     let mut grouped: BTreeMap<(u8, i64), Vec<usize>> = BTreeMap::new();
     for (position, node) in nodes.iter().enumerate() {
         if let Some(tier) = key(node) {
             grouped.entry(tier).or_default().push(position);
         }
     }
-    grouped.into_values().collect()
+    grouped
+        .into_values()
+        .map(|members| Tier {
+            rooms: RoomTree::new(members.iter().map(|position| Room::of(&nodes[*position]))),
+            members,
+        })
+        .collect()
+}
+
+/// The best node seen so far: the lowest score, then the lowest id.
+#[derive(Default)]
+struct Best(Option<(f64, i64, GpuAssignment)>);
+
+impl Best {
+    fn offer(&mut self, score: f64, id: i64, gpus: GpuAssignment) {
+        let better = match &self.0 {
+            None => true,
+            Some((best_score, best_id, _)) => {
+                score < *best_score || (score == *best_score && id < *best_id)
+            }
+        };
+        if better {
+            self.0 = Some((score, id, gpus));
+        }
+    }
 }
 
 impl Cluster {
@@ -287,11 +345,23 @@ impl Cluster {
         let cpu_tiers = tiers(&nodes, |node| {
             Some((node.server_type.cpu_work_rank(), node.priority))
         });
+        let mut slots = vec![Slots::default(); nodes.len()];
+        for (number, tier) in gpu_tiers.iter().enumerate() {
+            for (slot, position) in tier.members.iter().enumerate() {
+                slots[*position].gpu = Some((number, slot));
+            }
+        }
+        for (number, tier) in cpu_tiers.iter().enumerate() {
+            for (slot, position) in tier.members.iter().enumerate() {
+                slots[*position].cpu = Some((number, slot));
+            }
+        }
         Self {
             nodes,
             by_id,
             gpu_tiers,
             cpu_tiers,
+            slots,
             committed: 0,
         }
     }
@@ -308,50 +378,70 @@ impl Cluster {
 
     /// Where `request` should run, or why it cannot.
     pub fn place(&self, request: &Request, options: &Options) -> Result<Placement, Refusal> {
+        self.decide(request, options, Walk::Indexed)
+            .ok_or_else(|| self.explain(request))
+    }
+
+    /// Where `request` should run, found by `walk`; `None` when nowhere ([`Cluster::explain`]
+    /// says why). Both walks choose the same node.
+    pub fn decide(&self, request: &Request, options: &Options, walk: Walk) -> Option<Placement> {
+        if let Some(only) = request.only_node {
+            let gpus = check(self.node(only)?, request).ok()?;
+            return Some(Placement {
+                node_id: only,
+                gpus,
+            });
+        }
         let tiers = if request.needs_gpu() {
             &self.gpu_tiers
         } else {
             &self.cpu_tiers
         };
-        if let Some(only) = request.only_node {
-            return match self.node(only).map(|node| check(node, request)) {
-                Some(Ok(gpus)) => Ok(Placement {
-                    node_id: only,
-                    gpus,
-                }),
-                _ => Err(self.explain(request)),
-            };
-        }
+        let need = Room::needed_by(request);
         let start_seed = mix(options.seed ^ mix(self.committed));
         for tier in tiers {
-            let offset = (start_seed % tier.len() as u64) as usize;
-            let mut best: Option<(f64, i64, GpuAssignment)> = None;
+            let size = tier.members.len();
+            let offset = (start_seed % size as u64) as usize;
+            let mut best = Best::default();
             let mut seen = 0;
-            for step in 0..tier.len() {
-                let node = &self.nodes[tier[(offset + step) % tier.len()]];
-                let Ok(gpus) = check(node, request) else {
-                    continue;
-                };
-                let score = score(node, request, options.policy);
-                let better = match &best {
-                    None => true,
-                    Some((best_score, best_id, _)) => {
-                        score < *best_score || (score == *best_score && node.id < *best_id)
-                    }
-                };
-                if better {
-                    best = Some((score, node.id, gpus));
+            let mut consider = |slot: usize| {
+                let node = &self.nodes[tier.members[slot]];
+                if let Ok(gpus) = check(node, request) {
+                    best.offer(score(node, request, options.policy), node.id, gpus);
+                    seen += 1;
                 }
-                seen += 1;
-                if options.candidates != 0 && seen >= options.candidates {
-                    break;
+                options.candidates == 0 || seen < options.candidates
+            };
+            match walk {
+                Walk::Indexed => {
+                    let _ = tier.rooms.visit(offset, size, &need, &mut consider)
+                        && tier.rooms.visit(0, offset, &need, &mut consider);
+                }
+                Walk::Scanning => {
+                    for step in 0..size {
+                        if !consider((offset + step) % size) {
+                            break;
+                        }
+                    }
                 }
             }
-            if let Some((_, node_id, gpus)) = best {
-                return Ok(Placement { node_id, gpus });
+            if let Some((_, node_id, gpus)) = best.0 {
+                return Some(Placement { node_id, gpus });
             }
         }
-        Err(self.explain(request))
+        None
+    }
+
+    /// Brings the index of the node at `position` in step with it.
+    fn refresh(&mut self, position: usize) {
+        let room = Room::of(&self.nodes[position]);
+        let slots = self.slots[position];
+        if let Some((tier, slot)) = slots.gpu {
+            self.gpu_tiers[tier].rooms.set(slot, room);
+        }
+        if let Some((tier, slot)) = slots.cpu {
+            self.cpu_tiers[tier].rooms.set(slot, room);
+        }
     }
 
     /// Why `request` fits nowhere: the first failing dimension of every node.
@@ -367,8 +457,8 @@ impl Cluster {
                 }
             };
             refusal.add(reason);
-            if let Some(shortfall) = shortfall(node, request, reason) {
-                refusal.note(shortfall);
+            if let Some((asked, free)) = shortfall(node, request, reason) {
+                refusal.note(&node.name, reason, asked, free);
             }
         }
         refusal
@@ -393,15 +483,16 @@ impl Cluster {
         node.containers += 1;
         gpu_fit::take(node, &placement.gpus);
         self.committed += 1;
+        self.refresh(position);
         Ok(())
     }
 
     /// Gives back what `placement` of `request` took (a replica removed or moved).
     pub fn release(&mut self, request: &Request, placement: &Placement) {
-        let Some(position) = self.by_id.get(&placement.node_id) else {
+        let Some(&position) = self.by_id.get(&placement.node_id) else {
             return;
         };
-        let node = &mut self.nodes[*position];
+        let node = &mut self.nodes[position];
         let allocated = &mut node.allocated;
         allocated.cpu_millis = allocated
             .cpu_millis
@@ -414,12 +505,14 @@ impl Cluster {
             .saturating_sub(request.resources.disk_bytes);
         node.containers = node.containers.saturating_sub(1);
         gpu_fit::give_back(node, &placement.gpus);
+        self.refresh(position);
     }
 
     /// Changes a node's health (the failure detector's verdict).
     pub fn set_healthy(&mut self, id: i64, healthy: bool) {
-        if let Some(position) = self.by_id.get(&id) {
-            self.nodes[*position].healthy = healthy;
+        if let Some(&position) = self.by_id.get(&id) {
+            self.nodes[position].healthy = healthy;
+            self.refresh(position);
         }
     }
 }
@@ -495,7 +588,7 @@ fn check(node: &NodeState, request: &Request) -> Result<GpuAssignment, Reason> {
 
 /// Asked and free on `node` in the capacity dimension `reason` names; none for a reason that
 /// is not about capacity.
-fn shortfall(node: &NodeState, request: &Request, reason: Reason) -> Option<Shortfall> {
+fn shortfall(node: &NodeState, request: &Request, reason: Reason) -> Option<(u64, u64)> {
     let free = |capacity: u64, allocated: u64| capacity.saturating_sub(allocated);
     let (asked, free) = match reason {
         Reason::Cpu => (
@@ -525,12 +618,7 @@ fn shortfall(node: &NodeState, request: &Request, reason: Reason) -> Option<Shor
         }
         _ => return None,
     };
-    Some(Shortfall {
-        node: node.name.clone(),
-        reason,
-        asked,
-        free,
-    })
+    Some((asked, free))
 }
 
 /// Whether a given placement (not a chosen one) still fits.

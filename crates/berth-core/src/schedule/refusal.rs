@@ -167,17 +167,26 @@ impl Refusal {
         *self.reasons.entry(reason).or_default() += 1;
     }
 
-    /// Notes how far a node short of capacity fell short, keeping the closest ones.
-    pub fn note(&mut self, shortfall: Shortfall) {
-        let closeness =
-            |shortfall: &Shortfall| shortfall.free as f64 / shortfall.asked.max(1) as f64;
+    /// Notes how far node `node` fell short for `reason` (`asked`, `free`), keeping the
+    /// closest ones; the name is copied only when kept.
+    pub fn note(&mut self, node: &str, reason: Reason, asked: u64, free: u64) {
+        let closeness = |asked: u64, free: u64| free as f64 / asked.max(1) as f64;
+        let this = closeness(asked, free);
         let position = self
             .shortfalls
             .iter()
-            .position(|kept| closeness(kept) < closeness(&shortfall))
+            .position(|kept| closeness(kept.asked, kept.free) < this)
             .unwrap_or(self.shortfalls.len());
         if position < SHORTFALLS_KEPT {
-            self.shortfalls.insert(position, shortfall);
+            self.shortfalls.insert(
+                position,
+                Shortfall {
+                    node: node.to_owned(),
+                    reason,
+                    asked,
+                    free,
+                },
+            );
             self.shortfalls.truncate(SHORTFALLS_KEPT);
         }
     }

@@ -631,6 +631,47 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The index is kept through commits, releases and health changes, and never skips a node
+    /// a scan would choose: both walks decide the same, request after request.
+    #[test]
+    fn the_index_chooses_what_checking_every_node_chooses(
+        nodes in (1usize..40).prop_flat_map(|count| (1..=count as i64).map(arb_node).collect::<Vec<_>>()),
+        requests in prop::collection::vec(arb_request(), 1..120),
+        binpack in any::<bool>(),
+        candidates in 0usize..4,
+        seed in any::<u64>(),
+    ) {
+        let options = Options {
+            policy: if binpack { Policy::Binpack } else { Policy::Spread },
+            candidates,
+            seed,
+        };
+        let mut cluster = Cluster::new(nodes.clone());
+        let mut held: Vec<(Request, Placement)> = Vec::new();
+        for (step, request) in requests.iter().enumerate() {
+            let indexed = cluster.decide(request, &options, Walk::Indexed);
+            let scanned = cluster.decide(request, &options, Walk::Scanning);
+            prop_assert_eq!(&indexed, &scanned, "request {}: {:?}", step, request);
+            if let Some(placement) = indexed {
+                cluster.commit(request, &placement).expect("a fresh placement commits");
+                held.push((request.clone(), placement));
+            }
+            if step % 7 == 6 && !held.is_empty() {
+                let (request, placement) = held.remove(0);
+                cluster.release(&request, &placement);
+            }
+            if step % 5 == 4 {
+                let id = nodes[step % nodes.len()].id;
+                let healthy = cluster.node(id).is_some_and(|node| node.healthy);
+                cluster.set_healthy(id, !healthy);
+            }
+        }
+    }
+}
+
 #[test]
 fn labels_are_checked_and_the_error_names_the_key() {
     let good = BTreeMap::from([
