@@ -11,6 +11,7 @@ use berth_core::ConnectionStatus;
 use berth_docker::pki;
 use berth_http::listen::{ListenTls, TlsFiles};
 use berth_hub::config::HubConfig;
+use berth_hub::leadership::{self, LeaseSettings};
 use berth_hub::reload::{self, ConfigWatcher, Reload};
 use berth_hub::state::HubSettings;
 use berth_hub::{HubState, bootstrap, gateway, monitor, node_watch, scaling, stats_sampler};
@@ -50,6 +51,14 @@ pub struct HubArgs {
     /// TLS for the API and console.
     #[command(flatten)]
     tls: TlsArgs,
+    /// Where other hubs on the same PostgreSQL database reach this one's API, to pass it the
+    /// changes made through them [default: the listen address, or this host's name and port].
+    #[arg(long, env = "BERTH_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// Seconds a leader's lease lasts unrenewed: a follower leads within this (and a second)
+    /// of the leader's death. Several hubs on PostgreSQL only.
+    #[arg(long, env = "BERTH_LEADER_LEASE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..=300))]
+    leader_lease_seconds: u64,
 }
 
 /// TLS for the hub's API and console (`berth hub`, `berth up`).
@@ -161,6 +170,10 @@ pub struct Launch {
     pub cli_context: Option<String>,
     /// TLS for the API and console.
     pub tls: TlsArgs,
+    /// Where other hubs reach this one (several hubs on PostgreSQL).
+    pub advertise_url: Option<String>,
+    /// The leader lease (several hubs on PostgreSQL).
+    pub lease: LeaseSettings,
 }
 
 /// Prints how a shell reaches the hub at `address` with the token in `token_file`, and saves
@@ -230,6 +243,11 @@ pub async fn run(args: HubArgs) -> ExitCode {
         monitor_interval_flag: args.monitor_interval,
         cli_context: None,
         tls: args.tls,
+        advertise_url: args.advertise_url,
+        lease: LeaseSettings {
+            ttl: Duration::from_secs(args.leader_lease_seconds),
+            ..LeaseSettings::default()
+        },
     })
     .await
 }
@@ -416,55 +434,71 @@ pub async fn serve(launch: Launch) -> ExitCode {
         token_file.display()
     );
 
-    match berth_hub::service_work::resume(&state).await {
-        Ok(0) => {}
-        Ok(resumed) => tracing::info!(
-            resumed,
-            "Carrying on operations the last run left unfinished."
-        ),
-        Err(err) => tracing::error!(error = %err, "Reading unfinished operations failed."),
-    }
     let (stop_sender, stop_receiver) = tokio::sync::watch::channel(false);
     let stopped = move |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
         let _ = receiver.wait_for(|stop| *stop).await;
     };
-    let monitor_task = tokio::spawn(monitor::run(
+    let advertised = launch
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| advertised_url(scheme, &address));
+    let leadership_task = tokio::spawn(leadership::run(
         Arc::clone(&state),
+        advertised,
+        launch.lease,
         stopped(stop_receiver.clone()),
     ));
+    // The leader's work, from each term's start to its end.
+    let resume_task =
+        leadership::spawn_while_leading(&state, &stop_receiver, |state, until| async move {
+            match berth_hub::service_work::resume(&state).await {
+                Ok(0) => {}
+                Ok(resumed) => tracing::info!(
+                    resumed,
+                    "Carrying on operations left unfinished (by the last run, or the last leader)."
+                ),
+                Err(err) => tracing::error!(error = %err, "Reading unfinished operations failed."),
+            }
+            until.await;
+        });
+    let monitor_task = leadership::spawn_while_leading(&state, &stop_receiver, |state, until| {
+        monitor::run(state, until)
+    });
     let readiness_task = tokio::spawn(gateway::readiness::run(
         Arc::clone(&state),
         stopped(stop_receiver.clone()),
     ));
-    let watch_task = tokio::spawn(node_watch::run(
-        Arc::clone(&state),
-        stopped(stop_receiver.clone()),
-    ));
-    let sampler_task = tokio::spawn(stats_sampler::run(
-        Arc::clone(&state),
-        stopped(stop_receiver.clone()),
-    ));
-    let autoscaler_task = tokio::spawn(scaling::run(
-        Arc::clone(&state),
-        stopped(stop_receiver.clone()),
-    ));
+    let watch_task = leadership::spawn_while_leading(&state, &stop_receiver, |state, until| {
+        node_watch::run(state, until)
+    });
+    let sampler_task = leadership::spawn_while_leading(&state, &stop_receiver, |state, until| {
+        stats_sampler::run(state, until)
+    });
+    let autoscaler_task =
+        leadership::spawn_while_leading(&state, &stop_receiver, |state, until| {
+            scaling::run(state, until)
+        });
     let gateway = match gateway_tls {
         Some(tls) => gateway::Gateway::new(Arc::clone(&state)).over_tls(tls),
         None => gateway::Gateway::new(Arc::clone(&state)),
     };
     let gateway_task =
         tokio::spawn(Arc::new(gateway).serve(gateway_listener, stopped(stop_receiver.clone())));
-    let model_watch_task = match &launch.config.model_watch_dir {
-        Some(dir) => {
-            let own = ModelWatch {
-                url: own_url(scheme, &address),
-                ca_file: ca_file.clone(),
-                dir: dir.into(),
-            };
-            watch_model_files(&state, own, stopped(stop_receiver.clone())).await
-        }
-        None => None,
-    };
+    let model_watch_task = launch.config.model_watch_dir.as_ref().map(|dir| {
+        let own = ModelWatch {
+            url: own_url(scheme, &address),
+            ca_file: ca_file.clone(),
+            dir: dir.into(),
+        };
+        leadership::spawn_while_leading(&state, &stop_receiver, move |state, until| {
+            let own = own.clone();
+            async move {
+                if let Some(task) = watch_model_files(&state, own, until).await {
+                    let _ = task.await;
+                }
+            }
+        })
+    });
     let reload_task = launch.config_file.clone().map(|path| {
         let watcher =
             ConfigWatcher::new(&path, launch.config.clone(), launch.monitor_interval_flag);
@@ -481,6 +515,8 @@ pub async fn serve(launch: Launch) -> ExitCode {
         let _ = stop_sender.send(true);
     })
     .await;
+    let _ = leadership_task.await;
+    let _ = resume_task.await;
     let _ = monitor_task.await;
     let _ = readiness_task.await;
     let _ = sampler_task.await;
@@ -508,6 +544,19 @@ pub async fn serve(launch: Launch) -> ExitCode {
 
 /// Reloads the configuration file when it changes (checked every two seconds) or on SIGHUP,
 /// until `stop` completes, and says what each reload did.
+/// Where other hubs reach this one's API: its listen address, or this host's name with the
+/// port when it listens on every address.
+fn advertised_url(scheme: &str, address: &str) -> String {
+    match address.parse::<SocketAddr>() {
+        Ok(listen) if listen.ip().is_unspecified() => format!(
+            "{scheme}://{}:{}",
+            berth_agent::host::host_name(),
+            listen.port()
+        ),
+        _ => format!("{scheme}://{address}"),
+    }
+}
+
 /// The hub's own API as its model-file watcher reaches it: over loopback when it listens on
 /// every address.
 fn own_url(scheme: &str, address: &str) -> String {
@@ -520,6 +569,7 @@ fn own_url(scheme: &str, address: &str) -> String {
 }
 
 /// Where the hub's model-file watcher reads and whom it calls.
+#[derive(Clone)]
 struct ModelWatch {
     url: String,
     ca_file: Option<PathBuf>,

@@ -64,6 +64,8 @@ pub async fn run(args: UpArgs) -> ExitCode {
         monitor_interval_flag: None,
         cli_context: Some(args.context),
         tls: args.tls,
+        advertise_url: None,
+        lease: berth_hub::leadership::LeaseSettings::default(),
     })
     .await
 }

@@ -40,6 +40,13 @@ impl Problem {
         }
     }
 
+    /// The same, saying to try again after `seconds` (`Retry-After`).
+    #[must_use]
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -141,7 +148,17 @@ impl From<StoreError> for Problem {
                 )
             };
         }
+        if let StoreError::Fenced(reason) = &err {
+            return Problem {
+                retry_after: Some(1),
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{reason}; nothing was changed, try again"),
+                )
+            };
+        }
         let status = match &err {
+            StoreError::Fenced(_) => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::Conflict(_) => StatusCode::CONFLICT,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
             StoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,

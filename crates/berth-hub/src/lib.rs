@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod create_commit;
 pub mod gateway;
+pub mod leadership;
 pub mod metrics;
 pub mod model_file;
 pub mod models;
@@ -39,7 +40,12 @@ pub use state::HubState;
 use std::sync::Arc;
 
 /// Everything the hub serves on its main listener: the REST API (token auth) and the web
-/// console (session auth).
+/// console (session auth); a follower's changes go to the leader ([`api::forward`]).
 pub fn app(state: Arc<HubState>) -> axum::Router {
-    api::router(Arc::clone(&state)).merge(console::router(state))
+    api::router(Arc::clone(&state))
+        .merge(console::router(Arc::clone(&state)))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            api::forward::to_leader,
+        ))
 }

@@ -255,6 +255,11 @@ pub struct HubMetrics {
     pub failovers_refused: Counter,
     failing_repairs: Gauge,
     certificate_expiry: Family<CertificateLabels, Gauge>,
+    /// Times this hub began or stopped leading.
+    pub leader_changes: Counter,
+    leading: Gauge,
+    leader_term: Gauge,
+    leader_since: Gauge,
 }
 
 impl Default for HubMetrics {
@@ -312,6 +317,30 @@ impl HubMetrics {
             "When the TLS certificates the hub holds for a node's Docker engine expire, Unix seconds",
             certificate_expiry.clone(),
         );
+        let leader_changes = Counter::default();
+        registry.register(
+            "berth_hub_leader_changes",
+            "Times this hub began or stopped leading",
+            leader_changes.clone(),
+        );
+        let leading = Gauge::default();
+        registry.register(
+            "berth_hub_leader",
+            "1 while this hub leads (runs the control loops), 0 while it follows",
+            leading.clone(),
+        );
+        let leader_term = Gauge::default();
+        registry.register(
+            "berth_hub_leader_term",
+            "The leader lease's term this hub leads in (0 alone on SQLite)",
+            leader_term.clone(),
+        );
+        let leader_since = Gauge::default();
+        registry.register(
+            "berth_hub_leader_since_timestamp_seconds",
+            "When the current leader's term began, Unix seconds",
+            leader_since.clone(),
+        );
         let models = ModelMetrics::register(&mut registry);
         Self {
             registry,
@@ -325,7 +354,18 @@ impl HubMetrics {
             failovers_refused,
             failing_repairs,
             certificate_expiry,
+            leader_changes,
+            leading,
+            leader_term,
+            leader_since,
         }
+    }
+
+    /// Sets the leadership gauges from `lead`.
+    pub fn set_leadership(&self, lead: &crate::leadership::Lead) {
+        self.leading.set(i64::from(lead.leading()));
+        self.leader_term.set(lead.term.unwrap_or(0));
+        self.leader_since.set(lead.since_ms / 1000);
     }
 
     /// Sets how many services' last repair failed.

@@ -121,6 +121,11 @@ pub struct HubState {
     pub routes: RouteTable,
     /// Where the gateway listens, once it does (for the URLs the console shows).
     pub gateway_address: std::sync::OnceLock<std::net::SocketAddr>,
+    /// This hub's leadership ([`crate::leadership`]).
+    pub leadership: tokio::sync::watch::Sender<crate::leadership::Lead>,
+    /// The client that forwards a follower's writes to the leader (no overall timeout: a
+    /// change may wait for its operation).
+    pub leader_http: reqwest::Client,
     /// The hub's PKI directory (`DATA_DIR/pki`), whose CA signs joining agents' certificates.
     pub pki_dir: std::sync::OnceLock<std::path::PathBuf>,
     /// Whether the gateway serves TLS (its URLs are `https`).
@@ -194,6 +199,11 @@ impl HubState {
             gateway_address: Default::default(),
             gateway_over_tls: Default::default(),
             pki_dir: Default::default(),
+            leadership: tokio::sync::watch::Sender::new(crate::leadership::Lead::default()),
+            leader_http: reqwest::Client::builder()
+                .connect_timeout(berth_core::timeouts::AGENT_CONNECT)
+                .build()
+                .unwrap_or_default(),
             fleet: Default::default(),
             operation_events: tokio::sync::broadcast::channel(1024).0,
             placing: Default::default(),

@@ -20,6 +20,9 @@ pub enum StoreError {
     /// A migration failed.
     #[error("database migration failed: {0}")]
     Migration(String),
+    /// This hub does not lead: another hub makes the changes now.
+    #[error("{0}")]
+    Fenced(String),
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),

@@ -7,6 +7,7 @@ pub mod allocations;
 pub mod catalog;
 mod error;
 pub mod join_tokens;
+pub mod leases;
 pub mod nodes;
 pub mod operations;
 pub mod secrets;
@@ -125,6 +126,8 @@ pub struct Store {
     /// milliseconds whenever two connections want the write lock at once, and a writer never
     /// waits for a connection that readers hold; on PostgreSQL the one pool.
     writes: AnyPool,
+    /// What every write transaction proves once several hubs share the database.
+    fence: std::sync::Arc<leases::Fence>,
 }
 
 static DRIVERS: Once = Once::new();
@@ -170,6 +173,7 @@ impl Store {
             pool,
             backend,
             writes,
+            fence: std::sync::Arc::new(leases::Fence::new(random_hex::<8>()?)),
         };
         store.migrate().await?;
         Ok(store)
@@ -197,11 +201,17 @@ impl Store {
     /// a write inside it cannot fail with "database is locked" when another writer committed
     /// between them.
     pub async fn begin(&self) -> Result<Tx<'static>, StoreError> {
-        let inner = match self.backend {
+        let mut inner = match self.backend {
             Backend::Sqlite => self.writes.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.writes.begin().await?,
         };
+        self.fence.check(&mut inner, self.backend).await?;
         Ok(Tx { inner })
+    }
+
+    /// This process's lease fence: unarmed (every write passes) until a hub arms it.
+    pub fn fence(&self) -> &std::sync::Arc<leases::Fence> {
+        &self.fence
     }
 
     /// A connection for single writes outside a transaction: on SQLite the store's write

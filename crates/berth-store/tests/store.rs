@@ -10,11 +10,19 @@ use serde_json::json;
 /// A fresh, empty database per scenario and backend.
 async fn databases(scenario: &str) -> Vec<Store> {
     let mut stores = Vec::new();
+    for url in database_urls(scenario).await {
+        stores.push(Store::connect(&url).await.expect("a test database"));
+    }
+    stores
+}
+
+/// The URLs of a fresh, empty database per scenario and backend.
+async fn database_urls(scenario: &str) -> Vec<String> {
+    let mut urls = Vec::new();
     let dir = std::env::temp_dir().join(format!("berth-store-{}-{scenario}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let sqlite = format!("sqlite://{}", dir.join("berth.db").display());
-    stores.push(Store::connect(&sqlite).await.expect("SQLite"));
+    urls.push(format!("sqlite://{}", dir.join("berth.db").display()));
     match std::env::var("BERTH_TEST_POSTGRES_URL") {
         Ok(base) => {
             let admin = Store::connect(&base).await.expect("PostgreSQL");
@@ -39,18 +47,14 @@ async fn databases(scenario: &str) -> Vec<Store> {
                 }
                 _ => panic!("BERTH_TEST_POSTGRES_URL must end in /DATABASE"),
             };
-            stores.push(
-                Store::connect(&url)
-                    .await
-                    .expect("PostgreSQL test database"),
-            );
+            urls.push(url);
         }
         Err(_) if std::env::var_os("CI").is_some() => {
             panic!("BERTH_TEST_POSTGRES_URL is not set; scripts/test starts PostgreSQL and sets it")
         }
         Err(_) => eprintln!("PostgreSQL scenarios skipped: BERTH_TEST_POSTGRES_URL is not set"),
     }
-    stores
+    urls
 }
 
 #[tokio::test]
@@ -1086,5 +1090,104 @@ async fn a_join_token_works_once_and_not_after_it_expires() {
             None,
             "used"
         );
+    }
+}
+
+/// Two hubs on one database: the first to ask leads, the other takes over only once the lease
+/// expired, with the next term; a write transaction of a hub that does not hold the lease in
+/// its term is refused, and a takeover waits for the holder's open transaction to end.
+#[tokio::test]
+async fn the_leader_lease_goes_to_one_hub_and_fences_the_others_writes() {
+    use berth_store::leases;
+    for url in database_urls("leases").await {
+        let first = Store::connect(&url).await.expect("first hub");
+        let second = Store::connect(&url).await.expect("second hub");
+        let backend = first.backend();
+        for store in [&first, &second] {
+            store.fence().arm();
+        }
+        let lead = |store: &Store, ttl_ms: i64| {
+            let store = store.clone();
+            async move {
+                let mut connection = store.acquire().await.expect("connection");
+                let holder = store.fence().holder().to_owned();
+                leases::lead(&mut connection, backend, &holder, "http://hub", ttl_ms)
+                    .await
+                    .expect("asked")
+            }
+        };
+        let held = lead(&first, 60_000).await.expect("the first to ask leads");
+        assert_eq!(held.term, 1);
+        assert_eq!(
+            lead(&second, 60_000).await,
+            None,
+            "{backend:?}: a live lease is kept"
+        );
+        assert_eq!(
+            lead(&first, 60_000).await.map(|held| held.term),
+            Some(1),
+            "renewed"
+        );
+        first.fence().hold(1);
+        first
+            .begin()
+            .await
+            .expect("the leader writes")
+            .commit()
+            .await
+            .expect("commit");
+        assert!(
+            matches!(second.begin().await, Err(StoreError::Fenced(_))),
+            "{backend:?}: a follower's write is refused"
+        );
+
+        // The first hub's lease runs out (it was paused): the second takes over, term 2, and
+        // the first's writes in term 1 are refused from then on.
+        assert!(lead(&first, 200).await.is_some());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let taken = lead(&second, 60_000)
+            .await
+            .expect("an expired lease is taken over");
+        assert_eq!(taken.term, 2);
+        second.fence().hold(2);
+        assert!(
+            matches!(first.begin().await, Err(StoreError::Fenced(_))),
+            "{backend:?}: the old leader cannot write after its term"
+        );
+        let mut connection = first.acquire().await.expect("connection");
+        let leader = leases::leader(&mut connection, backend)
+            .await
+            .expect("read")
+            .expect("a leader");
+        assert_eq!(
+            (leader.holder.as_str(), leader.term, leader.live),
+            (second.fence().holder(), 2, true)
+        );
+        drop(connection);
+
+        // A takeover waits for the holder's open transaction: no write of term 2 can land
+        // after term 3 began.
+        assert!(lead(&second, 500).await.is_some());
+        let open = second.begin().await.expect("the leader writes");
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let takeover = tokio::spawn(lead(&first, 60_000));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!takeover.is_finished(), "{backend:?}: the takeover waits");
+        open.commit().await.expect("the open transaction commits");
+        let taken = takeover
+            .await
+            .expect("task")
+            .expect("then the lease is taken");
+        assert_eq!(taken.term, 3);
+
+        let mut connection = first.acquire().await.expect("connection");
+        leases::resign(&mut connection, first.fence().holder())
+            .await
+            .expect("resign");
+        let leader = leases::leader(&mut connection, backend)
+            .await
+            .expect("read")
+            .expect("row");
+        assert!(!leader.live, "a resigned lease is free at once");
     }
 }

@@ -71,25 +71,23 @@ fn choose_among(
     match demand {
         GpuDemand::None | GpuDemand::Whole(0) => Ok(GpuAssignment::None),
         GpuDemand::Whole(count) => {
+            // Counted first, so that a refusal (every node of an explanation) allocates nothing.
             let count = count as usize;
-            let unallocated: Vec<&GpuState> = node
-                .gpus
-                .iter()
-                .filter(|gpu| whole_free_by_allocations(gpu))
-                .collect();
-            if unallocated.len() < count {
+            let unallocated = || {
+                node.gpus
+                    .iter()
+                    .filter(|gpu| whole_free_by_allocations(gpu))
+            };
+            if unallocated().count() < count {
                 return Err(Reason::GpuCount);
             }
-            let chosen: Vec<u32> = unallocated
-                .into_iter()
-                .filter(|gpu| whole_free_observed(gpu))
-                .take(count)
-                .map(|gpu| gpu.index)
-                .collect();
-            if chosen.len() < count {
+            let usable = || unallocated().filter(|gpu| whole_free_observed(gpu));
+            if usable().count() < count {
                 return Err(Reason::GpuCountObserved);
             }
-            Ok(GpuAssignment::Whole(chosen))
+            Ok(GpuAssignment::Whole(
+                usable().take(count).map(|gpu| gpu.index).collect(),
+            ))
         }
         GpuDemand::Slice(bytes) => {
             let mut fits_allocations = false;

@@ -447,6 +447,7 @@ impl Cluster {
     /// Why `request` fits nowhere: the first failing dimension of every node.
     pub fn explain(&self, request: &Request) -> Refusal {
         let mut refusal = Refusal::default();
+        let mut counted = [0; Reason::ALL.len()];
         for node in &self.nodes {
             let reason = if request.only_node.is_some_and(|only| only != node.id) {
                 Reason::NotRequested
@@ -456,11 +457,12 @@ impl Cluster {
                     Err(reason) => reason,
                 }
             };
-            refusal.add(reason);
+            counted[reason as usize] += 1;
             if let Some((asked, free)) = shortfall(node, request, reason) {
                 refusal.note(&node.name, reason, asked, free);
             }
         }
+        refusal.add_counted(&counted);
         refusal
     }
 

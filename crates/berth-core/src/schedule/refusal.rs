@@ -47,6 +47,26 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in the order the scheduler checks (each at its own discriminant).
+    pub const ALL: [Self; 16] = [
+        Self::NotRequested,
+        Self::Avoided,
+        Self::Disabled,
+        Self::Unlisted,
+        Self::Unhealthy,
+        Self::ServerType,
+        Self::Labels,
+        Self::MaxContainers,
+        Self::Cpu,
+        Self::Memory,
+        Self::Disk,
+        Self::GpuCount,
+        Self::GpuCountObserved,
+        Self::GpuMemory,
+        Self::GpuMemoryObserved,
+        Self::GpuTaken,
+    ];
+
     /// The reason in words.
     pub fn describe(self) -> &'static str {
         match self {
@@ -165,6 +185,15 @@ impl Refusal {
     /// Counts one more node refusing for `reason`.
     pub fn add(&mut self, reason: Reason) {
         *self.reasons.entry(reason).or_default() += 1;
+    }
+
+    /// Counts nodes by reason, `counted[reason as usize]` of each.
+    pub fn add_counted(&mut self, counted: &[usize; Reason::ALL.len()]) {
+        for (reason, count) in Reason::ALL.iter().zip(counted) {
+            if *count > 0 {
+                *self.reasons.entry(*reason).or_default() += count;
+            }
+        }
     }
 
     /// Notes how far node `node` fell short for `reason` (`asked`, `free`), keeping the

@@ -673,6 +673,13 @@ proptest! {
 }
 
 #[test]
+fn every_reason_sits_at_its_own_discriminant() {
+    for (position, reason) in Reason::ALL.iter().enumerate() {
+        assert_eq!(*reason as usize, position, "{reason:?}");
+    }
+}
+
+#[test]
 fn labels_are_checked_and_the_error_names_the_key() {
     let good = BTreeMap::from([
         ("zone".to_owned(), "eu-1".to_owned()),

@@ -7,6 +7,7 @@
 pub(crate) mod admin;
 pub(crate) mod catalog;
 pub(crate) mod exec;
+pub mod forward;
 pub(crate) mod node_images;
 pub(crate) mod node_join;
 pub(crate) mod nodes;

@@ -43,6 +43,7 @@ pub async fn health(State(state): State<Arc<HubState>>) -> Response {
             counts.into_iter().map(|(status, count)| (status.to_owned(), json!(count))).collect::<serde_json::Map<String, Value>>()
         }),
         "version": env!("CARGO_PKG_VERSION"),
+        "leadership": leadership_view(&state.leadership.borrow()),
     });
     let status = if database {
         axum::http::StatusCode::OK
@@ -50,6 +51,17 @@ pub async fn health(State(state): State<Arc<HubState>>) -> Response {
         axum::http::StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// Who leads, as `/health` says it.
+fn leadership_view(lead: &crate::leadership::Lead) -> Value {
+    json!({
+        "mode": if lead.elected { "elected" } else { "single" },
+        "leading": lead.leading(),
+        "term": lead.term,
+        "since_ms": (lead.since_ms > 0).then_some(lead.since_ms),
+        "leader_url": lead.leader_url,
+    })
 }
 
 /// `GET /metrics` (admin): OpenMetrics text. It names every user's services and their traffic,
@@ -72,6 +84,7 @@ pub async fn metrics(
     let (following, lost, differences) = state.mirror_counts();
     state.metrics.set_mirrors(following, lost, differences);
     state.metrics.set_failing_repairs(state.failing_repairs());
+    state.metrics.set_leadership(&state.leadership.borrow());
     let expiries: Vec<(String, &str, i64)> = {
         let mut connection = state.store.acquire().await?;
         nodes::list(&mut connection)

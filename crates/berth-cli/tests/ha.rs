@@ -1,0 +1,243 @@
+//! Three `berth hub` processes on one PostgreSQL database: one leads, the others serve the API
+//! and pass changes to it; the leader killed (SIGKILL) during 30 concurrent changes made
+//! through the followers, a follower leads and every acknowledged change is there; a leader
+//! paused past its lease (SIGSTOP) finds another leading when it is let go (SIGCONT) and
+//! follows it. The store's own test shows the fencing of the old term's writes.
+
+mod processes;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use processes::{Process, free_port, fresh_dir, wait_for};
+use serde_json::{Value, json};
+
+/// The key every hub seals secrets with (they share the database, so the key too).
+const SECRET_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// A fresh PostgreSQL database for this test, or `None` when no server is configured.
+async fn postgres_database() -> Option<String> {
+    let base = match std::env::var("BERTH_TEST_POSTGRES_URL") {
+        Ok(base) => base,
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("BERTH_TEST_POSTGRES_URL is not set; scripts/test starts PostgreSQL and sets it")
+        }
+        Err(_) => {
+            eprintln!("skipped: BERTH_TEST_POSTGRES_URL is not set");
+            return None;
+        }
+    };
+    let name = format!("berth_ha_{}", std::process::id());
+    let admin = berth_store::Store::connect(&base)
+        .await
+        .expect("PostgreSQL");
+    let mut connection = admin.acquire().await.expect("connection");
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut *connection)
+            .await
+            .expect("the test database");
+    }
+    let slash = base
+        .rfind('/')
+        .expect("BERTH_TEST_POSTGRES_URL ends in /DATABASE");
+    Some(format!("{}/{name}", &base[..slash]))
+}
+
+/// A hub on `database` with its data in `dir`, listening on `port`.
+fn start_hub(database: &str, dir: &Path, port: u16) -> Process {
+    std::fs::create_dir_all(dir).expect("dir");
+    let log = std::fs::File::create(dir.join("hub.log")).expect("log");
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("hub")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--gateway-listen", "127.0.0.1:0"])
+            .args(["--database-url", database])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--leader-lease-seconds", "2"])
+            .env("BERTH_SECRET_KEY", SECRET_KEY)
+            .env("BERTH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("berth hub"),
+    )
+}
+
+/// `/health`'s leadership of the hub on `port`, once it answers.
+async fn leadership(client: &reqwest::Client, port: u16) -> Option<Value> {
+    let health: Value = client
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(health["leadership"].clone())
+}
+
+/// Waits until the hub on one of `ports` leads; that port and its term.
+async fn leader_among(client: &reqwest::Client, ports: &[u16], what: &str) -> (u16, i64) {
+    wait_for(Duration::from_secs(30), what, || async {
+        for port in ports {
+            if let Some(lead) = leadership(client, *port).await
+                && lead["leading"] == true
+            {
+                return Some((*port, lead["term"].as_i64().expect("a term")));
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// Creates user `name` through the hub on `port`, trying again while no hub takes changes; the
+/// status that acknowledged it (201, or 409 when an earlier try had been taken).
+async fn create_user(client: &reqwest::Client, port: u16, token: &str, name: &str) -> u16 {
+    for _ in 0..100 {
+        let answer = client
+            .post(format!("http://127.0.0.1:{port}/api/users"))
+            .bearer_auth(token)
+            .json(&json!({"name": name}))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match answer.map(|answer| answer.status().as_u16()) {
+            Ok(status @ (201 | 409)) => return status,
+            Ok(502 | 503) | Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(other) => panic!("creating {name} through {port}: HTTP {other}"),
+        }
+    }
+    panic!("{name} was never acknowledged");
+}
+
+#[tokio::test]
+async fn a_follower_takes_over_from_a_killed_or_paused_leader_and_no_acknowledged_change_is_lost() {
+    let Some(database) = postgres_database().await else {
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = fresh_dir("ha");
+    let client = reqwest::Client::new();
+    let ports = [free_port(), free_port(), free_port()];
+    let mut hubs = vec![start_hub(&database, &dir.join("a"), ports[0])];
+    let (first, term) = leader_among(&client, &ports[..1], "the first hub leads").await;
+    assert_eq!((first, term), (ports[0], 1));
+    let token = std::fs::read_to_string(dir.join("a").join("admin-token")).expect("admin token");
+    let token = token.trim().to_owned();
+    for (name, port) in [("b", ports[1]), ("c", ports[2])] {
+        hubs.push(start_hub(&database, &dir.join(name), port));
+    }
+    for port in &ports[1..] {
+        let lead = wait_for(Duration::from_secs(30), "a follower answers", || {
+            leadership(&client, *port)
+        })
+        .await;
+        assert_eq!(lead["leading"], false, "{lead}");
+        assert_eq!(lead["mode"], "elected", "{lead}");
+    }
+    for port in &ports[1..] {
+        wait_for(
+            Duration::from_secs(10),
+            "followers know the leader",
+            || async {
+                let lead = leadership(&client, *port).await?;
+                (lead["leader_url"] == format!("http://127.0.0.1:{}", ports[0])).then_some(())
+            },
+        )
+        .await;
+    }
+
+    // A change through a follower is made by the leader and seen everywhere.
+    assert_eq!(
+        create_user(&client, ports[1], &token, "through-b").await,
+        201
+    );
+    let listed: Value = client
+        .get(format!("http://127.0.0.1:{}/api/users", ports[2]))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("users")
+        .json()
+        .await
+        .expect("json");
+    assert!(listed.to_string().contains("through-b"), "{listed}");
+
+    // 30 changes at once through the followers; the leader is killed while they run.
+    let changes: Vec<_> = (0..30)
+        .map(|number| {
+            let (client, token) = (client.clone(), token.clone());
+            let port = ports[1 + number % 2];
+            tokio::spawn(async move {
+                let name = format!("during-{number}");
+                create_user(&client, port, &token, &name).await;
+                name
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    hubs[0].kill();
+    let mut acknowledged = Vec::new();
+    for change in changes {
+        acknowledged.push(change.await.expect("a change"));
+    }
+    let (second, term) = leader_among(&client, &ports[1..], "a follower leads").await;
+    assert_eq!(term, 2, "one takeover, one new term");
+    let listed: Value = client
+        .get(format!("http://127.0.0.1:{second}/api/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("users")
+        .json()
+        .await
+        .expect("json");
+    let text = listed.to_string();
+    for name in &acknowledged {
+        assert_eq!(
+            text.matches(&format!("\"{name}\"")).count(),
+            1,
+            "{name} acknowledged, so there once: {text}"
+        );
+    }
+
+    // The new leader paused past its lease: the other follower takes over; let go, the paused
+    // one follows it, and changes through it reach the newest leader.
+    let (paused, other) = if second == ports[1] {
+        (&hubs[1], ports[2])
+    } else {
+        (&hubs[2], ports[1])
+    };
+    paused.pause_for(Duration::from_secs(5)).await;
+    let (third, term) = leader_among(&client, &[other], "the other follower leads").await;
+    assert_eq!((third, term), (other, 3));
+    wait_for(
+        Duration::from_secs(10),
+        "the paused hub follows",
+        || async {
+            let lead = leadership(&client, second).await?;
+            (lead["leading"] == false && lead["leader_url"] == format!("http://127.0.0.1:{third}"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        create_user(&client, second, &token, "after-pause").await,
+        201
+    );
+    let log = std::fs::read_to_string(
+        dir.join(if second == ports[1] { "b" } else { "c" })
+            .join("hub.log"),
+    )
+    .unwrap_or_default();
+    assert!(log.contains("This hub no longer leads."), "{log}");
+}

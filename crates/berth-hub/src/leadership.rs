@@ -1,0 +1,229 @@
+//! Which hub leads. Hubs on SQLite are alone: each leads from its start. Hubs on PostgreSQL
+//! elect one through the database's lease row ([`berth_store::leases`]): every second each
+//! asks for it — the holder renews it, the others take it once it has expired (after
+//! [`LeaseSettings::ttl`] without renewal) — so a follower leads within a lease and a second of
+//! the leader's death. Only the leader runs the control loops ([`while_leading`]: monitor,
+//! reconciler, failover, autoscaler, sampler, idle reclaim, node watches) and carries on the
+//! operations an earlier leader left unfinished; every write transaction of an elected hub is
+//! fenced by its term ([`berth_store::leases::Fence`]), so a hub that was paused past its lease
+//! cannot write once another took over. Followers serve the API (their writes go to the leader,
+//! [`crate::api::forward`]), the console and the gateway.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_store::Backend;
+use berth_store::leases;
+use tokio::sync::watch;
+
+use crate::state::HubState;
+
+/// The lease's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseSettings {
+    /// How long a lease lasts without renewal.
+    pub ttl: Duration,
+    /// How often it is renewed (and a follower asks for it).
+    pub renew_every: Duration,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(5),
+            renew_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// This hub's leadership, as [`HubState::leadership`] publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Lead {
+    /// The term this hub leads in (0 alone on SQLite); `None` while following.
+    pub term: Option<i64>,
+    /// When its term began, Unix ms.
+    pub since_ms: i64,
+    /// Where the leader's API is, when another hub leads.
+    pub leader_url: Option<String>,
+    /// Whether hubs are elected (PostgreSQL) rather than alone (SQLite).
+    pub elected: bool,
+}
+
+impl Lead {
+    /// Whether this hub leads.
+    pub fn leading(&self) -> bool {
+        self.term.is_some()
+    }
+}
+
+/// Keeps this hub's leadership until `shutdown` completes, then gives the lease up. `url` is
+/// where other hubs reach this one's API.
+pub async fn run(
+    state: Arc<HubState>,
+    url: String,
+    settings: LeaseSettings,
+    shutdown: impl Future<Output = ()>,
+) {
+    if state.store.backend() == Backend::Sqlite {
+        state.leadership.send_replace(Lead {
+            term: Some(0),
+            since_ms: berth_store::now_ms(),
+            leader_url: None,
+            elected: false,
+        });
+        shutdown.await;
+        return;
+    }
+    let fence = Arc::clone(state.store.fence());
+    fence.arm();
+    let ttl_ms = i64::try_from(settings.ttl.as_millis()).unwrap_or(i64::MAX);
+    let mut last_renewal: Option<Instant> = None;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let asked = match state.store.acquire().await {
+            Ok(mut connection) => {
+                leases::lead(
+                    &mut connection,
+                    Backend::Postgres,
+                    fence.holder(),
+                    &url,
+                    ttl_ms,
+                )
+                .await
+            }
+            Err(err) => Err(err),
+        };
+        match asked {
+            Ok(Some(held)) => {
+                last_renewal = Some(Instant::now());
+                if fence.term() != held.term {
+                    fence.hold(held.term);
+                    tracing::info!(term = held.term, "This hub leads now.");
+                    state.metrics.leader_changes.inc();
+                }
+                state.leadership.send_if_modified(|lead| {
+                    let now = Lead {
+                        term: Some(held.term),
+                        since_ms: held.since,
+                        leader_url: None,
+                        elected: true,
+                    };
+                    let changed = *lead != now;
+                    *lead = now;
+                    changed
+                });
+            }
+            Ok(None) => {
+                step_down(&state, &fence, "another hub holds the lease");
+                last_renewal = None;
+                let leader = match state.store.acquire().await {
+                    Ok(mut connection) => leases::leader(&mut connection, Backend::Postgres)
+                        .await
+                        .ok()
+                        .flatten(),
+                    Err(_) => None,
+                };
+                state.leadership.send_if_modified(|lead| {
+                    let now = Lead {
+                        term: None,
+                        since_ms: leader.as_ref().map_or(0, |leader| leader.since),
+                        leader_url: leader.map(|leader| leader.url),
+                        elected: true,
+                    };
+                    let changed = *lead != now;
+                    *lead = now;
+                    changed
+                });
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "Asking for the leader lease failed.");
+                // Without a renewal for a whole lease, another hub may lead: stop acting.
+                if last_renewal.is_none_or(|renewed| renewed.elapsed() >= settings.ttl) {
+                    step_down(&state, &fence, "the lease could not be renewed");
+                    state.leadership.send_if_modified(|lead| {
+                        let changed = lead.term.is_some();
+                        lead.term = None;
+                        changed
+                    });
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(settings.renew_every) => {}
+            () = &mut shutdown => break,
+        }
+    }
+    if fence.term() != 0
+        && let Ok(mut connection) = state.store.acquire().await
+    {
+        fence.hold(0);
+        if let Err(err) = leases::resign(&mut connection, fence.holder()).await {
+            tracing::warn!(error = %err, "Giving the leader lease up failed; it lapses by itself.");
+        }
+    }
+}
+
+fn step_down(state: &HubState, fence: &leases::Fence, why: &str) {
+    if fence.term() != 0 {
+        tracing::warn!(
+            term = fence.term(),
+            reason = why,
+            "This hub no longer leads."
+        );
+        fence.hold(0);
+        state.metrics.leader_changes.inc();
+    }
+}
+
+/// A future that completes when the hub stops or leaves the term it led in.
+pub type Until = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Spawns [`while_leading`] for `task`.
+pub fn spawn_while_leading<Task, Fut>(
+    state: &Arc<HubState>,
+    stopping: &watch::Receiver<bool>,
+    task: Task,
+) -> tokio::task::JoinHandle<()>
+where
+    Task: Fn(Arc<HubState>, Until) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(while_leading(Arc::clone(state), stopping.clone(), task))
+}
+
+/// Runs `task` while this hub leads, from each term's start to its end (or the hub's stop,
+/// `stopping` turning true), again at the next term; returns once the hub stops.
+pub async fn while_leading<Task, Fut>(
+    state: Arc<HubState>,
+    mut stopping: watch::Receiver<bool>,
+    task: Task,
+) where
+    Task: Fn(Arc<HubState>, Until) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut leadership = state.leadership.subscribe();
+    loop {
+        let term = tokio::select! {
+            lead = leadership.wait_for(Lead::leading) => match lead {
+                Ok(lead) => lead.term,
+                Err(_) => return,
+            },
+            _ = stopping.wait_for(|stop| *stop) => return,
+        };
+        let until: Until = {
+            let (mut leadership, mut stopping) = (leadership.clone(), stopping.clone());
+            Box::pin(async move {
+                tokio::select! {
+                    _ = leadership.wait_for(|lead| lead.term != term) => {}
+                    _ = stopping.wait_for(|stop| *stop) => {}
+                }
+            })
+        };
+        task(Arc::clone(&state), until).await;
+        if *stopping.borrow() {
+            return;
+        }
+    }
+}
