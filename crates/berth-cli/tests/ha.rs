@@ -6,98 +6,10 @@
 
 mod processes;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use processes::{Process, free_port, fresh_dir, wait_for};
+use processes::{free_port, fresh_dir, leader_among, leadership, postgres_database, wait_for};
 use serde_json::{Value, json};
-
-/// The key every hub seals secrets with (they share the database, so the key too).
-const SECRET_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-
-/// A fresh PostgreSQL database for this test, or `None` when no server is configured.
-async fn postgres_database() -> Option<String> {
-    let base = match std::env::var("BERTH_TEST_POSTGRES_URL") {
-        Ok(base) => base,
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("BERTH_TEST_POSTGRES_URL is not set; scripts/test starts PostgreSQL and sets it")
-        }
-        Err(_) => {
-            eprintln!("skipped: BERTH_TEST_POSTGRES_URL is not set");
-            return None;
-        }
-    };
-    let name = format!("berth_ha_{}", std::process::id());
-    let admin = berth_store::Store::connect(&base)
-        .await
-        .expect("PostgreSQL");
-    let mut connection = admin.acquire().await.expect("connection");
-    for statement in [
-        format!("DROP DATABASE IF EXISTS {name}"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(&mut *connection)
-            .await
-            .expect("the test database");
-    }
-    let slash = base
-        .rfind('/')
-        .expect("BERTH_TEST_POSTGRES_URL ends in /DATABASE");
-    Some(format!("{}/{name}", &base[..slash]))
-}
-
-/// A hub on `database` with its data in `dir`, listening on `port`.
-fn start_hub(database: &str, dir: &Path, port: u16) -> Process {
-    std::fs::create_dir_all(dir).expect("dir");
-    let log = std::fs::File::create(dir.join("hub.log")).expect("log");
-    Process(
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .arg("hub")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--gateway-listen", "127.0.0.1:0"])
-            .args(["--database-url", database])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--leader-lease-seconds", "2"])
-            .env("BERTH_SECRET_KEY", SECRET_KEY)
-            .env("BERTH_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("berth hub"),
-    )
-}
-
-/// `/health`'s leadership of the hub on `port`, once it answers.
-async fn leadership(client: &reqwest::Client, port: u16) -> Option<Value> {
-    let health: Value = client
-        .get(format!("http://127.0.0.1:{port}/health"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    Some(health["leadership"].clone())
-}
-
-/// Waits until the hub on one of `ports` leads; that port and its term.
-async fn leader_among(client: &reqwest::Client, ports: &[u16], what: &str) -> (u16, i64) {
-    wait_for(Duration::from_secs(30), what, || async {
-        for port in ports {
-            if let Some(lead) = leadership(client, *port).await
-                && lead["leading"] == true
-            {
-                return Some((*port, lead["term"].as_i64().expect("a term")));
-            }
-        }
-        None
-    })
-    .await
-}
 
 /// Creates user `name` through the hub on `port`, trying again while no hub takes changes; the
 /// status that acknowledged it (201, or 409 when an earlier try had been taken).
@@ -121,20 +33,23 @@ async fn create_user(client: &reqwest::Client, port: u16, token: &str, name: &st
 
 #[tokio::test]
 async fn a_follower_takes_over_from_a_killed_or_paused_leader_and_no_acknowledged_change_is_lost() {
-    let Some(database) = postgres_database().await else {
+    let Some(database) = postgres_database("ha").await else {
         return;
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = fresh_dir("ha");
     let client = reqwest::Client::new();
     let ports = [free_port(), free_port(), free_port()];
-    let mut hubs = vec![start_hub(&database, &dir.join("a"), ports[0])];
+    let start_hub = |name: &str, port: u16| {
+        processes::start_elected_hub(&database, &dir.join(name), port, free_port(), 2)
+    };
+    let mut hubs = vec![start_hub("a", ports[0])];
     let (first, term) = leader_among(&client, &ports[..1], "the first hub leads").await;
     assert_eq!((first, term), (ports[0], 1));
     let token = std::fs::read_to_string(dir.join("a").join("admin-token")).expect("admin token");
     let token = token.trim().to_owned();
     for (name, port) in [("b", ports[1]), ("c", ports[2])] {
-        hubs.push(start_hub(&database, &dir.join(name), port));
+        hubs.push(start_hub(name, port));
     }
     for port in &ports[1..] {
         let lead = wait_for(Duration::from_secs(30), "a follower answers", || {

@@ -136,9 +136,10 @@ async fn a_change_is_an_operation_that_can_be_waited_for_streamed_and_retried() 
                 Some(json!({"timeout_seconds": 1})),
             )
             .await;
-        assert_eq!(
-            (status, restart["kind"].as_str()),
-            (202, Some("service.restart"))
+        // 202 while it runs; 200 when a quick restart already ended as the answer was made.
+        assert!(
+            matches!(status, 200 | 202) && restart["kind"] == "service.restart",
+            "{status} {restart}"
         );
         let restart_id = restart["id"].as_i64().expect("id");
         let stream = reqwest::Client::new()

@@ -349,6 +349,10 @@ mod tests {
                 include_str!("../migrations/sqlite/0012_join_tokens.sql"),
                 include_str!("../migrations/postgres/0012_join_tokens.sql"),
             ),
+            (
+                include_str!("../migrations/sqlite/0013_leases.sql"),
+                include_str!("../migrations/postgres/0013_leases.sql"),
+            ),
         ];
         for (sqlite, postgres) in pairs {
             let translated = sqlite.replace(

@@ -90,6 +90,15 @@ pub struct HubApi {
 }
 
 impl HubApi {
+    /// The API at `base` as the admin with `token`.
+    pub fn at(base: String, token: String) -> Self {
+        Self {
+            base,
+            token,
+            client: reqwest::Client::new(),
+        }
+    }
+
     /// The API's base URL.
     pub fn base(&self) -> &str {
         &self.base
@@ -203,6 +212,104 @@ impl HubApi {
         pairs.reverse();
         pairs
     }
+}
+
+/// The key every hub seals secrets with (they share the database, so the key too).
+pub const SECRET_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// A fresh PostgreSQL database named after `purpose` on the test server
+/// (`BERTH_TEST_POSTGRES_URL`), or `None` when none is configured (outside CI).
+pub async fn postgres_database(purpose: &str) -> Option<String> {
+    let base = match std::env::var("BERTH_TEST_POSTGRES_URL") {
+        Ok(base) => base,
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("BERTH_TEST_POSTGRES_URL is not set; scripts/test starts PostgreSQL and sets it")
+        }
+        Err(_) => {
+            eprintln!("skipped: BERTH_TEST_POSTGRES_URL is not set");
+            return None;
+        }
+    };
+    let name = format!("berth_{purpose}_{}", std::process::id());
+    let admin = berth_store::Store::connect(&base)
+        .await
+        .expect("PostgreSQL");
+    let mut connection = admin.acquire().await.expect("connection");
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut *connection)
+            .await
+            .expect("the test database");
+    }
+    let slash = base
+        .rfind('/')
+        .expect("BERTH_TEST_POSTGRES_URL ends in /DATABASE");
+    Some(format!("{}/{name}", &base[..slash]))
+}
+
+/// A hub on `database` (PostgreSQL, so elected) with its data in `dir`, its API on `port`,
+/// its gateway on `gateway_port`, and a lease of `lease_seconds`; its log in `dir/hub.log`.
+pub fn start_elected_hub(
+    database: &str,
+    dir: &Path,
+    port: u16,
+    gateway_port: u16,
+    lease_seconds: u64,
+) -> Process {
+    std::fs::create_dir_all(dir).expect("dir");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("hub.log"))
+        .expect("log");
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("hub")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--gateway-listen", &format!("127.0.0.1:{gateway_port}")])
+            .args(["--database-url", database])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--leader-lease-seconds", &lease_seconds.to_string()])
+            .env("BERTH_SECRET_KEY", SECRET_KEY)
+            .env("BERTH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("berth hub"),
+    )
+}
+
+/// `/health`'s leadership of the hub on `port`, once it answers.
+pub async fn leadership(client: &reqwest::Client, port: u16) -> Option<Value> {
+    let health: Value = client
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(health["leadership"].clone())
+}
+
+/// Waits until the hub on one of `ports` leads; that port and its term.
+pub async fn leader_among(client: &reqwest::Client, ports: &[u16], what: &str) -> (u16, i64) {
+    wait_for(Duration::from_secs(30), what, || async {
+        for port in ports {
+            if let Some(lead) = leadership(client, *port).await
+                && lead["leading"] == true
+            {
+                return Some((*port, lead["term"].as_i64().expect("a term")));
+            }
+        }
+        None
+    })
+    .await
 }
 
 /// The hub's log in `dir`, which every hub started there appends to.

@@ -3,8 +3,8 @@ CREATE TABLE hub_leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     holder_url TEXT NOT NULL,
-    term INTEGER NOT NULL,
-    acquired_at INTEGER NOT NULL,
-    renewed_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
+    term BIGINT NOT NULL,
+    acquired_at BIGINT NOT NULL,
+    renewed_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
 );
