@@ -149,8 +149,13 @@ async fn main() {
         sent_total += sent;
         lost_total += lost;
         hubs[killed] = start(killed);
-        wait_for(Duration::from_secs(30), "the killed hub is back", || {
-            leadership(&client, ports[killed])
+        let url = format!("http://127.0.0.1:{}{path}", gateways[killed]);
+        wait_for(Duration::from_secs(30), "the killed hub's gateway serves again", || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let answer = client.get(url).send().await.ok()?;
+                (answer.status() == 200).then_some(())
+            }
         })
         .await;
     }
