@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use processes::{
-    HubApi, IMAGE, LabelledContainers, free_port, fresh_dir, leader_among, leadership,
-    postgres_database, start_elected_hub, wait_for,
+    HubApi, IMAGE, LabelledContainers, database_hub_label, free_port, fresh_dir, leader_among,
+    leadership, postgres_database, start_elected_hub, wait_for,
 };
 use reqwest::Method;
 use serde_json::json;
@@ -42,9 +42,9 @@ async fn main() {
         start_elected_hub(
             &database,
             &dir.join(["a", "b"][which]),
-            ports[which],
-            gateways[which],
+            (ports[which], gateways[which]),
             LEASE_SECONDS,
+            "",
         )
     };
     let mut hubs = vec![start(0)];
@@ -61,16 +61,7 @@ async fn main() {
     .await;
     hub.add_local_node().await;
     let (_, me) = hub.call(Method::GET, "/api/users/me", None).await;
-    let hub_id = {
-        let store = berth_store::Store::connect(&database)
-            .await
-            .expect("database");
-        let mut connection = store.acquire().await.expect("connection");
-        berth_store::allocations::hub_id(&mut connection)
-            .await
-            .expect("hub id")
-    };
-    let _leftovers = LabelledContainers(vec![format!("berth.hub={hub_id}")]);
+    let _leftovers = LabelledContainers(vec![database_hub_label(&database).await]);
     let script = "trap 'exit 0' TERM; mkdir -p /www; echo ok > /www/index.html; httpd -f -p 8080 -h /www & wait";
     let (status, created) = hub
         .call(
@@ -150,13 +141,17 @@ async fn main() {
         lost_total += lost;
         hubs[killed] = start(killed);
         let url = format!("http://127.0.0.1:{}{path}", gateways[killed]);
-        wait_for(Duration::from_secs(30), "the killed hub's gateway serves again", || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                let answer = client.get(url).send().await.ok()?;
-                (answer.status() == 200).then_some(())
-            }
-        })
+        wait_for(
+            Duration::from_secs(30),
+            "the killed hub's gateway serves again",
+            || {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    let answer = client.get(url).send().await.ok()?;
+                    (answer.status() == 200).then_some(())
+                }
+            },
+        )
         .await;
     }
     takeovers.sort();

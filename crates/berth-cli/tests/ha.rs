@@ -41,7 +41,7 @@ async fn a_follower_takes_over_from_a_killed_or_paused_leader_and_no_acknowledge
     let client = reqwest::Client::new();
     let ports = [free_port(), free_port(), free_port()];
     let start_hub = |name: &str, port: u16| {
-        processes::start_elected_hub(&database, &dir.join(name), port, free_port(), 2)
+        processes::start_elected_hub(&database, &dir.join(name), (port, free_port()), 2, "")
     };
     let mut hubs = vec![start_hub("a", ports[0])];
     let (first, term) = leader_among(&client, &ports[..1], "the first hub leads").await;

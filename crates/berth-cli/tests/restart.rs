@@ -5,7 +5,8 @@
 //! rounds of 30 concurrent changes killed at a random moment all end succeeded (or cancelled,
 //! overtaken by a later change of the same service) with every service as it is wanted. A
 //! rollout cut short is carried on with the previous version answering until the new one is
-//! ready.
+//! ready. With three hubs on PostgreSQL, 30 concurrent changes made through the followers while
+//! the leader is killed all end clearly under the next leader, and the services converge.
 
 mod processes;
 
@@ -524,4 +525,135 @@ async fn a_rollout_cut_short_by_a_killed_hub_keeps_the_previous_version_serving(
         },
     )
     .await;
+}
+
+/// Three hubs on PostgreSQL: 30 concurrent changes through the two followers, the leader killed
+/// at a random moment while they run. A follower leads; every acknowledged change ends clearly
+/// under it, and every service converges with each replica once: no duplicate container, no
+/// replica lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_through_followers_all_finish_when_the_leader_is_killed() {
+    let Some(database) = processes::postgres_database("ha_changes").await else {
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = fresh_dir("ha-changes");
+    let config = "monitor_interval: 1\nmax_services_per_user: 1000\n";
+    let client = reqwest::Client::new();
+    let ports = [
+        processes::free_port(),
+        processes::free_port(),
+        processes::free_port(),
+    ];
+    let start = |name: &str, port: u16| {
+        processes::start_elected_hub(
+            &database,
+            &dir.join(name),
+            (port, processes::free_port()),
+            2,
+            config,
+        )
+    };
+    let mut leader = start("a", ports[0]);
+    processes::leader_among(&client, &ports[..1], "the first hub leads").await;
+    let token = std::fs::read_to_string(dir.join("a").join("admin-token")).expect("token");
+    let api: Vec<HubApi> = ports
+        .iter()
+        .map(|port| HubApi::at(format!("http://127.0.0.1:{port}"), token.trim().to_owned()))
+        .collect();
+    api[0].add_local_node().await;
+    let _followers = [start("b", ports[1]), start("c", ports[2])];
+    for port in &ports[1..] {
+        wait_for(
+            Duration::from_secs(30),
+            "a follower knows the leader",
+            || async {
+                let lead = processes::leadership(&client, *port).await?;
+                lead["leader_url"].is_string().then_some(())
+            },
+        )
+        .await;
+    }
+    let label = processes::database_hub_label(&database).await;
+    let _guard = LabelledContainers(vec![label.clone()]);
+    let owner = user(&api[0]).await;
+    let mut services = Vec::new();
+    for number in 0..4 {
+        let (status, created) = api[0]
+            .call(
+                Method::POST,
+                &format!("/api/{owner}/soak/services?wait=60"),
+                Some(create_body(&format!("before-{number}"), 2)),
+            )
+            .await;
+        assert_eq!(status, 200, "{created}");
+        services.push(created["service_id"].as_i64().expect("id"));
+    }
+
+    let mut random = Seeded(20_261_204);
+    let requests: Vec<Request> = (0..30)
+        .map(|n| change(&mut random, &owner, &services, 0, n))
+        .collect();
+    let kill_after = Duration::from_millis(100 + random.below(900));
+    let api_ref = &api;
+    let sent = futures_util::future::join_all(requests.iter().enumerate().map(
+        |(n, request)| async move {
+            let headers: Vec<(&str, &str)> = request
+                .key
+                .as_deref()
+                .map(|key| vec![("Idempotency-Key", key)])
+                .unwrap_or_default();
+            api_ref[1 + n % 2]
+                .call_with(
+                    request.method.clone(),
+                    &request.path,
+                    request.body.clone(),
+                    &headers,
+                )
+                .await
+        },
+    ));
+    let killer = async {
+        tokio::time::sleep(kill_after).await;
+        leader.kill();
+    };
+    let (answers, ()) = tokio::join!(sent, killer);
+    for (status, answer) in &answers {
+        assert!(
+            matches!(status, 0 | 200 | 202 | 404 | 409 | 502 | 503),
+            "an answer that is neither an acknowledgement nor a clear refusal: {status} {answer}"
+        );
+    }
+    let acknowledged: Vec<i64> = answers
+        .iter()
+        .filter(|(status, _)| *status == 202 || *status == 200)
+        .filter_map(|(_, answer)| answer["id"].as_i64())
+        .collect();
+    let (new_leader, term) =
+        processes::leader_among(&client, &ports[1..], "a follower leads").await;
+    assert_eq!(term, 2);
+    let leading = &api[ports
+        .iter()
+        .position(|port| *port == new_leader)
+        .expect("port")];
+    for id in &acknowledged {
+        let operation = ended(leading, *id).await;
+        assert!(
+            matches!(operation["state"].as_str(), Some("succeeded" | "cancelled"))
+                || (operation["state"] == "failed"
+                    && operation["error"]
+                        .as_str()
+                        .is_some_and(|error| !error.is_empty())),
+            "operation {id} ended unclearly: {operation}"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while let Some(difference) = difference(leading, &label).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the services did not converge within 90 s: {difference}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    leading.delete_all_services().await;
 }

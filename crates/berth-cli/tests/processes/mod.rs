@@ -251,15 +251,18 @@ pub async fn postgres_database(purpose: &str) -> Option<String> {
 }
 
 /// A hub on `database` (PostgreSQL, so elected) with its data in `dir`, its API on `port`,
-/// its gateway on `gateway_port`, and a lease of `lease_seconds`; its log in `dir/hub.log`.
+/// its gateway on `gateway_port`, a lease of `lease_seconds` and the configuration `config`
+/// (YAML); its log in `dir/hub.log`.
 pub fn start_elected_hub(
     database: &str,
     dir: &Path,
-    port: u16,
-    gateway_port: u16,
+    (port, gateway_port): (u16, u16),
     lease_seconds: u64,
+    config: &str,
 ) -> Process {
     std::fs::create_dir_all(dir).expect("dir");
+    let config_path = dir.join("hub.yaml");
+    std::fs::write(&config_path, config).expect("config");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -274,6 +277,8 @@ pub fn start_elected_hub(
             .arg("--data-dir")
             .arg(dir)
             .args(["--leader-lease-seconds", &lease_seconds.to_string()])
+            .arg("--config")
+            .arg(&config_path)
             .env("BERTH_SECRET_KEY", SECRET_KEY)
             .env("BERTH_LOG", "info")
             .stdout(Stdio::null())
@@ -310,6 +315,18 @@ pub async fn leader_among(client: &reqwest::Client, ports: &[u16], what: &str) -
         None
     })
     .await
+}
+
+/// The label (`berth.hub=…`) on every container of the hubs sharing `database`.
+pub async fn database_hub_label(database: &str) -> String {
+    let store = berth_store::Store::connect(database)
+        .await
+        .expect("the hubs' database");
+    let mut connection = store.acquire().await.expect("connection");
+    let id = berth_store::allocations::hub_id(&mut connection)
+        .await
+        .expect("the hubs' identity");
+    format!("berth.hub={id}")
 }
 
 /// The hub's log in `dir`, which every hub started there appends to.
