@@ -442,6 +442,18 @@ pub async fn serve(launch: Launch) -> ExitCode {
         .advertise_url
         .clone()
         .unwrap_or_else(|| advertised_url(scheme, &address));
+    if state.store.backend() == berth_store::Backend::Postgres {
+        // A follower's gateway asks the leader to load a service with this (hubs may share
+        // the database; the token is this hub's, by its address, replaced at each start).
+        match bootstrap::admin_token(&state, &format!("hub {advertised}")).await {
+            Ok(token) => {
+                let _ = state.peer_token.set(token);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "No token for asking the leading hub; a follower's gateway cannot wake unloaded services.")
+            }
+        }
+    }
     let leadership_task = tokio::spawn(leadership::run(
         Arc::clone(&state),
         advertised,

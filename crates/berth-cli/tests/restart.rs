@@ -545,16 +545,21 @@ async fn changes_through_followers_all_finish_when_the_leader_is_killed() {
         processes::free_port(),
         processes::free_port(),
     ];
-    let start = |name: &str, port: u16| {
+    let gateways = [
+        processes::free_port(),
+        processes::free_port(),
+        processes::free_port(),
+    ];
+    let start = |name: &str, which: usize| {
         processes::start_elected_hub(
             &database,
             &dir.join(name),
-            (port, processes::free_port()),
+            (ports[which], gateways[which]),
             2,
             config,
         )
     };
-    let mut leader = start("a", ports[0]);
+    let mut leader = start("a", 0);
     processes::leader_among(&client, &ports[..1], "the first hub leads").await;
     let token = std::fs::read_to_string(dir.join("a").join("admin-token")).expect("token");
     let api: Vec<HubApi> = ports
@@ -562,7 +567,7 @@ async fn changes_through_followers_all_finish_when_the_leader_is_killed() {
         .map(|port| HubApi::at(format!("http://127.0.0.1:{port}"), token.trim().to_owned()))
         .collect();
     api[0].add_local_node().await;
-    let _followers = [start("b", ports[1]), start("c", ports[2])];
+    let _followers = [start("b", 1), start("c", 2)];
     for port in &ports[1..] {
         wait_for(
             Duration::from_secs(30),
@@ -655,5 +660,46 @@ async fn changes_through_followers_all_finish_when_the_leader_is_killed() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // An unloaded service is woken by a request to a follower's gateway: the follower asks the
+    // leader to load it, then serves the request.
+    let follower = (1..3)
+        .find(|which| ports[*which] != new_leader)
+        .expect("a follower");
+    let body = json!({"name": "sleeper", "image": IMAGE, "cpu_limit": 0.02, "memory_limit": "8m",
+        "port": 8080, "is_public": true, "start": true, "command": ["sh", "-c",
+        "trap 'exit 0' TERM; mkdir -p /www; echo awake > /www/index.html; httpd -f -p 8080 -h /www & wait"]});
+    let (status, created) = leading
+        .call(
+            Method::POST,
+            &format!("/api/{owner}/soak/services?wait=60"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["service_id"].as_i64().expect("id");
+    let (status, unloaded) = api[follower]
+        .call(
+            Method::POST,
+            &format!("/api/services/{id}/unload?wait=60"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, unloaded["state"].as_str()),
+        (200, Some("succeeded")),
+        "{unloaded}"
+    );
+    let woken = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/s/{owner}/sleeper/",
+            gateways[follower]
+        ))
+        .timeout(Duration::from_secs(90))
+        .send()
+        .await
+        .expect("the follower's gateway answers");
+    assert_eq!(woken.status(), 200);
+    assert_eq!(woken.text().await.expect("body").trim(), "awake");
     leading.delete_all_services().await;
 }

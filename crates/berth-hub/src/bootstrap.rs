@@ -28,6 +28,13 @@ pub const WATCHER_TOKEN: &str = "model-watch";
 /// the ones an earlier run issued are revoked in the same transaction, so one is valid at a
 /// time, listed and revocable like any other.
 pub async fn watcher_token(state: &HubState) -> Result<String, StoreError> {
+    admin_token(state, WATCHER_TOKEN).await
+}
+
+/// A fresh token of the first admin for a part of the hub that calls an API (its own, or the
+/// leading hub's), named `name`: the earlier ones of that name are revoked in the same
+/// transaction, so one is valid at a time, listed and revocable like any other.
+pub async fn admin_token(state: &HubState, name: &str) -> Result<String, StoreError> {
     let mut transaction = state.store.begin().await?;
     let admin = users::list_users(&mut transaction)
         .await?
@@ -36,11 +43,11 @@ pub async fn watcher_token(state: &HubState) -> Result<String, StoreError> {
         .min_by_key(|user| user.id)
         .ok_or_else(|| StoreError::Invalid("the hub has no admin to act as".to_owned()))?;
     for earlier in users::list_tokens(&mut transaction, admin.id).await? {
-        if earlier.name == WATCHER_TOKEN {
+        if earlier.name == name {
             users::revoke_token(&mut transaction, admin.id, earlier.id).await?;
         }
     }
-    let issued = users::issue_token(&mut transaction, admin.id, WATCHER_TOKEN, None).await?;
+    let issued = users::issue_token(&mut transaction, admin.id, name, None).await?;
     transaction.commit().await?;
     Ok(issued.token)
 }

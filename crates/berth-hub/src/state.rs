@@ -123,6 +123,8 @@ pub struct HubState {
     pub gateway_address: std::sync::OnceLock<std::net::SocketAddr>,
     /// This hub's leadership ([`crate::leadership`]).
     pub leadership: tokio::sync::watch::Sender<crate::leadership::Lead>,
+    /// The token this hub asks the leading hub with when it follows (its gateway's wake-ups).
+    pub peer_token: std::sync::OnceLock<String>,
     /// The client that forwards a follower's writes to the leader (no overall timeout: a
     /// change may wait for its operation).
     pub leader_http: reqwest::Client,
@@ -200,6 +202,7 @@ impl HubState {
             gateway_over_tls: Default::default(),
             pki_dir: Default::default(),
             leadership: tokio::sync::watch::Sender::new(crate::leadership::Lead::default()),
+            peer_token: Default::default(),
             leader_http: reqwest::Client::builder()
                 .connect_timeout(berth_core::timeouts::AGENT_CONNECT)
                 .build()

@@ -737,22 +737,16 @@ async fn wake(state: &Arc<HubState>, routes: &ServiceRoutes) -> Result<(), Probl
         return Ok(());
     }
     let models = &state.metrics.models;
-    let loaded = match models::load(state, &service, None, "a request arrived").await {
-        // The load's operation ends once a replica is ready, or fails saying why.
-        Ok(operation) => match ops::wait_for(
-            state,
-            operation,
-            routes.profile().settings.start_timeout() + LOAD_MARGIN,
-        )
-        .await
-        {
-            Ok(ended) if ended.state == berth_store::operations::State::Failed => {
-                Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, ended.error))
-            }
-            Ok(_) => Ok(()),
-            Err(err) => Err(err.into()),
-        },
-        Err(problem) => Err(problem),
+    let limit = routes.profile().settings.start_timeout() + LOAD_MARGIN;
+    let leader = {
+        let lead = state.leadership.borrow();
+        (lead.elected && !lead.leading())
+            .then(|| lead.leader_url.clone())
+            .flatten()
+    };
+    let loaded = match leader {
+        Some(leader) => load_at_leader(state, &leader, service.id, limit).await,
+        None => load_here(state, &service, limit).await,
     };
     if let Err(problem) = loaded {
         models
@@ -774,6 +768,68 @@ async fn wake(state: &Arc<HubState>, routes: &ServiceRoutes) -> Result<(), Probl
         .get_or_create(&routes.metrics(models).labels)
         .inc();
     Ok(())
+}
+
+/// Loads `service` here and waits up to `limit` for its operation, which ends once a replica is
+/// ready, or fails saying why.
+async fn load_here(
+    state: &Arc<HubState>,
+    service: &services::ServiceRecord,
+    limit: Duration,
+) -> Result<(), Problem> {
+    let operation = models::load(state, service, None, "a request arrived").await?;
+    match ops::wait_for(state, operation, limit).await {
+        Ok(ended) if ended.state == berth_store::operations::State::Failed => {
+            Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, ended.error))
+        }
+        Ok(_) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// A follower's wake-up: the leading hub loads service `id` (through its API, with this hub's
+/// own admin token) and answers once a replica is ready; this gateway then finds the replica in
+/// its table as usual.
+async fn load_at_leader(
+    state: &HubState,
+    leader: &str,
+    id: i64,
+    limit: Duration,
+) -> Result<(), Problem> {
+    let unavailable = |detail: String| Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail);
+    let token = state.peer_token.get().ok_or_else(|| {
+        unavailable("this hub follows and has no token to ask the leading hub with".to_owned())
+    })?;
+    let wait = limit
+        .as_secs()
+        .clamp(1, crate::api::operations::MAX_WAIT_SECS);
+    let answer = state
+        .leader_http
+        .post(format!("{leader}/api/services/{id}/load?wait={wait}"))
+        .bearer_auth(token)
+        .timeout(limit + LOAD_MARGIN)
+        .send()
+        .await
+        .map_err(|err| {
+            unavailable(format!(
+                "the leading hub at {leader} could not be asked to load it: {err}"
+            ))
+        })?;
+    let status = answer.status();
+    let body: serde_json::Value = answer.json().await.unwrap_or_default();
+    match status.as_u16() {
+        200 if body["state"] == "failed" => Err(unavailable(
+            body["error"]
+                .as_str()
+                .unwrap_or("the load failed")
+                .to_owned(),
+        )),
+        200 | 202 => Ok(()),
+        _ => Err(unavailable(format!(
+            "the leading hub did not load it (HTTP {status}): {}",
+            body["detail"].as_str().unwrap_or("no reason given")
+        ))),
+    }
 }
 
 /// A ready replica for `choice` (counted in flight) once one is, within `limit`.
