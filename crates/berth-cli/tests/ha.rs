@@ -11,6 +11,20 @@ use std::time::Duration;
 use processes::{free_port, fresh_dir, leader_among, leadership, postgres_database, wait_for};
 use serde_json::{Value, json};
 
+/// The users the hub on `port` lists, as JSON text.
+async fn users(client: &reqwest::Client, port: u16, token: &str) -> String {
+    let listed: Value = client
+        .get(format!("http://127.0.0.1:{port}/api/users"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("users")
+        .json()
+        .await
+        .expect("json");
+    listed.to_string()
+}
+
 /// Creates user `name` through the hub on `port`, trying again while no hub takes changes; the
 /// status that acknowledged it (201, or 409 when an earlier try had been taken).
 async fn create_user(client: &reqwest::Client, port: u16, token: &str, name: &str) -> u16 {
@@ -76,16 +90,8 @@ async fn a_follower_takes_over_from_a_killed_or_paused_leader_and_no_acknowledge
         create_user(&client, ports[1], &token, "through-b").await,
         201
     );
-    let listed: Value = client
-        .get(format!("http://127.0.0.1:{}/api/users", ports[2]))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("users")
-        .json()
-        .await
-        .expect("json");
-    assert!(listed.to_string().contains("through-b"), "{listed}");
+    let listed = users(&client, ports[2], &token).await;
+    assert!(listed.contains("through-b"), "{listed}");
 
     // 30 changes at once through the followers; the leader is killed while they run.
     let changes: Vec<_> = (0..30)
@@ -107,16 +113,7 @@ async fn a_follower_takes_over_from_a_killed_or_paused_leader_and_no_acknowledge
     }
     let (second, term) = leader_among(&client, &ports[1..], "a follower leads").await;
     assert_eq!(term, 2, "one takeover, one new term");
-    let listed: Value = client
-        .get(format!("http://127.0.0.1:{second}/api/users"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("users")
-        .json()
-        .await
-        .expect("json");
-    let text = listed.to_string();
+    let text = users(&client, second, &token).await;
     for name in &acknowledged {
         assert_eq!(
             text.matches(&format!("\"{name}\"")).count(),

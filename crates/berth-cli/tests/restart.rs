@@ -289,6 +289,39 @@ async fn difference(hub: &HubApi, label: &str) -> Option<String> {
     None
 }
 
+/// Every acknowledged operation ends succeeded, cancelled, or failed with a reason; then the
+/// services converge within 90 s: every replica once, running when it is wanted running, not
+/// running otherwise, no container of a service that is gone. `when` and `log` (the hub's log's
+/// end) go into a failure's message.
+async fn ended_clearly_and_converged(
+    hub: &HubApi,
+    acknowledged: &[i64],
+    label: &str,
+    when: &str,
+    log: impl Fn() -> String,
+) {
+    for id in acknowledged {
+        let operation = ended(hub, *id).await;
+        assert!(
+            matches!(operation["state"].as_str(), Some("succeeded" | "cancelled"))
+                || (operation["state"] == "failed"
+                    && operation["error"]
+                        .as_str()
+                        .is_some_and(|error| !error.is_empty())),
+            "{when}: operation {id} ended unclearly: {operation}"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while let Some(difference) = difference(hub, label).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{when}: the services did not converge within 90 s: {difference}\nthe hub's log ends: {}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Service `id`'s status and operations as the hub reports them, for a failure's message.
 async fn about(hub: &HubApi, id: &str) -> String {
     let (_, live) = hub
@@ -362,32 +395,14 @@ async fn changes_acknowledged_before_a_kill_all_finish_and_converge_after_restar
         }
 
         (process, hub) = start_hub(&dir, config).await;
-        for id in &acknowledged {
-            let operation = ended(&hub, *id).await;
-            assert!(
-                matches!(operation["state"].as_str(), Some("succeeded" | "cancelled"))
-                    || (operation["state"] == "failed"
-                        && operation["error"]
-                            .as_str()
-                            .is_some_and(|error| !error.is_empty())),
-                "round {round}: operation {id} ended unclearly: {operation}"
-            );
-        }
-        // Converged: every service's replicas once each, running when it is wanted running,
-        // not running when stopped; no container of a service that is gone.
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            let difference = difference(&hub, &label).await;
-            let Some(difference) = difference else {
-                break;
-            };
-            assert!(
-                std::time::Instant::now() < deadline,
-                "round {round}: the services did not converge within 90 s: {difference}\nthe hub's log ends: {}",
-                processes::log_tail(&dir, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        ended_clearly_and_converged(
+            &hub,
+            &acknowledged,
+            &label,
+            &format!("round {round}"),
+            || processes::log_tail(&dir, 40),
+        )
+        .await;
     }
     drop(process);
     drop(guard);
@@ -641,25 +656,13 @@ async fn changes_through_followers_all_finish_when_the_leader_is_killed() {
         .iter()
         .position(|port| *port == new_leader)
         .expect("port")];
-    for id in &acknowledged {
-        let operation = ended(leading, *id).await;
-        assert!(
-            matches!(operation["state"].as_str(), Some("succeeded" | "cancelled"))
-                || (operation["state"] == "failed"
-                    && operation["error"]
-                        .as_str()
-                        .is_some_and(|error| !error.is_empty())),
-            "operation {id} ended unclearly: {operation}"
-        );
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while let Some(difference) = difference(leading, &label).await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the services did not converge within 90 s: {difference}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    ended_clearly_and_converged(leading, &acknowledged, &label, "after the takeover", || {
+        processes::log_tail(
+            &dir.join(if new_leader == ports[1] { "b" } else { "c" }),
+            40,
+        )
+    })
+    .await;
 
     // An unloaded service is woken by a request to a follower's gateway: the follower asks the
     // leader to load it, then serves the request.

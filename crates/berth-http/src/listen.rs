@@ -8,6 +8,7 @@
 //! proxy — the console's `Secure` cookies — reads it the same way here.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -17,8 +18,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIME: std::time::Duration = std::time::Duration::from_secs(10);
@@ -124,6 +126,26 @@ impl TlsFiles {
     }
 }
 
+/// The TLS side of a client connection `stream` from `peer`, once its handshake completed within
+/// 10 s; `None` (logged) when it failed or took longer.
+pub async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIME, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "TLS handshake failed.");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake took too long.");
+            None
+        }
+    }
+}
+
 /// Marks a request that came over TLS.
 async fn mark_tls(mut request: axum::extract::Request) -> axum::extract::Request {
     request.extensions_mut().insert(ServedOverTls);
@@ -156,16 +178,8 @@ pub async fn serve(
         let acceptor = tls.acceptor();
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIME, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => {
-                    tracing::debug!(%peer, error = %err, "TLS handshake failed.");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake took too long.");
-                    return;
-                }
+            let Some(stream) = handshake(&acceptor, stream, peer).await else {
+                return;
             };
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(err) = builder

@@ -103,17 +103,15 @@ pub async fn run(
                     tracing::info!(term = held.term, "This hub leads now.");
                     state.metrics.leader_changes.inc();
                 }
-                state.leadership.send_if_modified(|lead| {
-                    let now = Lead {
+                publish(
+                    &state,
+                    Lead {
                         term: Some(held.term),
                         since_ms: held.since,
                         leader_url: None,
                         elected: true,
-                    };
-                    let changed = *lead != now;
-                    *lead = now;
-                    changed
-                });
+                    },
+                );
             }
             Ok(None) => {
                 step_down(&state, &fence, "another hub holds the lease");
@@ -125,28 +123,26 @@ pub async fn run(
                         .flatten(),
                     Err(_) => None,
                 };
-                state.leadership.send_if_modified(|lead| {
-                    let now = Lead {
+                publish(
+                    &state,
+                    Lead {
                         term: None,
                         since_ms: leader.as_ref().map_or(0, |leader| leader.since),
                         leader_url: leader.map(|leader| leader.url),
                         elected: true,
-                    };
-                    let changed = *lead != now;
-                    *lead = now;
-                    changed
-                });
+                    },
+                );
             }
             Err(err) => {
                 tracing::warn!(error = %err, "Asking for the leader lease failed.");
                 // Without a renewal for a whole lease, another hub may lead: stop acting.
                 if last_renewal.is_none_or(|renewed| renewed.elapsed() >= settings.ttl) {
                     step_down(&state, &fence, "the lease could not be renewed");
-                    state.leadership.send_if_modified(|lead| {
-                        let changed = lead.term.is_some();
-                        lead.term = None;
-                        changed
-                    });
+                    let following = Lead {
+                        term: None,
+                        ..state.leadership.borrow().clone()
+                    };
+                    publish(&state, following);
                 }
             }
         }
@@ -163,6 +159,15 @@ pub async fn run(
             tracing::warn!(error = %err, "Giving the leader lease up failed; it lapses by itself.");
         }
     }
+}
+
+/// Publishes `now` on [`HubState::leadership`], waking the watchers only when it changed.
+fn publish(state: &HubState, now: Lead) {
+    state.leadership.send_if_modified(|lead| {
+        let changed = *lead != now;
+        *lead = now;
+        changed
+    });
 }
 
 fn step_down(state: &HubState, fence: &leases::Fence, why: &str) {

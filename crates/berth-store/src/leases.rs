@@ -18,8 +18,8 @@ use crate::{Backend, Conn, StoreError};
 /// The lease's row name.
 const LEADER: &str = "leader";
 
-/// How long a fenced transaction may sit idle before the server ends it (a paused hub): 5 s.
-const FENCED_IDLE_LIMIT: &str = "SET LOCAL idle_in_transaction_session_timeout = '5s'";
+/// How long a fenced transaction may sit idle before the server ends it (a paused hub).
+const FENCED_IDLE_LIMIT: &str = "5s";
 
 /// The database's clock in Unix milliseconds, as an SQL expression.
 fn database_now(backend: Backend) -> &'static str {
@@ -188,18 +188,21 @@ impl Fence {
         if term == 0 {
             return Err(refused());
         }
-        let lock = match backend {
-            Backend::Postgres => {
-                sqlx::query(FENCED_IDLE_LIMIT).execute(&mut *conn).await?;
-                " FOR SHARE"
-            }
-            Backend::Sqlite => "",
+        // On PostgreSQL the same statement sets the idle limit for this transaction
+        // (`set_config(…, true)` is `SET LOCAL`) and locks the row: one round trip a write.
+        let statement = match backend {
+            Backend::Postgres => format!(
+                "SELECT term, set_config('idle_in_transaction_session_timeout', '{FENCED_IDLE_LIMIT}', true) \
+                 FROM hub_leases WHERE name = $1 AND holder = $2 AND term = $3 \
+                 AND expires_at > {} FOR SHARE",
+                database_now(backend)
+            ),
+            Backend::Sqlite => format!(
+                "SELECT term FROM hub_leases WHERE name = $1 AND holder = $2 AND term = $3 \
+                 AND expires_at > {}",
+                database_now(backend)
+            ),
         };
-        let statement = format!(
-            "SELECT term FROM hub_leases WHERE name = $1 AND holder = $2 AND term = $3 \
-             AND expires_at > {}{lock}",
-            database_now(backend)
-        );
         let held = sqlx::query(sqlx::AssertSqlSafe(statement))
             .bind(LEADER)
             .bind(&self.holder)

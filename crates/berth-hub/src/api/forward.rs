@@ -14,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use berth_http::Problem;
 
+use crate::gateway::forward::HOP_BY_HOP;
 use crate::state::HubState;
 
 /// Marks a request a follower forwarded.
@@ -22,22 +23,15 @@ const FORWARDED_MARK: &str = "x-berth-forwarded-by";
 /// The largest body a follower forwards.
 const MAX_FORWARDED_BODY: usize = 64 << 20;
 
-/// Headers that belong to one connection (RFC 9110 §7.6.1) or that the client sets again.
+/// Whether a header is passed on: not one of a single connection (the gateway's list, RFC 9110
+/// §7.6.1) nor one the HTTP client sets again.
 fn passes(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    )
+    let name = name.as_str();
+    !(HOP_BY_HOP.contains(&name)
+        || matches!(
+            name,
+            "transfer-encoding" | "upgrade" | "host" | "content-length"
+        ))
 }
 
 /// Serves `request` here, or at the leader when this hub follows and it may change something.
@@ -46,15 +40,22 @@ pub async fn to_leader(
     request: Request,
     next: Next,
 ) -> Response {
-    let lead = state.leadership.borrow().clone();
     let reads = matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
-    if reads || !lead.elected || lead.leading() || request.headers().contains_key(FORWARDED_MARK) {
+    if reads || request.headers().contains_key(FORWARDED_MARK) {
         return next.run(request).await;
     }
-    let Some(leader) = lead.leader_url else {
+    // Read under the borrow; the leader's URL is taken out only to forward.
+    let follows = {
+        let lead = state.leadership.borrow();
+        (lead.elected && !lead.leading()).then(|| lead.leader_url.clone())
+    };
+    let Some(leader_url) = follows else {
+        return next.run(request).await;
+    };
+    let Some(leader) = leader_url else {
         return Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no hub leads at this moment (one is being elected); nothing was changed, try again",

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use berth_core::seeded::mix;
 use berth_http::Problem;
-use berth_http::listen::{ServedOverTls, TlsFiles};
+use berth_http::listen::{self, ServedOverTls, TlsFiles};
 use berth_store::services;
 use berth_store::users::{self, Role};
 use bytes::Bytes;
@@ -56,9 +56,6 @@ use crate::state::HubState;
 
 /// How long open connections may finish after a shutdown begins.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
-
-/// How long a client may take over its TLS handshake.
-const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 
 /// The gateway's request handler.
 pub struct Gateway {
@@ -170,12 +167,8 @@ impl Gateway {
             let (gateway, acceptor, stopping) =
                 (Arc::clone(&self), tls.acceptor(), stopping.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIME, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => gateway.serve_general(stream, peer, stopping, true).await,
-                    Ok(Err(err)) => {
-                        tracing::debug!(%peer, error = %err, "A gateway TLS handshake failed.");
-                    }
-                    Err(_) => tracing::debug!(%peer, "A gateway TLS handshake took too long."),
+                if let Some(stream) = listen::handshake(&acceptor, stream, peer).await {
+                    gateway.serve_general(stream, peer, stopping, true).await;
                 }
             });
         }
