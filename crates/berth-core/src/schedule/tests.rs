@@ -548,6 +548,18 @@ fn arb_request() -> impl Strategy<Value = Request> {
         })
 }
 
+fn arb_options() -> impl Strategy<Value = Options> {
+    (any::<bool>(), 0usize..4, any::<u64>()).prop_map(|(binpack, candidates, seed)| Options {
+        policy: if binpack {
+            Policy::Binpack
+        } else {
+            Policy::Spread
+        },
+        candidates,
+        seed,
+    })
+}
+
 fn arb_cluster() -> impl Strategy<Value = Vec<NodeState>> {
     (1usize..10).prop_flat_map(|count| (1..=count as i64).map(arb_node).collect::<Vec<_>>())
 }
@@ -614,15 +626,8 @@ proptest! {
     fn never_overcommits_never_double_books_and_places_whatever_fits(
         nodes in arb_cluster(),
         requests in prop::collection::vec(arb_request(), 1..60),
-        binpack in any::<bool>(),
-        candidates in 0usize..4,
-        seed in any::<u64>(),
+        options in arb_options(),
     ) {
-        let options = Options {
-            policy: if binpack { Policy::Binpack } else { Policy::Spread },
-            candidates,
-            seed,
-        };
         let first = run(&nodes, &requests, &options);
         let mut shuffled = nodes.clone();
         shuffled.reverse();
@@ -640,15 +645,8 @@ proptest! {
     fn the_index_chooses_what_checking_every_node_chooses(
         nodes in (1usize..40).prop_flat_map(|count| (1..=count as i64).map(arb_node).collect::<Vec<_>>()),
         requests in prop::collection::vec(arb_request(), 1..120),
-        binpack in any::<bool>(),
-        candidates in 0usize..4,
-        seed in any::<u64>(),
+        options in arb_options(),
     ) {
-        let options = Options {
-            policy: if binpack { Policy::Binpack } else { Policy::Spread },
-            candidates,
-            seed,
-        };
         let mut cluster = Cluster::new(nodes.clone());
         let mut held: Vec<(Request, Placement)> = Vec::new();
         for (step, request) in requests.iter().enumerate() {
