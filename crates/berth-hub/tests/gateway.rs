@@ -1460,9 +1460,23 @@ async fn a_busy_replica_queues_requests_in_order_refuses_past_the_queue_and_limi
         let client = reqwest::Client::new();
         let url = format!("http://{gateway}/s/{owner}/queued/cgi-bin/second");
         let began = std::time::Instant::now();
-        // Ten requests arrive in order, 20 ms apart; the replica takes one at a time, 1 s each.
+        // Ten requests arrive in order — each sent once the one before is in service or
+        // queued — and the replica takes one at a time, 1 s each.
+        let label = format!("service=\"{owner}/queued\"");
         let mut requests = Vec::new();
         for n in 0..10 {
+            if n > 1 {
+                let queued = (n - 1) as f64;
+                let mut seen = None;
+                for _ in 0..250 {
+                    seen = metric(&hub, "berth_gateway_queue_length", &label).await;
+                    if seen == Some(queued) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(4)).await;
+                }
+                assert_eq!(seen, Some(queued), "request {} waits in the queue", n - 1);
+            }
             let (client, url, token) = (client.clone(), url.clone(), hub.admin.clone());
             requests.push(tokio::spawn(async move {
                 let response = client
@@ -1475,9 +1489,21 @@ async fn a_busy_replica_queues_requests_in_order_refuses_past_the_queue_and_limi
                 let body = response.text().await.expect("body");
                 (n, status, body.trim().to_owned(), began.elapsed())
             }));
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if n == 0 {
+                // The first is in service before the second is sent.
+                let mut serving = 0;
+                for _ in 0..250 {
+                    serving = status_of(&hub, id).await["serving"]["replicas"][0]["in_flight"]
+                        .as_u64()
+                        .unwrap_or(0);
+                    if serving == 1 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(4)).await;
+                }
+                assert_eq!(serving, 1, "the first request is in service");
+            }
         }
-        let label = format!("service=\"{owner}/queued\"");
         let mut waiting = None;
         for _ in 0..50 {
             waiting = metric(&hub, "berth_gateway_queue_length", &label).await;
@@ -2005,7 +2031,9 @@ async fn load_scales_a_service_out_and_back_and_an_idle_one_to_zero() {
             .send()
             .await
             .expect("answer");
-        assert_eq!(woken.status(), 200, "the next request loads it");
+        let status = woken.status();
+        let body = woken.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "the next request loads it: {body}");
     })
     .await;
 }

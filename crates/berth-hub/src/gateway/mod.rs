@@ -16,6 +16,7 @@
 //! `X-Forwarded-Proto: https`.
 
 pub mod admission;
+pub mod control;
 mod credentials;
 pub use credentials::is_console_cookie;
 pub mod forward;
@@ -35,8 +36,7 @@ use std::time::{Duration, Instant};
 use berth_core::seeded::mix;
 use berth_http::Problem;
 use berth_http::listen::{self, ServedOverTls, TlsFiles};
-use berth_store::services;
-use berth_store::users::{self, Role};
+use berth_store::users::Role;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -46,12 +46,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
 use self::admission::{Caller, Choice, Entry};
+use self::control::{Control, InHub};
 use self::forward::{AffineConnection, Destination, GatewayBody, Splice, Streamed, Upstreams};
 use self::head::{Head, Target, affinity_of, target_of};
 use self::routes::{Endpoint, Profile, ServiceRoutes, now_millis};
 use crate::metrics::{AnswerLabels, RejectionLabels};
 use crate::models;
-use crate::ops;
 use crate::state::HubState;
 
 /// How long open connections may finish after a shutdown begins.
@@ -59,7 +59,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// The gateway's request handler.
 pub struct Gateway {
-    state: Arc<HubState>,
+    control: Arc<dyn Control>,
     upstreams: Upstreams,
     rolls: AtomicU64,
     tls: Option<Arc<TlsFiles>>,
@@ -115,11 +115,16 @@ impl Refusal {
 }
 
 impl Gateway {
-    /// A gateway over `state`.
+    /// The gateway of the hub with `state`.
     pub fn new(state: Arc<HubState>) -> Self {
+        Self::with_control(Arc::new(InHub(state)))
+    }
+
+    /// A gateway that asks `control` for its routes, tokens and loads.
+    pub fn with_control(control: Arc<dyn Control>) -> Self {
         let seed = now_millis() ^ u64::from(std::process::id()).rotate_left(32);
         Self {
-            state,
+            control,
             upstreams: Upstreams::new(),
             rolls: AtomicU64::new(seed),
             tls: None,
@@ -224,11 +229,11 @@ impl Gateway {
         affine: &AffineConnection,
     ) -> Response<GatewayBody> {
         let started = Instant::now();
-        let settings = self.state.settings();
-        if self.for_front(&request, settings.service_domain.as_deref()) {
+        let domain = self.control.service_domain();
+        if self.for_front(&request, domain.as_deref()) {
             return self.front(request, peer).await;
         }
-        let located = self.locate(&request, settings.service_domain.as_deref());
+        let located = self.locate(&request, domain.as_deref());
         let (routes, target) = match located {
             Ok((routes, target)) => (routes, target),
             Err(refusal) => return refusal.into_response(),
@@ -243,7 +248,7 @@ impl Gateway {
             Err(refusal) => return refusal.into_response(),
         };
         let routes = routed.routes;
-        let mut answer = Answer::begin(&self.state, &routes, started);
+        let mut answer = Answer::begin(&self.control, &routes, started);
         let endpoint = match self.pick(&request, &routes, routed.only).await {
             Ok(endpoint) => endpoint,
             Err(refusal) => {
@@ -316,7 +321,7 @@ impl Gateway {
 
     /// A refusal of kind `kind` (the `berth_gateway_errors_total` label), counted.
     fn refuse(&self, kind: &str, status: StatusCode, detail: String) -> Refusal {
-        self.state.metrics.models.gateway_error(kind);
+        self.control.models().gateway_error(kind);
         Refusal {
             status,
             detail,
@@ -334,7 +339,7 @@ impl Gateway {
         detail: String,
         retry_after: Duration,
     ) -> Refusal {
-        let models = &self.state.metrics.models;
+        let models = &self.control.models();
         models
             .rejections
             .get_or_create(&RejectionLabels {
@@ -368,7 +373,7 @@ impl Gateway {
                 "no service here: the gateway serves /s/{username}/{service}/…".to_owned(),
             ));
         };
-        match self.state.routes.find(target.owner, target.service) {
+        match self.control.routes().find(target.owner, target.service) {
             Some(routes) => Ok((routes, target)),
             None => Err(self.refuse(
                 "no_route",
@@ -402,7 +407,7 @@ impl Gateway {
                 only: Some(subset),
             }),
             Some(rules::Destination::Service(name)) => {
-                let Some(other) = self.state.routes.find(&routes.owner, name) else {
+                let Some(other) = self.control.routes().find(&routes.owner, name) else {
                     return Err(self.refuse(
                         "no_route",
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -477,11 +482,7 @@ impl Gateway {
                 ),
             ));
         };
-        let user = match self.state.store.acquire().await {
-            Ok(mut connection) => users::user_for_token(&mut connection, token).await,
-            Err(err) => Err(err),
-        };
-        match user {
+        match self.control.bearer(token).await {
             Ok(Some(bearer))
                 if bearer.reaches(routes.id)
                     && (profile.public
@@ -505,10 +506,10 @@ impl Gateway {
                     routes.owner, routes.name
                 ),
             )),
-            Err(err) => Err(self.refuse(
+            Err(problem) => Err(self.refuse(
                 "unauthorized",
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the hub cannot check tokens now: {err}"),
+                problem.status(),
+                problem.detail().to_owned(),
             )),
         }
     }
@@ -525,7 +526,7 @@ impl Gateway {
         let settings = &profile.settings;
         let mut woken = false;
         if routes.wanted_is(models::UNLOADED) {
-            match wake(&self.state, routes).await {
+            match wake(self.control.as_ref(), routes).await {
                 Ok(()) => woken = true,
                 Err(err) => {
                     return Err(self.refuse("load_failed", err.status(), err.detail().to_owned()));
@@ -550,7 +551,7 @@ impl Gateway {
                 .canary
                 .as_ref()
                 .and_then(|split| split.service.as_deref())
-                .and_then(|name| self.state.routes.find(&routes.owner, name)),
+                .and_then(|name| self.control.routes().find(&routes.owner, name)),
             only,
         };
         // Waiting is for a service being loaded (by this request or lately by anyone).
@@ -636,7 +637,7 @@ impl Gateway {
             Ok(Ok(endpoint)) => Some(endpoint),
             _ => routes.leave(ticket),
         };
-        let metrics = routes.metrics(&self.state.metrics.models);
+        let metrics = routes.metrics(&self.control.models());
         match handed {
             Some(endpoint) => {
                 metrics.queue_wait.observe(queued.elapsed().as_secs_f64());
@@ -703,7 +704,7 @@ const START_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Starts an unloaded service once, however many requests find it unloaded together; right
 /// after a failed start, refuses with its reason instead of trying again.
-async fn wake(state: &Arc<HubState>, routes: &ServiceRoutes) -> Result<(), Problem> {
+async fn wake(control: &dyn Control, routes: &ServiceRoutes) -> Result<(), Problem> {
     let mut last_failure = routes.waking.lock().await;
     if !routes.wanted_is(models::UNLOADED) {
         return Ok(());
@@ -721,27 +722,9 @@ async fn wake(state: &Arc<HubState>, routes: &ServiceRoutes) -> Result<(), Probl
             ),
         ));
     }
-    let service = {
-        let mut connection = state.store.acquire().await?;
-        services::get(&mut connection, routes.id).await?
-    };
-    if service.status != models::UNLOADED {
-        routes.set_wanted(&service.status);
-        return Ok(());
-    }
-    let models = &state.metrics.models;
+    let models = control.models();
     let limit = routes.profile().settings.start_timeout() + LOAD_MARGIN;
-    let leader = {
-        let lead = state.leadership.borrow();
-        (lead.elected && !lead.leading())
-            .then(|| lead.leader_url.clone())
-            .flatten()
-    };
-    let loaded = match leader {
-        Some(leader) => load_at_leader(state, &leader, service.id, limit).await,
-        None => load_here(state, &service, limit).await,
-    };
-    if let Err(problem) = loaded {
+    if let Err(problem) = control.load(routes, limit).await {
         models
             .load_failures
             .get_or_create(&routes.metrics(models).labels)
@@ -761,68 +744,6 @@ async fn wake(state: &Arc<HubState>, routes: &ServiceRoutes) -> Result<(), Probl
         .get_or_create(&routes.metrics(models).labels)
         .inc();
     Ok(())
-}
-
-/// Loads `service` here and waits up to `limit` for its operation, which ends once a replica is
-/// ready, or fails saying why.
-async fn load_here(
-    state: &Arc<HubState>,
-    service: &services::ServiceRecord,
-    limit: Duration,
-) -> Result<(), Problem> {
-    let operation = models::load(state, service, None, "a request arrived").await?;
-    match ops::wait_for(state, operation, limit).await {
-        Ok(ended) if ended.state == berth_store::operations::State::Failed => {
-            Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, ended.error))
-        }
-        Ok(_) => Ok(()),
-        Err(err) => Err(err.into()),
-    }
-}
-
-/// A follower's wake-up: the leading hub loads service `id` (through its API, with this hub's
-/// own admin token) and answers once a replica is ready; this gateway then finds the replica in
-/// its table as usual.
-async fn load_at_leader(
-    state: &HubState,
-    leader: &str,
-    id: i64,
-    limit: Duration,
-) -> Result<(), Problem> {
-    let unavailable = |detail: String| Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail);
-    let token = state.peer_token.get().ok_or_else(|| {
-        unavailable("this hub follows and has no token to ask the leading hub with".to_owned())
-    })?;
-    let wait = limit
-        .as_secs()
-        .clamp(1, crate::api::operations::MAX_WAIT_SECS);
-    let answer = state
-        .leader_http
-        .post(format!("{leader}/api/services/{id}/load?wait={wait}"))
-        .bearer_auth(token)
-        .timeout(limit + LOAD_MARGIN)
-        .send()
-        .await
-        .map_err(|err| {
-            unavailable(format!(
-                "the leading hub at {leader} could not be asked to load it: {err}"
-            ))
-        })?;
-    let status = answer.status();
-    let body: serde_json::Value = answer.json().await.unwrap_or_default();
-    match status.as_u16() {
-        200 if body["state"] == "failed" => Err(unavailable(
-            body["error"]
-                .as_str()
-                .unwrap_or("the load failed")
-                .to_owned(),
-        )),
-        200 | 202 => Ok(()),
-        _ => Err(unavailable(format!(
-            "the leading hub did not load it (HTTP {status}): {}",
-            body["detail"].as_str().unwrap_or("no reason given")
-        ))),
-    }
 }
 
 /// A ready replica for `choice` (counted in flight) once one is, within `limit`.
@@ -847,7 +768,7 @@ async fn wait_for_ready(
 /// One request's bookkeeping: in flight from [`Answer::begin`] until dropped (when the answer's
 /// last byte has gone, or an upgraded connection was handed over).
 struct Answer {
-    state: Arc<HubState>,
+    control: Arc<dyn Control>,
     routes: Arc<ServiceRoutes>,
     endpoint: Option<Arc<Endpoint>>,
     started: Instant,
@@ -855,15 +776,15 @@ struct Answer {
 }
 
 impl Answer {
-    fn begin(state: &Arc<HubState>, routes: &Arc<ServiceRoutes>, started: Instant) -> Self {
+    fn begin(control: &Arc<dyn Control>, routes: &Arc<ServiceRoutes>, started: Instant) -> Self {
         routes.usage.in_flight.fetch_add(1, Ordering::AcqRel);
         routes
             .usage
             .last_used_ms
             .store(now_millis(), Ordering::Relaxed);
-        routes.metrics(&state.metrics.models).in_flight.inc();
+        routes.metrics(control.models()).in_flight.inc();
         Self {
-            state: Arc::clone(state),
+            control: Arc::clone(control),
             routes: Arc::clone(routes),
             endpoint: None,
             started,
@@ -888,7 +809,7 @@ impl Drop for Answer {
             endpoint.requests.fetch_add(1, Ordering::Relaxed);
             self.routes.dispatch();
         }
-        let models = &self.state.metrics.models;
+        let models = &self.control.models();
         let metrics = self.routes.metrics(models);
         metrics.in_flight.dec();
         metrics

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use berth_store::users::{self, Bearer, Role};
+use berth_store::users::{Bearer, Role};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
@@ -131,11 +131,7 @@ impl Gateway {
         let Some(token) = request.bearer_token() else {
             return Ok(None);
         };
-        let found = match self.state.store.acquire().await {
-            Ok(mut connection) => users::user_for_token(&mut connection, token).await,
-            Err(err) => Err(err),
-        };
-        match found {
+        match self.control.bearer(token).await {
             Ok(Some(bearer)) => Ok(Some(bearer)),
             Ok(None) => Err(error(
                 StatusCode::UNAUTHORIZED,
@@ -144,9 +140,9 @@ impl Gateway {
                 None,
                 Some("invalid_api_key"),
             )),
-            Err(err) => Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the hub cannot check keys now: {err}"),
+            Err(problem) => Err(error(
+                problem.status(),
+                problem.detail().to_owned(),
                 "server_error",
                 None,
                 None,
@@ -157,8 +153,8 @@ impl Gateway {
     /// `GET /v1/models`: every model name the caller may use, sorted.
     fn list_models(&self, bearer: Option<&Bearer>) -> Response<GatewayBody> {
         let mut models: Vec<(String, String, u64)> = self
-            .state
-            .routes
+            .control
+            .routes()
             .all()
             .into_iter()
             .filter(|routes| may_call(bearer, routes))
@@ -194,8 +190,8 @@ impl Gateway {
     /// caller may call, the caller's own first, then the oldest.
     fn model_service(&self, model: &str, bearer: Option<&Bearer>) -> Option<Arc<ServiceRoutes>> {
         let mine = bearer.map(|bearer| bearer.user.id);
-        self.state
-            .routes
+        self.control
+            .routes()
             .all()
             .into_iter()
             .filter(|routes| {
@@ -291,7 +287,7 @@ impl Gateway {
             return refused(&refusal);
         }
         let request = Request::from_parts(parts, Full::new(body));
-        let mut answer = Answer::begin(&self.state, &routes, started);
+        let mut answer = Answer::begin(&self.control, &routes, started);
         let endpoint = match self.pick(&request, &routes, None).await {
             Ok(endpoint) => endpoint,
             Err(refusal) => {
@@ -357,7 +353,7 @@ impl Gateway {
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
-        let models = &self.state.metrics.models;
+        let models = &self.control.models();
         let labels = |kind: &str| TokenLabels {
             service: routes.metrics(models).labels.service.clone(),
             model: model.clone(),

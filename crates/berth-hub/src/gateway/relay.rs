@@ -263,11 +263,11 @@ impl Connection {
         let Some(plan) = Plan::of(&request) else {
             return After::HandOver;
         };
-        let settings = gateway.state.settings();
-        if gateway.for_front(&request, settings.service_domain.as_deref()) {
+        let domain = gateway.control.service_domain();
+        if gateway.for_front(&request, domain.as_deref()) {
             return After::HandOver;
         }
-        let (routes, target) = match gateway.locate(&request, settings.service_domain.as_deref()) {
+        let (routes, target) = match gateway.locate(&request, domain.as_deref()) {
             Ok(located) => located,
             Err(refusal) => return self.refuse(&refusal, plan.close, plan.body_length).await,
         };
@@ -287,7 +287,7 @@ impl Connection {
             // A rule sent it to a service that speaks HTTP/2 to its replicas.
             return After::HandOver;
         }
-        let mut answer = Answer::begin(&gateway.state, &routes, started);
+        let mut answer = Answer::begin(&gateway.control, &routes, started);
         let endpoint = match gateway.pick(&request, &routes, routed.only).await {
             Ok(endpoint) => endpoint,
             Err(refusal) => {

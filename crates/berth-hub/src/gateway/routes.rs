@@ -236,6 +236,8 @@ pub struct ServiceRoutes {
     pub admission: Admission,
     /// Each caller's request rate (`rate_limit`).
     pub rate_limiter: RateLimiter,
+    /// The table's change counter, once the service is in a table ([`RouteTable::insert`]).
+    table_changes: OnceLock<Arc<tokio::sync::watch::Sender<u64>>>,
 }
 
 /// One service's metric handles (they share their values with the registered families).
@@ -286,6 +288,15 @@ impl ServiceRoutes {
             metrics: OnceLock::new(),
             admission: Admission::default(),
             rate_limiter: RateLimiter::default(),
+            table_changes: OnceLock::new(),
+        }
+    }
+
+    /// Tells the table's watchers ([`RouteTable::watch_changes`]) that what the service shows
+    /// the gateway changed.
+    fn changed(&self) {
+        if let Some(changes) = self.table_changes.get() {
+            changes.send_modify(|count| *count += 1);
         }
     }
 
@@ -330,6 +341,7 @@ impl ServiceRoutes {
         if let Ok(mut current) = self.profile.write() {
             *current = Arc::new(profile);
         }
+        self.changed();
         self.dispatch();
     }
 
@@ -352,6 +364,8 @@ impl ServiceRoutes {
             && *current != wanted
         {
             *current = wanted.to_owned();
+            drop(current);
+            self.changed();
         }
     }
 
@@ -386,6 +400,7 @@ impl ServiceRoutes {
             }
         }
         self.ready_signal.send_modify(|count| *count += 1);
+        self.changed();
         self.dispatch();
     }
 
@@ -393,6 +408,7 @@ impl ServiceRoutes {
     /// [`ServiceRoutes::end_handover`].
     pub fn begin_handover(&self) {
         self.handing_over.store(true, Ordering::Release);
+        self.changed();
     }
 
     /// Whether a rollout's handover is under way.
@@ -416,6 +432,7 @@ impl ServiceRoutes {
             }
         }
         self.ready_signal.send_modify(|count| *count += 1);
+        self.changed();
     }
 
     /// The rollout is over: the previous version's replicas take no new requests and finish
@@ -430,6 +447,7 @@ impl ServiceRoutes {
         if let Ok(mut retiring) = self.retiring.write() {
             retiring.extend(leaving);
         }
+        self.changed();
     }
 
     /// Takes the previous version's replicas on `containers` out of rotation during a rollout;
@@ -449,6 +467,7 @@ impl ServiceRoutes {
         if let Ok(mut retiring) = self.retiring.write() {
             retiring.extend(leaving);
         }
+        self.changed();
     }
 
     /// Requests in flight on the containers `containers`, in the table or taken out of it.
@@ -499,6 +518,9 @@ impl ServiceRoutes {
     /// Marks `endpoint` ready or not; waiting requests hear of a newly ready one.
     pub fn set_ready(&self, endpoint: &Endpoint, ready: bool) {
         let was = endpoint.ready.swap(ready, Ordering::AcqRel);
+        if ready != was {
+            self.changed();
+        }
         if ready && !was {
             self.ready_signal.send_modify(|count| *count += 1);
             self.dispatch();
@@ -595,6 +617,9 @@ pub struct RouteTable {
     touched: std::sync::Mutex<HashSet<i64>>,
     /// Probes and warms replicas that speak HTTP/2 only (gRPC servers).
     pub http2_probes: reqwest::Client,
+    /// Counts changes of what the table shows the gateway: services in or out, their profiles,
+    /// wanted states, replicas and readiness.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for RouteTable {
@@ -609,6 +634,7 @@ impl Default for RouteTable {
                 .connect_timeout(std::time::Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 }
@@ -640,11 +666,21 @@ impl RouteTable {
         };
         let id = service.id;
         let (owner, name) = (service.owner.clone(), service.name.clone());
-        let entry = Arc::clone(services.entry(id).or_insert_with(|| Arc::new(service)));
+        let entry = Arc::clone(services.entry(id).or_insert_with(|| {
+            let service = Arc::new(service);
+            let _ = service.table_changes.set(Arc::clone(&self.changes));
+            self.changes.send_modify(|count| *count += 1);
+            service
+        }));
         if let Ok(mut names) = self.names.write() {
             names.entry(owner).or_default().insert(name, id);
         }
         entry
+    }
+
+    /// A receiver that changes whenever what the table shows the gateway does.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Marks service `id` changed (committed) and wakes the readiness loop to read it again.
@@ -679,6 +715,7 @@ impl RouteTable {
                 names.remove(&removed.owner);
             }
         }
+        self.changes.send_modify(|count| *count += 1);
         Some(removed)
     }
 }
