@@ -454,6 +454,11 @@ pub async fn serve(launch: Launch) -> ExitCode {
             }
         }
     }
+    let report_task = tokio::spawn(leadership::report_to_leader(
+        Arc::clone(&state),
+        advertised.clone(),
+        stop_receiver.clone(),
+    ));
     let leadership_task = tokio::spawn(leadership::run(
         Arc::clone(&state),
         advertised,
@@ -528,6 +533,7 @@ pub async fn serve(launch: Launch) -> ExitCode {
     })
     .await;
     let _ = leadership_task.await;
+    let _ = report_task.await;
     let _ = resume_task.await;
     let _ = monitor_task.await;
     let _ = readiness_task.await;

@@ -3,6 +3,7 @@
 
 mod agent;
 mod client;
+mod gateway;
 mod hub;
 mod logging;
 mod pki;
@@ -31,6 +32,8 @@ pub enum Command {
     Hub(hub::HubArgs),
     /// Run the mManager-compatible node controller on this Docker host.
     Agent(Box<agent::AgentArgs>),
+    /// Run a gateway alone, following a hub's routes (several can serve behind a balancer).
+    Gateway(gateway::GatewayArgs),
     /// Compute nodes, through the hub API.
     Node {
         /// Hub address, token, output.
@@ -248,6 +251,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Up(args) => up::run(args).await,
         Command::Agent(args) => agent::run(*args).await,
         Command::Hub(args) => hub::run(args).await,
+        Command::Gateway(args) => gateway::run(args).await,
         Command::Node { client, command } => {
             client::run(client, client::Resource::Node(command)).await
         }

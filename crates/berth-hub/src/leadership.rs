@@ -232,3 +232,47 @@ pub async fn while_leading<Task, Fut>(
         }
     }
 }
+
+/// How often a follower tells the leader of its gateway's traffic.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// While this hub follows, tells the leading hub every second what its gateway answered
+/// ([`crate::gateway::feed::UsageReport`]), as a gateway process does, so that the leader's
+/// autoscaler, idle reclaim, drains and token history count the requests served here; returns
+/// once the hub stops. `url` (where this hub is reached) names it among the reporters.
+pub async fn report_to_leader(
+    state: Arc<HubState>,
+    url: String,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let reporter = format!("hub {url}#{:x}", crate::gateway::routes::now_millis());
+    let mut ticks = tokio::time::interval(REPORT_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        let leader = {
+            let lead = state.leadership.borrow();
+            (lead.elected && !lead.leading())
+                .then(|| lead.leader_url.clone())
+                .flatten()
+        };
+        let (Some(leader), Some(token)) = (leader, state.peer_token.get()) else {
+            continue;
+        };
+        let report = crate::gateway::feed::usage_of(&state.routes, &reporter);
+        let sent = state
+            .leader_http
+            .post(format!("{leader}/api/gateway/usage"))
+            .bearer_auth(token)
+            .json(&report)
+            .timeout(REPORT_EVERY * 5)
+            .send()
+            .await;
+        if let Err(err) = sent {
+            tracing::debug!(%leader, error = %err, "A usage report did not reach the leader.");
+        }
+    }
+}

@@ -124,7 +124,8 @@ pub struct RejectionLabels {
 }
 
 impl ModelMetrics {
-    fn register(registry: &mut Registry) -> Self {
+    /// Registers the gateway's metrics in `registry` (the hub's, or a gateway process's own).
+    pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
             load_total: Family::default(),
             unload_total: Family::default(),

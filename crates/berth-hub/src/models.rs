@@ -244,7 +244,7 @@ pub async fn reclaim_idle(state: &Arc<HubState>) -> Vec<String> {
         };
         let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         if routes.wanted() != "running"
-            || routes.usage.in_flight.load(Ordering::Acquire) > 0
+            || routes.usage.in_flight_total() > 0
             || now.saturating_sub(last_used(&routes)) < limit
             || state.is_busy(routes.id)
         {
@@ -309,7 +309,7 @@ async fn make_room(state: &Arc<HubState>, service: &ServiceRecord) -> Result<Vec
             let victim = loaded
                 .iter()
                 .filter(|routes| {
-                    routes.usage.in_flight.load(Ordering::Acquire) == 0
+                    routes.usage.in_flight_total() == 0
                         && !state.is_busy(routes.id)
                 })
                 .min_by_key(|routes| last_used(routes))
@@ -439,9 +439,7 @@ fn eviction_candidates(state: &HubState, except: i64) -> Vec<Arc<ServiceRoutes>>
         .all()
         .into_iter()
         .filter(|routes| {
-            if routes.id == except
-                || state.is_busy(routes.id)
-                || routes.usage.in_flight.load(Ordering::Acquire) > 0
+            if routes.id == except || state.is_busy(routes.id) || routes.usage.in_flight_total() > 0
             {
                 return false;
             }

@@ -242,7 +242,7 @@ fn look<'a>(
     now: Instant,
 ) -> Option<impl Future<Output = Result<(), Problem>> + 'a> {
     let requests = routes.usage.requests.load(Ordering::Relaxed);
-    let in_flight = f64::from(routes.usage.in_flight.load(Ordering::Relaxed));
+    let in_flight = f64::from(routes.usage.in_flight_total());
     let rate = requests.saturating_sub(track.requests) as f64 / LOOK_EVERY.as_secs_f64();
     track.requests = requests;
     track.in_flight += SMOOTHING * (in_flight - track.in_flight);

@@ -51,7 +51,7 @@ pub struct Quotas {
 }
 
 /// A user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     /// Id.
     pub id: i64,
@@ -347,7 +347,7 @@ pub async fn revoke_token(conn: &mut Conn, user_id: i64, token_id: i64) -> Resul
 }
 
 /// The holder of a valid bearer token, and which token it was.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bearer {
     /// Whose token.
     pub user: User,

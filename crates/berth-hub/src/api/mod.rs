@@ -8,6 +8,7 @@ pub(crate) mod admin;
 pub(crate) mod catalog;
 pub(crate) mod exec;
 pub mod forward;
+pub(crate) mod gateways;
 pub(crate) mod node_images;
 pub(crate) mod node_join;
 pub(crate) mod nodes;
@@ -218,6 +219,9 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<HubState>>)> {
             "/api/admin/controllers/{id}/disable",
             post(admin::disable),
         ),
+        (Method::GET, "/api/gateway/routes", get(gateways::routes)),
+        (Method::GET, "/api/gateway/bearer", get(gateways::bearer)),
+        (Method::POST, "/api/gateway/usage", post(gateways::usage)),
         (Method::GET, "/api/admin/operations", get(admin::operations)),
         (Method::GET, "/api/admin/containers", get(admin::containers)),
         (

@@ -18,12 +18,14 @@
 pub mod admission;
 pub mod control;
 mod credentials;
+pub mod feed;
 pub use credentials::is_console_cookie;
 pub mod forward;
 mod head;
 pub mod openai;
 pub mod readiness;
 mod relay;
+pub mod remote;
 pub mod routes;
 pub mod rules;
 
@@ -339,7 +341,7 @@ impl Gateway {
         detail: String,
         retry_after: Duration,
     ) -> Refusal {
-        let models = &self.control.models();
+        let models = self.control.models();
         models
             .rejections
             .get_or_create(&RejectionLabels {
@@ -637,7 +639,7 @@ impl Gateway {
             Ok(Ok(endpoint)) => Some(endpoint),
             _ => routes.leave(ticket),
         };
-        let metrics = routes.metrics(&self.control.models());
+        let metrics = routes.metrics(self.control.models());
         match handed {
             Some(endpoint) => {
                 metrics.queue_wait.observe(queued.elapsed().as_secs_f64());
@@ -809,7 +811,7 @@ impl Drop for Answer {
             endpoint.requests.fetch_add(1, Ordering::Relaxed);
             self.routes.dispatch();
         }
-        let models = &self.control.models();
+        let models = self.control.models();
         let metrics = self.routes.metrics(models);
         metrics.in_flight.dec();
         metrics

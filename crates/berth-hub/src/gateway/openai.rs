@@ -353,7 +353,7 @@ impl Gateway {
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
-        let models = &self.control.models();
+        let models = self.control.models();
         let labels = |kind: &str| TokenLabels {
             service: routes.metrics(models).labels.service.clone(),
             model: model.clone(),

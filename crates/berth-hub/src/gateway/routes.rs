@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::admission::{Admission, RateLimiter};
+use super::feed::ServiceUsage;
 use super::rules::Subset;
 use crate::metrics::{AnswerLabels, ModelMetrics, ServiceLabels};
 use crate::service_definition::ServingSettings;
@@ -118,6 +119,14 @@ impl Endpoint {
         }
     }
 
+    /// Its node's labels.
+    pub fn node_labels(&self) -> BTreeMap<String, String> {
+        self.node_labels
+            .read()
+            .map(|labels| labels.clone())
+            .unwrap_or_default()
+    }
+
     /// Whether its node carries every one of `labels`.
     pub fn node_carries(&self, labels: &BTreeMap<String, String>) -> bool {
         self.node_labels.read().is_ok_and(|own| {
@@ -175,7 +184,22 @@ pub struct Usage {
     prompt_tokens_recorded: AtomicU64,
     /// The part of `completion_tokens` already in the stats history.
     completion_tokens_recorded: AtomicU64,
+    /// What gateways elsewhere last reported, by gateway.
+    remote: std::sync::Mutex<HashMap<String, Reported>>,
 }
+
+/// One gateway's last report of a service ([`super::feed::UsageReport`]).
+#[derive(Debug)]
+struct Reported {
+    at: std::time::Instant,
+    counted: ServiceUsage,
+}
+
+/// How long a gateway's report of requests in flight holds: a few of its report intervals.
+const REPORT_HOLDS: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the counters of a gateway that stopped reporting are remembered.
+const REPORTER_FORGOTTEN: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Usage {
     /// `(prompt, completion)` tokens counted but not yet in the stats history.
@@ -189,6 +213,65 @@ impl Usage {
             unrecorded(&self.prompt_tokens, &self.prompt_tokens_recorded),
             unrecorded(&self.completion_tokens, &self.completion_tokens_recorded),
         )
+    }
+
+    /// Counts a report of `gateway`: what it answered since its previous report is added to
+    /// these counters (everything, when it restarted), and its requests in flight are held.
+    pub fn count_remote(&self, gateway: &str, report: &ServiceUsage) {
+        let Ok(mut remote) = self.remote.lock() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        remote.retain(|_, reported| now.duration_since(reported.at) < REPORTER_FORGOTTEN);
+        let before = remote.get(gateway).map(|reported| &reported.counted);
+        let since = |now: u64, before: Option<u64>| match before {
+            Some(before) if before <= now => now - before,
+            _ => now,
+        };
+        self.requests.fetch_add(
+            since(report.requests, before.map(|before| before.requests)),
+            Ordering::Relaxed,
+        );
+        self.prompt_tokens.fetch_add(
+            since(
+                report.prompt_tokens,
+                before.map(|before| before.prompt_tokens),
+            ),
+            Ordering::AcqRel,
+        );
+        self.completion_tokens.fetch_add(
+            since(
+                report.completion_tokens,
+                before.map(|before| before.completion_tokens),
+            ),
+            Ordering::AcqRel,
+        );
+        self.last_used_ms
+            .fetch_max(report.last_used_ms, Ordering::Relaxed);
+        remote.insert(
+            gateway.to_owned(),
+            Reported {
+                at: now,
+                counted: report.clone(),
+            },
+        );
+    }
+
+    /// The reports of other gateways that still hold, each through `read`, summed.
+    fn remote_sum(&self, read: impl Fn(&ServiceUsage) -> u32) -> u32 {
+        let now = std::time::Instant::now();
+        self.remote.lock().map_or(0, |remote| {
+            remote
+                .values()
+                .filter(|reported| now.duration_since(reported.at) < REPORT_HOLDS)
+                .map(|reported| read(&reported.counted))
+                .sum()
+        })
+    }
+
+    /// Requests in flight here and, by their latest reports, at other gateways.
+    pub fn in_flight_total(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire) + self.remote_sum(|usage| usage.in_flight)
     }
 
     /// Notes that `(prompt, completion)` more tokens are in the stats history.
@@ -404,6 +487,14 @@ impl ServiceRoutes {
         self.dispatch();
     }
 
+    /// The previous version's replicas in rotation during a rollout.
+    pub fn outgoing(&self) -> Vec<Arc<Endpoint>> {
+        self.outgoing
+            .read()
+            .map(|outgoing| outgoing.clone())
+            .unwrap_or_default()
+    }
+
     /// A rollout begins: the previous version's ready replicas keep taking requests until
     /// [`ServiceRoutes::end_handover`].
     pub fn begin_handover(&self) {
@@ -491,7 +582,13 @@ impl ServiceRoutes {
             .retiring
             .read()
             .map_or(0, |endpoints| count(&endpoints));
-        listed + retiring + outgoing
+        let elsewhere = self.usage.remote_sum(|usage| {
+            containers
+                .iter()
+                .filter_map(|container| usage.in_flight_by_container.get(container))
+                .sum()
+        });
+        listed + retiring + outgoing + elsewhere
     }
 
     /// Waits until no request is in flight on `containers`, at most `limit`; whether they
