@@ -1,8 +1,9 @@
 //! The gateway against nginx, and the cold start of an unloaded model service.
 //!
 //! Throughput and latency: a fast upstream (nginx `return 200`, one worker, pinned to CPU 1 with
-//! wrk) is reached directly, through an nginx keepalive reverse proxy (one worker, CPU 0) and
-//! through Berth's gateway (this process, one Tokio worker, CPU 0). The gateway's route is a real
+//! wrk) is reached directly, through an nginx keepalive reverse proxy (one worker, CPU 0),
+//! through Berth's gateway in the hub (this process, one Tokio worker, CPU 0) and through a
+//! gateway process of its own (`berth gateway`, following this hub; one Tokio worker, CPU 0). The gateway's route is a real
 //! service on a simulated node whose container port is published where the upstream listens, so
 //! routing, readiness and bookkeeping are the product's own. wrk runs 10 s at 64 connections
 //! (requests per second) over the three paths in turn, three rounds (`GATEWAY_BENCH_ROUNDS`),
@@ -27,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_hub::gateway::{Gateway, readiness};
+use berth_hub::gateway::{in_hub, readiness};
 use berth_hub::simulation::SIMULATED_DRIVER;
 use berth_hub::state::HubSettings;
 use berth_hub::{HubState, api, bootstrap};
@@ -39,6 +40,8 @@ use serde_json::{Value, json};
 
 const UPSTREAM_PORT: u16 = 18_801;
 const NGINX_PROXY_PORT: u16 = 18_802;
+const GATEWAY_PROCESS_PORT: u16 = 18_803;
+const GATEWAY_PROCESS_ADMIN_PORT: u16 = 18_804;
 
 fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
@@ -104,9 +107,7 @@ impl Hub {
             .expect("bind");
         let gateway = listener.local_addr().expect("addr");
         tokio::spawn(readiness::run(Arc::clone(&state), std::future::pending()));
-        tokio::spawn(
-            Arc::new(Gateway::new(Arc::clone(&state))).serve(listener, std::future::pending()),
-        );
+        tokio::spawn(Arc::new(in_hub(Arc::clone(&state))).serve(listener, std::future::pending()));
         let mut hub = Self {
             state,
             api,
@@ -253,16 +254,48 @@ fn throughput_table(paths: &[(&str, &str)], rounds: usize) {
         let cells: String = runs.iter().map(|rate| format!(" {rate:.0} |")).collect();
         println!("| {name} |{cells} {:.0} |", median(runs.clone()));
     }
-    let ratios: Vec<f64> = runs[2]
-        .iter()
-        .zip(&runs[1])
-        .map(|(gateway, nginx)| gateway / nginx)
-        .collect();
-    let cells: String = ratios
-        .iter()
-        .map(|ratio| format!(" {ratio:.2} |"))
-        .collect();
-    println!("| gateway ÷ nginx |{cells} {:.2} |", median(ratios));
+    for ((name, _), gateway_runs) in paths.iter().zip(&runs).skip(2) {
+        let ratios: Vec<f64> = gateway_runs
+            .iter()
+            .zip(&runs[1])
+            .map(|(gateway, nginx)| gateway / nginx)
+            .collect();
+        let cells: String = ratios
+            .iter()
+            .map(|ratio| format!(" {ratio:.2} |"))
+            .collect();
+        println!("| {name} ÷ nginx |{cells} {:.2} |", median(ratios));
+    }
+}
+
+/// A `berth gateway` process on CPU 0 with one Tokio worker, following `hub`, once it serves
+/// `url`.
+async fn gateway_process(hub: &Hub, url: &str) -> Child {
+    let mut child = Command::new("taskset")
+        .args(["-c", "0", env!("CARGO_BIN_EXE_berth"), "gateway"])
+        .args(["--hub", &format!("http://{}", hub.api)])
+        .args(["--listen", &format!("127.0.0.1:{GATEWAY_PROCESS_PORT}")])
+        .args([
+            "--admin-listen",
+            &format!("127.0.0.1:{GATEWAY_PROCESS_ADMIN_PORT}"),
+        ])
+        .env("BERTH_GATEWAY_TOKEN", &hub.token)
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("BERTH_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("berth gateway");
+    for _ in 0..200 {
+        if let Ok(answer) = hub.client.get(url).send().await
+            && answer.status().is_success()
+        {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the gateway process never served {url}");
 }
 
 /// Prints one row per path: the 1-connection latency and what each path adds over the first.
@@ -336,10 +369,16 @@ async fn throughput(dir: &Path) {
     let direct_url = format!("http://127.0.0.1:{UPSTREAM_PORT}/");
     let nginx_url = format!("http://127.0.0.1:{NGINX_PROXY_PORT}/");
     let gateway_url = format!("http://{}/s/{}/fast/", hub.gateway, hub.user);
+    let process_url = format!(
+        "http://127.0.0.1:{GATEWAY_PROCESS_PORT}/s/{}/fast/",
+        hub.user
+    );
+    let mut process = gateway_process(&hub, &process_url).await;
     let paths = [
         ("direct", direct_url.as_str()),
         ("nginx proxy", nginx_url.as_str()),
         ("Berth gateway", gateway_url.as_str()),
+        ("gateway process", process_url.as_str()),
     ];
     let rounds = std::env::var("GATEWAY_BENCH_ROUNDS")
         .ok()
@@ -355,16 +394,17 @@ async fn throughput(dir: &Path) {
     // this kind of virtual machine cost more than the proxying itself.
     repin(std::process::id(), "1");
     repin(proxy.id(), "1");
+    repin(process.id(), "1");
     println!();
     latency_table(
         "| 1 connection, all on CPU 1 | p50 | p99 | added p50 | added p99 |",
         &paths,
     );
     repin(std::process::id(), "0");
-    let _ = upstream.kill();
-    let _ = proxy.kill();
-    let _ = upstream.wait();
-    let _ = proxy.wait();
+    for child in [&mut upstream, &mut proxy, &mut process] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -14,9 +14,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use berth_gateway::Gateway;
+use berth_gateway::remote::RemoteHub;
 use berth_http::listen::{ListenTls, TlsFiles};
-use berth_hub::gateway::Gateway;
-use berth_hub::gateway::remote::RemoteHub;
 use clap::Args;
 
 /// Options of `berth gateway`.

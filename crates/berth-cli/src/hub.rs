@@ -496,8 +496,8 @@ pub async fn serve(launch: Launch) -> ExitCode {
             scaling::run(state, until)
         });
     let gateway = match gateway_tls {
-        Some(tls) => gateway::Gateway::new(Arc::clone(&state)).over_tls(tls),
-        None => gateway::Gateway::new(Arc::clone(&state)),
+        Some(tls) => gateway::in_hub(Arc::clone(&state)).over_tls(tls),
+        None => gateway::in_hub(Arc::clone(&state)),
     };
     let gateway_task =
         tokio::spawn(Arc::new(gateway).serve(gateway_listener, stopped(stop_receiver.clone())));

@@ -666,6 +666,9 @@ fn field_error_from_serde(path: String, err: &serde_json::Error) -> SpecError {
     SpecError::new(field, message)
 }
 
+/// Most replicas one service may ask for.
+pub const MAX_REPLICAS: i64 = 200;
+
 /// Checks a name against Docker's rule for container and volume names.
 pub fn validate_name(field: &str, name: &str) -> Result<(), SpecError> {
     let mut chars = name.chars();

@@ -237,7 +237,7 @@ pub async fn while_leading<Task, Fut>(
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// While this hub follows, tells the leading hub every second what its gateway answered
-/// ([`crate::gateway::feed::UsageReport`]), as a gateway process does, so that the leader's
+/// ([`berth_gateway::feed::UsageReport`]), as a gateway process does, so that the leader's
 /// autoscaler, idle reclaim, drains and token history count the requests served here; returns
 /// once the hub stops. `url` (where this hub is reached) names it among the reporters.
 pub async fn report_to_leader(
@@ -245,7 +245,7 @@ pub async fn report_to_leader(
     url: String,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let reporter = format!("hub {url}#{:x}", crate::gateway::routes::now_millis());
+    let reporter = format!("hub {url}#{:x}", berth_gateway::routes::now_millis());
     let mut ticks = tokio::time::interval(REPORT_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -262,7 +262,7 @@ pub async fn report_to_leader(
         let (Some(leader), Some(token)) = (leader, state.peer_token.get()) else {
             continue;
         };
-        let report = crate::gateway::feed::usage_of(&state.routes, &reporter);
+        let report = berth_gateway::feed::usage_of(&state.routes, &reporter);
         let sent = state
             .leader_http
             .post(format!("{leader}/api/gateway/usage"))

@@ -21,16 +21,15 @@ use berth_store::operations;
 use berth_store::services::{self, ServiceRecord};
 use serde_json::{Value, json};
 
-use crate::gateway::routes::{ServiceRoutes, now_millis};
-use crate::metrics::ServiceLabels;
 use crate::ops::{self, Tracker};
 use crate::replicas::{self, Cause, LaunchPlan};
 use crate::scheduling;
 use crate::service_work::{self, Change};
 use crate::state::HubState;
+use berth_gateway::metrics::ServiceLabels;
+use berth_gateway::routes::{ServiceRoutes, now_millis};
 
-/// The wanted state of an unloaded service: stopped, and started again by the next request.
-pub const UNLOADED: &str = "unloaded";
+pub use berth_gateway::routes::UNLOADED;
 
 /// Seconds a replica gets to stop when its service is unloaded.
 const UNLOAD_GRACE_SECONDS: u32 = 10;

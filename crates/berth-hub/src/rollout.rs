@@ -30,11 +30,11 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 
 use crate::gateway::readiness;
-use crate::gateway::routes::ServiceRoutes;
 use crate::ops::Tracker;
 use crate::replicas;
 use crate::service_work;
 use crate::state::HubState;
+use berth_gateway::routes::ServiceRoutes;
 
 /// How long the restored previous replicas have to be probed ready again after an undo.
 const RESTORE_WAIT: Duration = Duration::from_secs(30);

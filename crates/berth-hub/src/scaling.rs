@@ -27,13 +27,13 @@ use berth_store::services::{self, ServiceRecord};
 use berth_store::{StoreError, allocations, operations};
 use serde_json::{Value, json};
 
-use crate::gateway::routes::ServiceRoutes;
 use crate::ops::Tracker;
 use crate::service_definition::{Autoscale, container_name};
 use crate::service_request::MAX_REPLICAS;
 use crate::service_work::{self, Change};
 use crate::state::HubState;
 use crate::{models, replicas, scheduling};
+use berth_gateway::routes::ServiceRoutes;
 
 /// Commits the intent to run `to` replicas of `service` (by `actor`, for `reason`) and starts
 /// its work; the operation's id.

@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::model_file::ModelFile;
 use crate::service_definition::ServingSettings;
 
-/// Most replicas one service may ask for.
-pub const MAX_REPLICAS: i64 = 200;
+pub use berth_core::spec::MAX_REPLICAS;
 
 /// A service as asked for.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -20,7 +20,6 @@ use berth_store::operations::{self, Operation};
 use berth_store::services::{self, ServiceRecord};
 use serde_json::{Value, json};
 
-use crate::gateway::routes::now_millis;
 use crate::models;
 use crate::node_work;
 use crate::ops::{self, Resumption, Scope, Tracker};
@@ -28,6 +27,7 @@ use crate::replicas::{self, Cause, Destination, LaunchPlan};
 use crate::scheduling;
 use crate::service_definition::ServiceDefinition;
 use crate::state::HubState;
+use berth_gateway::routes::now_millis;
 
 /// The grace period of a stop or restart that does not name one.
 pub const DEFAULT_GRACE_SECS: u32 = 30;
@@ -529,7 +529,7 @@ async fn routes_of(
     state: &HubState,
     service: &ServiceRecord,
     resumed: bool,
-) -> Option<Arc<crate::gateway::routes::ServiceRoutes>> {
+) -> Option<Arc<berth_gateway::routes::ServiceRoutes>> {
     if !resumed || service.definition["port"].is_null() {
         return state.routes.get(service.id);
     }

@@ -13,10 +13,10 @@ use berth_http::Problem;
 use berth_store::nodes::NodeRecord;
 use berth_store::{SecretBox, Store, StoreError, allocations};
 
-use crate::gateway::routes::RouteTable;
 use crate::metrics::HubMetrics;
 use crate::node_client::{ContainerState, NodeClient};
 use crate::simulation::{SIMULATED_DRIVER, SimulatedFleet};
+use berth_gateway::routes::RouteTable;
 
 /// Settings the hub runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,8 +14,8 @@ use berth_store::{StoreError, allocations, services};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::metrics::ServiceLabels;
 use crate::state::HubState;
+use berth_gateway::metrics::ServiceLabels;
 
 /// Services sampled at once.
 const CONCURRENCY: usize = 16;

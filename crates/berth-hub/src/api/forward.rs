@@ -14,8 +14,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use berth_http::Problem;
 
-use crate::gateway::forward::HOP_BY_HOP;
 use crate::state::HubState;
+use berth_gateway::forward::HOP_BY_HOP;
 
 /// Marks a request a follower forwarded.
 const FORWARDED_MARK: &str = "x-berth-forwarded-by";

@@ -1,6 +1,6 @@
 //! What gateway processes (`berth gateway --hub …`) ask a hub, with an admin's token: the route
 //! table as a blocking query, the holder of a caller's token, and their traffic reported back
-//! ([`crate::gateway::feed`]). A follower hub answers the first two itself and passes reports to
+//! ([`berth_gateway::feed`]). A follower hub answers the first two itself and passes reports to
 //! the leader, whose loops count them.
 
 use std::sync::Arc;
@@ -16,14 +16,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::CurrentUser;
-use crate::gateway::feed::{self, RouteSnapshot, UsageReport};
 use crate::state::HubState;
+use berth_gateway::feed::{self, CHECKED_TOKEN_HEADER, RouteSnapshot, UsageReport};
 
 /// The longest a route query waits for a change.
 pub const MAX_ROUTE_WAIT_SECS: u64 = 60;
-
-/// The header that carries the token a gateway asks about (never the query: it lands in logs).
-pub const CHECKED_TOKEN_HEADER: &str = "x-berth-checked-token";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

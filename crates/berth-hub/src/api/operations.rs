@@ -29,7 +29,7 @@ use crate::state::HubState;
 type Shared = State<Arc<HubState>>;
 
 /// The longest `?wait=` a request may ask for, in seconds.
-pub const MAX_WAIT_SECS: u64 = 600;
+pub const MAX_WAIT_SECS: u64 = berth_gateway::control::HUB_WAIT_LIMIT_SECS;
 
 /// `?wait=SECONDS`, the only query a change takes.
 #[derive(Debug, Default, Deserialize)]

@@ -465,7 +465,7 @@ mod tests {
             LANG_COOKIE,
         ] {
             assert!(
-                crate::gateway::is_console_cookie(name.as_bytes()),
+                berth_gateway::is_console_cookie(name.as_bytes()),
                 "{name} would reach services"
             );
         }

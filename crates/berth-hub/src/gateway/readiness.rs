@@ -18,11 +18,11 @@ use berth_store::nodes::{self, NodeRecord};
 use berth_store::services::{self, ServiceRecord};
 use berth_store::{StoreError, users};
 
-use super::routes::{Endpoint, Profile, ServiceRoutes, now_millis};
 use crate::replicas;
 use crate::service_definition::{LABEL_VERSION, ServingSettings, Warmup};
 use crate::simulation::SIMULATED_DRIVER;
 use crate::state::HubState;
+use berth_gateway::routes::{Endpoint, Profile, ServiceRoutes, now_millis};
 
 /// How often the table is compared with the database when nothing asks sooner.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);

@@ -288,7 +288,7 @@ pub async fn start_gateway(hub: &Hub) -> SocketAddr {
         Arc::clone(&hub.state),
         std::future::pending(),
     ));
-    let gateway = Arc::new(berth_hub::gateway::Gateway::new(Arc::clone(&hub.state)));
+    let gateway = Arc::new(berth_hub::gateway::in_hub(Arc::clone(&hub.state)));
     tokio::spawn(gateway.serve(listener, std::future::pending()));
     address
 }
@@ -318,7 +318,7 @@ pub async fn start_tls_gateway(hub: &Hub) -> (SocketAddr, String) {
         .await
         .expect("bind");
     let address = listener.local_addr().expect("addr");
-    let gateway = berth_hub::gateway::Gateway::new(Arc::clone(&hub.state)).over_tls(Arc::new(tls));
+    let gateway = berth_hub::gateway::in_hub(Arc::clone(&hub.state)).over_tls(Arc::new(tls));
     tokio::spawn(Arc::new(gateway).serve(listener, std::future::pending()));
     (address, certificate.pem())
 }

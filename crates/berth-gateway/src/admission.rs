@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::routes::{Endpoint, ServiceRoutes};
 use super::rules::Subset;
-use crate::service_definition::RateLimit;
+use crate::serving::RateLimit;
 
 /// How a request wants its replica chosen (what the routing policy reads).
 #[derive(Debug, Clone)]

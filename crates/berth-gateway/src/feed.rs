@@ -18,7 +18,11 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use super::routes::{Endpoint, Profile, RouteTable, ServiceRoutes};
-use crate::service_definition::ServingSettings;
+use crate::serving::ServingSettings;
+
+/// The header that carries the token a gateway asks the hub about (`GET /api/gateway/bearer`;
+/// never the query, which lands in logs).
+pub const CHECKED_TOKEN_HEADER: &str = "x-berth-checked-token";
 
 /// The route table as a hub shows it to gateways.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

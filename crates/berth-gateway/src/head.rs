@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use hyper::header;
 
-use crate::service_definition::ServingSettings;
+use crate::serving::ServingSettings;
 
 /// A request head, as far as routing needs it.
 pub trait Head {

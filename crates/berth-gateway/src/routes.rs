@@ -17,7 +17,10 @@ use super::admission::{Admission, RateLimiter};
 use super::feed::ServiceUsage;
 use super::rules::Subset;
 use crate::metrics::{AnswerLabels, ModelMetrics, ServiceLabels};
-use crate::service_definition::ServingSettings;
+use crate::serving::ServingSettings;
+
+/// The wanted state of a service that is unloaded: a request to it loads it.
+pub const UNLOADED: &str = "unloaded";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> u64 {

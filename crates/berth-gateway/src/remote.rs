@@ -11,17 +11,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use berth_http::Problem;
 use berth_store::users::Bearer;
 use futures_util::future::BoxFuture;
+use hyper::StatusCode;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 
 use super::control::{Control, load_through_api};
-use super::feed::{self, RouteSnapshot};
+use super::feed::{self, CHECKED_TOKEN_HEADER, RouteSnapshot};
 use super::routes::{RouteTable, ServiceRoutes, now_millis};
-use crate::api::gateways::CHECKED_TOKEN_HEADER;
 use crate::metrics::ModelMetrics;
 
 /// How long a route query waits at the hub for a change.

@@ -289,7 +289,7 @@ impl Splice {
 /// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1), besides
 /// `transfer-encoding` and `upgrade`, which each path treats in its own way: hyper frames bodies
 /// anew, the relay passes an answer's framing on as it is.
-pub(crate) const HOP_BY_HOP: [&str; 7] = [
+pub const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
