@@ -2,7 +2,8 @@
 //! (5 s, renewed every second) and a public service on the local engine. Ten times the leading
 //! hub is killed (SIGKILL) and the time until the other one leads is taken, while a client sends
 //! requests to the service through the surviving hub's gateway, one after another, counting
-//! those not answered 200; the killed hub then comes back as a follower.
+//! those not answered 200 — and another client does the same through a gateway process of its
+//! own (`berth gateway`) following both hubs; the killed hub then comes back as a follower.
 //! Run with `BERTH_TEST_POSTGRES_URL=postgres://…/db cargo bench -p berth-cli --bench leader`
 //! (`scripts/start-test-postgres` prints one; about two minutes).
 
@@ -10,12 +11,12 @@
 mod processes;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use processes::{
     HubApi, IMAGE, LabelledContainers, database_hub_label, free_port, fresh_dir, leader_among,
-    leadership, postgres_database, start_elected_hub, wait_for,
+    leadership, postgres_database, start_elected_hub, start_gateway, wait_for,
 };
 use reqwest::Method;
 use serde_json::json;
@@ -78,7 +79,18 @@ async fn main() {
         .await;
     assert_eq!(status, 200, "{created}");
     let path = format!("/s/{}/web/", me["name"].as_str().unwrap_or("admin"));
-    for gateway in gateways {
+    let process_port = free_port();
+    let hub_urls: Vec<String> = ports
+        .iter()
+        .map(|port| format!("http://127.0.0.1:{port}"))
+        .collect();
+    let _gateway_process = start_gateway(
+        &dir.join("edge"),
+        &hub_urls,
+        token.trim(),
+        (process_port, free_port()),
+    );
+    for gateway in [gateways[0], gateways[1], process_port] {
         let url = format!("http://127.0.0.1:{gateway}{path}");
         wait_for(Duration::from_secs(30), "both gateways serve it", || {
             let (client, url) = (client.clone(), url.clone());
@@ -91,8 +103,8 @@ async fn main() {
     }
 
     let mut takeovers = Vec::with_capacity(ROUNDS);
-    let mut lost_total = 0;
-    let mut sent_total = 0;
+    let (mut lost_total, mut sent_total) = (0, 0);
+    let (mut process_lost_total, mut process_sent_total) = (0, 0);
     for round in 1..=ROUNDS {
         let (leading, _) = leader_among(&client, &ports, "a hub leads").await;
         let killed = ports
@@ -100,28 +112,19 @@ async fn main() {
             .position(|port| *port == leading)
             .expect("a port");
         let survivor = 1 - killed;
-        // Requests through the survivor's gateway for the whole takeover.
+        // Requests through the survivor's gateway and the gateway process for the whole
+        // takeover.
         let running = Arc::new(AtomicBool::new(true));
-        let (sent, lost) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let load = {
-            let (client, running, sent, lost) =
-                (client.clone(), running.clone(), sent.clone(), lost.clone());
-            let url = format!("http://127.0.0.1:{}{path}", gateways[survivor]);
-            tokio::spawn(async move {
-                while running.load(Ordering::Relaxed) {
-                    let answered = client
-                        .get(&url)
-                        .timeout(Duration::from_secs(5))
-                        .send()
-                        .await
-                        .is_ok_and(|answer| answer.status() == 200);
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    if !answered {
-                        lost.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        };
+        let survivors = load(
+            &client,
+            format!("http://127.0.0.1:{}{path}", gateways[survivor]),
+            &running,
+        );
+        let process = load(
+            &client,
+            format!("http://127.0.0.1:{process_port}{path}"),
+            &running,
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         let killed_at = Instant::now();
         hubs[killed].kill();
@@ -130,15 +133,17 @@ async fn main() {
         let took = killed_at.elapsed();
         tokio::time::sleep(Duration::from_millis(300)).await;
         running.store(false, Ordering::Relaxed);
-        load.await.expect("load");
-        let (sent, lost) = (sent.load(Ordering::Relaxed), lost.load(Ordering::Relaxed));
+        let (sent, lost) = survivors.await.expect("load");
+        let (process_sent, process_lost) = process.await.expect("load");
         println!(
-            "round {round}: hub on {leading} killed, hub on {new_leader} leads in term {term} after {:.2} s; {lost} of {sent} requests lost",
+            "round {round}: hub on {leading} killed, hub on {new_leader} leads in term {term} after {:.2} s; lost {lost} of {sent} requests through its gateway, {process_lost} of {process_sent} through the gateway process",
             took.as_secs_f64()
         );
         takeovers.push(took);
         sent_total += sent;
         lost_total += lost;
+        process_sent_total += process_sent;
+        process_lost_total += process_lost;
         hubs[killed] = start(killed);
         let url = format!("http://127.0.0.1:{}{path}", gateways[killed]);
         wait_for(
@@ -163,6 +168,9 @@ async fn main() {
         seconds(takeovers[ROUNDS - 1])
     );
     println!("requests through the surviving gateway lost: {lost_total} of {sent_total}");
+    println!(
+        "requests through the gateway process lost: {process_lost_total} of {process_sent_total}"
+    );
     let survivor = HubApi::at(
         format!("http://127.0.0.1:{}", ports[0]),
         token.trim().to_owned(),
@@ -171,4 +179,30 @@ async fn main() {
     survivor
         .call(Method::DELETE, &format!("/api/services/{id}?wait=60"), None)
         .await;
+}
+
+/// A client sending requests to `url` one after another while `running`: how many it sent and
+/// how many were not answered 200.
+fn load(
+    client: &reqwest::Client,
+    url: String,
+    running: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64)> {
+    let (client, running) = (client.clone(), Arc::clone(running));
+    tokio::spawn(async move {
+        let (mut sent, mut lost) = (0, 0);
+        while running.load(Ordering::Relaxed) {
+            let answered = client
+                .get(&url)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .is_ok_and(|answer| answer.status() == 200);
+            sent += 1;
+            if !answered {
+                lost += 1;
+            }
+        }
+        (sent, lost)
+    })
 }

@@ -6,41 +6,13 @@
 
 mod processes;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use processes::{HubApi, IMAGE, LabelledContainers, Process, fresh_dir, wait_for};
+use processes::{HubApi, IMAGE, LabelledContainers, fresh_dir, start_gateway, wait_for};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-/// A gateway process following `hubs` with `token`, serving on `port`, `/health` on
-/// `admin_port`; its log in `dir/gateway.log`.
-fn start_gateway(
-    dir: &Path,
-    hubs: &[String],
-    token: &str,
-    (port, admin_port): (u16, u16),
-) -> Process {
-    std::fs::create_dir_all(dir).expect("dir");
-    let log = std::fs::File::create(dir.join("gateway.log")).expect("log");
-    Process(
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .arg("gateway")
-            .args(["--hub", &hubs.join(",")])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--name", &dir.file_name().expect("name").to_string_lossy()])
-            .env("BERTH_GATEWAY_TOKEN", token)
-            .env("BERTH_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("berth gateway"),
-    )
-}
 
 /// A private web service of two replicas that ignores SIGTERM, as busybox httpd does.
 fn service_body(name: &str) -> Value {

@@ -259,16 +259,22 @@ pub struct ServiceUsage {
     /// Service id.
     pub id: i64,
     /// Requests answered.
+    #[serde(default)]
     pub requests: u64,
     /// Requests in flight now.
+    #[serde(default)]
     pub in_flight: u32,
     /// When its last request arrived, ms since the epoch (0: never).
+    #[serde(default)]
     pub last_used_ms: u64,
     /// Prompt tokens counted through the OpenAI-compatible front.
+    #[serde(default)]
     pub prompt_tokens: u64,
     /// Completion tokens.
+    #[serde(default)]
     pub completion_tokens: u64,
     /// Requests in flight by container, for drains (containers with none left out).
+    #[serde(default)]
     pub in_flight_by_container: BTreeMap<String, u32>,
 }
 

@@ -268,13 +268,15 @@ impl Usage {
                 .values()
                 .filter(|reported| now.duration_since(reported.at) < REPORT_HOLDS)
                 .map(|reported| read(&reported.counted))
-                .sum()
+                .fold(0, u32::saturating_add)
         })
     }
 
     /// Requests in flight here and, by their latest reports, at other gateways.
     pub fn in_flight_total(&self) -> u32 {
-        self.in_flight.load(Ordering::Acquire) + self.remote_sum(|usage| usage.in_flight)
+        self.in_flight
+            .load(Ordering::Acquire)
+            .saturating_add(self.remote_sum(|usage| usage.in_flight))
     }
 
     /// Notes that `(prompt, completion)` more tokens are in the stats history.
@@ -589,9 +591,9 @@ impl ServiceRoutes {
             containers
                 .iter()
                 .filter_map(|container| usage.in_flight_by_container.get(container))
-                .sum()
+                .fold(0, |sum, count| sum.saturating_add(*count))
         });
-        listed + retiring + outgoing + elsewhere
+        listed + retiring + outgoing.saturating_add(elsewhere)
     }
 
     /// Waits until no request is in flight on `containers`, at most `limit`; whether they

@@ -536,3 +536,29 @@ pub fn output_text(output: &std::process::Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// A gateway process following `hubs` with `token`, serving on `port`, `/health` on
+/// `admin_port`; its log in `dir/gateway.log`.
+pub fn start_gateway(
+    dir: &Path,
+    hubs: &[String],
+    token: &str,
+    (port, admin_port): (u16, u16),
+) -> Process {
+    std::fs::create_dir_all(dir).expect("dir");
+    let log = std::fs::File::create(dir.join("gateway.log")).expect("log");
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("gateway")
+            .args(["--hub", &hubs.join(",")])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(["--name", &dir.file_name().expect("name").to_string_lossy()])
+            .env("BERTH_GATEWAY_TOKEN", token)
+            .env("BERTH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("berth gateway"),
+    )
+}

@@ -102,6 +102,22 @@ pub async fn usage(
             "name the gateway in 1 to 200 characters",
         ));
     }
+    let most = u64::try_from(i64::MAX).unwrap_or(u64::MAX);
+    for (index, service) in report.services.iter().enumerate() {
+        for (field, value) in [
+            ("requests", service.requests),
+            ("last_used_ms", service.last_used_ms),
+            ("prompt_tokens", service.prompt_tokens),
+            ("completion_tokens", service.completion_tokens),
+        ] {
+            if value > most {
+                return Err(Problem::invalid_field(
+                    format!("services[{index}].{field}"),
+                    format!("{value} is more than {most}"),
+                ));
+            }
+        }
+    }
     let counted = feed::count_report(&state.routes, &report);
     Ok(Json(json!({"counted": counted})))
 }
