@@ -74,7 +74,7 @@ async fn main() {
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = berth_hub::app(Arc::clone(&state));
+    let app = berth_console::app(Arc::clone(&state));
     tokio::spawn(async move { axum::serve(listener, app).await });
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -525,7 +525,7 @@ pub async fn serve(launch: Launch) -> ExitCode {
             stopped(stop_receiver.clone()),
         ))
     });
-    let router = berth_hub::app(Arc::clone(&state));
+    let router = berth_console::app(Arc::clone(&state));
     let served = berth_http::listen::serve(listener, router, tls, async move {
         crate::shutdown_signal().await;
         tracing::info!("Shutting down: draining requests.");

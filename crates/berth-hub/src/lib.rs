@@ -8,7 +8,6 @@
 pub mod api;
 pub mod bootstrap;
 pub mod config;
-pub mod console;
 pub mod create_commit;
 pub mod gateway;
 pub mod leadership;
@@ -36,16 +35,3 @@ pub mod state;
 pub mod stats_sampler;
 
 pub use state::HubState;
-
-use std::sync::Arc;
-
-/// Everything the hub serves on its main listener: the REST API (token auth) and the web
-/// console (session auth); a follower's changes go to the leader ([`api::forward`]).
-pub fn app(state: Arc<HubState>) -> axum::Router {
-    api::router(Arc::clone(&state))
-        .merge(console::router(Arc::clone(&state)))
-        .layer(axum::middleware::from_fn_with_state(
-            state,
-            api::forward::to_leader,
-        ))
-}

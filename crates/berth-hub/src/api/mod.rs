@@ -4,19 +4,19 @@
 //! refusal is problem+json: a body that is not JSON is a 415 (once the caller is known), and an
 //! error from below in another form is rewritten.
 
-pub(crate) mod admin;
-pub(crate) mod catalog;
-pub(crate) mod exec;
+pub mod admin;
+pub mod catalog;
+pub mod exec;
 pub mod forward;
-pub(crate) mod gateways;
-pub(crate) mod node_images;
-pub(crate) mod node_join;
-pub(crate) mod nodes;
-pub(crate) mod operations;
-pub(crate) mod placement;
-pub(crate) mod services;
-pub(crate) mod system;
-pub(crate) mod users;
+pub mod gateways;
+pub mod node_images;
+pub mod node_join;
+pub mod nodes;
+pub mod operations;
+pub mod placement;
+pub mod services;
+pub mod system;
+pub mod users;
 
 use std::sync::Arc;
 

@@ -59,11 +59,7 @@ pub fn view(service: &ServiceRecord) -> Value {
 }
 
 /// The service `id` if the caller owns it or is an admin; 404 otherwise, so others cannot probe.
-pub(crate) async fn owned(
-    state: &HubState,
-    user: &User,
-    id: i64,
-) -> Result<ServiceRecord, Problem> {
+pub async fn owned(state: &HubState, user: &User, id: i64) -> Result<ServiceRecord, Problem> {
     let mut connection = state.store.acquire().await?;
     let service = services::get(&mut connection, id).await?;
     if service.owner_id != user.id && user.role != Role::Admin {

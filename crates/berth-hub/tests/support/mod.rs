@@ -49,7 +49,7 @@ pub async fn start_with(test: &str, settings: HubSettings) -> Hub {
         .await
         .expect("bind");
     let address = listener.local_addr().expect("addr");
-    let router = berth_hub::app(Arc::clone(&state));
+    let router = berth_console::app(Arc::clone(&state));
     tokio::spawn(async move { axum::serve(listener, router).await });
     Hub {
         address,

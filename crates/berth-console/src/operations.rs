@@ -15,7 +15,7 @@ use super::forms::FormData;
 use super::session::Visitor;
 use super::text::Tr;
 use super::{Chrome, problem_page, render, timestamp};
-use crate::state::HubState;
+use berth_hub::state::HubState;
 
 /// Rows per page.
 const PAGE_SIZE: i64 = 50;

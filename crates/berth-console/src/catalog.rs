@@ -19,8 +19,8 @@ use super::forms::{
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
 use super::{Chrome, human_bytes, problem_page, rendered, see_other, size_text};
-use crate::api;
-use crate::state::HubState;
+use berth_hub::api;
+use berth_hub::state::HubState;
 
 type Shared = State<Arc<HubState>>;
 

@@ -18,7 +18,7 @@ use berth_store::{sessions, users};
 use super::forms::FormData;
 use super::text::{Lang, Tr};
 use super::{Chrome, rendered};
-use crate::state::HubState;
+use berth_hub::state::HubState;
 
 /// The session cookie over plain HTTP.
 const SESSION_COOKIE: &str = "berth_session";
@@ -203,8 +203,8 @@ pub struct Visitor {
 
 impl Visitor {
     /// The signed-in user as the API's handlers take them.
-    pub fn as_user(&self) -> crate::api::CurrentUser {
-        crate::api::CurrentUser(self.signed.user.clone())
+    pub fn as_user(&self) -> berth_hub::api::CurrentUser {
+        berth_hub::api::CurrentUser(self.signed.user.clone())
     }
 
     /// The frame of a page in `section`.

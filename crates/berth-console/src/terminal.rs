@@ -16,10 +16,10 @@ use berth_store::services::ServiceRecord;
 
 use super::session::Visitor;
 use super::{Chrome, Tr, problem_page, render};
-use crate::api::exec::{self, ExecQuery};
-use crate::api::services::owned;
-use crate::replicas;
-use crate::state::HubState;
+use berth_hub::api::exec::{self, ExecQuery};
+use berth_hub::api::services::owned;
+use berth_hub::replicas;
+use berth_hub::state::HubState;
 
 type Shared = State<Arc<HubState>>;
 

@@ -15,7 +15,7 @@ use super::operations::{OperationRow, recent};
 use super::session::Visitor;
 use super::text::Tr;
 use super::{Chrome, human_bytes, problem_page, render};
-use crate::state::HubState;
+use berth_hub::state::HubState;
 
 /// GPU capacity across the fleet.
 #[derive(Debug, Clone, Default)]

@@ -31,8 +31,8 @@ use super::services::Working;
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
 use super::{Chrome, human_bytes, paged, problem_page, render, rendered, see_other, timestamp};
-use crate::api;
-use crate::state::HubState;
+use berth_hub::api;
+use berth_hub::state::HubState;
 
 type Shared = State<Arc<HubState>>;
 

@@ -30,8 +30,8 @@ use super::operations::{OperationRow, recent};
 use super::session::Visitor;
 use super::text::Tr;
 use super::{Chrome, human_bytes, paged, problem_page, render, rendered, see_other, timestamp};
-use crate::api;
-use crate::state::HubState;
+use berth_hub::api;
+use berth_hub::state::HubState;
 
 type Shared = State<Arc<HubState>>;
 
@@ -360,10 +360,10 @@ fn verbs_for(status: &str, served: bool, busy: bool) -> Vec<&'static str> {
 
 /// The commands a rollout under way takes: held, it can be promoted, aborted or resumed; going,
 /// paused, promoted or aborted.
-fn rollout_verbs(flow: crate::rollout::Flow) -> Vec<&'static str> {
+fn rollout_verbs(flow: berth_hub::rollout::Flow) -> Vec<&'static str> {
     match flow {
-        crate::rollout::Flow::Paused => vec!["promote", "abort", "resume"],
-        crate::rollout::Flow::Going => vec!["pause", "promote", "abort"],
+        berth_hub::rollout::Flow::Paused => vec!["promote", "abort", "resume"],
+        berth_hub::rollout::Flow::Going => vec!["pause", "promote", "abort"],
         _ => Vec::new(),
     }
 }

@@ -1,4 +1,4 @@
-//! The web console: server-rendered pages (askama templates compiled into the binary, one small
+//! Berth's web console: server-rendered pages (askama templates compiled into the binary, one small
 //! script and one style sheet served from memory) over the same state and the same handlers as
 //! the REST API. Reads come from the store; every change goes through the API's own handler, so
 //! validation, ownership, quotas and the operation log are the API's. Sign-in with an API token
@@ -29,10 +29,21 @@ use axum::middleware;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use berth_http::Problem;
+use berth_hub::api;
+use berth_hub::state::HubState;
 use berth_store::users::{Role, User};
-
-use crate::state::HubState;
 pub use text::{Lang, Tr};
+
+/// Everything the hub serves on its main listener: the REST API (token auth) and the web
+/// console (session auth); a follower's changes go to the leader ([`api::forward`]).
+pub fn app(state: Arc<HubState>) -> Router {
+    api::router(Arc::clone(&state))
+        .merge(router(Arc::clone(&state)))
+        .layer(middleware::from_fn_with_state(
+            state,
+            api::forward::to_leader,
+        ))
+}
 
 /// The console's pages over `state`.
 pub fn router(state: Arc<HubState>) -> Router {

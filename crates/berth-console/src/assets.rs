@@ -6,9 +6,9 @@ use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-const STYLE: &str = include_str!("../../assets/console.css");
-const SCRIPT: &str = include_str!("../../assets/console.js");
-const TERMINAL: &str = include_str!("../../assets/term.js");
+const STYLE: &str = include_str!("../assets/console.css");
+const SCRIPT: &str = include_str!("../assets/console.js");
+const TERMINAL: &str = include_str!("../assets/term.js");
 
 /// `GET /console/assets/{console.css|console.js|term.js}`.
 pub async fn serve(Path(file): Path<String>) -> Response {

@@ -761,7 +761,7 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut used = Vec::new();
         keys_in(&root.join("templates/console"), &mut used);
-        keys_in(&root.join("src/console"), &mut used);
+        keys_in(&root.join("src"), &mut used);
         for group in [
             ["status.connected", "status.failed", "status.unknown"].as_slice(),
             &[

@@ -21,8 +21,8 @@ use super::forms::{
 use super::session::{Visitor, admin_only};
 use super::text::Tr;
 use super::{Chrome, problem_page, rendered, see_other, size_text, timestamp};
-use crate::api;
-use crate::state::HubState;
+use berth_hub::api;
+use berth_hub::state::HubState;
 
 type Shared = State<Arc<HubState>>;
 

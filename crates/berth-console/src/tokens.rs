@@ -18,8 +18,8 @@ use super::forms::{
 use super::session::Visitor;
 use super::text::Tr;
 use super::{Chrome, problem_page, rendered, see_other, timestamp};
-use crate::api::{self, CurrentUser};
-use crate::state::HubState;
+use berth_hub::api::{self, CurrentUser};
+use berth_hub::state::HubState;
 
 type Shared = State<Arc<HubState>>;
 
