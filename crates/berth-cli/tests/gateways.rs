@@ -1,8 +1,9 @@
 //! Gateways in processes of their own (`berth gateway --hub …`) in front of three hubs on
 //! PostgreSQL: both serve a private service from the table they follow while the leading hub is
 //! killed, without losing a request; their traffic (and a follower hub's) reaches the new
-//! leader's counts; a route
-//! change (an unload) reaches them, and a request through one wakes the service again.
+//! leader's counts; a follower's stream of an operation the leader carries out follows it to its
+//! end; a route change (an unload) reaches the gateways, and a request through one wakes the
+//! service again.
 
 mod processes;
 
@@ -227,18 +228,41 @@ async fn two_gateway_processes_serve_through_a_change_of_leader_without_losing_a
         revision(gateway_ports[0].1).await,
         revision(gateway_ports[1].1).await,
     ];
-    let (status, unloaded) = leading
+    // The unload is asked of a follower, which passes it to the leader; the follower's own
+    // stream of the operation, and its wait for it, follow the leader's work to its end.
+    let (status, accepted) = api[follower]
+        .call(Method::POST, &format!("/api/services/{id}/unload"), None)
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let operation = accepted["id"].as_i64().expect("operation");
+    let stream = client
+        .get(format!(
+            "{}/api/operations/{operation}/events",
+            api[follower].base()
+        ))
+        .bearer_auth(&token)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("events")
+        .text()
+        .await
+        .expect("the stream ends with the operation");
+    let last: Value = stream
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .next_back()
+        .and_then(|data| serde_json::from_str(data.trim()).ok())
+        .expect("an event");
+    assert_eq!(last["state"], "succeeded", "{stream}");
+    let (_, waited) = api[follower]
         .call(
-            Method::POST,
-            &format!("/api/services/{id}/unload?wait=60"),
+            Method::GET,
+            &format!("/api/operations/{operation}?wait=30"),
             None,
         )
         .await;
-    assert_eq!(
-        (status, unloaded["state"].as_str()),
-        (200, Some("succeeded")),
-        "{unloaded}"
-    );
+    assert_eq!(waited["state"], "succeeded", "{waited}");
     for (which, (_, admin_port)) in gateway_ports.iter().enumerate() {
         wait_for(
             Duration::from_secs(10),

@@ -2,7 +2,8 @@
 //! and pass changes to it; the leader killed (SIGKILL) during 30 concurrent changes made
 //! through the followers, a follower leads and every acknowledged change is there; a leader
 //! paused past its lease (SIGSTOP) finds another leading when it is let go (SIGCONT) and
-//! follows it. The store's own test shows the fencing of the old term's writes.
+//! follows it. Three hubs started together on an empty database make one first admin and one
+//! identity. The store's own test shows the fencing of the old term's writes.
 
 mod processes;
 
@@ -152,4 +153,51 @@ async fn a_follower_takes_over_from_a_killed_or_paused_leader_and_no_acknowledge
     )
     .unwrap_or_default();
     assert!(log.contains("This hub no longer leads."), "{log}");
+}
+
+#[tokio::test]
+async fn hubs_started_together_on_an_empty_database_set_it_up_once() {
+    let Some(database) = postgres_database("ha_together").await else {
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = fresh_dir("ha-together");
+    let client = reqwest::Client::new();
+    let ports = [free_port(), free_port(), free_port()];
+    let _hubs: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .zip(ports)
+        .map(|(name, port)| {
+            processes::start_elected_hub(&database, &dir.join(name), (port, free_port()), 2, "")
+        })
+        .collect();
+    for port in ports {
+        wait_for(Duration::from_secs(30), "every hub answers", || {
+            leadership(&client, port)
+        })
+        .await;
+    }
+    // One hub made the first admin and wrote its token; the others found it made.
+    let tokens: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .filter_map(|name| std::fs::read_to_string(dir.join(name).join("admin-token")).ok())
+        .collect();
+    assert_eq!(tokens.len(), 1, "one first admin");
+    let listed: Value =
+        serde_json::from_str(&users(&client, ports[0], tokens[0].trim()).await).expect("users");
+    let names: Vec<&str> = listed
+        .as_array()
+        .expect("users")
+        .iter()
+        .filter_map(|user| user["name"].as_str())
+        .collect();
+    assert_eq!(names, ["admin"], "{listed}");
+    // And one identity, which every container of these hubs is labelled with.
+    let store = berth_store::Store::connect(&database).await.expect("store");
+    let mut connection = store.acquire().await.expect("connection");
+    let identities: Vec<(String,)> = sqlx::query_as("SELECT id FROM hub_identity")
+        .fetch_all(&mut *connection)
+        .await
+        .expect("identities");
+    assert_eq!(identities.len(), 1, "{identities:?}");
 }

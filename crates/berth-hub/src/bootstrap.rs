@@ -7,7 +7,7 @@ use std::path::Path;
 use berth_store::nodes::{self, NodeRecord};
 use berth_store::operations::{self, NewOperation};
 use berth_store::users::{self, Quotas, Role};
-use berth_store::{StoreError, secrets};
+use berth_store::{StoreError, leases, secrets};
 use serde_json::json;
 
 use crate::state::HubState;
@@ -60,6 +60,7 @@ pub async fn ensure(
     docker_host: Option<&str>,
 ) -> Result<Bootstrap, StoreError> {
     let mut transaction = state.store.begin().await?;
+    leases::setup_turn(&mut transaction).await?;
     let mut new_admin_token = None;
     if users::count_users(&mut transaction).await? == 0 {
         let admin =

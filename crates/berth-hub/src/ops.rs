@@ -267,6 +267,10 @@ where
     });
 }
 
+/// How often a wait for an operation reads it again without hearing of a change: the work of
+/// an operation may run in another hub (the leader), whose changes this hub does not hear of.
+pub const REREAD_EVERY: Duration = Duration::from_secs(1);
+
 /// Operation `id` once it ended, or as it is when `wait` runs out.
 pub async fn wait_for(state: &HubState, id: i64, wait: Duration) -> Result<Operation, StoreError> {
     let mut events = state.operation_events.subscribe();
@@ -279,11 +283,12 @@ pub async fn wait_for(state: &HubState, id: i64, wait: Duration) -> Result<Opera
         if current.state.is_finished() {
             return Ok(current);
         }
+        let reread = deadline.min(tokio::time::Instant::now() + REREAD_EVERY);
         loop {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Err(_) => return Ok(current),
+            match tokio::time::timeout_at(reread, events.recv()).await {
+                Err(_) if reread >= deadline => return Ok(current),
                 Ok(Ok(changed)) if changed != id => continue,
-                Ok(_) => break,
+                _ => break,
             }
         }
     }

@@ -289,17 +289,26 @@ pub async fn count_per_node(conn: &mut Conn) -> Result<HashMap<i64, i64>, StoreE
 
 /// This hub's identity: made at first use, the same for the database's life.
 pub async fn hub_id(conn: &mut Conn) -> Result<String, StoreError> {
-    if let Some(row) = sqlx::query("SELECT id FROM hub_identity")
-        .fetch_optional(&mut *conn)
-        .await?
-    {
-        return Ok(row.try_get("id")?);
+    let known = |row: Option<AnyRow>| -> Result<Option<String>, StoreError> {
+        Ok(row.map(|row| row.try_get("id")).transpose()?)
+    };
+    let read = "SELECT id FROM hub_identity";
+    if let Some(id) = known(sqlx::query(read).fetch_optional(&mut *conn).await?)? {
+        return Ok(id);
+    }
+    // Hubs started together on an empty database make it one at a time: the later ones find
+    // the first one's.
+    let mut transaction = sqlx::Connection::begin(&mut *conn).await?;
+    crate::leases::setup_turn(&mut transaction).await?;
+    if let Some(id) = known(sqlx::query(read).fetch_optional(&mut *transaction).await?)? {
+        return Ok(id);
     }
     let id = secrets::random_hex::<8>()?;
     sqlx::query("INSERT INTO hub_identity (id, created_at) VALUES ($1, $2)")
         .bind(&id)
         .bind(now_ms())
-        .execute(&mut *conn)
+        .execute(&mut *transaction)
         .await?;
+    transaction.commit().await?;
     Ok(id)
 }

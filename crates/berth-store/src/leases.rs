@@ -127,6 +127,23 @@ pub async fn leader(conn: &mut Conn, backend: Backend) -> Result<Option<Leader>,
     .transpose()
 }
 
+/// The advisory lock that lets one hub at a time set up an empty database.
+const SETUP_LOCK: i64 = 0x6265_7274_6873_6574;
+
+/// Makes the caller's transaction the only one setting the database up (the first admin, the
+/// declared nodes) until it ends: hubs started together on an empty PostgreSQL database do it
+/// one after another, and the later ones find it done. On SQLite a write transaction is alone
+/// already.
+pub async fn setup_turn(conn: &mut Conn) -> Result<(), StoreError> {
+    if conn.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SETUP_LOCK)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// What a hub's write transactions must prove: that `holder` leads in the term it took.
 #[derive(Debug)]
 pub struct Fence {

@@ -136,34 +136,42 @@ pub async fn events(
 ) -> Result<Response, Problem> {
     visible(&state, &user.0, id).await?;
     let changes = state.operation_events.subscribe();
-    // Each turn: wait for a change of this operation (not before the first event), read it,
-    // send it; after the event of its end, stop.
+    // Each turn: wait for a change of this operation (not before the first event) — or, as its
+    // work may run in another hub, a second — read it, and send it if it differs from what was
+    // sent; after the event of its end, stop.
     let stream = futures_util::stream::unfold(
-        (state, changes, Turn::First),
-        move |(state, mut changes, turn)| async move {
-            match turn {
-                Turn::Ended => return None,
-                Turn::First => {}
-                Turn::Next => loop {
-                    match changes.recv().await {
-                        Ok(changed) if changed != id => continue,
-                        Ok(_) | Err(RecvError::Lagged(_)) => break,
-                        Err(RecvError::Closed) => return None,
-                    }
-                },
+        (state, changes, Turn::First, String::new()),
+        move |(state, mut changes, mut turn, mut sent)| async move {
+            loop {
+                match turn {
+                    Turn::Ended => return None,
+                    Turn::First => {}
+                    Turn::Next => loop {
+                        match tokio::time::timeout(ops::REREAD_EVERY, changes.recv()).await {
+                            Ok(Ok(changed)) if changed != id => continue,
+                            Ok(Err(RecvError::Closed)) => return None,
+                            _ => break,
+                        }
+                    },
+                }
+                let current = {
+                    let mut connection = state.store.acquire().await.ok()?;
+                    operations::get(&mut connection, id).await.ok()?
+                };
+                let body = view(&state, &current).await.unwrap_or_default().to_string();
+                let next = if current.state.is_finished() {
+                    Turn::Ended
+                } else {
+                    Turn::Next
+                };
+                if body == sent {
+                    turn = next;
+                    continue;
+                }
+                let event = Event::default().event("operation").data(&body);
+                sent = body;
+                return Some((Ok::<_, Infallible>(event), (state, changes, next, sent)));
             }
-            let current = {
-                let mut connection = state.store.acquire().await.ok()?;
-                operations::get(&mut connection, id).await.ok()?
-            };
-            let body = view(&state, &current).await.unwrap_or_default();
-            let event = Event::default().event("operation").data(body.to_string());
-            let next = if current.state.is_finished() {
-                Turn::Ended
-            } else {
-                Turn::Next
-            };
-            Some((Ok::<_, Infallible>(event), (state, changes, next)))
         },
     );
     Ok(Sse::new(stream)
