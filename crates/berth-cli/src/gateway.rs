@@ -70,7 +70,6 @@ pub async fn run(args: GatewayArgs) -> ExitCode {
     match serve(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err}");
             eprintln!("berth gateway: {err}");
             ExitCode::FAILURE
         }

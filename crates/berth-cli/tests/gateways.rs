@@ -44,6 +44,9 @@ async fn two_gateway_processes_serve_through_a_change_of_leader_without_losing_a
     let Some(database) = processes::postgres_database("gateways").await else {
         return;
     };
+    // The hubs' identity made first, so that the guard, dropped after every hub, removes what
+    // they made (a hub still running would make it again).
+    let _guard = LabelledContainers(vec![processes::database_hub_label(&database).await]);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = fresh_dir("gateways");
     let config = "monitor_interval: 1\n";
@@ -79,8 +82,6 @@ async fn two_gateway_processes_serve_through_a_change_of_leader_without_losing_a
         .collect();
     api[0].add_local_node().await;
     let _followers = [start("b", 1), start("c", 2)];
-    let label = processes::database_hub_label(&database).await;
-    let _guard = LabelledContainers(vec![label]);
     let (_, me) = api[0].call(Method::GET, "/api/users/me", None).await;
     let owner = me["name"].as_str().expect("name").to_owned();
     let (status, created) = api[0]

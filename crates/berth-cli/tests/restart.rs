@@ -551,6 +551,10 @@ async fn changes_through_followers_all_finish_when_the_leader_is_killed() {
     let Some(database) = processes::postgres_database("ha_changes").await else {
         return;
     };
+    // The hubs' identity made first, so that the guard, dropped after every hub, removes what
+    // they made (a hub still running would make it again).
+    let label = processes::database_hub_label(&database).await;
+    let _guard = LabelledContainers(vec![label.clone()]);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = fresh_dir("ha-changes");
     let config = "monitor_interval: 1\nmax_services_per_user: 1000\n";
@@ -594,8 +598,6 @@ async fn changes_through_followers_all_finish_when_the_leader_is_killed() {
         )
         .await;
     }
-    let label = processes::database_hub_label(&database).await;
-    let _guard = LabelledContainers(vec![label.clone()]);
     let owner = user(&api[0]).await;
     let mut services = Vec::new();
     for number in 0..4 {
