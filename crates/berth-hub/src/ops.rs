@@ -131,8 +131,9 @@ impl Tracker {
         }
         let value = serde_json::to_value(self.current()).unwrap_or_default();
         let written = async {
-            let mut connection = self.state.store.writer().await?;
-            operations::set_progress(&mut connection, self.id, &value).await
+            let mut transaction = self.state.store.begin().await?;
+            operations::set_progress(&mut transaction, self.id, &value).await?;
+            transaction.commit().await.map_err(StoreError::from)
         }
         .await;
         match written {
@@ -183,9 +184,9 @@ pub async fn finish(
 }
 
 async fn end_as(state: &HubState, id: i64, end: End<'_>) -> Result<(), StoreError> {
-    let mut connection = state.store.writer().await?;
-    operations::finish(&mut connection, id, end).await?;
-    drop(connection);
+    let mut transaction = state.store.begin().await?;
+    operations::finish(&mut transaction, id, end).await?;
+    transaction.commit().await?;
     state.operation_changed(id);
     Ok(())
 }

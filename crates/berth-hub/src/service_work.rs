@@ -673,9 +673,9 @@ async fn restart(
 
 /// Sets service `service_id`'s wanted `status` and tells the gateway.
 pub async fn set_status(state: &HubState, service_id: i64, status: &str) -> Result<(), Problem> {
-    let mut connection = state.store.writer().await?;
-    services::set_status(&mut connection, service_id, status).await?;
-    drop(connection);
+    let mut transaction = state.store.begin().await?;
+    services::set_status(&mut transaction, service_id, status).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
     if let Some(routes) = state.routes.get(service_id) {
         routes.set_wanted(status);
     }

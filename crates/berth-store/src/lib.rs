@@ -73,26 +73,6 @@ impl<'a> Tx<'a> {
     }
 }
 
-/// A connection for single writes: on SQLite the store's one write connection
-/// ([`Store::writer`]).
-pub struct Writer {
-    connection: sqlx::pool::PoolConnection<sqlx::Any>,
-}
-
-impl std::ops::Deref for Writer {
-    type Target = sqlx::pool::PoolConnection<sqlx::Any>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.connection
-    }
-}
-
-impl std::ops::DerefMut for Writer {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.connection
-    }
-}
-
 impl<'a> std::ops::Deref for Tx<'a> {
     type Target = sqlx::Transaction<'a, sqlx::Any>;
 
@@ -212,15 +192,6 @@ impl Store {
     /// This process's lease fence: unarmed (every write passes) until a hub arms it.
     pub fn fence(&self) -> &std::sync::Arc<leases::Fence> {
         &self.fence
-    }
-
-    /// A connection for single writes outside a transaction: on SQLite the store's write
-    /// connection, as [`Store::begin`] takes it, so it never waits in SQLite's busy handler
-    /// behind this process's own transactions.
-    pub async fn writer(&self) -> Result<Writer, StoreError> {
-        Ok(Writer {
-            connection: self.writes.acquire().await?,
-        })
     }
 
     /// A pooled connection for reads.
