@@ -182,6 +182,12 @@ impl HubState {
         settings: HubSettings,
     ) -> Result<Self, StoreError> {
         let hub_id = allocations::hub_id(&mut *store.acquire().await?).await?;
+        // Hubs on PostgreSQL are elected from their start: until the first election a hub
+        // follows no known leader, it is not alone.
+        let leadership = crate::leadership::Lead {
+            elected: store.backend() == berth_store::Backend::Postgres,
+            ..crate::leadership::Lead::default()
+        };
         let http = reqwest::Client::builder()
             .connect_timeout(berth_core::timeouts::AGENT_CONNECT)
             .timeout(berth_core::timeouts::AGENT_CALL)
@@ -201,7 +207,7 @@ impl HubState {
             gateway_address: Default::default(),
             gateway_over_tls: Default::default(),
             pki_dir: Default::default(),
-            leadership: tokio::sync::watch::Sender::new(crate::leadership::Lead::default()),
+            leadership: tokio::sync::watch::Sender::new(leadership),
             peer_token: Default::default(),
             leader_http: reqwest::Client::builder()
                 .connect_timeout(berth_core::timeouts::AGENT_CONNECT)
