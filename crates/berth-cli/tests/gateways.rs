@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use processes::{HubApi, IMAGE, LabelledContainers, fresh_dir, start_gateway, wait_for};
+use processes::{IMAGE, LabelledContainers, fresh_dir, start_gateway, wait_for};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -49,39 +49,11 @@ async fn two_gateway_processes_serve_through_a_change_of_leader_without_losing_a
     let _guard = LabelledContainers(vec![processes::database_hub_label(&database).await]);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = fresh_dir("gateways");
-    let config = "monitor_interval: 1\n";
     let client = reqwest::Client::new();
-    let ports = [
-        processes::free_port(),
-        processes::free_port(),
-        processes::free_port(),
-    ];
-    let hub_gateways = [
-        processes::free_port(),
-        processes::free_port(),
-        processes::free_port(),
-    ];
-    let start = |name: &str, which: usize| {
-        processes::start_elected_hub(
-            &database,
-            &dir.join(name),
-            (ports[which], hub_gateways[which]),
-            2,
-            config,
-        )
-    };
-    let mut leader = start("a", 0);
-    processes::leader_among(&client, &ports[..1], "the first hub leads").await;
-    let token = std::fs::read_to_string(dir.join("a").join("admin-token"))
-        .expect("token")
-        .trim()
-        .to_owned();
-    let api: Vec<HubApi> = ports
-        .iter()
-        .map(|port| HubApi::at(format!("http://127.0.0.1:{port}"), token.clone()))
-        .collect();
-    api[0].add_local_node().await;
-    let _followers = [start("b", 1), start("c", 2)];
+    let mut cluster =
+        processes::start_three_elected_hubs(&database, &dir, "monitor_interval: 1\n").await;
+    let (ports, hub_gateways, token) = (cluster.ports, cluster.gateways, cluster.token.clone());
+    let api = &cluster.api;
     let (_, me) = api[0].call(Method::GET, "/api/users/me", None).await;
     let owner = me["name"].as_str().expect("name").to_owned();
     let (status, created) = api[0]
@@ -152,7 +124,7 @@ async fn two_gateway_processes_serve_through_a_change_of_leader_without_losing_a
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    leader.kill();
+    cluster.processes[0].kill();
     let (new_leader, _) = processes::leader_among(&client, &ports[1..], "a follower leads").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);

@@ -557,47 +557,15 @@ async fn changes_through_followers_all_finish_when_the_leader_is_killed() {
     let _guard = LabelledContainers(vec![label.clone()]);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = fresh_dir("ha-changes");
-    let config = "monitor_interval: 1\nmax_services_per_user: 1000\n";
     let client = reqwest::Client::new();
-    let ports = [
-        processes::free_port(),
-        processes::free_port(),
-        processes::free_port(),
-    ];
-    let gateways = [
-        processes::free_port(),
-        processes::free_port(),
-        processes::free_port(),
-    ];
-    let start = |name: &str, which: usize| {
-        processes::start_elected_hub(
-            &database,
-            &dir.join(name),
-            (ports[which], gateways[which]),
-            2,
-            config,
-        )
-    };
-    let mut leader = start("a", 0);
-    processes::leader_among(&client, &ports[..1], "the first hub leads").await;
-    let token = std::fs::read_to_string(dir.join("a").join("admin-token")).expect("token");
-    let api: Vec<HubApi> = ports
-        .iter()
-        .map(|port| HubApi::at(format!("http://127.0.0.1:{port}"), token.trim().to_owned()))
-        .collect();
-    api[0].add_local_node().await;
-    let _followers = [start("b", 1), start("c", 2)];
-    for port in &ports[1..] {
-        wait_for(
-            Duration::from_secs(30),
-            "a follower knows the leader",
-            || async {
-                let lead = processes::leadership(&client, *port).await?;
-                lead["leader_url"].is_string().then_some(())
-            },
-        )
-        .await;
-    }
+    let mut cluster = processes::start_three_elected_hubs(
+        &database,
+        &dir,
+        "monitor_interval: 1\nmax_services_per_user: 1000\n",
+    )
+    .await;
+    let (ports, gateways) = (cluster.ports, cluster.gateways);
+    let api = &cluster.api;
     let owner = user(&api[0]).await;
     let mut services = Vec::new();
     for number in 0..4 {
@@ -637,7 +605,7 @@ async fn changes_through_followers_all_finish_when_the_leader_is_killed() {
     ));
     let killer = async {
         tokio::time::sleep(kill_after).await;
-        leader.kill();
+        cluster.processes[0].kill();
     };
     let (answers, ()) = tokio::join!(sent, killer);
     for (status, answer) in &answers {

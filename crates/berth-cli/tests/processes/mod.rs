@@ -562,3 +562,64 @@ pub fn start_gateway(
             .expect("berth gateway"),
     )
 }
+
+/// Three hubs on one PostgreSQL database, as [`start_three_elected_hubs`] leaves them.
+pub struct ElectedHubs {
+    /// Hubs `a`, `b` and `c` (data in `dir/a`, …); `a` led first.
+    pub processes: Vec<Process>,
+    /// Their API ports.
+    pub ports: [u16; 3],
+    /// Their gateways' ports.
+    pub gateways: [u16; 3],
+    /// Their APIs, with the first admin's token.
+    pub api: Vec<HubApi>,
+    /// The first admin's token.
+    pub token: String,
+}
+
+/// Hub `a` started alone on `database` with `config` and a 2 s lease, leading with the local
+/// engine as a node; then hubs `b` and `c`, once each knows the leader.
+pub async fn start_three_elected_hubs(database: &str, dir: &Path, config: &str) -> ElectedHubs {
+    let client = reqwest::Client::new();
+    let ports = [free_port(), free_port(), free_port()];
+    let gateways = [free_port(), free_port(), free_port()];
+    let start = |which: usize| {
+        start_elected_hub(
+            database,
+            &dir.join(["a", "b", "c"][which]),
+            (ports[which], gateways[which]),
+            2,
+            config,
+        )
+    };
+    let mut processes = vec![start(0)];
+    leader_among(&client, &ports[..1], "the first hub leads").await;
+    let token = std::fs::read_to_string(dir.join("a").join("admin-token"))
+        .expect("token")
+        .trim()
+        .to_owned();
+    let api: Vec<HubApi> = ports
+        .iter()
+        .map(|port| HubApi::at(format!("http://127.0.0.1:{port}"), token.clone()))
+        .collect();
+    api[0].add_local_node().await;
+    processes.extend([start(1), start(2)]);
+    for port in &ports[1..] {
+        wait_for(
+            Duration::from_secs(30),
+            "a follower knows the leader",
+            || async {
+                let lead = leadership(&client, *port).await?;
+                lead["leader_url"].is_string().then_some(())
+            },
+        )
+        .await;
+    }
+    ElectedHubs {
+        processes,
+        ports,
+        gateways,
+        api,
+        token,
+    }
+}
