@@ -5,6 +5,7 @@
 //!  Requests read only the route table; tokens and loads are the
 //! only questions they put, and those go to the hub.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_http::Problem;
@@ -24,7 +25,7 @@ pub trait Control: Send + Sync + 'static {
     fn models(&self) -> &ModelMetrics;
 
     /// The domain under which `{service}.{user}.{domain}` names a service, if any.
-    fn service_domain(&self) -> Option<String>;
+    fn service_domain(&self) -> Option<Arc<str>>;
 
     /// The holder of `token`: `None` when it is not a valid Berth token; an error when that
     /// cannot be told now.

@@ -231,7 +231,13 @@ fn mirror_endpoints(routes: &ServiceRoutes, service: &ServiceEntry) {
     if !leaving.is_empty() {
         routes.stop_outgoing(&leaving);
     }
-    routes.add_outgoing(outgoing.clone());
+    let current = routes.outgoing();
+    if outgoing
+        .iter()
+        .any(|new| !current.iter().any(|old| Arc::ptr_eq(old, new)))
+    {
+        routes.add_outgoing(outgoing.clone());
+    }
     if !service.handing_over && routes.is_handing_over() {
         routes.end_handover();
     }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use berth_http::Problem;
@@ -52,7 +52,7 @@ pub struct RemoteHub {
     routes: RouteTable,
     registry: Registry,
     models: ModelMetrics,
-    domain: RwLock<Option<String>>,
+    domain: RwLock<Option<Arc<str>>>,
     /// Which of `hubs` is asked now.
     current: AtomicUsize,
     bearers: Mutex<HashMap<String, (Instant, Option<Bearer>)>>,
@@ -144,7 +144,7 @@ impl RemoteHub {
         if snapshot.revision != after {
             feed::mirror(&self.routes, &snapshot.services);
             if let Ok(mut domain) = self.domain.write() {
-                domain.clone_from(&snapshot.service_domain);
+                *domain = snapshot.service_domain.as_deref().map(Arc::from);
             }
             if let Ok(mut revision) = self.revision.write() {
                 *revision = snapshot.revision;
@@ -276,7 +276,7 @@ impl Control for RemoteHub {
         &self.models
     }
 
-    fn service_domain(&self) -> Option<String> {
+    fn service_domain(&self) -> Option<Arc<str>> {
         self.domain.read().ok().and_then(|domain| domain.clone())
     }
 

@@ -20,32 +20,52 @@ use futures_util::future::BoxFuture;
 
 use crate::models;
 use crate::ops;
-use crate::state::HubState;
+use crate::state::{HubSettings, HubState};
 
 /// The gateway of the hub with `state`.
 pub fn in_hub(state: Arc<HubState>) -> Gateway {
-    Gateway::with_control(Arc::new(InHub(state)))
+    let settings = state.settings();
+    let domain = settings.service_domain.as_deref().map(Arc::from);
+    Gateway::with_control(Arc::new(InHub {
+        domain: std::sync::RwLock::new((settings, domain)),
+        state,
+    }))
 }
 
 /// The control plane of the hub the gateway runs in: its own state.
-pub struct InHub(pub Arc<HubState>);
+pub struct InHub {
+    state: Arc<HubState>,
+    /// The service domain of the settings it was read from, so that a request reads it without
+    /// copying it (the settings are replaced whole when the configuration is reloaded).
+    domain: std::sync::RwLock<(Arc<HubSettings>, Option<Arc<str>>)>,
+}
 
 impl Control for InHub {
     fn routes(&self) -> &RouteTable {
-        &self.0.routes
+        &self.state.routes
     }
 
     fn models(&self) -> &ModelMetrics {
-        &self.0.metrics.models
+        &self.state.metrics.models
     }
 
-    fn service_domain(&self) -> Option<String> {
-        self.0.settings().service_domain.clone()
+    fn service_domain(&self) -> Option<Arc<str>> {
+        let settings = self.state.settings();
+        if let Ok(known) = self.domain.read()
+            && Arc::ptr_eq(&known.0, &settings)
+        {
+            return known.1.clone();
+        }
+        let domain: Option<Arc<str>> = settings.service_domain.as_deref().map(Arc::from);
+        if let Ok(mut known) = self.domain.write() {
+            *known = (settings, domain.clone());
+        }
+        domain
     }
 
     fn bearer<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Bearer>, Problem>> {
         Box::pin(async move {
-            let mut connection = self.0.store.acquire().await.map_err(unchecked)?;
+            let mut connection = self.state.store.acquire().await.map_err(unchecked)?;
             users::user_for_token(&mut connection, token)
                 .await
                 .map_err(unchecked)
@@ -58,7 +78,7 @@ impl Control for InHub {
         limit: Duration,
     ) -> BoxFuture<'a, Result<(), Problem>> {
         Box::pin(async move {
-            let state = &self.0;
+            let state = &self.state;
             let service = {
                 let mut connection = state.store.acquire().await?;
                 services::get(&mut connection, routes.id).await?
